@@ -1,0 +1,5 @@
+"""deepvit-diag: find attention collapse in ViT and DeepViT checkpoints."""
+__version__ = "0.1.0"
+
+from . import models  # noqa: F401  (registers the presets with timm)
+from .models import DeepVisionTransformer, ReAttention, build_model

@@ -1,0 +1,191 @@
+"""Train a preset (or any arch) on the scikit-learn digits or a small ImageFolder.
+
+Recipe after the paper's (REFERENCE.md section 1), scaled down: AdamW, linear warm-up
+then cosine decay, label smoothing, light random-affine augmentation. Images are
+preprocessed once with the model's own timm eval transform, so the test accuracy in the
+model card is exactly what ``evaluate_accuracy`` re-measures later.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torch import nn
+
+from .datasets import DIGITS_DESCRIPTION, LabelledImages, digits_split
+from .device import resolve_device
+from .models import build_model
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 5
+    label_smoothing: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    test_fraction: float = 0.2  # ImageFolder data only; the digits split is fixed
+
+
+def eval_transform(model: nn.Module):
+    """The model's timm eval transform (resize, centre crop, normalise) for RGB PIL images."""
+    return create_transform(**resolve_data_config({}, model=model))
+
+
+def images_to_tensor(model: nn.Module, images: list[Image.Image]) -> torch.Tensor:
+    transform = eval_transform(model)
+    return torch.stack([transform(img.convert("RGB")) for img in images])
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, images: list[Image.Image], labels: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on PIL ``images`` with its own eval preprocessing."""
+    device = next(model.parameters()).device
+    x = images_to_tensor(model, images)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size].to(device))
+        correct += (logits.argmax(-1).cpu() == torch.as_tensor(labels[start : start + batch_size])).sum().item()
+    model.train(was_training)
+    return correct / len(x)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-image rotation (+-10 deg), scale (0.9-1.1) and shift (+-10%), border padding."""
+    B = x.shape[0]
+    angle = (torch.rand(B, generator=generator) * 2 - 1) * math.radians(10)
+    scale = 0.9 + torch.rand(B, generator=generator) * 0.2
+    shift = (torch.rand(B, 2, generator=generator) * 2 - 1) * 0.2  # grid units span [-1, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def load_image_folder(root: str | Path, test_fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages, str]:
+    """An ImageFolder (one sub-folder per class) split into train/test, stratified."""
+    from sklearn.model_selection import train_test_split
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(root))
+    if len(folder) == 0:
+        raise ValueError(f"no images found under {root}")
+    labels = np.array(folder.targets)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
+    load = lambda idx: LabelledImages([folder.loader(folder.samples[i][0]) for i in idx], labels[idx], folder.classes)  # noqa: E731
+    description = f"ImageFolder {root} ({len(labels)} images, {len(folder.classes)} classes); stratified split, random_state={seed}"
+    return load(train_idx), load(test_idx), description
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_model(
+    arch: dict[str, Any],
+    *,
+    data: str = "digits",
+    config: TrainConfig | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``arch`` from scratch; returns the eval-mode model and its model card."""
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    if data == "digits":
+        train, test, data_description = digits_split("train"), digits_split("test"), DIGITS_DESCRIPTION
+    else:
+        train, test, data_description = load_image_folder(data, config.test_fraction, config.seed)
+    arch = {**arch, "kwargs": {**arch["kwargs"], "num_classes": len(train.classes)}}
+    data_cfg = dict(arch.get("pretrained_cfg", {}), num_classes=len(train.classes))
+    if data == "digits":
+        # 8x8 sources: upsample smoothly and never crop away the digit's border.
+        data_cfg.update(crop_pct=1.0, interpolation="bilinear")
+    arch["pretrained_cfg"] = data_cfg
+    model = build_model(arch)
+    dev = resolve_device(device)
+    model.to(dev).train()
+
+    x_train = images_to_tensor(model, train.images)
+    y_train = torch.as_tensor(train.labels)
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    start = time.perf_counter()
+    step = 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("train", total=config.epochs, status="")
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(x_train), generator=generator)
+            loss_sum, correct = 0.0, 0
+            for i in range(steps_per_epoch):
+                idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                if config.augment:
+                    xb = random_affine(xb, generator)
+                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, config.warmup_epochs * steps_per_epoch, config.lr)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(-1) == yb).sum().item()
+            status = f"loss {loss_sum / len(x_train):.3f}  train acc {correct / len(x_train):.1%}"
+            bar.update(task, advance=1, status=status)
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    test_accuracy = evaluate_accuracy(model, test.images, test.labels)
+    card = {
+        "data": data_description,
+        "dataset": "digits" if data == "digits" else str(data),
+        "image_set": "digits-test" if data == "digits" else None,
+        "classes": train.classes,
+        "train_images": len(train.images),
+        "test_images": len(test.images),
+        "recipe": asdict(config) | {"optimizer": "AdamW", "schedule": "linear warm-up then cosine"},
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "test_accuracy": test_accuracy,
+        "train_seconds": round(train_seconds, 1),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "versions": package_versions(),
+    }
+    return model, card
+
+
+def package_versions() -> dict[str, str]:
+    import timm
+
+    from . import __version__
+
+    return {"deepvit_diag": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
