@@ -1,0 +1,189 @@
+"""Where analysis images come from: folders, files, globs and the bundled sets.
+
+Every image is handed out as an 8-bit RGB PIL image, whatever its mode on disk
+(grayscale, palette, RGBA on white, 16-bit, float, CMYK, EXIF-rotated). Files that are
+not images or cannot be decoded are skipped and counted, never fatal on their own;
+a source with no usable image at all is a ``DiagError``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain, zip_longest
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import DiagError
+
+
+def _photo_paths() -> list[Path]:
+    import skimage.data
+    import sklearn.datasets
+
+    sklearn_dir = Path(sklearn.datasets.__file__).parent / "images"
+    skimage_dir = Path(skimage.data.__file__).parent
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "coins.png", "moon.png",
+             "hubble_deep_field.jpg", "ihc.png"]  # fmt: skip
+    return [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg", *(skimage_dir / n for n in names)]
+
+
+def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]]]:
+    from .datasets import digits_split
+
+    split = digits_split("test")
+    names = [f"digits-test/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
+    return names, [lambda img=img: to_rgb(img) for img in split.images]
+
+
+BUNDLED_SETS: dict[str, str] = {
+    "photos": "11 real photographs shipped with scikit-learn and scikit-image (china, flower, astronaut, chelsea, "
+    "coffee, rocket, camera, coins, moon, hubble_deep_field, ihc)",
+    "digits-test": "the 360 held-out scikit-learn digits (8x8 grayscale) of the demo weights' fixed split",
+}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: EXIF orientation applied, alpha composited on white,
+    16-bit and float data rescaled to 0..255 rather than clipped."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        data = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+            data = (data - lo) / (hi - lo or 1.0) * 255.0
+        elif data.max() > 255:
+            data = data / 65535.0 * 255.0
+        img = Image.fromarray(np.clip(np.round(np.nan_to_num(data)), 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def _try_open(path: Path) -> bool:
+    """Cheap header check: is this a file PIL can identify as an image?"""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018  (forces header parsing)
+        return True
+    except Exception:  # any decoder error means "not an image we can use"
+        return False
+
+
+def _load_path(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+@dataclass
+class ImageSet:
+    """An ordered, lazily loaded collection of RGB images.
+
+    Iterating yields RGB PIL images; an image that fails to decode at load time is
+    skipped with a warning and counted in ``skipped`` (which also counts the files
+    rejected when the set was opened).
+    """
+
+    description: str
+    names: list[str]
+    loaders: list[Callable[[], Image.Image]] = field(repr=False)
+    skipped: int = 0
+    skipped_names: list[str] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        for name, load in zip(self.names, self.loaders):
+            try:
+                yield load()
+            except Exception as err:  # a corrupt file must not end a long run
+                self.skipped += 1
+                self.skipped_names.append(name)
+                warnings.warn(f"skipped unreadable image {name}: {err}", stacklevel=2)
+
+    def load(self, index: int) -> Image.Image:
+        return self.loaders[index]()
+
+
+def _expand(spec: str | Path) -> list[Path]:
+    """Files named by one spec: a folder (recursive), a glob, or a single file."""
+    text = str(spec)
+    if any(ch in text for ch in "*?["):
+        return sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
+    path = Path(os.path.expanduser(text))
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts))
+        return _interleave_by_folder(files)
+    if path.is_file():
+        return [path]
+    raise DiagError(f"image source not found: {text} (give a folder, an image file, a glob or one of: {', '.join(BUNDLED_SETS)})")
+
+
+def _interleave_by_folder(files: list[Path]) -> list[Path]:
+    """Round-robin over sub-folders, so the first N images of an ImageFolder cover every class."""
+    groups: dict[Path, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.parent, []).append(f)
+    if len(groups) <= 1:
+        return files
+    return [f for f in chain.from_iterable(zip_longest(*groups.values())) if f is not None]
+
+
+def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = None) -> ImageSet:
+    """Open an image source: a bundled set name, a folder, an image file, a glob, or a list of these.
+
+    ``limit`` keeps the first ``limit`` usable images (in sorted order, round-robin over
+    the sub-folders of an ImageFolder layout). Raises ``DiagError`` when nothing usable is found.
+    """
+    if limit is not None and limit < 1:
+        raise DiagError(f"the number of images must be at least 1, got {limit}")
+    if isinstance(spec, str) and spec in BUNDLED_SETS:
+        return _bundled(spec, limit)
+    specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if not specs:
+        raise DiagError("no image source given")
+    paths = [p for s in specs for p in _expand(s)]
+    usable, rejected = [], []
+    for path in paths:
+        if limit is not None and len(usable) >= limit:
+            break
+        (usable if _try_open(path) else rejected).append(path)
+    label = ", ".join(str(s) for s in specs)
+    if not usable:
+        detail = f" ({len(rejected)} files were not readable images)" if rejected else ""
+        raise DiagError(f"no usable image in {label}{detail}")
+    if rejected:
+        warnings.warn(f"skipped {len(rejected)} file(s) that are not readable images in {label}", stacklevel=2)
+    return ImageSet(
+        description=f"{len(usable)} images from {label}",
+        names=[str(p) for p in usable],
+        loaders=[lambda p=p: _load_path(p) for p in usable],
+        skipped=len(rejected),
+        skipped_names=[str(p) for p in rejected],
+    )
+
+
+def _bundled(name: str, limit: int | None) -> ImageSet:
+    if name == "photos":
+        paths = _photo_paths()[:limit]
+        names, loaders = [f"photos/{p.stem}" for p in paths], [lambda p=p: _load_path(p) for p in paths]
+    else:
+        names, loaders = _digits_test()
+        names, loaders = names[:limit], loaders[:limit]
+    return ImageSet(description=f"{len(names)} images of the bundled set '{name}': {BUNDLED_SETS[name]}", names=names, loaders=loaders)
+
+
+def default_image_set(models: Sequence[object]) -> str:
+    """The bundled set that fits the models: the one all their model cards name, else 'photos'."""
+    named = {((getattr(m, "provenance", None) or {}).get("card") or {}).get("image_set") for m in models}
+    if len(named) == 1 and (only := named.pop()) in BUNDLED_SETS:
+        return only
+    return "photos"

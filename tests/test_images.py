@@ -1,0 +1,113 @@
+"""Image sources: bundled sets, folders, globs, odd modes, junk files."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepvit_diag.errors import DiagError
+from deepvit_diag.images import BUNDLED_SETS, default_image_set, open_images, to_rgb
+
+
+def test_bundled_sets_load_offline():
+    photos = open_images("photos")
+    assert len(photos) == 11
+    images = list(photos)
+    assert all(img.mode == "RGB" and min(img.size) >= 256 for img in images)
+    digits = open_images("digits-test", limit=7)
+    assert len(digits) == 7 and all(img.mode == "RGB" and img.size == (8, 8) for img in digits)
+    assert len(open_images("digits-test")) == 360
+
+
+@pytest.mark.parametrize(
+    "mode,array",
+    [
+        ("L", np.full((5, 7), 200, np.uint8)),
+        ("I;16", np.full((5, 7), 65535, np.uint16)),
+        ("F", np.linspace(-1, 3, 35, dtype=np.float32).reshape(5, 7)),
+    ],
+)
+def test_to_rgb_rescales_non_8bit(mode, array):
+    img = Image.fromarray(array)
+    assert img.mode == mode
+    rgb = np.asarray(to_rgb(img))
+    assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
+    if mode == "I;16":
+        assert rgb.min() == 255  # full-scale 16-bit is white, not clipped garbage
+    if mode == "F":
+        assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_to_rgb_composites_alpha_on_white_and_handles_palette():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(rgba)).min() == 255
+    palette = Image.new("P", (4, 4), 3)
+    assert to_rgb(palette).mode == "RGB"
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """An ImageFolder layout with odd modes and sizes, plus junk files."""
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+    Image.new("RGB", (33, 17), "red").save(tmp_path / "cat" / "a.png")
+    Image.new("L", (1, 1), 128).save(tmp_path / "cat" / "b.jpg")
+    Image.new("RGBA", (40, 40), (0, 0, 255, 128)).save(tmp_path / "dog" / "c.png")
+    Image.new("P", (20, 30)).save(tmp_path / "dog" / "d.gif")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    return tmp_path
+
+
+def test_folder_recursive_skips_and_counts_junk(image_folder):
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        images = open_images(image_folder)
+    assert len(images) == 4 and images.skipped == 2
+    assert all(img.mode == "RGB" for img in images)
+    # round-robin over class folders: the first two images come from different classes
+    first_two = {n.split("/")[-2] for n in images.names[:2]}
+    assert first_two == {"cat", "dog"}
+
+
+def test_limit_glob_and_single_file(image_folder):
+    assert len(open_images(image_folder, limit=2)) == 2
+    assert len(open_images(str(image_folder / "*" / "*.png"))) == 2  # broken.png is rejected
+    assert len(open_images(image_folder / "cat" / "a.png")) == 1
+    assert len(open_images([image_folder / "cat" / "a.png", image_folder / "dog"])) == 3
+
+
+def test_image_that_fails_late_is_skipped_during_iteration(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    Image.new("RGB", (64, 64)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])  # header intact, data cut
+    images = open_images(tmp_path)
+    with pytest.warns(UserWarning, match="unreadable"):
+        loaded = list(images)
+    assert len(loaded) + images.skipped == 2 and images.skipped >= 1
+
+
+@pytest.mark.parametrize("bad", ["does/not/exist", "no_match_*.png"])
+def test_missing_sources_are_clear_errors(bad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DiagError):
+        open_images(bad)
+
+
+def test_folder_without_images_is_an_error(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(DiagError, match="no usable image"):
+        open_images(tmp_path)
+    with pytest.raises(DiagError, match="at least 1"):
+        open_images("photos", limit=0)
+
+
+def test_default_image_set_follows_model_cards():
+    digits_model = types.SimpleNamespace(provenance={"card": {"image_set": "digits-test"}})
+    timm_model = types.SimpleNamespace()
+    assert default_image_set([digits_model, digits_model]) == "digits-test"
+    assert default_image_set([digits_model, timm_model]) == "photos"
+    assert set(BUNDLED_SETS) == {"photos", "digits-test"}
