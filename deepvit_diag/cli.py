@@ -44,7 +44,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     from .checkpoints.native import save_native
     from .models import PRESETS, with_overrides
-    from .train import TrainConfig, train_model
+    from .train import TrainConfig, evaluate_accuracy, held_out_split, train_model
 
     if args.preset not in PRESETS:
         raise DiagError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -58,6 +58,10 @@ def run_train(args: argparse.Namespace) -> None:
     arch = with_overrides(PRESETS[args.preset], **overrides)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
+    if args.fp16:
+        # The card must describe the weights as shipped, so measure again after rounding.
+        model.half().float()
+        card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
     card["preset"] = args.preset
     card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
     save_native(model, args.out, card=card, dtype=torch.float16 if args.fp16 else None)

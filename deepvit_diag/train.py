@@ -91,6 +91,19 @@ def load_image_folder(root: str | Path, test_fraction: float, seed: int) -> tupl
     return load(train_idx), load(test_idx), description
 
 
+def load_split(data: str, config: TrainConfig) -> tuple[LabelledImages, LabelledImages, str]:
+    """(train, test, description) for ``"digits"`` or an ImageFolder path."""
+    if data == "digits":
+        return digits_split("train"), digits_split("test"), DIGITS_DESCRIPTION
+    return load_image_folder(data, config.test_fraction, config.seed)
+
+
+def held_out_split(data: str, config: TrainConfig) -> tuple[list[Image.Image], np.ndarray]:
+    """The held-out images and labels the model card's test accuracy is measured on."""
+    test = load_split(data, config)[1]
+    return test.images, test.labels
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -109,10 +122,7 @@ def train_model(
     """Train ``arch`` from scratch; returns the eval-mode model and its model card."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
-    if data == "digits":
-        train, test, data_description = digits_split("train"), digits_split("test"), DIGITS_DESCRIPTION
-    else:
-        train, test, data_description = load_image_folder(data, config.test_fraction, config.seed)
+    train, test, data_description = load_split(data, config)
     arch = {**arch, "kwargs": {**arch["kwargs"], "num_classes": len(train.classes)}}
     data_cfg = dict(arch.get("pretrained_cfg", {}), num_classes=len(train.classes))
     if data == "digits":
