@@ -1,0 +1,57 @@
+"""Attention-collapse metrics as pure tensor functions (REFERENCE.md section 4).
+
+Conventions:
+
+* attention maps are stacked per block as ``maps`` (L, B, H, T, T), ``maps[l, b, h, i, j]``
+  = weight query token i puts on key token j; hidden states as ``hidden`` (L, B, T, D);
+  block indices are 0-based;
+* inputs may be any float dtype (float32, bfloat16, ...) on any device; everything is
+  computed in float32 and returned as torch tensors on the input's device;
+* bad input (wrong number of dims, NaN or Inf, ...) raises ``DiagError``.
+
+Streaming: these per-batch metrics are means with equal weight per image, so for
+batches of sizes B_1, B_2, ... (N images) ``sum_k metric(batch_k) * B_k / N`` is exactly
+the metric of all N images at once (up to float rounding):
+``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
+``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
+``mean_attention_distance``, ``token_similarity``, ``rank_collapse``.
+Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
+``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
+a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices``
+reads weights.
+"""
+from __future__ import annotations
+
+from .attention import attention_entropy, mean_attention_distance
+from .cka import MinibatchCKA, linear_cka
+from .similarity import (
+    SimilarBlocks,
+    collapse_statistics,
+    cross_head_similarity,
+    cross_layer_similarity,
+    mean_off_diagonal,
+    neighbour_similarity,
+    similar_blocks,
+    similarity_ratio,
+)
+from .theta import ThetaInfo, theta_matrices
+from .tokens import rank_collapse, token_similarity
+
+__all__ = [
+    "MinibatchCKA",
+    "SimilarBlocks",
+    "ThetaInfo",
+    "attention_entropy",
+    "collapse_statistics",
+    "cross_head_similarity",
+    "cross_layer_similarity",
+    "linear_cka",
+    "mean_attention_distance",
+    "mean_off_diagonal",
+    "neighbour_similarity",
+    "rank_collapse",
+    "similar_blocks",
+    "similarity_ratio",
+    "theta_matrices",
+    "token_similarity",
+]

@@ -1,0 +1,191 @@
+"""Attention-map similarity across blocks and heads (DeepViT paper Eqn 2, Fig. 3).
+
+Every function takes stacked maps of shape (L, B, H, T, T), ``maps[l, b, h, i, j]`` =
+weight query token i of block l puts on key token j (REFERENCE.md section 4), and
+compares *attention vectors*: with ``axis="columns"`` (default, paper Eqn 2) the vector
+of token t is the column ``A[b, h, :, t]``, with ``axis="rows"`` it is the row
+``A[b, h, t, :]``. Cosines use ``cos(u, v) = u.v / (max(|u|, eps) * max(|v|, eps))``
+with ``eps = COSINE_EPS``, so a zero vector has cosine 0 with everything (itself included).
+
+``cross_layer_similarity``, ``neighbour_similarity``, ``similarity_ratio`` and
+``cross_head_similarity`` follow the formulas literally (the readable reference path);
+``collapse_statistics`` gives the same numbers from one normalisation and batched Gram
+products (the fast path the analysis runs per batch).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DiagError
+from ._checks import as_float32_maps, check_axis, check_neighbourhood
+
+COSINE_EPS = 1e-12
+
+
+class SimilarBlocks(NamedTuple):
+    """Blocks whose similarity ratio exceeds rho: how many, and their 0-based indices."""
+
+    count: int
+    indices: list[int]
+
+
+def _attention_vectors(maps: torch.Tensor, axis: str) -> torch.Tensor:
+    """(L, B, H, T, T) -> (L, B, H, T, T) whose ``[l, b, h, t, :]`` is the vector of token t."""
+    return maps.transpose(-1, -2) if axis == "columns" else maps
+
+
+def _cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last dim, 0 for a zero vector (see the module docstring)."""
+    norms = u.norm(dim=-1).clamp_min(COSINE_EPS) * v.norm(dim=-1).clamp_min(COSINE_EPS)
+    return (u * v).sum(dim=-1) / norms
+
+
+def _share_above(neighbour_averages: torch.Tensor, tau: float) -> torch.Tensor:
+    """(L, B, H, T) -> (L,): share of vectors whose neighbour average exceeds tau.
+
+    A block without neighbours (NaN averages, a 1-block model) gets NaN rather than 0:
+    its ratio is undefined, not "nothing is similar".
+    """
+    above = (neighbour_averages > tau).float().masked_fill(neighbour_averages.isnan(), float("nan"))
+    return above.mean(dim=(1, 2, 3))
+
+
+def cross_layer_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Tensor:
+    """Layer-by-layer similarity matrix S (L, L) of attention maps.
+
+    ``S[p, q] = mean over b, h, t of cos(A_p vec(b, h, t), A_q vec(b, h, t))``
+    (REFERENCE.md 4.1, paper Eqn 2). A mean with equal weight per image.
+
+    Args:
+        maps: (L, B, H, T, T), any float dtype and device.
+        axis: ``"columns"`` (paper) or ``"rows"``.
+    Returns:
+        float32 (L, L) on the device of ``maps``; symmetric, diagonal 1 unless a vector is zero.
+    """
+    check_axis(axis)
+    vectors = _attention_vectors(as_float32_maps(maps), axis)
+    num_blocks = vectors.shape[0]
+    similarity = vectors.new_empty(num_blocks, num_blocks)
+    for p in range(num_blocks):
+        for q in range(num_blocks):
+            similarity[p, q] = _cosine(vectors[p], vectors[q]).mean()
+    return similarity
+
+
+def neighbour_similarity(maps: torch.Tensor, k: int = 2, axis: str = "columns") -> torch.Tensor:
+    """Per-vector similarity to the neighbouring blocks, (L, B, H, T).
+
+    ``out[p, b, h, t] = mean over q with 1 <= |q - p| <= k and 0 <= q < L of
+    cos(A_p vec(b, h, t), A_q vec(b, h, t))`` (REFERENCE.md 4.2). Blocks near the ends
+    average over the neighbours that exist; with a single block there are none and the
+    result is NaN.
+    """
+    check_axis(axis)
+    check_neighbourhood(k)
+    vectors = _attention_vectors(as_float32_maps(maps), axis)
+    num_blocks = vectors.shape[0]
+    averages = []
+    for p in range(num_blocks):
+        neighbours = [q for q in range(p - k, p + k + 1) if q != p and 0 <= q < num_blocks]
+        if neighbours:
+            averages.append(torch.stack([_cosine(vectors[p], vectors[q]) for q in neighbours]).mean(dim=0))
+        else:
+            averages.append(torch.full(vectors.shape[1:4], float("nan"), device=vectors.device))
+    return torch.stack(averages)
+
+
+def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns") -> torch.Tensor:
+    """Similarity ratio per block (L,): share of block p's vectors (b, h, t) whose
+    ``neighbour_similarity`` exceeds ``tau`` (REFERENCE.md 4.2, paper Fig. 3a).
+
+    k and tau are this project's reading of the paper (it states neither). A mean with
+    equal weight per image (every image has H * T vectors). NaN for a 1-block model.
+    """
+    return _share_above(neighbour_similarity(maps, k=k, axis=axis), tau)
+
+
+def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
+    """Blocks whose similarity ratio exceeds ``rho`` (REFERENCE.md 4.3, paper Table/Fig. 3b).
+
+    Args:
+        ratio: (L,) similarity ratios (tensor, array or sequence); NaN never counts.
+    Not a per-image mean: apply it to the dataset-level ratio, not per batch.
+    """
+    ratio = torch.as_tensor(ratio)
+    if ratio.ndim != 1:
+        raise DiagError(f"ratio must have shape (L,), got {tuple(ratio.shape)}")
+    indices = torch.nonzero(ratio > rho).flatten().tolist()
+    return SimilarBlocks(count=len(indices), indices=indices)
+
+
+def cross_head_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Tensor:
+    """Head-by-head similarity inside each block, (L, H, H).
+
+    ``C[l, g, h] = mean over b, t of cos(A_l[b, g] vec(t), A_l[b, h] vec(t))``
+    (REFERENCE.md 4.4, paper Fig. 3c). A mean with equal weight per image.
+    """
+    check_axis(axis)
+    vectors = _attention_vectors(as_float32_maps(maps), axis)
+    num_heads = vectors.shape[2]
+    per_block = [
+        torch.stack([
+            torch.stack([_cosine(block[:, g], block[:, h]).mean() for h in range(num_heads)])
+            for g in range(num_heads)
+        ])
+        for block in vectors
+    ]
+    return torch.stack(per_block)
+
+
+def mean_off_diagonal(matrices: torch.Tensor) -> torch.Tensor:
+    """Mean of the off-diagonal entries of square matrices: (..., H, H) -> (...).
+
+    The scalar cross-head similarity of REFERENCE.md 4.4. NaN when H == 1 (no off-diagonal).
+    """
+    if not isinstance(matrices, torch.Tensor) or matrices.ndim < 2 or matrices.shape[-1] != matrices.shape[-2]:
+        shape = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
+        raise DiagError(f"matrices must be a tensor of square matrices (..., H, H), got {shape}")
+    matrices = matrices.float()
+    size = matrices.shape[-1]
+    off_diagonal_sum = matrices.sum(dim=(-1, -2)) - matrices.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+    return off_diagonal_sum / (size * (size - 1))
+
+
+def collapse_statistics(
+    maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns"
+) -> dict[str, torch.Tensor]:
+    """The similarity metrics of one batch at once, fast path.
+
+    Returns ``{"similarity": (L, L), "ratio": (L,), "cross_head": (L, H, H)}``, the same
+    numbers as ``cross_layer_similarity``, ``similarity_ratio`` and
+    ``cross_head_similarity`` (REFERENCE.md 4.1, 4.2, 4.4) up to float rounding. The
+    vectors are normalised once; S and C are Gram products of the unit vectors, and the
+    neighbour cosines are computed only for the k block offsets, so nothing of size
+    (L, L, B, H, T) is ever built. All three are means with equal weight per image.
+    """
+    check_axis(axis)
+    check_neighbourhood(k)
+    unit = F.normalize(_attention_vectors(as_float32_maps(maps), axis), dim=-1, eps=COSINE_EPS)
+    num_blocks, batch, num_heads, num_vectors = unit.shape[:4]
+
+    per_block = unit.reshape(num_blocks, -1)
+    similarity = per_block @ per_block.T / (batch * num_heads * num_vectors)
+
+    # M[p, p + offset] serves both blocks p and p + offset as a neighbour.
+    neighbour_sum = unit.new_zeros(unit.shape[:4])
+    neighbour_count = unit.new_zeros(num_blocks)
+    for offset in range(1, min(k, num_blocks - 1) + 1):
+        cosines = (unit[:-offset] * unit[offset:]).sum(dim=-1)
+        neighbour_sum[:-offset] += cosines
+        neighbour_sum[offset:] += cosines
+        neighbour_count[:-offset] += 1
+        neighbour_count[offset:] += 1
+    # A block without neighbours divides 0 by 0: NaN, as in neighbour_similarity.
+    ratio = _share_above(neighbour_sum / neighbour_count.view(-1, 1, 1, 1), tau)
+
+    per_head = unit.transpose(1, 2).reshape(num_blocks, num_heads, -1)
+    cross_head = per_head @ per_head.transpose(1, 2) / (batch * num_vectors)
+    return {"similarity": similarity, "ratio": ratio, "cross_head": cross_head}
