@@ -1,0 +1,242 @@
+"""``load_model``: a preset, store name, timm model name or checkpoint file -> an eval-mode model.
+
+Every model comes back with ``model.arch`` (see ``deepvit_diag.models.presets``) and
+``model.provenance``: ``spec``, ``source`` ("store" | "bundled" | "file" | "timm-hub" | "random"),
+``format`` ("official" | "timm" | "lucidrains-vit" | "lucidrains-deepvit" | "native" | "timm-name"),
+``path``, ``sha256`` (of the file), ``entry`` (training-checkpoint entry used, e.g. "state_dict_ema"),
+``arch``, ``card``, ``description`` (one line) and ``warnings`` (the guesses announced).
+
+Archs of timm models named by the user (``spec`` or ``arch=``) are ``{"family": "timm", "name": ...,
+"kwargs": {...}}``: timm builds them exactly, so nothing about them is re-derived.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import timm
+from huggingface_hub.errors import EntryNotFoundError
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from ..errors import DiagError
+from ..models.presets import PRESETS, attach_arch, build_model, with_overrides
+from .layouts import NATIVE, detect_layout, infer_arch, to_our_keys
+from .native import read_native_metadata, save_native
+from .provenance import arch_summary, describe
+from .safe_load import CHECKPOINT_SUFFIXES, file_sha256, read_checkpoint
+from .store import bundled_path, is_store_name, store_path
+
+# The official repository's registry names (REFERENCE.md section 2) -> our presets.
+OFFICIAL_NAMES = {
+    "deepvit_patch16_224_re_attn_16b": "deepvit16",
+    "deepvit_patch16_224_re_attn_24b": "deepvit24",
+    "deepvit_patch16_224_re_attn_32b": "deepvit32",
+    "deepvit_S": "deepvit_s",
+    "deepvit_L": "deepvit_l",
+}
+# timm.create_model options about where weights come from, not about the network.
+TIMM_LOADING_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_DATA_CFG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes", "first_conv", "classifier")
+
+
+class GuessWarning(UserWarning):
+    """An architecture value the weights do not determine was guessed; the message names it."""
+
+
+def load_model(spec: str | os.PathLike, *, arch: str | dict[str, Any] | None = None, pretrained: bool = True,
+               **overrides: Any) -> nn.Module:
+    """Load ``spec`` as an eval-mode model carrying ``.arch`` and ``.provenance``.
+
+    Args:
+        spec: a checkpoint file (.pth, .pth.tar, .pt, .bin, .safetensors; any supported layout), a
+            weight-store name, a preset name (store entry, else bundled demo weights) or a timm model name.
+        arch: what the weights cannot say: a preset, official DeepViT or timm model name, or an arch dict.
+        pretrained: ``False`` gives random weights for preset, store and timm names (announced loudly).
+        overrides: constructor arguments with timm's names (``num_heads``, ``embed_dim``, ``img_size``,
+            ``num_classes``, ...); for timm names also timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
+    """
+    if isinstance(spec, os.PathLike) or _looks_like_path(spec):
+        if not pretrained:
+            raise DiagError("pretrained=False gives random weights for preset, store or timm names, not for files")
+        return _load_file(Path(spec), str(spec), "file", arch, overrides)
+    if not isinstance(spec, str):
+        raise DiagError(f"cannot load a {type(spec).__name__}: pass a file path, store name, preset or timm model name")
+    if spec in PRESETS and not pretrained:
+        return _random(with_overrides(PRESETS[spec], **overrides), spec, None)
+    if is_store_name(spec) and store_path(spec).is_file():
+        if not pretrained:
+            return _random(with_overrides(read_native_metadata(store_path(spec))["arch"], **overrides), spec, NATIVE)
+        return _load_file(store_path(spec), spec, "store", arch, overrides)
+    if spec in PRESETS:
+        if bundled_path(spec).is_file():
+            return _load_file(bundled_path(spec), spec, "bundled", arch, overrides)
+        raise DiagError(
+            f"no weights for preset {spec!r}: import a checkpoint with `deepvit-diag import FILE --as {spec}` "
+            "(or ask for pretrained=False to get random weights)"
+        )
+    if timm.is_model(spec):
+        return _load_timm(spec, pretrained, overrides)
+    if Path(spec).is_file():
+        return _load_file(Path(spec), spec, "file", arch, overrides)
+    raise DiagError(f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)")
+
+
+def import_checkpoint(spec: str | os.PathLike, name: str, *, overwrite: bool = False, **load_kwargs: Any) -> Path:
+    """Convert anything ``load_model`` reads into the store as ``<name>.safetensors`` (native format).
+
+    The source's model card is kept, with ``imported_from``, ``sha256``, ``format`` (and ``guesses``) added.
+    """
+    target = store_path(name)
+    if target.exists() and not overwrite:
+        raise DiagError(f"the weight store already has {name!r} ({target}); choose another name or overwrite it")
+    model = load_model(spec, **load_kwargs)
+    prov = model.provenance
+    if prov["source"] == "random":
+        raise DiagError("refusing to store random weights")
+    card = dict(prov["card"] or {})
+    card.update(imported_from=str(prov["path"] or prov["spec"]), sha256=prov["sha256"], format=prov["format"])
+    if prov["warnings"]:
+        card["guesses"] = prov["warnings"]
+    partial = target.with_name(target.name + ".partial")
+    save_native(model, partial, card=card)
+    os.replace(partial, target)
+    return target
+
+
+def resolve_arch(arch: str | dict[str, Any]) -> dict[str, Any]:
+    """An ``arch=`` argument as an arch dict."""
+    if isinstance(arch, dict):
+        if "family" not in arch or "kwargs" not in arch:
+            raise DiagError("an arch dict needs 'family' and 'kwargs' (see deepvit_diag.models.presets)")
+        return copy.deepcopy(arch)
+    known = _named_arch(arch)
+    if known is None:
+        raise DiagError(f"unknown architecture {arch!r}: not a preset ({', '.join(PRESETS)}), official DeepViT or timm model name")
+    return known
+
+
+def build_arch(arch: dict[str, Any]) -> nn.Module:
+    """A randomly initialised model of ``arch`` (any family, including timm names)."""
+    try:
+        if arch["family"] == "timm":
+            model = timm.create_model(arch["name"], pretrained=False, **arch["kwargs"])
+            attach_arch(model, arch)
+        else:
+            model = build_model(arch)
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as err:
+        raise DiagError(f"cannot build the {arch.get('family')} architecture: {err}") from None
+    if arch["family"] == "timm" and not isinstance(model, VisionTransformer):
+        raise DiagError(f"{arch['name']} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models")
+    return model
+
+
+def load_strict(model: nn.Module, state_dict: dict[str, Any], what: str, hint: str = "") -> None:
+    """Load every tensor or fail with one line naming the first offending keys and shapes."""
+    expected = model.state_dict()
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    problems = [f"{label}: {_first(items)}" for label, items in
+                (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)) if items]
+    if problems:
+        raise DiagError(f"{what} does not fit the architecture ({arch_summary(model.arch)}): {'; '.join(problems)}{hint}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _looks_like_path(spec: Any) -> bool:
+    return isinstance(spec, str) and ("/" in spec or os.sep in spec or spec.lower().endswith(CHECKPOINT_SUFFIXES))
+
+
+def _named_arch(name: str) -> dict[str, Any] | None:
+    name = OFFICIAL_NAMES.get(name, name)
+    if name in PRESETS:
+        return copy.deepcopy(PRESETS[name])
+    if timm.is_model(name):
+        return timm_arch(name)
+    return None
+
+
+def timm_arch(name: str, data_cfg: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """The arch dict of a timm model name with constructor ``kwargs`` (data config: timm's for the name)."""
+    if data_cfg is None:
+        cfg = timm.models.get_pretrained_cfg(name)
+        data_cfg = cfg.to_dict() if cfg else {}
+    data = {k: v for k, v in data_cfg.items() if k in _DATA_CFG_KEYS and v is not None}
+    return with_overrides({"family": "timm", "name": name, "kwargs": {}, "pretrained_cfg": data}, **kwargs)
+
+
+def _load_file(path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]) -> nn.Module:
+    raw = read_checkpoint(path)
+    base = resolve_arch(arch) if arch is not None else None
+    guesses: list[str] = []
+    hint = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
+    if raw.native and base is None:
+        arch_dict, state_dict = with_overrides(raw.native["arch"], **overrides), raw.state_dict
+    else:
+        layout = detect_layout(raw.state_dict)
+        state_dict = to_our_keys(layout, raw.state_dict)
+        if base is None and raw.model_name and (base := _named_arch(raw.model_name)):
+            hint = f" (architecture from the checkpoint's model name {raw.model_name!r}; pass arch=... to override)"
+        if base is not None and base["family"] == "timm":
+            head = {"num_classes": state_dict["head.weight"].shape[0]} if "head.weight" in state_dict else {}
+            arch_dict = with_overrides(base, **{**head, **overrides})
+        else:
+            arch_dict, guesses = infer_arch(state_dict, layout, base=base, overrides=overrides)
+    for guess in guesses:
+        warnings.warn(f"{label}: {guess}", GuessWarning, stacklevel=3)
+    model = build_arch(arch_dict)
+    fmt = NATIVE if raw.native else layout
+    load_strict(model, state_dict, f"{label} ({fmt} layout)", hint)
+    card = raw.native["card"] if raw.native else None
+    description = describe(label if source != "file" else path.name, source, fmt, model.arch, card, raw.entry)
+    return _finish(model, spec=label, source=source, format=fmt, path=str(path), sha256=raw.sha256, entry=raw.entry,
+                   card=card, description=description, warnings=guesses)
+
+
+def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
+    overrides = dict(overrides)
+    options = {k: overrides.pop(k) for k in TIMM_LOADING_OPTIONS if k in overrides}
+    if not pretrained:
+        return _random(timm_arch(name, **overrides), name, "timm-name")
+    local_file = (options.get("pretrained_cfg_overlay") or {}).get("file")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if not local_file and not (cfg and (cfg.hf_hub_id or cfg.url or cfg.file)):
+        raise DiagError(f"timm has no pretrained weights for {name}; ask for pretrained=False (random weights) or load a local file")
+    try:
+        model = timm.create_model(name, pretrained=True, **options, **overrides)
+    except (OSError, EntryNotFoundError) as err:
+        raise DiagError(
+            f"could not download the pretrained weights of {name} (no network?): {str(err).splitlines()[0][:120]}; "
+            f"to use a local copy: load_model(PATH, arch={name!r}) or --ckpt PATH"
+        ) from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise DiagError(f"timm could not create {name}: {err}") from None
+    if not isinstance(model, VisionTransformer):
+        raise DiagError(f"{name} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models")
+    attach_arch(model, timm_arch(name, data_cfg=model.pretrained_cfg, **overrides))
+    return _finish(model, spec=name, source="timm-hub", format="timm-name", path=local_file,
+                   sha256=file_sha256(local_file) if local_file else None, entry=None, card=None,
+                   description=describe(name, "timm-hub", "timm-name", model.arch, None), warnings=[])
+
+
+def _random(arch: dict[str, Any], label: str, fmt: str | None) -> nn.Module:
+    model = build_arch(arch)
+    message = f"{label}: RANDOM weights (pretrained=False); results describe an untrained model"
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return _finish(model, spec=label, source="random", format=fmt, path=None, sha256=None, entry=None, card=None,
+                   description=describe(label, "random", fmt, model.arch, None), warnings=[message])
+
+
+def _finish(model: nn.Module, **provenance: Any) -> nn.Module:
+    model.eval()
+    model.provenance = {**provenance, "arch": copy.deepcopy(model.arch)}
+    return model
+
+
+def _first(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny models (2-4 blocks, width 32, 4 heads, 32 px images) and an isolated weight store."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from deepvit_diag.models import build_model
+
+TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=5)
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm/LayerNorm non-trivial running statistics and affine parameters, so that a
+    comparison would notice a norm that is skipped, applied in training mode or applied to the wrong axis."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+                m.num_batches_tracked.fill_(7)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory ``tiny_model(family="deepvit", seed=0, **kwargs)``: an eval-mode tiny model with ``.arch``."""
+
+    def make(family: str = "deepvit", seed: int = 0, **kwargs) -> nn.Module:
+        torch.manual_seed(seed)
+        model = build_model({"family": family, "kwargs": {**TINY_KWARGS, **kwargs}})
+        return randomize_norms(model, seed).eval()
+
+    return make
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """Two random 3 x 32 x 32 images."""
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def _private_weight_store(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real weight store."""
+    monkeypatch.setenv("DEEPVIT_DIAG_HOME", str(tmp_path_factory.mktemp("deepvit_diag_home")))
+
+
+@pytest.fixture
+def weight_store(tmp_path, monkeypatch):
+    """An empty weight store and an empty bundled-weights directory: ``.store`` and ``.bundled`` paths."""
+    home = tmp_path / "home"
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    monkeypatch.setenv("DEEPVIT_DIAG_HOME", str(home))
+    monkeypatch.setattr("deepvit_diag.checkpoints.store.BUNDLED_DIR", bundled)
+    return SimpleNamespace(store=home / "weights", bundled=bundled)
