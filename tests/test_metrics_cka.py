@@ -140,6 +140,25 @@ def test_cka_is_not_invariant_to_anisotropic_scaling():
     assert linear_cka(stretched, y).item() != pytest.approx(linear_cka(x, y).item(), abs=1e-3)
 
 
+def test_hsic_estimators_ignore_a_shared_feature_offset():
+    # The exact identity linear_cka relies on when it centres features (float64 here).
+    x, y = related_features(20, n=9)
+    xn, yn = x.double().numpy(), y.double().numpy()
+    offset = np.linspace(-3, 3, xn.shape[1])
+    for hsic in (closed_form_unbiased_hsic, biased_hsic):
+        shifted = (xn + offset) @ (xn + offset).T
+        assert hsic(shifted, yn @ yn.T) == pytest.approx(hsic(xn @ xn.T, yn @ yn.T), rel=1e-9)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_cka_stays_accurate_under_large_feature_offsets(unbiased):
+    # Block outputs share large offsets; uncentred float32 Grams would lose the signal.
+    x, y = related_features(21, n=32)
+    hsic = closed_form_unbiased_hsic if unbiased else biased_hsic
+    expected = np_cka(x.double().numpy(), y.double().numpy(), hsic)
+    assert linear_cka(x + 100, y - 100, unbiased=unbiased).item() == pytest.approx(expected, abs=1e-5)
+
+
 def test_bfloat16_input_gives_float32_answer():
     x, y = related_features(9, n=12)
     result = linear_cka(x.bfloat16(), y.bfloat16())
@@ -179,6 +198,16 @@ def test_minibatch_cka_matches_per_chunk_brute_force(num_images, chunk_size):
         assert result[key].dtype == torch.float32
         np.testing.assert_allclose(result[key].numpy(), expected[key], atol=1e-5)
     np.testing.assert_allclose(np.diag(result["a"].numpy()), 1.0, atol=1e-6)
+
+
+def test_minibatch_cka_stays_accurate_under_large_feature_offsets():
+    feats_a = features(29, 2, 12, 6)
+    feats_b = feats_a @ features(30, 6, 4) + features(31, 2, 12, 4)
+    accumulator = MinibatchCKA(chunk_size=6)
+    accumulator.update(feats_a + 100, feats_b - 100)
+    expected = brute_minibatch_cka(feats_a, feats_b, chunk_size=6)
+    for key, value in accumulator.result().items():
+        np.testing.assert_allclose(value.numpy(), expected[key], atol=1e-5)
 
 
 def test_minibatch_cka_does_not_depend_on_update_sizes():

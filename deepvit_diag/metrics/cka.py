@@ -26,6 +26,13 @@ from ._checks import as_float32
 MIN_UNBIASED_EXAMPLES = 4
 
 
+def _centre_features(features: torch.Tensor) -> torch.Tensor:
+    """Subtract the mean example, (..., n, p). Leaves both HSIC estimators unchanged
+    (the Gram only gains terms ``a 1^T + 1 a^T``, which both cancel exactly), but keeps
+    float32 from losing the signal under large shared offsets that block outputs have."""
+    return features - features.mean(dim=-2, keepdim=True)
+
+
 def _hsic_pairs(grams_x: torch.Tensor, grams_y: torch.Tensor, unbiased: bool) -> torch.Tensor:
     """HSIC of every pair of Grams: (Lx, n, n) x (Ly, n, n) -> (Lx, Ly), as batched products."""
     n = grams_x.shape[-1]
@@ -75,6 +82,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch
     needed = MIN_UNBIASED_EXAMPLES if unbiased else 2
     if x.shape[0] < needed:
         raise DiagError(f"linear_cka needs at least {needed} examples, got {x.shape[0]}")
+    x, y = _centre_features(x), _centre_features(y)
     grams = torch.stack([x @ x.T, y @ y.T])
     hsic = _hsic_pairs(grams, grams, unbiased)
     self_hsic = hsic.diagonal()
@@ -152,7 +160,8 @@ class MinibatchCKA:
 
     def _chunk_hsic(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Unbiased HSIC of every layer pair in one chunk of m >= 4 images."""
-        grams = [f @ f.transpose(1, 2) for f in feats]  # (L, m, m) per model
+        centred = [_centre_features(f) for f in feats]
+        grams = [f @ f.transpose(1, 2) for f in centred]  # (L, m, m) per model
         hsic = {"a": _hsic_pairs(grams[0], grams[0], unbiased=True)}
         if len(grams) == 2:
             hsic["b"] = _hsic_pairs(grams[1], grams[1], unbiased=True)
