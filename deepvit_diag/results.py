@@ -1,0 +1,369 @@
+"""Result objects of ``analyze`` and ``compare``: every metric, saved and loaded as files.
+
+A result holds numpy arrays (``arrays``) plus JSON-able metadata; ``summary()`` turns
+the arrays into the scalars the CLI and the app print, so neither re-implements math.
+On disk a result is a folder with ``result.json`` (metadata, summary, package versions)
+and ``arrays.npz``. Block indices are 0-based everywhere.
+
+Array names of an ``AnalysisResult`` (L blocks, H heads, E examples, grid gh x gw):
+
+==========================  ======================  ===========================================
+``similarity_pre/_post``    (L, L)                  cross-layer similarity (REFERENCE.md 4.1)
+``ratio_pre/_post``         (L,)                    similarity ratio (4.2)
+``cross_head_pre/_post``    (L, H, H)               cross-head similarity (4.4)
+``entropy``                 (L, H)                  attention entropy of softmax maps (4.6)
+``attention_distance``      (L, H)                  mean attention distance in pixels (4.7)
+``token_similarity``        (L,)                    token over-smoothing (4.8)
+``rank_residual``           (L,)                    rank-collapse residual (4.9)
+``cka``                     (L, L)                  minibatch linear CKA of block outputs (4.10)
+``theta_<i>``               (H, H)                  Theta of Re-attention block i (4.5), with
+                                                    ``theta_<i>_bias``, ``_norm_weight``,
+                                                    ``_norm_bias``, ``_running_mean``,
+                                                    ``_running_var`` where the block has them
+``example_images``          (E, height, width, 3)   uint8 images at model resolution
+``example_cls_pre/_post``   (E, L, H, gh, gw)       CLS-token attention to every patch
+==========================  ======================  ===========================================
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DiagError
+from .metrics import SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks
+
+MAP_KINDS = ("pre", "post")
+ANALYSIS_FORMAT = "deepvit-diag analysis"
+COMPARISON_FORMAT = "deepvit-diag comparison"
+FORMAT_VERSION = 1
+THETA_FIELDS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (tuples become lists, paths strings), so that a
+    metadata dict equals what ``json.load`` gives back."""
+    return json.loads(json.dumps(value, default=_builtin))
+
+
+def _builtin(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)  # Path, torch.dtype, torch.device, ...
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def package_versions() -> dict[str, str]:
+    import timm
+
+    from . import __version__
+
+    return {"deepvit_diag": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> bool:
+    if first.keys() != second.keys():
+        return False
+    return all(
+        first[name].dtype == second[name].dtype
+        and first[name].shape == second[name].shape
+        and np.array_equal(first[name], second[name], equal_nan=first[name].dtype.kind == "f")
+        for name in first
+    )
+
+
+def _read_folder(folder: str | Path, expected_format: str) -> tuple[dict, dict[str, np.ndarray]]:
+    folder = Path(folder)
+    json_path, npz_path = folder / "result.json", folder / "arrays.npz"
+    if not json_path.is_file() or not npz_path.is_file():
+        raise DiagError(f"{folder} is not a saved deepvit-diag result (needs result.json and arrays.npz)")
+    try:
+        document = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DiagError(f"{json_path} is not valid JSON: {err}") from None
+    if document.get("format") != expected_format:
+        raise DiagError(f"{folder} holds a {document.get('format')!r} result, expected {expected_format!r}")
+    with np.load(npz_path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    return document, arrays
+
+
+def _write_folder(folder: str | Path, document: dict, arrays: dict[str, np.ndarray]) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "result.json").write_text(json.dumps(document, indent=2, allow_nan=False))
+    np.savez_compressed(folder / "arrays.npz", **arrays)
+    return folder
+
+
+def _nanmean_or_none(values: np.ndarray) -> float | None:
+    """Mean of the finite entries (NaN marks an undefined block, e.g. one head); None if none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _trend(per_block: np.ndarray) -> float | None:
+    """Least-squares slope of a per-block curve (change per block); None for one block."""
+    if len(per_block) < 2:
+        return None
+    return _finite_or_none(np.polyfit(np.arange(len(per_block)), per_block.astype(np.float64), 1)[0])
+
+
+def _thirds(values: np.ndarray) -> tuple[float | None, float | None]:
+    """Means of the first and last third (at least one value each) of a sequence."""
+    if len(values) == 0:
+        return None, None
+    size = max(1, round(len(values) / 3))
+    return _finite_or_none(values[:size].mean()), _finite_or_none(values[-size:].mean())
+
+
+@dataclass(eq=False)
+class AnalysisResult:
+    """Every metric of one model over one image set (see the module docstring for arrays).
+
+    Attributes:
+        model: description, provenance, arch and geometry (num_blocks, num_heads,
+            num_tokens, num_prefix_tokens, patch_size, grid_size, image_size,
+            reattention_blocks).
+        params: the analysis parameters (k, tau, rho, axis, maps, dtype, batch_size, ...).
+        images: description, count and skipped (unreadable) files of the image source.
+        num_images: images every dataset-level mean is taken over.
+        arrays: name -> numpy array.
+    """
+
+    model: dict[str, Any]
+    params: dict[str, Any]
+    images: dict[str, Any]
+    num_images: int
+    arrays: dict[str, np.ndarray] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self.model, self.params, self.images = jsonable(self.model), jsonable(self.params), jsonable(self.images)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AnalysisResult):
+            return NotImplemented
+        same_metadata = (self.model, self.params, self.images, self.num_images) == (
+            other.model, other.params, other.images, other.num_images)  # fmt: skip
+        return same_metadata and _arrays_equal(self.arrays, other.arrays)
+
+    def _kind(self, maps: str | None) -> str:
+        maps = maps or self.params.get("maps", "post")
+        if maps not in MAP_KINDS:
+            raise DiagError(f"maps must be 'pre' or 'post', got {maps!r}")
+        return maps
+
+    def similarity(self, maps: str | None = None) -> np.ndarray:
+        """Cross-layer similarity (L, L) of the "pre" or "post" maps (default: params["maps"])."""
+        return self.arrays[f"similarity_{self._kind(maps)}"]
+
+    def ratio(self, maps: str | None = None) -> np.ndarray:
+        """Similarity ratio per block (L,)."""
+        return self.arrays[f"ratio_{self._kind(maps)}"]
+
+    def cross_head(self, maps: str | None = None) -> np.ndarray:
+        """Cross-head similarity per block (L, H, H)."""
+        return self.arrays[f"cross_head_{self._kind(maps)}"]
+
+    def cross_head_mean(self, maps: str | None = None) -> np.ndarray:
+        """Mean off-diagonal cross-head similarity per block (L,)."""
+        return mean_off_diagonal(torch.from_numpy(self.cross_head(maps))).numpy()
+
+    def similar_blocks(self, maps: str | None = None, rho: float | None = None) -> SimilarBlocks:
+        """Blocks whose dataset-level similarity ratio exceeds rho (default params["rho"])."""
+        return similar_blocks(torch.from_numpy(self.ratio(maps)), self.params["rho"] if rho is None else rho)
+
+    def collapse_start(self, maps: str | None = None) -> int | None:
+        """First block of the run of similar blocks that reaches the last block (the paper's
+        "every block after the 17th"); None when the last block is not similar."""
+        similar = set(self.similar_blocks(maps).indices)
+        start = None
+        for block in reversed(range(len(self.ratio(maps)))):
+            if block not in similar:
+                break
+            start = block
+        return start
+
+    def adjacent_similarity(self, maps: str | None = None) -> np.ndarray:
+        """Similarity of each block with the next, (L - 1,)."""
+        return np.diagonal(self.similarity(maps), offset=1)
+
+    def entropy(self) -> np.ndarray:
+        """Attention entropy of the softmax maps (L, H), nats."""
+        return self.arrays["entropy"]
+
+    def attention_distance(self) -> np.ndarray:
+        """Mean attention distance of the softmax maps (L, H), pixels."""
+        return self.arrays["attention_distance"]
+
+    def token_similarity(self) -> np.ndarray:
+        return self.arrays["token_similarity"]
+
+    def rank_residual(self) -> np.ndarray:
+        return self.arrays["rank_residual"]
+
+    def cka(self) -> np.ndarray:
+        """Linear CKA between block outputs (L, L); NaN with fewer than 4 images."""
+        return self.arrays["cka"]
+
+    def theta(self) -> dict[int, ThetaInfo]:
+        """Theta (with bias, Norm parameters and distances) of every Re-attention block."""
+        infos = {}
+        for block in self.model["reattention_blocks"]:
+            prefix = f"theta_{block}"
+            extras = {name: self.arrays[f"{prefix}_{name}"] for name in THETA_FIELDS if f"{prefix}_{name}" in self.arrays}
+            kind = "conv" if "bias" in extras else "param"
+            infos[block] = ThetaInfo(theta=self.arrays[prefix], kind=kind, **extras)
+        return infos
+
+    def _map_summary(self, maps: str) -> dict[str, Any]:
+        similar = self.similar_blocks(maps)
+        first_third, last_third = _thirds(self.adjacent_similarity(maps))
+        cross_head = self.cross_head_mean(maps)
+        return {
+            "similar_blocks": similar.count,
+            "similar_block_indices": similar.indices,
+            "collapse_start": self.collapse_start(maps),
+            "adjacent_similarity_first_third": first_third,
+            "adjacent_similarity_last_third": last_third,
+            "cross_head_similarity": _nanmean_or_none(cross_head),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars for reports (JSON-able; undefined values are None; blocks 0-based).
+
+        Map-based entries come for both map kinds with a ``_pre`` / ``_post`` suffix and
+        once more without suffix for the default kind (``params["maps"]``).
+        """
+        summary: dict[str, Any] = {"num_images": self.num_images, "num_blocks": self.model["num_blocks"], "maps": self._kind(None)}
+        per_kind = {kind: self._map_summary(kind) for kind in MAP_KINDS}
+        for kind, values in per_kind.items():
+            summary.update({f"{name}_{kind}": value for name, value in values.items()})
+        summary.update(per_kind[self._kind(None)])
+        for name in ("entropy", "attention_distance"):
+            per_block = self.arrays[name].mean(axis=1)
+            summary[f"{name}_first_block"] = _finite_or_none(per_block[0])
+            summary[f"{name}_last_block"] = _finite_or_none(per_block[-1])
+            summary[f"{name}_trend"] = _trend(per_block)
+        summary["token_similarity_last_block"] = _finite_or_none(self.token_similarity()[-1])
+        summary["rank_residual_last_block"] = _finite_or_none(self.rank_residual()[-1])
+        adjacent_cka = np.diagonal(self.cka(), offset=1)
+        summary["cka_adjacent_mean"] = _nanmean_or_none(adjacent_cka)
+        thetas = list(self.theta().values())
+        for distance in ("distance_from_identity", "distance_from_permutation"):
+            values = [getattr(info, distance) for info in thetas]
+            summary[f"theta_{distance}_mean"] = _finite_or_none(float(np.mean(values))) if values else None
+        return summary
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON document ``save`` writes (without the arrays)."""
+        return {
+            "format": ANALYSIS_FORMAT,
+            "version": FORMAT_VERSION,
+            "model": self.model,
+            "params": self.params,
+            "images": self.images,
+            "num_images": self.num_images,
+            "summary": self.summary(),
+            "array_shapes": {name: list(array.shape) for name, array in self.arrays.items()},
+            "versions": package_versions(),
+        }
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> AnalysisResult:
+        try:
+            return cls(document["model"], document["params"], document["images"], document["num_images"], arrays)
+        except KeyError as err:
+            raise DiagError(f"saved analysis lacks the entry {err}") from None
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/result.json`` and ``folder/arrays.npz``; returns the folder."""
+        return _write_folder(folder, self.to_document(), self.arrays)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> AnalysisResult:
+        document, arrays = _read_folder(folder, ANALYSIS_FORMAT)
+        return cls.from_document(document, arrays)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(eq=False)
+class ComparisonResult:
+    """Two models analysed on the same images, plus CKA across their block outputs.
+
+    Attributes:
+        a, b: the two analyses (same images, same parameters).
+        cka_ab: (L_A, L_B) linear CKA between block i of A and block j of B.
+    """
+
+    a: AnalysisResult
+    b: AnalysisResult
+    cka_ab: np.ndarray = field(repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ComparisonResult):
+            return NotImplemented
+        return self.a == other.a and self.b == other.b and _arrays_equal({"ab": self.cka_ab}, {"ab": other.cka_ab})
+
+    def best_matching_blocks(self) -> list[int | None]:
+        """For every block of A, the block of B whose output is most similar (max CKA)."""
+        return [int(np.nanargmax(row)) if np.isfinite(row).any() else None for row in self.cka_ab]
+
+    def differences(self) -> dict[str, float]:
+        """``b - a`` for every numeric summary entry both results define."""
+        summary_a, summary_b = self.a.summary(), self.b.summary()
+        return {
+            name: summary_b[name] - value
+            for name, value in summary_a.items()
+            if _is_number(value) and _is_number(summary_b.get(name))
+        }
+
+    def summary(self) -> dict[str, Any]:
+        same_depth = self.cka_ab.shape[0] == self.cka_ab.shape[1]
+        diagonal = np.diagonal(self.cka_ab) if same_depth else np.array([])
+        return {
+            "a": self.a.summary(),
+            "b": self.b.summary(),
+            "differences": self.differences(),
+            "cka_ab_best_match": self.best_matching_blocks(),
+            "cka_ab_diagonal_mean": _finite_or_none(diagonal.mean()) if len(diagonal) else None,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """One ``result.json`` (both analyses) and one ``arrays.npz`` (``a/...``, ``b/...``, ``cka_ab``)."""
+        document = {
+            "format": COMPARISON_FORMAT,
+            "version": FORMAT_VERSION,
+            "a": self.a.to_document(),
+            "b": self.b.to_document(),
+            "summary": self.summary(),
+            "versions": package_versions(),
+        }
+        arrays = {f"{side}/{name}": array for side, result in (("a", self.a), ("b", self.b)) for name, array in result.arrays.items()}
+        return _write_folder(folder, document, {**arrays, "cka_ab": self.cka_ab})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ComparisonResult:
+        document, arrays = _read_folder(folder, COMPARISON_FORMAT)
+        sides = {
+            side: AnalysisResult.from_document(
+                document[side], {name.split("/", 1)[1]: array for name, array in arrays.items() if name.startswith(f"{side}/")}
+            )
+            for side in ("a", "b")
+        }
+        return cls(sides["a"], sides["b"], arrays["cka_ab"])

@@ -1,0 +1,344 @@
+"""Streaming analysis: batch-by-batch results equal the metrics of all images at once,
+for every kind of image input; results save and load back equal."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from torch import nn
+
+import deepvit_diag  # noqa: F401  (registers the presets)
+from deepvit_diag import analysis as analysis_module
+from deepvit_diag.analysis import analyze, compare
+from deepvit_diag.capture import extract_attention
+from deepvit_diag.errors import DiagError
+from deepvit_diag.images import to_rgb
+from deepvit_diag.metrics import (
+    MinibatchCKA,
+    attention_entropy,
+    cross_head_similarity,
+    cross_layer_similarity,
+    mean_attention_distance,
+    rank_collapse,
+    similarity_ratio,
+    theta_matrices,
+    token_similarity,
+)
+from deepvit_diag.results import AnalysisResult, ComparisonResult
+from deepvit_diag.train import images_to_tensor
+
+TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
+NUM_IMAGES = 7
+QUIET = dict(progress=False, cka_chunk=4)
+
+
+def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Larger random weights, so maps are far from uniform and differ between blocks."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.15)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def deepvit() -> nn.Module:
+    """Re-attention in blocks 1 and 2 only, so post differs from pre in part of the model."""
+    return sharpen(timm.create_model("deepvit16", depth=3, apply_transform=[False, True, True], **TINY))
+
+
+@pytest.fixture(scope="module")
+def vit() -> nn.Module:
+    return sharpen(timm.create_model("vit16", depth=2, **TINY), seed=1)
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(NUM_IMAGES, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def pictures() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    sizes = [(40, 50), (32, 32), (60, 36), (33, 47), (32, 40)]
+    modes = ["RGB", "L", "RGBA", "RGB", "L"]
+    made = []
+    for (height, width), mode in zip(sizes, modes):
+        channels = {"RGB": (3,), "L": (), "RGBA": (4,)}[mode]
+        made.append(Image.fromarray(rng.integers(0, 255, (height, width, *channels), dtype=np.uint8), mode=mode))
+    return made
+
+
+def reference_tensor(model: nn.Module, pictures: list[Image.Image]) -> torch.Tensor:
+    """The trainer's eval preprocessing, after the project's RGB conversion (alpha on white)."""
+    return images_to_tensor(model, [to_rgb(picture) for picture in pictures])
+
+
+def expected_arrays(model: nn.Module, x: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns") -> dict:
+    """All images in one capture, metrics from the literal reference functions."""
+    capture = extract_attention(model, x)
+    prefix = model.num_prefix_tokens
+    arrays = {}
+    for kind in ("pre", "post"):
+        maps = getattr(capture, kind)
+        arrays[f"similarity_{kind}"] = cross_layer_similarity(maps, axis)
+        arrays[f"ratio_{kind}"] = similarity_ratio(maps, k, tau, axis)
+        arrays[f"cross_head_{kind}"] = cross_head_similarity(maps, axis)
+    arrays["entropy"] = attention_entropy(capture.pre)
+    arrays["attention_distance"] = mean_attention_distance(capture.pre, 8, prefix, (4, 4))
+    arrays["token_similarity"] = token_similarity(capture.hidden, prefix)
+    arrays["rank_residual"] = rank_collapse(capture.hidden)
+    cka = MinibatchCKA(chunk_size=4)
+    cka.update(capture.hidden.flatten(2))
+    arrays["cka"] = cka.result()["a"]
+    return {name: value.numpy() for name, value in arrays.items()}
+
+
+def assert_matches(result: AnalysisResult, expected: dict, num_images: int) -> None:
+    assert result.num_images == num_images
+    # A ratio is a share of the H * T vectors of every image: allow one vector to flip at tau.
+    one_vector = 1.01 / (result.model["num_heads"] * result.model["num_tokens"] * num_images)
+    for name, value in expected.items():
+        atol = one_vector if name.startswith("ratio") else 2e-6
+        np.testing.assert_allclose(result.arrays[name], value, rtol=1e-5, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, NUM_IMAGES])
+def test_streaming_equals_all_at_once(deepvit, x, batch_size):
+    result = analyze(deepvit, x, batch_size=batch_size, **QUIET)
+    assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
+    assert result.model["reattention_blocks"] == [1, 2]
+    assert result.params["batch_size"] == batch_size and result.params["dtype"] == "float32"
+    for block, info in theta_matrices(deepvit).items():
+        np.testing.assert_array_equal(result.arrays[f"theta_{block}"], info.theta)
+        np.testing.assert_array_equal(result.arrays[f"theta_{block}_running_var"], info.running_var)
+    assert sorted(result.theta()) == [1, 2]
+
+
+def test_rows_axis_and_other_neighbourhood(vit, x):
+    result = analyze(vit, x, batch_size=2, k=1, tau=0.3, axis="rows", **QUIET)
+    assert_matches(result, expected_arrays(vit, x, k=1, tau=0.3, axis="rows"), NUM_IMAGES)
+
+
+def test_plain_vit_post_is_pre(vit, x):
+    result = analyze(vit, x, batch_size=4, **QUIET)
+    for name in ("similarity", "ratio", "cross_head"):
+        np.testing.assert_array_equal(result.arrays[f"{name}_post"], result.arrays[f"{name}_pre"])
+    assert result.model["reattention_blocks"] == [] and not any(n.startswith("theta") for n in result.arrays)
+
+
+def test_timm_vit_with_register_tokens_uses_its_prefix():
+    model = sharpen(timm.create_model("vit_tiny_patch16_224", depth=2, reg_tokens=2, **TINY))
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    result = analyze(model, x, batch_size=2, num_examples=2, **QUIET)
+    assert result.model["num_prefix_tokens"] == 3 and result.model["num_tokens"] == 19
+    assert_matches(result, expected_arrays(model, x), 5)
+    pre = extract_attention(model, x).pre
+    expected_cls = pre[:, :2, :, 0, 3:].transpose(0, 1).reshape(2, 2, 4, 4, 4)
+    np.testing.assert_allclose(result.arrays["example_cls_pre"], expected_cls.numpy(), atol=1e-7)
+
+
+def test_examples_are_the_first_images_with_their_cls_attention(deepvit, x):
+    result = analyze(deepvit, x, batch_size=2, num_examples=3, **QUIET)
+    capture = extract_attention(deepvit, x[:3])
+    pixels = ((x[:3] * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(result.arrays["example_images"], pixels.numpy())
+    assert result.arrays["example_images"].dtype == np.uint8
+    for kind in ("pre", "post"):
+        cls_rows = getattr(capture, kind)[:, :, :, 0, 1:]  # (L, E, H, 16)
+        expected = cls_rows.transpose(0, 1).reshape(3, 3, 4, 4, 4).numpy()
+        np.testing.assert_allclose(result.arrays[f"example_cls_{kind}"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_num_images_limits_every_input(deepvit, x):
+    result = analyze(deepvit, x, batch_size=3, num_images=5, **QUIET)
+    assert_matches(result, expected_arrays(deepvit, x[:5]), 5)
+    batches = (x[i : i + 2] for i in range(0, NUM_IMAGES, 2))
+    assert analyze(deepvit, batches, num_images=3, **QUIET).num_images == 3
+
+
+def test_iterable_of_batches_of_any_size(deepvit, x):
+    # Uneven batches, one of them an (images, labels) pair as a DataLoader yields it.
+    batches = iter([x[:2], (x[2:6], torch.zeros(4)), x[6:]])
+    result = analyze(deepvit, batches, batch_size=3, **QUIET)
+    assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
+    assert "batches" in result.images["description"]
+
+
+def test_pil_images_use_the_model_data_config(deepvit, pictures):
+    result = analyze(deepvit, pictures, batch_size=2, **QUIET)
+    assert_matches(result, expected_arrays(deepvit, reference_tensor(deepvit, pictures)), len(pictures))
+    assert result.images == {"description": "5 PIL images", "count": 5, "skipped": 0}
+
+
+def test_folder_of_images(deepvit, pictures, tmp_path):
+    for index, picture in enumerate(pictures):
+        picture.save(tmp_path / f"{index}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        result = analyze(deepvit, str(tmp_path), batch_size=3, **QUIET)
+    assert_matches(result, expected_arrays(deepvit, reference_tensor(deepvit, pictures)), len(pictures))
+    assert result.images["count"] == 5 and result.images["skipped"] == 1
+    assert str(tmp_path) in result.images["description"]
+
+
+def test_save_and_load_round_trip(deepvit, x, tmp_path):
+    deepvit.provenance = {"description": "tiny DeepViT for tests", "source": tmp_path / "weights.safetensors"}
+    try:
+        result = analyze(deepvit, x, batch_size=4, **QUIET)
+    finally:
+        del deepvit.provenance
+    result.save(tmp_path / "run")
+    loaded = AnalysisResult.load(tmp_path / "run")
+    assert loaded == result
+    assert loaded.summary() == result.summary()
+    document = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert document["model"]["description"] == "tiny DeepViT for tests"
+    assert document["model"]["arch"]["family"] == "deepvit"
+    assert set(document["versions"]) >= {"deepvit_diag", "torch", "timm", "numpy"}
+    assert document["summary"]["similar_blocks_post"] == result.similar_blocks("post").count
+    assert loaded != AnalysisResult(result.model, {**result.params, "k": 3}, result.images, result.num_images, result.arrays)
+    with pytest.raises(DiagError, match="not a saved deepvit-diag result"):
+        AnalysisResult.load(tmp_path)
+
+
+def test_compare_two_depths(deepvit, vit, x, tmp_path):
+    result = compare(deepvit, vit, x, batch_size=3, **QUIET)
+    assert result.cka_ab.shape == (3, 2)
+    assert result.a.cka().shape == (3, 3) and result.b.cka().shape == (2, 2)
+    assert_matches(result.a, expected_arrays(deepvit, x), NUM_IMAGES)
+    assert_matches(result.b, expected_arrays(vit, x), NUM_IMAGES)
+    cka = MinibatchCKA(chunk_size=4)
+    cka.update(extract_attention(deepvit, x).hidden.flatten(2), extract_attention(vit, x).hidden.flatten(2))
+    np.testing.assert_allclose(result.cka_ab, cka.result()["ab"].numpy(), rtol=1e-5, atol=1e-6)
+    summary = result.summary()
+    assert summary["differences"]["num_blocks"] == -1
+    assert len(summary["cka_ab_best_match"]) == 3
+    result.save(tmp_path / "cmp")
+    assert ComparisonResult.load(tmp_path / "cmp") == result
+
+
+def test_compare_a_model_with_itself_gives_identical_sides(vit, x):
+    result = compare(vit, vit, x, batch_size=4, **QUIET)
+    assert result.a == result.b
+    np.testing.assert_allclose(np.diagonal(result.cka_ab), 1.0, rtol=1e-5)
+
+
+def test_bfloat16_close_to_float32(deepvit, x):
+    exact = analyze(deepvit, x, batch_size=4, **QUIET)
+    approx = analyze(deepvit, x, batch_size=4, dtype="bfloat16", **QUIET)
+    assert approx.params["dtype"] == "bfloat16"
+    for name in ("similarity_pre", "similarity_post", "cross_head_pre", "cross_head_post", "token_similarity", "rank_residual", "cka"):
+        np.testing.assert_allclose(approx.arrays[name], exact.arrays[name], atol=0.03, err_msg=name)
+    for name in ("entropy", "attention_distance"):
+        np.testing.assert_allclose(approx.arrays[name], exact.arrays[name], rtol=0.03, err_msg=name)
+
+
+def test_out_of_memory_halves_the_batch_and_retries(deepvit, x, monkeypatch):
+    measure = analysis_module.StreamingAnalysis._measure
+    attempts = []
+
+    def fail_once(self, parts, recorders):
+        attempts.append(len(parts[0]))
+        if len(attempts) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return measure(self, parts, recorders)
+
+    monkeypatch.setattr(analysis_module.StreamingAnalysis, "_measure", fail_once)
+    result = analyze(deepvit, x, batch_size=4, **QUIET)
+    assert attempts[:3] == [4, 2, 2]
+    assert result.params["batch_size"] == 4 and result.params["final_batch_size"] == 2
+    assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
+
+
+def test_out_of_memory_with_one_image_is_a_diag_error(deepvit, x, monkeypatch):
+    def always_fail(self, parts, recorders):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(analysis_module.StreamingAnalysis, "_measure", always_fail)
+    with pytest.raises(DiagError, match="single image"):
+        analyze(deepvit, x, batch_size=2, **QUIET)
+
+
+def test_model_is_left_as_it_was(deepvit, x):
+    deepvit.train()
+    try:
+        analyze(deepvit, x, batch_size=4, **QUIET)
+        assert deepvit.training and all(module.training for module in deepvit.modules())
+        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in deepvit.modules()) == 0
+        assert next(deepvit.parameters()).device.type == "cpu"
+    finally:
+        deepvit.eval()
+
+
+def test_progress_bar_over_an_unknown_number_of_images(vit, x, capsys):
+    analyze(vit, (x[i : i + 3] for i in range(0, NUM_IMAGES, 3)), cka_chunk=4)
+    assert "analysing images" in capsys.readouterr().out
+
+
+def test_fewer_images_than_cka_needs_give_nan_cka(vit, x):
+    result = analyze(vit, x[:2], **QUIET)
+    assert np.isnan(result.cka()).all() and result.summary()["cka_adjacent_mean"] is None
+
+
+@pytest.mark.parametrize(
+    ("images", "options", "message"),
+    [
+        (torch.randn(2, 3, 48, 48), {}, "expects"),
+        ([], {}, "no images"),
+        (42, {}, "images must be"),
+        (iter([]), {}, "no images"),
+        (iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]), {}, "float tensor"),
+        (torch.randn(2, 3, 32, 32), {"k": 0}, "k must be"),
+        (torch.randn(2, 3, 32, 32), {"axis": "diagonal"}, "axis"),
+        (torch.randn(2, 3, 32, 32), {"dtype": "float16"}, "dtype"),
+        (torch.randn(2, 3, 32, 32), {"maps": "mixed"}, "maps"),
+        (torch.randn(2, 3, 32, 32), {"batch_size": 0}, "batch_size"),
+        (torch.randn(2, 3, 32, 32), {"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_input_is_a_diag_error(vit, images, options, message):
+    with pytest.raises(DiagError, match=message):
+        analyze(vit, images, **{**QUIET, **options})
+
+
+def _fabricated(ratio: list[float], adjacent: list[float]) -> AnalysisResult:
+    """A result with hand-made arrays, to check the summary's definitions."""
+    num_blocks = len(ratio)
+    similarity = np.eye(num_blocks, dtype=np.float32)
+    similarity[np.arange(num_blocks - 1), np.arange(1, num_blocks)] = adjacent
+    similarity = np.maximum(similarity, similarity.T)
+    cross_head = np.tile(np.array([[1.0, 0.2], [0.2, 1.0]], dtype=np.float32), (num_blocks, 1, 1))
+    per_block = np.arange(num_blocks, dtype=np.float32)
+    arrays = {
+        **{f"similarity_{kind}": similarity for kind in ("pre", "post")},
+        **{f"ratio_{kind}": np.array(ratio, dtype=np.float32) for kind in ("pre", "post")},
+        **{f"cross_head_{kind}": cross_head for kind in ("pre", "post")},
+        "entropy": np.stack([2.0 - 0.25 * per_block] * 2, axis=1),
+        "attention_distance": np.stack([10.0 + 2.0 * per_block] * 2, axis=1),
+        "token_similarity": per_block / 10,
+        "rank_residual": 1 - per_block / 10,
+        "cka": np.ones((num_blocks, num_blocks), dtype=np.float32),
+    }
+    model = {"num_blocks": num_blocks, "num_heads": 2, "reattention_blocks": []}
+    return AnalysisResult(model, {"rho": 0.9, "maps": "post"}, {}, 10, arrays)
+
+
+def test_summary_definitions():
+    result = _fabricated(ratio=[0.1, 0.95, 0.5, 0.95, 0.97, 0.99], adjacent=[0.2, 0.4, 0.6, 0.8, 1.0])
+    summary = result.summary()
+    assert summary["similar_blocks"] == 4 and summary["similar_block_indices"] == [1, 3, 4, 5]
+    assert summary["collapse_start"] == 3
+    assert summary["adjacent_similarity_first_third"] == pytest.approx(0.3)
+    assert summary["adjacent_similarity_last_third"] == pytest.approx(0.9)
+    assert summary["cross_head_similarity"] == pytest.approx(0.2)
+    assert summary["entropy_trend"] == pytest.approx(-0.25)
+    assert summary["attention_distance_first_block"] == 10.0 and summary["attention_distance_last_block"] == 20.0
+    assert summary["theta_distance_from_identity_mean"] is None
+    assert result.similar_blocks(rho=0.96).indices == [4, 5]
+    assert _fabricated(ratio=[0.95, 0.5], adjacent=[0.5]).summary()["collapse_start"] is None
