@@ -1,0 +1,457 @@
+"""Plotly figures of analysis results, shared by ``report.html`` and the Streamlit app.
+
+One function per figure. Every function takes results (``AnalysisResult``, or a mapping
+``label -> AnalysisResult`` for figures that put several models side by side) and only
+draws what the result already holds: no metric is computed here.
+
+Conventions, for every figure:
+
+* block and head numbers are shown from 1, as in the paper (results store them 0-based);
+* every axis has a title, every heatmap shows its value on hover;
+* heatmaps of the same quantity for different models share one colour scale, so the
+  same colour means the same number in A and B;
+* a model keeps its colour across figures (first label blue, second orange, ...).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+from .results import AnalysisResult, ComparisonResult
+
+Results = Mapping[str, AnalysisResult]
+
+TEMPLATE = "plotly_white"
+MODEL_COLOURS = ("#1f6fb4", "#e8710a", "#2ca02c", "#9467bd")
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"
+MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post-Θ)"}
+HEATMAP_PANEL_PX = 340
+# Example images are embedded once per head panel; this bounds the size of report.html.
+OVERLAY_MAX_PIXELS = 112
+
+
+def _blocks(count: int) -> np.ndarray:
+    """Axis values for ``count`` blocks, numbered from 1 as in the paper."""
+    return np.arange(1, count + 1)
+
+
+def _colour(index: int) -> str:
+    return MODEL_COLOURS[index % len(MODEL_COLOURS)]
+
+
+def _maps(result: AnalysisResult, maps: str | None) -> str:
+    return maps or result.params.get("maps", "post")
+
+
+def _finish(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        height=height,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        font={"size": 13},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+    )
+    return fig
+
+
+def _no_data_note(fig: go.Figure, text: str) -> None:
+    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font={"size": 14, "color": "#666"})
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def _tick_step(count: int) -> int:
+    """A tick step for a block or head axis that keeps at most ~16 integer labels."""
+    return max(1, math.ceil(count / 16))
+
+
+def _square_heatmap_axes(fig: go.Figure, count: int, x_title: str, y_title: str, size: int, columns: int | None = None) -> None:
+    """Square cells, row 1 at the top (matrix layout), integer ticks for ``size`` rows. In
+    a grid of ``columns`` panels per row, only the first column names the y axis and only
+    the lowest panel of each column the x axis, so titles do not crowd the panels."""
+    columns = columns or count
+    ticks = {"dtick": _tick_step(size), "showgrid": False, "constrain": "domain"}
+    for index in range(1, count + 1):
+        suffix = "" if index == 1 else str(index)
+        fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **ticks)
+        fig.layout[f"yaxis{suffix}"].update(
+            title=y_title if (index - 1) % columns == 0 else None, autorange="reversed", scaleanchor=f"x{suffix}", **ticks
+        )
+
+
+def _similarity_scale(values: list[np.ndarray]) -> dict:
+    """Cosine similarities lie in [0, 1] for non-negative maps and in [-1, 1] otherwise
+    (Re-attention maps can be negative); a fixed range keeps reports comparable."""
+    lowest = min((float(_finite(v).min()) for v in values if _finite(v).size), default=0.0)
+    return {"colorscale": SEQUENTIAL, "cmin": 0.0 if lowest >= 0 else -1.0, "cmax": 1.0}
+
+
+def _symmetric_scale(values: list[np.ndarray]) -> dict:
+    largest = max((float(np.abs(_finite(v)).max()) for v in values if _finite(v).size), default=1.0)
+    return {"colorscale": DIVERGING, "cmin": -(largest or 1.0), "cmax": largest or 1.0, "cmid": 0.0}
+
+
+# ----------------------------------------------------------------------------- layer similarity
+
+
+def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
+    """Cross-layer similarity S[p, q] (paper Eqn 2) of each model side by side, on one
+    colour scale; with two models of equal depth a third panel shows B - A."""
+    labels = list(results)
+    matrices = [results[label].similarity(maps) for label in labels]
+    with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
+    titles = labels + ([f"{labels[1]} minus {labels[0]}"] if with_difference else [])
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.08)
+    for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
+        blocks = _blocks(len(matrix))
+        fig.add_trace(
+            go.Heatmap(
+                z=matrix, x=blocks, y=blocks, coloraxis="coloraxis", name=label,
+                hovertemplate="block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>",
+            ),
+            row=1, col=column,
+        )  # fmt: skip
+    fig.update_layout(coloraxis={**_similarity_scale(matrices), "colorbar": {"title": "similarity", "x": 1.0, "len": 0.8}})
+    if with_difference:
+        difference = matrices[1] - matrices[0]
+        blocks = _blocks(len(difference))
+        fig.add_trace(
+            go.Heatmap(
+                z=difference, x=blocks, y=blocks, coloraxis="coloraxis2", name="difference",
+                hovertemplate="block %{y} vs block %{x}<br>difference %{z:+.3f}<extra>" + titles[-1] + "</extra>",
+            ),
+            row=1, col=len(titles),
+        )  # fmt: skip
+        fig.update_layout(coloraxis2={**_symmetric_scale([difference]), "colorbar": {"title": "difference", "x": 1.08, "len": 0.8}})
+    _square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
+    kind = _maps(results[labels[0]], maps)
+    return _finish(fig, f"Cross-layer attention similarity S[p, q] ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 140)
+
+
+# ----------------------------------------------------------------------------- similarity ratio
+
+
+def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
+    """Similarity ratio per block (paper Fig. 3a) with the rho threshold; similar blocks
+    (ratio above rho) are drawn as filled markers, the others as open ones."""
+    fig = go.Figure()
+    rhos = set()
+    for index, (label, result) in enumerate(results.items()):
+        ratio = result.ratio(maps)
+        similar = set(result.similar_blocks(maps).indices)
+        blocks = _blocks(len(ratio))
+        fig.add_trace(
+            go.Scatter(
+                x=blocks, y=ratio, mode="lines+markers", name=label, line={"color": _colour(index)},
+                marker={"size": 9, "symbol": ["circle" if block in similar else "circle-open" for block in range(len(ratio))]},
+                customdata=["similar" if block in similar else "not similar" for block in range(len(ratio))],
+                hovertemplate="block %{x}: ratio %{y:.3f} (%{customdata})<extra>" + label + "</extra>",
+            )
+        )  # fmt: skip
+        rhos.add(result.params["rho"])
+    for rho in sorted(rhos):
+        fig.add_hline(y=rho, line={"dash": "dash", "color": "#c0392b"}, annotation_text=f"rho = {rho:g}", annotation_position="top left")
+    kind = _maps(next(iter(results.values())), maps)
+    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
+    return _finish(fig, f"Similarity ratio per block ({MAP_NAMES[kind]}); filled markers: similar blocks", 420)
+
+
+def _block_tick(results: Results) -> int:
+    return _tick_step(max(result.model["num_blocks"] for result in results.values()))
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
+    """Mean cross-head similarity per block (paper Fig. 3c: below 0.3 means diverse heads)."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        values = result.cross_head_mean(maps)
+        fig.add_trace(
+            go.Scatter(
+                x=_blocks(len(values)), y=values, mode="lines+markers", name=label, line={"color": _colour(index)},
+                hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )  # fmt: skip
+    kind = _maps(next(iter(results.values())), maps)
+    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    fig.update_yaxes(title="mean cross-head similarity")
+    return _finish(fig, f"Cross-head similarity per block, mean over head pairs ({MAP_NAMES[kind]})", 400)
+
+
+def cross_head_matrices(results: Results, block: int | None = None, maps: str | None = None) -> go.Figure:
+    """The H x H cross-head similarity of one block (0-based; default the last) per model."""
+    labels = list(results)
+    chosen = {label: (results[label].model["num_blocks"] - 1 if block is None else block) for label in labels}
+    matrices = [results[label].cross_head(maps)[chosen[label]] for label in labels]
+    titles = [f"{label}, block {chosen[label] + 1}" for label in labels]
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=titles, horizontal_spacing=0.1)
+    for column, (title, matrix) in enumerate(zip(titles, matrices), start=1):
+        heads = _blocks(len(matrix))
+        fig.add_trace(
+            go.Heatmap(
+                z=matrix, x=heads, y=heads, coloraxis="coloraxis",
+                hovertemplate="head %{y} vs head %{x}<br>similarity %{z:.3f}<extra>" + title + "</extra>",
+            ),
+            row=1, col=column,
+        )  # fmt: skip
+    fig.update_layout(coloraxis={**_similarity_scale(matrices), "colorbar": {"title": "similarity"}})
+    _square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
+    kind = _maps(results[labels[0]], maps)
+    return _finish(fig, f"Cross-head similarity inside one block ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 120)
+
+
+# ----------------------------------------------------------------------------- Theta
+
+
+def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
+    """Theta (rows: input heads, columns: output heads) of every Re-attention block on one
+    diverging colour scale centred at 0; None for a model without Re-attention blocks.
+    Hover also shows each block's distance from identity and from a permutation."""
+    infos = result.theta()
+    if not infos:
+        return None
+    columns = min(len(infos), 6)
+    rows = math.ceil(len(infos) / columns)
+    titles = [f"block {block + 1}" for block in infos]
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.12 / rows + 0.04)
+    for position, (block, info) in enumerate(infos.items()):
+        heads = _blocks(len(info.theta))
+        distances = f"distance from identity {info.distance_from_identity:.2f}, from a permutation {info.distance_from_permutation:.2f}"
+        fig.add_trace(
+            go.Heatmap(
+                z=info.theta, x=heads, y=heads, coloraxis="coloraxis",
+                hovertemplate=f"block {block + 1}: input head %{{y}} to output head %{{x}}<br>Θ = %{{z:.3f}}<br>{distances}<extra></extra>",
+            ),
+            row=position // columns + 1, col=position % columns + 1,
+        )  # fmt: skip
+    fig.update_layout(coloraxis={**_symmetric_scale([info.theta for info in infos.values()]), "colorbar": {"title": "Θ"}})
+    _square_heatmap_axes(fig, len(infos), "output head", "input head", result.model["num_heads"], columns)
+    prefix = f"{label}: " if label else ""
+    return _finish(fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 130 + 230 * rows)
+
+
+# ----------------------------------------------------------------------------- per-block curves
+
+
+def _per_head_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+    """Mean over heads as a line, every head as a faint dot (the ViT paper's Fig. 7 style)."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        values = result.arrays[array]
+        blocks = _blocks(len(values))
+        heads = values.shape[1]
+        fig.add_trace(
+            go.Scatter(
+                x=np.repeat(blocks, heads), y=values.reshape(-1), mode="markers", name=f"{label}, each head",
+                marker={"color": _colour(index), "size": 5, "opacity": 0.35},
+                customdata=np.tile(np.arange(1, heads + 1), len(blocks)),
+                hovertemplate="block %{x}, head %{customdata}: %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=blocks, y=values.mean(axis=1), mode="lines+markers", name=f"{label}, mean over heads",
+                line={"color": _colour(index), "width": 2.5},
+                hovertemplate="block %{x}: mean %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    fig.update_yaxes(title=y_title)
+    return _finish(fig, title, 420)
+
+
+def entropy_curves(results: Results) -> go.Figure:
+    """Attention entropy per block and head (softmax maps), with ln T, the entropy of
+    uniform attention over T tokens, as the upper reference line."""
+    fig = _per_head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
+    for num_tokens in sorted({result.model["num_tokens"] for result in results.values()}):
+        fig.add_hline(
+            y=math.log(num_tokens), line={"dash": "dot", "color": "#777"},
+            annotation_text=f"uniform attention over {num_tokens} tokens (ln T)", annotation_position="bottom right",
+        )  # fmt: skip
+    return fig
+
+
+def attention_distance_curves(results: Results) -> go.Figure:
+    """Mean attention distance in pixels per block and head (softmax maps)."""
+    return _per_head_curves(
+        results, "attention_distance", "mean attention distance (pixels)", "Mean attention distance per block (softmax maps)"
+    )
+
+
+def _model_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        values = result.arrays[array]
+        fig.add_trace(
+            go.Scatter(
+                x=_blocks(len(values)), y=values, mode="lines+markers", name=label, line={"color": _colour(index)},
+                hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )  # fmt: skip
+    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    fig.update_yaxes(title=y_title)
+    return _finish(fig, title, 380)
+
+
+def token_similarity_curves(results: Results) -> go.Figure:
+    """Mean pairwise cosine similarity of patch tokens after each block (over-smoothing)."""
+    return _model_curves(
+        results, "token_similarity", "mean token cosine similarity", "Token similarity after each block (higher: over-smoothed tokens)"
+    )
+
+
+def rank_residual_curves(results: Results) -> go.Figure:
+    """Rank-collapse residual of each block's output (Dong et al. 2021; 0 = rank one)."""
+    return _model_curves(
+        results, "rank_residual", "relative residual to rank one", "Rank-collapse residual after each block (lower: closer to rank one)"
+    )
+
+
+# ----------------------------------------------------------------------------- CKA
+
+
+def _cka_panel(fig: go.Figure, matrix: np.ndarray, column: int, hover: str) -> None:
+    fig.add_trace(
+        go.Heatmap(
+            z=matrix, x=_blocks(matrix.shape[1]), y=_blocks(matrix.shape[0]), coloraxis="coloraxis",
+            hovertemplate=hover + "<br>CKA %{z:.3f}<extra></extra>",
+        ),
+        row=1, col=column,
+    )  # fmt: skip
+
+
+def _cka_note(fig: go.Figure, matrices: list[np.ndarray]) -> None:
+    if not any(_finite(matrix).size for matrix in matrices):
+        _no_data_note(fig, "CKA is undefined with fewer than 4 images (unbiased HSIC estimator)")
+
+
+def cka_within(results: Results) -> go.Figure:
+    """Linear CKA between the block outputs of each model (L x L), on one colour scale."""
+    labels = list(results)
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.1)
+    matrices = [results[label].cka() for label in labels]
+    for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
+        _cka_panel(fig, matrix, column, f"{label}: block %{{y}} vs block %{{x}}")
+    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    _square_heatmap_axes(fig, len(labels), "block", "block", max(len(matrix) for matrix in matrices))
+    _cka_note(fig, matrices)
+    return _finish(fig, "Linear CKA between block outputs within each model", HEATMAP_PANEL_PX + 120)
+
+
+def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.Figure:
+    """Linear CKA between block i of A (rows) and block j of B (columns)."""
+    fig = make_subplots(rows=1, cols=1)
+    matrix = comparison.cka_ab
+    _cka_panel(fig, matrix, 1, f"{label_a} block %{{y}} vs {label_b} block %{{x}}")
+    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    _square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
+    _cka_note(fig, [matrix])
+    fig = _finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)
+    # One square panel: a fixed width keeps the colour bar next to it instead of at the page edge.
+    return fig.update_layout(width=HEATMAP_PANEL_PX + 360)
+
+
+# ----------------------------------------------------------------------------- CLS attention overlays
+
+
+def _image_source(pixels: np.ndarray) -> str:
+    """An (H, W, 3) uint8 image as a small JPEG data URI (downscaled: the attention grid is
+    much coarser than the image, and the image is repeated once per head)."""
+    image = Image.fromarray(pixels)
+    image.thumbnail((OVERLAY_MAX_PIXELS, OVERLAY_MAX_PIXELS))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def default_overlay_blocks(num_blocks: int) -> list[int]:
+    """First, middle and last block (0-based, distinct)."""
+    return sorted({0, num_blocks // 2, num_blocks - 1})
+
+
+def _domains(count: int, gap: float) -> list[list[float]]:
+    """``count`` equal intervals of [0, 1] separated by ``gap``, in order."""
+    size = (1 - gap * (count - 1)) / count
+    return [[index * (size + gap), index * (size + gap) + size] for index in range(count)]
+
+
+def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int] | None = None, label: str = "") -> go.Figure:
+    """The CLS token's attention to every patch, per head, drawn over example image
+    ``example``, for ``blocks`` (0-based; default first, middle and last).
+
+    Re-attention blocks get two rows, the softmax maps (pre-Θ) and the maps that
+    multiply V (post-Θ); other blocks one row (there pre and post are the same). Each
+    map kind has its own colour scale, shared by all its panels.
+    """
+    images = result.arrays["example_images"]
+    if not 0 <= example < len(images):
+        raise IndexError(f"example {example} out of range: the result keeps {len(images)} example images")
+    blocks = default_overlay_blocks(result.model["num_blocks"]) if blocks is None else list(blocks)
+    reattention = set(result.model["reattention_blocks"])
+    rows = [(block, kind) for block in blocks for kind in (("pre", "post") if block in reattention else ("pre",))]
+    num_heads = result.model["num_heads"]
+    height, width = images.shape[1:3]
+    grid_h, grid_w = result.model["grid_size"]
+    source = _image_source(images[example])
+    patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
+
+    # Axes are laid out by hand: make_subplots validates every one of the rows x heads
+    # panels property by property, which takes seconds for a 12-head model.
+    x_domains, y_domains = _domains(num_heads, 0.012), _domains(len(rows), 0.03)[::-1]
+    data, images_layout, layout = [], [], {}
+    for row, (block, kind) in enumerate(rows):
+        weights = result.arrays[f"example_cls_{kind}"][example, block]
+        row_name = f"block {block + 1}" + ({"pre": "<br>pre-Θ", "post": "<br>post-Θ"}[kind] if block in reattention else "")
+        for head in range(num_heads):
+            axis = row * num_heads + head + 1
+            suffix = "" if axis == 1 else str(axis)
+            data.append({
+                "type": "heatmap", "z": weights[head], "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
+                "x0": width / grid_w / 2, "dx": width / grid_w, "y0": height / grid_h / 2, "dy": height / grid_h,
+                "coloraxis": "coloraxis2" if kind == "post" else "coloraxis", "opacity": 0.6, "customdata": patch_numbers,
+                "hovertemplate": (f"block {block + 1} ({kind}), head {head + 1}<br>patch row %{{customdata[1]}}, "
+                                  "column %{customdata[0]}<br>CLS weight %{z:.4f}<extra></extra>"),
+            })  # fmt: skip
+            images_layout.append({
+                "source": source, "xref": f"x{suffix}", "yref": f"y{suffix}", "x": 0, "y": 0, "sizex": width, "sizey": height,
+                "sizing": "stretch", "layer": "below",
+            })  # fmt: skip
+            layout[f"xaxis{suffix}"] = {"domain": x_domains[head], "anchor": f"y{suffix}", "range": [0, width],
+                                        "showticklabels": False, "showgrid": False, "zeroline": False}  # fmt: skip
+            layout[f"yaxis{suffix}"] = {
+                "domain": y_domains[row], "anchor": f"x{suffix}", "range": [height, 0], "scaleanchor": f"x{suffix}",
+                "showticklabels": False, "showgrid": False, "zeroline": False,
+                "title": {"text": row_name if head == 0 else None, "font": {"size": 12}},
+            }  # fmt: skip
+    has_post = any(kind == "post" for _, kind in rows)
+    layout["coloraxis"] = {"colorscale": "Inferno", "colorbar": {"title": {"text": "softmax<br>weight"},
+                           "len": 0.45 if has_post else 0.9, "y": 0.77 if has_post else 0.5}}  # fmt: skip
+    if has_post:
+        layout["coloraxis2"] = {"colorscale": "Inferno", "colorbar": {"title": {"text": "post-Θ<br>weight"}, "len": 0.45, "y": 0.23}}
+    layout["images"] = images_layout
+    layout["annotations"] = [
+        {"text": f"head {head + 1}", "xref": "paper", "yref": "paper", "x": sum(x_domains[head]) / 2, "y": 1.0,
+         "xanchor": "center", "yanchor": "bottom", "showarrow": False}
+        for head in range(num_heads)
+    ]  # fmt: skip
+    panel = max(90, min(160, 1000 // num_heads))
+    prefix = f"{label}: " if label else ""
+    fig = _finish(go.Figure(data=data, layout=layout), f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
+                  120 + panel * len(rows))  # fmt: skip
+    fig.update_layout(width=200 + panel * num_heads, margin={"l": 80, "r": 120, "t": 100, "b": 20})
+    return fig

@@ -1,0 +1,189 @@
+"""Headline numbers and plain-sentence findings, for the terminal, the report and the app.
+
+Every number comes from ``AnalysisResult.summary()`` / ``ComparisonResult.summary()``
+(block indices there are 0-based; everything shown here numbers blocks from 1, as the
+paper does). Nothing is measured here: this module only words and formats.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .results import AnalysisResult, ComparisonResult
+
+# The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
+PAPER_CROSS_HEAD = 0.3
+
+
+def _number(value: float | None, digits: int = 3, sign: str = "") -> str:
+    # Adding 0.0 turns a rounded -0.0 into 0.0, so tiny negatives do not print as "-0.000".
+    return "n/a" if value is None else f"{round(value, digits) + 0.0:{sign}.{digits}f}"
+
+
+def block_list(indices: Sequence[int]) -> str:
+    """0-based indices as 1-based block numbers with runs joined: [0, 2, 3, 4] -> '1, 3-5'."""
+    numbers = sorted(index + 1 for index in indices)
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def _trend(summary: dict[str, Any], name: str, unit: str) -> str:
+    first, last, slope = summary[f"{name}_first_block"], summary[f"{name}_last_block"], summary[f"{name}_trend"]
+    return f"{_number(first, 2)} → {_number(last, 2)} {unit} ({_number(slope, 3, '+')}/block)"
+
+
+def _similar(summary: dict[str, Any]) -> str:
+    text = f"{summary['similar_blocks']} of {summary['num_blocks']}"
+    return f"{text}: {block_list(summary['similar_block_indices'])}" if summary["similar_blocks"] else text
+
+
+def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
+    """The headline table: (row label, one cell per model), in the order of ``results``."""
+    summaries = [result.summary() for result in results.values()]
+    rho = next(iter(results.values())).params["rho"]
+    rows: list[tuple[str, Any]] = [
+        ("images", lambda s: str(s["num_images"])),
+        (f"similar blocks (ratio > {rho:g})", _similar),
+        ("collapse starts at block", lambda s: "none" if s["collapse_start"] is None else str(s["collapse_start"] + 1)),
+        ("adjacent similarity, first third", lambda s: _number(s["adjacent_similarity_first_third"])),
+        ("adjacent similarity, last third", lambda s: _number(s["adjacent_similarity_last_third"])),
+        ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
+        ("entropy, first → last block", lambda s: _trend(s, "entropy", "nats")),
+        ("attention distance, first → last", lambda s: _trend(s, "attention_distance", "px")),
+    ]
+    return [(label, [cell(summary) for summary in summaries]) for label, cell in rows]
+
+
+def summary_title(results: Mapping[str, AnalysisResult]) -> str:
+    maps = next(iter(results.values())).summary()["maps"]
+    return f"Attention-collapse summary ({maps}-Θ maps in Re-attention blocks; blocks numbered from 1)"
+
+
+def summary_table(results: Mapping[str, AnalysisResult]) -> Table:
+    table = Table(title=summary_title(results), title_justify="left")
+    table.add_column("", style="bold", no_wrap=True)
+    for label in results:
+        table.add_column(Text(label), overflow="fold")
+    for label, cells in summary_rows(results):
+        table.add_row(label, *(Text(cell) for cell in cells))
+    return table
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+def model_findings(label: str, result: AnalysisResult) -> list[str]:
+    """Plain sentences about one model."""
+    s = result.summary()
+    rho, total = result.params["rho"], s["num_blocks"]
+    maps = f"{s['maps']}-Θ maps"
+    if s["similar_blocks"] == 0:
+        collapse = f"{label}: no block has a similarity ratio above rho = {rho:g} ({maps}), so no block counts as similar."
+    elif s["collapse_start"] is not None:
+        start = s["collapse_start"] + 1
+        run = f"block {start}" if start == total else f"every block from {start} to {total}"
+        collapse = (f"{label}: {s['similar_blocks']} of {total} blocks are similar (ratio above {rho:g}, {maps}); "
+                    f"attention collapses from block {start} on: {run} is similar to its neighbours.")  # fmt: skip
+    else:
+        collapse = (f"{label}: {s['similar_blocks']} of {total} blocks are similar (blocks {block_list(s['similar_block_indices'])}), "
+                    "but the last block is not, so there is no collapsed run at the end.")  # fmt: skip
+    findings = [collapse]
+    first, last = s["adjacent_similarity_first_third"], s["adjacent_similarity_last_third"]
+    if first is not None and last is not None:
+        findings.append(
+            f"{label}: adjacent blocks' attention maps have mean similarity {_number(first, 2)} in the first third of the network "
+            f"and {_number(last, 2)} in the last third."
+        )
+    cross_head = s["cross_head_similarity"]
+    if cross_head is not None:
+        kind = "dissimilar" if cross_head < PAPER_CROSS_HEAD else "alike"
+        findings.append(
+            f"{label}: heads within a block are {kind} (mean cross-head similarity {_number(cross_head, 2)}; "
+            f"the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
+        )
+    if result.model["reattention_blocks"]:
+        findings.append(_reattention_finding(label, s))
+    return findings
+
+
+def _reattention_finding(label: str, s: dict[str, Any]) -> str:
+    return (
+        f"{label}: Re-attention changes the maps: {s['similar_blocks_pre']} similar blocks before Θ (softmax maps), "
+        f"{s['similar_blocks_post']} after Θ; Θ is on average {_number(s['theta_distance_from_identity_mean'], 2)} "
+        "from identity (0 = no mixing)."
+    )
+
+
+def _count_comparison(label_a: str, label_b: str, a: dict[str, Any], b: dict[str, Any]) -> str:
+    count = {label_a: f"{a['similar_blocks']} of {a['num_blocks']}", label_b: f"{b['similar_blocks']} of {b['num_blocks']}"}
+    if a["similar_blocks"] == b["similar_blocks"]:
+        return f"{label_a} and {label_b} have the same number of similar blocks ({count[label_a]} and {count[label_b]})."
+    fewer, more = (label_b, label_a) if b["similar_blocks"] < a["similar_blocks"] else (label_a, label_b)
+    return f"{fewer} has fewer similar blocks than {more} ({count[fewer]} against {count[more]})."
+
+
+def _start(label: str, start: int | None) -> str:
+    return f"{label} has no collapsed run" if start is None else f"collapse starts at block {start + 1} in {label}"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult) -> list[str]:
+    """One plain sentence per finding of a comparison, then the per-model sentences that
+    the comparison does not already say (Re-attention)."""
+    summary = comparison.summary()
+    a, b = summary["a"], summary["b"]
+    findings = [
+        _count_comparison(label_a, label_b, a, b),
+        _sentence(f"{_start(label_a, a['collapse_start'])}; {_start(label_b, b['collapse_start'])}."),
+    ]
+    if a["adjacent_similarity_last_third"] is not None and b["adjacent_similarity_last_third"] is not None:
+        findings.append(
+            f"In the last third of the network, adjacent blocks' attention maps have mean similarity "
+            f"{_number(a['adjacent_similarity_last_third'], 2)} in {label_a} and {_number(b['adjacent_similarity_last_third'], 2)} in {label_b}."
+        )
+    if a["cross_head_similarity"] is not None and b["cross_head_similarity"] is not None:
+        findings.append(
+            f"Mean cross-head similarity is {_number(a['cross_head_similarity'], 2)} in {label_a} and "
+            f"{_number(b['cross_head_similarity'], 2)} in {label_b} (the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
+        )
+    if summary["cka_ab_diagonal_mean"] is not None:
+        findings.append(
+            f"Block outputs at equal depth have mean linear CKA {_number(summary['cka_ab_diagonal_mean'], 2)} between "
+            f"{label_a} and {label_b} (1 = same representation up to rotation and scale)."
+        )
+    for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
+        if result.model["reattention_blocks"]:
+            findings.append(_reattention_finding(label, s))
+    return findings
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def print_summary(
+    console: Console, results: Mapping[str, AnalysisResult], findings: Sequence[str], out: str | None = None
+) -> None:
+    """Provenance lines, the table and the findings, as the CLI prints them."""
+    # Text, not markup strings: labels, file names and descriptions may contain "[...]".
+    for label, result in results.items():
+        console.print(Text.assemble((label, "bold"), "\n  ", result.model["description"]), soft_wrap=True)
+    images = next(iter(results.values())).images
+    skipped = f", {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""
+    console.print(Text.assemble(("images", "bold"), f": {images['description']}{skipped}"), soft_wrap=True)
+    console.print(summary_table(results))
+    for sentence in findings:
+        console.print(Text(f"- {sentence}"), soft_wrap=True)
+    if out is not None:
+        console.print(Text(f"report written to {out}"), soft_wrap=True)

@@ -1,0 +1,193 @@
+"""Figures, summary sentences and report.html (issue 4), on tiny real models and on
+hand-made results whose numbers are known; one test opens the report in headless Chromium."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from deepvit_diag import figures
+from deepvit_diag.analysis import compare
+from deepvit_diag.report import build_report, report_figures, write_report
+from deepvit_diag.results import AnalysisResult, ComparisonResult
+from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
+
+CHROMIUM = Path("/usr/bin/chromium")
+LABELS = ["vit (A)", "deepvit (B)"]
+
+
+def tiny(name: str, depth: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, depth=depth, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def comparison() -> ComparisonResult:
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return compare(tiny("vit16"), tiny("deepvit16"), images, device="cpu", num_examples=2, progress=False)
+
+
+def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) -> AnalysisResult:
+    """A result with chosen similarity ratios and cross-head similarity (other arrays flat)."""
+    blocks, heads = len(ratio), 2
+    similarity = np.full((blocks, blocks), 0.5, dtype=np.float32)
+    np.fill_diagonal(similarity, 1.0)
+    cross = np.full((blocks, heads, heads), cross_head, dtype=np.float32)
+    arrays = {
+        **{f"similarity_{kind}": similarity for kind in ("pre", "post")},
+        **{f"ratio_{kind}": np.asarray(ratio, dtype=np.float32) for kind in ("pre", "post")},
+        **{f"cross_head_{kind}": cross for kind in ("pre", "post")},
+        "entropy": np.ones((blocks, heads), np.float32), "attention_distance": np.ones((blocks, heads), np.float32),
+        "token_similarity": np.zeros(blocks, np.float32), "rank_residual": np.ones(blocks, np.float32),
+        "cka": np.eye(blocks, dtype=np.float32),
+    }  # fmt: skip
+    model = {"description": "synthetic", "num_blocks": blocks, "num_heads": heads, "num_tokens": 5, "reattention_blocks": []}
+    if reattention:
+        model["reattention_blocks"] = [0]
+        arrays["theta_0"] = np.eye(heads, dtype=np.float32)
+        arrays["ratio_post"] = np.zeros(blocks, np.float32)
+    return AnalysisResult(model, {"rho": 0.9, "maps": "post"}, {"description": "none", "count": 8, "skipped": 0}, 8, arrays)
+
+
+# ----------------------------------------------------------------------------- summary wording
+
+
+def test_block_list_numbers_blocks_from_one_and_joins_runs() -> None:
+    assert block_list([0, 2, 3, 4, 7]) == "1, 3-5, 8"
+    assert block_list([]) == ""
+
+
+def test_findings_state_the_collapsed_run_from_summary_numbers() -> None:
+    collapsed = synthetic([0.1, 0.5, 0.95, 0.97], cross_head=0.2)
+    sentences = model_findings("M", collapsed)
+    assert "2 of 4 blocks are similar" in sentences[0]
+    assert "collapses from block 3 on: every block from 3 to 4" in sentences[0]
+    assert "heads within a block are dissimilar (mean cross-head similarity 0.20" in " ".join(sentences)
+    healthy = synthetic([0.1, 0.2, 0.3, 0.1], cross_head=0.6)
+    assert "no block has a similarity ratio above rho = 0.9" in model_findings("M", healthy)[0]
+    assert "alike" in " ".join(model_findings("M", healthy))
+
+
+def test_comparison_findings_name_the_model_with_fewer_similar_blocks() -> None:
+    a, b = synthetic([0.1, 0.95, 0.96, 0.97], 0.2), synthetic([0.1, 0.2, 0.3, 0.4], 0.2, reattention=True)
+    cka_ab = np.eye(4, dtype=np.float32)
+    sentences = comparison_findings("A", "B", ComparisonResult(a, b, cka_ab))
+    assert sentences[0] == "B has fewer similar blocks than A (0 of 4 against 3 of 4)."
+    assert sentences[1] == "Collapse starts at block 2 in A; B has no collapsed run."
+    assert any("mean linear CKA 1.00" in s for s in sentences)
+    assert any(s.startswith("B: Re-attention changes the maps") for s in sentences)
+
+
+def test_summary_rows_show_blocks_from_one() -> None:
+    rows = dict(summary_rows({"M": synthetic([0.1, 0.5, 0.95, 0.97], 0.2)}))
+    assert rows["similar blocks (ratio > 0.9)"] == ["2 of 4: 3-4"]
+    assert rows["collapse starts at block"] == ["3"]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _axes(fig) -> dict[str, dict]:
+    layout = fig.to_plotly_json()["layout"]
+    return {name: value for name, value in layout.items() if re.fullmatch(r"[xy]axis\d*", name)}
+
+
+def test_every_report_figure_has_a_title_and_axis_titles(comparison: ComparisonResult) -> None:
+    for item in report_figures(comparison, LABELS):
+        assert item.figure.layout.title.text, item.div_id
+        axes = _axes(item.figure)
+        # The first panel's y axis always says what it shows (for overlays: which block).
+        assert (axes["yaxis"].get("title") or {}).get("text"), item.div_id
+        if axes["xaxis"].get("showticklabels") is not False:  # overlays have pixel axes without ticks
+            bottom = [axis for name, axis in axes.items() if name.startswith("x") and (axis.get("title") or {}).get("text")]
+            assert bottom, f"{item.div_id}: no titled x axis"
+
+
+def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: ComparisonResult) -> None:
+    results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
+    fig = figures.layer_similarity(results)
+    heatmaps = [trace for trace in fig.data if trace.type == "heatmap"]
+    assert list(heatmaps[0].x) == [1, 2, 3]
+    assert heatmaps[0].coloraxis == heatmaps[1].coloraxis == "coloraxis"
+    assert heatmaps[2].coloraxis == "coloraxis2"  # B - A on its own diverging scale
+    np.testing.assert_array_equal(np.asarray(heatmaps[2].z), comparison.b.similarity() - comparison.a.similarity())
+    ratio = figures.similarity_ratio(results)
+    np.testing.assert_array_equal(np.asarray(ratio.data[0].y), comparison.a.ratio())
+    assert any(shape.y0 == 0.9 for shape in ratio.layout.shapes)  # the rho line
+
+
+def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
+    assert figures.theta_heatmaps(comparison.a) is None
+    theta = figures.theta_heatmaps(comparison.b)
+    assert len(theta.data) == len(comparison.b.model["reattention_blocks"]) == 3
+    np.testing.assert_array_equal(np.asarray(theta.data[0].z), comparison.b.arrays["theta_0"])
+    cls = figures.cls_attention(comparison.b, example=1)
+    # first, middle, last block, each with a pre and a post row, one panel per head
+    assert len(cls.data) == 3 * 2 * 4
+    assert len(cls.layout.images) == len(cls.data)
+    np.testing.assert_array_equal(np.asarray(cls.data[0].z), comparison.b.arrays["example_cls_pre"][1, 0, 0])
+    with pytest.raises(IndexError):
+        figures.cls_attention(comparison.b, example=5)
+
+
+# ----------------------------------------------------------------------------- report.html
+
+
+def test_report_is_self_contained_with_one_div_per_figure(comparison: ComparisonResult) -> None:
+    page = build_report(comparison, LABELS, command="deepvit-diag compare ...")
+    ids = [item.div_id for item in report_figures(comparison, LABELS)]
+    for div_id in ids:
+        assert f'id="{div_id}"' in page
+    assert page.count("Plotly.newPlot(") == len(ids)
+    assert len(re.findall(r"<script\b", page)) == len(ids) + 1  # plotly.js once, then one per figure
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)
+    assert not re.search(r"<link\b", page, re.IGNORECASE)
+    assert not re.search(r"<(img|iframe)[^>]*\bsrc\s*=\s*[\"']?https?:", page, re.IGNORECASE)
+    assert "fig-cka-across" in ids and "fig-theta-1" in ids and "fig-cls-1-1" in ids
+    assert comparison.b.model["description"] in page
+    assert "Headline numbers" in page and "rho: ratio above which a block is similar" in page
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    path = write_report(tmp_path / "report.html", comparison, LABELS)
+    expected = len(report_figures(comparison, LABELS))
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            # Anything not file:// would be a network request: the report must not make one.
+            page.route(re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort()))
+            page.goto(path.resolve().as_uri())
+            page.wait_for_function(
+                "n => [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length === n",
+                arg=expected, timeout=120_000,
+            )  # fmt: skip
+            rendered = page.evaluate("[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length")
+            page.screenshot(path="/tmp/deepvit-diag-report.png", full_page=True)
+        finally:
+            browser.close()
+    assert rendered == expected
+    assert problems == []
+
+
+def test_saved_comparison_reloads_into_the_same_report_figures(comparison: ComparisonResult, tmp_path: Path) -> None:
+    comparison.save(tmp_path)
+    again = ComparisonResult.load(tmp_path)
+    assert [item.div_id for item in report_figures(again, LABELS)] == [item.div_id for item in report_figures(comparison, LABELS)]
+    assert json.loads((tmp_path / "result.json").read_text())["format"] == "deepvit-diag comparison"
