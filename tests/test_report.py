@@ -191,3 +191,13 @@ def test_saved_comparison_reloads_into_the_same_report_figures(comparison: Compa
     again = ComparisonResult.load(tmp_path)
     assert [item.div_id for item in report_figures(again, LABELS)] == [item.div_id for item in report_figures(comparison, LABELS)]
     assert json.loads((tmp_path / "result.json").read_text())["format"] == "deepvit-diag comparison"
+
+
+def test_models_of_different_depth_get_no_difference_panel() -> None:
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mixed = compare(tiny("vit16", depth=2), tiny("deepvit16", depth=3), images, device="cpu", num_examples=1, progress=False)
+    results = {LABELS[0]: mixed.a, LABELS[1]: mixed.b}
+    assert [trace.coloraxis for trace in figures.layer_similarity(results).data] == ["coloraxis", "coloraxis"]
+    assert np.asarray(figures.cka_across(mixed, *LABELS).data[0].z).shape == (2, 3)
+    page = build_report(mixed, LABELS)
+    assert "B minus A" not in page and 'id="fig-cka-across"' in page
