@@ -68,7 +68,72 @@ def run_train(args: argparse.Namespace) -> None:
     print(f"saved {args.out}: test accuracy {card['test_accuracy']:.1%} after {args.epochs} epochs ({card['train_seconds']:.0f} s)")
 
 
-COMMANDS = [add_train]
+def add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list presets and the weight store, with where each one's weights come from",
+        description="List the paper's presets, the weight store's entries and the bundled demo weights.",
+    )
+    p.set_defaults(run=run_models)
+
+
+def run_models(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .checkpoints import list_models, store_dir
+
+    table = Table(title=f"deepvit-diag models (weight store: {store_dir()})")
+    for column in ("name", "kind", "weights", "description"):
+        table.add_column(column, overflow="fold")
+    for row in list_models():
+        table.add_row(row["name"], row["kind"], row["weights"], row["description"])
+    Console().print(table)
+
+
+# load_model overrides (timm's constructor names) the import command accepts: everything the loader may guess.
+IMPORT_OVERRIDES = {
+    "num_heads": dict(type=int), "embed_dim": dict(type=int), "depth": dict(type=int), "mlp_ratio": dict(type=float),
+    "img_size": dict(type=int), "patch_size": dict(type=int), "num_classes": dict(type=int), "in_chans": dict(type=int),
+    "global_pool": dict(choices=["token", "avg"]), "transform_scale": dict(action=argparse.BooleanOptionalAction),
+}
+
+
+def add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="convert a checkpoint (any supported layout) into the weight store",
+        description="Convert a .pth/.pth.tar/.pt/.bin/.safetensors checkpoint (official DeepViT, timm, vit-pytorch "
+        "ViT/DeepViT or deepvit-diag) or a timm model name into the weight store as NAME.safetensors.",
+    )
+    p.add_argument("source", metavar="FILE", help="checkpoint file (or a timm model name to download)")
+    p.add_argument("--as", dest="name", required=True, help="store name to load it by later, e.g. vit32 or my_vit")
+    p.add_argument("--arch", help="what the weights cannot say: a preset, official DeepViT or timm model name")
+    for key, options in IMPORT_OVERRIDES.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, help=f"{key} of the model (timm's argument name)", **options)
+    p.add_argument("--force", action="store_true", help="replace an existing store entry of that name")
+    p.set_defaults(run=run_import)
+
+
+def run_import(args: argparse.Namespace) -> None:
+    import warnings
+
+    from .checkpoints import GuessWarning, import_checkpoint, read_native_metadata
+    from .checkpoints.provenance import describe
+
+    overrides = {key: getattr(args, key) for key in IMPORT_OVERRIDES if getattr(args, key) is not None}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = import_checkpoint(args.source, args.name, overwrite=args.force, arch=args.arch, **overrides)
+    for warning in caught:
+        if issubclass(warning.category, GuessWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    print(f"imported {args.source} as {args.name!r} -> {path}")
+    stored = read_native_metadata(path)
+    print(describe(args.name, "store", "native", stored["arch"], stored["card"]))
+
+
+COMMANDS = [add_train, add_models, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

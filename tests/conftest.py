@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models (2-4 blocks, width 32, 4 heads, 32 px images) and an isolated weight store."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -26,6 +27,12 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
                 m.num_batches_tracked.fill_(7)
     return model
+
+
+@pytest.fixture
+def randomize():
+    """``randomize(model, seed=0)``: ``randomize_norms`` for models built inside a test (e.g. vit-pytorch's)."""
+    return randomize_norms
 
 
 @pytest.fixture

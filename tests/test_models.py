@@ -1,5 +1,6 @@
 """The paper's models: parameter counts, timm registration, and DeepViT blocks against a brute-force
 re-implementation of the official formula (REFERENCE.md section 2) written here from the state dict alone."""
+
 from __future__ import annotations
 
 import math
@@ -101,7 +102,9 @@ def reference_attention(x, p, pre, cfg, reattention):
 
 def reference_patch_embed(x, p, cfg):
     if cfg.get("embed_layer") == "cnn":
-        x = torch.relu(batch_norm_eval(F.conv2d(x, p["patch_embed.conv1.weight"], stride=2, padding=3), p, "patch_embed.bn1."))
+        x = torch.relu(
+            batch_norm_eval(F.conv2d(x, p["patch_embed.conv1.weight"], stride=2, padding=3), p, "patch_embed.bn1.")
+        )
         x = torch.relu(batch_norm_eval(F.conv2d(x, p["patch_embed.conv2.weight"], padding=1), p, "patch_embed.bn2."))
         x = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=cfg["patch_size"] // 2)
         return x.flatten(2).transpose(1, 2)
@@ -123,7 +126,17 @@ def reference_forward(p, cfg, x):
     outputs = []
     for i, reattention in enumerate(cfg["apply_transform"]):
         pre = f"blocks.{i}."
-        x = x + reference_attention(layer_norm(x * s, p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps), p, pre + "attn.", cfg, reattention) / s
+        x = (
+            x
+            + reference_attention(
+                layer_norm(x * s, p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps),
+                p,
+                pre + "attn.",
+                cfg,
+                reattention,
+            )
+            / s
+        )
         h = layer_norm(x * s, p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps)
         x = x + linear(gelu(linear(h, p, pre + "mlp.fc1.")), p, pre + "mlp.fc2.") / s
         outputs.append(x)
@@ -134,10 +147,18 @@ def reference_forward(p, cfg, x):
 CONFIGS = {
     "deepvit-nb: conv patches, Re-attention everywhere": dict(apply_transform=[True] * 3),
     "deepvit-s: CNN stem, partial, transform_scale, scale 0.5": dict(
-        depth=4, apply_transform=[False, False, True, True], embed_layer="cnn", transform_scale=True, scale_adjustment=0.5
+        depth=4,
+        apply_transform=[False, False, True, True],
+        embed_layer="cnn",
+        transform_scale=True,
+        scale_adjustment=0.5,
     ),
-    "deepvit-l: CNN stem, partial, scale 0.5": dict(apply_transform=[False, True, True], embed_layer="cnn", scale_adjustment=0.5),
-    "vit-pytorch variant: Theta parameter + LayerNorm": dict(apply_transform=[True, False, True], theta="param", qkv_bias=False),
+    "deepvit-l: CNN stem, partial, scale 0.5": dict(
+        apply_transform=[False, True, True], embed_layer="cnn", scale_adjustment=0.5
+    ),
+    "vit-pytorch variant: Theta parameter + LayerNorm": dict(
+        apply_transform=[True, False, True], theta="param", qkv_bias=False
+    ),
 }
 
 

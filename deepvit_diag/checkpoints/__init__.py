@@ -1,4 +1,5 @@
 """Checkpoint loading: safe reading, layout detection and conversion, the weight store, provenance."""
+
 from .layouts import detect_layout, infer_arch
 from .loader import GuessWarning, build_arch, import_checkpoint, load_model, resolve_arch
 from .native import read_native_metadata, save_native
@@ -6,7 +7,19 @@ from .safe_load import read_checkpoint
 from .store import bundled_path, list_models, list_store, store_dir, store_path
 
 __all__ = [
-    "GuessWarning", "build_arch", "bundled_path", "detect_layout", "import_checkpoint", "infer_arch", "list_models",
-    "list_store", "load_model", "read_checkpoint", "read_native_metadata", "resolve_arch", "save_native", "store_dir",
+    "GuessWarning",
+    "build_arch",
+    "bundled_path",
+    "detect_layout",
+    "import_checkpoint",
+    "infer_arch",
+    "list_models",
+    "list_store",
+    "load_model",
+    "read_checkpoint",
+    "read_native_metadata",
+    "resolve_arch",
+    "save_native",
+    "store_dir",
     "store_path",
 ]

@@ -16,7 +16,7 @@ name), a documented rule, or a guess that the caller must announce:
 * plain ViT in the official/timm layout: 12 heads (every official model has 12; announced when the
   width and MLP ratio are not the paper's 384 and 3);
 * official/timm LayerNorm eps 1e-6, vit-pytorch's 1e-5 (``nn.LayerNorm``'s default it uses);
-* class token and no ``fc_norm``: ``global_pool="token"`` (timm's default; the official models);
+* class token: ``global_pool="avg"`` with ``fc_norm`` weights (timm's rule), else ``"token"``;
 * CNN stem: ``scale_adjustment=0.5`` (DeepViT-S and -L both); ``transform_scale`` from the preset
   with the same width and depth, else guessed ``False``;
 * vit-pytorch: 3 input channels when the patch width allows it, else 1; guessed: ViT heads from
@@ -25,6 +25,7 @@ name), a documented rule, or a guess that the caller must announce:
 The data config (mean/std, crop) cannot be read from weights: it comes from the base arch or is
 the paper's (``PAPER_DATA_CFG``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,11 @@ from ..models.presets import PAPER_DATA_CFG, PRESETS
 Tensors = dict[str, torch.Tensor]
 
 OFFICIAL, TIMM, LUCIDRAINS_VIT, LUCIDRAINS_DEEPVIT, NATIVE = (
-    "official", "timm", "lucidrains-vit", "lucidrains-deepvit", "native"
+    "official",
+    "timm",
+    "lucidrains-vit",
+    "lucidrains-deepvit",
+    "native",
 )
 
 _DEEPVIT_ONLY_MARKERS = (".reatten_matrix.", ".reattn_weights", "patch_embed.conv1.", "patch_embed.layers.")
@@ -68,12 +73,35 @@ _LUCIDRAINS_RENAMES = [
 
 # Constructor arguments each family takes; anything a base arch carries for the other family is dropped.
 _COMMON_KEYS = (
-    "img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
-    "qkv_bias", "class_token", "global_pool", "fc_norm", "final_norm",
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "num_classes",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "class_token",
+    "global_pool",
+    "fc_norm",
+    "final_norm",
 )
-_VIT_ONLY_DEFAULTS = {"init_values": None, "qk_norm": False, "pre_norm": False, "reg_tokens": 0, "no_embed_class": False}
+_VIT_ONLY_DEFAULTS = {
+    "init_values": None,
+    "qk_norm": False,
+    "pre_norm": False,
+    "reg_tokens": 0,
+    "no_embed_class": False,
+}
 _DEEPVIT_ONLY_KEYS = (
-    "apply_transform", "theta", "embed_layer", "head_dim", "norm_eps", "transform_scale", "scale_adjustment",
+    "apply_transform",
+    "theta",
+    "embed_layer",
+    "head_dim",
+    "norm_eps",
+    "transform_scale",
+    "scale_adjustment",
 )
 FAMILY_KEYS = {"vit": _COMMON_KEYS + tuple(_VIT_ONLY_DEFAULTS), "deepvit": _COMMON_KEYS + _DEEPVIT_ONLY_KEYS}
 
@@ -137,8 +165,11 @@ def _weight_facts(sd: Tensors, in_chans: int | None) -> dict[str, Any]:
     embed_dim = sd["pos_embed"].shape[-1]
     facts: dict[str, Any] = {"embed_dim": embed_dim}
     if "patch_embed.conv1.weight" in sd:
-        facts.update(embed_layer="cnn", patch_size=2 * sd["patch_embed.proj.weight"].shape[-1],
-                     in_chans=sd["patch_embed.conv1.weight"].shape[1])
+        facts.update(
+            embed_layer="cnn",
+            patch_size=2 * sd["patch_embed.proj.weight"].shape[-1],
+            in_chans=sd["patch_embed.conv1.weight"].shape[1],
+        )
     elif "patch_embed.layers.2.weight" in sd:
         channels, patch = _split_patch_width(sd["patch_embed.layers.2.weight"].shape[1], in_chans)
         facts.update(embed_layer="linear", patch_size=patch, in_chans=channels)
@@ -167,7 +198,10 @@ def _weight_facts(sd: Tensors, in_chans: int | None) -> dict[str, Any]:
     facts["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     facts["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
 
-    thetas = [sd.get(f"blocks.{i}.attn.reatten_matrix.weight", sd.get(f"blocks.{i}.attn.reattn_weights")) for i in range(depth)]
+    thetas = [
+        sd.get(f"blocks.{i}.attn.reatten_matrix.weight", sd.get(f"blocks.{i}.attn.reattn_weights"))
+        for i in range(depth)
+    ]
     facts["apply_transform"] = [theta is not None for theta in thetas]
     if any(facts["apply_transform"]):
         facts["num_heads"] = next(theta for theta in thetas if theta is not None).shape[0]
@@ -178,8 +212,6 @@ def _weight_facts(sd: Tensors, in_chans: int | None) -> dict[str, Any]:
     facts["final_norm"] = "norm.weight" in sd
     if not facts["class_token"]:
         facts["global_pool"] = "avg"
-    elif facts["fc_norm"]:
-        facts["global_pool"] = "avg"  # timm: fc_norm exists exactly when pooling is 'avg'
     facts["init_values"] = 1.0 if "blocks.0.ls1.gamma" in sd else None  # the value is in the weights
     facts["qk_norm"] = "blocks.0.attn.q_norm.weight" in sd
     facts["pre_norm"] = "norm_pre.weight" in sd
@@ -192,7 +224,9 @@ def _split_patch_width(patch_width: int, in_chans: int | None) -> tuple[int, int
         patch = math.isqrt(patch_width // channels)
         if patch * patch * channels == patch_width:
             return channels, patch
-    raise DiagError(f"cannot split the patch embedding's input width {patch_width} into channels x patch x patch; pass in_chans=N")
+    raise DiagError(
+        f"cannot split the patch embedding's input width {patch_width} into channels x patch x patch; pass in_chans=N"
+    )
 
 
 def infer_arch(
@@ -221,7 +255,12 @@ def infer_arch(
         if guess_reason:
             guesses.append(f"guessed {key}={value!r} ({guess_reason}); pass {key}=... or arch=... if that is wrong")
 
-    fill("global_pool", "token", "vit-pytorch DeepViT's default pool='cls'" if layout == LUCIDRAINS_DEEPVIT else None)
+    if layout == LUCIDRAINS_DEEPVIT:
+        fill("global_pool", "token", "vit-pytorch DeepViT's default pool='cls'")
+    else:
+        fill(
+            "global_pool", "avg" if facts["fc_norm"] else "token"
+        )  # timm: fc_norm exists exactly when pooling is 'avg'
     if layout == LUCIDRAINS_VIT:
         if inner_dim % LUCIDRAINS_DIM_HEAD == 0:
             fill("num_heads", inner_dim // LUCIDRAINS_DIM_HEAD, f"vit-pytorch's default dim_head={LUCIDRAINS_DIM_HEAD}")
@@ -235,8 +274,15 @@ def infer_arch(
         )
     if facts["embed_layer"] == "cnn":
         fill("scale_adjustment", 0.5)
-        twin = next((p for p in PRESETS.values() if p["kwargs"].get("embed_layer") == "cnn"
-                     and (p["kwargs"]["embed_dim"], p["kwargs"]["depth"]) == (facts["embed_dim"], facts["depth"])), None)
+        twin = next(
+            (
+                p
+                for p in PRESETS.values()
+                if p["kwargs"].get("embed_layer") == "cnn"
+                and (p["kwargs"]["embed_dim"], p["kwargs"]["depth"]) == (facts["embed_dim"], facts["depth"])
+            ),
+            None,
+        )
         if twin:
             fill("transform_scale", twin["kwargs"].get("transform_scale", False))
         else:
@@ -257,17 +303,24 @@ def infer_arch(
     kwargs = {k: kwargs[k] for k in ordered if k in overrides or _not_default(family, k, kwargs[k])}
 
     data_cfg = copy.deepcopy((base or {}).get("pretrained_cfg") or PAPER_DATA_CFG)
-    data_cfg.update(input_size=(kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"]), num_classes=kwargs["num_classes"])
+    data_cfg.update(
+        input_size=(kwargs["in_chans"], kwargs["img_size"], kwargs["img_size"]), num_classes=kwargs["num_classes"]
+    )
     return {"family": family, "kwargs": kwargs, "pretrained_cfg": data_cfg}, guesses
 
 
 def _family(kwargs: dict[str, Any], inner_dim: int, lucidrains: bool, base: dict[str, Any] | None) -> str:
     vit_only = sorted(k for k, default in _VIT_ONLY_DEFAULTS.items() if kwargs.get(k, default) != default)
     deepvit_only = (
-        lucidrains or any(kwargs["apply_transform"]) or kwargs["embed_layer"] != "conv" or inner_dim != kwargs["embed_dim"]
+        lucidrains
+        or any(kwargs["apply_transform"])
+        or kwargs["embed_layer"] != "conv"
+        or inner_dim != kwargs["embed_dim"]
     )
     if vit_only and deepvit_only:
-        raise DiagError(f"checkpoint mixes DeepViT parts with timm-only ViT options ({', '.join(vit_only)}); not supported")
+        raise DiagError(
+            f"checkpoint mixes DeepViT parts with timm-only ViT options ({', '.join(vit_only)}); not supported"
+        )
     if deepvit_only or (base is not None and base.get("family") == "deepvit" and not vit_only):
         return "deepvit"
     return "vit"

@@ -9,6 +9,7 @@ Every model comes back with ``model.arch`` (see ``deepvit_diag.models.presets``)
 Archs of timm models named by the user (``spec`` or ``arch=``) are ``{"family": "timm", "name": ...,
 "kwargs": {...}}``: timm builds them exactly, so nothing about them is re-derived.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,15 +41,26 @@ OFFICIAL_NAMES = {
 }
 # timm.create_model options about where weights come from, not about the network.
 TIMM_LOADING_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-_DATA_CFG_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes", "first_conv", "classifier")
+_DATA_CFG_KEYS = (
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "first_conv",
+    "classifier",
+)
 
 
 class GuessWarning(UserWarning):
     """An architecture value the weights do not determine was guessed; the message names it."""
 
 
-def load_model(spec: str | os.PathLike, *, arch: str | dict[str, Any] | None = None, pretrained: bool = True,
-               **overrides: Any) -> nn.Module:
+def load_model(
+    spec: str | os.PathLike, *, arch: str | dict[str, Any] | None = None, pretrained: bool = True, **overrides: Any
+) -> nn.Module:
     """Load ``spec`` as an eval-mode model carrying ``.arch`` and ``.provenance``.
 
     Args:
@@ -69,7 +81,10 @@ def load_model(spec: str | os.PathLike, *, arch: str | dict[str, Any] | None = N
         return _random(with_overrides(PRESETS[spec], **overrides), spec, None)
     if is_store_name(spec) and store_path(spec).is_file():
         if not pretrained:
-            return _random(with_overrides(read_native_metadata(store_path(spec))["arch"], **overrides), spec, NATIVE)
+            stored = read_native_metadata(store_path(spec))
+            if stored is None:
+                raise DiagError(f"{store_path(spec)} has no deepvit-diag metadata; re-import it")
+            return _random(with_overrides(stored["arch"], **overrides), spec, NATIVE)
         return _load_file(store_path(spec), spec, "store", arch, overrides)
     if spec in PRESETS:
         if bundled_path(spec).is_file():
@@ -82,7 +97,9 @@ def load_model(spec: str | os.PathLike, *, arch: str | dict[str, Any] | None = N
         return _load_timm(spec, pretrained, overrides)
     if Path(spec).is_file():
         return _load_file(Path(spec), spec, "file", arch, overrides)
-    raise DiagError(f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)")
+    raise DiagError(
+        f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)"
+    )
 
 
 def import_checkpoint(spec: str | os.PathLike, name: str, *, overwrite: bool = False, **load_kwargs: Any) -> Path:
@@ -98,7 +115,8 @@ def import_checkpoint(spec: str | os.PathLike, name: str, *, overwrite: bool = F
     if prov["source"] == "random":
         raise DiagError("refusing to store random weights")
     card = dict(prov["card"] or {})
-    card.update(imported_from=str(prov["path"] or prov["spec"]), sha256=prov["sha256"], format=prov["format"])
+    source = str(Path(prov["path"]).resolve()) if prov["path"] else prov["spec"]
+    card.update(imported_from=source, sha256=prov["sha256"], format=prov["format"])
     if prov["warnings"]:
         card["guesses"] = prov["warnings"]
     partial = target.with_name(target.name + ".partial")
@@ -115,7 +133,9 @@ def resolve_arch(arch: str | dict[str, Any]) -> dict[str, Any]:
         return copy.deepcopy(arch)
     known = _named_arch(arch)
     if known is None:
-        raise DiagError(f"unknown architecture {arch!r}: not a preset ({', '.join(PRESETS)}), official DeepViT or timm model name")
+        raise DiagError(
+            f"unknown architecture {arch!r}: not a preset ({', '.join(PRESETS)}), official DeepViT or timm model name"
+        )
     return known
 
 
@@ -130,21 +150,31 @@ def build_arch(arch: dict[str, Any]) -> nn.Module:
     except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as err:
         raise DiagError(f"cannot build the {arch.get('family')} architecture: {err}") from None
     if arch["family"] == "timm" and not isinstance(model, VisionTransformer):
-        raise DiagError(f"{arch['name']} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models")
+        raise DiagError(
+            f"{arch['name']} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models"
+        )
     return model
 
 
 def load_strict(model: nn.Module, state_dict: dict[str, Any], what: str, hint: str = "") -> None:
     """Load every tensor or fail with one line naming the first offending keys and shapes."""
     expected = model.state_dict()
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    problems = [f"{label}: {_first(items)}" for label, items in
-                (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)) if items]
+    problems = [
+        f"{label}: {_first(items)}"
+        for label, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
+        if items
+    ]
     if problems:
-        raise DiagError(f"{what} does not fit the architecture ({arch_summary(model.arch)}): {'; '.join(problems)}{hint}")
+        raise DiagError(
+            f"{what} does not fit the architecture ({arch_summary(model.arch, model)}): {'; '.join(problems)}{hint}"
+        )
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -170,12 +200,19 @@ def timm_arch(name: str, data_cfg: dict[str, Any] | None = None, **kwargs: Any) 
     return with_overrides({"family": "timm", "name": name, "kwargs": {}, "pretrained_cfg": data}, **kwargs)
 
 
-def _load_file(path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]) -> nn.Module:
+def _load_file(
+    path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
+) -> nn.Module:
     raw = read_checkpoint(path)
+    if raw.native and arch is not None:
+        warnings.warn(
+            f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=3
+        )
+        arch = None
     base = resolve_arch(arch) if arch is not None else None
     guesses: list[str] = []
     hint = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
-    if raw.native and base is None:
+    if raw.native:
         arch_dict, state_dict = with_overrides(raw.native["arch"], **overrides), raw.state_dict
     else:
         layout = detect_layout(raw.state_dict)
@@ -193,9 +230,19 @@ def _load_file(path: Path, label: str, source: str, arch: str | dict[str, Any] |
     fmt = NATIVE if raw.native else layout
     load_strict(model, state_dict, f"{label} ({fmt} layout)", hint)
     card = raw.native["card"] if raw.native else None
-    description = describe(label if source != "file" else path.name, source, fmt, model.arch, card, raw.entry)
-    return _finish(model, spec=label, source=source, format=fmt, path=str(path), sha256=raw.sha256, entry=raw.entry,
-                   card=card, description=description, warnings=guesses)
+    description = describe(label if source != "file" else path.name, source, fmt, model.arch, card, raw.entry, model)
+    return _finish(
+        model,
+        spec=label,
+        source=source,
+        format=fmt,
+        path=str(path),
+        sha256=raw.sha256,
+        entry=raw.entry,
+        card=card,
+        description=description,
+        warnings=guesses,
+    )
 
 
 def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
@@ -206,7 +253,9 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
     local_file = (options.get("pretrained_cfg_overlay") or {}).get("file")
     cfg = timm.models.get_pretrained_cfg(name)
     if not local_file and not (cfg and (cfg.hf_hub_id or cfg.url or cfg.file)):
-        raise DiagError(f"timm has no pretrained weights for {name}; ask for pretrained=False (random weights) or load a local file")
+        raise DiagError(
+            f"timm has no pretrained weights for {name}; ask for pretrained=False (random weights) or load a local file"
+        )
     try:
         model = timm.create_model(name, pretrained=True, **options, **overrides)
     except (OSError, EntryNotFoundError) as err:
@@ -219,17 +268,37 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
     if not isinstance(model, VisionTransformer):
         raise DiagError(f"{name} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models")
     attach_arch(model, timm_arch(name, data_cfg=model.pretrained_cfg, **overrides))
-    return _finish(model, spec=name, source="timm-hub", format="timm-name", path=local_file,
-                   sha256=file_sha256(local_file) if local_file else None, entry=None, card=None,
-                   description=describe(name, "timm-hub", "timm-name", model.arch, None), warnings=[])
+    origin = local_file or model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url")
+    return _finish(
+        model,
+        spec=name,
+        source="timm-hub",
+        format="timm-name",
+        path=local_file,
+        sha256=file_sha256(local_file) if local_file else None,
+        entry=None,
+        card=None,
+        description=describe(name, "timm-hub", "timm-name", model.arch, None, origin, model),
+        warnings=[],
+    )
 
 
 def _random(arch: dict[str, Any], label: str, fmt: str | None) -> nn.Module:
     model = build_arch(arch)
     message = f"{label}: RANDOM weights (pretrained=False); results describe an untrained model"
     warnings.warn(message, UserWarning, stacklevel=3)
-    return _finish(model, spec=label, source="random", format=fmt, path=None, sha256=None, entry=None, card=None,
-                   description=describe(label, "random", fmt, model.arch, None), warnings=[message])
+    return _finish(
+        model,
+        spec=label,
+        source="random",
+        format=fmt,
+        path=None,
+        sha256=None,
+        entry=None,
+        card=None,
+        description=describe(label, "random", fmt, model.arch, None, model=model),
+        warnings=[message],
+    )
 
 
 def _finish(model: nn.Module, **provenance: Any) -> nn.Module:

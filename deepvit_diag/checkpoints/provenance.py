@@ -1,10 +1,12 @@
 """One-line descriptions of where a model's weights come from, for terminals and reports."""
+
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from ..models.deepvit import DeepVisionTransformer
 
@@ -28,10 +30,14 @@ def arch_kwarg(arch: dict[str, Any], key: str) -> Any:
     return param.default if param is not None else None
 
 
-def arch_summary(arch: dict[str, Any]) -> str:
-    """E.g. ``"16 blocks, width 384, 12 heads, Re-attention in 16/16 blocks"``."""
+def arch_summary(arch: dict[str, Any], model: nn.Module | None = None) -> str:
+    """E.g. ``"16 blocks, width 384, 12 heads, Re-attention in 16/16 blocks"``; timm archs are read off
+    their ``model`` when there is one."""
     if arch["family"] == "timm":
-        return f"timm model {arch['name']}"
+        if model is None:
+            return f"timm model {arch['name']}"
+        heads = model.blocks[0].attn.num_heads
+        return f"timm {arch['name']}, {len(model.blocks)} blocks, width {model.embed_dim}, {heads} heads"
     depth = arch_kwarg(arch, "depth")
     text = f"{depth} blocks, width {arch_kwarg(arch, 'embed_dim')}, {arch_kwarg(arch, 'num_heads')} heads"
     if arch["family"] == "deepvit":
@@ -56,17 +62,23 @@ def card_summary(card: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def describe(label: str, source: str, fmt: str | None, arch: dict[str, Any], card: dict[str, Any] | None,
-             entry: str | None = None) -> str:
-    """One plain line: ``"<label>: <where the weights come from> - <arch>, <card facts>"``."""
+def describe(
+    label: str,
+    source: str,
+    fmt: str | None,
+    arch: dict[str, Any],
+    card: dict[str, Any] | None,
+    entry: str | None = None,
+    model: nn.Module | None = None,
+) -> str:
+    """One plain line: ``"<label>: <where the weights come from> (<entry>) - <arch>, <card facts>"``."""
+    summary = arch_summary(arch, model)
     if source == "random":
-        return f"{label}: RANDOM WEIGHTS, untrained (pretrained=False) - {arch_summary(arch)}; results describe no trained model"
-    origin = {
-        "bundled": "bundled demo weights",
-        "store": "weight store",
-        "timm-hub": "timm pretrained weights",
-    }.get(source) or FORMAT_WORDS.get(fmt or "", "checkpoint")
+        return f"{label}: RANDOM WEIGHTS, untrained (pretrained=False) - {summary}; results describe no trained model"
+    origin = {"bundled": "bundled demo weights", "store": "weight store", "timm-hub": "timm pretrained weights"}.get(
+        source
+    ) or FORMAT_WORDS.get(fmt or "", "checkpoint")
     if entry:
         origin += f" ({entry})"
-    details = ", ".join(p for p in (arch_summary(arch), card_summary(card)) if p)
+    details = ", ".join(p for p in (summary, card_summary(card)) if p)
     return " ".join(f"{label}: {origin} - {details}".split())

@@ -5,6 +5,7 @@ the allow-list (the official CheckpointSaver dicts store their ``args``, REFEREN
 pickle that needs any other global is refused before anything of it runs. safetensors files hold no
 code. Every way a file can be unreadable ends in a one-line ``DiagError``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,9 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
         state_dict = load_file(str(path), device="cpu")
         native = read_native_metadata(path)
     except (SafetensorError, OSError, ValueError) as err:
-        raise DiagError(f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}") from None
+        raise DiagError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}"
+        ) from None
     return RawCheckpoint(path, file_sha256(path), _strip_wrappers(state_dict), native=native)
 
 
@@ -105,7 +108,9 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     not_tensor = next((k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)), None)
     if not_tensor is not None:
         where = f"entry {entry!r}" if entry else "the file"
-        raise DiagError(f"{path}: {where} is not a state dict ({not_tensor!r} is a {type(state_dict[not_tensor]).__name__})")
+        raise DiagError(
+            f"{path}: {where} is not a state dict ({not_tensor!r} is a {type(state_dict[not_tensor]).__name__})"
+        )
     return dict(state_dict), entry
 
 
@@ -118,8 +123,10 @@ def _model_name(obj: dict[str, Any]) -> str | None:
 
 
 def _strip_wrappers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    while prefix := next((p for p in _WRAPPER_PREFIXES if state_dict and all(k.startswith(p) for k in state_dict)), None):
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    while prefix := next(
+        (p for p in _WRAPPER_PREFIXES if state_dict and all(k.startswith(p) for k in state_dict)), None
+    ):
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     return state_dict
 
 

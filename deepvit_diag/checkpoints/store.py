@@ -5,6 +5,7 @@ The store is ``$DEEPVIT_DIAG_HOME/weights`` when that variable is set, else
 ``NAME.safetensors`` in the native format. Bundled demo weights for preset ``P`` are
 ``deepvit_diag/weights/P-digits.safetensors`` when the package ships them.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,11 +71,25 @@ def list_models() -> list[dict[str, Any]]:
             rows.append(_store_row(store.pop(name), kind="preset"))
         elif bundled_path(name).is_file():
             meta = read_native_metadata(bundled_path(name)) or {"arch": arch, "card": None}
-            rows.append({"name": name, "kind": "preset", "weights": "bundled", "path": bundled_path(name),
-                         "description": describe(name, "bundled", "native", meta["arch"], meta["card"])})
+            rows.append(
+                {
+                    "name": name,
+                    "kind": "preset",
+                    "weights": "bundled",
+                    "path": bundled_path(name),
+                    "description": describe(name, "bundled", "native", meta["arch"], meta["card"]),
+                }
+            )
         else:
-            rows.append({"name": name, "kind": "preset", "weights": "none", "path": None,
-                         "description": f"{PRESET_DESCRIPTIONS[name]}; no weights yet: deepvit-diag import FILE --as {name}"})
+            rows.append(
+                {
+                    "name": name,
+                    "kind": "preset",
+                    "weights": "none",
+                    "path": None,
+                    "description": f"{PRESET_DESCRIPTIONS[name]}; no weights yet: deepvit-diag import FILE --as {name}",
+                }
+            )
     rows.extend(_store_row(entry, kind="store") for entry in store.values())
     return rows
 
