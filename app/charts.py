@@ -1,0 +1,144 @@
+"""Figures the app needs beyond ``deepvit_diag.figures``, in the same conventions: blocks
+and heads numbered from 1, axis titles everywhere, values on hover, one colour scale per
+quantity shared by A and B. They only draw arrays the library computed.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+from deepvit_diag.figures import DIVERGING, MODEL_COLOURS, TEMPLATE
+from deepvit_diag.results import AnalysisResult
+
+QUERY_PANEL_PX = 210
+
+
+def _data_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def colour_range(*maps: np.ndarray) -> dict:
+    """One colour scale for maps that should read alike: sequential from 0 for weights that
+    are never negative (softmax), diverging around 0 otherwise (Re-attention output)."""
+    lowest = min(float(np.min(m)) for m in maps)
+    highest = max(float(np.max(m)) for m in maps)
+    if lowest >= 0:
+        return {"colorscale": "Inferno", "cmin": 0.0, "cmax": highest or 1.0}
+    largest = max(abs(lowest), abs(highest)) or 1.0
+    return {"colorscale": DIVERGING, "cmin": -largest, "cmax": largest, "cmid": 0.0}
+
+
+def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: dict, colour_title: str,
+                    query_patch: tuple[int, int] | None) -> go.Figure:  # fmt: skip
+    """Each head's attention of one query token to every patch, over the image.
+
+    Args:
+        image: (height, width, 3) uint8, the image as the model saw it.
+        maps: (H, gh, gw) weights of the query on each patch.
+        colours: ``colour_range`` of every map drawn with the same scale.
+        query_patch: 0-based (row, column) of the query patch, outlined; None for CLS.
+    """
+    num_heads, grid_h, grid_w = maps.shape
+    height, width = image.shape[:2]
+    columns = min(num_heads, 4)
+    rows = math.ceil(num_heads / columns)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[f"head {head + 1}" for head in range(num_heads)],
+                        horizontal_spacing=0.03, vertical_spacing=0.08 / rows)  # fmt: skip
+    source = _data_uri(image)
+    cell_h, cell_w = height / grid_h, width / grid_w
+    patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
+    for head in range(num_heads):
+        row, column = head // columns + 1, head % columns + 1
+        fig.add_trace(go.Image(source=source, hoverinfo="skip"), row=row, col=column)
+        fig.add_trace(
+            go.Heatmap(
+                z=maps[head], x0=cell_w / 2 - 0.5, dx=cell_w, y0=cell_h / 2 - 0.5, dy=cell_h, opacity=0.6, coloraxis="coloraxis",
+                customdata=patch_numbers,
+                hovertemplate=f"head {head + 1}<br>patch row %{{customdata[1]}}, column %{{customdata[0]}}"
+                              "<br>weight %{z:.4f}<extra></extra>",
+            ),
+            row=row, col=column,
+        )  # fmt: skip
+        if query_patch is not None:
+            top, left = query_patch[0] * cell_h - 0.5, query_patch[1] * cell_w - 0.5
+            fig.add_shape(type="rect", x0=left, x1=left + cell_w, y0=top, y1=top + cell_h, line={"color": "#00e5ff", "width": 2},
+                          row=row, col=column)  # fmt: skip
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(
+        template=TEMPLATE, title={"text": title, "x": 0.01, "xanchor": "left"}, font={"size": 13},
+        coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}},
+        height=90 + QUERY_PANEL_PX * rows, margin={"l": 10, "r": 10, "t": 80, "b": 10},
+    )  # fmt: skip
+    return fig
+
+
+def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
+    """The Norm's affine weight per output head of every Re-attention block (one panel per
+    model with such blocks, one diverging scale); None when no model has a Norm weight."""
+    panels = {}
+    for label, result in results.items():
+        gains = {block: info.norm_weight for block, info in result.theta().items() if info.norm_weight is not None}
+        if gains:
+            panels[label] = gains
+    if not panels:
+        return None
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), horizontal_spacing=0.12)
+    largest = max(float(np.abs(gain).max()) for gains in panels.values() for gain in gains.values()) or 1.0
+    for column, (label, gains) in enumerate(panels.items(), start=1):
+        blocks = [block + 1 for block in gains]
+        matrix = np.stack(list(gains.values()))
+        fig.add_trace(
+            go.Heatmap(
+                z=matrix, x=np.arange(1, matrix.shape[1] + 1), y=[str(block) for block in blocks], coloraxis="coloraxis",
+                hovertemplate="block %{y}, output head %{x}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
+            ),
+            row=1, col=column,
+        )  # fmt: skip
+        fig.update_xaxes(title="output head", dtick=1, row=1, col=column)
+        fig.update_yaxes(title="Re-attention block", autorange="reversed", type="category", row=1, col=column)
+    fig.update_layout(
+        template=TEMPLATE, font={"size": 13}, title={"text": "Norm weight (per-head gain after Θ)", "x": 0.01},
+        coloraxis={"colorscale": DIVERGING, "cmin": -largest, "cmax": largest, "cmid": 0.0, "colorbar": {"title": "weight"}},
+        height=max(320, 120 + 16 * max(len(gains) for gains in panels.values())), margin={"l": 70, "r": 30, "t": 80, "b": 60},
+    )  # fmt: skip
+    return fig
+
+
+def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
+    """Distance of each block's Θ from identity (solid) and from the nearest signed
+    permutation (dashed); None when no model has Re-attention blocks."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        infos = result.theta()
+        if not infos:
+            continue
+        blocks = [block + 1 for block in infos]
+        colour = MODEL_COLOURS[index % len(MODEL_COLOURS)]
+        for name, dash, values in (
+            ("from identity", "solid", [info.distance_from_identity for info in infos.values()]),
+            ("from a permutation", "dash", [info.distance_from_permutation for info in infos.values()]),
+        ):
+            fig.add_trace(go.Scatter(
+                x=blocks, y=values, mode="lines+markers", name=f"{label}, {name}", line={"color": colour, "dash": dash},
+                hovertemplate=f"block %{{x}}: distance {name} %{{y:.3f}}<extra>{label}</extra>",
+            ))  # fmt: skip
+    if not fig.data:
+        return None
+    fig.update_xaxes(title="block")
+    fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
+    fig.update_layout(
+        template=TEMPLATE, font={"size": 13}, height=380, margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        title={"text": "How far Θ is from passing heads through unchanged", "x": 0.01},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+    )  # fmt: skip
+    return fig

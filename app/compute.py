@@ -1,0 +1,237 @@
+"""Loading, analysing and exporting, each cached so that switching views never recomputes.
+
+* checkpoints: ``st.cache_resource`` keyed by (spec, arch, fingerprint, side);
+* analyses: a ``ResultStore`` shared by all sessions, keyed by both checkpoints, the image
+  set and every parameter (see ``ResultStore`` for why not ``st.cache_data``);
+* live attention of one image and the export files: ``st.cache_data`` keyed by the same keys.
+
+Every number comes from ``deepvit_diag``: this module only calls it.
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+from torch import nn
+
+from deepvit_diag import compare, extract_attention, load_model
+from deepvit_diag.errors import DiagError
+from deepvit_diag.images import ImageSet, default_image_set, open_images
+from deepvit_diag.report import build_report
+from deepvit_diag.results import AnalysisResult, ComparisonResult
+
+from .config import NUM_EXAMPLE_IMAGES
+from .sources import ImageChoice, ModelChoice
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Everything an analysis depends on; equal requests give the same result."""
+
+    a: ModelChoice
+    b: ModelChoice
+    images: ImageChoice
+    num_images: int
+    k: int = 2
+    tau: float = 0.5
+    rho: float = 0.9
+    axis: str = "columns"
+    maps: str = "post"
+    device: str = "auto"
+
+    def options(self) -> dict:
+        """Keyword arguments of ``deepvit_diag.compare``."""
+        return dict(k=self.k, tau=self.tau, rho=self.rho, axis=self.axis, maps=self.maps, device=self.device,
+                    num_images=self.num_images, num_examples=NUM_EXAMPLE_IMAGES, progress=False)  # fmt: skip
+
+
+@dataclass
+class LoadedModel:
+    """A model with what loading it announced, and a lock: a model records attention through
+    hooks, so two sessions must not run it at the same time."""
+
+    model: nn.Module
+    notes: list[str]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass
+class Analysis:
+    """A finished comparison, with what the views need to label and redo parts of it."""
+
+    key: str
+    request: AnalysisRequest
+    images: ImageChoice  # resolved: never the "model cards' set" placeholder
+    comparison: ComparisonResult
+    notes: list[str]  # warnings worth showing (guessed architecture, skipped images)
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """Names in figures: the short names, with the side so that A and B always differ."""
+        return f"{self.request.a.name} (A)", f"{self.request.b.name} (B)"
+
+    @property
+    def results(self) -> dict[str, AnalysisResult]:
+        label_a, label_b = self.labels
+        return {label_a: self.comparison.a, label_b: self.comparison.b}
+
+
+@contextmanager
+def _announcements() -> Iterator[list[warnings.WarningMessage]]:
+    """Record the library's announcements (UserWarnings: guessed architecture, random weights,
+    skipped images) to show in the page; other categories (deprecations) are not for users."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", UserWarning)
+        yield caught
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading checkpoint...")
+def _load(spec: str, arch: str | None, fingerprint: str, side: str) -> LoadedModel:
+    # ``side`` is part of the key so that comparing a checkpoint with itself uses two
+    # model objects: one model cannot carry two attention recorders at once.
+    with _announcements() as caught:
+        model = load_model(spec, arch=arch or None)
+    return LoadedModel(model, [str(warning.message) for warning in caught])
+
+
+def load(choice: ModelChoice, side: str) -> LoadedModel:
+    return _load(choice.spec, choice.arch, choice.fingerprint, side)
+
+
+# ----------------------------------------------------------------------------- analyses
+
+
+class ResultStore:
+    """Finished analyses shared by every session; the oldest goes beyond ``max_entries``.
+
+    Not ``st.cache_data``: the analysis reports progress to a bar that the caller owns,
+    and ``st.cache_data`` replays the element calls made inside a cached function, which
+    fails for an element made outside it. Results are only read after they are stored.
+    """
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Analysis] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Analysis | None:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+            return self._entries.get(key)
+
+    def put(self, analysis: Analysis) -> None:
+        with self._lock:
+            self._entries[analysis.key] = analysis
+            self._entries.move_to_end(analysis.key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def result_store() -> ResultStore:
+    return ResultStore(max_entries=8)
+
+
+class _ReportingImages(ImageSet):
+    """An image set that calls ``report(images read so far)`` as the analysis reads it."""
+
+    def __init__(self, images: ImageSet, report: Callable[[int], None]):
+        super().__init__(images.description, images.names, images.loaders, images.skipped, images.skipped_names)
+        self._report = report
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        for count, image in enumerate(super().__iter__(), start=1):
+            self._report(count)
+            yield image
+
+
+def resolve_images(request: AnalysisRequest, models: tuple[LoadedModel, LoadedModel]) -> ImageChoice:
+    """The request's image source, with "the set the model cards name" made concrete."""
+    if request.images.spec is not None:
+        return request.images
+    return ImageChoice(default_image_set([loaded.model for loaded in models]))
+
+
+def open_image_set(images: ImageChoice, limit: int) -> tuple[ImageSet, list[str]]:
+    """The first ``limit`` usable images, and the warnings about files skipped on the way."""
+    with _announcements() as caught:
+        image_set = open_images(list(images.spec) if isinstance(images.spec, tuple) else images.spec, limit=limit)
+    if images.description:
+        image_set.description = images.description
+    return image_set, [str(warning.message) for warning in caught]
+
+
+def analysis_key(request: AnalysisRequest, images: ImageChoice) -> str:
+    return repr((request.a.key, request.b.key, images, request.options()))
+
+
+def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -> Analysis:
+    """The comparison ``request`` asks for, from the store or computed now.
+
+    ``report(done, total)`` is called as images are read. Raises ``DiagError`` for any
+    input the library refuses (unreadable checkpoint, mismatched weights, no usable image).
+    """
+    models = (load(request.a, "a"), load(request.b, "b"))
+    images = resolve_images(request, models)
+    key = analysis_key(request, images)
+    if (stored := result_store().get(key)) is not None:
+        return stored
+    image_set, image_notes = open_image_set(images, request.num_images)
+    total = min(len(image_set), request.num_images)
+    reporting = _ReportingImages(image_set, lambda done: report(min(done, total), total))
+    # Always in the same order, so two sessions locking the same pair cannot deadlock.
+    first, second = sorted(models, key=id)
+    with first.lock, second.lock, _announcements() as caught:
+        comparison = compare(models[0].model, models[1].model, reporting, **request.options())
+    notes = [*models[0].notes, *models[1].notes, *image_notes, *(str(warning.message) for warning in caught)]
+    analysis = Analysis(key, request, images, comparison, list(dict.fromkeys(notes)))
+    result_store().put(analysis)
+    return analysis
+
+
+# ----------------------------------------------------------------------------- live maps of one image
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing the attention maps of this image...")
+def block_attention(analysis_key: str, side: str, image_index: int, block: int, _analysis: Analysis) -> dict[str, np.ndarray]:
+    """Pre- and post-Theta maps (H, T, T) of one block for example image ``image_index``
+    (0-based, in the order the analysis read its images), from one forward pass."""
+    request = _analysis.request
+    loaded = load(request.a if side == "a" else request.b, side)
+    image_set, _ = open_image_set(_analysis.images, image_index + 1)
+    # Iterating skips undecodable files exactly as the analysis did, so the index matches.
+    image = next(islice(iter(image_set), image_index, None), None)
+    if image is None:
+        raise DiagError(f"image {image_index + 1} of {image_set.description} can no longer be read")
+    with loaded.lock:
+        capture = extract_attention(loaded.model, [image], blocks=[block])
+    return {kind: getattr(capture, kind)[0, 0].to(torch.float32).cpu().numpy() for kind in ("pre", "post")}
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@st.cache_data(max_entries=4, show_spinner="Preparing the downloads...")
+def export_files(analysis_key: str, _analysis: Analysis) -> dict[str, bytes]:
+    """``result.json`` and ``arrays.npz`` (the library's ``save``) and ``report.html``."""
+    with tempfile.TemporaryDirectory(prefix="deepvit-diag-export-") as folder:
+        _analysis.comparison.save(folder)
+        files = {name: (Path(folder) / name).read_bytes() for name in ("result.json", "arrays.npz")}
+    files["report.html"] = build_report(_analysis.comparison, _analysis.labels).encode("utf-8")
+    return files

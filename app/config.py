@@ -1,0 +1,59 @@
+"""What the app opens with and the limits it enforces.
+
+Environment variables override the defaults, so tests and deployments can point the app
+at other checkpoints or images without touching code:
+
+=====================================  =======================================================
+``DEEPVIT_DIAG_APP_CKPT_A`` / ``_B``   checkpoint A / B: preset, store entry, timm name or path
+``DEEPVIT_DIAG_APP_IMAGES``            bundled set name or folder; empty: the set the model
+                                       cards name (``default_image_set``)
+``DEEPVIT_DIAG_APP_NUM_IMAGES``        images analysed when the app opens
+``DEEPVIT_DIAG_APP_MAX_CHECKPOINT_MB`` largest checkpoint upload accepted
+``DEEPVIT_DIAG_APP_MAX_IMAGE_MB``      largest single image upload accepted
+=====================================  =======================================================
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# The bundled demo pair: 32-block ViT and DeepViT trained on scikit-learn digits.
+DEMO_CHECKPOINTS = ("vit32", "deepvit32")
+# Enough images for stable numbers, few enough to open in seconds on a CPU.
+DEFAULT_NUM_IMAGES = 64
+# Images kept per model for the attention overlays (Layer similarity and Heads views).
+NUM_EXAMPLE_IMAGES = 8
+# Must not exceed server.maxUploadSize in .streamlit/config.toml (Streamlit refuses larger files first).
+DEFAULT_MAX_CHECKPOINT_MB = 1024
+DEFAULT_MAX_IMAGE_MB = 20
+
+
+@dataclass(frozen=True)
+class AppDefaults:
+    checkpoint_a: str
+    checkpoint_b: str
+    images: str
+    num_images: int
+    max_checkpoint_mb: float
+    max_image_mb: float
+
+    @classmethod
+    def from_env(cls) -> AppDefaults:
+        env = os.environ.get
+        return cls(
+            checkpoint_a=env("DEEPVIT_DIAG_APP_CKPT_A") or DEMO_CHECKPOINTS[0],
+            checkpoint_b=env("DEEPVIT_DIAG_APP_CKPT_B") or DEMO_CHECKPOINTS[1],
+            images=env("DEEPVIT_DIAG_APP_IMAGES", ""),
+            num_images=_positive(env("DEEPVIT_DIAG_APP_NUM_IMAGES"), int, DEFAULT_NUM_IMAGES),
+            max_checkpoint_mb=_positive(env("DEEPVIT_DIAG_APP_MAX_CHECKPOINT_MB"), float, DEFAULT_MAX_CHECKPOINT_MB),
+            max_image_mb=_positive(env("DEEPVIT_DIAG_APP_MAX_IMAGE_MB"), float, DEFAULT_MAX_IMAGE_MB),
+        )
+
+
+def _positive(text: str | None, kind: type, default: float) -> float:
+    """``text`` as a positive number, else ``default`` (a bad variable must not stop the app)."""
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        return default
+    return value if value > 0 else default

@@ -1,0 +1,101 @@
+"""deepvit-diag in the browser: ``streamlit run app/main.py`` from the project root.
+
+Opens with the bundled demo pair (vit32 against deepvit32 on digits-test) already
+analysed; the sidebar picks other checkpoints, images and parameters, and Run analyses
+them. Defaults can be changed with environment variables (see ``app/config.py``).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run app/main.py` puts app/ on the path, not the project root with the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import streamlit as st  # noqa: E402
+
+from app.compute import Analysis, AnalysisRequest, run_analysis  # noqa: E402
+from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
+from app.sidebar import render_sidebar  # noqa: E402
+from app.views import export, heads, more, overview, ratio, similarity, theta  # noqa: E402
+from deepvit_diag.errors import DiagError  # noqa: E402
+
+VIEWS = {
+    "Overview": overview.render,
+    "Layer similarity": similarity.render,
+    "Similarity ratio": ratio.render,
+    "Heads": heads.render,
+    "Theta": theta.render,
+    "More metrics": more.render,
+    "Export": export.render,
+}
+
+
+def main() -> None:
+    st.set_page_config(page_title="deepvit-diag", layout="wide")
+    defaults = AppDefaults.from_env()
+    with st.sidebar:
+        chosen = render_sidebar(defaults)
+    st.title("Attention collapse in ViT and DeepViT")
+    if chosen.run_clicked and chosen.request is None:
+        st.error("Fix the inputs marked in the sidebar, then press Run analysis again.")
+    # The first visit runs the defaults; later, only Run starts an analysis.
+    if chosen.request is not None and (chosen.run_clicked or "request" not in st.session_state):
+        st.session_state["request"] = chosen.request
+    analysis = _current_analysis()
+    if analysis is None:
+        return
+    if chosen.request is not None and chosen.request != analysis.request:
+        st.info("The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings.")
+    for note in analysis.notes:
+        st.warning(note)
+    tabs = st.tabs(list(VIEWS), key="view", on_change="rerun")
+    for tab, render in zip(tabs, VIEWS.values()):
+        with tab:
+            if tab.open:  # only the open view is drawn
+                render(analysis)
+
+
+def _current_analysis() -> Analysis | None:
+    """The analysis of the requested settings; after a failed run the last good one, if any."""
+    request: AnalysisRequest | None = st.session_state.get("request")
+    if request is None:
+        st.info("Choose two checkpoints in the sidebar and press **Run analysis**.")
+        return None
+    try:
+        analysis = _run_with_progress(request)
+    except DiagError as err:
+        st.error(str(err))
+        _explain_missing_demo(request)
+        previous = st.session_state.get("last_good_request")
+        # Back to the last analysis that worked, so the next rerun does not retry the failing one.
+        st.session_state["request"] = previous
+        if previous is None:
+            return None
+        st.caption("Showing the previous analysis.")
+        return _run_with_progress(previous)
+    st.session_state["last_good_request"] = request
+    return analysis
+
+
+def _run_with_progress(request: AnalysisRequest) -> Analysis:
+    bar = st.empty()
+
+    def report(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Analysing images: {done} of {total} read")
+
+    try:
+        return run_analysis(request, report)
+    finally:
+        bar.empty()
+
+
+def _explain_missing_demo(request: AnalysisRequest) -> None:
+    if {request.a.spec, request.b.spec} & set(DEMO_CHECKPOINTS) and "no-weights" in (request.a.fingerprint, request.b.fingerprint):
+        st.info(
+            "The bundled demo weights (deepvit_diag/weights/vit32-digits.safetensors and deepvit32-digits.safetensors) "
+            "are not installed. Pick other checkpoints in the sidebar: a file on the server, an upload or a timm model name."
+        )
+
+
+main()

@@ -1,0 +1,191 @@
+"""The sidebar: two checkpoints, the images, the metric parameters, the device and Run.
+
+An input that cannot be used shows its ``st.error`` (one not given yet, a hint) right
+below the widget and leaves the request empty; nothing here loads a model or reads an image set (that is Run's job).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import streamlit as st
+import torch
+
+from deepvit_diag.checkpoints import list_models
+from deepvit_diag.images import BUNDLED_SETS
+from deepvit_diag.report import PARAMETER_NAMES
+
+from .compute import AnalysisRequest
+from .config import AppDefaults
+from .sources import (
+    ImageChoice,
+    InputError,
+    InputMissing,
+    ModelChoice,
+    images_from_bundled,
+    images_from_folder,
+    images_from_uploads,
+    model_from_name,
+    model_from_path,
+    model_from_timm,
+    model_from_upload,
+)
+
+MODEL_SOURCES = {
+    "name": "Preset or weight store",
+    "timm": "timm model name",
+    "path": "File on the server",
+    "upload": "Upload a file",
+}
+IMAGE_SOURCES = {
+    "default": "Set named by the model cards",
+    "bundled": "Bundled set",
+    "folder": "Folder, file or glob on the server",
+    "upload": "Upload images",
+}
+T = TypeVar("T")
+WEIGHT_WORDS = {"bundled": "bundled demo weights", "store": "weight store", "none": "no weights yet"}
+
+
+@dataclass
+class SidebarInput:
+    request: AnalysisRequest | None  # None while an input is missing or has an error
+    run_clicked: bool
+
+
+def render_sidebar(defaults: AppDefaults) -> SidebarInput:
+    st.header("Checkpoints")
+    model_a = _checked(lambda: _model_input("a", defaults.checkpoint_a, defaults.max_checkpoint_mb))
+    model_b = _checked(lambda: _model_input("b", defaults.checkpoint_b, defaults.max_checkpoint_mb))
+    st.header("Images")
+    images = _checked(lambda: _image_input(defaults))
+    num_images = st.number_input("Number of images", min_value=1, max_value=100_000, value=defaults.num_images, step=16,
+                                 key="num_images", help="The first N usable images of the source are analysed.")  # fmt: skip
+    st.header("Metric parameters")
+    parameters = _parameter_inputs()
+    run_clicked = st.button("Run analysis", type="primary", key="run", width="stretch")
+    if None in (model_a, model_b, images):
+        return SidebarInput(None, run_clicked)
+    return SidebarInput(AnalysisRequest(model_a, model_b, images, int(num_images), **parameters), run_clicked)
+
+
+def _checked(make: Callable[[], T]) -> T | None:
+    """``make()``, or None with the reason shown where the input is."""
+    try:
+        return make()
+    except InputMissing as missing:
+        st.info(str(missing))
+        return None
+    except InputError as err:
+        st.error(str(err))
+        return None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _model_rows() -> list[dict]:
+    """Presets and store entries (re-read every 30 s, so new store entries appear)."""
+    return [{key: str(value) if key == "path" else value for key, value in row.items()} for row in list_models()]
+
+
+def _default_source(spec: str, names: list[str]) -> str:
+    if spec in names:
+        return "name"
+    if os.sep in spec or "/" in spec or os.path.exists(spec):
+        return "path"
+    return "timm"
+
+
+def _model_input(side: str, default_spec: str, max_mb: float) -> ModelChoice:
+    rows = {row["name"]: row for row in _model_rows()}
+    default_source = _default_source(default_spec, list(rows))
+    # The default spec fills the input of its own kind only.
+    default_text = {default_source: default_spec}
+    st.subheader(f"Checkpoint {side.upper()}")
+    sources = list(MODEL_SOURCES)
+    source = st.selectbox("Source", sources, index=sources.index(default_source), format_func=MODEL_SOURCES.get, key=f"{side}_source")
+    if source == "name":
+        names = list(rows)
+        name = st.selectbox("Model", names, index=names.index(default_spec) if default_spec in rows else 0, key=f"{side}_name",
+                            format_func=lambda n: f"{n} ({WEIGHT_WORDS.get(rows[n]['weights'], rows[n]['weights'])})")  # fmt: skip
+        st.caption(rows[name]["description"])
+        return model_from_name(name)
+    if source == "timm":
+        text = st.text_input("timm model name", value=default_text.get("timm", ""), placeholder="vit_tiny_patch16_224", key=f"{side}_timm",
+                             help="Pretrained weights are downloaded by timm (needs network access on the server).")  # fmt: skip
+        return model_from_timm(text)
+    arch = _arch_input(side)
+    if source == "path":
+        text = st.text_input("Path on the server", value=default_text.get("path", ""), placeholder="/data/checkpoints/deepvit32.pth.tar",
+                             key=f"{side}_path", help="Read only: the app never writes there.")  # fmt: skip
+        return model_from_path(text, arch)
+    uploaded = st.file_uploader("Checkpoint file", key=f"{side}_upload", max_upload_size=_widget_megabytes(max_mb),
+                                help=f".pth, .pth.tar, .pt, .bin or .safetensors, up to {max_mb:g} MB")  # fmt: skip
+    if uploaded is None:
+        raise InputMissing(f"upload a checkpoint file for {side.upper()}")
+    return model_from_upload(uploaded, arch, max_mb)
+
+
+def _widget_megabytes(max_mb: float) -> int:
+    """The uploader's own limit (whole MB, at least 1); the exact limit is checked on upload."""
+    return max(1, math.ceil(max_mb))
+
+
+def _arch_input(side: str) -> str | None:
+    text = st.text_input("Architecture (only if the weights cannot say)", key=f"{side}_arch", placeholder="e.g. deepvit32",
+                         help="A preset, official DeepViT or timm model name; leave empty to infer it from the weights.")  # fmt: skip
+    return text.strip() or None
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _image_input(defaults: AppDefaults) -> ImageChoice:
+    sources = list(IMAGE_SOURCES)
+    default = "default" if not defaults.images else "bundled" if defaults.images in BUNDLED_SETS else "folder"
+    source = st.selectbox("Source", sources, index=sources.index(default), format_func=IMAGE_SOURCES.get, key="images_source")
+    if source == "default":
+        st.caption("The bundled set both model cards name (digits-test for the demo pair), else the photos.")
+        return ImageChoice(None)
+    if source == "bundled":
+        names = list(BUNDLED_SETS)
+        name = st.selectbox("Set", names, index=names.index(defaults.images) if defaults.images in names else 0,
+                            key="images_bundled")  # fmt: skip
+        st.caption(BUNDLED_SETS[name])
+        return images_from_bundled(name)
+    if source == "folder":
+        text = st.text_input("Folder, image file or glob", value=defaults.images if default == "folder" else "",
+                             placeholder="/data/imagenet/val", key="images_path", help="Read only: the app never writes there.")  # fmt: skip
+        return images_from_folder(text)
+    files = st.file_uploader("Image files", accept_multiple_files=True, key="images_upload", max_upload_size=_widget_megabytes(defaults.max_image_mb),
+                             help=f"PNG, JPEG, BMP, GIF, TIFF or WebP, up to {defaults.max_image_mb:g} MB each")  # fmt: skip
+    if not files:
+        raise InputMissing("upload at least one image")
+    choice, errors = images_from_uploads(files, defaults.max_image_mb)
+    for error in errors:
+        st.error(error)
+    if choice is None:
+        raise InputError("none of the uploaded files is a usable image")
+    return choice
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _parameter_inputs() -> dict:
+    """k, tau, rho, attention vectors, map kind and device (REFERENCE.md section 4)."""
+    k = st.number_input("k: neighbour blocks", min_value=1, max_value=16, value=2, key="k", help=PARAMETER_NAMES["k"])
+    tau = st.slider("tau: cosine threshold", 0.0, 1.0, 0.5, 0.05, key="tau", help=PARAMETER_NAMES["tau"])
+    rho = st.slider("rho: similar-block threshold", 0.0, 1.0, 0.9, 0.01, key="rho", help=PARAMETER_NAMES["rho"])
+    axis = st.radio("Attention vectors", ["columns", "rows"], horizontal=True, key="axis",
+                    help="columns: how much a token contributes to every output token (paper Eqn 2); rows: what a token attends to.")  # fmt: skip
+    maps = st.radio("Maps for the headline numbers", ["post", "pre"], horizontal=True, key="maps",
+                    format_func={"post": "post-Θ (multiply V)", "pre": "pre-Θ (softmax)"}.get)  # fmt: skip
+    devices = ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
+    device = st.selectbox("Device", devices, key="device", help="auto: the GPU when there is one, else the CPU.")
+    return dict(k=int(k), tau=float(tau), rho=float(rho), axis=axis, maps=maps, device=device)

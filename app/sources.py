@@ -1,0 +1,206 @@
+"""What the user picked in the sidebar, as things deepvit-diag can load.
+
+Checkpoints come from preset/store names, timm names, paths on the server or uploads;
+images from bundled sets, server folders or uploads. Every choice carries a
+``fingerprint`` that changes when its content changes, so caches keyed by it never serve
+stale results. Uploads are written to one temporary folder per server process, under
+their sha256 (a re-upload costs nothing); server paths are only ever read.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+from deepvit_diag.checkpoints.safe_load import CHECKPOINT_SUFFIXES
+from deepvit_diag.errors import DiagError
+from deepvit_diag.images import BUNDLED_SETS, open_images
+
+MEGABYTE = 1 << 20
+
+
+class InputError(Exception):
+    """A sidebar input that cannot be used; the message is one line for ``st.error``."""
+
+
+class InputMissing(InputError):
+    """An input not given yet: a hint rather than an error."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One checkpoint: ``spec`` and ``arch`` are what ``load_model`` gets."""
+
+    spec: str
+    name: str  # short name for figures and tables
+    fingerprint: str
+    arch: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec}|{self.arch}|{self.fingerprint}"
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    """An image source; ``spec`` None means the bundled set the model cards name."""
+
+    spec: str | tuple[str, ...] | None
+    description: str | None = None  # replaces the library's wording (uploads live in a temp folder)
+    fingerprint: str = ""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def model_from_name(name: str) -> ModelChoice:
+    """A preset or weight-store name; the fingerprint follows the file behind it."""
+    from deepvit_diag.checkpoints import bundled_path, store_path
+
+    candidates = [store_path(name), bundled_path(name)]
+    return ModelChoice(name, name, next((_file_fingerprint(path) for path in candidates if path.is_file()), "no-weights"))
+
+
+def model_from_timm(name: str) -> ModelChoice:
+    name = name.strip()
+    if not name:
+        raise InputMissing("enter a timm model name, e.g. vit_tiny_patch16_224")
+    return ModelChoice(name, name, name)
+
+
+def model_from_path(text: str, arch: str | None) -> ModelChoice:
+    path = _server_path(text)
+    if not path.is_file():
+        raise InputError(f"{path} is not a file")
+    _require_checkpoint_suffix(path.name)
+    return ModelChoice(str(path), path.name, _file_fingerprint(path), arch)
+
+
+def model_from_upload(uploaded: UploadedFile, arch: str | None, max_mb: float) -> ModelChoice:
+    _require_checkpoint_suffix(uploaded.name)
+    path, digest = save_upload(uploaded, max_mb)
+    return ModelChoice(str(path), path.name, digest, arch)
+
+
+def _require_checkpoint_suffix(name: str) -> None:
+    if not name.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise InputError(f"{name} is not a checkpoint file: expected one of {', '.join(CHECKPOINT_SUFFIXES)}")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def images_from_bundled(name: str) -> ImageChoice:
+    if name not in BUNDLED_SETS:
+        raise InputError(f"unknown bundled image set {name!r}; choose one of {', '.join(BUNDLED_SETS)}")
+    return ImageChoice(name)
+
+
+def images_from_folder(text: str) -> ImageChoice:
+    """A folder, image file or glob on the server (read by ``open_images`` at run time)."""
+    text = text.strip()
+    if any(ch in text for ch in "*?["):
+        return ImageChoice(text, fingerprint=text)
+    path = _server_path(text)
+    return ImageChoice(str(path), fingerprint=_file_fingerprint(path))
+
+
+def images_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[ImageChoice | None, list[str]]:
+    """The uploads that decode as images, and one error line per upload that does not."""
+    paths, errors = [], []
+    for uploaded in files:
+        try:
+            path, _ = save_upload(uploaded, max_mb)
+            _require_decodable(path, uploaded.name)
+        except InputError as err:
+            errors.append(str(err))
+        else:
+            paths.append(str(path))
+    if not paths:
+        return None, errors
+    names = ", ".join(Path(path).name for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
+    digests = ",".join(Path(path).parent.name for path in paths)
+    return ImageChoice(tuple(paths), f"{len(paths)} uploaded image(s): {names}", digests), errors
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _decode_error(path: str) -> str | None:
+    """Why ``path`` cannot be used as an image (None if it decodes); cached per content-addressed path."""
+    try:
+        open_images(path).load(0)
+    except DiagError as err:
+        return str(err)
+    except Exception as err:  # any decoder failure means "not usable", never a crash
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _require_decodable(path: Path, name: str) -> None:
+    reason = _decode_error(str(path))
+    if reason is not None:
+        raise InputError(f"{name} cannot be decoded as an image ({reason.splitlines()[0][:160]})")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _server_path(text: str) -> Path:
+    text = text.strip()
+    if not text:
+        raise InputMissing("enter a path on the server")
+    path = Path(os.path.expanduser(text))
+    if not path.exists():
+        raise InputError(f"no such file or folder on the server: {path}")
+    return path
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Size and modification time: changes when the file does, without reading it."""
+    stat = path.stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+@st.cache_resource(show_spinner=False)
+def upload_folder() -> Path:
+    """One temporary folder per server process for every session's uploads, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="deepvit-diag-uploads-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def save_upload(uploaded: UploadedFile, max_mb: float) -> tuple[Path, str]:
+    """``uploaded`` as ``<upload folder>/<sha256[:16]>/<name>`` and its sha256, after the size checks.
+
+    Streamlit refuses files above ``server.maxUploadSize`` before the app sees them; this
+    limit is the app's own, per kind of file, and also holds where that setting is larger.
+    """
+    if uploaded.size > max_mb * MEGABYTE:
+        raise InputError(f"{uploaded.name} is {uploaded.size / MEGABYTE:.1f} MB, more than the {max_mb:g} MB limit for this upload")
+    if uploaded.size == 0:
+        raise InputError(f"{uploaded.name} is empty (0 bytes)")
+    saved = st.session_state.setdefault("saved_uploads", {})
+    if uploaded.file_id not in saved:  # hash and write each upload once, not on every rerun
+        data = uploaded.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        path = upload_folder() / digest[:16] / _safe_name(uploaded.name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(data)
+            partial.replace(path)
+        saved[uploaded.file_id] = (path, digest)
+    return saved[uploaded.file_id]
+
+
+def _safe_name(name: str) -> str:
+    """The file name without folders or odd characters (the suffix decides how it is read)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip(".")
+    return cleaned or "upload"

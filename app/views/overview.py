@@ -1,0 +1,54 @@
+"""Overview: the headline numbers of A and B side by side, and the findings in words."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from deepvit_diag.results import AnalysisResult
+from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
+
+from ..compute import Analysis
+from .common import BLOCKS_FROM_ONE
+
+
+def render(analysis: Analysis) -> None:
+    first = analysis.comparison.a
+    images = first.images
+    skipped = f"; {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""
+    st.caption(f"Images: {images['description']} ({first.num_images} analysed{skipped}). {BLOCKS_FROM_ONE}")
+    shown: set[str] = set()
+    for column, (label, result) in zip(st.columns(2, gap="large"), analysis.results.items()):
+        with column:
+            _model_column(label, result, analysis)
+            shown.update(model_findings(label, result))
+    st.subheader("A against B")
+    label_a, label_b = analysis.labels
+    for sentence in comparison_findings(label_a, label_b, analysis.comparison):
+        if sentence not in shown:  # the Re-attention sentences already stand under their model
+            st.markdown(f"- {sentence}")
+    st.subheader("Headline numbers")
+    rows = summary_rows(analysis.results)
+    table = pd.DataFrame([cells for _, cells in rows], index=[label for label, _ in rows], columns=list(analysis.results))
+    st.dataframe(table, width="stretch")
+
+
+def _model_column(label: str, result: AnalysisResult, analysis: Analysis) -> None:
+    summary = result.summary()
+    st.subheader(label)
+    st.caption(result.model["description"])
+    other = analysis.comparison.a if result is analysis.comparison.b else None
+    similar, start, heads = st.columns(3)
+    similar.metric(
+        f"Similar blocks (ratio > {result.params['rho']:g})", f"{summary['similar_blocks']} of {summary['num_blocks']}",
+        delta=None if other is None else summary["similar_blocks"] - other.summary()["similar_blocks"],
+        delta_color="inverse", delta_description=None if other is None else "against A",
+        help="Similar blocks: " + (block_list(summary["similar_block_indices"]) or "none"),
+    )  # fmt: skip
+    start.metric("Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1)
+    heads.metric("Mean cross-head similarity", _decimal(summary["cross_head_similarity"]))
+    for sentence in model_findings(label, result):
+        st.markdown(f"- {sentence}")
+
+
+def _decimal(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
