@@ -7,8 +7,12 @@ and a ``run`` callback; ``main`` turns every expected failure into a one-line
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from .errors import DiagError
@@ -133,7 +137,164 @@ def run_import(args: argparse.Namespace) -> None:
     print(describe(args.name, "store", "native", stored["arch"], stored["card"]))
 
 
-COMMANDS = [add_train, add_models, add_import]
+# ----------------------------------------------------------------------------- compare / analyze
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (else a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``compare`` and ``analyze`` (metric parameters: REFERENCE.md section 4)."""
+    p.add_argument("--images", nargs="+", metavar="SRC",
+                   help="images to analyse: a folder (searched recursively, ImageFolder layouts work), image files, "
+                   "quoted globs, or a bundled set ('photos', 'digits-test'); default: the set the model cards name, else 'photos'")
+    p.add_argument("--num-images", type=_int_at_least(1), metavar="N", help="analyse only the first N usable images (default: all)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="B",
+                   help="images per forward pass (default 32; halved automatically on CUDA out-of-memory)")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when present, the default), 'cpu' or 'cuda[:N]'")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype of the forward passes (default float32; metrics are always accumulated in float32)")
+    p.add_argument("--out", type=Path, default=Path("deepvit-diag-report"), metavar="DIR",
+                   help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)")
+    p.add_argument("--k", type=_int_at_least(1), default=2,
+                   help="neighbouring blocks on each side that a block's similarity ratio compares with (default 2)")
+    p.add_argument("--tau", type=_unit_interval, default=0.5,
+                   help="cosine similarity above which an attention vector counts as similar to its neighbours' (default 0.5)")
+    p.add_argument("--rho", type=_unit_interval, default=0.9,
+                   help="similarity ratio above which a block counts as similar, as in the paper's Fig. 3 (default 0.9)")
+    p.add_argument("--axis", choices=["columns", "rows"], default="columns",
+                   help="compare attention columns (what each token contributes, paper Eqn 2; default) or rows (what each token attends to)")
+    p.add_argument("--maps", choices=["pre", "post"], default="post",
+                   help="maps the headline numbers use in Re-attention blocks: 'post' (after Theta, what multiplies V; default) "
+                   "or 'pre' (the softmax maps); plain ViT blocks have only one kind")
+    p.add_argument("--examples", type=_int_at_least(0), default=2, metavar="N",
+                   help="images whose per-head CLS attention maps the report draws (default 2)")
+    chatter = p.add_mutually_exclusive_group()
+    chatter.add_argument("--quiet", action="store_true", help="print nothing but errors (the output folder is still written)")
+    chatter.add_argument("--json", action="store_true",
+                         help="print the summary as JSON on stdout and nothing else there (block indices 0-based)")
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare attention collapse in two checkpoints on the same images",
+        description="Run two checkpoints over the same images, print the attention-collapse numbers of both side by side "
+        "with one sentence per finding, and write result.json, arrays.npz and a self-contained report.html.",
+    )
+    p.add_argument("--ckpt-a", required=True, metavar="SPEC",
+                   help="first model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name")
+    p.add_argument("--ckpt-b", required=True, metavar="SPEC", help="second model, same forms as --ckpt-a")
+    p.add_argument("--arch-a", metavar="NAME", help="architecture of --ckpt-a when its weights cannot say (preset, official or timm name)")
+    p.add_argument("--arch-b", metavar="NAME", help="architecture of --ckpt-b when its weights cannot say")
+    _add_analysis_options(p)
+    p.set_defaults(run=run_compare)
+
+
+def add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="measure attention collapse in one checkpoint",
+        description="Run one checkpoint over images, print its attention-collapse numbers and write result.json, "
+        "arrays.npz and a self-contained report.html.",
+    )
+    p.add_argument("--ckpt", required=True, metavar="SPEC",
+                   help="the model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name")
+    p.add_argument("--arch", metavar="NAME", help="architecture when the weights cannot say (preset, official or timm name)")
+    _add_analysis_options(p)
+    p.set_defaults(run=run_analyze)
+
+
+def _model_label(spec: str, side: str | None = None) -> str:
+    """A short name for tables and figures: the file name of a path, else the spec itself."""
+    name = Path(spec).name if Path(spec).exists() else spec
+    return f"{name} ({side})" if side else name
+
+
+@contextmanager
+def _warnings_as_lines(quiet: bool) -> Iterator[None]:
+    """Library warnings (skipped images, guessed architecture, ...) as one ``warning: ...`` line each."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: None if quiet else print(f"warning: {message}", file=sys.stderr)
+        yield
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an unusable --out before the (long) analysis; the folder is created only when writing."""
+    if out.exists() and not out.is_dir():
+        raise DiagError(f"--out {out} exists and is not a folder")
+
+
+def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]], labels: list[str]) -> None:
+    from rich.console import Console
+
+    from .analysis import analyze, compare
+    from .checkpoints import load_model
+    from .device import resolve_device
+    from .images import default_image_set, open_images
+    from .report import write_report
+    from .summary import comparison_findings, model_findings, print_summary
+
+    _check_out(args.out)
+    resolve_device(args.device)  # an unusable --device fails before the models are loaded
+    options = dict(
+        k=args.k, tau=args.tau, rho=args.rho, axis=args.axis, maps=args.maps, batch_size=args.batch_size,
+        num_images=args.num_images, device=args.device, dtype=args.dtype, num_examples=args.examples, progress=not args.quiet,
+    )  # fmt: skip
+    with _warnings_as_lines(args.quiet):
+        models = [load_model(spec, arch=arch) for spec, arch in specs]
+        sources = args.images or [default_image_set(models)]
+        images = open_images(sources[0] if len(sources) == 1 else sources, limit=args.num_images)
+        # The analysis draws its progress bar on stdout; stdout is kept for the summary (and --json).
+        with redirect_stdout(sys.stderr):
+            result = compare(*models, images, **options) if len(models) == 2 else analyze(models[0], images, **options)
+    command = "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        result.save(args.out)
+        write_report(args.out / "report.html", result, labels, command)
+    except OSError as err:
+        raise DiagError(f"cannot write to {args.out}: {err.strerror or err}") from None
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    elif not args.quiet:
+        findings = comparison_findings(*labels, result) if len(models) == 2 else model_findings(labels[0], result)
+        results = {labels[0]: result.a, labels[1]: result.b} if len(models) == 2 else {labels[0]: result}
+        print_summary(Console(), results, findings, out=str(args.out / "report.html"))
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    _run_analysis(args, [(args.ckpt_a, args.arch_a), (args.ckpt_b, args.arch_b)],
+                  [_model_label(args.ckpt_a, "A"), _model_label(args.ckpt_b, "B")])  # fmt: skip
+
+
+def run_analyze(args: argparse.Namespace) -> None:
+    _run_analysis(args, [(args.ckpt, args.arch)], [_model_label(args.ckpt)])
+
+
+COMMANDS = [add_compare, add_analyze, add_train, add_models, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

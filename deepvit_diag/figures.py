@@ -71,17 +71,19 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _tick_step(count: int) -> int:
-    """A tick step for a block or head axis that keeps at most ~16 integer labels."""
-    return max(1, math.ceil(count / 16))
+def _tick_step(count: int, labels: int = 16) -> int:
+    """A tick step for a block or head axis that keeps at most ``labels`` integer labels."""
+    return max(1, math.ceil(count / labels))
 
 
-def _square_heatmap_axes(fig: go.Figure, count: int, x_title: str, y_title: str, size: int, columns: int | None = None) -> None:
-    """Square cells, row 1 at the top (matrix layout), integer ticks for ``size`` rows. In
-    a grid of ``columns`` panels per row, only the first column names the y axis and only
-    the lowest panel of each column the x axis, so titles do not crowd the panels."""
+def _square_heatmap_axes(
+    fig: go.Figure, count: int, x_title: str, y_title: str, size: int, columns: int | None = None, labels: int = 16
+) -> None:
+    """Square cells, row 1 at the top (matrix layout), at most ``labels`` integer ticks for
+    ``size`` rows. In a grid of ``columns`` panels per row, only the first column names the
+    y axis and only the lowest panel of each column the x axis, so titles do not crowd."""
     columns = columns or count
-    ticks = {"dtick": _tick_step(size), "showgrid": False, "constrain": "domain"}
+    ticks = {"tick0": 1, "dtick": _tick_step(size, labels), "showgrid": False, "constrain": "domain"}
     for index in range(1, count + 1):
         suffix = "" if index == 1 else str(index)
         fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **ticks)
@@ -239,9 +241,11 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
             row=position // columns + 1, col=position % columns + 1,
         )  # fmt: skip
     fig.update_layout(coloraxis={**_symmetric_scale([info.theta for info in infos.values()]), "colorbar": {"title": "Θ"}})
-    _square_heatmap_axes(fig, len(infos), "output head", "input head", result.model["num_heads"], columns)
+    _square_heatmap_axes(fig, len(infos), "output head", "input head", result.model["num_heads"], columns, labels=6)
     prefix = f"{label}: " if label else ""
-    return _finish(fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 130 + 230 * rows)
+    fig = _finish(fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 150 + 210 * rows)
+    # A fixed width keeps the small panels square without empty bands between the rows.
+    return fig.update_layout(width=160 + 170 * columns)
 
 
 # ----------------------------------------------------------------------------- per-block curves
@@ -449,7 +453,8 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
          "xanchor": "center", "yanchor": "bottom", "showarrow": False}
         for head in range(num_heads)
     ]  # fmt: skip
-    panel = max(90, min(160, 1000 // num_heads))
+    # Square panels as large as fit a ~1180 px wide page (the report's figure width).
+    panel = max(60, min(160, 980 // num_heads))
     prefix = f"{label}: " if label else ""
     fig = _finish(go.Figure(data=data, layout=layout), f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
                   120 + panel * len(rows))  # fmt: skip

@@ -136,7 +136,8 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
         for example in range(len(analysis.arrays["example_images"])):
             items.append(ReportFigure(f"fig-cls-{index}-{example}", "Attention of the CLS token", (
                 f"{label}, example image {example + 1}: how much the CLS token attends to each patch, per head, in the first, "
-                "middle and last block. Re-attention blocks show the softmax maps (pre-Θ) and the maps after Θ (post-Θ)."
+                "middle and last block." + (" Re-attention blocks show the softmax maps (pre-Θ) and the maps after Θ (post-Θ)."
+                                            if analysis.model["reattention_blocks"] else "")
             ), figures.cls_attention(analysis, example, label=label)))
     return items
 
