@@ -166,7 +166,8 @@ class DeepVisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        # Stochastic-depth rate grows linearly with depth; plain floats so the model builds on the meta device.
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim, num_heads, mlp_ratio, qkv_bias, head_dim, flags[i], theta, transform_scale,
