@@ -244,8 +244,9 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     _square_heatmap_axes(fig, len(infos), "output head", "input head", result.model["num_heads"], columns, labels=6)
     prefix = f"{label}: " if label else ""
     fig = _finish(fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 150 + 210 * rows)
-    # A fixed width keeps the small panels square without empty bands between the rows.
-    return fig.update_layout(width=160 + 170 * columns)
+    # A fixed width keeps the small panels square without empty bands between the rows
+    # (at least wide enough for the title when there are only a few blocks).
+    return fig.update_layout(width=max(760, 160 + 170 * columns))
 
 
 # ----------------------------------------------------------------------------- per-block curves
