@@ -539,7 +539,8 @@ def analyze(
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``.
         dtype: ``"float32"`` or ``"bfloat16"`` (autocast; maps stored in bf16, metrics in float32).
         cka_chunk: images per minibatch of the CKA estimator (>= 4).
-        num_examples: images kept, with their CLS attention per block and head, for overlays.
+        num_examples: first images kept for overlays, with their CLS attention per block and
+            head (pre and post); the pixels are recovered with the model's mean/std.
         progress: show a progress bar over images.
     """
     settings = Settings(
