@@ -8,7 +8,6 @@ model card is exactly what ``evaluate_accuracy`` re-measures later.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from .datasets import DIGITS_DESCRIPTION, LabelledImages, digits_split
 from .device import resolve_device
 from .models import build_model
+from .results import package_versions
 
 
 @dataclass
@@ -191,11 +191,3 @@ def train_model(
         "versions": package_versions(),
     }
     return model, card
-
-
-def package_versions() -> dict[str, str]:
-    import timm
-
-    from . import __version__
-
-    return {"deepvit_diag": __version__, "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
