@@ -17,7 +17,8 @@ from plotly.subplots import make_subplots
 from deepvit_diag.figures import DIVERGING, MODEL_COLOURS, TEMPLATE
 from deepvit_diag.results import AnalysisResult
 
-QUERY_PANEL_PX = 210
+QUERY_PANEL_PX = 180  # largest panel side
+QUERY_GRID_PX = 480  # width of all panels of a row together
 
 
 def _data_uri(pixels: np.ndarray) -> str:
@@ -37,6 +38,18 @@ def colour_range(*maps: np.ndarray) -> dict:
     return {"colorscale": DIVERGING, "cmin": -largest, "cmax": largest, "cmid": 0.0}
 
 
+def share_colour_range(figures: list[go.Figure], axis: str, *values: np.ndarray) -> None:
+    """Set colour axis ``axis`` of every figure that has it to the range of all ``values``, so
+    that one colour means one number in figures drawn separately (A and B)."""
+    finite = [v[np.isfinite(v)] for v in values if np.isfinite(v).any()]
+    if not finite:
+        return
+    low, high = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
+    for fig in figures:
+        if axis in fig.layout.to_plotly_json():
+            fig.update_layout({axis: {"cmin": low, "cmax": high}})
+
+
 def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: dict, colour_title: str,
                     query_patch: tuple[int, int] | None) -> go.Figure:  # fmt: skip
     """Each head's attention of one query token to every patch, over the image.
@@ -49,10 +62,12 @@ def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: di
     """
     num_heads, grid_h, grid_w = maps.shape
     height, width = image.shape[:2]
-    columns = min(num_heads, 4)
+    # A near-square grid of square panels that fits half the page's width.
+    columns = math.ceil(math.sqrt(num_heads))
     rows = math.ceil(num_heads / columns)
+    panel = min(QUERY_PANEL_PX, QUERY_GRID_PX // columns)
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=[f"head {head + 1}" for head in range(num_heads)],
-                        horizontal_spacing=0.03, vertical_spacing=0.08 / rows)  # fmt: skip
+                        horizontal_spacing=0.04, vertical_spacing=min(0.2, 28 / (panel * rows)))  # fmt: skip
     source = _data_uri(image)
     cell_h, cell_w = height / grid_h, width / grid_w
     patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
@@ -77,14 +92,14 @@ def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: di
     fig.update_layout(
         template=TEMPLATE, title={"text": title, "x": 0.01, "xanchor": "left"}, font={"size": 13},
         coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}},
-        height=90 + QUERY_PANEL_PX * rows, margin={"l": 10, "r": 10, "t": 80, "b": 10},
+        width=columns * panel + 130, height=(panel + 28) * rows + 80, margin={"l": 10, "r": 10, "t": 80, "b": 10},
     )  # fmt: skip
     return fig
 
 
 def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
-    """The Norm's affine weight per output head of every Re-attention block (one panel per
-    model with such blocks, one diverging scale); None when no model has a Norm weight."""
+    """The Norm's affine weight per output head (rows) of every Re-attention block (columns),
+    one panel per model with such blocks, one diverging scale; None when no model has one."""
     panels = {}
     for label, result in results.items():
         gains = {block: info.norm_weight for block, info in result.theta().items() if info.norm_weight is not None}
@@ -92,24 +107,24 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
             panels[label] = gains
     if not panels:
         return None
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), horizontal_spacing=0.12)
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=list(panels), vertical_spacing=0.25 / len(panels))
     largest = max(float(np.abs(gain).max()) for gains in panels.values() for gain in gains.values()) or 1.0
-    for column, (label, gains) in enumerate(panels.items(), start=1):
-        blocks = [block + 1 for block in gains]
-        matrix = np.stack(list(gains.values()))
+    for row, (label, gains) in enumerate(panels.items(), start=1):
+        matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
         fig.add_trace(
             go.Heatmap(
-                z=matrix, x=np.arange(1, matrix.shape[1] + 1), y=[str(block) for block in blocks], coloraxis="coloraxis",
-                hovertemplate="block %{y}, output head %{x}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
+                z=matrix, x=[str(block + 1) for block in gains], y=np.arange(1, matrix.shape[0] + 1), coloraxis="coloraxis",
+                hovertemplate="block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
             ),
-            row=1, col=column,
+            row=row, col=1,
         )  # fmt: skip
-        fig.update_xaxes(title="output head", dtick=1, row=1, col=column)
-        fig.update_yaxes(title="Re-attention block", autorange="reversed", type="category", row=1, col=column)
+        fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
+        fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
+    heads = max(len(gain) for gains in panels.values() for gain in gains.values())
     fig.update_layout(
-        template=TEMPLATE, font={"size": 13}, title={"text": "Norm weight (per-head gain after Θ)", "x": 0.01},
+        template=TEMPLATE, font={"size": 13}, title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
         coloraxis={"colorscale": DIVERGING, "cmin": -largest, "cmax": largest, "cmid": 0.0, "colorbar": {"title": "weight"}},
-        height=max(320, 120 + 16 * max(len(gains) for gains in panels.values())), margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        height=110 + len(panels) * (90 + 26 * heads), margin={"l": 70, "r": 30, "t": 80, "b": 60},
     )  # fmt: skip
     return fig
 
@@ -134,7 +149,8 @@ def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
             ))  # fmt: skip
     if not fig.data:
         return None
-    fig.update_xaxes(title="block")
+    last_block = max(max(trace.x) for trace in fig.data)
+    fig.update_xaxes(title="block", dtick=max(1, math.ceil(last_block / 16)))
     fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
     fig.update_layout(
         template=TEMPLATE, font={"size": 13}, height=380, margin={"l": 70, "r": 30, "t": 80, "b": 60},

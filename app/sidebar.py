@@ -119,13 +119,13 @@ def _model_input(side: str, default_spec: str, max_mb: float) -> ModelChoice:
         text = st.text_input("timm model name", value=default_text.get("timm", ""), placeholder="vit_tiny_patch16_224", key=f"{side}_timm",
                              help="Pretrained weights are downloaded by timm (needs network access on the server).")  # fmt: skip
         return model_from_timm(text)
-    arch = _arch_input(side)
     if source == "path":
         text = st.text_input("Path on the server", value=default_text.get("path", ""), placeholder="/data/checkpoints/deepvit32.pth.tar",
                              key=f"{side}_path", help="Read only: the app never writes there.")  # fmt: skip
-        return model_from_path(text, arch)
+        return model_from_path(text, _arch_input(side))
     uploaded = st.file_uploader("Checkpoint file", key=f"{side}_upload", max_upload_size=_widget_megabytes(max_mb),
                                 help=f".pth, .pth.tar, .pt, .bin or .safetensors, up to {max_mb:g} MB")  # fmt: skip
+    arch = _arch_input(side)
     if uploaded is None:
         raise InputMissing(f"upload a checkpoint file for {side.upper()}")
     return model_from_upload(uploaded, arch, max_mb)

@@ -39,10 +39,9 @@ def _png(seed: int, size: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Tiny ViT and DeepViT checkpoints, five images, and a checkpoint whose weights do not fit its arch."""
-    root = tmp_path_factory.mktemp("app_files")
+def write_app_files(root: Path) -> Path:
+    """Tiny ViT and DeepViT checkpoints, five images, and a checkpoint whose weights do not
+    fit its arch, under ``root`` (also used by test_app_browser.py)."""
     for family in ("vit", "deepvit"):
         torch.manual_seed(0)
         save_native(build_model({"family": family, "kwargs": TINY}), root / f"{family}.safetensors")
@@ -57,13 +56,26 @@ def files(tmp_path_factory):
     return root
 
 
+def app_environment(files: Path) -> dict[str, str]:
+    """Environment variables that open the app on the tiny files."""
+    return {
+        "DEEPVIT_DIAG_APP_CKPT_A": str(files / "vit.safetensors"),
+        "DEEPVIT_DIAG_APP_CKPT_B": str(files / "deepvit.safetensors"),
+        "DEEPVIT_DIAG_APP_IMAGES": str(files / "images"),
+        "DEEPVIT_DIAG_APP_NUM_IMAGES": "5",
+    }
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_app_files(tmp_path_factory.mktemp("app_files"))
+
+
 @pytest.fixture
 def tiny_app(files, monkeypatch):
     """The app's defaults pointed at the tiny checkpoints and images, with empty caches."""
-    monkeypatch.setenv("DEEPVIT_DIAG_APP_CKPT_A", str(files / "vit.safetensors"))
-    monkeypatch.setenv("DEEPVIT_DIAG_APP_CKPT_B", str(files / "deepvit.safetensors"))
-    monkeypatch.setenv("DEEPVIT_DIAG_APP_IMAGES", str(files / "images"))
-    monkeypatch.setenv("DEEPVIT_DIAG_APP_NUM_IMAGES", "5")
+    for name, value in app_environment(files).items():
+        monkeypatch.setenv(name, value)
     _clear_caches()
     yield
     _clear_caches()

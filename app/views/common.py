@@ -9,7 +9,7 @@ from deepvit_diag.report import PLOTLY_CONFIG
 BLOCKS_FROM_ONE = "Blocks and heads are numbered from 1, as in the paper."
 
 
-def show_figure(fig: go.Figure, key: str, *, natural_width: bool = False) -> None:
-    """The library's own styling (``theme=None``): the app's figures look like the report's.
-    ``natural_width`` keeps a figure's fixed width (attention overlays with square panels)."""
-    st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key, width="content" if natural_width else "stretch")
+def show_figure(fig: go.Figure, key: str) -> None:
+    """The library's own styling (``theme=None``), so the app's figures look like the report's.
+    A figure that sets its own width (square attention panels) keeps it; others fill the column."""
+    st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key, width="content" if fig.layout.width else "stretch")

@@ -20,7 +20,7 @@ def render(analysis: Analysis) -> None:
     results = analysis.results
     show_figure(figures.cross_head_curves(results), "cross_head_curves")
     depth = min(result.model["num_blocks"] for result in results.values())
-    block = int(st.number_input("Block", 1, depth, depth, key="heads_block", help="Shown for both models. " + BLOCKS_FROM_ONE))
+    block = int(st.columns(4)[0].number_input("Block", 1, depth, depth, key="heads_block", help="For both models. " + BLOCKS_FROM_ONE))
     show_figure(figures.cross_head_matrices(results, block - 1), "cross_head_matrices")
     st.caption("Similarity between the attention maps of every pair of heads in the chosen block (paper Fig. 3c), "
                "on one colour scale for A and B. " + BLOCKS_FROM_ONE)  # fmt: skip

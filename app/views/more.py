@@ -12,12 +12,13 @@ from .common import BLOCKS_FROM_ONE, show_figure
 def render(analysis: Analysis) -> None:
     results = analysis.results
     st.caption(BLOCKS_FROM_ONE + " Dots are single heads, lines the mean over heads.")
+    # Full width for the per-head figures: their four legend entries need it.
+    show_figure(figures.entropy_curves(results), "entropy")
+    show_figure(figures.attention_distance_curves(results), "attention_distance")
     left, right = st.columns(2)
     with left:
-        show_figure(figures.entropy_curves(results), "entropy")
         show_figure(figures.token_similarity_curves(results), "token_similarity")
     with right:
-        show_figure(figures.attention_distance_curves(results), "attention_distance")
         show_figure(figures.rank_residual_curves(results), "rank_residual")
     st.subheader("Representation similarity (linear CKA)")
     show_figure(figures.cka_within(results), "cka_within")

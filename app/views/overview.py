@@ -29,7 +29,7 @@ def render(analysis: Analysis) -> None:
     st.subheader("Headline numbers")
     rows = summary_rows(analysis.results)
     table = pd.DataFrame([cells for _, cells in rows], index=[label for label, _ in rows], columns=list(analysis.results))
-    st.dataframe(table, width="stretch")
+    st.table(table)
 
 
 def _model_column(label: str, result: AnalysisResult, analysis: Analysis) -> None:
@@ -39,10 +39,11 @@ def _model_column(label: str, result: AnalysisResult, analysis: Analysis) -> Non
     other = analysis.comparison.a if result is analysis.comparison.b else None
     similar, start, heads = st.columns(3)
     similar.metric(
-        f"Similar blocks (ratio > {result.params['rho']:g})", f"{summary['similar_blocks']} of {summary['num_blocks']}",
+        "Similar blocks", f"{summary['similar_blocks']} of {summary['num_blocks']}",
         delta=None if other is None else summary["similar_blocks"] - other.summary()["similar_blocks"],
         delta_color="inverse", delta_description=None if other is None else "against A",
-        help="Similar blocks: " + (block_list(summary["similar_block_indices"]) or "none"),
+        help=f"Blocks whose similarity ratio exceeds rho = {result.params['rho']:g}: "
+             + (block_list(summary["similar_block_indices"]) or "none"),
     )  # fmt: skip
     start.metric("Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1)
     heads.metric("Mean cross-head similarity", _decimal(summary["cross_head_similarity"]))

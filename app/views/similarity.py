@@ -1,10 +1,13 @@
 """Layer similarity: S[p, q] of A, B and B - A, and the maps of one chosen pair of blocks."""
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from deepvit_diag import figures
+from deepvit_diag.results import AnalysisResult
 
+from .. import charts
 from ..compute import Analysis
 from .common import BLOCKS_FROM_ONE, show_figure
 
@@ -24,14 +27,23 @@ def render(analysis: Analysis) -> None:
     q = pick_q.number_input("Block q", 1, depth, depth, key="similarity_q")
     examples = min(len(result.arrays["example_images"]) for result in results.values())
     example = pick_image.selectbox("Image", range(examples), format_func=lambda i: f"image {i + 1}", key="similarity_image")
-    values = st.columns(len(results))
-    for column, (label, result) in zip(values, results.items()):
-        if max(p, q) <= result.model["num_blocks"]:
-            column.metric(f"S[{p}, {q}] in {label}", f"{result.similarity()[p - 1, q - 1]:.3f}")
-        else:
-            column.metric(f"S[{p}, {q}] in {label}", "n/a", help=f"{label} has only {result.model['num_blocks']} blocks")
-    for label, result in results.items():
-        if max(p, q) <= result.model["num_blocks"]:
-            show_figure(figures.cls_attention(result, example, blocks=sorted({p - 1, q - 1}), label=label),
-                        f"similarity_pair_{label}", natural_width=True)  # fmt: skip
-    st.caption("Attention of the CLS token to every patch in blocks p and q, per head, over the image as the model saw it.")
+    blocks = sorted({p - 1, q - 1})
+    drawn = {label: result for label, result in results.items() if blocks[-1] < result.model["num_blocks"]}
+    for column, (label, result) in zip(st.columns(len(results)), results.items()):
+        value = f"{result.similarity()[p - 1, q - 1]:.3f}" if label in drawn else "n/a"
+        column.metric(f"S[{p}, {q}] in {label}", value, help=None if label in drawn else f"{label} has only {result.model['num_blocks']} blocks")
+    overlays = [figures.cls_attention(result, example, blocks=blocks, label=label) for label, result in drawn.items()]
+    for axis, kind in (("coloraxis", "pre"), ("coloraxis2", "post")):
+        charts.share_colour_range(overlays, axis, *(_drawn_weights(result, example, blocks, kind) for result in drawn.values()))
+    for index, overlay in enumerate(overlays):
+        show_figure(overlay, f"similarity_pair_{index}")
+    st.caption("Attention of the CLS token to every patch in blocks p and q, per head, over the image as the model saw it; "
+               "softmax (and post-Θ) weights have one colour scale for A and B.")  # fmt: skip
+
+
+def _drawn_weights(result: AnalysisResult, example: int, blocks: list[int], kind: str) -> np.ndarray:
+    """The CLS weights ``figures.cls_attention`` draws on the colour axis of ``kind``: pre-Θ
+    rows for every block, post-Θ rows only for Re-attention blocks."""
+    if kind == "post":
+        blocks = [block for block in blocks if block in result.model["reattention_blocks"]]
+    return result.arrays[f"example_cls_{kind}"][example, blocks]
