@@ -9,6 +9,7 @@ Every number comes from ``deepvit_diag``: this module only calls it.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import warnings
@@ -33,6 +34,8 @@ from deepvit_diag.results import AnalysisResult, ComparisonResult
 
 from .config import NUM_EXAMPLE_IMAGES
 from .sources import ImageChoice, ModelChoice
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,20 @@ class Analysis:
     def results(self) -> dict[str, AnalysisResult]:
         label_a, label_b = self.labels
         return {label_a: self.comparison.a, label_b: self.comparison.b}
+
+
+def failure_message(err: Exception) -> str:
+    """One line for ``st.error`` about why loading or analysing failed.
+
+    ``DiagError`` already is such a line. A file the server cannot read is named; anything
+    else is unexpected (a bug, or input nobody foresaw) and is also logged with its traceback.
+    """
+    if isinstance(err, DiagError):
+        return str(err)
+    if isinstance(err, OSError) and err.filename:
+        return f"cannot read {err.filename}: {err.strerror or err}"
+    logger.exception("unexpected failure in the app")
+    return f"Unexpected {type(err).__name__}: {err}"
 
 
 @contextmanager
@@ -185,7 +202,8 @@ def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -
     """The comparison ``request`` asks for, from the store or computed now.
 
     ``report(done, total)`` is called as images are read. Raises ``DiagError`` for any
-    input the library refuses (unreadable checkpoint, mismatched weights, no usable image).
+    input the library refuses (unreadable checkpoint, mismatched weights, no usable image);
+    see ``failure_message`` for what else can come from untrusted files.
     """
     models = (load(request.a, "a"), load(request.b, "b"))
     images = resolve_images(request, models)

@@ -14,11 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st  # noqa: E402
 
-from app.compute import Analysis, AnalysisRequest, run_analysis  # noqa: E402
+from app.compute import Analysis, AnalysisRequest, failure_message, run_analysis  # noqa: E402
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
 from app.views import export, heads, more, overview, ratio, similarity, theta  # noqa: E402
-from deepvit_diag.errors import DiagError  # noqa: E402
 
 VIEWS = {
     "Overview": overview.render,
@@ -57,24 +56,23 @@ def main() -> None:
 
 
 def _current_analysis() -> Analysis | None:
-    """The analysis of the requested settings; after a failed run the last good one, if any."""
+    """The analysis of the requested settings; after a failed run the one shown before, if any."""
     request: AnalysisRequest | None = st.session_state.get("request")
     if request is None:
         st.info("Choose two checkpoints in the sidebar and press **Run analysis**.")
         return None
     try:
         analysis = _run_with_progress(request)
-    except DiagError as err:
-        st.error(str(err))
+    except Exception as err:  # whatever a user's file does, the app must stay usable
+        st.error(failure_message(err))
         _explain_missing_demo(request)
-        previous = st.session_state.get("last_good_request")
-        # Back to the last analysis that worked, so the next rerun does not retry the failing one.
-        st.session_state["request"] = previous
-        if previous is None:
-            return None
-        st.caption("Showing the previous analysis.")
-        return _run_with_progress(previous)
-    st.session_state["last_good_request"] = request
+        previous: Analysis | None = st.session_state.get("shown_analysis")
+        # Back to the analysis that worked, so that the next rerun does not retry the failing one.
+        st.session_state["request"] = previous.request if previous else None
+        if previous is not None:
+            st.caption("Showing the previous analysis.")
+        return previous
+    st.session_state["shown_analysis"] = analysis
     return analysis
 
 

@@ -250,6 +250,19 @@ def test_missing_server_path_is_an_error(tiny_app, files):
     _assert_error_and_still_working(at, "no such file or folder on the server")
 
 
+def test_unexpected_failure_is_an_error_not_a_crash(tiny_app, monkeypatch):
+    at = _open()
+
+    def broken_loader(*args, **kwargs):
+        raise RuntimeError("weights from the future")
+
+    monkeypatch.setattr(app.compute, "load_model", broken_loader)
+    at.number_input(key="k").set_value(3)  # a new request, so the checkpoints are loaded again
+    st.cache_resource.clear()
+    at.button(key="run").click().run()
+    _assert_error_and_still_working(at, "Unexpected RuntimeError: weights from the future")
+
+
 def test_missing_demo_weights_say_so(monkeypatch, tmp_path):
     for side in ("A", "B"):
         monkeypatch.delenv(f"DEEPVIT_DIAG_APP_CKPT_{side}", raising=False)

@@ -6,11 +6,10 @@ import numpy as np
 import streamlit as st
 
 from deepvit_diag import figures
-from deepvit_diag.errors import DiagError
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
-from ..compute import Analysis, block_attention
+from ..compute import Analysis, block_attention, failure_message
 from .common import BLOCKS_FROM_ONE, show_figure
 
 CLS, PATCH = "CLS token", "a patch"
@@ -29,8 +28,8 @@ def render(analysis: Analysis) -> None:
     image, query = _query_controls(analysis)
     try:
         maps = {side: block_attention(analysis.key, side, image, block - 1, _analysis=analysis) for side in ("a", "b")}
-    except DiagError as err:
-        st.error(str(err))
+    except Exception as err:  # the image is read again from its source, which may have changed
+        st.error(failure_message(err))
         return
     queried = {side: _query_maps(result, maps[side], query) for side, result in zip(("a", "b"), results.values())}
     pre_colours = charts.colour_range(*(kinds["pre"] for kinds in queried.values()))
