@@ -21,9 +21,13 @@ QUERY_PANEL_PX = 180  # largest panel side
 QUERY_GRID_PX = 480  # width of all panels of a row together
 
 
-def _data_uri(pixels: np.ndarray) -> str:
+def _data_uri(pixels: np.ndarray, scale: int) -> str:
+    """The image as a PNG data URI, each pixel repeated ``scale`` times: the browser would
+    blur a small image (24 px digits) when it stretches it over a panel."""
+    image = Image.fromarray(pixels)
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -68,12 +72,15 @@ def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: di
     panel = min(QUERY_PANEL_PX, QUERY_GRID_PX // columns)
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=[f"head {head + 1}" for head in range(num_heads)],
                         horizontal_spacing=0.04, vertical_spacing=min(0.2, 28 / (panel * rows)))  # fmt: skip
-    source = _data_uri(image)
+    scale = max(1, math.ceil(panel / max(height, width)))
+    source = _data_uri(image, scale)
+    # Upscaled pixels placed so that the image still spans [-0.5, width - 0.5], the original's pixel grid.
+    offset = 0.5 / scale - 0.5
     cell_h, cell_w = height / grid_h, width / grid_w
     patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
     for head in range(num_heads):
         row, column = head // columns + 1, head % columns + 1
-        fig.add_trace(go.Image(source=source, hoverinfo="skip"), row=row, col=column)
+        fig.add_trace(go.Image(source=source, x0=offset, y0=offset, dx=1 / scale, dy=1 / scale, hoverinfo="skip"), row=row, col=column)
         fig.add_trace(
             go.Heatmap(
                 z=maps[head], x0=cell_w / 2 - 0.5, dx=cell_w, y0=cell_h / 2 - 0.5, dy=cell_h, opacity=0.6, coloraxis="coloraxis",
