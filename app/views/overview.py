@@ -17,10 +17,10 @@ def render(analysis: Analysis) -> None:
     skipped = f"; {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""
     st.caption(f"Images: {images['description']} ({first.num_images} analysed{skipped}). {BLOCKS_FROM_ONE}")
     shown: set[str] = set()
-    for column, (label, result) in zip(st.columns(2, gap="large"), analysis.results.items()):
+    differences = analysis.comparison.differences()
+    for column, (label, result), side in zip(st.columns(2, gap="large"), analysis.results.items(), "ab"):
         with column:
-            _model_column(label, result, analysis)
-            shown.update(model_findings(label, result))
+            shown.update(_model_column(label, result, differences if side == "b" else None))
     st.subheader("A against B")
     label_a, label_b = analysis.labels
     for sentence in comparison_findings(label_a, label_b, analysis.comparison):
@@ -32,23 +32,26 @@ def render(analysis: Analysis) -> None:
     st.table(table)
 
 
-def _model_column(label: str, result: AnalysisResult, analysis: Analysis) -> None:
+def _model_column(label: str, result: AnalysisResult, differences: dict[str, float] | None) -> list[str]:
+    """Key numbers and findings of one model; ``differences`` (B - A) add the change against A.
+    Returns the sentences shown."""
     summary = result.summary()
     st.subheader(label)
     st.caption(result.model["description"])
-    other = analysis.comparison.a if result is analysis.comparison.b else None
     similar, start, heads = st.columns(3)
     similar.metric(
         "Similar blocks", f"{summary['similar_blocks']} of {summary['num_blocks']}",
-        delta=None if other is None else summary["similar_blocks"] - other.summary()["similar_blocks"],
-        delta_color="inverse", delta_description=None if other is None else "against A",
+        delta=None if differences is None else differences["similar_blocks"], delta_color="inverse",
+        delta_description=None if differences is None else "against A",
         help=f"Blocks whose similarity ratio exceeds rho = {result.params['rho']:g}: "
              + (block_list(summary["similar_block_indices"]) or "none"),
     )  # fmt: skip
     start.metric("Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1)
     heads.metric("Mean cross-head similarity", _decimal(summary["cross_head_similarity"]))
-    for sentence in model_findings(label, result):
+    findings = model_findings(label, result)
+    for sentence in findings:
         st.markdown(f"- {sentence}")
+    return findings
 
 
 def _decimal(value: float | None) -> str:
