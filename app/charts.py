@@ -106,7 +106,7 @@ def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: di
 
 def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     """The Norm's affine weight per output head (rows) of every Re-attention block (columns),
-    one panel per model with such blocks, one diverging scale; None when no model has one."""
+    one panel per model with such blocks, one diverging scale around 1; None when no model has one."""
     panels = {}
     for label, result in results.items():
         gains = {block: info.norm_weight for block, info in result.theta().items() if info.norm_weight is not None}
@@ -115,7 +115,8 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     if not panels:
         return None
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=list(panels), vertical_spacing=0.25 / len(panels))
-    largest = max(float(np.abs(gain).max()) for gains in panels.values() for gain in gains.values()) or 1.0
+    # Centred at 1, a gain that leaves its head unchanged, so that trained gains near 1 still show.
+    spread = max(float(np.abs(gain - 1).max()) for gains in panels.values() for gain in gains.values()) or 1.0
     for row, (label, gains) in enumerate(panels.items(), start=1):
         matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
         fig.add_trace(
@@ -130,7 +131,7 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     heads = max(len(gain) for gains in panels.values() for gain in gains.values())
     fig.update_layout(
         template=TEMPLATE, font={"size": 13}, title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
-        coloraxis={"colorscale": DIVERGING, "cmin": -largest, "cmax": largest, "cmid": 0.0, "colorbar": {"title": "weight"}},
+        coloraxis={"colorscale": DIVERGING, "cmin": 1 - spread, "cmax": 1 + spread, "cmid": 1.0, "colorbar": {"title": "weight"}},
         height=110 + len(panels) * (90 + 26 * heads), margin={"l": 70, "r": 30, "t": 80, "b": 60},
     )  # fmt: skip
     return fig
@@ -157,7 +158,7 @@ def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     if not fig.data:
         return None
     last_block = max(max(trace.x) for trace in fig.data)
-    fig.update_xaxes(title="block", dtick=max(1, math.ceil(last_block / 16)))
+    fig.update_xaxes(title="block", tick0=1, dtick=max(1, math.ceil(last_block / 16)))
     fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
     fig.update_layout(
         template=TEMPLATE, font={"size": 13}, height=380, margin={"l": 70, "r": 30, "t": 80, "b": 60},

@@ -32,4 +32,5 @@ def render(analysis: Analysis) -> None:
     gains = charts.norm_gains(results)
     if gains is not None:
         show_figure(gains, "norm_gains")
-        st.caption("The Norm after Θ scales every output head by its learned weight (BatchNorm in the official model).")
+        st.caption("The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in vit-pytorch) "
+                   "per output head; 1 (white) leaves the head's scale unchanged.")  # fmt: skip
