@@ -2,7 +2,8 @@
 
 Opens the app on the tiny checkpoints, waits for the layer-similarity heatmap to render,
 switches to the Heads view, and fails on any JavaScript page error or Streamlit exception
-box. Screenshots go to /tmp/deepvit_diag_app_screens and the test's tmp_path.
+box. Screenshots go to /tmp/deepvit_diag_app_screens/<tiny|demo>/ and the test's tmp_path;
+the demo case (marked slow) opens the app as a user does, on the bundled demo pair.
 """
 from __future__ import annotations
 
@@ -52,11 +53,24 @@ def _wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def app_url(tmp_path):
-    files = write_app_files(tmp_path)
+def _demo_pair_installed() -> bool:
+    from deepvit_diag.checkpoints import bundled_path
+
+    return bundled_path("vit32").is_file() and bundled_path("deepvit32").is_file()
+
+
+@pytest.fixture(params=[
+    "tiny",
+    pytest.param("demo", marks=[pytest.mark.slow,
+                                pytest.mark.skipif(not _demo_pair_installed(), reason="the bundled demo weights are not installed")]),
+])  # fmt: skip
+def served_app(request, tmp_path):
+    """The app served on 127.0.0.1: on the tiny checkpoints, or as a user opens it (the demo pair)."""
+    # The demo case clears the app's variables, so the app opens on its own defaults.
+    app_env = app_environment(write_app_files(tmp_path)) if request.param == "tiny" else {}
     port = _free_port()
-    env = {**os.environ, **app_environment(files), "OMP_NUM_THREADS": "1", "DEEPVIT_DIAG_HOME": str(tmp_path / "home")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DEEPVIT_DIAG_APP_")}
+    env.update(app_env, OMP_NUM_THREADS="1", DEEPVIT_DIAG_HOME=str(tmp_path / "home"))
     log = tmp_path / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
@@ -66,7 +80,7 @@ def app_url(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(url, server, log)
-        yield url
+        yield url, request.param
     finally:
         server.terminate()
         try:
@@ -76,10 +90,10 @@ def app_url(tmp_path):
             server.wait()
 
 
-def _screenshot(page, name: str, tmp_path: Path) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
+def _screenshot(page, name: str, tmp_path: Path, case: str) -> None:
+    (SCREENSHOTS / case).mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(tmp_path / name), full_page=True)
-    shutil.copy(tmp_path / name, SCREENSHOTS / name)
+    shutil.copy(tmp_path / name, SCREENSHOTS / case / name)
 
 
 def _wait_for_run(page) -> None:
@@ -99,9 +113,10 @@ def _open_view(page, name: str) -> None:
     _wait_for_run(page)
 
 
-def test_app_renders_in_chromium(app_url, tmp_path):
+def test_app_renders_in_chromium(served_app, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    url, case = served_app
     page_errors: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -109,29 +124,29 @@ def test_app_renders_in_chromium(app_url, tmp_path):
             # Tall enough that each screenshot shows a whole view (Streamlit scrolls inside the page).
             page = browser.new_page(viewport={"width": 1600, "height": 2400})
             page.on("pageerror", lambda error: page_errors.append(str(error)))
-            page.goto(app_url, wait_until="domcontentloaded")
+            page.goto(url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Overview").wait_for(timeout=RENDER_TIMEOUT_MS)
             _wait_for_run(page)
             page.locator('[data-testid="stMetricValue"]').first.wait_for(timeout=RENDER_TIMEOUT_MS)
             _assert_no_exception_box(page)
-            _screenshot(page, "1_overview.png", tmp_path)
+            _screenshot(page, "1_overview.png", tmp_path, case)
 
             _open_view(page, "Layer similarity")
             page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=RENDER_TIMEOUT_MS)
             assert page.locator(".js-plotly-plot").count() >= 3  # the heatmaps and one overlay per model
             _assert_no_exception_box(page)
-            _screenshot(page, "2_layer_similarity.png", tmp_path)
+            _screenshot(page, "2_layer_similarity.png", tmp_path, case)
 
             _open_view(page, "Heads")
             page.get_by_text("Attention of one query token").wait_for(timeout=RENDER_TIMEOUT_MS)
             page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=RENDER_TIMEOUT_MS)
             _assert_no_exception_box(page)
-            _screenshot(page, "4_heads.png", tmp_path)
+            _screenshot(page, "4_heads.png", tmp_path, case)
 
             for number, view in ((3, "Similarity ratio"), (5, "Theta"), (6, "More metrics"), (7, "Export")):
                 _open_view(page, view)
                 _assert_no_exception_box(page)
-                _screenshot(page, f"{number}_{view.lower().replace(' ', '_')}.png", tmp_path)
+                _screenshot(page, f"{number}_{view.lower().replace(' ', '_')}.png", tmp_path, case)
         finally:
             browser.close()
     assert not page_errors, page_errors
