@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from deepvit_diag import compare, extract_attention, load_model
+from deepvit_diag.analysis import Settings
 from deepvit_diag.errors import DiagError
 from deepvit_diag.images import ImageSet, default_image_set, open_images
 from deepvit_diag.report import build_report
@@ -46,12 +47,12 @@ class AnalysisRequest:
     b: ModelChoice
     images: ImageChoice
     num_images: int
-    k: int = 2
-    tau: float = 0.5
-    rho: float = 0.9
-    axis: str = "columns"
-    maps: str = "post"
-    device: str = "auto"
+    k: int = Settings.k
+    tau: float = Settings.tau
+    rho: float = Settings.rho
+    axis: str = Settings.axis
+    maps: str = Settings.maps
+    device: str = Settings.device
 
     def options(self) -> dict:
         """Keyword arguments of ``deepvit_diag.compare``."""

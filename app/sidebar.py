@@ -14,9 +14,11 @@ from typing import TypeVar
 import streamlit as st
 import torch
 
+from deepvit_diag.analysis import AXES, Settings
 from deepvit_diag.checkpoints import list_models
 from deepvit_diag.images import BUNDLED_SETS
 from deepvit_diag.report import PARAMETER_NAMES
+from deepvit_diag.results import MAP_KINDS
 
 from .compute import AnalysisRequest
 from .config import AppDefaults
@@ -179,12 +181,13 @@ def _image_input(defaults: AppDefaults) -> ImageChoice:
 
 def _parameter_inputs() -> dict:
     """k, tau, rho, attention vectors, map kind and device (REFERENCE.md section 4)."""
-    k = st.number_input("k: neighbour blocks", min_value=1, max_value=16, value=2, key="k", help=PARAMETER_NAMES["k"])
-    tau = st.slider("tau: cosine threshold", 0.0, 1.0, 0.5, 0.05, key="tau", help=PARAMETER_NAMES["tau"])
-    rho = st.slider("rho: similar-block threshold", 0.0, 1.0, 0.9, 0.01, key="rho", help=PARAMETER_NAMES["rho"])
-    axis = st.radio("Attention vectors", ["columns", "rows"], horizontal=True, key="axis",
+    # Defaults are the library's (deepvit_diag.analysis.Settings).
+    k = st.number_input("k: neighbour blocks", min_value=1, max_value=16, value=Settings.k, key="k", help=PARAMETER_NAMES["k"])
+    tau = st.slider("tau: cosine threshold", 0.0, 1.0, Settings.tau, 0.05, key="tau", help=PARAMETER_NAMES["tau"])
+    rho = st.slider("rho: similar-block threshold", 0.0, 1.0, Settings.rho, 0.01, key="rho", help=PARAMETER_NAMES["rho"])
+    axis = st.radio("Attention vectors", AXES, index=AXES.index(Settings.axis), horizontal=True, key="axis",
                     help="columns: how much a token contributes to every output token (paper Eqn 2); rows: what a token attends to.")  # fmt: skip
-    maps = st.radio("Maps for the headline numbers", ["post", "pre"], horizontal=True, key="maps",
+    maps = st.radio("Maps for the headline numbers", MAP_KINDS, index=MAP_KINDS.index(Settings.maps), horizontal=True, key="maps",
                     format_func={"post": "post-Θ (multiply V)", "pre": "pre-Θ (softmax)"}.get)  # fmt: skip
     devices = ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
     device = st.selectbox("Device", devices, key="device", help="auto: the GPU when there is one, else the CPU.")

@@ -20,6 +20,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from deepvit_diag.checkpoints import bundled_path, store_path
 from deepvit_diag.checkpoints.safe_load import CHECKPOINT_SUFFIXES
 from deepvit_diag.errors import DiagError
 from deepvit_diag.images import BUNDLED_SETS, open_images
@@ -63,8 +64,6 @@ class ImageChoice:
 
 def model_from_name(name: str) -> ModelChoice:
     """A preset or weight-store name; the fingerprint follows the file behind it."""
-    from deepvit_diag.checkpoints import bundled_path, store_path
-
     candidates = [store_path(name), bundled_path(name)]
     return ModelChoice(name, name, next((_file_fingerprint(path) for path in candidates if path.is_file()), "no-weights"))
 
