@@ -2,13 +2,17 @@
 
 Images flow through the model batch by batch; each batch's maps are reduced on the
 device to per-batch metric sums (``collapse_statistics`` for the similarity family, one
-batched call per map kind) and dropped before the next batch, so peak memory is one
-batch of maps whatever the number of images. Every metric except CKA is a mean with
-equal weight per image (``deepvit_diag.metrics``), so ``sum_b metric(batch) * B / N`` is
-the exact dataset mean and the result does not depend on the batch size; CKA streams
-through ``MinibatchCKA``, whose chunks do not depend on the batches either. Nothing
-leaves the device until the end: no host round trip per block or per batch beyond the
-metrics' own input checks.
+batched call per map kind; ``softmax_statistics`` for entropy and distance) and dropped
+before the next batch, so peak memory is one batch of maps whatever the number of
+images. Every metric except CKA is a mean with equal weight per image
+(``deepvit_diag.metrics``), so ``sum_b metric(batch) * B / N`` is the exact dataset mean
+and the result does not depend on the batch size; CKA streams through ``MinibatchCKA``,
+whose chunks do not depend on the batches either.
+
+Nothing leaves the device until the end and the host never waits for it inside the loop:
+the metrics' input checks (NaN/Inf, negative softmax weights) run deferred
+(``deferred_value_checks``), as on-device flags read once after the last batch, so bad
+input still ends in a DiagError naming the first bad batch.
 """
 from __future__ import annotations
 
@@ -39,15 +43,9 @@ from .capture import (
 from .device import resolve_device
 from .errors import DiagError
 from .images import ImageSet, open_images
-from .metrics import (
-    MinibatchCKA,
-    attention_entropy,
-    collapse_statistics,
-    mean_attention_distance,
-    rank_collapse,
-    theta_matrices,
-    token_similarity,
-)
+from .metrics import MinibatchCKA, collapse_statistics, rank_collapse, theta_matrices, token_similarity
+from .metrics._checks import DeferredChecks, checked_maps, deferred_value_checks
+from .metrics.attention import _patch_distances
 from .metrics.cka import MIN_UNBIASED_EXAMPLES
 from .results import MAP_KINDS, THETA_FIELDS, AnalysisResult, ComparisonResult
 
@@ -244,6 +242,7 @@ class Geometry:
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    _distances: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, model: nn.Module) -> Geometry:
@@ -265,11 +264,57 @@ class Geometry:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        return self.num_prefix_tokens + self.num_patches
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def patch_distances(self, device: torch.device) -> torch.Tensor:
+        """(T * T,) float32 on ``device``: at ``i * T + j`` the pixel distance between the
+        centres of tokens i and j, 0 where either is a prefix token (made once per device)."""
+        key = str(device)
+        if key not in self._distances:
+            prefix = self.num_prefix_tokens
+            padded = torch.zeros(self.num_tokens, self.num_tokens, device=device)
+            padded[prefix:, prefix:] = _patch_distances(self.grid_size, tuple(map(float, self.patch_size)), device)
+            self._distances[key] = padded.flatten()
+        return self._distances[key]
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+# The smallest normal float32: its logarithm is finite, so 0 * log(0 clamped to it) = 0.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def softmax_statistics(maps: torch.Tensor, geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention entropy and mean attention distance (L, H) of softmax maps, fast path.
+
+    The numbers of ``attention_entropy`` and ``mean_attention_distance`` (REFERENCE.md 4.6,
+    4.7; the readable reference, tested against this) up to float rounding, block by block
+    with one reused float32 scratch block (which also holds the cast of bfloat16 maps),
+    never a maps-sized temporary. The distance is a matrix-vector product with
+    ``geometry.patch_distances`` (zeros there drop the prefix rows and columns without
+    renormalising, as the reference does); the entropy sums ``A ln A`` with the logarithm's
+    argument clamped at the smallest normal float, which gives ``0 ln 0 = 0``.
+    """
+    maps = checked_maps(maps, nonnegative_for="attention entropy and distance")
+    num_blocks, batch, num_heads, num_tokens = maps.shape[:4]
+    if num_tokens != geometry.num_tokens:
+        raise DiagError(f"maps have {num_tokens} tokens, but the model's patch grid and prefix make {geometry.num_tokens}")
+    distances = geometry.patch_distances(maps.device)
+    scratch = maps.new_empty(maps.shape[1:], dtype=torch.float32)
+    entropy = maps.new_empty((num_blocks, num_heads), dtype=torch.float32)
+    distance = maps.new_empty((num_blocks, num_heads), dtype=torch.float32)
+    for index, block in enumerate(maps):
+        values = block if block.dtype == torch.float32 else scratch.copy_(block)
+        distance[index] = (values.reshape(batch, num_heads, -1) @ distances).sum(dim=0)
+        logs = torch.clamp(values, min=_TINY, out=scratch).log_()
+        entropy[index] = logs.mul_(block).sum(dim=(0, 2, 3))
+    return entropy.neg_() / (batch * num_tokens), distance / (batch * geometry.num_patches)
 
 
 @dataclass
@@ -279,8 +324,8 @@ class BatchMeasurement:
     size: int
     sums: dict[str, torch.Tensor]
     features: torch.Tensor  # (L, B, T * D) block outputs flattened per image
-    example_images: torch.Tensor  # (E_b, H, W, 3) uint8, on the host
-    example_cls: dict[str, torch.Tensor]  # map kind -> (E_b, L, H, gh, gw)
+    example_images: torch.Tensor | None  # (E_b, H, W, 3) uint8, on the host; None once enough are kept
+    example_cls: dict[str, torch.Tensor] | None  # map kind -> (E_b, L, H, gh, gw)
 
 
 @dataclass
@@ -301,35 +346,44 @@ class ModelStatistics:
         return self.settings.num_examples - sum(len(images) for images in self.example_images)
 
     def measure(self, capture: AttentionCapture, x: torch.Tensor) -> BatchMeasurement:
-        """Reduce one batch's capture to sums (nothing is added until ``add``)."""
+        """Reduce one batch's capture to sums (nothing is added until ``add``).
+
+        The capture is used up: its float32 maps are normalised in place (the recorder
+        reuses them for the next forward anyway), so everything else reads them first.
+        """
         size = capture.pre.shape[1]
         geometry, settings = self.geometry, self.settings
-        stats = {"pre": collapse_statistics(capture.pre, settings.k, settings.tau, settings.axis)}
+        num_examples = min(self.examples_needed, size)
+        # Once enough examples are kept, later batches add none (and launch nothing for them).
+        keep_examples = num_examples > 0 or not self.example_images
+        example_images = _to_uint8_images(x[:num_examples], geometry) if keep_examples else None
+        example_cls = None
+        if keep_examples:
+            example_cls = {kind: _cls_attention(getattr(capture, kind)[:, :num_examples], geometry) for kind in MAP_KINDS}
+        entropy, distance = softmax_statistics(capture.pre, geometry)
+
+        def similarity_family(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+            return collapse_statistics(maps, settings.k, settings.tau, settings.axis, overwrite=True)
+
+        stats = {"post": similarity_family(capture.post)}
         # Without Re-attention blocks, post is pre (the same tensor): measure it once.
-        stats["post"] = stats["pre"] if capture.post is capture.pre else collapse_statistics(
-            capture.post, settings.k, settings.tau, settings.axis)  # fmt: skip
-        sums = {f"{name}_{kind}": value * size for kind, values in stats.items() for name, value in values.items()}
-        sums["entropy"] = attention_entropy(capture.pre) * size
-        sums["attention_distance"] = mean_attention_distance(
-            capture.pre, geometry.patch_size, geometry.num_prefix_tokens, geometry.grid_size) * size  # fmt: skip
+        stats["pre"] = stats["post"] if capture.pre is capture.post else similarity_family(capture.pre)
+        sums = {f"{name}_{kind}": value * size for kind in MAP_KINDS for name, value in stats[kind].items()}
+        sums["entropy"], sums["attention_distance"] = entropy * size, distance * size
         sums["token_similarity"] = token_similarity(capture.hidden, geometry.num_prefix_tokens) * size
         sums["rank_residual"] = rank_collapse(capture.hidden) * size
-        num_examples = min(self.examples_needed, size)
         return BatchMeasurement(
-            size=size,
-            sums=sums,
-            features=capture.hidden.flatten(2),
-            example_images=_to_uint8_images(x[:num_examples], geometry),
-            example_cls={kind: _cls_attention(getattr(capture, kind)[:, :num_examples], geometry) for kind in MAP_KINDS},
+            size=size, sums=sums, features=capture.hidden.flatten(2), example_images=example_images, example_cls=example_cls
         )
 
     def add(self, measurement: BatchMeasurement) -> None:
         for name, value in measurement.sums.items():
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += measurement.size
-        self.example_images.append(measurement.example_images)
-        for kind, weights in measurement.example_cls.items():
-            self.example_cls[kind].append(weights)
+        if measurement.example_images is not None:
+            self.example_images.append(measurement.example_images)
+            for kind, weights in measurement.example_cls.items():
+                self.example_cls[kind].append(weights)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Dataset means, examples and Theta as numpy (the only device-to-host copy)."""
@@ -393,8 +447,12 @@ def _theta_arrays(model: nn.Module) -> dict[str, np.ndarray]:
 
 @contextmanager
 def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """``model`` moved to ``device`` for the analysis and back afterwards."""
+    """``model`` moved to ``device`` for the analysis and back afterwards (no move, not
+    even a walk over every parameter, when it is there already)."""
     original = model_device(model)
+    if all(tensor.device == device for tensor in (*model.parameters(), *model.buffers())):
+        yield
+        return
     model.to(device)
     try:
         yield
@@ -419,6 +477,7 @@ class StreamingAnalysis:
         self.cka = MinibatchCKA(chunk_size=settings.cka_chunk)
         self.batch_size = settings.batch_size
         self.store_dtype = DTYPES[settings.dtype] if settings.dtype != "float32" else None
+        self.checks: DeferredChecks | None = None  # set by run()
 
     def run(self, stream: ImageStream) -> None:
         device = self.settings.device
@@ -427,11 +486,14 @@ class StreamingAnalysis:
             for model in self.models:
                 stack.enter_context(_on_device(model, device))
                 stack.enter_context(eval_mode(model))
-                recorders.append(stack.enter_context(AttentionRecorder(model, hidden=True, store_dtype=self.store_dtype)))
+                recorder = AttentionRecorder(model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True)
+                recorders.append(stack.enter_context(recorder))
             for statistics, recorder in zip(self.statistics, recorders):
                 statistics.reattention_blocks = recorder.reattention_blocks
             stack.enter_context(torch.inference_mode())
             progress = stack.enter_context(_progress(self.settings.progress))
+            # Entered last, so it exits first: bad input raises before the results are read.
+            self.checks = stack.enter_context(deferred_value_checks(lambda first: f"first in the batch starting at image {first}, 0-based"))
             task = progress.add_task("analysing images", total=stream.total)
             for batch in stream:
                 self._process(batch, recorders, lambda done: progress.advance(task, done))
@@ -442,6 +504,7 @@ class StreamingAnalysis:
         while start < total:
             size = min(self.batch_size, total - start)
             parts = tuple(x[start : start + size] for x in batch)
+            self.checks.at(self.statistics[0].count)
             try:
                 measurements = self._measure(parts, recorders)
             except torch.OutOfMemoryError:

@@ -21,7 +21,8 @@ they are read from ``hook_post`` (after Theta, Norm and scale). When no captured
 is a Re-attention block, ``post`` *is* ``pre`` (the same tensor, no copy).
 
 Each forward writes straight into per-forward buffers of shape (L, B, H, T, T) and
-(L, B, T, D), so no per-block list is stacked afterwards and nothing leaves the device.
+(L, B, T, D) (or, with ``reuse_buffers``, into the previous forward's), so no per-block
+list is stacked afterwards and nothing leaves the device.
 """
 from __future__ import annotations
 
@@ -127,23 +128,38 @@ def _softmax_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
 
 
 class _StackedBuffer:
-    """A (L, ...) tensor allocated at the first write of a forward and filled slot by slot."""
+    """A (L, ...) tensor allocated at the first write of a forward and filled slot by slot.
 
-    def __init__(self, name: str, blocks: list[int], dtype: torch.dtype | None):
+    With ``reuse``, the next forward writes into the same tensor when shape, dtype and
+    device still fit (no fresh allocation: on the CPU each one costs page faults).
+    """
+
+    def __init__(self, name: str, blocks: list[int], dtype: torch.dtype | None, reuse: bool = False):
         self.name = name
         self.blocks = blocks
         self.dtype = dtype
+        self.reuse = reuse
+        self.tensor: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
-        self.tensor: torch.Tensor | None = None
+        if not self.reuse:
+            self.tensor = None
+        self.started = False
         self.written = [False] * len(self.blocks)
+
+    def release(self) -> None:
+        self.tensor = None
+        self.reset()
 
     def write(self, slot: int, value: torch.Tensor) -> None:
         value = value.detach()
-        if self.tensor is None:
-            dtype = self.dtype or value.dtype
-            self.tensor = torch.empty((len(self.blocks), *value.shape), dtype=dtype, device=value.device)
+        if not self.started:
+            shape, dtype = (len(self.blocks), *value.shape), self.dtype or value.dtype
+            tensor = self.tensor
+            if tensor is None or tensor.shape != shape or tensor.dtype != dtype or tensor.device != value.device:
+                self.tensor = torch.empty(shape, dtype=dtype, device=value.device)
+            self.started = True
         elif value.shape != self.tensor.shape[1:]:
             raise DiagError(
                 f"block {self.blocks[slot]} produced {self.name} of shape {tuple(value.shape)}, "
@@ -154,7 +170,7 @@ class _StackedBuffer:
 
     def collect(self) -> torch.Tensor:
         missing = [block for block, done in zip(self.blocks, self.written) if not done]
-        if self.tensor is None or missing:
+        if not self.started or missing:
             raise DiagError(
                 f"no {self.name} were recorded for block(s) {missing or self.blocks}; "
                 "run one forward pass of the model inside the recorder before take()"
@@ -171,16 +187,19 @@ class AttentionRecorder:
             logits = model(x)
             capture = recorder.take()      # AttentionCapture, logits=None
 
-    Call ``take()`` after each forward: the next forward starts fresh buffers. Maps keep
-    the dtype they are computed in unless ``store_dtype`` is given (bf16 halves their
-    memory under autocast). Use it under ``torch.no_grad()``/``inference_mode``: the
-    recorded tensors are detached.
+    Call ``take()`` after each forward: the next forward starts fresh buffers (with
+    ``reuse_buffers``, it writes into the tensors of the last capture instead, so a capture
+    is valid only until the next forward; for streaming loops). Maps keep the dtype they
+    are computed in unless ``store_dtype`` is given (bf16 halves their memory under
+    autocast). Use it under ``torch.no_grad()``/``inference_mode``: the recorded tensors
+    are detached.
 
     Args:
         model: a ViT/DeepViT (see the module docstring for what can be read).
         blocks: 0-based block indices to record (default all); restricting saves memory.
         hidden: also record each captured block's output tokens.
         store_dtype: dtype of the recorded tensors (default: as computed).
+        reuse_buffers: let every forward overwrite the previous capture's tensors.
     """
 
     def __init__(
@@ -189,6 +208,7 @@ class AttentionRecorder:
         blocks: Sequence[int] | None = None,
         hidden: bool = True,
         store_dtype: torch.dtype | None = None,
+        reuse_buffers: bool = False,
     ):
         self.model = model
         self.blocks = resolve_blocks(model, blocks)
@@ -196,9 +216,10 @@ class AttentionRecorder:
         self._attns = [attention_module(model, index) for index in self.blocks]
         self.reattention_blocks = [b for b, attn in zip(self.blocks, self._attns) if is_reattention(attn)]
         self.record_hidden = hidden
-        self._pre = _StackedBuffer("attention maps", self.blocks, store_dtype)
-        self._post = _StackedBuffer("Re-attention maps", self.blocks, store_dtype) if self.reattention_blocks else None
-        self._hidden = _StackedBuffer("block outputs", self.blocks, store_dtype) if hidden else None
+        layout = {"blocks": self.blocks, "dtype": store_dtype, "reuse": reuse_buffers}
+        self._pre = _StackedBuffer("attention maps", **layout)
+        self._post = _StackedBuffer("Re-attention maps", **layout) if self.reattention_blocks else None
+        self._hidden = _StackedBuffer("block outputs", **layout) if hidden else None
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> AttentionRecorder:
@@ -254,7 +275,9 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._reset()
+        for buffer in (self._pre, self._post, self._hidden):
+            if buffer is not None:
+                buffer.release()
 
     def _store(self, slot: int, maps: torch.Tensor, post: bool, also_post: bool) -> None:
         if post:

@@ -13,7 +13,7 @@ from torch import nn
 
 import deepvit_diag  # noqa: F401  (registers the presets)
 from deepvit_diag import analysis as analysis_module
-from deepvit_diag.analysis import analyze, compare
+from deepvit_diag.analysis import Geometry, analyze, compare, softmax_statistics
 from deepvit_diag.capture import extract_attention
 from deepvit_diag.errors import DiagError
 from deepvit_diag.images import to_rgb
@@ -305,6 +305,67 @@ def test_fewer_images_than_cka_needs_give_nan_cka(vit, x):
 def test_bad_input_is_a_diag_error(vit, images, options, message):
     with pytest.raises(DiagError, match=message):
         analyze(vit, images, **{**QUIET, **options})
+
+
+def test_nan_in_the_images_is_a_diag_error_naming_the_batch(deepvit, x):
+    bad = x.clone()
+    bad[5, 0, 3, 3] = float("nan")
+    with pytest.raises(DiagError, match=r"maps contains NaN or Inf values \(first in the batch starting at image 4"):
+        analyze(deepvit, bad, batch_size=2, **QUIET)
+
+
+def test_streaming_loop_never_reads_a_device_value_back(deepvit, x, monkeypatch):
+    """On a GPU, bool()/item()/tolist() of a device tensor makes the host wait: none may
+    happen while batches are measured and committed (checks are read once, at the end)."""
+    inside = []
+
+    def forbidden(original):
+        def guarded(self, *args):
+            if inside:
+                raise AssertionError(f"{original.__name__} of a tensor inside the streaming loop")
+            return original(self, *args)
+
+        return guarded
+
+    for name in ("__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(getattr(torch.Tensor, name)))
+    for method in ("_measure", "_commit"):
+        original = getattr(analysis_module.StreamingAnalysis, method)
+
+        def watched(self, *args, _original=original):
+            inside.append(True)
+            try:
+                return _original(self, *args)
+            finally:
+                inside.pop()
+
+        monkeypatch.setattr(analysis_module.StreamingAnalysis, method, watched)
+    result = analyze(deepvit, x, batch_size=2, **QUIET)
+    monkeypatch.undo()
+    assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
+
+
+def geometry(prefix: int, grid: tuple[int, int], patch: tuple[int, int]) -> Geometry:
+    return Geometry(num_blocks=3, num_heads=2, num_prefix_tokens=prefix, patch_size=patch, grid_size=grid,
+                    image_size=(grid[0] * patch[0], grid[1] * patch[1]), mean=(0.5,) * 3, std=(0.5,) * 3)  # fmt: skip
+
+
+@pytest.mark.parametrize(("prefix", "grid", "patch"), [(1, (4, 4), (8, 8)), (0, (3, 5), (4, 6)), (5, (2, 3), (16, 16))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_statistics_agree_with_reference_functions(prefix, grid, patch, dtype):
+    tokens = prefix + grid[0] * grid[1]
+    generator = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(3, 4, 2, tokens, tokens, generator=generator)
+    masked = (torch.rand(logits.shape, generator=generator) < 0.3) & ~torch.eye(tokens, dtype=torch.bool)
+    maps = logits.masked_fill(masked, float("-inf")).softmax(dim=-1).to(dtype)  # exact zeros: 0 ln 0 = 0
+    entropy, distance = softmax_statistics(maps, geometry(prefix, grid, patch))
+    torch.testing.assert_close(entropy, attention_entropy(maps), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(distance, mean_attention_distance(maps, patch, prefix, grid), atol=2e-5, rtol=1e-5)
+
+
+def test_softmax_statistics_reject_maps_of_another_model():
+    with pytest.raises(DiagError, match="tokens"):
+        softmax_statistics(torch.rand(2, 1, 2, 10, 10).softmax(-1), geometry(1, (4, 4), (8, 8)))
 
 
 def _fabricated(ratio: list[float], adjacent: list[float]) -> AnalysisResult:

@@ -230,6 +230,26 @@ def test_recorder_starts_fresh_for_every_forward():
     torch.testing.assert_close(second.pre, extract_attention(model, images(2, seed=1)).pre)
 
 
+def test_reused_buffers_are_overwritten_by_the_next_forward_and_released_on_exit():
+    model = tiny_deepvit()
+    with torch.no_grad(), AttentionRecorder(model, reuse_buffers=True) as recorder:
+        model(images(4))
+        first = recorder.take()
+        first_pointers = [first.pre.data_ptr(), first.post.data_ptr(), first.hidden.data_ptr()]
+        model(images(4, seed=1))
+        second = recorder.take()
+        assert [second.pre.data_ptr(), second.post.data_ptr(), second.hidden.data_ptr()] == first_pointers
+        model(images(2, seed=2))  # another batch size: fresh tensors of the new shape
+        third = recorder.take()
+        buffers = [recorder._pre, recorder._post, recorder._hidden]
+    expected = extract_attention(model, images(4, seed=1))
+    for kind in ("pre", "post", "hidden"):
+        torch.testing.assert_close(getattr(second, kind), getattr(expected, kind))
+    assert third.pre.shape[1] == 2
+    torch.testing.assert_close(third.post, extract_attention(model, images(2, seed=2)).post)
+    assert all(buffer.tensor is None for buffer in buffers) and hook_count(model) == 0
+
+
 def test_store_dtype_keeps_maps_in_bfloat16():
     model = tiny_timm_vit()
     with torch.no_grad(), AttentionRecorder(model, store_dtype=torch.bfloat16) as recorder:

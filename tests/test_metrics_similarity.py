@@ -171,6 +171,47 @@ def test_collapse_statistics_agrees_with_reference_functions(axis, k, make_maps)
 
 
 @pytest.mark.parametrize("axis", AXES)
+def test_collapse_statistics_overwrite_gives_the_same_numbers_and_only_touches_float32(axis):
+    maps = correlated_maps(19)
+    expected = collapse_statistics(maps, axis=axis)
+    scratch = maps.clone()
+    overwritten = collapse_statistics(scratch, axis=axis, overwrite=True)
+    for key, value in expected.items():
+        torch.testing.assert_close(overwritten[key], value, atol=0, rtol=0)
+    # The float32 maps now hold the unit vectors: norm 1 along the vector dim.
+    norms = scratch.norm(dim=-2 if axis == "columns" else -1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    low = maps.bfloat16()
+    kept = low.clone()
+    collapse_statistics(low, axis=axis, overwrite=True)
+    assert torch.equal(low, kept)
+
+
+def test_collapse_statistics_accepts_non_contiguous_maps():
+    maps = correlated_maps(20)
+    strided = maps.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, other strides
+    assert not strided.is_contiguous()
+    for key, value in collapse_statistics(maps).items():
+        torch.testing.assert_close(collapse_statistics(strided, overwrite=True)[key], value, atol=1e-6, rtol=0)
+    torch.testing.assert_close(strided, maps)  # not normalised in place: it is not contiguous
+
+
+def test_collapse_statistics_stays_exact_with_many_vectors():
+    """S and C sum over B * H * T vectors; float32 accumulation must not drift from a
+    float64 computation (one Gram product over whole blocks was off by ~1e-4 here)."""
+    generator = torch.Generator().manual_seed(21)
+    maps = (3 * torch.randn(4, 16, 4, 65, 65, generator=generator)).softmax(dim=-1)
+    unit = torch.nn.functional.normalize(maps.double(), dim=-2)
+    flat = unit.reshape(4, -1)
+    exact_similarity = flat @ flat.T / (16 * 4 * 65)
+    per_head = unit.transpose(1, 2).reshape(4, 4, -1)
+    exact_cross_head = per_head @ per_head.transpose(1, 2) / (16 * 65)
+    fast = collapse_statistics(maps)
+    np.testing.assert_allclose(fast["similarity"].double().numpy(), exact_similarity.numpy(), atol=2e-6, rtol=0)
+    np.testing.assert_allclose(fast["cross_head"].double().numpy(), exact_cross_head.numpy(), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("axis", AXES)
 def test_collapse_statistics_matches_brute_force(axis):
     maps = correlated_maps(8)
     fast = collapse_statistics(maps, k=2, tau=0.5, axis=axis)

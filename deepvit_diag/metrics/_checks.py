@@ -1,5 +1,17 @@
-"""Input validation shared by the metrics: every bad input becomes a one-line DiagError."""
+"""Input validation shared by the metrics: every bad input becomes a one-line DiagError.
+
+Shape and dtype checks read only metadata. Value checks (finite, non-negative) read the
+data once with ``torch.aminmax`` (NaN propagates into both extremes, an Inf shows in one
+of them; a single pass without temporaries, where ``isfinite(x).all()`` writes a mask).
+Outside ``deferred_value_checks`` a failed value check raises at once, which makes the
+host wait for the device. Inside it the outcome stays on the device as a flag and is
+raised when the block ends, so a streaming loop on a GPU never waits on a check.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -8,12 +20,75 @@ from ..errors import DiagError
 AXES = ("columns", "rows")
 
 
-def as_float32(tensor: object, name: str, ndim: int, layout: str) -> torch.Tensor:
-    """``tensor`` checked (torch tensor, ``ndim`` dims, none empty, finite) and cast to float32.
+class DeferredChecks:
+    """Failed value checks kept on the device: for each message, the first position
+    (as set with ``at``) where it failed. ``raise_failures`` reads them, one host sync."""
 
-    ``layout`` names the dims for the message, e.g. ``"(L, B, H, T, T)"``. The cast keeps
-    the device; float32 input is returned as is (no copy).
-    """
+    # Position of a check that never failed; larger than any position a caller sets.
+    _NEVER = torch.iinfo(torch.int64).max
+
+    def __init__(self, describe: Callable[[int], str]):
+        self.describe = describe
+        self.position = 0
+        self._first_failure: dict[str, torch.Tensor] = {}  # message -> int64 0-dim, on the device
+
+    def at(self, position: int) -> None:
+        """Attribute the checks that follow to ``position`` (e.g. a batch's first image)."""
+        self.position = position
+
+    def record(self, ok: torch.Tensor, message: str) -> None:
+        failed_at = torch.where(ok, self._NEVER, self.position)
+        previous = self._first_failure.get(message)
+        self._first_failure[message] = failed_at if previous is None else torch.minimum(previous, failed_at.to(previous.device))
+
+    def raise_failures(self) -> None:
+        """DiagError for the earliest failure (the first recorded message on a tie), if any."""
+        if not self._first_failure:
+            return
+        messages = list(self._first_failure)
+        device = next(iter(self._first_failure.values())).device
+        positions = torch.stack([value.to(device) for value in self._first_failure.values()]).tolist()
+        position, message = min(zip(positions, messages), key=lambda pair: pair[0])
+        if position != self._NEVER:
+            raise DiagError(f"{message} ({self.describe(position)})")
+
+
+_DEFERRED: ContextVar[DeferredChecks | None] = ContextVar("deferred_value_checks", default=None)
+
+
+@contextmanager
+def deferred_value_checks(describe: Callable[[int], str] = lambda position: f"at position {position}") -> Iterator[DeferredChecks]:
+    """Value checks inside the block are recorded on the device, not raised at once; a
+    failure raises DiagError when the block ends normally (naming ``describe(position)``),
+    or earlier at ``raise_failures()``. Metrics computed from bad input in the meantime
+    are wrong, so callers must not use them before the block has ended."""
+    checks = DeferredChecks(describe)
+    token = _DEFERRED.set(checks)
+    try:
+        yield checks
+    finally:
+        _DEFERRED.reset(token)
+    checks.raise_failures()
+
+
+def _check_values(tensor: torch.Tensor, name: str, nonnegative_for: str | None = None) -> None:
+    """NaN/Inf (and, for softmax-only metrics, negative weights) in ``tensor``."""
+    low, high = torch.aminmax(tensor)
+    outcomes = [(low.isfinite() & high.isfinite(), f"{name} contains NaN or Inf values")]
+    if nonnegative_for is not None:
+        outcomes.append((low >= 0, f"{nonnegative_for} needs softmax (pre) attention maps, but {name} has negative values"))
+    deferred = _DEFERRED.get()
+    for ok, message in outcomes:
+        if deferred is not None:
+            deferred.record(ok, message)
+        elif not bool(ok):
+            raise DiagError(message)
+
+
+def checked(tensor: object, name: str, ndim: int, layout: str, nonnegative_for: str | None = None) -> torch.Tensor:
+    """``tensor`` checked (torch tensor, ``ndim`` dims, none empty, float, finite) and
+    detached, in its own dtype. ``layout`` names the dims for the message, e.g.
+    ``"(L, B, H, T, T)"``; ``nonnegative_for`` names a metric that needs weights >= 0."""
     if not isinstance(tensor, torch.Tensor):
         raise DiagError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
     if tensor.ndim != ndim:
@@ -22,26 +97,33 @@ def as_float32(tensor: object, name: str, ndim: int, layout: str) -> torch.Tenso
         raise DiagError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
     if tensor.numel() == 0:
         raise DiagError(f"{name} has an empty dimension: {tuple(tensor.shape)}")
-    tensor = tensor.detach().float()
-    if not bool(torch.isfinite(tensor).all()):
-        raise DiagError(f"{name} contains NaN or Inf values")
+    tensor = tensor.detach()
+    _check_values(tensor, name, nonnegative_for)
     return tensor
 
 
-def as_float32_maps(maps: object) -> torch.Tensor:
-    """Stacked attention maps (L, B, H, T, T) checked and cast to float32."""
-    maps = as_float32(maps, "maps", 5, "(L, B, H, T, T)")
+def as_float32(tensor: object, name: str, ndim: int, layout: str) -> torch.Tensor:
+    """``checked`` and cast to float32; the cast keeps the device, float32 input is
+    returned as is (no copy)."""
+    return checked(tensor, name, ndim, layout).float()
+
+
+def checked_maps(maps: object, nonnegative_for: str | None = None) -> torch.Tensor:
+    """Stacked attention maps (L, B, H, T, T) checked, in their own dtype."""
+    maps = checked(maps, "maps", 5, "(L, B, H, T, T)", nonnegative_for)
     if maps.shape[-1] != maps.shape[-2]:
         raise DiagError(f"maps must be square in the last two dims (L, B, H, T, T), got {tuple(maps.shape)}")
     return maps
 
 
+def as_float32_maps(maps: object) -> torch.Tensor:
+    """Stacked attention maps (L, B, H, T, T) checked and cast to float32."""
+    return checked_maps(maps).float()
+
+
 def as_float32_softmax_maps(maps: object, metric: str) -> torch.Tensor:
     """Like ``as_float32_maps`` but also rejects negative weights (Theta-mixed "post" maps)."""
-    maps = as_float32_maps(maps)
-    if bool((maps < 0).any()):
-        raise DiagError(f"{metric} needs softmax (pre) attention maps, but maps has negative values")
-    return maps
+    return checked_maps(maps, nonnegative_for=metric).float()
 
 
 def as_float32_hidden(hidden: object) -> torch.Tensor:

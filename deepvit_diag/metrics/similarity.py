@@ -10,17 +10,16 @@ with ``eps = COSINE_EPS``, so a zero vector has cosine 0 with everything (itself
 ``cross_layer_similarity``, ``neighbour_similarity``, ``similarity_ratio`` and
 ``cross_head_similarity`` follow the formulas literally (the readable reference path);
 ``collapse_statistics`` gives the same numbers from one normalisation and batched Gram
-products (the fast path the analysis runs per batch).
+products (the fast path the analysis runs per batch; tested against the reference).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import DiagError
-from ._checks import as_float32_maps, check_axis, check_neighbourhood
+from ._checks import as_float32_maps, check_axis, check_neighbourhood, checked_maps
 
 COSINE_EPS = 1e-12
 
@@ -155,37 +154,60 @@ def mean_off_diagonal(matrices: torch.Tensor) -> torch.Tensor:
 
 
 def collapse_statistics(
-    maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns"
+    maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns", *, overwrite: bool = False
 ) -> dict[str, torch.Tensor]:
     """The similarity metrics of one batch at once, fast path.
 
     Returns ``{"similarity": (L, L), "ratio": (L,), "cross_head": (L, H, H)}``, the same
     numbers as ``cross_layer_similarity``, ``similarity_ratio`` and
-    ``cross_head_similarity`` (REFERENCE.md 4.1, 4.2, 4.4) up to float rounding. The
-    vectors are normalised once; S and C are Gram products of the unit vectors, and the
-    neighbour cosines are computed only for the k block offsets, so nothing of size
-    (L, L, B, H, T) is ever built. All three are means with equal weight per image.
+    ``cross_head_similarity`` (REFERENCE.md 4.1, 4.2, 4.4) up to float rounding. All three
+    are means with equal weight per image.
+
+    How: the maps are normalised once into float32 unit vectors, in place of a transposed
+    copy (a vector runs along dim -2 for columns, -1 for rows). S sums unit-vector products
+    over every element, so it is a sum of Gram products of the flattened (image, head)
+    maps across blocks; C likewise, of the flattened (block, image) maps across heads; the
+    neighbour cosines are computed only for the k block offsets. Large elementwise temporaries go into one reused float32
+    block of scratch (fresh ones cost page faults on the CPU and allocator traffic on a
+    GPU); bfloat16 maps are cast block by block. Nothing of size (L, L, B, H, T) is built,
+    and nothing waits for the device (the input check is deferrable, see ``_checks``).
+
+    ``overwrite=True`` lets float32 maps be normalised in place, saving a maps-sized
+    buffer; the maps hold unit vectors afterwards. Other dtypes are never overwritten.
     """
     check_axis(axis)
     check_neighbourhood(k)
-    unit = F.normalize(_attention_vectors(as_float32_maps(maps), axis), dim=-1, eps=COSINE_EPS)
-    num_blocks, batch, num_heads, num_vectors = unit.shape[:4]
+    maps = checked_maps(maps)
+    dim = -2 if axis == "columns" else -1
+    num_blocks, batch, num_heads, num_vectors = maps.shape[:4]
+    scratch = maps.new_empty(maps.shape[1:], dtype=torch.float32)
+    in_place = overwrite and maps.dtype == torch.float32 and maps.is_contiguous()
+    unit = maps if in_place else maps.new_empty(maps.shape, dtype=torch.float32)
+    for block, out in zip(maps, unit):
+        # Squared in float32 also for bfloat16 maps (squaring in bfloat16 would round).
+        squares = torch.mul(block, block, out=scratch) if block.dtype == torch.float32 else scratch.copy_(block).square_()
+        norms = squares.sum(dim=dim, keepdim=True).sqrt_().clamp_min_(COSINE_EPS)
+        torch.div(block, norms, out=out)
 
-    per_block = unit.reshape(num_blocks, -1)
-    similarity = per_block @ per_block.T / (batch * num_heads * num_vectors)
+    # One Gram product per (image, head), summed: each adds up T * T terms, which keeps
+    # float32 rounding ~1e-7 where one product over whole blocks (B * H * T * T terms) is
+    # off by ~1e-4. A strided view, no copy.
+    per_image_head = unit.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
+    similarity = (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0) / (batch * num_heads * num_vectors)
 
-    # M[p, p + offset] serves both blocks p and p + offset as a neighbour.
+    # cos(block p, block p + offset) serves both blocks as a neighbour.
     neighbour_sum = unit.new_zeros(unit.shape[:4])
     neighbour_count = unit.new_zeros(num_blocks)
     for offset in range(1, min(k, num_blocks - 1) + 1):
-        cosines = (unit[:-offset] * unit[offset:]).sum(dim=-1)
-        neighbour_sum[:-offset] += cosines
-        neighbour_sum[offset:] += cosines
+        for p in range(num_blocks - offset):
+            cosines = torch.mul(unit[p], unit[p + offset], out=scratch).sum(dim=dim)
+            neighbour_sum[p] += cosines
+            neighbour_sum[p + offset] += cosines
         neighbour_count[:-offset] += 1
         neighbour_count[offset:] += 1
     # A block without neighbours divides 0 by 0: NaN, as in neighbour_similarity.
     ratio = _share_above(neighbour_sum / neighbour_count.view(-1, 1, 1, 1), tau)
 
-    per_head = unit.transpose(1, 2).reshape(num_blocks, num_heads, -1)
-    cross_head = per_head @ per_head.transpose(1, 2) / (batch * num_vectors)
-    return {"similarity": similarity, "ratio": ratio, "cross_head": cross_head}
+    per_block_image = unit.view(num_blocks * batch, num_heads, -1)
+    cross_head = (per_block_image @ per_block_image.transpose(1, 2)).view(num_blocks, batch, num_heads, num_heads).sum(dim=1)
+    return {"similarity": similarity, "ratio": ratio, "cross_head": cross_head / (batch * num_vectors)}
