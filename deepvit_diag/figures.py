@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,14 @@ MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post
 HEATMAP_PANEL_PX = 340
 # Example images are embedded once per head panel; this bounds the size of report.html.
 OVERLAY_MAX_PIXELS = 112
+# Images that fit OVERLAY_MAX_PIXELS are repeated pixel by pixel up to at least this side,
+# so that the browser's smoothing when it stretches them over a panel cannot blur them.
+OVERLAY_UPSAMPLED_PIXELS = 320
+# Colour scales of the CLS overlays: a different one per map kind, so that the colour bar
+# of the pre-Θ rows cannot be mistaken for that of the post-Θ rows.
+OVERLAY_SCALES = {"pre": "Inferno", "post": "Viridis"}
+# Row titles and colour bar titles of Re-attention overlays in a mid colour of their scale.
+OVERLAY_TITLE_COLOURS = {"pre": "#a52c60", "post": "#1f8a84"}
 
 
 def _blocks(count: int) -> np.ndarray:
@@ -109,7 +118,9 @@ def _symmetric_scale(values: list[np.ndarray]) -> dict:
 
 def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
     """Cross-layer similarity S[p, q] (paper Eqn 2) of each model side by side, on one
-    colour scale; with two models of equal depth a third panel shows B - A."""
+    colour scale; with two models of equal depth a third panel shows B - A on its own
+    diverging scale. Each colour bar stands right of the panels it belongs to and says
+    which they are (the similarity bar between B and B - A, the difference bar last)."""
     labels = list(results)
     matrices = [results[label].similarity(maps) for label in labels]
     with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
@@ -124,7 +135,8 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
             ),
             row=1, col=column,
         )  # fmt: skip
-    fig.update_layout(coloraxis={**_similarity_scale(matrices), "colorbar": {"title": "similarity", "x": 1.0, "len": 0.8}})
+    similarity_bar = {"title": {"text": "similarity" + (f"<br>({_short(labels[0])}, {_short(labels[1])})" if len(labels) == 2 else "")},
+                      "len": 0.8}  # fmt: skip
     if with_difference:
         difference = matrices[1] - matrices[0]
         blocks = _blocks(len(difference))
@@ -135,10 +147,38 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
             ),
             row=1, col=len(titles),
         )  # fmt: skip
-        fig.update_layout(coloraxis2={**_symmetric_scale([difference]), "colorbar": {"title": "difference", "x": 1.08, "len": 0.8}})
+        # Panels A and B close together, then room for their colour bar before B - A,
+        # whose own bar sits in the right margin.
+        gap, bar_gap = 0.04, 0.15
+        panel = (1.0 - gap - bar_gap) / 3
+        domains = [[0.0, panel], [panel + gap, 2 * panel + gap], [1.0 - panel, 1.0]]
+        for index, domain in enumerate(domains, start=1):
+            fig.layout[f"xaxis{'' if index == 1 else index}"].update(domain=domain, constraintoward="right")
+        similarity_bar.update(x=domains[1][1] + 0.01, xanchor="left")
+        difference_title = f"difference<br>{_short(labels[1])} − {_short(labels[0])}"
+        fig.update_layout(coloraxis2={
+            **_symmetric_scale([difference]), "colorbar": {"title": {"text": difference_title}, "x": 1.01, "xanchor": "left", "len": 0.8},
+        })  # fmt: skip
+    fig.update_layout(coloraxis={**_similarity_scale(matrices), "colorbar": similarity_bar})
     _square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
+    _titles_over_panels(fig)
     kind = _maps(results[labels[0]], maps)
-    return _finish(fig, f"Cross-layer attention similarity S[p, q] ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 140)
+    fig = _finish(fig, f"Cross-layer attention similarity S[p, q] ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 140)
+    return fig.update_layout(margin={"r": 110}) if with_difference else fig
+
+
+def _short(label: str) -> str:
+    """The letter of a report label such as ``"vit (A)"``, else the label itself."""
+    found = re.search(r"\(([A-Z])\)\s*$", label)
+    return found.group(1) if found else label
+
+
+def _titles_over_panels(fig: go.Figure) -> None:
+    """Pin make_subplots' panel titles to their axes' drawn domains, so that they stay
+    centred over square panels that ``constrain="domain"`` shrinks or shifts."""
+    for index, annotation in enumerate(fig.layout.annotations, start=1):
+        suffix = "" if index == 1 else str(index)
+        annotation.update(xref=f"x{suffix} domain", x=0.5, yref=f"y{suffix} domain", y=1.0)
 
 
 # ----------------------------------------------------------------------------- similarity ratio
@@ -165,13 +205,19 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
     for rho in sorted(rhos):
         fig.add_hline(y=rho, line={"dash": "dash", "color": "#c0392b"}, annotation_text=f"rho = {rho:g}", annotation_position="top left")
     kind = _maps(next(iter(results.values())), maps)
-    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    _block_axis(fig, results)
     fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
     return _finish(fig, f"Similarity ratio per block ({MAP_NAMES[kind]}); filled markers: similar blocks", 420)
 
 
 def _block_tick(results: Results) -> int:
     return _tick_step(max(result.model["num_blocks"] for result in results.values()))
+
+
+def _block_axis(fig: go.Figure, results: Results) -> None:
+    """The x axis of a curve over blocks: from block 1 (not 0), integer ticks from 1."""
+    last = max(result.model["num_blocks"] for result in results.values())
+    fig.update_xaxes(title="block", tick0=1, dtick=_block_tick(results), range=[0.5, last + 0.5])
 
 
 # ----------------------------------------------------------------------------- heads
@@ -189,7 +235,7 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
             )
         )  # fmt: skip
     kind = _maps(next(iter(results.values())), maps)
-    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    _block_axis(fig, results)
     fig.update_yaxes(title="mean cross-head similarity")
     return _finish(fig, f"Cross-head similarity per block, mean over head pairs ({MAP_NAMES[kind]})", 400)
 
@@ -274,7 +320,7 @@ def _per_head_curves(results: Results, array: str, y_title: str, title: str) -> 
                 hovertemplate="block %{x}: mean %{y:.3f}<extra>" + label + "</extra>",
             )
         )  # fmt: skip
-    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    _block_axis(fig, results)
     fig.update_yaxes(title=y_title)
     return _finish(fig, title, 420)
 
@@ -308,7 +354,7 @@ def _model_curves(results: Results, array: str, y_title: str, title: str) -> go.
                 hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
             )
         )  # fmt: skip
-    fig.update_xaxes(title="block", dtick=_block_tick(results))
+    _block_axis(fig, results)
     fig.update_yaxes(title=y_title)
     return _finish(fig, title, 380)
 
@@ -375,11 +421,20 @@ def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.F
 
 
 def _image_source(pixels: np.ndarray) -> str:
-    """An (H, W, 3) uint8 image as a small JPEG data URI (downscaled: the attention grid is
-    much coarser than the image, and the image is repeated once per head)."""
+    """An (H, W, 3) uint8 image as a small data URI (it is repeated once per head panel).
+
+    An image that fits ``OVERLAY_MAX_PIXELS`` (24 px digits, 32 px CIFAR) becomes a PNG
+    with every pixel repeated up to ``OVERLAY_UPSAMPLED_PIXELS``: the browser smooths an
+    image it stretches, which would blur a few large pixels. A larger photo is downscaled
+    to a JPEG thumbnail instead (the attention grid is much coarser than the image)."""
     image = Image.fromarray(pixels)
-    image.thumbnail((OVERLAY_MAX_PIXELS, OVERLAY_MAX_PIXELS))
     buffer = io.BytesIO()
+    if max(image.size) <= OVERLAY_MAX_PIXELS:
+        scale = math.ceil(OVERLAY_UPSAMPLED_PIXELS / max(image.size))
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+        image.save(buffer, format="PNG", optimize=True)
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.thumbnail((OVERLAY_MAX_PIXELS, OVERLAY_MAX_PIXELS))
     image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -401,7 +456,9 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
 
     Re-attention blocks get two rows, the softmax maps (pre-Θ) and the maps that
     multiply V (post-Θ); other blocks one row (there pre and post are the same). Each
-    map kind has its own colour scale, shared by all its panels.
+    map kind has its own colour axis (``coloraxis`` pre-Θ, ``coloraxis2`` post-Θ), shared
+    by all its panels, in its own colours (``OVERLAY_SCALES``); the row titles and the
+    colour bar titles name the kind, so the bar of each row is unambiguous.
     """
     images = result.arrays["example_images"]
     if not 0 <= example < len(images):
@@ -409,6 +466,7 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
     blocks = default_overlay_blocks(result.model["num_blocks"]) if blocks is None else list(blocks)
     reattention = set(result.model["reattention_blocks"])
     rows = [(block, kind) for block in blocks for kind in (("pre", "post") if block in reattention else ("pre",))]
+    has_post = any(kind == "post" for _, kind in rows)
     num_heads = result.model["num_heads"]
     height, width = images.shape[1:3]
     grid_h, grid_w = result.model["grid_size"]
@@ -422,6 +480,7 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
     for row, (block, kind) in enumerate(rows):
         weights = result.arrays[f"example_cls_{kind}"][example, block]
         row_name = f"block {block + 1}" + ({"pre": "<br>pre-Θ", "post": "<br>post-Θ"}[kind] if block in reattention else "")
+        row_colour = OVERLAY_TITLE_COLOURS[kind] if reattention else None
         for head in range(num_heads):
             axis = row * num_heads + head + 1
             suffix = "" if axis == 1 else str(axis)
@@ -441,13 +500,18 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
             layout[f"yaxis{suffix}"] = {
                 "domain": y_domains[row], "anchor": f"x{suffix}", "range": [height, 0], "scaleanchor": f"x{suffix}",
                 "showticklabels": False, "showgrid": False, "zeroline": False,
-                "title": {"text": row_name if head == 0 else None, "font": {"size": 12}},
+                "title": {"text": row_name if head == 0 else None, "font": {"size": 12, "color": row_colour}},
             }  # fmt: skip
-    has_post = any(kind == "post" for _, kind in rows)
-    layout["coloraxis"] = {"colorscale": "Inferno", "colorbar": {"title": {"text": "softmax<br>weight"},
-                           "len": 0.45 if has_post else 0.9, "y": 0.77 if has_post else 0.5}}  # fmt: skip
+    # Rows alternate pre and post, so the bars do not stack (top half next to which row?):
+    # both span the full height side by side, titled by the rows they belong to.
+    bar = {"len": 0.9, "y": 0.5, "thickness": 18, "xanchor": "left", "x": 1.02}
+    pre_title = {"text": "softmax<br>weight"}
     if has_post:
-        layout["coloraxis2"] = {"colorscale": "Inferno", "colorbar": {"title": {"text": "post-Θ<br>weight"}, "len": 0.45, "y": 0.23}}
+        pre_title = {"text": "pre-Θ rows:<br>softmax<br>weight", "font": {"color": OVERLAY_TITLE_COLOURS["pre"]}}
+    layout["coloraxis"] = {"colorscale": OVERLAY_SCALES["pre"], "colorbar": {**bar, "title": pre_title}}
+    if has_post:
+        layout["coloraxis2"] = {"colorscale": OVERLAY_SCALES["post"], "colorbar": {
+            **bar, "title": {"text": "post-Θ rows:<br>weight<br>after Θ", "font": {"color": OVERLAY_TITLE_COLOURS["post"]}}}}  # fmt: skip
     layout["images"] = images_layout
     layout["annotations"] = [
         {"text": f"head {head + 1}", "xref": "paper", "yref": "paper", "x": sum(x_domains[head]) / 2, "y": 1.0,
@@ -455,9 +519,12 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
         for head in range(num_heads)
     ]  # fmt: skip
     # Square panels as large as fit a ~1180 px wide page (the report's figure width).
-    panel = max(60, min(160, 980 // num_heads))
+    right = 220 if has_post else 120  # room for one or two colour bars side by side
+    panel = max(60, min(160, (1100 - right) // num_heads))
     prefix = f"{label}: " if label else ""
     fig = _finish(go.Figure(data=data, layout=layout), f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
                   120 + panel * len(rows))  # fmt: skip
-    fig.update_layout(width=200 + panel * num_heads, margin={"l": 80, "r": 120, "t": 100, "b": 20})
+    fig.update_layout(width=80 + right + panel * num_heads, margin={"l": 80, "r": right, "t": 100, "b": 20})
+    if has_post:  # the post-Θ bar right of the pre-Θ one, in pixels of the panels' width
+        fig.layout.coloraxis2.colorbar.x = 1.02 + 100 / (panel * num_heads)
     return fig

@@ -2,6 +2,8 @@
 hand-made results whose numbers are known; one test opens the report in headless Chromium."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 from deepvit_diag import figures
 from deepvit_diag.analysis import compare
@@ -119,6 +122,16 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
     ratio = figures.similarity_ratio(results)
     np.testing.assert_array_equal(np.asarray(ratio.data[0].y), comparison.a.ratio())
     assert any(shape.y0 == 0.9 for shape in ratio.layout.shapes)  # the rho line
+    # Each colour bar says which panels it belongs to and stands right of them.
+    assert fig.layout.coloraxis.colorbar.title.text == "similarity<br>(A, B)"
+    assert fig.layout.coloraxis2.colorbar.title.text == "difference<br>B − A"
+    assert fig.layout.xaxis2.domain[1] < fig.layout.coloraxis.colorbar.x < fig.layout.xaxis3.domain[0]
+    assert fig.layout.coloraxis2.colorbar.x > fig.layout.xaxis3.domain[1]
+    # Curves over blocks start at block 1, not 0.
+    for curves in (ratio, figures.cross_head_curves(results), figures.entropy_curves(results),
+                   figures.attention_distance_curves(results), figures.token_similarity_curves(results),
+                   figures.rank_residual_curves(results)):  # fmt: skip
+        assert curves.layout.xaxis.tick0 == 1 and curves.layout.xaxis.range == (0.5, 3.5), curves.layout.title.text
 
 
 def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
@@ -131,6 +144,20 @@ def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     assert len(cls.data) == 3 * 2 * 4
     assert len(cls.layout.images) == len(cls.data)
     np.testing.assert_array_equal(np.asarray(cls.data[0].z), comparison.b.arrays["example_cls_pre"][1, 0, 0])
+    # Pre- and post-Θ rows alternate: their bars are side by side at full height, in
+    # different colours, titled by the rows they belong to.
+    pre, post = cls.layout.coloraxis, cls.layout.coloraxis2
+    assert "pre-Θ rows" in pre.colorbar.title.text and "post-Θ rows" in post.colorbar.title.text
+    assert pre.colorscale != post.colorscale
+    assert pre.colorbar.len == post.colorbar.len == 0.9 and post.colorbar.x > pre.colorbar.x
+    assert cls.layout.yaxis.title.text.endswith("pre-Θ") and cls.layout[f"yaxis{4 + 1}"].title.text.endswith("post-Θ")
+    # A small (32 px) image is a PNG with its pixels repeated, not a blurred JPEG thumbnail.
+    source = cls.layout.images[0].source
+    assert source.startswith("data:image/png;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+    scale = image.width // 32
+    assert image.size == (32 * scale, 32 * scale) and image.width >= figures.OVERLAY_UPSAMPLED_PIXELS
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[::scale, ::scale], comparison.b.arrays["example_images"][1])
     with pytest.raises(IndexError):
         figures.cls_attention(comparison.b, example=5)
 
