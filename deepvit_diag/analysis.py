@@ -493,7 +493,9 @@ class StreamingAnalysis:
             stack.enter_context(torch.inference_mode())
             progress = stack.enter_context(_progress(self.settings.progress))
             # Entered last, so it exits first: bad input raises before the results are read.
-            self.checks = stack.enter_context(deferred_value_checks(lambda first: f"first in the batch starting at image {first}, 0-based"))
+            self.checks = stack.enter_context(
+                deferred_value_checks(lambda first: f"first in the batch starting at image {first}, 0-based")
+            )
             task = progress.add_task("analysing images", total=stream.total)
             for batch in stream:
                 self._process(batch, recorders, lambda done: progress.advance(task, done))

@@ -345,6 +345,31 @@ def test_streaming_loop_never_reads_a_device_value_back(deepvit, x, monkeypatch)
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_streaming_loop_never_synchronises(deepvit, x, monkeypatch):
+    """With CUDA's sync debug mode set to error inside the loop, any host wait raises."""
+    for method in ("_measure", "_commit"):
+        original = getattr(analysis_module.StreamingAnalysis, method)
+
+        def strict(self, *args, _original=original):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return _original(self, *args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        monkeypatch.setattr(analysis_module.StreamingAnalysis, method, strict)
+    on_gpu = analyze(deepvit, x, batch_size=2, device="cuda", **QUIET)
+    monkeypatch.undo()
+    on_cpu = analyze(deepvit, x, batch_size=2, device="cpu", **QUIET)
+    for name, value in on_cpu.arrays.items():
+        np.testing.assert_allclose(on_gpu.arrays[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    bad = x.clone()
+    bad[3] = float("inf")
+    with pytest.raises(DiagError, match="starting at image 2"):
+        analyze(deepvit, bad, batch_size=2, device="cuda", **QUIET)
+
+
 def geometry(prefix: int, grid: tuple[int, int], patch: tuple[int, int]) -> Geometry:
     return Geometry(num_blocks=3, num_heads=2, num_prefix_tokens=prefix, patch_size=patch, grid_size=grid,
                     image_size=(grid[0] * patch[0], grid[1] * patch[1]), mean=(0.5,) * 3, std=(0.5,) * 3)  # fmt: skip
