@@ -167,10 +167,11 @@ def collapse_statistics(
     copy (a vector runs along dim -2 for columns, -1 for rows). S sums unit-vector products
     over every element, so it is a sum of Gram products of the flattened (image, head)
     maps across blocks; C likewise, of the flattened (block, image) maps across heads; the
-    neighbour cosines are computed only for the k block offsets. Large elementwise temporaries go into one reused float32
-    block of scratch (fresh ones cost page faults on the CPU and allocator traffic on a
-    GPU); bfloat16 maps are cast block by block. Nothing of size (L, L, B, H, T) is built,
-    and nothing waits for the device (the input check is deferrable, see ``_checks``).
+    neighbour cosines are computed only for the k block offsets. Large elementwise
+    temporaries go into one reused float32 block of scratch (fresh ones cost page faults
+    on the CPU and allocator traffic on a GPU); bfloat16 maps are cast block by block.
+    Nothing of size (L, L, B, H, T) is built, and nothing waits for the device (the input
+    check is deferrable, see ``_checks``).
 
     ``overwrite=True`` lets float32 maps be normalised in place, saving a maps-sized
     buffer; the maps hold unit vectors afterwards. Other dtypes are never overwritten.
