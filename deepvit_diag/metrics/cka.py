@@ -156,11 +156,16 @@ class MinibatchCKA:
             self_b = sums["b"].diagonal()
             result["b"] = _cka_from_hsic(sums["b"], self_b, self_b)
             result["ab"] = _cka_from_hsic(sums["ab"], self_a, self_b)
-        return result
+        return {key: matrix.float() for key, matrix in result.items()}
 
     def _chunk_hsic(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Unbiased HSIC of every layer pair in one chunk of m >= 4 images."""
-        centred = [_centre_features(f) for f in feats]
+        """Unbiased HSIC of every layer pair in one chunk of m >= 4 images.
+
+        In float64: with few images per chunk the unbiased estimator cancels heavily, and
+        float32 turned last-bit differences in the features (e.g. from another batch size
+        or thread count) into CKA differences of 1e-5..1e-3. The Grams are m x m, so the
+        cost is small next to the forward pass."""
+        centred = [_centre_features(f.double()) for f in feats]
         grams = [f @ f.transpose(1, 2) for f in centred]  # (L, m, m) per model
         hsic = {"a": _hsic_pairs(grams[0], grams[0], unbiased=True)}
         if len(grams) == 2:
