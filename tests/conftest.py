@@ -29,6 +29,16 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Larger random weights, so maps are far from uniform and differ between blocks."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.15)
+    return model.eval()
+
+
 @pytest.fixture
 def randomize():
     """``randomize(model, seed=0)``: ``randomize_norms`` for models built inside a test (e.g. vit-pytorch's)."""

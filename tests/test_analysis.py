@@ -31,19 +31,11 @@ from deepvit_diag.metrics import (
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.train import images_to_tensor
 
+from conftest import sharpen
+
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 NUM_IMAGES = 7
 QUIET = dict(progress=False, cka_chunk=4)
-
-
-def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Larger random weights, so maps are far from uniform and differ between blocks."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.15)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
