@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
 import torch
-from PIL import Image
 from torch import nn
 
 from deepvit_diag import compare, extract_attention, load_model
@@ -173,10 +173,12 @@ class _ReportingImages(ImageSet):
         super().__init__(images.description, images.names, images.loaders, images.skipped, images.skipped_names)
         self._report = report
 
-    def __iter__(self) -> Iterator[Image.Image]:
-        for count, image in enumerate(super().__iter__(), start=1):
+    def batches(self, *args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor, ...]]:
+        count = 0
+        for batch in super().batches(*args, **kwargs):
+            count += len(batch[0])
             self._report(count)
-            yield image
+            yield batch
 
 
 def resolve_images(request: AnalysisRequest, models: tuple[LoadedModel, LoadedModel]) -> ImageChoice:

@@ -17,6 +17,7 @@ input still ends in a DiagError naming the first bad batch.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class Settings:
     cka_chunk: int = 32
     num_examples: int = 4
     progress: bool = True
+    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         _require_int("k", self.k, minimum=1)
@@ -93,6 +95,9 @@ class Settings:
             self.device = resolve_device(self.device)
         except (ValueError, RuntimeError) as err:
             raise DiagError(str(err)) from None
+        if self.num_workers is None:
+            self.num_workers = default_num_workers(self.device)
+        _require_int("num_workers", self.num_workers, minimum=0)
 
     def params(self, final_batch_size: int) -> dict[str, Any]:
         """The parameters a result records."""
@@ -100,7 +105,17 @@ class Settings:
             "k": self.k, "tau": self.tau, "rho": self.rho, "axis": self.axis, "maps": self.maps,
             "dtype": self.dtype, "batch_size": self.batch_size, "final_batch_size": final_batch_size,
             "device": str(self.device), "cka_chunk": self.cka_chunk, "num_examples": self.num_examples,
+            "num_workers": self.num_workers,
         }  # fmt: skip
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Image-decoding processes for ``device``: none on the CPU, whose cores the model
+    already uses; on a GPU up to 8, leaving one core to the main process."""
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -112,20 +127,22 @@ def _require_int(name: str, value: object, minimum: int) -> None:
 
 
 class ImageStream:
-    """Batches of at most ``batch_size`` images, as one tensor per model.
+    """Batches of at most ``settings.batch_size`` images, as one tensor per model.
 
     Tensors and iterables of tensor batches are passed to every model as they are (already
     preprocessed); PIL images and image files are preprocessed with each model's own timm
-    data config (models with the same config share one tensor).
+    data config (models with the same config share one tensor), by ``settings.num_workers``
+    processes and into pinned memory when the device is a GPU.
     """
 
-    def __init__(self, images: ImageSource, models: Sequence[nn.Module], batch_size: int, num_images: int | None):
+    def __init__(self, images: ImageSource, models: Sequence[nn.Module], settings: Settings):
         self.models = models
-        self.batch_size = batch_size
-        self.limit = num_images
+        self.batch_size = settings.batch_size
+        self.limit = settings.num_images
+        self.num_workers = settings.num_workers
+        self.pin_memory = settings.device.type == "cuda"
         self.count = 0
         self._image_set: ImageSet | None = None
-        self._pil: Iterable[Image.Image] | None = None
         self._tensors: Iterable[torch.Tensor] | None = None
         self.total: int | None = None
         self._classify(images)
@@ -135,13 +152,9 @@ class ImageStream:
             self._tensors, self.total = [images], min(len(images), self.limit or len(images))
             self.description = f"a tensor of {len(images)} preprocessed images"
         elif isinstance(images, ImageSet) or _is_path_spec(images):
-            image_set = images if isinstance(images, ImageSet) else open_images(images, limit=self.limit)
-            self._image_set = self._pil = image_set
-            self.total = min(len(image_set), self.limit or len(image_set))
-            self.description = image_set.description
+            self._use(images if isinstance(images, ImageSet) else open_images(images, limit=self.limit))
         elif isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
-            self._pil, self.total = images, min(len(images), self.limit or len(images))
-            self.description = f"{len(images)} PIL images"
+            self._use(ImageSet.of_images(images))
         elif isinstance(images, Iterable) and not isinstance(images, (str, bytes, Image.Image)):
             self._tensors, self.total = images, self.limit
             self.description = f"batches of preprocessed images from a {type(images).__name__}"
@@ -151,12 +164,17 @@ class ImageStream:
                 f"name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
             )
 
+    def _use(self, image_set: ImageSet) -> None:
+        self._image_set = image_set
+        self.total = min(len(image_set), self.limit or len(image_set))
+        self.description = image_set.description
+
     def provenance(self) -> dict[str, Any]:
         skipped = self._image_set.skipped if self._image_set is not None else 0
         return {"description": self.description, "count": self.count, "skipped": skipped}
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        source = self._pil_batches() if self._pil is not None else self._tensor_batches()
+        source = self._image_batches() if self._image_set is not None else self._tensor_batches()
         for batch in source:
             if self.limit is not None:
                 batch = tuple(x[: self.limit - self.count] for x in batch)
@@ -176,17 +194,15 @@ class ImageStream:
                 part = x[start : start + self.batch_size]
                 yield (part,) * len(self.models)
 
-    def _pil_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _image_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         configs = [repr(sorted(model_input_config(model).items())) for model in self.models]
         transforms = {config: model_transform(model) for config, model in zip(configs, self.models)}
-        pending: list[Image.Image] = []
-        for image in self._pil:
-            pending.append(image)
-            if len(pending) == self.batch_size or (self.limit is not None and self.count + len(pending) >= self.limit):
-                yield _preprocess_batch(pending, configs, transforms)
-                pending = []
-        if pending:
-            yield _preprocess_batch(pending, configs, transforms)
+        batches = self._image_set.batches(
+            list(transforms.values()), self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
+        for tensors in batches:
+            by_config = dict(zip(transforms, tensors))
+            yield tuple(by_config[config] for config in configs)
 
 
 def _is_path_spec(images: object) -> bool:
@@ -211,11 +227,6 @@ def _check_input_size(model: nn.Module, x: torch.Tensor) -> None:
     expected = tuple(model_input_config(model)["input_size"])
     if tuple(x.shape[1:]) != expected:
         raise DiagError(f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}")
-
-
-def _preprocess_batch(images: list[Image.Image], configs: list[str], transforms: dict) -> tuple[torch.Tensor, ...]:
-    tensors = {config: torch.stack([transform(image) for image in images]) for config, transform in transforms.items()}
-    return tuple(tensors[config] for config in configs)
 
 
 # ----------------------------------------------------------------------------- per model
@@ -564,7 +575,7 @@ class StreamingAnalysis:
 
 def _run(models: Sequence[nn.Module], images: ImageSource, settings: Settings) -> tuple[list[AnalysisResult], np.ndarray | None]:
     analysis = StreamingAnalysis(models, settings)
-    stream = ImageStream(images, models, settings.batch_size, settings.num_images)
+    stream = ImageStream(images, models, settings)
     analysis.run(stream)
     return analysis.results(stream)
 
@@ -585,6 +596,7 @@ def analyze(
     cka_chunk: int = 32,
     num_examples: int = 4,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> AnalysisResult:
     """Every attention-collapse metric of ``model`` over ``images``, exact over all images.
 
@@ -607,10 +619,13 @@ def analyze(
         num_examples: first images kept for overlays, with their CLS attention per block and
             head (pre and post); the pixels are recovered with the model's mean/std.
         progress: show a progress bar over images.
+        num_workers: processes that decode and preprocess PIL and disk images ahead of the
+            model (``ImageSet.batches``); default 0 on the CPU, up to 8 on a GPU.
     """
     settings = Settings(
         k=k, tau=tau, rho=rho, axis=axis, maps=maps, batch_size=batch_size, num_images=num_images,
         device=device, dtype=dtype, cka_chunk=cka_chunk, num_examples=num_examples, progress=progress,
+        num_workers=num_workers,
     )  # fmt: skip
     (result,), _ = _run([model], images, settings)
     return result
@@ -633,6 +648,7 @@ def compare(
     cka_chunk: int = 32,
     num_examples: int = 4,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> ComparisonResult:
     """``analyze`` of two models on the same images in one pass, plus CKA across their
     block outputs (L_A, L_B). Each model gets PIL/disk images through its own data
@@ -640,6 +656,7 @@ def compare(
     settings = Settings(
         k=k, tau=tau, rho=rho, axis=axis, maps=maps, batch_size=batch_size, num_images=num_images,
         device=device, dtype=dtype, cka_chunk=cka_chunk, num_examples=num_examples, progress=progress,
+        num_workers=num_workers,
     )  # fmt: skip
     (result_a, result_b), cka_ab = _run([model_a, model_b], images, settings)
     return ComparisonResult(result_a, result_b, cka_ab)

@@ -36,6 +36,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.layers import Attention as TimmAttention
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from torchvision.transforms import Compose
 
 from .errors import DiagError
 from .images import to_rgb
@@ -331,8 +332,8 @@ def model_input_config(model: nn.Module) -> dict:
 
 def model_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
     """The model's timm eval transform (resize, centre crop, normalise) for any PIL image."""
-    transform = create_transform(**model_input_config(model))
-    return lambda image: transform(to_rgb(image))
+    # A Compose of module-level callables, so image-loading workers can be spawned with it.
+    return Compose([to_rgb, create_transform(**model_input_config(model))])
 
 
 def preprocess(model: nn.Module, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -176,6 +176,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present, the default), 'cpu' or 'cuda[:N]'")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype of the forward passes (default float32; metrics are always accumulated in float32)")
+    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
+                   help="processes that decode and resize images while the model runs "
+                   "(default: 0 on the CPU, up to 8 on a GPU, one fewer than the cores)")
     p.add_argument("--out", type=Path, default=Path("deepvit-diag-report"), metavar="DIR",
                    help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)")
     p.add_argument("--k", type=_int_at_least(1), default=2,
@@ -262,6 +265,7 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
     options = dict(
         k=args.k, tau=args.tau, rho=args.rho, axis=args.axis, maps=args.maps, batch_size=args.batch_size,
         num_images=args.num_images, device=args.device, dtype=args.dtype, num_examples=args.examples, progress=not args.quiet,
+        num_workers=args.workers,
     )  # fmt: skip
     with _warnings_as_lines(args.quiet):
         models = [load_model(spec, arch=arch) for spec, arch in specs]

@@ -3,7 +3,9 @@
 Every image is handed out as an 8-bit RGB PIL image, whatever its mode on disk
 (grayscale, palette, RGBA on white, 16-bit, float, CMYK, EXIF-rotated). Files that are
 not images or cannot be decoded are skipped and counted, never fatal on their own;
-a source with no usable image at all is a ``DiagError``.
+a source with no usable image at all is a ``DiagError``. ``ImageSet.batches`` decodes
+and preprocesses in worker processes (a torch ``DataLoader``), so a GPU need not wait
+for JPEG decoding.
 """
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, zip_longest
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import DiagError
 
@@ -37,7 +42,7 @@ def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]]]:
 
     split = digits_split("test")
     names = [f"digits-test/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
-    return names, [lambda img=img: to_rgb(img) for img in split.images]
+    return names, [partial(to_rgb, img) for img in split.images]
 
 
 BUNDLED_SETS: dict[str, str] = {
@@ -64,6 +69,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB")
+
+
+def _given(image: Image.Image) -> Image.Image:
+    return image
 
 
 def _try_open(path: Path) -> bool:
@@ -97,6 +106,11 @@ class ImageSet:
     skipped: int = 0
     skipped_names: list[str] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def of_images(cls, images: Sequence[Image.Image]) -> ImageSet:
+        """A set of images already in memory (any mode; the analysis transforms convert them)."""
+        return cls(f"{len(images)} PIL images", [f"image {i}" for i in range(len(images))], [partial(_given, image) for image in images])
+
     def __len__(self) -> int:
         return len(self.names)
 
@@ -105,12 +119,62 @@ class ImageSet:
             try:
                 yield load()
             except Exception as err:  # a corrupt file must not end a long run
-                self.skipped += 1
-                self.skipped_names.append(name)
-                warnings.warn(f"skipped unreadable image {name}: {err}", stacklevel=2)
+                self._skip(name, err)
 
     def load(self, index: int) -> Image.Image:
         return self.loaders[index]()
+
+    def batches(
+        self, transforms: Sequence[Callable[[Image.Image], torch.Tensor]], batch_size: int, *, num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The images in order, ``batch_size`` at a time, as one (B, C, H, W) tensor per
+        transform. ``num_workers`` processes decode and transform ahead of the consumer
+        (0: in this process); ``pin_memory`` puts the batches in page-locked memory for
+        asynchronous copies to a GPU. Images that fail are skipped as in ``__iter__``, so
+        a batch may hold fewer than ``batch_size``."""
+        loader = DataLoader(
+            _Transformed(self.loaders, tuple(transforms)), batch_size=batch_size, num_workers=num_workers,
+            pin_memory=pin_memory, collate_fn=_stack_usable,
+        )  # fmt: skip
+        for tensors, failures in loader:
+            for index, message in failures:
+                self._skip(self.names[index], message)
+            if tensors:
+                yield tensors
+
+    def _skip(self, name: str, error: object) -> None:
+        self.skipped += 1
+        self.skipped_names.append(name)
+        warnings.warn(f"skipped unreadable image {name}: {error}", stacklevel=3)
+
+
+class _Transformed(Dataset):
+    """Image ``index`` through every transform, or the reason it could not be read.
+
+    Picklable (module-level loaders and transforms), so it also works with workers that
+    are spawned rather than forked."""
+
+    def __init__(self, loaders: Sequence[Callable[[], Image.Image]], transforms: tuple[Callable, ...]):
+        self.loaders = loaders
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def __getitem__(self, index: int) -> tuple[int, tuple[torch.Tensor, ...] | None, str | None]:
+        try:
+            image = self.loaders[index]()
+            return index, tuple(transform(image) for transform in self.transforms), None
+        except Exception as err:  # reported and skipped by the consumer, like a failed decode
+            return index, None, str(err)
+
+
+def _stack_usable(items: list[tuple]) -> tuple[tuple[torch.Tensor, ...], list[tuple[int, str]]]:
+    """Collate: the usable images stacked per transform, and the (index, reason) of the others."""
+    usable = [tensors for _, tensors, _ in items if tensors is not None]
+    failures = [(index, message) for index, tensors, message in items if tensors is None]
+    return tuple(torch.stack(parts) for parts in zip(*usable)), failures
 
 
 def _expand(spec: str | Path) -> list[Path]:
@@ -165,7 +229,7 @@ def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = 
     return ImageSet(
         description=f"{len(usable)} images from {label}",
         names=[str(p) for p in usable],
-        loaders=[lambda p=p: _load_path(p) for p in usable],
+        loaders=[partial(_load_path, p) for p in usable],
         skipped=len(rejected),
         skipped_names=[str(p) for p in rejected],
     )
@@ -174,7 +238,7 @@ def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = 
 def _bundled(name: str, limit: int | None) -> ImageSet:
     if name == "photos":
         paths = _photo_paths()[:limit]
-        names, loaders = [f"photos/{p.stem}" for p in paths], [lambda p=p: _load_path(p) for p in paths]
+        names, loaders = [f"photos/{p.stem}" for p in paths], [partial(_load_path, p) for p in paths]
     else:
         names, loaders = _digits_test()
         names, loaders = names[:limit], loaders[:limit]

@@ -57,6 +57,7 @@ PARAMETER_NAMES = {
     "device": "device",
     "cka_chunk": "images per CKA minibatch",
     "num_examples": "example images kept",
+    "num_workers": "image-decoding worker processes",
 }
 
 

@@ -168,15 +168,26 @@ def test_pil_images_use_the_model_data_config(deepvit, pictures):
     assert result.images == {"description": "5 PIL images", "count": 5, "skipped": 0}
 
 
-def test_folder_of_images(deepvit, pictures, tmp_path):
+@pytest.mark.parametrize("num_workers", [None, 2])
+def test_folder_of_images(deepvit, pictures, tmp_path, num_workers):
     for index, picture in enumerate(pictures):
         picture.save(tmp_path / f"{index}.png")
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match="skipped 1 file"):
-        result = analyze(deepvit, str(tmp_path), batch_size=3, **QUIET)
+        result = analyze(deepvit, str(tmp_path), batch_size=3, num_workers=num_workers, **QUIET)
     assert_matches(result, expected_arrays(deepvit, reference_tensor(deepvit, pictures)), len(pictures))
     assert result.images["count"] == 5 and result.images["skipped"] == 1
     assert str(tmp_path) in result.images["description"]
+    assert result.params["num_workers"] == (num_workers or 0)  # no workers by default on the CPU
+
+
+def test_default_num_workers_leave_a_core_to_the_model(monkeypatch):
+    from deepvit_diag.analysis import default_num_workers
+
+    assert default_num_workers(torch.device("cpu")) == 0
+    for cores, workers in [(1, 1), (2, 1), (4, 3), (64, 8)]:
+        monkeypatch.setattr("os.sched_getaffinity", lambda _, cores=cores: set(range(cores)), raising=False)
+        assert default_num_workers(torch.device("cuda")) == workers
 
 
 def test_save_and_load_round_trip(deepvit, x, tmp_path):
@@ -291,6 +302,7 @@ def test_fewer_images_than_cka_needs_give_nan_cka(vit, x):
         (torch.randn(2, 3, 32, 32), {"dtype": "float16"}, "dtype"),
         (torch.randn(2, 3, 32, 32), {"maps": "mixed"}, "maps"),
         (torch.randn(2, 3, 32, 32), {"batch_size": 0}, "batch_size"),
+        (torch.randn(2, 3, 32, 32), {"num_workers": -1}, "num_workers"),
         (torch.randn(2, 3, 32, 32), {"device": "tpu"}, "device"),
     ],
 )

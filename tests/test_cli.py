@@ -230,13 +230,14 @@ def test_images_mixed_with_other_files_are_skipped_and_counted(workspace: Path) 
     out = workspace / "mixed-out"
     status, _, stderr = run([
         "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", str(workspace / "mixed"),
-        "--out", str(out), "--device", "cpu",
+        "--out", str(out), "--device", "cpu", "--workers", "2",
     ])  # fmt: skip
     assert status == 0, stderr
     assert re.search(r"^warning: skipped 2 file\(s\) that are not readable images", stderr, re.MULTILINE)
     assert "Traceback" not in stderr
-    images = json.loads((out / "result.json").read_text())["images"]
-    assert images["count"] == 2 and images["skipped"] == 2
+    document = json.loads((out / "result.json").read_text())
+    assert document["images"]["count"] == 2 and document["images"]["skipped"] == 2
+    assert document["params"]["num_workers"] == 2
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -296,6 +297,7 @@ def test_out_that_is_a_file_fails_before_the_analysis(workspace: Path) -> None:
         (["--rho", "high"], "--rho: expected a number"),
         (["--batch-size", "0"], "--batch-size: must be at least 1"),
         (["--examples", "-1"], "--examples: must be at least 0"),
+        (["--workers", "-1"], "--workers: must be at least 0"),
         (["--axis", "diagonal"], "--axis: invalid choice"),
         (["--dtype", "float16"], "--dtype: invalid choice"),
     ],
@@ -321,7 +323,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         assert exit_.value.code == 0
         text = capsys.readouterr().out
         for option in ("--images", "--num-images", "--batch-size", "--device", "--dtype", "--out", "--k", "--tau", "--rho",
-                       "--axis", "--maps", "--quiet", "--json", "--examples"):  # fmt: skip
+                       "--axis", "--maps", "--quiet", "--json", "--examples", "--workers"):  # fmt: skip
             assert option in text
 
 

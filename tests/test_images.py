@@ -1,14 +1,16 @@
 """Image sources: bundled sets, folders, globs, odd modes, junk files."""
 from __future__ import annotations
 
+import pickle
 import types
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deepvit_diag.errors import DiagError
-from deepvit_diag.images import BUNDLED_SETS, default_image_set, open_images, to_rgb
+from deepvit_diag.images import BUNDLED_SETS, ImageSet, _Transformed, default_image_set, open_images, to_rgb
 
 
 def test_bundled_sets_load_offline():
@@ -88,6 +90,57 @@ def test_image_that_fails_late_is_skipped_during_iteration(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         loaded = list(images)
     assert len(loaded) + images.skipped == 2 and images.skipped >= 1
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)
+
+
+def _grey(image: Image.Image) -> torch.Tensor:
+    return _pixels(image).mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_stack_every_transform_in_order(image_folder, num_workers):
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        images = open_images(image_folder)
+    batches = list(images.batches([_pixels, _grey], batch_size=3, num_workers=num_workers))
+    assert [tuple(t.shape) for t in batches[0]] == [(3, 3, 8, 8), (3, 1, 8, 8)]
+    assert [len(b[0]) for b in batches] == [3, 1]
+    expected = torch.stack([_pixels(image) for image in images])
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([b[1] for b in batches]), expected.mean(1, keepdim=True), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_skip_and_count_images_that_fail_late(tmp_path, num_workers):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "c.png")
+    truncated = tmp_path / "b.png"
+    Image.new("RGB", (64, 64)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])  # header intact, data cut
+    images = open_images(tmp_path)
+    with pytest.warns(UserWarning, match="skipped unreadable image .*b.png"):
+        batches = list(images.batches([_pixels], batch_size=2, num_workers=num_workers))
+    assert [len(b[0]) for b in batches] == [1, 1]
+    assert images.skipped == 1 and images.skipped_names == [str(truncated)]
+
+
+def test_image_sets_pickle_for_spawned_workers(image_folder, tiny_model):
+    """Workers started with spawn or forkserver (macOS, Python >= 3.14) receive the
+    dataset pickled: every kind of set and the model transforms must survive that."""
+    from deepvit_diag.capture import model_input_config, model_transform
+
+    model = tiny_model()
+    transform = model_transform(model)
+    with pytest.warns(UserWarning):
+        folder = open_images(image_folder)
+    sets = [folder, open_images("digits-test", limit=2), ImageSet.of_images([Image.new("L", (5, 7), 30)])]
+    for image_set in sets:
+        dataset = pickle.loads(pickle.dumps(_Transformed(image_set.loaders, (transform,))))
+        index, (tensor,), error = dataset[0]
+        assert index == 0 and error is None and tensor.shape == model_input_config(model)["input_size"]
+        torch.testing.assert_close(tensor, transform(image_set.load(0)))
 
 
 @pytest.mark.parametrize("bad", ["does/not/exist", "no_match_*.png"])
