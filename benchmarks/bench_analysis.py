@@ -17,7 +17,8 @@ Every mode runs ``--repeats`` times, the modes interleaved so that load changes 
 shared machine hit all of them alike; images/s and peaks are medians over the repeats.
 
 Memory: the host's peak resident set (``VmHWM`` of /proc/self/status, reset with
-``/proc/self/clear_refs`` before each run, minus the resident set at that moment) and on
+``/proc/self/clear_refs`` before each run, minus the resident set at that moment; NaN
+where a sandbox lacks them) and on
 CUDA also ``torch.cuda.max_memory_allocated`` (peak minus the allocation before the run).
 Peaks under 4 MiB count as 4 MiB (RSS noise). ``mem_growth`` is the analysis peak over
 ``num_images`` divided by its peak over ``growth_images`` (1.0 = does not grow with the
@@ -50,6 +51,7 @@ import copy
 import ctypes
 import gc
 import json
+import math
 import re
 import statistics
 import time
@@ -157,15 +159,19 @@ class PeakMemory:
 
     def start(self) -> None:
         _release_freed_memory()
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        self.host_baseline = _proc_status_kib("VmRSS") * 1024
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.host_baseline = _proc_status_kib("VmRSS") * 1024
+        except (OSError, AttributeError):  # a sandbox without clear_refs/VmHWM: no host peak
+            self.host_baseline = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.device_baseline = torch.cuda.memory_allocated(self.device)
 
     def stop(self) -> dict[str, float]:
-        peaks = {"host_peak_extra_mib": (_proc_status_kib("VmHWM") * 1024 - self.host_baseline) / 2**20}
+        host_peak = math.nan if self.host_baseline is None else (_proc_status_kib("VmHWM") * 1024 - self.host_baseline) / 2**20
+        peaks = {"host_peak_extra_mib": host_peak}
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
