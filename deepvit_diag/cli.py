@@ -169,7 +169,8 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``compare`` and ``analyze`` (metric parameters: REFERENCE.md section 4)."""
     p.add_argument("--images", nargs="+", metavar="SRC",
                    help="images to analyse: a folder (searched recursively, ImageFolder layouts work), image files, "
-                   "quoted globs, or a bundled set ('photos', 'digits-test'); default: the set the model cards name, else 'photos'")
+                   "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
+                   "default: the set the model cards name, else 'photos'")
     p.add_argument("--num-images", type=_int_at_least(1), metavar="N", help="analyse only the first N usable images (default: all)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="B",
                    help="images per forward pass (default 32; halved automatically on CUDA out-of-memory)")

@@ -202,7 +202,8 @@ def _interleave_by_folder(files: list[Path]) -> list[Path]:
 
 
 def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = None) -> ImageSet:
-    """Open an image source: a bundled set name, a folder, an image file, a glob, or a list of these.
+    """Open an image source: a bundled set name, a folder, an image file, a glob, or a list
+    of these (bundled sets included), read in the order given.
 
     ``limit`` keeps the first ``limit`` usable images (in sorted order, round-robin over
     the sub-folders of an ImageFolder layout). Raises ``DiagError`` when nothing usable is found.
@@ -214,25 +215,33 @@ def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = 
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     if not specs:
         raise DiagError("no image source given")
-    paths = [p for s in specs for p in _expand(s)]
-    usable, rejected = [], []
-    for path in paths:
-        if limit is not None and len(usable) >= limit:
+    # Every source is resolved first, so a missing one is an error even past the limit.
+    candidates = [entry for source in specs for entry in _candidates(source, limit)]
+    names, loaders, rejected = [], [], []
+    for name, loader, path in candidates:
+        if limit is not None and len(names) >= limit:
             break
-        (usable if _try_open(path) else rejected).append(path)
+        if path is not None and not _try_open(path):
+            rejected.append(name)
+            continue
+        names.append(name)
+        loaders.append(loader)
     label = ", ".join(str(s) for s in specs)
-    if not usable:
+    if not names:
         detail = f" ({len(rejected)} files were not readable images)" if rejected else ""
         raise DiagError(f"no usable image in {label}{detail}")
     if rejected:
         warnings.warn(f"skipped {len(rejected)} file(s) that are not readable images in {label}", stacklevel=2)
-    return ImageSet(
-        description=f"{len(usable)} images from {label}",
-        names=[str(p) for p in usable],
-        loaders=[partial(_load_path, p) for p in usable],
-        skipped=len(rejected),
-        skipped_names=[str(p) for p in rejected],
-    )
+    return ImageSet(f"{len(names)} images from {label}", names, loaders, skipped=len(rejected), skipped_names=rejected)
+
+
+def _candidates(source: str | Path, limit: int | None) -> list[tuple[str, Callable[[], Image.Image], Path | None]]:
+    """(name, loader, file to check or None) for each image a source names; bundled
+    images need no check."""
+    if isinstance(source, str) and source in BUNDLED_SETS:
+        bundled = _bundled(source, limit)
+        return [(name, loader, None) for name, loader in zip(bundled.names, bundled.loaders)]
+    return [(str(path), partial(_load_path, path), path) for path in _expand(source)]
 
 
 def _bundled(name: str, limit: int | None) -> ImageSet:

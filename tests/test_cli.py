@@ -203,6 +203,17 @@ def test_analyze_bundled_set_quiet_prints_nothing(workspace: Path) -> None:
     assert (out / "arrays.npz").is_file() and (out / "report.html").is_file()
 
 
+def test_images_mix_a_bundled_set_with_files(workspace: Path) -> None:
+    out = workspace / "mixed-sources-out"
+    status, _, stderr = run([
+        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", str(workspace / "images" / "cat" / "a.png"),
+        "photos", "--num-images", "3", "--quiet", "--out", str(out), "--device", "cpu",
+    ])  # fmt: skip
+    assert status == 0, stderr
+    images = json.loads((out / "result.json").read_text())["images"]
+    assert images["count"] == 3 and images["description"].startswith("3 images from ") and "photos" in images["description"]
+
+
 def test_default_image_set_is_the_one_the_model_cards_name(workspace: Path) -> None:
     out = workspace / "default-out"
     status, _, stderr = run([

@@ -92,6 +92,20 @@ def test_image_that_fails_late_is_skipped_during_iteration(tmp_path):
     assert len(loaded) + images.skipped == 2 and images.skipped >= 1
 
 
+def test_bundled_sets_mix_with_paths_in_the_order_given(image_folder):
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        mixed = open_images(["photos", image_folder, "digits-test"])
+    assert len(mixed) == 11 + 4 + 360 and mixed.skipped == 2
+    assert mixed.names[0].startswith("photos/") and mixed.names[11].startswith(str(image_folder))
+    assert mixed.names[-1].startswith("digits-test/")
+    assert "photos, " in mixed.description and all(img.mode == "RGB" for img in mixed)
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        limited = open_images([image_folder, "photos"], limit=6)
+    assert len(limited) == 6 and limited.names[4:] == ["photos/china", "photos/flower"]
+    with pytest.raises(DiagError, match="not found"):
+        open_images(["photos", image_folder / "missing"], limit=1)
+
+
 def _pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)
 
