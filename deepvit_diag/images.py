@@ -132,12 +132,25 @@ class ImageSet:
         transform. ``num_workers`` processes decode and transform ahead of the consumer
         (0: in this process); ``pin_memory`` puts the batches in page-locked memory for
         asynchronous copies to a GPU. Images that fail are skipped as in ``__iter__``, so
-        a batch may hold fewer than ``batch_size``."""
-        loader = DataLoader(
+        a batch may hold fewer than ``batch_size``. A worker that dies (out of memory, a
+        full /dev/shm in a container) is a ``DiagError``."""
+        loader = iter(DataLoader(
             _Transformed(self.loaders, tuple(transforms)), batch_size=batch_size, num_workers=num_workers,
             pin_memory=pin_memory, collate_fn=_stack_usable,
-        )  # fmt: skip
-        for tensors, failures in loader:
+        ))  # fmt: skip
+        while True:
+            try:
+                tensors, failures = next(loader)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if num_workers == 0:
+                    raise
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise DiagError(
+                    f"an image-loading worker process failed ({reason}); run with --workers 0 (num_workers=0) "
+                    "or give /dev/shm more space"
+                ) from None
             for index, message in failures:
                 self._skip(self.names[index], message)
             if tensors:

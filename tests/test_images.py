@@ -1,7 +1,9 @@
 """Image sources: bundled sets, folders, globs, odd modes, junk files."""
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import types
 
 import numpy as np
@@ -138,6 +140,18 @@ def test_batches_skip_and_count_images_that_fail_late(tmp_path, num_workers):
         batches = list(images.batches([_pixels], batch_size=2, num_workers=num_workers))
     assert [len(b[0]) for b in batches] == [1, 1]
     assert images.skipped == 1 and images.skipped_names == [str(truncated)]
+
+
+def _die_in_a_worker() -> Image.Image:
+    if torch.utils.data.get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer or a full /dev/shm does
+    return Image.new("RGB", (8, 8))
+
+
+def test_a_worker_that_dies_is_a_diag_error():
+    images = ImageSet("doomed", ["a", "b"], [_die_in_a_worker, _die_in_a_worker])
+    with pytest.raises(DiagError, match=r"image-loading worker process failed \(DataLoader worker .*--workers 0"):
+        list(images.batches([_pixels], batch_size=1, num_workers=1))
 
 
 def test_image_sets_pickle_for_spawned_workers(image_folder, tiny_model):
