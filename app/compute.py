@@ -55,9 +55,11 @@ class AnalysisRequest:
     device: str = Settings.device
 
     def options(self) -> dict:
-        """Keyword arguments of ``deepvit_diag.compare``."""
+        """Keyword arguments of ``deepvit_diag.compare``. Images are decoded in the app's
+        own process: forking loader workers from Streamlit's threads risks deadlocks (and
+        warns from Python 3.12), and the app's image sets are small."""
         return dict(k=self.k, tau=self.tau, rho=self.rho, axis=self.axis, maps=self.maps, device=self.device,
-                    num_images=self.num_images, num_examples=NUM_EXAMPLE_IMAGES, progress=False)  # fmt: skip
+                    num_images=self.num_images, num_examples=NUM_EXAMPLE_IMAGES, progress=False, num_workers=0)  # fmt: skip
 
 
 @dataclass

@@ -124,7 +124,8 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     assert [button.label for button in at.get("download_button")] == [f"Download {name}" for name in ("result.json", "arrays.npz", "report.html")]
 
 
-def test_analysis_reports_progress_and_exports_what_the_library_saves(tiny_app, files, tmp_path):
+def test_analysis_reports_progress_and_exports_what_the_library_saves(tiny_app, files, tmp_path, monkeypatch):
+    monkeypatch.setattr("deepvit_diag.analysis.default_num_workers", lambda device: 3)  # as on a GPU machine
     request = AnalysisRequest(
         ModelChoice(str(files / "vit.safetensors"), "vit", "1"), ModelChoice(str(files / "deepvit.safetensors"), "deepvit", "1"),
         ImageChoice(str(files / "images")), num_images=4, k=1,
@@ -132,6 +133,7 @@ def test_analysis_reports_progress_and_exports_what_the_library_saves(tiny_app, 
     progress = []
     analysis = run_analysis(request, lambda done, total: progress.append((done, total)))
     assert progress[-1] == (4, 4)
+    assert analysis.comparison.a.params["num_workers"] == 0  # never forks loader workers from Streamlit's threads
     assert run_analysis(request, lambda *_: pytest.fail("a stored analysis is not recomputed")) is analysis
     exported = export_files(analysis.key, _analysis=analysis)
     for name in ("result.json", "arrays.npz"):
