@@ -349,8 +349,16 @@ def test_streaming_loop_never_reads_a_device_value_back(deepvit, x, monkeypatch)
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
 
 
+@pytest.fixture
+def exact_cuda(monkeypatch):
+    """float32 convolutions on CUDA without TF32 (cuDNN's default), so that GPU and CPU
+    results agree to float32 rounding: the patch embedding and Theta are convolutions."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_streaming_loop_never_synchronises(deepvit, x, monkeypatch):
+def test_cuda_streaming_loop_never_synchronises(deepvit, x, monkeypatch, exact_cuda):
     """With CUDA's sync debug mode set to error inside the loop, any host wait raises."""
     for method in ("_measure", "_commit"):
         original = getattr(analysis_module.StreamingAnalysis, method)
@@ -372,6 +380,17 @@ def test_cuda_streaming_loop_never_synchronises(deepvit, x, monkeypatch):
     bad[3] = float("inf")
     with pytest.raises(DiagError, match="starting at image 2"):
         analyze(deepvit, bad, batch_size=2, device="cuda", **QUIET)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_images_from_disk_through_workers_and_pinned_memory(deepvit, pictures, tmp_path, exact_cuda):
+    for index, picture in enumerate(pictures):
+        picture.save(tmp_path / f"{index}.png")
+    on_gpu = analyze(deepvit, str(tmp_path), batch_size=2, device="cuda", num_workers=2, **QUIET)
+    on_cpu = analyze(deepvit, str(tmp_path), batch_size=2, device="cpu", **QUIET)
+    assert on_gpu.params["num_workers"] == 2 and on_gpu.num_images == len(pictures)
+    for name, value in on_cpu.arrays.items():
+        np.testing.assert_allclose(on_gpu.arrays[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def geometry(prefix: int, grid: tuple[int, int], patch: tuple[int, int]) -> Geometry:
