@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -29,8 +30,13 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Larger random weights, so maps are far from uniform and differ between blocks."""
+def sharp_timm_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` in eval mode with larger random Linear weights,
+    so maps are far from uniform and differ between blocks. timm draws the other initial
+    weights (patch and position embeddings, Theta) from the global generator, which is
+    seeded first: the model is the same whichever tests ran before it in the process."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, **kwargs)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():

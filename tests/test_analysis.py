@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 from torch import nn
@@ -31,7 +30,7 @@ from deepvit_diag.metrics import (
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.train import images_to_tensor
 
-from conftest import sharpen
+from conftest import sharp_timm_model
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 NUM_IMAGES = 7
@@ -41,12 +40,12 @@ QUIET = dict(progress=False, cka_chunk=4)
 @pytest.fixture(scope="module")
 def deepvit() -> nn.Module:
     """Re-attention in blocks 1 and 2 only, so post differs from pre in part of the model."""
-    return sharpen(timm.create_model("deepvit16", depth=3, apply_transform=[False, True, True], **TINY))
+    return sharp_timm_model("deepvit16", depth=3, apply_transform=[False, True, True], **TINY)
 
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    return sharpen(timm.create_model("vit16", depth=2, **TINY), seed=1)
+    return sharp_timm_model("vit16", seed=1, depth=2, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_plain_vit_post_is_pre(vit, x):
 
 
 def test_timm_vit_with_register_tokens_uses_its_prefix():
-    model = sharpen(timm.create_model("vit_tiny_patch16_224", depth=2, reg_tokens=2, **TINY))
+    model = sharp_timm_model("vit_tiny_patch16_224", depth=2, reg_tokens=2, **TINY)
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     result = analyze(model, x, batch_size=2, num_examples=2, **QUIET)
     assert result.model["num_prefix_tokens"] == 3 and result.model["num_tokens"] == 19
@@ -232,9 +231,14 @@ def test_compare_a_model_with_itself_gives_identical_sides(vit, x):
     np.testing.assert_allclose(np.diagonal(result.cka_ab), 1.0, rtol=1e-5)
 
 
-def test_bfloat16_close_to_float32(deepvit, x):
-    exact = analyze(deepvit, x, batch_size=4, **QUIET)
-    approx = analyze(deepvit, x, batch_size=4, dtype="bfloat16", **QUIET)
+def test_bfloat16_close_to_float32(deepvit):
+    # CKA from one minibatch of 4 images is ill-conditioned: bfloat16 rounding moved it by
+    # up to 0.06 on some random models. With 2 minibatches of 16 every metric of 12 random
+    # models stayed within 0.0014.
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    options = {**QUIET, "cka_chunk": 16}
+    exact = analyze(deepvit, x, batch_size=8, **options)
+    approx = analyze(deepvit, x, batch_size=8, dtype="bfloat16", **options)
     assert approx.params["dtype"] == "bfloat16"
     for name in ("similarity_pre", "similarity_post", "cross_head_pre", "cross_head_post", "token_similarity", "rank_residual", "cka"):
         np.testing.assert_allclose(approx.arrays[name], exact.arrays[name], atol=0.03, err_msg=name)

@@ -6,7 +6,6 @@ import copy
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 from timm.utils import AttentionExtract
@@ -17,19 +16,19 @@ from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.errors import DiagError
 from deepvit_diag.train import images_to_tensor
 
-from conftest import sharpen
+from conftest import sharp_timm_model
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 
 
 def tiny_timm_vit(**overrides) -> nn.Module:
-    model = sharpen(timm.create_model("vit_tiny_patch16_224", **{"depth": 3, **TINY, **overrides}))
+    model = sharp_timm_model("vit_tiny_patch16_224", **{"depth": 3, **TINY, **overrides})
     assert all(block.attn.fused_attn for block in model.blocks), "precondition: fused attention on"
     return model
 
 
 def tiny_deepvit(**overrides) -> nn.Module:
-    model = sharpen(timm.create_model("deepvit16", **{"depth": 3, **TINY, **overrides}))
+    model = sharp_timm_model("deepvit16", **{"depth": 3, **TINY, **overrides})
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
         for block in model.blocks:
