@@ -98,9 +98,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # holds about 60 MB of maps on the host and takes as long as the next, so more images
     # would only spend the GPU machine's time.
     "vit32": {"model": "vit32", "overrides": {}, "dtype": "bfloat16", "num_images": 4096, "growth_images": 256,
-              "naive_images": 64, "batch_size": "auto", "check_images": 8},  # fmt: skip
+              "naive_images": 64, "batch_size": "auto", "check_images": 16},  # fmt: skip
     "deepvit32": {"model": "deepvit32", "overrides": {}, "dtype": "bfloat16", "num_images": 4096, "growth_images": 256,
-                  "naive_images": 64, "batch_size": "auto", "check_images": 8},  # fmt: skip
+                  "naive_images": 64, "batch_size": "auto", "check_images": 16},  # fmt: skip
     # A larger CPU workload for profiling: 12 blocks, 224 px (197 tokens), dim 384, 12 heads.
     "cpu-deepvit12": {"model": "deepvit16", "overrides": {"depth": 12}, "dtype": "float32", "num_images": 64,
                       "growth_images": 32, "naive_images": 64, "batch_size": 16, "check_images": 4},  # fmt: skip
