@@ -71,10 +71,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _given(image: Image.Image) -> Image.Image:
-    return image
-
-
 def _try_open(path: Path) -> bool:
     """Cheap header check: is this a file PIL can identify as an image?"""
     try:
@@ -108,8 +104,8 @@ class ImageSet:
 
     @classmethod
     def of_images(cls, images: Sequence[Image.Image]) -> ImageSet:
-        """A set of images already in memory (any mode; the analysis transforms convert them)."""
-        return cls(f"{len(images)} PIL images", [f"image {i}" for i in range(len(images))], [partial(_given, image) for image in images])
+        """A set of images already in memory, in any mode (handed out as RGB, as every set)."""
+        return cls(f"{len(images)} PIL images", [f"image {i}" for i in range(len(images))], [partial(to_rgb, image) for image in images])
 
     def __len__(self) -> int:
         return len(self.names)

@@ -164,6 +164,7 @@ def test_image_sets_pickle_for_spawned_workers(image_folder, tiny_model):
     with pytest.warns(UserWarning):
         folder = open_images(image_folder)
     sets = [folder, open_images("digits-test", limit=2), ImageSet.of_images([Image.new("L", (5, 7), 30)])]
+    assert all(image.mode == "RGB" for image_set in sets for image in image_set)  # every kind of set hands out RGB
     for image_set in sets:
         dataset = pickle.loads(pickle.dumps(_Transformed(image_set.loaders, (transform,))))
         index, (tensor,), error = dataset[0]
