@@ -402,7 +402,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     check_images = min(chosen["check_images"], num_images)
     return {
         "preset": chosen["preset"], "model": chosen["model"], "overrides": chosen["overrides"], "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": device_name(device),
         "dtype": dtype, "num_images": num_images, "growth_images": growth_images, "naive_images": naive_images,
         "batch_sizes": batch_sizes, "repeats": args.repeats,
         "memory_measure": {"host": "VmHWM (peak RSS) after clear_refs", "device": "torch.cuda.max_memory_allocated"},
@@ -437,7 +437,10 @@ def _naive_agreement(model: nn.Module, images: torch.Tensor, device: torch.devic
     return float(np.abs(result.similarity("pre") - similarity).max())
 
 
-def _cpu_name() -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
     return match.group(1).strip() if match else "unknown CPU"
 

@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from bench_analysis import K, TAU, _cpu_name, build
+from bench_analysis import K, TAU, build, device_name
 from deepvit_diag.analysis import analyze
 from deepvit_diag.capture import model_transform
 from deepvit_diag.device import resolve_device
@@ -99,10 +98,10 @@ def run_analysis(folder: Path, model, batch_size: int, workers: int, device: tor
 
 
 def timed(run, *args) -> tuple[float, Any]:
+    """Seconds and output of ``run(*args)``; both modes end on the host (decoded batches,
+    an analysis result read back), so no device synchronisation is needed."""
     start = time.perf_counter()
     output = run(*args)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
     return time.perf_counter() - start, output
 
 
@@ -139,7 +138,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "model": args.model, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": device_name(device),
         "dtype": args.dtype, "num_images": args.num_images, "image_size": IMAGE_SIZE, "folder_mib": megabytes,
         "batch_size": args.batch_size, "repeats": args.repeats, "pin_memory": device.type == "cuda", "modes": modes,
         "max_abs_diff_vs_0_workers": difference, "torch_threads": torch.get_num_threads(),
