@@ -2,6 +2,7 @@
 and heads numbered from 1, axis titles everywhere, values on hover, one colour scale per
 quantity shared by A and B. They only draw arrays the library computed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -54,8 +55,14 @@ def share_colour_range(figures: list[go.Figure], axis: str, *values: np.ndarray)
             fig.update_layout({axis: {"cmin": low, "cmax": high}})
 
 
-def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: dict, colour_title: str,
-                    query_patch: tuple[int, int] | None) -> go.Figure:  # fmt: skip
+def query_attention(
+    image: np.ndarray,
+    maps: np.ndarray,
+    title: str,
+    colours: dict,
+    colour_title: str,
+    query_patch: tuple[int, int] | None,
+) -> go.Figure:
     """Each head's attention of one query token to every patch, over the image.
 
     Args:
@@ -70,8 +77,13 @@ def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: di
     columns = math.ceil(math.sqrt(num_heads))
     rows = math.ceil(num_heads / columns)
     panel = min(QUERY_PANEL_PX, QUERY_GRID_PX // columns)
-    fig = make_subplots(rows=rows, cols=columns, subplot_titles=[f"head {head + 1}" for head in range(num_heads)],
-                        horizontal_spacing=0.04, vertical_spacing=min(0.2, 28 / (panel * rows)))  # fmt: skip
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=[f"head {head + 1}" for head in range(num_heads)],
+        horizontal_spacing=0.04,
+        vertical_spacing=min(0.2, 28 / (panel * rows)),
+    )
     scale = max(1, math.ceil(panel / max(height, width)))
     source = _data_uri(image, scale)
     # Upscaled pixels placed so that the image still spans [-0.5, width - 0.5], the original's pixel grid.
@@ -80,27 +92,50 @@ def query_attention(image: np.ndarray, maps: np.ndarray, title: str, colours: di
     patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
     for head in range(num_heads):
         row, column = head // columns + 1, head % columns + 1
-        fig.add_trace(go.Image(source=source, x0=offset, y0=offset, dx=1 / scale, dy=1 / scale, hoverinfo="skip"), row=row, col=column)
+        fig.add_trace(
+            go.Image(source=source, x0=offset, y0=offset, dx=1 / scale, dy=1 / scale, hoverinfo="skip"),
+            row=row,
+            col=column,
+        )
         fig.add_trace(
             go.Heatmap(
-                z=maps[head], x0=cell_w / 2 - 0.5, dx=cell_w, y0=cell_h / 2 - 0.5, dy=cell_h, opacity=0.6, coloraxis="coloraxis",
+                z=maps[head],
+                x0=cell_w / 2 - 0.5,
+                dx=cell_w,
+                y0=cell_h / 2 - 0.5,
+                dy=cell_h,
+                opacity=0.6,
+                coloraxis="coloraxis",
                 customdata=patch_numbers,
                 hovertemplate=f"head {head + 1}<br>patch row %{{customdata[1]}}, column %{{customdata[0]}}"
-                              "<br>weight %{z:.4f}<extra></extra>",
+                "<br>weight %{z:.4f}<extra></extra>",
             ),
-            row=row, col=column,
-        )  # fmt: skip
+            row=row,
+            col=column,
+        )
         if query_patch is not None:
             top, left = query_patch[0] * cell_h - 0.5, query_patch[1] * cell_w - 0.5
-            fig.add_shape(type="rect", x0=left, x1=left + cell_w, y0=top, y1=top + cell_h, line={"color": "#00e5ff", "width": 2},
-                          row=row, col=column)  # fmt: skip
+            fig.add_shape(
+                type="rect",
+                x0=left,
+                x1=left + cell_w,
+                y0=top,
+                y1=top + cell_h,
+                line={"color": "#00e5ff", "width": 2},
+                row=row,
+                col=column,
+            )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_layout(
-        template=TEMPLATE, title={"text": title, "x": 0.01, "xanchor": "left"}, font={"size": 13},
+        template=TEMPLATE,
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        font={"size": 13},
         coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}},
-        width=columns * panel + 130, height=(panel + 28) * rows + 80, margin={"l": 10, "r": 10, "t": 80, "b": 10},
-    )  # fmt: skip
+        width=columns * panel + 130,
+        height=(panel + 28) * rows + 80,
+        margin={"l": 10, "r": 10, "t": 80, "b": 10},
+    )
     return fig
 
 
@@ -121,19 +156,32 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
         matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
         fig.add_trace(
             go.Heatmap(
-                z=matrix, x=[str(block + 1) for block in gains], y=np.arange(1, matrix.shape[0] + 1), coloraxis="coloraxis",
+                z=matrix,
+                x=[str(block + 1) for block in gains],
+                y=np.arange(1, matrix.shape[0] + 1),
+                coloraxis="coloraxis",
                 hovertemplate="block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
             ),
-            row=row, col=1,
-        )  # fmt: skip
+            row=row,
+            col=1,
+        )
         fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
         fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
     heads = max(len(gain) for gains in panels.values() for gain in gains.values())
     fig.update_layout(
-        template=TEMPLATE, font={"size": 13}, title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
-        coloraxis={"colorscale": DIVERGING, "cmin": 1 - spread, "cmax": 1 + spread, "cmid": 1.0, "colorbar": {"title": "weight"}},
-        height=110 + len(panels) * (90 + 26 * heads), margin={"l": 70, "r": 30, "t": 80, "b": 60},
-    )  # fmt: skip
+        template=TEMPLATE,
+        font={"size": 13},
+        title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
+        coloraxis={
+            "colorscale": DIVERGING,
+            "cmin": 1 - spread,
+            "cmax": 1 + spread,
+            "cmid": 1.0,
+            "colorbar": {"title": "weight"},
+        },
+        height=110 + len(panels) * (90 + 26 * heads),
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+    )
     return fig
 
 
@@ -151,18 +199,27 @@ def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
             ("from identity", "solid", [info.distance_from_identity for info in infos.values()]),
             ("from a permutation", "dash", [info.distance_from_permutation for info in infos.values()]),
         ):
-            fig.add_trace(go.Scatter(
-                x=blocks, y=values, mode="lines+markers", name=f"{label}, {name}", line={"color": colour, "dash": dash},
-                hovertemplate=f"block %{{x}}: distance {name} %{{y:.3f}}<extra>{label}</extra>",
-            ))  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=blocks,
+                    y=values,
+                    mode="lines+markers",
+                    name=f"{label}, {name}",
+                    line={"color": colour, "dash": dash},
+                    hovertemplate=f"block %{{x}}: distance {name} %{{y:.3f}}<extra>{label}</extra>",
+                )
+            )
     if not fig.data:
         return None
     last_block = max(max(trace.x) for trace in fig.data)
     fig.update_xaxes(title="block", tick0=1, dtick=max(1, math.ceil(last_block / 16)))
     fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
     fig.update_layout(
-        template=TEMPLATE, font={"size": 13}, height=380, margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        template=TEMPLATE,
+        font={"size": 13},
+        height=380,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
         title={"text": "How far Θ is from passing heads through unchanged", "x": 0.01},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
-    )  # fmt: skip
+    )
     return fig

@@ -7,6 +7,7 @@
 
 Every number comes from ``deepvit_diag``: this module only calls it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,18 @@ class AnalysisRequest:
         """Keyword arguments of ``deepvit_diag.compare``. Images are decoded in the app's
         own process: forking loader workers from Streamlit's threads risks deadlocks (and
         warns from Python 3.12), and the app's image sets are small."""
-        return dict(k=self.k, tau=self.tau, rho=self.rho, axis=self.axis, maps=self.maps, device=self.device,
-                    num_images=self.num_images, num_examples=NUM_EXAMPLE_IMAGES, progress=False, num_workers=0)  # fmt: skip
+        return dict(
+            k=self.k,
+            tau=self.tau,
+            rho=self.rho,
+            axis=self.axis,
+            maps=self.maps,
+            device=self.device,
+            num_images=self.num_images,
+            num_examples=NUM_EXAMPLE_IMAGES,
+            progress=False,
+            num_workers=0,
+        )
 
 
 @dataclass
@@ -232,7 +243,9 @@ def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing the attention maps of this image...")
-def block_attention(analysis_key: str, side: str, image_index: int, block: int, _analysis: Analysis) -> dict[str, np.ndarray]:
+def block_attention(
+    analysis_key: str, side: str, image_index: int, block: int, _analysis: Analysis
+) -> dict[str, np.ndarray]:
     """Pre- and post-Theta maps (H, T, T) of one block for example image ``image_index``
     (0-based, in the order the analysis read its images), from one forward pass."""
     request = _analysis.request

@@ -12,6 +12,7 @@ at other checkpoints or images without touching code:
 ``DEEPVIT_DIAG_APP_MAX_IMAGE_MB``      largest single image upload accepted
 =====================================  =======================================================
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Opens with the bundled demo pair (vit32 against deepvit32 on digits-test) alread
 analysed; the sidebar picks other checkpoints, images and parameters, and Run analyses
 them. Defaults can be changed with environment variables (see ``app/config.py``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,7 +46,9 @@ def main() -> None:
     if analysis is None:
         return
     if chosen.request is not None and chosen.request != analysis.request:
-        st.info("The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings.")
+        st.info(
+            "The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings."
+        )
     for note in analysis.notes:
         st.warning(note)
     tabs = st.tabs(list(VIEWS), key="view", on_change="rerun")
@@ -89,7 +92,10 @@ def _run_with_progress(request: AnalysisRequest) -> Analysis:
 
 
 def _explain_missing_demo(request: AnalysisRequest) -> None:
-    if {request.a.spec, request.b.spec} & set(DEMO_CHECKPOINTS) and "no-weights" in (request.a.fingerprint, request.b.fingerprint):
+    if {request.a.spec, request.b.spec} & set(DEMO_CHECKPOINTS) and "no-weights" in (
+        request.a.fingerprint,
+        request.b.fingerprint,
+    ):
         st.info(
             "The bundled demo weights (deepvit_diag/weights/vit32-digits.safetensors and deepvit32-digits.safetensors) "
             "are not installed. Pick other checkpoints in the sidebar: a file on the server, an upload or a timm model name."

@@ -3,6 +3,7 @@
 An input that cannot be used shows its ``st.error`` (one not given yet, a hint) right
 below the widget and leaves the request empty; nothing here loads a model or reads an image set (that is Run's job).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,15 @@ def render_sidebar(defaults: AppDefaults) -> SidebarInput:
     model_b = _checked(lambda: _model_input("b", defaults.checkpoint_b, defaults.max_checkpoint_mb))
     st.header("Images")
     images = _checked(lambda: _image_input(defaults))
-    num_images = st.number_input("Number of images", min_value=1, max_value=100_000, value=defaults.num_images, step=16,
-                                 key="num_images", help="The first N usable images of the source are analysed.")  # fmt: skip
+    num_images = st.number_input(
+        "Number of images",
+        min_value=1,
+        max_value=100_000,
+        value=defaults.num_images,
+        step=16,
+        key="num_images",
+        help="The first N usable images of the source are analysed.",
+    )
     st.header("Metric parameters")
     parameters = _parameter_inputs()
     run_clicked = st.button("Run analysis", type="primary", key="run", width="stretch")
@@ -110,23 +118,44 @@ def _model_input(side: str, default_spec: str, max_mb: float) -> ModelChoice:
     default_text = {default_source: default_spec}
     st.subheader(f"Checkpoint {side.upper()}")
     sources = list(MODEL_SOURCES)
-    source = st.selectbox("Source", sources, index=sources.index(default_source), format_func=MODEL_SOURCES.get, key=f"{side}_source")
+    source = st.selectbox(
+        "Source", sources, index=sources.index(default_source), format_func=MODEL_SOURCES.get, key=f"{side}_source"
+    )
     if source == "name":
         names = list(rows)
-        name = st.selectbox("Model", names, index=names.index(default_spec) if default_spec in rows else 0, key=f"{side}_name",
-                            format_func=lambda n: f"{n} ({WEIGHT_WORDS.get(rows[n]['weights'], rows[n]['weights'])})")  # fmt: skip
+        name = st.selectbox(
+            "Model",
+            names,
+            index=names.index(default_spec) if default_spec in rows else 0,
+            key=f"{side}_name",
+            format_func=lambda n: f"{n} ({WEIGHT_WORDS.get(rows[n]['weights'], rows[n]['weights'])})",
+        )
         st.caption(rows[name]["description"])
         return model_from_name(name)
     if source == "timm":
-        text = st.text_input("timm model name", value=default_text.get("timm", ""), placeholder="vit_tiny_patch16_224", key=f"{side}_timm",
-                             help="Pretrained weights are downloaded by timm (needs network access on the server).")  # fmt: skip
+        text = st.text_input(
+            "timm model name",
+            value=default_text.get("timm", ""),
+            placeholder="vit_tiny_patch16_224",
+            key=f"{side}_timm",
+            help="Pretrained weights are downloaded by timm (needs network access on the server).",
+        )
         return model_from_timm(text)
     if source == "path":
-        text = st.text_input("Path on the server", value=default_text.get("path", ""), placeholder="/data/checkpoints/deepvit32.pth.tar",
-                             key=f"{side}_path", help="Read only: the app never writes there.")  # fmt: skip
+        text = st.text_input(
+            "Path on the server",
+            value=default_text.get("path", ""),
+            placeholder="/data/checkpoints/deepvit32.pth.tar",
+            key=f"{side}_path",
+            help="Read only: the app never writes there.",
+        )
         return model_from_path(text, _arch_input(side))
-    uploaded = st.file_uploader("Checkpoint file", key=f"{side}_upload", max_upload_size=_widget_megabytes(max_mb),
-                                help=f".pth, .pth.tar, .pt, .bin or .safetensors, up to {max_mb:g} MB")  # fmt: skip
+    uploaded = st.file_uploader(
+        "Checkpoint file",
+        key=f"{side}_upload",
+        max_upload_size=_widget_megabytes(max_mb),
+        help=f".pth, .pth.tar, .pt, .bin or .safetensors, up to {max_mb:g} MB",
+    )
     arch = _arch_input(side)
     if uploaded is None:
         raise InputMissing(f"upload a checkpoint file for {side.upper()}")
@@ -139,8 +168,12 @@ def _widget_megabytes(max_mb: float) -> int:
 
 
 def _arch_input(side: str) -> str | None:
-    text = st.text_input("Architecture (only if the weights cannot say)", key=f"{side}_arch", placeholder="e.g. deepvit32",
-                         help="A preset, official DeepViT or timm model name; leave empty to infer it from the weights.")  # fmt: skip
+    text = st.text_input(
+        "Architecture (only if the weights cannot say)",
+        key=f"{side}_arch",
+        placeholder="e.g. deepvit32",
+        help="A preset, official DeepViT or timm model name; leave empty to infer it from the weights.",
+    )
     return text.strip() or None
 
 
@@ -150,22 +183,35 @@ def _arch_input(side: str) -> str | None:
 def _image_input(defaults: AppDefaults) -> ImageChoice:
     sources = list(IMAGE_SOURCES)
     default = "default" if not defaults.images else "bundled" if defaults.images in BUNDLED_SETS else "folder"
-    source = st.selectbox("Source", sources, index=sources.index(default), format_func=IMAGE_SOURCES.get, key="images_source")
+    source = st.selectbox(
+        "Source", sources, index=sources.index(default), format_func=IMAGE_SOURCES.get, key="images_source"
+    )
     if source == "default":
         st.caption("The bundled set both model cards name (digits-test for the demo pair), else the photos.")
         return ImageChoice(None)
     if source == "bundled":
         names = list(BUNDLED_SETS)
-        name = st.selectbox("Set", names, index=names.index(defaults.images) if defaults.images in names else 0,
-                            key="images_bundled")  # fmt: skip
+        name = st.selectbox(
+            "Set", names, index=names.index(defaults.images) if defaults.images in names else 0, key="images_bundled"
+        )
         st.caption(BUNDLED_SETS[name])
         return images_from_bundled(name)
     if source == "folder":
-        text = st.text_input("Folder, image file or glob", value=defaults.images if default == "folder" else "",
-                             placeholder="/data/imagenet/val", key="images_path", help="Read only: the app never writes there.")  # fmt: skip
+        text = st.text_input(
+            "Folder, image file or glob",
+            value=defaults.images if default == "folder" else "",
+            placeholder="/data/imagenet/val",
+            key="images_path",
+            help="Read only: the app never writes there.",
+        )
         return images_from_folder(text)
-    files = st.file_uploader("Image files", accept_multiple_files=True, key="images_upload", max_upload_size=_widget_megabytes(defaults.max_image_mb),
-                             help=f"PNG, JPEG, BMP, GIF, TIFF or WebP, up to {defaults.max_image_mb:g} MB each")  # fmt: skip
+    files = st.file_uploader(
+        "Image files",
+        accept_multiple_files=True,
+        key="images_upload",
+        max_upload_size=_widget_megabytes(defaults.max_image_mb),
+        help=f"PNG, JPEG, BMP, GIF, TIFF or WebP, up to {defaults.max_image_mb:g} MB each",
+    )
     if not files:
         raise InputMissing("upload at least one image")
     choice, errors = images_from_uploads(files, defaults.max_image_mb)
@@ -182,13 +228,29 @@ def _image_input(defaults: AppDefaults) -> ImageChoice:
 def _parameter_inputs() -> dict:
     """k, tau, rho, attention vectors, map kind and device (REFERENCE.md section 4)."""
     # Defaults are the library's (deepvit_diag.analysis.Settings).
-    k = st.number_input("k: neighbour blocks", min_value=1, max_value=16, value=Settings.k, key="k", help=PARAMETER_NAMES["k"])
+    k = st.number_input(
+        "k: neighbour blocks", min_value=1, max_value=16, value=Settings.k, key="k", help=PARAMETER_NAMES["k"]
+    )
     tau = st.slider("tau: cosine threshold", 0.0, 1.0, Settings.tau, 0.05, key="tau", help=PARAMETER_NAMES["tau"])
-    rho = st.slider("rho: similar-block threshold", 0.0, 1.0, Settings.rho, 0.01, key="rho", help=PARAMETER_NAMES["rho"])
-    axis = st.radio("Attention vectors", AXES, index=AXES.index(Settings.axis), horizontal=True, key="axis",
-                    help="columns: how much a token contributes to every output token (paper Eqn 2); rows: what a token attends to.")  # fmt: skip
-    maps = st.radio("Maps for the headline numbers", MAP_KINDS, index=MAP_KINDS.index(Settings.maps), horizontal=True, key="maps",
-                    format_func={"post": "post-Θ (multiply V)", "pre": "pre-Θ (softmax)"}.get)  # fmt: skip
+    rho = st.slider(
+        "rho: similar-block threshold", 0.0, 1.0, Settings.rho, 0.01, key="rho", help=PARAMETER_NAMES["rho"]
+    )
+    axis = st.radio(
+        "Attention vectors",
+        AXES,
+        index=AXES.index(Settings.axis),
+        horizontal=True,
+        key="axis",
+        help="columns: how much a token contributes to every output token (paper Eqn 2); rows: what a token attends to.",
+    )
+    maps = st.radio(
+        "Maps for the headline numbers",
+        MAP_KINDS,
+        index=MAP_KINDS.index(Settings.maps),
+        horizontal=True,
+        key="maps",
+        format_func={"post": "post-Θ (multiply V)", "pre": "pre-Θ (softmax)"}.get,
+    )
     devices = ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
     device = st.selectbox("Device", devices, key="device", help="auto: the GPU when there is one, else the CPU.")
     return dict(k=int(k), tau=float(tau), rho=float(rho), axis=axis, maps=maps, device=device)

@@ -6,6 +6,7 @@ images from bundled sets, server folders or uploads. Every choice carries a
 stale results. Uploads are written to one temporary folder per server process, under
 their sha256 (a re-upload costs nothing); server paths are only ever read.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -65,7 +66,9 @@ class ImageChoice:
 def model_from_name(name: str) -> ModelChoice:
     """A preset or weight-store name; the fingerprint follows the file behind it."""
     candidates = [store_path(name), bundled_path(name)]
-    return ModelChoice(name, name, next((_file_fingerprint(path) for path in candidates if path.is_file()), "no-weights"))
+    return ModelChoice(
+        name, name, next((_file_fingerprint(path) for path in candidates if path.is_file()), "no-weights")
+    )
 
 
 def model_from_timm(name: str) -> ModelChoice:
@@ -182,7 +185,9 @@ def save_upload(uploaded: UploadedFile, max_mb: float) -> tuple[Path, str]:
     limit is the app's own, per kind of file, and also holds where that setting is larger.
     """
     if uploaded.size > max_mb * MEGABYTE:
-        raise InputError(f"{uploaded.name} is {uploaded.size / MEGABYTE:.1f} MB, more than the {max_mb:g} MB limit for this upload")
+        raise InputError(
+            f"{uploaded.name} is {uploaded.size / MEGABYTE:.1f} MB, more than the {max_mb:g} MB limit for this upload"
+        )
     if uploaded.size == 0:
         raise InputError(f"{uploaded.name} is empty (0 bytes)")
     saved = st.session_state.setdefault("saved_uploads", {})

@@ -44,6 +44,7 @@ Usage::
     python benchmarks/bench_analysis.py --device cuda --model deepvit24 --num-images 2048 \\
         --batch-size 64 --dtype bfloat16 --json bench.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,25 +91,72 @@ AUTO_BATCH_SIZES = (32, 64, 128, 256, 512)
 PRESETS: dict[str, dict[str, Any]] = {
     # 65 tokens, so the naive mode's host copies of every map outgrow the RSS noise. Growth
     # runs hold at least one CKA chunk (32 images), whose memory is bounded, not growing.
-    "quick": {"model": "deepvit16", "overrides": {"depth": 6, "embed_dim": 64, "num_heads": 4, "img_size": 32,
-              "patch_size": 4, "num_classes": 10}, "dtype": "float32", "num_images": 128, "growth_images": 32,
-              "naive_images": 128, "batch_size": 16, "check_images": 16},  # fmt: skip
+    "quick": {
+        "model": "deepvit16",
+        "overrides": {"depth": 6, "embed_dim": 64, "num_heads": 4, "img_size": 32, "patch_size": 4, "num_classes": 10},
+        "dtype": "float32",
+        "num_images": 128,
+        "growth_images": 32,
+        "naive_images": 128,
+        "batch_size": 16,
+        "check_images": 16,
+    },
     # The issue's GPU workload: paper models at 224 px, random weights, bfloat16 autocast.
     # The naive mode runs on 64 images (about 0.4 s each, estimated from its host work): each
     # holds about 60 MB of maps on the host and takes as long as the next, so more images
     # would only spend the GPU machine's time.
-    "vit32": {"model": "vit32", "overrides": {}, "dtype": "bfloat16", "num_images": 4096, "growth_images": 256,
-              "naive_images": 64, "batch_size": "auto", "check_images": 16},  # fmt: skip
-    "deepvit32": {"model": "deepvit32", "overrides": {}, "dtype": "bfloat16", "num_images": 4096, "growth_images": 256,
-                  "naive_images": 64, "batch_size": "auto", "check_images": 16},  # fmt: skip
+    "vit32": {
+        "model": "vit32",
+        "overrides": {},
+        "dtype": "bfloat16",
+        "num_images": 4096,
+        "growth_images": 256,
+        "naive_images": 64,
+        "batch_size": "auto",
+        "check_images": 16,
+    },
+    "deepvit32": {
+        "model": "deepvit32",
+        "overrides": {},
+        "dtype": "bfloat16",
+        "num_images": 4096,
+        "growth_images": 256,
+        "naive_images": 64,
+        "batch_size": "auto",
+        "check_images": 16,
+    },
     # A larger CPU workload for profiling: 12 blocks, 224 px (197 tokens), dim 384, 12 heads.
-    "cpu-deepvit12": {"model": "deepvit16", "overrides": {"depth": 12}, "dtype": "float32", "num_images": 64,
-                      "growth_images": 32, "naive_images": 64, "batch_size": 16, "check_images": 4},  # fmt: skip
-    "cpu-vit12": {"model": "vit16", "overrides": {"depth": 12}, "dtype": "float32", "num_images": 64,
-                  "growth_images": 32, "naive_images": 64, "batch_size": 16, "check_images": 4},  # fmt: skip
+    "cpu-deepvit12": {
+        "model": "deepvit16",
+        "overrides": {"depth": 12},
+        "dtype": "float32",
+        "num_images": 64,
+        "growth_images": 32,
+        "naive_images": 64,
+        "batch_size": 16,
+        "check_images": 4,
+    },
+    "cpu-vit12": {
+        "model": "vit16",
+        "overrides": {"depth": 12},
+        "dtype": "float32",
+        "num_images": 64,
+        "growth_images": 32,
+        "naive_images": 64,
+        "batch_size": 16,
+        "check_images": 4,
+    },
     # Without --preset/--quick: a mid-size model, settings from the flags.
-    "custom": {"model": "deepvit24", "overrides": {}, "dtype": "float32", "num_images": 512, "growth_images": 128,
-               "naive_images": 128, "batch_size": 32, "check_images": 8},  # fmt: skip
+    "custom": {
+        "model": "deepvit24",
+        "overrides": {},
+        "dtype": "float32",
+        "num_images": 512,
+        "growth_images": 128,
+        "naive_images": 128,
+        "batch_size": 32,
+        "check_images": 8,
+    },
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 K, TAU = 2, 0.5
@@ -119,17 +167,24 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 0.03}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
-    parser.add_argument("--preset", choices=[name for name in PRESETS if name != "custom"],
-                        help="quick: tiny 6-block model on 128 images (under a minute on 2 CPU cores); "
-                        "vit32 / deepvit32: the paper's ViT-32B / DeepViT-32B, 224 px, bfloat16, auto batch size, "
-                        "4096 images (256 for the growth run, 64 for the naive mode); cpu-deepvit12 / cpu-vit12: "
-                        "12 blocks at 224 px, batch 16, 64 images (minutes on 2 CPU cores)")  # fmt: skip
+    parser.add_argument(
+        "--preset",
+        choices=[name for name in PRESETS if name != "custom"],
+        help="quick: tiny 6-block model on 128 images (under a minute on 2 CPU cores); "
+        "vit32 / deepvit32: the paper's ViT-32B / DeepViT-32B, 224 px, bfloat16, auto batch size, "
+        "4096 images (256 for the growth run, 64 for the naive mode); cpu-deepvit12 / cpu-vit12: "
+        "12 blocks at 224 px, batch 16, 64 images (minutes on 2 CPU cores)",
+    )
     parser.add_argument("--quick", action="store_true", help="same as --preset quick")
-    parser.add_argument("--model", help="timm or deepvit-diag model name (random weights); with a preset, replaces its model")
+    parser.add_argument(
+        "--model", help="timm or deepvit-diag model name (random weights); with a preset, replaces its model"
+    )
     parser.add_argument("--num-images", type=int, help="images for the forward and analysis runs")
     parser.add_argument("--growth-images", type=int, help="images of the analysis run that mem_growth divides by")
     parser.add_argument("--naive-images", type=int, help="images for the naive run")
-    parser.add_argument("--batch-size", help="images per forward pass, or 'auto' (the fastest of %s per mode)" % (AUTO_BATCH_SIZES,))
+    parser.add_argument(
+        "--batch-size", help="images per forward pass, or 'auto' (the fastest of %s per mode)" % (AUTO_BATCH_SIZES,)
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="float32 or bfloat16 autocast")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode; medians are reported (default 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -171,7 +226,9 @@ class PeakMemory:
             self.device_baseline = torch.cuda.memory_allocated(self.device)
 
     def stop(self) -> dict[str, float]:
-        host_peak = math.nan if self.host_baseline is None else (_proc_status_kib("VmHWM") * 1024 - self.host_baseline) / 2**20
+        host_peak = (
+            math.nan if self.host_baseline is None else (_proc_status_kib("VmHWM") * 1024 - self.host_baseline) / 2**20
+        )
         peaks = {"host_peak_extra_mib": host_peak}
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -215,12 +272,16 @@ def run_analysis(model: nn.Module, images: torch.Tensor, batch_size: int, device
     analyze(model, images, batch_size=batch_size, device=device, dtype=dtype, progress=False, k=K, tau=TAU)
 
 
-def run_analysis_at_size(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str) -> None:
+def run_analysis_at_size(
+    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str
+) -> None:
     """``run_analysis``, but out of memory when ``analyze`` had to halve the batch (it
     retries smaller batches by itself, which would hide that the size does not fit)."""
     result = analyze(model, images, batch_size=batch_size, device=device, dtype=dtype, progress=False, k=K, tau=TAU)
     if result.params["final_batch_size"] != batch_size:
-        raise torch.OutOfMemoryError(f"analyze fell back from batch size {batch_size} to {result.params['final_batch_size']}")
+        raise torch.OutOfMemoryError(
+            f"analyze fell back from batch size {batch_size} to {result.params['final_batch_size']}"
+        )
 
 
 def unfused_copy(model: nn.Module) -> nn.Module:
@@ -262,7 +323,9 @@ def make_naive(model: nn.Module) -> Callable[..., tuple[np.ndarray, np.ndarray]]
     return run_naive
 
 
-def timed(run: Callable, model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str) -> dict:
+def timed(
+    run: Callable, model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str
+) -> dict:
     memory = PeakMemory(device)
     memory.start()
     start = time.perf_counter()
@@ -273,7 +336,9 @@ def timed(run: Callable, model: nn.Module, images: torch.Tensor, batch_size: int
     return {"images_per_s": len(images) / seconds, "seconds": seconds, **memory.stop()}
 
 
-def best_batch_size(run: Callable, model: nn.Module, images: torch.Tensor, device: torch.device, dtype: str, limit: int) -> int:
+def best_batch_size(
+    run: Callable, model: nn.Module, images: torch.Tensor, device: torch.device, dtype: str, limit: int
+) -> int:
     """The fastest of AUTO_BATCH_SIZES (up to ``limit``) on two batches each; sizes that
     run out of device memory end the search."""
     speeds = {}
@@ -312,7 +377,9 @@ def reference_arrays(model: nn.Module, images: torch.Tensor, device: torch.devic
         arrays[f"cross_head_{kind}"] = cross_head_similarity(maps)
         arrays[f"tau_distance_{kind}"] = (neighbour_similarity(maps, K) - TAU).abs()  # (L, B, H, T)
     arrays["entropy"] = attention_entropy(capture.pre)
-    arrays["attention_distance"] = mean_attention_distance(capture.pre, patch_embed.patch_size, prefix, patch_embed.grid_size)
+    arrays["attention_distance"] = mean_attention_distance(
+        capture.pre, patch_embed.patch_size, prefix, patch_embed.grid_size
+    )
     arrays["token_similarity"] = token_similarity(capture.hidden, prefix)
     arrays["rank_residual"] = rank_collapse(capture.hidden)
     cka = MinibatchCKA()
@@ -369,7 +436,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     dtype = chosen["dtype"]
     model = build(chosen["model"], chosen["overrides"], device)
     num_images, growth_images, naive_images = chosen["num_images"], chosen["growth_images"], chosen["naive_images"]
-    images = torch.randn(num_images, *model_input_config(model)["input_size"], generator=torch.Generator().manual_seed(0))
+    images = torch.randn(
+        num_images, *model_input_config(model)["input_size"], generator=torch.Generator().manual_seed(0)
+    )
     naive = make_naive(model)
     naive_quarter = max(1, naive_images // 4)
     if chosen["batch_size"] == "auto":
@@ -396,29 +465,45 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.repeats):
         for mode, (run, subset, batch_size) in plan.items():
             runs[mode].append(timed(run, model, subset, batch_size, device, dtype))
-    modes = {mode: {**_median(measured), "images": len(plan[mode][1]), "batch_size": plan[mode][2],
-                    "images_per_s_all": [m["images_per_s"] for m in measured]} for mode, measured in runs.items()}  # fmt: skip
+    modes = {
+        mode: {
+            **_median(measured),
+            "images": len(plan[mode][1]),
+            "batch_size": plan[mode][2],
+            "images_per_s_all": [m["images_per_s"] for m in measured],
+        }
+        for mode, measured in runs.items()
+    }
     memory_key = "device_peak_extra_mib" if device.type == "cuda" else "host_peak_extra_mib"
     check_images = min(chosen["check_images"], num_images)
     return {
-        "preset": chosen["preset"], "model": chosen["model"], "overrides": chosen["overrides"], "device": str(device),
+        "preset": chosen["preset"],
+        "model": chosen["model"],
+        "overrides": chosen["overrides"],
+        "device": str(device),
         "device_name": device_name(device),
-        "dtype": dtype, "num_images": num_images, "growth_images": growth_images, "naive_images": naive_images,
-        "batch_sizes": batch_sizes, "repeats": args.repeats,
+        "dtype": dtype,
+        "num_images": num_images,
+        "growth_images": growth_images,
+        "naive_images": naive_images,
+        "batch_sizes": batch_sizes,
+        "repeats": args.repeats,
         "memory_measure": {"host": "VmHWM (peak RSS) after clear_refs", "device": "torch.cuda.max_memory_allocated"},
         "modes": modes,
         "analysis_vs_forward": modes["analysis"]["images_per_s"] / modes["forward"]["images_per_s"],
         "analysis_vs_naive": modes["analysis"]["images_per_s"] / modes["naive"]["images_per_s"],
         "analysis_vs_naive_ceiling": modes["forward"]["images_per_s"] / modes["naive"]["images_per_s"],
         "mem_growth": _growth(modes["analysis"][memory_key], modes["analysis_growth"][memory_key]),
-        "naive_mem_growth": _growth(modes["naive"]["host_peak_extra_mib"], modes["naive_quarter"]["host_peak_extra_mib"]),
+        "naive_mem_growth": _growth(
+            modes["naive"]["host_peak_extra_mib"], modes["naive_quarter"]["host_peak_extra_mib"]
+        ),
         "max_abs_diff_similarity_vs_naive": _naive_agreement(model, images[:check_images], device, dtype, naive),
         "check_vs_reference": check_against_reference(model, images[:check_images], device, dtype),
         "torch_threads": torch.get_num_threads(),
         "load_average": Path("/proc/loadavg").read_text().split()[:3],
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "versions": package_versions(),
-    }  # fmt: skip
+    }
 
 
 # Peaks below this are allocator/RSS noise (glibc arenas, page granularity), not data.
@@ -446,27 +531,43 @@ def device_name(device: torch.device) -> str:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    table = Table(title=f"analyze vs references: {report['model']} on {report['device']} ({report['device_name']}), "
-                  f"{report['dtype']}, median of {report['repeats']}")  # fmt: skip
+    table = Table(
+        title=f"analyze vs references: {report['model']} on {report['device']} ({report['device_name']}), "
+        f"{report['dtype']}, median of {report['repeats']}"
+    )
     columns = ["mode", "images", "batch", "images/s", "seconds", "host peak extra MiB"]
     if "device_peak_mib" in report["modes"]["forward"]:
         columns += ["device peak MiB", "device peak extra MiB"]
     for column in columns:
         table.add_column(column, justify="left" if column == "mode" else "right")
     for mode, values in report["modes"].items():
-        row = [mode, str(values["images"]), str(values["batch_size"]), f"{values['images_per_s']:.1f}",
-               f"{values['seconds']:.2f}", f"{values['host_peak_extra_mib']:.1f}"]  # fmt: skip
+        row = [
+            mode,
+            str(values["images"]),
+            str(values["batch_size"]),
+            f"{values['images_per_s']:.1f}",
+            f"{values['seconds']:.2f}",
+            f"{values['host_peak_extra_mib']:.1f}",
+        ]
         if "device_peak_mib" in values:
             row += [f"{values['device_peak_mib']:.0f}", f"{values['device_peak_extra_mib']:.1f}"]
         table.add_row(*row)
     console = Console()
     console.print(table)
-    for key in ("analysis_vs_forward", "analysis_vs_naive", "analysis_vs_naive_ceiling", "mem_growth", "naive_mem_growth",
-                "max_abs_diff_similarity_vs_naive"):  # fmt: skip
+    for key in (
+        "analysis_vs_forward",
+        "analysis_vs_naive",
+        "analysis_vs_naive_ceiling",
+        "mem_growth",
+        "naive_mem_growth",
+        "max_abs_diff_similarity_vs_naive",
+    ):
         console.print(f"{key}: {report[key]:.3g}")
     check = report["check_vs_reference"]
-    checks = Table(title=f"fast path ({report['dtype']}) vs reference path (float32), {check['images']} images, "
-                   f"tolerance {check['tolerance']:g}: {'PASS' if check['passed'] else 'FAIL'}")  # fmt: skip
+    checks = Table(
+        title=f"fast path ({report['dtype']}) vs reference path (float32), {check['images']} images, "
+        f"tolerance {check['tolerance']:g}: {'PASS' if check['passed'] else 'FAIL'}"
+    )
     checks.add_column("metric")
     checks.add_column("max abs diff", justify="right")
     for name, difference in check["max_abs_diff"].items():

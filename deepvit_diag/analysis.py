@@ -14,6 +14,7 @@ the metrics' input checks (NaN/Inf, negative softmax weights) run deferred
 (``deferred_value_checks``), as on-device flags read once after the last batch, so bad
 input still ends in a DiagError naming the first bad batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ from .results import MAP_KINDS, THETA_FIELDS, AnalysisResult, ComparisonResult
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 AXES = ("columns", "rows")
 
-ImageSource = torch.Tensor | Sequence[Image.Image] | str | Path | Sequence[str | Path] | ImageSet | Iterable[torch.Tensor]
+ImageSource = (
+    torch.Tensor | Sequence[Image.Image] | str | Path | Sequence[str | Path] | ImageSet | Iterable[torch.Tensor]
+)
 
 
 @dataclass
@@ -102,11 +105,19 @@ class Settings:
     def params(self, final_batch_size: int) -> dict[str, Any]:
         """The parameters a result records."""
         return {
-            "k": self.k, "tau": self.tau, "rho": self.rho, "axis": self.axis, "maps": self.maps,
-            "dtype": self.dtype, "batch_size": self.batch_size, "final_batch_size": final_batch_size,
-            "device": str(self.device), "cka_chunk": self.cka_chunk, "num_examples": self.num_examples,
+            "k": self.k,
+            "tau": self.tau,
+            "rho": self.rho,
+            "axis": self.axis,
+            "maps": self.maps,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "final_batch_size": final_batch_size,
+            "device": str(self.device),
+            "cka_chunk": self.cka_chunk,
+            "num_examples": self.num_examples,
             "num_workers": self.num_workers,
-        }  # fmt: skip
+        }
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -226,7 +237,9 @@ def _check_input_size(model: nn.Module, x: torch.Tensor) -> None:
         return
     expected = tuple(model_input_config(model)["input_size"])
     if tuple(x.shape[1:]) != expected:
-        raise DiagError(f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}")
+        raise DiagError(
+            f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
+        )
 
 
 # ----------------------------------------------------------------------------- per model
@@ -260,7 +273,9 @@ class Geometry:
         patch_embed = getattr(model, "patch_embed", None)
         patch_size, grid_size = getattr(patch_embed, "patch_size", None), getattr(patch_embed, "grid_size", None)
         if patch_size is None or grid_size is None:
-            raise DiagError(f"cannot find the patch grid of {type(model).__name__}: it has no patch_embed.patch_size/grid_size")
+            raise DiagError(
+                f"cannot find the patch grid of {type(model).__name__}: it has no patch_embed.patch_size/grid_size"
+            )
         config = model_input_config(model)
         return cls(
             num_blocks=len(transformer_blocks(model)),
@@ -315,7 +330,9 @@ def softmax_statistics(maps: torch.Tensor, geometry: Geometry) -> tuple[torch.Te
     maps = checked_maps(maps, nonnegative_for="attention entropy and distance")
     num_blocks, batch, num_heads, num_tokens = maps.shape[:4]
     if num_tokens != geometry.num_tokens:
-        raise DiagError(f"maps have {num_tokens} tokens, but the model's patch grid and prefix make {geometry.num_tokens}")
+        raise DiagError(
+            f"maps have {num_tokens} tokens, but the model's patch grid and prefix make {geometry.num_tokens}"
+        )
     distances = geometry.patch_distances(maps.device)
     scratch = maps.new_empty(maps.shape[1:], dtype=torch.float32)
     entropy = maps.new_empty((num_blocks, num_heads), dtype=torch.float32)
@@ -370,7 +387,9 @@ class ModelStatistics:
         example_images = _to_uint8_images(x[:num_examples], geometry) if keep_examples else None
         example_cls = None
         if keep_examples:
-            example_cls = {kind: _cls_attention(getattr(capture, kind)[:, :num_examples], geometry) for kind in MAP_KINDS}
+            example_cls = {
+                kind: _cls_attention(getattr(capture, kind)[:, :num_examples], geometry) for kind in MAP_KINDS
+            }
         entropy, distance = softmax_statistics(capture.pre, geometry)
 
         def similarity_family(maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -384,7 +403,11 @@ class ModelStatistics:
         sums["token_similarity"] = token_similarity(capture.hidden, geometry.num_prefix_tokens) * size
         sums["rank_residual"] = rank_collapse(capture.hidden) * size
         return BatchMeasurement(
-            size=size, sums=sums, features=capture.hidden.flatten(2), example_images=example_images, example_cls=example_cls
+            size=size,
+            sums=sums,
+            features=capture.hidden.flatten(2),
+            example_images=example_images,
+            example_cls=example_cls,
         )
 
     def add(self, measurement: BatchMeasurement) -> None:
@@ -473,9 +496,13 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
-    )  # fmt: skip
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
 class StreamingAnalysis:
@@ -511,7 +538,9 @@ class StreamingAnalysis:
             for batch in stream:
                 self._process(batch, recorders, lambda done: progress.advance(task, done))
 
-    def _process(self, batch: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder], advance: Callable[[int], None]) -> None:
+    def _process(
+        self, batch: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder], advance: Callable[[int], None]
+    ) -> None:
         """Measure a batch in parts of the current batch size, halving it on CUDA OOM."""
         start, total = 0, len(batch[0])
         while start < total:
@@ -522,7 +551,9 @@ class StreamingAnalysis:
                 measurements = self._measure(parts, recorders)
             except torch.OutOfMemoryError:
                 if size == 1:
-                    raise DiagError("out of device memory with a single image per batch; try --dtype bfloat16 or the CPU") from None
+                    raise DiagError(
+                        "out of device memory with a single image per batch; try --dtype bfloat16 or the CPU"
+                    ) from None
                 self.batch_size = size // 2
             else:
                 self._commit(measurements)
@@ -536,7 +567,9 @@ class StreamingAnalysis:
     def _measure(self, parts: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
         device = self.settings.device
         autocast = (
-            torch.autocast(device.type, dtype=DTYPES[self.settings.dtype]) if self.settings.dtype != "float32" else nullcontext()
+            torch.autocast(device.type, dtype=DTYPES[self.settings.dtype])
+            if self.settings.dtype != "float32"
+            else nullcontext()
         )
         measurements = []
         for model, recorder, statistics, x in zip(self.models, recorders, self.statistics, parts):
@@ -573,7 +606,9 @@ class StreamingAnalysis:
         return {key: matrix.cpu().numpy() for key, matrix in self.cka.result().items()}
 
 
-def _run(models: Sequence[nn.Module], images: ImageSource, settings: Settings) -> tuple[list[AnalysisResult], np.ndarray | None]:
+def _run(
+    models: Sequence[nn.Module], images: ImageSource, settings: Settings
+) -> tuple[list[AnalysisResult], np.ndarray | None]:
     analysis = StreamingAnalysis(models, settings)
     stream = ImageStream(images, models, settings)
     analysis.run(stream)
@@ -623,10 +658,20 @@ def analyze(
             model (``ImageSet.batches``); default 0 on the CPU, up to 8 on a GPU.
     """
     settings = Settings(
-        k=k, tau=tau, rho=rho, axis=axis, maps=maps, batch_size=batch_size, num_images=num_images,
-        device=device, dtype=dtype, cka_chunk=cka_chunk, num_examples=num_examples, progress=progress,
+        k=k,
+        tau=tau,
+        rho=rho,
+        axis=axis,
+        maps=maps,
+        batch_size=batch_size,
+        num_images=num_images,
+        device=device,
+        dtype=dtype,
+        cka_chunk=cka_chunk,
+        num_examples=num_examples,
+        progress=progress,
         num_workers=num_workers,
-    )  # fmt: skip
+    )
     (result,), _ = _run([model], images, settings)
     return result
 
@@ -654,9 +699,19 @@ def compare(
     block outputs (L_A, L_B). Each model gets PIL/disk images through its own data
     config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
     settings = Settings(
-        k=k, tau=tau, rho=rho, axis=axis, maps=maps, batch_size=batch_size, num_images=num_images,
-        device=device, dtype=dtype, cka_chunk=cka_chunk, num_examples=num_examples, progress=progress,
+        k=k,
+        tau=tau,
+        rho=rho,
+        axis=axis,
+        maps=maps,
+        batch_size=batch_size,
+        num_images=num_images,
+        device=device,
+        dtype=dtype,
+        cka_chunk=cka_chunk,
+        num_examples=num_examples,
+        progress=progress,
         num_workers=num_workers,
-    )  # fmt: skip
+    )
     (result_a, result_b), cka_ab = _run([model_a, model_b], images, settings)
     return ComparisonResult(result_a, result_b, cka_ab)

@@ -24,6 +24,7 @@ Each forward writes straight into per-forward buffers of shape (L, B, H, T, T) a
 (L, B, T, D) (or, with ``reuse_buffers``, into the previous forward's), so no per-block
 list is stacked afterwards and nothing leaves the device.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -70,7 +71,9 @@ def transformer_blocks(model: nn.Module) -> Sequence[nn.Module]:
     """The model's list of transformer blocks (``model.blocks``), or a DiagError."""
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
-        raise DiagError(f"cannot capture attention from {type(model).__name__}: it has no `blocks` list of transformer blocks")
+        raise DiagError(
+            f"cannot capture attention from {type(model).__name__}: it has no `blocks` list of transformer blocks"
+        )
     return blocks
 
 
@@ -264,7 +267,11 @@ class AttentionRecorder:
     def _attach_maps(self, slot: int, attn: nn.Module) -> None:
         post_differs = self._post is not None
         if isinstance(attn, ReAttention) and (attn.apply_transform or not attn.fused_attn):
-            self._handles.append(attn.hook_pre.register_forward_hook(self._on_output(slot, also_post=post_differs and not attn.apply_transform)))
+            self._handles.append(
+                attn.hook_pre.register_forward_hook(
+                    self._on_output(slot, also_post=post_differs and not attn.apply_transform)
+                )
+            )
             if attn.apply_transform:
                 self._handles.append(attn.hook_post.register_forward_hook(self._on_output(slot, post=True)))
         elif not attn.fused_attn:  # timm Attention, non-fused: softmax maps enter attn_drop
@@ -310,7 +317,9 @@ class AttentionRecorder:
     def _on_block_output(self, slot: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if not isinstance(output, torch.Tensor):
-                raise DiagError(f"block {self.blocks[slot]} returned {type(output).__name__}, expected a token tensor (B, T, D)")
+                raise DiagError(
+                    f"block {self.blocks[slot]} returned {type(output).__name__}, expected a token tensor (B, T, D)"
+                )
             self._hidden.write(slot, output)
 
         return hook
@@ -350,7 +359,9 @@ def as_batch(model: nn.Module, images: torch.Tensor | Sequence[Image.Image]) -> 
         return images
     if isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
         return preprocess(model, images)
-    raise DiagError(f"images must be a (B, C, H, W) tensor or a non-empty list of PIL images, got {type(images).__name__}")
+    raise DiagError(
+        f"images must be a (B, C, H, W) tensor or a non-empty list of PIL images, got {type(images).__name__}"
+    )
 
 
 @contextmanager

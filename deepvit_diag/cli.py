@@ -4,6 +4,7 @@ Each sub-command is an ``add_<name>(subparsers)`` function that registers its op
 and a ``run`` callback; ``main`` turns every expected failure into a one-line
 ``error: ...`` and exit status 1 (2 for usage errors, from argparse).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,11 @@ def run_train(args: argparse.Namespace) -> None:
     overrides = {
         k: v
         for k, v in dict(
-            embed_dim=args.embed_dim, num_heads=args.num_heads, depth=args.depth, img_size=args.img_size, patch_size=args.patch_size
+            embed_dim=args.embed_dim,
+            num_heads=args.num_heads,
+            depth=args.depth,
+            img_size=args.img_size,
+            patch_size=args.patch_size,
         ).items()
         if v is not None
     }
@@ -69,7 +74,9 @@ def run_train(args: argparse.Namespace) -> None:
     card["preset"] = args.preset
     card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
     save_native(model, args.out, card=card, dtype=torch.float16 if args.fp16 else None)
-    print(f"saved {args.out}: test accuracy {card['test_accuracy']:.1%} after {args.epochs} epochs ({card['train_seconds']:.0f} s)")
+    print(
+        f"saved {args.out}: test accuracy {card['test_accuracy']:.1%} after {args.epochs} epochs ({card['train_seconds']:.0f} s)"
+    )
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -97,9 +104,16 @@ def run_models(args: argparse.Namespace) -> None:
 
 # load_model overrides (timm's constructor names) the import command accepts: everything the loader may guess.
 IMPORT_OVERRIDES = {
-    "num_heads": dict(type=int), "embed_dim": dict(type=int), "depth": dict(type=int), "mlp_ratio": dict(type=float),
-    "img_size": dict(type=int), "patch_size": dict(type=int), "num_classes": dict(type=int), "in_chans": dict(type=int),
-    "global_pool": dict(choices=["token", "avg"]), "transform_scale": dict(action=argparse.BooleanOptionalAction),
+    "num_heads": dict(type=int),
+    "embed_dim": dict(type=int),
+    "depth": dict(type=int),
+    "mlp_ratio": dict(type=float),
+    "img_size": dict(type=int),
+    "patch_size": dict(type=int),
+    "num_classes": dict(type=int),
+    "in_chans": dict(type=int),
+    "global_pool": dict(choices=["token", "avg"]),
+    "transform_scale": dict(action=argparse.BooleanOptionalAction),
 }
 
 
@@ -114,7 +128,9 @@ def add_import(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as", dest="name", required=True, help="store name to load it by later, e.g. vit32 or my_vit")
     p.add_argument("--arch", help="what the weights cannot say: a preset, official DeepViT or timm model name")
     for key, options in IMPORT_OVERRIDES.items():
-        p.add_argument("--" + key.replace("_", "-"), dest=key, help=f"{key} of the model (timm's argument name)", **options)
+        p.add_argument(
+            "--" + key.replace("_", "-"), dest=key, help=f"{key} of the model (timm's argument name)", **options
+        )
     p.add_argument("--force", action="store_true", help="replace an existing store entry of that name")
     p.set_defaults(run=run_import)
 
@@ -167,38 +183,92 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``compare`` and ``analyze`` (metric parameters: REFERENCE.md section 4)."""
-    p.add_argument("--images", nargs="+", metavar="SRC",
-                   help="images to analyse: a folder (searched recursively, ImageFolder layouts work), image files, "
-                   "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
-                   "default: the set the model cards name, else 'photos'")
-    p.add_argument("--num-images", type=_int_at_least(1), metavar="N", help="analyse only the first N usable images (default: all)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="B",
-                   help="images per forward pass (default 32; halved automatically on CUDA out-of-memory)")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="SRC",
+        help="images to analyse: a folder (searched recursively, ImageFolder layouts work), image files, "
+        "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
+        "default: the set the model cards name, else 'photos'",
+    )
+    p.add_argument(
+        "--num-images", type=_int_at_least(1), metavar="N", help="analyse only the first N usable images (default: all)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=32,
+        metavar="B",
+        help="images per forward pass (default 32; halved automatically on CUDA out-of-memory)",
+    )
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present, the default), 'cpu' or 'cuda[:N]'")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="compute dtype of the forward passes (default float32; metrics are always accumulated in float32)")
-    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
-                   help="processes that decode and resize images while the model runs "
-                   "(default: 0 on the CPU, up to 8 on a GPU, one fewer than the cores)")
-    p.add_argument("--out", type=Path, default=Path("deepvit-diag-report"), metavar="DIR",
-                   help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)")
-    p.add_argument("--k", type=_int_at_least(1), default=2,
-                   help="neighbouring blocks on each side that a block's similarity ratio compares with (default 2)")
-    p.add_argument("--tau", type=_unit_interval, default=0.5,
-                   help="cosine similarity above which an attention vector counts as similar to its neighbours' (default 0.5)")
-    p.add_argument("--rho", type=_unit_interval, default=0.9,
-                   help="similarity ratio above which a block counts as similar, as in the paper's Fig. 3 (default 0.9)")
-    p.add_argument("--axis", choices=["columns", "rows"], default="columns",
-                   help="compare attention columns (what each token contributes, paper Eqn 2; default) or rows (what each token attends to)")
-    p.add_argument("--maps", choices=["pre", "post"], default="post",
-                   help="maps the headline numbers use in Re-attention blocks: 'post' (after Theta, what multiplies V; default) "
-                   "or 'pre' (the softmax maps); plain ViT blocks have only one kind")
-    p.add_argument("--examples", type=_int_at_least(0), default=2, metavar="N",
-                   help="images whose per-head CLS attention maps the report draws (default 2)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="compute dtype of the forward passes (default float32; metrics are always accumulated in float32)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(0),
+        metavar="N",
+        help="processes that decode and resize images while the model runs "
+        "(default: 0 on the CPU, up to 8 on a GPU, one fewer than the cores)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("deepvit-diag-report"),
+        metavar="DIR",
+        help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)",
+    )
+    p.add_argument(
+        "--k",
+        type=_int_at_least(1),
+        default=2,
+        help="neighbouring blocks on each side that a block's similarity ratio compares with (default 2)",
+    )
+    p.add_argument(
+        "--tau",
+        type=_unit_interval,
+        default=0.5,
+        help="cosine similarity above which an attention vector counts as similar to its neighbours' (default 0.5)",
+    )
+    p.add_argument(
+        "--rho",
+        type=_unit_interval,
+        default=0.9,
+        help="similarity ratio above which a block counts as similar, as in the paper's Fig. 3 (default 0.9)",
+    )
+    p.add_argument(
+        "--axis",
+        choices=["columns", "rows"],
+        default="columns",
+        help="compare attention columns (what each token contributes, paper Eqn 2; default) or rows (what each token attends to)",
+    )
+    p.add_argument(
+        "--maps",
+        choices=["pre", "post"],
+        default="post",
+        help="maps the headline numbers use in Re-attention blocks: 'post' (after Theta, what multiplies V; default) "
+        "or 'pre' (the softmax maps); plain ViT blocks have only one kind",
+    )
+    p.add_argument(
+        "--examples",
+        type=_int_at_least(0),
+        default=2,
+        metavar="N",
+        help="images whose per-head CLS attention maps the report draws (default 2)",
+    )
     chatter = p.add_mutually_exclusive_group()
-    chatter.add_argument("--quiet", action="store_true", help="print nothing but errors (the output folder is still written)")
-    chatter.add_argument("--json", action="store_true",
-                         help="print the summary as JSON on stdout and nothing else there (block indices 0-based)")
+    chatter.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors (the output folder is still written)"
+    )
+    chatter.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as JSON on stdout and nothing else there (block indices 0-based)",
+    )
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
@@ -208,10 +278,18 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         description="Run two checkpoints over the same images, print the attention-collapse numbers of both side by side "
         "with one sentence per finding, and write result.json, arrays.npz and a self-contained report.html.",
     )
-    p.add_argument("--ckpt-a", required=True, metavar="SPEC",
-                   help="first model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name")
+    p.add_argument(
+        "--ckpt-a",
+        required=True,
+        metavar="SPEC",
+        help="first model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name",
+    )
     p.add_argument("--ckpt-b", required=True, metavar="SPEC", help="second model, same forms as --ckpt-a")
-    p.add_argument("--arch-a", metavar="NAME", help="architecture of --ckpt-a when its weights cannot say (preset, official or timm name)")
+    p.add_argument(
+        "--arch-a",
+        metavar="NAME",
+        help="architecture of --ckpt-a when its weights cannot say (preset, official or timm name)",
+    )
     p.add_argument("--arch-b", metavar="NAME", help="architecture of --ckpt-b when its weights cannot say")
     _add_analysis_options(p)
     p.set_defaults(run=run_compare)
@@ -224,9 +302,15 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         description="Run one checkpoint over images, print its attention-collapse numbers and write result.json, "
         "arrays.npz and a self-contained report.html.",
     )
-    p.add_argument("--ckpt", required=True, metavar="SPEC",
-                   help="the model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name")
-    p.add_argument("--arch", metavar="NAME", help="architecture when the weights cannot say (preset, official or timm name)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        metavar="SPEC",
+        help="the model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name",
+    )
+    p.add_argument(
+        "--arch", metavar="NAME", help="architecture when the weights cannot say (preset, official or timm name)"
+    )
     _add_analysis_options(p)
     p.set_defaults(run=run_analyze)
 
@@ -241,7 +325,9 @@ def _model_label(spec: str, side: str | None = None) -> str:
 def _warnings_as_lines(quiet: bool) -> Iterator[None]:
     """Library warnings (skipped images, guessed architecture, ...) as one ``warning: ...`` line each."""
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: None if quiet else print(f"warning: {message}", file=sys.stderr)
+        warnings.showwarning = lambda message, *_, **__: (
+            None if quiet else print(f"warning: {message}", file=sys.stderr)
+        )
         yield
 
 
@@ -264,10 +350,19 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
     _check_out(args.out)
     resolve_device(args.device)  # an unusable --device fails before the models are loaded
     options = dict(
-        k=args.k, tau=args.tau, rho=args.rho, axis=args.axis, maps=args.maps, batch_size=args.batch_size,
-        num_images=args.num_images, device=args.device, dtype=args.dtype, num_examples=args.examples, progress=not args.quiet,
+        k=args.k,
+        tau=args.tau,
+        rho=args.rho,
+        axis=args.axis,
+        maps=args.maps,
+        batch_size=args.batch_size,
+        num_images=args.num_images,
+        device=args.device,
+        dtype=args.dtype,
+        num_examples=args.examples,
+        progress=not args.quiet,
         num_workers=args.workers,
-    )  # fmt: skip
+    )
     with _warnings_as_lines(args.quiet):
         models = [load_model(spec, arch=arch) for spec, arch in specs]
         sources = args.images or [default_image_set(models)]
@@ -291,8 +386,11 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    _run_analysis(args, [(args.ckpt_a, args.arch_a), (args.ckpt_b, args.arch_b)],
-                  [_model_label(args.ckpt_a, "A"), _model_label(args.ckpt_b, "B")])  # fmt: skip
+    _run_analysis(
+        args,
+        [(args.ckpt_a, args.arch_a), (args.ckpt_b, args.arch_b)],
+        [_model_label(args.ckpt_a, "A"), _model_label(args.ckpt_b, "B")],
+    )
 
 
 def run_analyze(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
 """Data that ships with the dependencies: the scikit-learn digits with a fixed split."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Device selection shared by training, analysis and the CLI."""
+
 from __future__ import annotations
 
 import torch

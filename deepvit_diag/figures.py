@@ -12,6 +12,7 @@ Conventions, for every figure:
   same colour means the same number in A and B;
 * a model keeps its colour across figures (first label blue, second orange, ...).
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,7 +74,9 @@ def _finish(fig: go.Figure, title: str, height: int) -> go.Figure:
 
 
 def _no_data_note(fig: go.Figure, text: str) -> None:
-    fig.add_annotation(text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font={"size": 14, "color": "#666"})
+    fig.add_annotation(
+        text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font={"size": 14, "color": "#666"}
+    )
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -97,7 +100,10 @@ def _square_heatmap_axes(
         suffix = "" if index == 1 else str(index)
         fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **ticks)
         fig.layout[f"yaxis{suffix}"].update(
-            title=y_title if (index - 1) % columns == 0 else None, autorange="reversed", scaleanchor=f"x{suffix}", **ticks
+            title=y_title if (index - 1) % columns == 0 else None,
+            autorange="reversed",
+            scaleanchor=f"x{suffix}",
+            **ticks,
         )
 
 
@@ -130,23 +136,37 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
         blocks = _blocks(len(matrix))
         fig.add_trace(
             go.Heatmap(
-                z=matrix, x=blocks, y=blocks, coloraxis="coloraxis", name=label,
+                z=matrix,
+                x=blocks,
+                y=blocks,
+                coloraxis="coloraxis",
+                name=label,
                 hovertemplate="block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>",
             ),
-            row=1, col=column,
-        )  # fmt: skip
-    similarity_bar = {"title": {"text": "similarity" + (f"<br>({_short(labels[0])}, {_short(labels[1])})" if len(labels) == 2 else "")},
-                      "len": 0.8}  # fmt: skip
+            row=1,
+            col=column,
+        )
+    similarity_bar = {
+        "title": {
+            "text": "similarity" + (f"<br>({_short(labels[0])}, {_short(labels[1])})" if len(labels) == 2 else "")
+        },
+        "len": 0.8,
+    }
     if with_difference:
         difference = matrices[1] - matrices[0]
         blocks = _blocks(len(difference))
         fig.add_trace(
             go.Heatmap(
-                z=difference, x=blocks, y=blocks, coloraxis="coloraxis2", name="difference",
+                z=difference,
+                x=blocks,
+                y=blocks,
+                coloraxis="coloraxis2",
+                name="difference",
                 hovertemplate="block %{y} vs block %{x}<br>difference %{z:+.3f}<extra>" + titles[-1] + "</extra>",
             ),
-            row=1, col=len(titles),
-        )  # fmt: skip
+            row=1,
+            col=len(titles),
+        )
         # Panels A and B close together, then room for their colour bar before B - A,
         # whose own bar sits in the right margin.
         gap, bar_gap = 0.04, 0.15
@@ -156,9 +176,12 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
             fig.layout[f"xaxis{'' if index == 1 else index}"].update(domain=domain, constraintoward="right")
         similarity_bar.update(x=domains[1][1] + 0.01, xanchor="left")
         difference_title = f"difference<br>{_short(labels[1])} − {_short(labels[0])}"
-        fig.update_layout(coloraxis2={
-            **_symmetric_scale([difference]), "colorbar": {"title": {"text": difference_title}, "x": 1.01, "xanchor": "left", "len": 0.8},
-        })  # fmt: skip
+        fig.update_layout(
+            coloraxis2={
+                **_symmetric_scale([difference]),
+                "colorbar": {"title": {"text": difference_title}, "x": 1.01, "xanchor": "left", "len": 0.8},
+            }
+        )
     fig.update_layout(coloraxis={**_similarity_scale(matrices), "colorbar": similarity_bar})
     _square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
     _titles_over_panels(fig)
@@ -195,15 +218,27 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
         blocks = _blocks(len(ratio))
         fig.add_trace(
             go.Scatter(
-                x=blocks, y=ratio, mode="lines+markers", name=label, line={"color": _colour(index)},
-                marker={"size": 9, "symbol": ["circle" if block in similar else "circle-open" for block in range(len(ratio))]},
+                x=blocks,
+                y=ratio,
+                mode="lines+markers",
+                name=label,
+                line={"color": _colour(index)},
+                marker={
+                    "size": 9,
+                    "symbol": ["circle" if block in similar else "circle-open" for block in range(len(ratio))],
+                },
                 customdata=["similar" if block in similar else "not similar" for block in range(len(ratio))],
                 hovertemplate="block %{x}: ratio %{y:.3f} (%{customdata})<extra>" + label + "</extra>",
             )
-        )  # fmt: skip
+        )
         rhos.add(result.params["rho"])
     for rho in sorted(rhos):
-        fig.add_hline(y=rho, line={"dash": "dash", "color": "#c0392b"}, annotation_text=f"rho = {rho:g}", annotation_position="top left")
+        fig.add_hline(
+            y=rho,
+            line={"dash": "dash", "color": "#c0392b"},
+            annotation_text=f"rho = {rho:g}",
+            annotation_position="top left",
+        )
     kind = _maps(next(iter(results.values())), maps)
     _block_axis(fig, results)
     fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
@@ -230,10 +265,14 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
         values = result.cross_head_mean(maps)
         fig.add_trace(
             go.Scatter(
-                x=_blocks(len(values)), y=values, mode="lines+markers", name=label, line={"color": _colour(index)},
+                x=_blocks(len(values)),
+                y=values,
+                mode="lines+markers",
+                name=label,
+                line={"color": _colour(index)},
                 hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
             )
-        )  # fmt: skip
+        )
     kind = _maps(next(iter(results.values())), maps)
     _block_axis(fig, results)
     fig.update_yaxes(title="mean cross-head similarity")
@@ -251,11 +290,15 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
         heads = _blocks(len(matrix))
         fig.add_trace(
             go.Heatmap(
-                z=matrix, x=heads, y=heads, coloraxis="coloraxis",
+                z=matrix,
+                x=heads,
+                y=heads,
+                coloraxis="coloraxis",
                 hovertemplate="head %{y} vs head %{x}<br>similarity %{z:.3f}<extra>" + title + "</extra>",
             ),
-            row=1, col=column,
-        )  # fmt: skip
+            row=1,
+            col=column,
+        )
     fig.update_layout(coloraxis={**_similarity_scale(matrices), "colorbar": {"title": "similarity"}})
     _square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
     kind = _maps(results[labels[0]], maps)
@@ -275,21 +318,31 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     columns = min(len(infos), 6)
     rows = math.ceil(len(infos) / columns)
     titles = [f"block {block + 1}" for block in infos]
-    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.12 / rows + 0.04)
+    fig = make_subplots(
+        rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.12 / rows + 0.04
+    )
     for position, (block, info) in enumerate(infos.items()):
         heads = _blocks(len(info.theta))
         distances = f"distance from identity {info.distance_from_identity:.2f}, from a permutation {info.distance_from_permutation:.2f}"
         fig.add_trace(
             go.Heatmap(
-                z=info.theta, x=heads, y=heads, coloraxis="coloraxis",
+                z=info.theta,
+                x=heads,
+                y=heads,
+                coloraxis="coloraxis",
                 hovertemplate=f"block {block + 1}: input head %{{y}} to output head %{{x}}<br>Θ = %{{z:.3f}}<br>{distances}<extra></extra>",
             ),
-            row=position // columns + 1, col=position % columns + 1,
-        )  # fmt: skip
-    fig.update_layout(coloraxis={**_symmetric_scale([info.theta for info in infos.values()]), "colorbar": {"title": "Θ"}})
+            row=position // columns + 1,
+            col=position % columns + 1,
+        )
+    fig.update_layout(
+        coloraxis={**_symmetric_scale([info.theta for info in infos.values()]), "colorbar": {"title": "Θ"}}
+    )
     _square_heatmap_axes(fig, len(infos), "output head", "input head", result.model["num_heads"], columns, labels=6)
     prefix = f"{label}: " if label else ""
-    fig = _finish(fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 150 + 210 * rows)
+    fig = _finish(
+        fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 150 + 210 * rows
+    )
     # A fixed width keeps the small panels square without empty bands between the rows
     # (at least wide enough for the title when there are only a few blocks).
     return fig.update_layout(width=max(760, 160 + 170 * columns))
@@ -307,19 +360,25 @@ def _per_head_curves(results: Results, array: str, y_title: str, title: str) -> 
         heads = values.shape[1]
         fig.add_trace(
             go.Scatter(
-                x=np.repeat(blocks, heads), y=values.reshape(-1), mode="markers", name=f"{label}, each head",
+                x=np.repeat(blocks, heads),
+                y=values.reshape(-1),
+                mode="markers",
+                name=f"{label}, each head",
                 marker={"color": _colour(index), "size": 5, "opacity": 0.35},
                 customdata=np.tile(np.arange(1, heads + 1), len(blocks)),
                 hovertemplate="block %{x}, head %{customdata}: %{y:.3f}<extra>" + label + "</extra>",
             )
-        )  # fmt: skip
+        )
         fig.add_trace(
             go.Scatter(
-                x=blocks, y=values.mean(axis=1), mode="lines+markers", name=f"{label}, mean over heads",
+                x=blocks,
+                y=values.mean(axis=1),
+                mode="lines+markers",
+                name=f"{label}, mean over heads",
                 line={"color": _colour(index), "width": 2.5},
                 hovertemplate="block %{x}: mean %{y:.3f}<extra>" + label + "</extra>",
             )
-        )  # fmt: skip
+        )
     _block_axis(fig, results)
     fig.update_yaxes(title=y_title)
     return _finish(fig, title, 420)
@@ -331,16 +390,21 @@ def entropy_curves(results: Results) -> go.Figure:
     fig = _per_head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
     for num_tokens in sorted({result.model["num_tokens"] for result in results.values()}):
         fig.add_hline(
-            y=math.log(num_tokens), line={"dash": "dot", "color": "#777"},
-            annotation_text=f"uniform attention over {num_tokens} tokens (ln T)", annotation_position="bottom right",
-        )  # fmt: skip
+            y=math.log(num_tokens),
+            line={"dash": "dot", "color": "#777"},
+            annotation_text=f"uniform attention over {num_tokens} tokens (ln T)",
+            annotation_position="bottom right",
+        )
     return fig
 
 
 def attention_distance_curves(results: Results) -> go.Figure:
     """Mean attention distance in pixels per block and head (softmax maps)."""
     return _per_head_curves(
-        results, "attention_distance", "mean attention distance (pixels)", "Mean attention distance per block (softmax maps)"
+        results,
+        "attention_distance",
+        "mean attention distance (pixels)",
+        "Mean attention distance per block (softmax maps)",
     )
 
 
@@ -350,10 +414,14 @@ def _model_curves(results: Results, array: str, y_title: str, title: str) -> go.
         values = result.arrays[array]
         fig.add_trace(
             go.Scatter(
-                x=_blocks(len(values)), y=values, mode="lines+markers", name=label, line={"color": _colour(index)},
+                x=_blocks(len(values)),
+                y=values,
+                mode="lines+markers",
+                name=label,
+                line={"color": _colour(index)},
                 hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
             )
-        )  # fmt: skip
+        )
     _block_axis(fig, results)
     fig.update_yaxes(title=y_title)
     return _finish(fig, title, 380)
@@ -362,14 +430,20 @@ def _model_curves(results: Results, array: str, y_title: str, title: str) -> go.
 def token_similarity_curves(results: Results) -> go.Figure:
     """Mean pairwise cosine similarity of patch tokens after each block (over-smoothing)."""
     return _model_curves(
-        results, "token_similarity", "mean token cosine similarity", "Token similarity after each block (higher: over-smoothed tokens)"
+        results,
+        "token_similarity",
+        "mean token cosine similarity",
+        "Token similarity after each block (higher: over-smoothed tokens)",
     )
 
 
 def rank_residual_curves(results: Results) -> go.Figure:
     """Rank-collapse residual of each block's output (Dong et al. 2021; 0 = rank one)."""
     return _model_curves(
-        results, "rank_residual", "relative residual to rank one", "Rank-collapse residual after each block (lower: closer to rank one)"
+        results,
+        "rank_residual",
+        "relative residual to rank one",
+        "Rank-collapse residual after each block (lower: closer to rank one)",
     )
 
 
@@ -379,11 +453,15 @@ def rank_residual_curves(results: Results) -> go.Figure:
 def _cka_panel(fig: go.Figure, matrix: np.ndarray, column: int, hover: str) -> None:
     fig.add_trace(
         go.Heatmap(
-            z=matrix, x=_blocks(matrix.shape[1]), y=_blocks(matrix.shape[0]), coloraxis="coloraxis",
+            z=matrix,
+            x=_blocks(matrix.shape[1]),
+            y=_blocks(matrix.shape[0]),
+            coloraxis="coloraxis",
             hovertemplate=hover + "<br>CKA %{z:.3f}<extra></extra>",
         ),
-        row=1, col=column,
-    )  # fmt: skip
+        row=1,
+        col=column,
+    )
 
 
 def _cka_note(fig: go.Figure, matrices: list[np.ndarray]) -> None:
@@ -450,7 +528,9 @@ def _domains(count: int, gap: float) -> list[list[float]]:
     return [[index * (size + gap), index * (size + gap) + size] for index in range(count)]
 
 
-def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int] | None = None, label: str = "") -> go.Figure:
+def cls_attention(
+    result: AnalysisResult, example: int = 0, blocks: Sequence[int] | None = None, label: str = ""
+) -> go.Figure:
     """The CLS token's attention to every patch, per head, drawn over example image
     ``example``, for ``blocks`` (0-based; default first, middle and last).
 
@@ -479,29 +559,63 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
     data, images_layout, layout = [], [], {}
     for row, (block, kind) in enumerate(rows):
         weights = result.arrays[f"example_cls_{kind}"][example, block]
-        row_name = f"block {block + 1}" + ({"pre": "<br>pre-Θ", "post": "<br>post-Θ"}[kind] if block in reattention else "")
+        row_name = f"block {block + 1}" + (
+            {"pre": "<br>pre-Θ", "post": "<br>post-Θ"}[kind] if block in reattention else ""
+        )
         row_colour = OVERLAY_TITLE_COLOURS[kind] if reattention else None
         for head in range(num_heads):
             axis = row * num_heads + head + 1
             suffix = "" if axis == 1 else str(axis)
-            data.append({
-                "type": "heatmap", "z": weights[head], "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
-                "x0": width / grid_w / 2, "dx": width / grid_w, "y0": height / grid_h / 2, "dy": height / grid_h,
-                "coloraxis": "coloraxis2" if kind == "post" else "coloraxis", "opacity": 0.6, "customdata": patch_numbers,
-                "hovertemplate": (f"block {block + 1} ({kind}), head {head + 1}<br>patch row %{{customdata[1]}}, "
-                                  "column %{customdata[0]}<br>CLS weight %{z:.4f}<extra></extra>"),
-            })  # fmt: skip
-            images_layout.append({
-                "source": source, "xref": f"x{suffix}", "yref": f"y{suffix}", "x": 0, "y": 0, "sizex": width, "sizey": height,
-                "sizing": "stretch", "layer": "below",
-            })  # fmt: skip
-            layout[f"xaxis{suffix}"] = {"domain": x_domains[head], "anchor": f"y{suffix}", "range": [0, width],
-                                        "showticklabels": False, "showgrid": False, "zeroline": False}  # fmt: skip
+            data.append(
+                {
+                    "type": "heatmap",
+                    "z": weights[head],
+                    "xaxis": f"x{suffix}",
+                    "yaxis": f"y{suffix}",
+                    "x0": width / grid_w / 2,
+                    "dx": width / grid_w,
+                    "y0": height / grid_h / 2,
+                    "dy": height / grid_h,
+                    "coloraxis": "coloraxis2" if kind == "post" else "coloraxis",
+                    "opacity": 0.6,
+                    "customdata": patch_numbers,
+                    "hovertemplate": (
+                        f"block {block + 1} ({kind}), head {head + 1}<br>patch row %{{customdata[1]}}, "
+                        "column %{customdata[0]}<br>CLS weight %{z:.4f}<extra></extra>"
+                    ),
+                }
+            )
+            images_layout.append(
+                {
+                    "source": source,
+                    "xref": f"x{suffix}",
+                    "yref": f"y{suffix}",
+                    "x": 0,
+                    "y": 0,
+                    "sizex": width,
+                    "sizey": height,
+                    "sizing": "stretch",
+                    "layer": "below",
+                }
+            )
+            layout[f"xaxis{suffix}"] = {
+                "domain": x_domains[head],
+                "anchor": f"y{suffix}",
+                "range": [0, width],
+                "showticklabels": False,
+                "showgrid": False,
+                "zeroline": False,
+            }
             layout[f"yaxis{suffix}"] = {
-                "domain": y_domains[row], "anchor": f"x{suffix}", "range": [height, 0], "scaleanchor": f"x{suffix}",
-                "showticklabels": False, "showgrid": False, "zeroline": False,
+                "domain": y_domains[row],
+                "anchor": f"x{suffix}",
+                "range": [height, 0],
+                "scaleanchor": f"x{suffix}",
+                "showticklabels": False,
+                "showgrid": False,
+                "zeroline": False,
                 "title": {"text": row_name if head == 0 else None, "font": {"size": 12, "color": row_colour}},
-            }  # fmt: skip
+            }
     # Rows alternate pre and post, so the bars do not stack (top half next to which row?):
     # both span the full height side by side, titled by the rows they belong to.
     bar = {"len": 0.9, "y": 0.5, "thickness": 18, "xanchor": "left", "x": 1.02}
@@ -510,20 +624,39 @@ def cls_attention(result: AnalysisResult, example: int = 0, blocks: Sequence[int
         pre_title = {"text": "pre-Θ rows:<br>softmax<br>weight", "font": {"color": OVERLAY_TITLE_COLOURS["pre"]}}
     layout["coloraxis"] = {"colorscale": OVERLAY_SCALES["pre"], "colorbar": {**bar, "title": pre_title}}
     if has_post:
-        layout["coloraxis2"] = {"colorscale": OVERLAY_SCALES["post"], "colorbar": {
-            **bar, "title": {"text": "post-Θ rows:<br>weight<br>after Θ", "font": {"color": OVERLAY_TITLE_COLOURS["post"]}}}}  # fmt: skip
+        layout["coloraxis2"] = {
+            "colorscale": OVERLAY_SCALES["post"],
+            "colorbar": {
+                **bar,
+                "title": {
+                    "text": "post-Θ rows:<br>weight<br>after Θ",
+                    "font": {"color": OVERLAY_TITLE_COLOURS["post"]},
+                },
+            },
+        }
     layout["images"] = images_layout
     layout["annotations"] = [
-        {"text": f"head {head + 1}", "xref": "paper", "yref": "paper", "x": sum(x_domains[head]) / 2, "y": 1.0,
-         "xanchor": "center", "yanchor": "bottom", "showarrow": False}
+        {
+            "text": f"head {head + 1}",
+            "xref": "paper",
+            "yref": "paper",
+            "x": sum(x_domains[head]) / 2,
+            "y": 1.0,
+            "xanchor": "center",
+            "yanchor": "bottom",
+            "showarrow": False,
+        }
         for head in range(num_heads)
-    ]  # fmt: skip
+    ]
     # Square panels as large as fit a ~1180 px wide page (the report's figure width).
     right = 220 if has_post else 120  # room for one or two colour bars side by side
     panel = max(60, min(160, (1100 - right) // num_heads))
     prefix = f"{label}: " if label else ""
-    fig = _finish(go.Figure(data=data, layout=layout), f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
-                  120 + panel * len(rows))  # fmt: skip
+    fig = _finish(
+        go.Figure(data=data, layout=layout),
+        f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
+        120 + panel * len(rows),
+    )
     fig.update_layout(width=80 + right + panel * num_heads, margin={"l": 80, "r": right, "t": 100, "b": 20})
     if has_post:  # the post-Θ bar right of the pre-Θ one, in pixels of the panels' width
         fig.layout.coloraxis2.colorbar.x = 1.02 + 100 / (panel * num_heads)

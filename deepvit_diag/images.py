@@ -7,6 +7,7 @@ a source with no usable image at all is a ``DiagError``. ``ImageSet.batches`` de
 and preprocesses in worker processes (a torch ``DataLoader``), so a GPU need not wait
 for JPEG decoding.
 """
+
 from __future__ import annotations
 
 import glob
@@ -32,8 +33,17 @@ def _photo_paths() -> list[Path]:
 
     sklearn_dir = Path(sklearn.datasets.__file__).parent / "images"
     skimage_dir = Path(skimage.data.__file__).parent
-    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "coins.png", "moon.png",
-             "hubble_deep_field.jpg", "ihc.png"]  # fmt: skip
+    names = [
+        "astronaut.png",
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "camera.png",
+        "coins.png",
+        "moon.png",
+        "hubble_deep_field.jpg",
+        "ihc.png",
+    ]
     return [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg", *(skimage_dir / n for n in names)]
 
 
@@ -105,7 +115,11 @@ class ImageSet:
     @classmethod
     def of_images(cls, images: Sequence[Image.Image]) -> ImageSet:
         """A set of images already in memory, in any mode (handed out as RGB, as every set)."""
-        return cls(f"{len(images)} PIL images", [f"image {i}" for i in range(len(images))], [partial(to_rgb, image) for image in images])
+        return cls(
+            f"{len(images)} PIL images",
+            [f"image {i}" for i in range(len(images))],
+            [partial(to_rgb, image) for image in images],
+        )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -121,7 +135,11 @@ class ImageSet:
         return self.loaders[index]()
 
     def batches(
-        self, transforms: Sequence[Callable[[Image.Image], torch.Tensor]], batch_size: int, *, num_workers: int = 0,
+        self,
+        transforms: Sequence[Callable[[Image.Image], torch.Tensor]],
+        batch_size: int,
+        *,
+        num_workers: int = 0,
         pin_memory: bool = False,
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """The images in order, ``batch_size`` at a time, as one (B, C, H, W) tensor per
@@ -130,10 +148,15 @@ class ImageSet:
         asynchronous copies to a GPU. Images that fail are skipped as in ``__iter__``, so
         a batch may hold fewer than ``batch_size``. A worker that dies (out of memory, a
         full /dev/shm in a container) is a ``DiagError``."""
-        loader = iter(DataLoader(
-            _Transformed(self.loaders, tuple(transforms)), batch_size=batch_size, num_workers=num_workers,
-            pin_memory=pin_memory, collate_fn=_stack_usable,
-        ))  # fmt: skip
+        loader = iter(
+            DataLoader(
+                _Transformed(self.loaders, tuple(transforms)),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+                collate_fn=_stack_usable,
+            )
+        )
         while True:
             try:
                 tensors, failures = next(loader)
@@ -197,7 +220,9 @@ def _expand(spec: str | Path) -> list[Path]:
         return _interleave_by_folder(files)
     if path.is_file():
         return [path]
-    raise DiagError(f"image source not found: {text} (give a folder, an image file, a glob or one of: {', '.join(BUNDLED_SETS)})")
+    raise DiagError(
+        f"image source not found: {text} (give a folder, an image file, a glob or one of: {', '.join(BUNDLED_SETS)})"
+    )
 
 
 def _interleave_by_folder(files: list[Path]) -> list[Path]:
@@ -260,7 +285,11 @@ def _bundled(name: str, limit: int | None) -> ImageSet:
     else:
         names, loaders = _digits_test()
         names, loaders = names[:limit], loaders[:limit]
-    return ImageSet(description=f"{len(names)} images of the bundled set '{name}': {BUNDLED_SETS[name]}", names=names, loaders=loaders)
+    return ImageSet(
+        description=f"{len(names)} images of the bundled set '{name}': {BUNDLED_SETS[name]}",
+        names=names,
+        loaders=loaders,
+    )
 
 
 def default_image_set(models: Sequence[object]) -> str:

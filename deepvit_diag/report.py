@@ -5,6 +5,7 @@ is a ``<div>`` plus a short inline script, and nothing is loaded from anywhere e
 ``src=``/``href=`` to other files or hosts). Numbers and sentences come from
 ``deepvit_diag.summary``, figures from ``deepvit_diag.figures``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -87,59 +88,129 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
     results = _labelled(result, labels)
     rho = next(iter(results.values())).params["rho"]
     items = [
-        ReportFigure("fig-layer-similarity", "Cross-layer similarity", (
-            "Cosine similarity between the attention maps of block p and block q (paper Eqn 2), averaged over images, "
-            "heads and tokens. A bright square block in the lower right means the deep blocks attend alike: attention collapse."
-            + (" The last panel is B minus A: blue where B's blocks are less alike than A's." if _same_depth(results) else "")
-        ), figures.layer_similarity(results)),
-        ReportFigure("fig-similarity-ratio", "Similarity ratio", (
-            f"Share of attention vectors of each block that are similar to the neighbouring blocks' (paper Fig. 3a). "
-            f"Blocks above the dashed line rho = {rho:g} count as similar (filled markers)."
-        ), figures.similarity_ratio(results)),
-        ReportFigure("fig-cross-head", "Heads", (
-            "Mean similarity between the attention maps of different heads of the same block (paper Fig. 3c). "
-            "Low values mean the heads look at different things."
-        ), figures.cross_head_curves(results)),
-        ReportFigure("fig-cross-head-last", "Heads", (
-            "Head-by-head similarity in the last block of each model, on one colour scale."
-        ), figures.cross_head_matrices(results)),
+        ReportFigure(
+            "fig-layer-similarity",
+            "Cross-layer similarity",
+            (
+                "Cosine similarity between the attention maps of block p and block q (paper Eqn 2), averaged over images, "
+                "heads and tokens. A bright square block in the lower right means the deep blocks attend alike: attention collapse."
+                + (
+                    " The last panel is B minus A: blue where B's blocks are less alike than A's."
+                    if _same_depth(results)
+                    else ""
+                )
+            ),
+            figures.layer_similarity(results),
+        ),
+        ReportFigure(
+            "fig-similarity-ratio",
+            "Similarity ratio",
+            (
+                f"Share of attention vectors of each block that are similar to the neighbouring blocks' (paper Fig. 3a). "
+                f"Blocks above the dashed line rho = {rho:g} count as similar (filled markers)."
+            ),
+            figures.similarity_ratio(results),
+        ),
+        ReportFigure(
+            "fig-cross-head",
+            "Heads",
+            (
+                "Mean similarity between the attention maps of different heads of the same block (paper Fig. 3c). "
+                "Low values mean the heads look at different things."
+            ),
+            figures.cross_head_curves(results),
+        ),
+        ReportFigure(
+            "fig-cross-head-last",
+            "Heads",
+            ("Head-by-head similarity in the last block of each model, on one colour scale."),
+            figures.cross_head_matrices(results),
+        ),
     ]
     for index, (label, analysis) in enumerate(results.items()):
         theta = figures.theta_heatmaps(analysis, label)
         if theta is not None:
-            items.append(ReportFigure(f"fig-theta-{index}", "Re-attention matrices Θ", (
-                f"{label}: the learned head-mixing matrix of each Re-attention block. The identity (a red diagonal) "
-                "would mean no mixing; hover a cell for the block's distance from identity and from a permutation."
-            ), theta))
+            items.append(
+                ReportFigure(
+                    f"fig-theta-{index}",
+                    "Re-attention matrices Θ",
+                    (
+                        f"{label}: the learned head-mixing matrix of each Re-attention block. The identity (a red diagonal) "
+                        "would mean no mixing; hover a cell for the block's distance from identity and from a permutation."
+                    ),
+                    theta,
+                )
+            )
     items += [
-        ReportFigure("fig-entropy", "Attention statistics per block", (
-            "Entropy of each head's softmax attention, averaged over queries and images; dots are single heads. "
-            "The dotted line is uniform attention."
-        ), figures.entropy_curves(results)),
-        ReportFigure("fig-attention-distance", "Attention statistics per block", (
-            "Mean distance in pixels between a query patch and the patches it attends to (ViT paper Fig. 7); dots are single heads."
-        ), figures.attention_distance_curves(results)),
-        ReportFigure("fig-token-similarity", "Attention statistics per block", (
-            "Mean cosine similarity between the patch tokens a block outputs (Gong et al. 2021): near 1 means over-smoothed tokens."
-        ), figures.token_similarity_curves(results)),
-        ReportFigure("fig-rank-residual", "Attention statistics per block", (
-            "Relative distance of each block's output from a rank-one matrix (Dong et al. 2021): near 0 means rank collapse."
-        ), figures.rank_residual_curves(results)),
-        ReportFigure("fig-cka-within", "Representation similarity (CKA)", (
-            "Linear CKA between the outputs of two blocks of the same model (Kornblith et al. 2019): 1 means the same representation."
-        ), figures.cka_within(results)),
+        ReportFigure(
+            "fig-entropy",
+            "Attention statistics per block",
+            (
+                "Entropy of each head's softmax attention, averaged over queries and images; dots are single heads. "
+                "The dotted line is uniform attention."
+            ),
+            figures.entropy_curves(results),
+        ),
+        ReportFigure(
+            "fig-attention-distance",
+            "Attention statistics per block",
+            (
+                "Mean distance in pixels between a query patch and the patches it attends to (ViT paper Fig. 7); dots are single heads."
+            ),
+            figures.attention_distance_curves(results),
+        ),
+        ReportFigure(
+            "fig-token-similarity",
+            "Attention statistics per block",
+            (
+                "Mean cosine similarity between the patch tokens a block outputs (Gong et al. 2021): near 1 means over-smoothed tokens."
+            ),
+            figures.token_similarity_curves(results),
+        ),
+        ReportFigure(
+            "fig-rank-residual",
+            "Attention statistics per block",
+            (
+                "Relative distance of each block's output from a rank-one matrix (Dong et al. 2021): near 0 means rank collapse."
+            ),
+            figures.rank_residual_curves(results),
+        ),
+        ReportFigure(
+            "fig-cka-within",
+            "Representation similarity (CKA)",
+            (
+                "Linear CKA between the outputs of two blocks of the same model (Kornblith et al. 2019): 1 means the same representation."
+            ),
+            figures.cka_within(results),
+        ),
     ]
     if isinstance(result, ComparisonResult):
-        items.append(ReportFigure("fig-cka-across", "Representation similarity (CKA)", (
-            f"Linear CKA between block i of {labels[0]} (rows) and block j of {labels[1]} (columns)."
-        ), figures.cka_across(result, labels[0], labels[1])))
+        items.append(
+            ReportFigure(
+                "fig-cka-across",
+                "Representation similarity (CKA)",
+                (f"Linear CKA between block i of {labels[0]} (rows) and block j of {labels[1]} (columns)."),
+                figures.cka_across(result, labels[0], labels[1]),
+            )
+        )
     for index, (label, analysis) in enumerate(results.items()):
         for example in range(len(analysis.arrays["example_images"])):
-            items.append(ReportFigure(f"fig-cls-{index}-{example}", "Attention of the CLS token", (
-                f"{label}, example image {example + 1}: how much the CLS token attends to each patch, per head, in the first, "
-                "middle and last block." + (" Re-attention blocks show the softmax maps (pre-Θ) and the maps after Θ (post-Θ)."
-                                            if analysis.model["reattention_blocks"] else "")
-            ), figures.cls_attention(analysis, example, label=label)))
+            items.append(
+                ReportFigure(
+                    f"fig-cls-{index}-{example}",
+                    "Attention of the CLS token",
+                    (
+                        f"{label}, example image {example + 1}: how much the CLS token attends to each patch, per head, in the first, "
+                        "middle and last block."
+                        + (
+                            " Re-attention blocks show the softmax maps (pre-Θ) and the maps after Θ (post-Θ)."
+                            if analysis.model["reattention_blocks"]
+                            else ""
+                        )
+                    ),
+                    figures.cls_attention(analysis, example, label=label),
+                )
+            )
     return items
 
 
@@ -151,7 +222,13 @@ def _e(value: Any) -> str:
 
 
 def _definition_list(entries: Mapping[str, Any]) -> str:
-    return "<dl>" + "".join(f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in entries.items() if value not in (None, "")) + "</dl>"
+    return (
+        "<dl>"
+        + "".join(
+            f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in entries.items() if value not in (None, "")
+        )
+        + "</dl>"
+    )
 
 
 def _headline_table(results: Mapping[str, AnalysisResult]) -> str:
@@ -171,7 +248,9 @@ def _model_card(label: str, result: AnalysisResult) -> str:
     entries = {
         "description": model["description"],
         "source": provenance.get("source"),
-        "architecture": (model.get("arch") or {}).get("family") if isinstance(model.get("arch"), dict) else model.get("arch"),
+        "architecture": (model.get("arch") or {}).get("family")
+        if isinstance(model.get("arch"), dict)
+        else model.get("arch"),
         "class": model.get("class"),
         "parameters": f"{model['num_parameters']:,}" if model.get("num_parameters") is not None else None,
         "blocks / heads": f"{model['num_blocks']} blocks, {model['num_heads']} heads",
@@ -188,9 +267,7 @@ def _figure_html(item: ReportFigure) -> str:
     return f"<figure>{div}<figcaption>{_e(item.caption)}</figcaption></figure>"
 
 
-def build_report(
-    result: AnalysisResult | ComparisonResult, labels: Sequence[str], command: str | None = None
-) -> str:
+def build_report(result: AnalysisResult | ComparisonResult, labels: Sequence[str], command: str | None = None) -> str:
     """The whole page as a string. ``labels`` name the model(s) (one for an analysis, two
     for a comparison); ``command`` is the command line that produced it, if any."""
     results = _labelled(result, labels)
@@ -219,22 +296,28 @@ def build_report(
         "<h2>Headline numbers</h2>",
         f'<section class="card"><p>{_e(summary_title(results))}</p>{_headline_table(results)}</section>',
         "<h2>Findings</h2>",
-        '<section class="card"><ul class="findings">' + "".join(f"<li>{_e(s)}</li>" for s in findings) + "</ul></section>",
+        '<section class="card"><ul class="findings">'
+        + "".join(f"<li>{_e(s)}</li>" for s in findings)
+        + "</ul></section>",
         "<h2>Models</h2>",
         *(_model_card(label, analysis) for label, analysis in results.items()),
         "<h2>Images and parameters</h2>",
         '<section class="card">'
-        + _definition_list({
-            "images": images["description"],
-            "images analysed": images["count"],
-            "unreadable files skipped": images.get("skipped", 0),
-        })
+        + _definition_list(
+            {
+                "images": images["description"],
+                "images analysed": images["count"],
+                "unreadable files skipped": images.get("skipped", 0),
+            }
+        )
         + "</section>",
         f'<section class="card">{_definition_list({PARAMETER_NAMES.get(key, key): value for key, value in first.params.items()})}</section>',
         '<section class="card">'
-        + _definition_list({"command": command, **{f"{name} version": version for name, version in package_versions().items()}})
+        + _definition_list(
+            {"command": command, **{f"{name} version": version for name, version in package_versions().items()}}
+        )
         + "</section>",
-    ]  # fmt: skip
+    ]
     section = None
     for item in items:
         if item.section != section:

@@ -24,6 +24,7 @@ Array names of an ``AnalysisResult`` (L blocks, H heads, E examples, grid gh x g
 ``example_cls_pre/_post``   (E, L, H, gh, gw)       CLS-token attention to every patch
 ==========================  ======================  ===========================================
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,13 @@ def package_versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"deepvit_diag": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+    return {
+        "deepvit_diag": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> bool:
@@ -156,7 +162,11 @@ class AnalysisResult:
         if not isinstance(other, AnalysisResult):
             return NotImplemented
         same_metadata = (self.model, self.params, self.images, self.num_images) == (
-            other.model, other.params, other.images, other.num_images)  # fmt: skip
+            other.model,
+            other.params,
+            other.images,
+            other.num_images,
+        )
         return same_metadata and _arrays_equal(self.arrays, other.arrays)
 
     def _kind(self, maps: str | None) -> str:
@@ -223,7 +233,9 @@ class AnalysisResult:
         infos = {}
         for block in self.model["reattention_blocks"]:
             prefix = f"theta_{block}"
-            extras = {name: self.arrays[f"{prefix}_{name}"] for name in THETA_FIELDS if f"{prefix}_{name}" in self.arrays}
+            extras = {
+                name: self.arrays[f"{prefix}_{name}"] for name in THETA_FIELDS if f"{prefix}_{name}" in self.arrays
+            }
             kind = "conv" if "bias" in extras else "param"
             infos[block] = ThetaInfo(theta=self.arrays[prefix], kind=kind, **extras)
         return infos
@@ -247,7 +259,11 @@ class AnalysisResult:
         Map-based entries come for both map kinds with a ``_pre`` / ``_post`` suffix and
         once more without suffix for the default kind (``params["maps"]``).
         """
-        summary: dict[str, Any] = {"num_images": self.num_images, "num_blocks": self.model["num_blocks"], "maps": self._kind(None)}
+        summary: dict[str, Any] = {
+            "num_images": self.num_images,
+            "num_blocks": self.model["num_blocks"],
+            "maps": self._kind(None),
+        }
         per_kind = {kind: self._map_summary(kind) for kind in MAP_KINDS}
         for kind, values in per_kind.items():
             summary.update({f"{name}_{kind}": value for name, value in values.items()})
@@ -354,7 +370,11 @@ class ComparisonResult:
             "summary": self.summary(),
             "versions": package_versions(),
         }
-        arrays = {f"{side}/{name}": array for side, result in (("a", self.a), ("b", self.b)) for name, array in result.arrays.items()}
+        arrays = {
+            f"{side}/{name}": array
+            for side, result in (("a", self.a), ("b", self.b))
+            for name, array in result.arrays.items()
+        }
         return _write_folder(folder, document, {**arrays, "cka_ab": self.cka_ab})
 
     @classmethod
@@ -362,7 +382,8 @@ class ComparisonResult:
         document, arrays = _read_folder(folder, COMPARISON_FORMAT)
         sides = {
             side: AnalysisResult.from_document(
-                document[side], {name.split("/", 1)[1]: array for name, array in arrays.items() if name.startswith(f"{side}/")}
+                document[side],
+                {name.split("/", 1)[1]: array for name, array in arrays.items() if name.startswith(f"{side}/")},
             )
             for side in ("a", "b")
         }

@@ -4,6 +4,7 @@ Every number comes from ``AnalysisResult.summary()`` / ``ComparisonResult.summar
 (block indices there are 0-based; everything shown here numbers blocks from 1, as the
 paper does). Nothing is measured here: this module only words and formats.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -87,15 +88,21 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
     rho, total = result.params["rho"], s["num_blocks"]
     maps = f"{s['maps']}-Θ maps"
     if s["similar_blocks"] == 0:
-        collapse = f"{label}: no block has a similarity ratio above rho = {rho:g} ({maps}), so no block counts as similar."
+        collapse = (
+            f"{label}: no block has a similarity ratio above rho = {rho:g} ({maps}), so no block counts as similar."
+        )
     elif s["collapse_start"] is not None:
         start = s["collapse_start"] + 1
         run = f"block {start}" if start == total else f"every block from {start} to {total}"
-        collapse = (f"{label}: {s['similar_blocks']} of {total} blocks are similar (ratio above {rho:g}, {maps}); "
-                    f"attention collapses from block {start} on: {run} is similar to its neighbours.")  # fmt: skip
+        collapse = (
+            f"{label}: {s['similar_blocks']} of {total} blocks are similar (ratio above {rho:g}, {maps}); "
+            f"attention collapses from block {start} on: {run} is similar to its neighbours."
+        )
     else:
-        collapse = (f"{label}: {s['similar_blocks']} of {total} blocks are similar (blocks {block_list(s['similar_block_indices'])}), "
-                    "but the last block is not, so there is no collapsed run at the end.")  # fmt: skip
+        collapse = (
+            f"{label}: {s['similar_blocks']} of {total} blocks are similar (blocks {block_list(s['similar_block_indices'])}), "
+            "but the last block is not, so there is no collapsed run at the end."
+        )
     findings = [collapse]
     first, last = s["adjacent_similarity_first_third"], s["adjacent_similarity_last_third"]
     if first is not None and last is not None:
@@ -124,9 +131,14 @@ def _reattention_finding(label: str, s: dict[str, Any]) -> str:
 
 
 def _count_comparison(label_a: str, label_b: str, a: dict[str, Any], b: dict[str, Any]) -> str:
-    count = {label_a: f"{a['similar_blocks']} of {a['num_blocks']}", label_b: f"{b['similar_blocks']} of {b['num_blocks']}"}
+    count = {
+        label_a: f"{a['similar_blocks']} of {a['num_blocks']}",
+        label_b: f"{b['similar_blocks']} of {b['num_blocks']}",
+    }
     if a["similar_blocks"] == b["similar_blocks"]:
-        return f"{label_a} and {label_b} have the same number of similar blocks ({count[label_a]} and {count[label_b]})."
+        return (
+            f"{label_a} and {label_b} have the same number of similar blocks ({count[label_a]} and {count[label_b]})."
+        )
     fewer, more = (label_b, label_a) if b["similar_blocks"] < a["similar_blocks"] else (label_a, label_b)
     return f"{fewer} has fewer similar blocks than {more} ({count[fewer]} against {count[more]})."
 

@@ -5,6 +5,7 @@ then cosine decay, label smoothing, light random-affine augmentation. Images are
 preprocessed once with the model's own timm eval transform, so the test accuracy in the
 model card is exactly what ``evaluate_accuracy`` re-measures later.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,9 @@ def load_image_folder(root: str | Path, test_fraction: float, seed: int) -> tupl
     if len(folder) == 0:
         raise ValueError(f"no images found under {root}")
     labels = np.array(folder.targets)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
+    )
     load = lambda idx: LabelledImages([folder.loader(folder.samples[i][0]) for i in idx], labels[idx], folder.classes)  # noqa: E731
     description = f"ImageFolder {root} ({len(labels)} images, {len(folder.classes)} classes); stratified split, random_state={seed}"
     return load(train_idx), load(test_idx), description
@@ -141,14 +144,21 @@ def train_model(
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
     )
     generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     step = 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("train", total=config.epochs, status="")
         for epoch in range(config.epochs):

@@ -1,5 +1,6 @@
 """Streaming analysis: batch-by-batch results equal the metrics of all images at once,
 for every kind of image input; results save and load back equal."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import sharp_timm_model
 from PIL import Image
 from torch import nn
 
@@ -29,8 +31,6 @@ from deepvit_diag.metrics import (
 )
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.train import images_to_tensor
-
-from conftest import sharp_timm_model
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 NUM_IMAGES = 7
@@ -204,7 +204,9 @@ def test_save_and_load_round_trip(deepvit, x, tmp_path):
     assert document["model"]["arch"]["family"] == "deepvit"
     assert set(document["versions"]) >= {"deepvit_diag", "torch", "timm", "numpy"}
     assert document["summary"]["similar_blocks_post"] == result.similar_blocks("post").count
-    assert loaded != AnalysisResult(result.model, {**result.params, "k": 3}, result.images, result.num_images, result.arrays)
+    assert loaded != AnalysisResult(
+        result.model, {**result.params, "k": 3}, result.images, result.num_images, result.arrays
+    )
     with pytest.raises(DiagError, match="not a saved deepvit-diag result"):
         AnalysisResult.load(tmp_path)
 
@@ -240,7 +242,15 @@ def test_bfloat16_close_to_float32(deepvit):
     exact = analyze(deepvit, x, batch_size=8, **options)
     approx = analyze(deepvit, x, batch_size=8, dtype="bfloat16", **options)
     assert approx.params["dtype"] == "bfloat16"
-    for name in ("similarity_pre", "similarity_post", "cross_head_pre", "cross_head_post", "token_similarity", "rank_residual", "cka"):
+    for name in (
+        "similarity_pre",
+        "similarity_post",
+        "cross_head_pre",
+        "cross_head_post",
+        "token_similarity",
+        "rank_residual",
+        "cka",
+    ):
         np.testing.assert_allclose(approx.arrays[name], exact.arrays[name], atol=0.03, err_msg=name)
     for name in ("entropy", "attention_distance"):
         np.testing.assert_allclose(approx.arrays[name], exact.arrays[name], rtol=0.03, err_msg=name)
@@ -398,8 +408,16 @@ def test_cuda_images_from_disk_through_workers_and_pinned_memory(deepvit, pictur
 
 
 def geometry(prefix: int, grid: tuple[int, int], patch: tuple[int, int]) -> Geometry:
-    return Geometry(num_blocks=3, num_heads=2, num_prefix_tokens=prefix, patch_size=patch, grid_size=grid,
-                    image_size=(grid[0] * patch[0], grid[1] * patch[1]), mean=(0.5,) * 3, std=(0.5,) * 3)  # fmt: skip
+    return Geometry(
+        num_blocks=3,
+        num_heads=2,
+        num_prefix_tokens=prefix,
+        patch_size=patch,
+        grid_size=grid,
+        image_size=(grid[0] * patch[0], grid[1] * patch[1]),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
 
 
 @pytest.mark.parametrize(("prefix", "grid", "patch"), [(1, (4, 4), (8, 8)), (0, (3, 5), (4, 6)), (5, (2, 3), (16, 16))])

@@ -4,6 +4,7 @@ The app reads its default checkpoints and images from environment variables
 (``app/config.py``), so these tests open it on tiny 2-block checkpoints; one slow test
 opens it on the bundled 32-block demo pair as a user would.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,9 +51,16 @@ def write_app_files(root: Path) -> Path:
     for index in range(5):
         (images / f"{index}.png").write_bytes(_png(index))
     # Depth-2 tensors under metadata that announces 3 blocks.
-    tensors = {name: tensor.contiguous() for name, tensor in build_model({"family": "vit", "kwargs": TINY}).state_dict().items()}
+    tensors = {
+        name: tensor.contiguous()
+        for name, tensor in build_model({"family": "vit", "kwargs": TINY}).state_dict().items()
+    }
     three_blocks = {"family": "vit", "kwargs": {**TINY, "depth": 3}}
-    save_file(tensors, str(root / "mismatched.safetensors"), metadata={FORMAT_KEY: FORMAT_VERSION, ARCH_KEY: json.dumps(three_blocks)})
+    save_file(
+        tensors,
+        str(root / "mismatched.safetensors"),
+        metadata={FORMAT_KEY: FORMAT_VERSION, ARCH_KEY: json.dumps(three_blocks)},
+    )
     return root
 
 
@@ -121,15 +129,20 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
         assert _charts(at) == count, view
     at = _show(at, "Export")
     _assert_fine(at)
-    assert [button.label for button in at.get("download_button")] == [f"Download {name}" for name in ("result.json", "arrays.npz", "report.html")]
+    assert [button.label for button in at.get("download_button")] == [
+        f"Download {name}" for name in ("result.json", "arrays.npz", "report.html")
+    ]
 
 
 def test_analysis_reports_progress_and_exports_what_the_library_saves(tiny_app, files, tmp_path, monkeypatch):
     monkeypatch.setattr("deepvit_diag.analysis.default_num_workers", lambda device: 3)  # as on a GPU machine
     request = AnalysisRequest(
-        ModelChoice(str(files / "vit.safetensors"), "vit", "1"), ModelChoice(str(files / "deepvit.safetensors"), "deepvit", "1"),
-        ImageChoice(str(files / "images")), num_images=4, k=1,
-    )  # fmt: skip
+        ModelChoice(str(files / "vit.safetensors"), "vit", "1"),
+        ModelChoice(str(files / "deepvit.safetensors"), "deepvit", "1"),
+        ImageChoice(str(files / "images")),
+        num_images=4,
+        k=1,
+    )
     progress = []
     analysis = run_analysis(request, lambda done, total: progress.append((done, total)))
     assert progress[-1] == (4, 4)
@@ -231,7 +244,9 @@ def test_oversized_upload_is_an_error(tiny_app, monkeypatch, files):
 def test_undecodable_image_is_an_error(tiny_app):
     at = _open()
     at.selectbox(key="images_source").set_value("upload").run()
-    at.file_uploader(key="images_upload").set_value([("cat.png", b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png"), ("ok.png", _png(1), "image/png")])
+    at.file_uploader(key="images_upload").set_value(
+        [("cat.png", b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png"), ("ok.png", _png(1), "image/png")]
+    )
     at.button(key="run").click().run()
     assert not at.exception
     assert any("cat.png cannot be decoded as an image" in error.value for error in at.error)

@@ -5,6 +5,7 @@ switches to the Heads view, and fails on any JavaScript page error or Streamlit 
 box. Screenshots go to /tmp/deepvit_diag_app_screens/<tiny|demo>/ and the test's tmp_path;
 the demo case (marked slow) opens the app as a user does, on the bundled demo pair.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ import pytest
 from test_app import app_environment, write_app_files
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path("/tmp/deepvit_diag_app_screens")
 START_TIMEOUT_S = 180  # the server imports torch and timm on a shared 2-core machine
@@ -59,11 +66,18 @@ def _demo_pair_installed() -> bool:
     return bundled_path("vit32").is_file() and bundled_path("deepvit32").is_file()
 
 
-@pytest.fixture(params=[
-    "tiny",
-    pytest.param("demo", marks=[pytest.mark.slow,
-                                pytest.mark.skipif(not _demo_pair_installed(), reason="the bundled demo weights are not installed")]),
-])  # fmt: skip
+@pytest.fixture(
+    params=[
+        "tiny",
+        pytest.param(
+            "demo",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(not _demo_pair_installed(), reason="the bundled demo weights are not installed"),
+            ],
+        ),
+    ]
+)
 def served_app(request, tmp_path):
     """The app served on 127.0.0.1: on the tiny checkpoints, or as a user opens it (the demo pair)."""
     # The demo case clears the app's variables, so the app opens on its own defaults.
@@ -72,9 +86,23 @@ def served_app(request, tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("DEEPVIT_DIAG_APP_")}
     env.update(app_env, OMP_NUM_THREADS="1", DEEPVIT_DIAG_HOME=str(tmp_path / "home"))
     log = tmp_path / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app/main.py",
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     with open(log, "w") as output:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

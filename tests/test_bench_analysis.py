@@ -1,6 +1,7 @@
 """The benchmark's own correctness: its naive baseline computes the reference numbers, its
 fast-path check passes on a tiny model, and its presets resolve. (Speed lives in the
 benchmark itself, not here.)"""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +13,9 @@ import torch
 
 from deepvit_diag.metrics import cross_layer_similarity, similarity_ratio
 
-SPEC = importlib.util.spec_from_file_location("bench_analysis", Path(__file__).parents[1] / "benchmarks" / "bench_analysis.py")
+SPEC = importlib.util.spec_from_file_location(
+    "bench_analysis", Path(__file__).parents[1] / "benchmarks" / "bench_analysis.py"
+)
 bench = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench)
 
@@ -27,8 +30,19 @@ def test_naive_baseline_computes_the_reference_similarity_and_ratio():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fast_path_check_passes_on_a_tiny_model(dtype):
-    model = bench.build("deepvit16", {"depth": 3, "embed_dim": 32, "num_heads": 4, "img_size": 32, "patch_size": 8,
-                                      "num_classes": 10, "apply_transform": [False, True, True]}, torch.device("cpu"))  # fmt: skip
+    model = bench.build(
+        "deepvit16",
+        {
+            "depth": 3,
+            "embed_dim": 32,
+            "num_heads": 4,
+            "img_size": 32,
+            "patch_size": 8,
+            "num_classes": 10,
+            "apply_transform": [False, True, True],
+        },
+        torch.device("cpu"),
+    )
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     check = bench.check_against_reference(model, images, torch.device("cpu"), dtype)
     assert check["passed"], check

@@ -1,6 +1,7 @@
 """The loading benchmark's own correctness: its JPEGs are what it says, and the analysis it
 times gives the same numbers with and without worker processes. (Speed lives in the
 benchmark itself, not here.)"""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,5 +1,6 @@
 """Attention capture: parity with timm's AttentionExtract and with hand-computed maps,
 while fused attention stays on and the model is left exactly as it was."""
+
 from __future__ import annotations
 
 import copy
@@ -7,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import sharp_timm_model
 from PIL import Image
 from timm.utils import AttentionExtract
 from torch import nn
@@ -15,8 +17,6 @@ import deepvit_diag  # noqa: F401  (registers the presets)
 from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.errors import DiagError
 from deepvit_diag.train import images_to_tensor
-
-from conftest import sharp_timm_model
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 

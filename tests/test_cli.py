@@ -1,5 +1,6 @@
 """``deepvit-diag compare`` / ``analyze`` (issue 4) on tiny checkpoints written to a temporary folder:
 every image source, every output file, the bad-input cases and the option conflicts."""
+
 from __future__ import annotations
 
 import io
@@ -24,10 +25,22 @@ from deepvit_diag.cli import build_parser, main
 TINY = dict(depth=2, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 # The report's figure divs for a comparison of a ViT with a DeepViT (2 blocks each) and 2 example images.
 COMPARISON_FIGURES = [
-    "fig-layer-similarity", "fig-similarity-ratio", "fig-cross-head", "fig-cross-head-last", "fig-theta-1",
-    "fig-entropy", "fig-attention-distance", "fig-token-similarity", "fig-rank-residual", "fig-cka-within",
-    "fig-cka-across", "fig-cls-0-0", "fig-cls-0-1", "fig-cls-1-0", "fig-cls-1-1",
-]  # fmt: skip
+    "fig-layer-similarity",
+    "fig-similarity-ratio",
+    "fig-cross-head",
+    "fig-cross-head-last",
+    "fig-theta-1",
+    "fig-entropy",
+    "fig-attention-distance",
+    "fig-token-similarity",
+    "fig-rank-residual",
+    "fig-cka-within",
+    "fig-cka-across",
+    "fig-cls-0-0",
+    "fig-cls-0-1",
+    "fig-cls-1-0",
+    "fig-cls-1-1",
+]
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -64,7 +77,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     save_native(timm.create_model("vit16", **TINY), root / "vit.safetensors")
     save_native(timm.create_model("deepvit16", **TINY), root / "deepvit.safetensors")
-    save_native(timm.create_model("deepvit16", **TINY), root / "digits_model.safetensors", card={"image_set": "digits-test"})
+    save_native(
+        timm.create_model("deepvit16", **TINY), root / "digits_model.safetensors", card={"image_set": "digits-test"}
+    )
     write_image(root / "images" / "cat" / "a.png", 0)
     write_image(root / "images" / "cat" / "b.jpg", 1, mode="L")
     write_image(root / "images" / "dog" / "c.png", 2, mode="RGBA")
@@ -85,10 +100,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def comparison_run(workspace: Path) -> tuple[int, str, str, Path]:
     """One full comparison on the ImageFolder layout, shared by the output checks."""
     out = workspace / "compare-out"
-    status, stdout, stderr = run([
-        "compare", "--ckpt-a", str(workspace / "vit.safetensors"), "--ckpt-b", str(workspace / "deepvit.safetensors"),
-        "--images", str(workspace / "images"), "--out", str(out), "--device", "cpu",
-    ])  # fmt: skip
+    status, stdout, stderr = run(
+        [
+            "compare",
+            "--ckpt-a",
+            str(workspace / "vit.safetensors"),
+            "--ckpt-b",
+            str(workspace / "deepvit.safetensors"),
+            "--images",
+            str(workspace / "images"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     return status, stdout, stderr, out
 
 
@@ -102,8 +128,15 @@ def test_compare_prints_provenance_table_and_findings(comparison_run) -> None:
     assert "deepvit-diag file - 2 blocks, width 32, 4 heads" in stdout  # each model's provenance line
     assert "Re-attention in 2/2 blocks" in stdout
     assert "4 images from" in stdout
-    for row in ("similar blocks (ratio > 0.9)", "collapse starts at block", "adjacent similarity, first third",
-                "adjacent similarity, last third", "cross-head similarity", "entropy, first → last", "attention distance"):  # fmt: skip
+    for row in (
+        "similar blocks (ratio > 0.9)",
+        "collapse starts at block",
+        "adjacent similarity, first third",
+        "adjacent similarity, last third",
+        "cross-head similarity",
+        "entropy, first → last",
+        "attention distance",
+    ):
         assert row in stdout
     assert "similar blocks than" in stdout or "the same number of similar blocks" in stdout
     assert "Re-attention changes the maps" in stdout
@@ -116,7 +149,10 @@ def test_compare_result_json_has_scalars_parameters_provenance_and_versions(comp
     assert status == 0
     document = json.loads((out / "result.json").read_text())
     assert document["format"] == "deepvit-diag comparison"
-    for side, description in (("a", "vit.safetensors: deepvit-diag file"), ("b", "deepvit.safetensors: deepvit-diag file")):
+    for side, description in (
+        ("a", "vit.safetensors: deepvit-diag file"),
+        ("b", "deepvit.safetensors: deepvit-diag file"),
+    ):
         analysis = document[side]
         assert analysis["model"]["description"].startswith(description)
         assert analysis["model"]["provenance"]["source"] == "file"
@@ -125,8 +161,16 @@ def test_compare_result_json_has_scalars_parameters_provenance_and_versions(comp
         assert analysis["images"]["count"] == 4 and analysis["images"]["skipped"] == 0
         assert "images from" in analysis["images"]["description"]
         summary = analysis["summary"]
-        for key in ("similar_blocks", "similar_block_indices", "collapse_start", "adjacent_similarity_first_third",
-                    "adjacent_similarity_last_third", "cross_head_similarity", "entropy_trend", "attention_distance_trend"):  # fmt: skip
+        for key in (
+            "similar_blocks",
+            "similar_block_indices",
+            "collapse_start",
+            "adjacent_similarity_first_third",
+            "adjacent_similarity_last_third",
+            "cross_head_similarity",
+            "entropy_trend",
+            "attention_distance_trend",
+        ):
             assert key in summary
     assert {"torch", "timm", "numpy", "deepvit_diag", "python"} <= set(document["versions"])
     assert "cka_ab_diagonal_mean" in document["summary"]
@@ -141,8 +185,20 @@ def test_compare_arrays_npz_has_every_matrix_and_curve(comparison_run) -> None:
         assert npz["cka_ab"].shape == (2, 2)
         assert npz["a/example_images"].shape == (2, 32, 32, 3)  # --examples 2 by default
     for side in ("a", "b"):
-        for name in ("similarity_pre", "similarity_post", "ratio_pre", "ratio_post", "cross_head_post", "entropy",
-                     "attention_distance", "token_similarity", "rank_residual", "cka", "example_cls_pre", "example_cls_post"):  # fmt: skip
+        for name in (
+            "similarity_pre",
+            "similarity_post",
+            "ratio_pre",
+            "ratio_post",
+            "cross_head_post",
+            "entropy",
+            "attention_distance",
+            "token_similarity",
+            "rank_residual",
+            "cka",
+            "example_cls_pre",
+            "example_cls_post",
+        ):
             assert f"{side}/{name}" in names
     assert {"b/theta_0", "b/theta_1"} <= names and not any(name.startswith("a/theta") for name in names)
 
@@ -164,11 +220,26 @@ def test_compare_report_has_every_figure_and_no_external_resource(comparison_run
 
 def test_analyze_single_files(workspace: Path) -> None:
     out = workspace / "files-out"
-    status, stdout, stderr = run([
-        "analyze", "--ckpt", str(workspace / "deepvit.safetensors"), "--images",
-        str(workspace / "images" / "cat" / "a.png"), str(workspace / "images" / "dog" / "c.png"),
-        "--out", str(out), "--examples", "1", "--maps", "pre", "--k", "1", "--device", "cpu",
-    ])  # fmt: skip
+    status, stdout, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "deepvit.safetensors"),
+            "--images",
+            str(workspace / "images" / "cat" / "a.png"),
+            str(workspace / "images" / "dog" / "c.png"),
+            "--out",
+            str(out),
+            "--examples",
+            "1",
+            "--maps",
+            "pre",
+            "--k",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, stderr
     document = json.loads((out / "result.json").read_text())
     assert document["format"] == "deepvit-diag analysis"
@@ -181,10 +252,20 @@ def test_analyze_single_files(workspace: Path) -> None:
 
 def test_analyze_glob_with_json_prints_only_the_summary_on_stdout(workspace: Path) -> None:
     out = workspace / "glob-out"
-    status, stdout, stderr = run([
-        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", str(workspace / "images" / "**" / "*.png"),
-        "--json", "--out", str(out), "--device", "cpu",
-    ])  # fmt: skip
+    status, stdout, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "vit.safetensors"),
+            "--images",
+            str(workspace / "images" / "**" / "*.png"),
+            "--json",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, stderr
     summary = json.loads(stdout)  # nothing else on stdout
     assert summary["num_images"] == 3  # a.png, c.png, d.png (b.jpg does not match)
@@ -193,10 +274,22 @@ def test_analyze_glob_with_json_prints_only_the_summary_on_stdout(workspace: Pat
 
 def test_analyze_bundled_set_quiet_prints_nothing(workspace: Path) -> None:
     out = workspace / "bundled-out"
-    status, stdout, stderr = run([
-        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", "photos", "--num-images", "2",
-        "--quiet", "--out", str(out), "--device", "cpu",
-    ])  # fmt: skip
+    status, stdout, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "vit.safetensors"),
+            "--images",
+            "photos",
+            "--num-images",
+            "2",
+            "--quiet",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert (status, stdout, stderr) == (0, "", "")
     images = json.loads((out / "result.json").read_text())["images"]
     assert images["count"] == 2 and "bundled set 'photos'" in images["description"]
@@ -205,21 +298,50 @@ def test_analyze_bundled_set_quiet_prints_nothing(workspace: Path) -> None:
 
 def test_images_mix_a_bundled_set_with_files(workspace: Path) -> None:
     out = workspace / "mixed-sources-out"
-    status, _, stderr = run([
-        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", str(workspace / "images" / "cat" / "a.png"),
-        "photos", "--num-images", "3", "--quiet", "--out", str(out), "--device", "cpu",
-    ])  # fmt: skip
+    status, _, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "vit.safetensors"),
+            "--images",
+            str(workspace / "images" / "cat" / "a.png"),
+            "photos",
+            "--num-images",
+            "3",
+            "--quiet",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, stderr
     images = json.loads((out / "result.json").read_text())["images"]
-    assert images["count"] == 3 and images["description"].startswith("3 images from ") and "photos" in images["description"]
+    assert (
+        images["count"] == 3
+        and images["description"].startswith("3 images from ")
+        and "photos" in images["description"]
+    )
 
 
 def test_default_image_set_is_the_one_the_model_cards_name(workspace: Path) -> None:
     out = workspace / "default-out"
-    status, _, stderr = run([
-        "compare", "--ckpt-a", str(workspace / "digits_model.safetensors"), "--ckpt-b", str(workspace / "digits_model.safetensors"),
-        "--num-images", "4", "--quiet", "--out", str(out), "--device", "cpu",
-    ])  # fmt: skip
+    status, _, stderr = run(
+        [
+            "compare",
+            "--ckpt-a",
+            str(workspace / "digits_model.safetensors"),
+            "--ckpt-b",
+            str(workspace / "digits_model.safetensors"),
+            "--num-images",
+            "4",
+            "--quiet",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, stderr
     document = json.loads((out / "result.json").read_text())
     assert "bundled set 'digits-test'" in document["a"]["images"]["description"]
@@ -228,10 +350,22 @@ def test_default_image_set_is_the_one_the_model_cards_name(workspace: Path) -> N
 
 def test_default_image_set_falls_back_to_photos(workspace: Path) -> None:
     out = workspace / "photos-out"
-    status, _, stderr = run([
-        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--num-images", "1", "--examples", "0", "--quiet",
-        "--out", str(out), "--device", "cpu",
-    ])  # fmt: skip
+    status, _, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "vit.safetensors"),
+            "--num-images",
+            "1",
+            "--examples",
+            "0",
+            "--quiet",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0, stderr
     assert "bundled set 'photos'" in json.loads((out / "result.json").read_text())["images"]["description"]
     assert 'id="fig-cls-' not in (out / "report.html").read_text()
@@ -239,10 +373,21 @@ def test_default_image_set_falls_back_to_photos(workspace: Path) -> None:
 
 def test_images_mixed_with_other_files_are_skipped_and_counted(workspace: Path) -> None:
     out = workspace / "mixed-out"
-    status, _, stderr = run([
-        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", str(workspace / "mixed"),
-        "--out", str(out), "--device", "cpu", "--workers", "2",
-    ])  # fmt: skip
+    status, _, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "vit.safetensors"),
+            "--images",
+            str(workspace / "mixed"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+        ]
+    )
     assert status == 0, stderr
     assert re.search(r"^warning: skipped 2 file\(s\) that are not readable images", stderr, re.MULTILINE)
     assert "Traceback" not in stderr
@@ -269,10 +414,17 @@ def test_bad_checkpoints_fail_with_one_line(workspace: Path, checkpoint: str, fr
 
 
 def test_bad_second_checkpoint_fails_with_one_line(workspace: Path) -> None:
-    status, _, stderr = run([
-        "compare", "--ckpt-a", str(workspace / "vit.safetensors"), "--ckpt-b", str(workspace / "notes.txt"),
-        "--out", str(workspace / "never"),
-    ])  # fmt: skip
+    status, _, stderr = run(
+        [
+            "compare",
+            "--ckpt-a",
+            str(workspace / "vit.safetensors"),
+            "--ckpt-b",
+            str(workspace / "notes.txt"),
+            "--out",
+            str(workspace / "never"),
+        ]
+    )
     assert_clean_error(status, stderr, 1, "notes.txt")
 
 
@@ -285,15 +437,24 @@ def test_bad_second_checkpoint_fails_with_one_line(workspace: Path) -> None:
     ],
 )
 def test_bad_image_sources_fail_with_one_line(workspace: Path, images: str, fragment: str) -> None:
-    status, _, stderr = run([
-        "analyze", "--ckpt", str(workspace / "vit.safetensors"), "--images", str(workspace / images),
-        "--out", str(workspace / "never"),
-    ])  # fmt: skip
+    status, _, stderr = run(
+        [
+            "analyze",
+            "--ckpt",
+            str(workspace / "vit.safetensors"),
+            "--images",
+            str(workspace / images),
+            "--out",
+            str(workspace / "never"),
+        ]
+    )
     assert_clean_error(status, stderr, 1, fragment)
 
 
 def test_out_that_is_a_file_fails_before_the_analysis(workspace: Path) -> None:
-    status, _, stderr = run(["analyze", "--ckpt", str(workspace / "vit.safetensors"), "--out", str(workspace / "notes.txt")])
+    status, _, stderr = run(
+        ["analyze", "--ckpt", str(workspace / "vit.safetensors"), "--out", str(workspace / "notes.txt")]
+    )
     assert_clean_error(status, stderr, 1, "not a folder")
 
 
@@ -333,8 +494,23 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
             main([command, "--help"])
         assert exit_.value.code == 0
         text = capsys.readouterr().out
-        for option in ("--images", "--num-images", "--batch-size", "--device", "--dtype", "--out", "--k", "--tau", "--rho",
-                       "--axis", "--maps", "--quiet", "--json", "--examples", "--workers"):  # fmt: skip
+        for option in (
+            "--images",
+            "--num-images",
+            "--batch-size",
+            "--device",
+            "--dtype",
+            "--out",
+            "--k",
+            "--tau",
+            "--rho",
+            "--axis",
+            "--maps",
+            "--quiet",
+            "--json",
+            "--examples",
+            "--workers",
+        ):
             assert option in text
 
 
@@ -351,11 +527,26 @@ def test_entry_point_compare_json_and_exit_codes(workspace: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = workspace / "subprocess-out"
     done = subprocess.run(
-        [*_entry_point(), "compare", "--ckpt-a", str(workspace / "vit.safetensors"), "--ckpt-b",
-         str(workspace / "deepvit.safetensors"), "--images", str(workspace / "mixed"), "--json", "--out", str(out),
-         "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        [
+            *_entry_point(),
+            "compare",
+            "--ckpt-a",
+            str(workspace / "vit.safetensors"),
+            "--ckpt-b",
+            str(workspace / "deepvit.safetensors"),
+            "--images",
+            str(workspace / "mixed"),
+            "--json",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert set(summary) >= {"a", "b", "differences", "cka_ab_diagonal_mean"}
@@ -364,8 +555,11 @@ def test_entry_point_compare_json_and_exit_codes(workspace: Path) -> None:
 
     failed = subprocess.run(
         [*_entry_point(), "analyze", "--ckpt", str(workspace / "notes.txt"), "--out", str(workspace / "never")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: ") and len(failed.stderr.strip().splitlines()) == 1
     assert failed.stdout == ""

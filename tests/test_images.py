@@ -1,4 +1,5 @@
 """Image sources: bundled sets, folders, globs, odd modes, junk files."""
+
 from __future__ import annotations
 
 import os

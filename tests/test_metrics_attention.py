@@ -1,4 +1,5 @@
 """Attention entropy and mean attention distance (REFERENCE.md 4.6, 4.7) against loops."""
+
 from __future__ import annotations
 
 import math
@@ -24,15 +25,14 @@ def softmax_maps(seed: int, shape=(3, 2, 3, 17), with_zeros: bool = False) -> to
 
 # ---- brute force ----
 
+
 def brute_entropy(maps: torch.Tensor) -> np.ndarray:
     a = maps.double().numpy()
     num_blocks, batch, heads, tokens = a.shape[:4]
     out = np.zeros((num_blocks, heads))
     for l in range(num_blocks):
         for h in range(heads):
-            rows = [
-                -sum(w * math.log(w) for w in a[l, b, h, i] if w > 0) for b in range(batch) for i in range(tokens)
-            ]
+            rows = [-sum(w * math.log(w) for w in a[l, b, h, i] if w > 0) for b in range(batch) for i in range(tokens)]
             out[l, h] = sum(rows) / len(rows)
     return out
 
@@ -68,6 +68,7 @@ def assert_close(actual: torch.Tensor, expected: np.ndarray, atol: float = 1e-5)
 
 # ---- entropy ----
 
+
 @pytest.mark.parametrize("with_zeros", [False, True])
 def test_entropy_matches_brute_force(with_zeros):
     maps = softmax_maps(1, with_zeros=with_zeros)
@@ -90,6 +91,7 @@ def test_one_hot_attention_has_entropy_zero():
 
 
 # ---- mean attention distance ----
+
 
 @pytest.mark.parametrize(
     "tokens, prefix, patch, grid_size, grid",
@@ -130,6 +132,7 @@ def test_attention_to_right_neighbour_is_one_patch_away():
 
 
 # ---- streaming, dtype, bad input ----
+
 
 def test_batch_weighted_recombination_equals_all_at_once():
     maps = softmax_maps(4, shape=(2, 3, 2, 17))

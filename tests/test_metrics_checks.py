@@ -1,5 +1,6 @@
 """Input value checks: immediate by default, deferred (on-device flags, raised at the end)
 inside ``deferred_value_checks``; either way bad values end in a DiagError."""
+
 from __future__ import annotations
 
 import pytest
@@ -57,8 +58,11 @@ def test_deferred_checks_pass_clean_input_and_cover_every_streamed_metric():
         token_similarity(hidden)
         rank_collapse(hidden)
         MinibatchCKA(chunk_size=4).update(hidden.flatten(2))
-    for call in (lambda: token_similarity(with_value(hidden, float("inf"))), lambda: rank_collapse(with_value(hidden, float("nan"))),
-                 lambda: MinibatchCKA(chunk_size=4).update(with_value(hidden, float("nan")).flatten(2))):  # fmt: skip
+    for call in (
+        lambda: token_similarity(with_value(hidden, float("inf"))),
+        lambda: rank_collapse(with_value(hidden, float("nan"))),
+        lambda: MinibatchCKA(chunk_size=4).update(with_value(hidden, float("nan")).flatten(2)),
+    ):
         with pytest.raises(DiagError, match="NaN or Inf"), deferred_value_checks():
             call()
 

@@ -1,4 +1,5 @@
 """Linear CKA and minibatch CKA (REFERENCE.md 4.10) against brute-force numpy HSIC."""
+
 from __future__ import annotations
 
 import itertools
@@ -23,6 +24,7 @@ def related_features(seed: int, n: int = 10) -> tuple[torch.Tensor, torch.Tensor
 
 # ---- brute force ----
 
+
 def u_statistic_hsic(k: np.ndarray, l: np.ndarray) -> float:
     """Song et al. 2012 unbiased HSIC straight from its U-statistic definition:
     the mean over ordered distinct (i, j, q, r) of k_ij l_ij + k_ij l_qr - 2 k_ij l_iq."""
@@ -39,7 +41,11 @@ def closed_form_unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
     kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
     ones = np.ones(n)
     return float(
-        (np.trace(kt @ lt) + (ones @ kt @ ones) * (ones @ lt @ ones) / ((n - 1) * (n - 2)) - 2 / (n - 2) * ones @ kt @ lt @ ones)
+        (
+            np.trace(kt @ lt)
+            + (ones @ kt @ ones) * (ones @ lt @ ones) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * ones @ kt @ lt @ ones
+        )
         / (n * (n - 3))
     )
 
@@ -85,6 +91,7 @@ def brute_minibatch_cka(feats_a: torch.Tensor, feats_b: torch.Tensor, chunk_size
 
 
 # ---- linear_cka ----
+
 
 def test_closed_form_brute_force_is_the_u_statistic():
     # Validates the numpy closed form the other tests rely on against the definition.
@@ -183,6 +190,7 @@ def test_bad_feature_matrices_raise_diag_error():
 
 
 # ---- MinibatchCKA ----
+
 
 @pytest.mark.parametrize("num_images, chunk_size", [(11, 4), (13, 4), (14, 5), (6, 8)])
 def test_minibatch_cka_matches_per_chunk_brute_force(num_images, chunk_size):

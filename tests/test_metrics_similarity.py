@@ -1,4 +1,5 @@
 """Similarity metrics (REFERENCE.md 4.1-4.4) against explicit-loop numpy computations."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +39,7 @@ def softmax_maps(seed: int, shape=(3, 2, 3, 5)) -> torch.Tensor:
 
 
 # ---- brute force: plain numpy, one cosine at a time ----
+
 
 def np_cosine(u: np.ndarray, v: np.ndarray) -> float:
     return float(u @ v / (max(np.linalg.norm(u), EPS) * max(np.linalg.norm(v), EPS)))
@@ -109,6 +111,7 @@ def assert_close(actual: torch.Tensor, expected: np.ndarray, atol: float = 1e-5)
 
 
 # ---- against brute force ----
+
 
 @pytest.mark.parametrize("axis", AXES)
 @pytest.mark.parametrize("make_maps", [correlated_maps, softmax_maps])
@@ -234,6 +237,7 @@ def test_rows_and_columns_differ_on_non_symmetric_maps():
 
 # ---- sanity cases ----
 
+
 @pytest.mark.parametrize("axis", AXES)
 def test_identical_blocks_are_fully_similar(axis):
     num_blocks = 4
@@ -277,6 +281,7 @@ def test_single_block_has_no_neighbours():
 
 # ---- streaming, dtype, device ----
 
+
 def test_batch_weighted_recombination_equals_all_at_once():
     maps = correlated_maps(14, shape=(3, 3, 2, 5))
     parts = [maps[:, :1], maps[:, 1:]]
@@ -319,10 +324,13 @@ def test_cuda_results_stay_on_device_and_match_cpu():
     for key, value in on_gpu.items():
         assert value.device.type == "cuda"
         torch.testing.assert_close(value.cpu(), on_cpu[key], atol=1e-4, rtol=0)
-    torch.testing.assert_close(cross_layer_similarity(maps.cuda()).cpu(), cross_layer_similarity(maps), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        cross_layer_similarity(maps.cuda()).cpu(), cross_layer_similarity(maps), atol=1e-5, rtol=0
+    )
 
 
 # ---- bad input ----
+
 
 @pytest.mark.parametrize(
     "call",

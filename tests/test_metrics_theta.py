@@ -1,5 +1,6 @@
 """theta_matrices (REFERENCE.md 4.5): Theta, bias and Norm read from tiny models, checked by
 recomputing each block's head mixing in numpy; distances against exhaustive search."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,14 @@ HEADS = 4
 def tiny_deepvit(theta: str, apply_transform, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     kwargs = dict(
-        img_size=16, patch_size=4, embed_dim=16, depth=len(apply_transform), num_heads=HEADS,
-        num_classes=3, apply_transform=apply_transform, theta=theta,
+        img_size=16,
+        patch_size=4,
+        embed_dim=16,
+        depth=len(apply_transform),
+        num_heads=HEADS,
+        num_classes=3,
+        apply_transform=apply_transform,
+        theta=theta,
     )
     model = build_model({"family": "deepvit", "kwargs": kwargs})
     with torch.no_grad():  # non-trivial Norm parameters and statistics, so each field matters
@@ -88,7 +95,9 @@ def test_timm_created_deepvit_reports_every_block():
 
 
 def test_models_without_reattention_give_empty_dict():
-    assert theta_matrices(timm.create_model("vit16", depth=2, embed_dim=32, num_heads=4, img_size=16, patch_size=4)) == {}
+    assert (
+        theta_matrices(timm.create_model("vit16", depth=2, embed_dim=32, num_heads=4, img_size=16, patch_size=4)) == {}
+    )
     assert theta_matrices(tiny_deepvit("conv", [False, False])) == {}
     with pytest.raises(DiagError):
         theta_matrices(nn.Linear(2, 2))
@@ -106,6 +115,7 @@ def test_arrays_are_float32_copies():
 
 
 # ---- distances ----
+
 
 def brute_distances(theta: np.ndarray) -> tuple[float, float]:
     """Columns scaled to unit max-abs by loops; nearest signed permutation by trying all."""

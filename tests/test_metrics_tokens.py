@@ -1,4 +1,5 @@
 """Token similarity and rank collapse (REFERENCE.md 4.8, 4.9) against numpy loops."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,6 +21,7 @@ def random_hidden(seed: int, shape=(3, 3, 6, 8)) -> torch.Tensor:
 
 
 # ---- brute force ----
+
 
 def brute_token_similarity(hidden: torch.Tensor, prefix: int) -> np.ndarray:
     x = hidden.double().numpy()
@@ -65,6 +67,7 @@ def assert_close(actual: torch.Tensor, expected: np.ndarray, atol: float = 1e-5)
 
 # ---- against brute force ----
 
+
 @pytest.mark.parametrize("prefix", [0, 1, 2])
 def test_token_similarity_matches_brute_force(prefix):
     hidden = random_hidden(1)
@@ -77,6 +80,7 @@ def test_rank_collapse_matches_brute_force():
 
 
 # ---- sanity cases ----
+
 
 def test_equal_tokens_are_fully_similar_and_rank_collapsed():
     generator = torch.Generator().manual_seed(3)
@@ -109,6 +113,7 @@ def test_rank_collapse_is_scale_invariant_and_at_most_two():
 
 
 # ---- streaming, dtype, bad input ----
+
 
 def test_batch_weighted_recombination_equals_all_at_once():
     hidden = random_hidden(6)

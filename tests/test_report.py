@@ -1,5 +1,6 @@
 """Figures, summary sentences and report.html (issue 4), on tiny real models and on
 hand-made results whose numbers are known; one test opens the report in headless Chromium."""
+
 from __future__ import annotations
 
 import base64
@@ -45,16 +46,26 @@ def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) 
         **{f"similarity_{kind}": similarity for kind in ("pre", "post")},
         **{f"ratio_{kind}": np.asarray(ratio, dtype=np.float32) for kind in ("pre", "post")},
         **{f"cross_head_{kind}": cross for kind in ("pre", "post")},
-        "entropy": np.ones((blocks, heads), np.float32), "attention_distance": np.ones((blocks, heads), np.float32),
-        "token_similarity": np.zeros(blocks, np.float32), "rank_residual": np.ones(blocks, np.float32),
+        "entropy": np.ones((blocks, heads), np.float32),
+        "attention_distance": np.ones((blocks, heads), np.float32),
+        "token_similarity": np.zeros(blocks, np.float32),
+        "rank_residual": np.ones(blocks, np.float32),
         "cka": np.eye(blocks, dtype=np.float32),
-    }  # fmt: skip
-    model = {"description": "synthetic", "num_blocks": blocks, "num_heads": heads, "num_tokens": 5, "reattention_blocks": []}
+    }
+    model = {
+        "description": "synthetic",
+        "num_blocks": blocks,
+        "num_heads": heads,
+        "num_tokens": 5,
+        "reattention_blocks": [],
+    }
     if reattention:
         model["reattention_blocks"] = [0]
         arrays["theta_0"] = np.eye(heads, dtype=np.float32)
         arrays["ratio_post"] = np.zeros(blocks, np.float32)
-    return AnalysisResult(model, {"rho": 0.9, "maps": "post"}, {"description": "none", "count": 8, "skipped": 0}, 8, arrays)
+    return AnalysisResult(
+        model, {"rho": 0.9, "maps": "post"}, {"description": "none", "count": 8, "skipped": 0}, 8, arrays
+    )
 
 
 # ----------------------------------------------------------------------------- summary wording
@@ -107,7 +118,9 @@ def test_every_report_figure_has_a_title_and_axis_titles(comparison: ComparisonR
         # The first panel's y axis always says what it shows (for overlays: which block).
         assert (axes["yaxis"].get("title") or {}).get("text"), item.div_id
         if axes["xaxis"].get("showticklabels") is not False:  # overlays have pixel axes without ticks
-            bottom = [axis for name, axis in axes.items() if name.startswith("x") and (axis.get("title") or {}).get("text")]
+            bottom = [
+                axis for name, axis in axes.items() if name.startswith("x") and (axis.get("title") or {}).get("text")
+            ]
             assert bottom, f"{item.div_id}: no titled x axis"
 
 
@@ -128,9 +141,14 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
     assert fig.layout.xaxis2.domain[1] < fig.layout.coloraxis.colorbar.x < fig.layout.xaxis3.domain[0]
     assert fig.layout.coloraxis2.colorbar.x > fig.layout.xaxis3.domain[1]
     # Curves over blocks start at block 1, not 0.
-    for curves in (ratio, figures.cross_head_curves(results), figures.entropy_curves(results),
-                   figures.attention_distance_curves(results), figures.token_similarity_curves(results),
-                   figures.rank_residual_curves(results)):  # fmt: skip
+    for curves in (
+        ratio,
+        figures.cross_head_curves(results),
+        figures.entropy_curves(results),
+        figures.attention_distance_curves(results),
+        figures.token_similarity_curves(results),
+        figures.rank_residual_curves(results),
+    ):
         assert curves.layout.xaxis.tick0 == 1 and curves.layout.xaxis.range == (0.5, 3.5), curves.layout.title.text
 
 
@@ -157,7 +175,9 @@ def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
     scale = image.width // 32
     assert image.size == (32 * scale, 32 * scale) and image.width >= figures.OVERLAY_UPSAMPLED_PIXELS
-    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[::scale, ::scale], comparison.b.arrays["example_images"][1])
+    np.testing.assert_array_equal(
+        np.asarray(image.convert("RGB"))[::scale, ::scale], comparison.b.arrays["example_images"][1]
+    )
     with pytest.raises(IndexError):
         figures.cls_attention(comparison.b, example=5)
 
@@ -191,21 +211,32 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: problems.append(str(error)))
             # Anything not file:// would be a network request: the report must not make one.
-            page.route(re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort()))
+            page.route(
+                re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort())
+            )
             page.goto(path.resolve().as_uri())
             page.wait_for_function(
                 "n => [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length === n",
-                arg=expected, timeout=120_000,
-            )  # fmt: skip
-            rendered = page.evaluate("[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length")
+                arg=expected,
+                timeout=120_000,
+            )
+            rendered = page.evaluate(
+                "[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length"
+            )
             page.screenshot(path="/tmp/deepvit-diag-report.png", full_page=True)
         finally:
             browser.close()
@@ -216,13 +247,17 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
 def test_saved_comparison_reloads_into_the_same_report_figures(comparison: ComparisonResult, tmp_path: Path) -> None:
     comparison.save(tmp_path)
     again = ComparisonResult.load(tmp_path)
-    assert [item.div_id for item in report_figures(again, LABELS)] == [item.div_id for item in report_figures(comparison, LABELS)]
+    assert [item.div_id for item in report_figures(again, LABELS)] == [
+        item.div_id for item in report_figures(comparison, LABELS)
+    ]
     assert json.loads((tmp_path / "result.json").read_text())["format"] == "deepvit-diag comparison"
 
 
 def test_models_of_different_depth_get_no_difference_panel() -> None:
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    mixed = compare(tiny("vit16", depth=2), tiny("deepvit16", depth=3), images, device="cpu", num_examples=1, progress=False)
+    mixed = compare(
+        tiny("vit16", depth=2), tiny("deepvit16", depth=3), images, device="cpu", num_examples=1, progress=False
+    )
     results = {LABELS[0]: mixed.a, LABELS[1]: mixed.b}
     assert [trace.coloraxis for trace in figures.layer_similarity(results).data] == ["coloraxis", "coloraxis"]
     assert np.asarray(figures.cka_across(mixed, *LABELS).data[0].z).shape == (2, 3)

@@ -1,4 +1,5 @@
 """The trainer end to end at tiny size, and the bundled demo weights' model cards."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,26 @@ def test_random_affine_keeps_shape_and_is_seeded():
 
 def test_train_cli_end_to_end_saves_card_and_loads_back(tmp_path, capsys):
     out = tmp_path / "tiny.safetensors"
-    argv = ["train", "deepvit16", "--depth", "2", "--embed-dim", "32", "--num-heads", "4", "--img-size", "16",
-            "--patch-size", "4", "--epochs", "1", "--quiet", "--fp16", "--out", str(out)]  # fmt: skip
+    argv = [
+        "train",
+        "deepvit16",
+        "--depth",
+        "2",
+        "--embed-dim",
+        "32",
+        "--num-heads",
+        "4",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--fp16",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "test accuracy" in capsys.readouterr().out
     meta = read_native_metadata(out)

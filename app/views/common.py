@@ -1,4 +1,5 @@
 """What every view shares: how a figure is put on the page, and the block-numbering note."""
+
 from __future__ import annotations
 
 import plotly.graph_objects as go

@@ -1,4 +1,5 @@
 """More metrics: entropy, attention distance, token similarity, rank residual, and CKA."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -24,5 +25,7 @@ def render(analysis: Analysis) -> None:
     show_figure(figures.cka_within(results), "cka_within")
     label_a, label_b = analysis.labels
     show_figure(figures.cka_across(analysis.comparison, label_a, label_b), "cka_across")
-    st.caption("Linear CKA between block outputs (Kornblith et al. 2019): 1 means the same representation up to rotation "
-               "and scale. It needs at least 4 images.")  # fmt: skip
+    st.caption(
+        "Linear CKA between block outputs (Kornblith et al. 2019): 1 means the same representation up to rotation "
+        "and scale. It needs at least 4 images."
+    )

@@ -1,4 +1,5 @@
 """Overview: the headline numbers of A and B side by side, and the findings in words."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -28,7 +29,9 @@ def render(analysis: Analysis) -> None:
             st.markdown(f"- {sentence}")
     st.subheader("Headline numbers")
     rows = summary_rows(analysis.results)
-    table = pd.DataFrame([cells for _, cells in rows], index=[label for label, _ in rows], columns=list(analysis.results))
+    table = pd.DataFrame(
+        [cells for _, cells in rows], index=[label for label, _ in rows], columns=list(analysis.results)
+    )
     st.table(table)
 
 
@@ -40,13 +43,17 @@ def _model_column(label: str, result: AnalysisResult, differences: dict[str, flo
     st.caption(result.model["description"])
     similar, start, heads = st.columns(3)
     similar.metric(
-        "Similar blocks", f"{summary['similar_blocks']} of {summary['num_blocks']}",
-        delta=None if differences is None else differences["similar_blocks"], delta_color="inverse",
+        "Similar blocks",
+        f"{summary['similar_blocks']} of {summary['num_blocks']}",
+        delta=None if differences is None else differences["similar_blocks"],
+        delta_color="inverse",
         delta_description=None if differences is None else "against A",
         help=f"Blocks whose similarity ratio exceeds rho = {result.params['rho']:g}: "
-             + (block_list(summary["similar_block_indices"]) or "none"),
-    )  # fmt: skip
-    start.metric("Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1)
+        + (block_list(summary["similar_block_indices"]) or "none"),
+    )
+    start.metric(
+        "Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1
+    )
     heads.metric("Mean cross-head similarity", _decimal(summary["cross_head_similarity"]))
     findings = model_findings(label, result)
     for sentence in findings:

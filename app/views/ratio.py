@@ -1,4 +1,5 @@
 """Similarity ratio: the paper's Fig. 3(a) curve per model with the rho line."""
+
 from __future__ import annotations
 
 import streamlit as st

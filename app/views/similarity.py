@@ -1,4 +1,5 @@
 """Layer similarity: S[p, q] of A, B and B - A, and the maps of one chosen pair of blocks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,19 +27,29 @@ def render(analysis: Analysis) -> None:
     p = pick_p.number_input("Block p", 1, depth, max(1, depth - 1), key="similarity_p")
     q = pick_q.number_input("Block q", 1, depth, depth, key="similarity_q")
     examples = min(len(result.arrays["example_images"]) for result in results.values())
-    example = pick_image.selectbox("Image", range(examples), format_func=lambda i: f"image {i + 1}", key="similarity_image")
+    example = pick_image.selectbox(
+        "Image", range(examples), format_func=lambda i: f"image {i + 1}", key="similarity_image"
+    )
     blocks = sorted({p - 1, q - 1})
     drawn = {label: result for label, result in results.items() if blocks[-1] < result.model["num_blocks"]}
     for column, (label, result) in zip(st.columns(len(results)), results.items()):
         value = f"{result.similarity()[p - 1, q - 1]:.3f}" if label in drawn else "n/a"
-        column.metric(f"S[{p}, {q}] in {label}", value, help=None if label in drawn else f"{label} has only {result.model['num_blocks']} blocks")
+        column.metric(
+            f"S[{p}, {q}] in {label}",
+            value,
+            help=None if label in drawn else f"{label} has only {result.model['num_blocks']} blocks",
+        )
     overlays = [figures.cls_attention(result, example, blocks=blocks, label=label) for label, result in drawn.items()]
     for axis, kind in (("coloraxis", "pre"), ("coloraxis2", "post")):
-        charts.share_colour_range(overlays, axis, *(_drawn_weights(result, example, blocks, kind) for result in drawn.values()))
+        charts.share_colour_range(
+            overlays, axis, *(_drawn_weights(result, example, blocks, kind) for result in drawn.values())
+        )
     for index, overlay in enumerate(overlays):
         show_figure(overlay, f"similarity_pair_{index}")
-    st.caption("Attention of the CLS token to every patch in blocks p and q, per head, over the image as the model saw it; "
-               "softmax (and post-Θ) weights have one colour scale for A and B.")  # fmt: skip
+    st.caption(
+        "Attention of the CLS token to every patch in blocks p and q, per head, over the image as the model saw it; "
+        "softmax (and post-Θ) weights have one colour scale for A and B."
+    )
 
 
 def _drawn_weights(result: AnalysisResult, example: int, blocks: list[int], kind: str) -> np.ndarray:

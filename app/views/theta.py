@@ -1,5 +1,6 @@
 """Theta: every Re-attention block's H x H matrix, the Norm's per-head gains, and how far
 each Θ is from identity and from a permutation."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -16,12 +17,16 @@ def render(analysis: Analysis) -> None:
     results = analysis.results
     distances = charts.theta_distances(results)
     if distances is None:
-        st.info("Neither model has Re-attention blocks, so there is no Θ to show: both use their softmax maps as they are.")
+        st.info(
+            "Neither model has Re-attention blocks, so there is no Θ to show: both use their softmax maps as they are."
+        )
         return
     show_figure(distances, "theta_distances")
-    st.caption("Distance of each block's Θ (columns scaled to unit maximum) from the identity and from the nearest signed "
-               "permutation, relative to the identity's norm: 0 means heads pass through unchanged (resp. only reordered). "
-               + BLOCKS_FROM_ONE)  # fmt: skip
+    st.caption(
+        "Distance of each block's Θ (columns scaled to unit maximum) from the identity and from the nearest signed "
+        "permutation, relative to the identity's norm: 0 means heads pass through unchanged (resp. only reordered). "
+        + BLOCKS_FROM_ONE
+    )
     for index, (label, result) in enumerate(results.items()):
         heatmaps = figures.theta_heatmaps(result, label)
         if heatmaps is None:
@@ -32,5 +37,7 @@ def render(analysis: Analysis) -> None:
     gains = charts.norm_gains(results)
     if gains is not None:
         show_figure(gains, "norm_gains")
-        st.caption("The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in vit-pytorch) "
-                   "per output head; 1 (white) leaves the head's scale unchanged.")  # fmt: skip
+        st.caption(
+            "The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in vit-pytorch) "
+            "per output head; 1 (white) leaves the head's scale unchanged."
+        )

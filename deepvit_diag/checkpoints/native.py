@@ -4,6 +4,7 @@ Metadata keys (all strings, as safetensors requires):
 ``deepvit_diag.format`` = ``"1"``, ``deepvit_diag.arch`` = JSON arch dict
 (see ``deepvit_diag.models.presets``), ``deepvit_diag.card`` = JSON model card.
 """
+
 from __future__ import annotations
 
 import json

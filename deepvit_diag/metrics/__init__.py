@@ -20,6 +20,7 @@ Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate 
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices``
 reads weights.
 """
+
 from __future__ import annotations
 
 from .attention import attention_entropy, mean_attention_distance

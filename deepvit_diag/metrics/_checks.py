@@ -7,6 +7,7 @@ Outside ``deferred_value_checks`` a failed value check raises at once, which mak
 host wait for the device. Inside it the outcome stays on the device as a flag and is
 raised when the block ends, so a streaming loop on a GPU never waits on a check.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -39,7 +40,9 @@ class DeferredChecks:
     def record(self, ok: torch.Tensor, message: str) -> None:
         failed_at = torch.where(ok, self._NEVER, self.position)
         previous = self._first_failure.get(message)
-        self._first_failure[message] = failed_at if previous is None else torch.minimum(previous, failed_at.to(previous.device))
+        self._first_failure[message] = (
+            failed_at if previous is None else torch.minimum(previous, failed_at.to(previous.device))
+        )
 
     def raise_failures(self) -> None:
         """DiagError for the earliest failure (the first recorded message on a tie), if any."""
@@ -57,7 +60,9 @@ _DEFERRED: ContextVar[DeferredChecks | None] = ContextVar("deferred_value_checks
 
 
 @contextmanager
-def deferred_value_checks(describe: Callable[[int], str] = lambda position: f"at position {position}") -> Iterator[DeferredChecks]:
+def deferred_value_checks(
+    describe: Callable[[int], str] = lambda position: f"at position {position}",
+) -> Iterator[DeferredChecks]:
     """Value checks inside the block are recorded on the device, not raised at once; a
     failure raises DiagError when the block ends normally (naming ``describe(position)``),
     or earlier at ``raise_failures()``. Metrics computed from bad input in the meantime
@@ -76,7 +81,9 @@ def _check_values(tensor: torch.Tensor, name: str, nonnegative_for: str | None =
     low, high = torch.aminmax(tensor)
     outcomes = [(low.isfinite() & high.isfinite(), f"{name} contains NaN or Inf values")]
     if nonnegative_for is not None:
-        outcomes.append((low >= 0, f"{nonnegative_for} needs softmax (pre) attention maps, but {name} has negative values"))
+        outcomes.append(
+            (low >= 0, f"{nonnegative_for} needs softmax (pre) attention maps, but {name} has negative values")
+        )
     deferred = _DEFERRED.get()
     for ok, message in outcomes:
         if deferred is not None:

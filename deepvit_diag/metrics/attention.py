@@ -4,6 +4,7 @@ Both read the softmax ("pre") maps of REFERENCE.md section 4, stacked as (L, B, 
 with ``maps[l, b, h, i, j]`` = weight query i puts on key j; maps with negative entries
 (Theta-mixed "post" maps) are rejected. Both are means with equal weight per image.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,9 @@ def _patch_shape(patch_size: int | tuple[int, int]) -> tuple[float, float]:
     return float(sides[0]), float(sides[1])
 
 
-def _patch_distances(grid_size: tuple[int, int], patch_shape: tuple[float, float], device: torch.device) -> torch.Tensor:
+def _patch_distances(
+    grid_size: tuple[int, int], patch_shape: tuple[float, float], device: torch.device
+) -> torch.Tensor:
     """Pixel distances between patch centres, (N, N) with N = rows * cols.
 
     Patches are numbered row-major (token n sits at row ``n // cols``, column ``n % cols``),

@@ -16,6 +16,7 @@
 the layer-by-layer CKA of Nguyen et al. 2021. CKA is not a per-image mean: for a dataset
 use ``MinibatchCKA``, not a weighted mean of ``linear_cka`` over batches.
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ with ``eps = COSINE_EPS``, so a zero vector has cosine 0 with everything (itself
 ``collapse_statistics`` gives the same numbers from one normalisation and batched Gram
 products (the fast path the analysis runs per batch; tested against the reference).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -130,10 +131,12 @@ def cross_head_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Te
     vectors = _attention_vectors(as_float32_maps(maps), axis)
     num_heads = vectors.shape[2]
     per_block = [
-        torch.stack([
-            torch.stack([_cosine(block[:, g], block[:, h]).mean() for h in range(num_heads)])
-            for g in range(num_heads)
-        ])
+        torch.stack(
+            [
+                torch.stack([_cosine(block[:, g], block[:, h]).mean() for h in range(num_heads)])
+                for g in range(num_heads)
+            ]
+        )
         for block in vectors
     ]
     return torch.stack(per_block)
@@ -186,7 +189,9 @@ def collapse_statistics(
     unit = maps if in_place else maps.new_empty(maps.shape, dtype=torch.float32)
     for block, out in zip(maps, unit):
         # Squared in float32 also for bfloat16 maps (squaring in bfloat16 would round).
-        squares = torch.mul(block, block, out=scratch) if block.dtype == torch.float32 else scratch.copy_(block).square_()
+        squares = (
+            torch.mul(block, block, out=scratch) if block.dtype == torch.float32 else scratch.copy_(block).square_()
+        )
         norms = squares.sum(dim=dim, keepdim=True).sqrt_().clamp_min_(COSINE_EPS)
         torch.div(block, norms, out=out)
 
@@ -210,5 +215,7 @@ def collapse_statistics(
     ratio = _share_above(neighbour_sum / neighbour_count.view(-1, 1, 1, 1), tau)
 
     per_block_image = unit.view(num_blocks * batch, num_heads, -1)
-    cross_head = (per_block_image @ per_block_image.transpose(1, 2)).view(num_blocks, batch, num_heads, num_heads).sum(dim=1)
+    cross_head = (
+        (per_block_image @ per_block_image.transpose(1, 2)).view(num_blocks, batch, num_heads, num_heads).sum(dim=1)
+    )
     return {"similarity": similarity, "ratio": ratio, "cross_head": cross_head / (batch * num_vectors)}

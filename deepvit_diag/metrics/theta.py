@@ -16,6 +16,7 @@ the block computes (for the vit-pytorch LayerNorm variant it is a convention). B
 distances are 0 for Theta that passes every head through unchanged (resp. reordered,
 sign-flipped) up to per-head scale; sqrt(H) = ||I||_F makes them relative.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 Both take the stacked block outputs ``hidden`` of shape (L, B, T, D) (REFERENCE.md
 section 4) and are means with equal weight per image.
 """
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ Named hook points (TransformerLens style) expose the maps without touching the m
 ``hook_pre`` sees the softmax maps (B, H, T, T), ``hook_post`` the maps that multiply V.
 They are ``nn.Identity`` modules, so a forward hook on them records the tensors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -115,9 +116,7 @@ class ReAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if self.fused_attn and not self.apply_transform:
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0
-            )
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             attn = self.attn_drop(self.hook_pre(attn))

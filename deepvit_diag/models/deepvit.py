@@ -8,6 +8,7 @@ vit-pytorch variant). Options beyond the official ones exist only so that vit-py
 checkpoints convert exactly: a linear patch embedding with LayerNorms, no class token,
 mean pooling and a LayerNorm after pooling (``fc_norm``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,7 +54,11 @@ class LinearPatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         patch_dim = in_chans * patch_size**2
         self.layers = nn.ModuleDict(
-            {"1": nn.LayerNorm(patch_dim, eps=eps), "2": nn.Linear(patch_dim, embed_dim), "3": nn.LayerNorm(embed_dim, eps=eps)}
+            {
+                "1": nn.LayerNorm(patch_dim, eps=eps),
+                "2": nn.Linear(patch_dim, embed_dim),
+                "3": nn.LayerNorm(embed_dim, eps=eps),
+            }
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,8 +94,15 @@ class Block(nn.Module):
         self.scale_adjustment = scale_adjustment
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = ReAttention(
-            dim, num_heads=num_heads, head_dim=head_dim, qkv_bias=qkv_bias, attn_drop=attn_drop,
-            proj_drop=proj_drop, apply_transform=apply_transform, theta=theta, transform_scale=transform_scale,
+            dim,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            apply_transform=apply_transform,
+            theta=theta,
+            transform_scale=transform_scale,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
@@ -141,7 +153,9 @@ class DeepVisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        flags = [bool(apply_transform)] * depth if isinstance(apply_transform, bool) else [bool(f) for f in apply_transform]
+        flags = (
+            [bool(apply_transform)] * depth if isinstance(apply_transform, bool) else [bool(f) for f in apply_transform]
+        )
         if len(flags) != depth:
             raise ValueError(f"apply_transform has {len(flags)} flags for {depth} blocks")
         if global_pool not in ("token", "avg"):
@@ -170,8 +184,19 @@ class DeepVisionTransformer(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(
-                embed_dim, num_heads, mlp_ratio, qkv_bias, head_dim, flags[i], theta, transform_scale,
-                scale_adjustment, norm_eps, proj_drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i],
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias,
+                head_dim,
+                flags[i],
+                theta,
+                transform_scale,
+                scale_adjustment,
+                norm_eps,
+                proj_drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
             )
             for i in range(depth)
         )

@@ -11,6 +11,7 @@ checkpoint format embeds::
 ViT-NB baselines load into it strictly); ``family="deepvit"`` is
 ``DeepVisionTransformer``. Architectures from REFERENCE.md sections 1-2.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,7 +36,9 @@ PAPER_DATA_CFG: dict[str, Any] = {
     "classifier": "head",
 }
 
-_PAPER_COMMON = dict(img_size=224, patch_size=16, embed_dim=384, num_heads=12, mlp_ratio=3.0, qkv_bias=True, num_classes=1000)
+_PAPER_COMMON = dict(
+    img_size=224, patch_size=16, embed_dim=384, num_heads=12, mlp_ratio=3.0, qkv_bias=True, num_classes=1000
+)
 
 
 def _vit(depth: int) -> dict[str, Any]:
