@@ -8,15 +8,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Mapping
 
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from deepvit_diag.figures import DIVERGING, MODEL_COLOURS, TEMPLATE
-from deepvit_diag.results import AnalysisResult
+from deepvit_diag.figures import DIVERGING, TEMPLATE
 
 QUERY_PANEL_PX = 180  # largest panel side
 QUERY_GRID_PX = 480  # width of all panels of a row together
@@ -135,91 +133,5 @@ def query_attention(
         width=columns * panel + 130,
         height=(panel + 28) * rows + 80,
         margin={"l": 10, "r": 10, "t": 80, "b": 10},
-    )
-    return fig
-
-
-def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
-    """The Norm's affine weight per output head (rows) of every Re-attention block (columns),
-    one panel per model with such blocks, one diverging scale around 1; None when no model has one."""
-    panels = {}
-    for label, result in results.items():
-        gains = {block: info.norm_weight for block, info in result.theta().items() if info.norm_weight is not None}
-        if gains:
-            panels[label] = gains
-    if not panels:
-        return None
-    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=list(panels), vertical_spacing=0.25 / len(panels))
-    # Centred at 1, a gain that leaves its head unchanged, so that trained gains near 1 still show.
-    spread = max(float(np.abs(gain - 1).max()) for gains in panels.values() for gain in gains.values()) or 1.0
-    for row, (label, gains) in enumerate(panels.items(), start=1):
-        matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
-        fig.add_trace(
-            go.Heatmap(
-                z=matrix,
-                x=[str(block + 1) for block in gains],
-                y=np.arange(1, matrix.shape[0] + 1),
-                coloraxis="coloraxis",
-                hovertemplate="block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
-            ),
-            row=row,
-            col=1,
-        )
-        fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
-        fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
-    heads = max(len(gain) for gains in panels.values() for gain in gains.values())
-    fig.update_layout(
-        template=TEMPLATE,
-        font={"size": 13},
-        title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
-        coloraxis={
-            "colorscale": DIVERGING,
-            "cmin": 1 - spread,
-            "cmax": 1 + spread,
-            "cmid": 1.0,
-            "colorbar": {"title": "weight"},
-        },
-        height=110 + len(panels) * (90 + 26 * heads),
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
-    )
-    return fig
-
-
-def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
-    """Distance of each block's Θ from identity (solid) and from the nearest signed
-    permutation (dashed); None when no model has Re-attention blocks."""
-    fig = go.Figure()
-    for index, (label, result) in enumerate(results.items()):
-        infos = result.theta()
-        if not infos:
-            continue
-        blocks = [block + 1 for block in infos]
-        colour = MODEL_COLOURS[index % len(MODEL_COLOURS)]
-        for name, dash, values in (
-            ("from identity", "solid", [info.distance_from_identity for info in infos.values()]),
-            ("from a permutation", "dash", [info.distance_from_permutation for info in infos.values()]),
-        ):
-            fig.add_trace(
-                go.Scatter(
-                    x=blocks,
-                    y=values,
-                    mode="lines+markers",
-                    name=f"{label}, {name}",
-                    line={"color": colour, "dash": dash},
-                    hovertemplate=f"block %{{x}}: distance {name} %{{y:.3f}}<extra>{label}</extra>",
-                )
-            )
-    if not fig.data:
-        return None
-    last_block = max(max(trace.x) for trace in fig.data)
-    fig.update_xaxes(title="block", tick0=1, dtick=max(1, math.ceil(last_block / 16)))
-    fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
-    fig.update_layout(
-        template=TEMPLATE,
-        font={"size": 13},
-        height=380,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
-        title={"text": "How far Θ is from passing heads through unchanged", "x": 0.01},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
     )
     return fig

@@ -17,19 +17,16 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import streamlit as st
 import torch
 from torch import nn
 
-from deepvit_diag import compare, extract_attention, load_model
-from deepvit_diag.analysis import Settings
-from deepvit_diag.errors import DiagError
+from deepvit_diag import DiagError, Settings, compare, extract_attention, load_model
 from deepvit_diag.images import ImageSet, default_image_set, open_images
 from deepvit_diag.report import build_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
@@ -42,35 +39,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AnalysisRequest:
-    """Everything an analysis depends on; equal requests give the same result."""
+    """Everything an analysis depends on; equal requests give the same result.
+
+    ``settings.num_images`` is always set: the app analyses the first N images."""
 
     a: ModelChoice
     b: ModelChoice
     images: ImageChoice
-    num_images: int
-    k: int = Settings.k
-    tau: float = Settings.tau
-    rho: float = Settings.rho
-    axis: str = Settings.axis
-    maps: str = Settings.maps
-    device: str = Settings.device
+    settings: Settings
 
-    def options(self) -> dict:
-        """Keyword arguments of ``deepvit_diag.compare``. Images are decoded in the app's
+    def analysis_settings(self) -> Settings:
+        """The settings ``deepvit_diag.compare`` runs with. Images are decoded in the app's
         own process: forking loader workers from Streamlit's threads risks deadlocks (and
         warns from Python 3.12), and the app's image sets are small."""
-        return dict(
-            k=self.k,
-            tau=self.tau,
-            rho=self.rho,
-            axis=self.axis,
-            maps=self.maps,
-            device=self.device,
-            num_images=self.num_images,
-            num_examples=NUM_EXAMPLE_IMAGES,
-            progress=False,
-            num_workers=0,
-        )
+        return replace(self.settings, num_examples=NUM_EXAMPLE_IMAGES, num_workers=0)
 
 
 @dataclass
@@ -179,21 +161,6 @@ def result_store() -> ResultStore:
     return ResultStore(max_entries=8)
 
 
-class _ReportingImages(ImageSet):
-    """An image set that calls ``report(images read so far)`` as the analysis reads it."""
-
-    def __init__(self, images: ImageSet, report: Callable[[int], None]):
-        super().__init__(images.description, images.names, images.loaders, images.skipped, images.skipped_names)
-        self._report = report
-
-    def batches(self, *args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor, ...]]:
-        count = 0
-        for batch in super().batches(*args, **kwargs):
-            count += len(batch[0])
-            self._report(count)
-            yield batch
-
-
 def resolve_images(request: AnalysisRequest, models: tuple[LoadedModel, LoadedModel]) -> ImageChoice:
     """The request's image source, with "the set the model cards name" made concrete."""
     if request.images.spec is not None:
@@ -211,7 +178,7 @@ def open_image_set(images: ImageChoice, limit: int) -> tuple[ImageSet, list[str]
 
 
 def analysis_key(request: AnalysisRequest, images: ImageChoice) -> str:
-    return repr((request.a.key, request.b.key, images, request.options()))
+    return repr((request.a.key, request.b.key, images, request.analysis_settings()))
 
 
 def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -> Analysis:
@@ -226,13 +193,12 @@ def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -
     key = analysis_key(request, images)
     if (stored := result_store().get(key)) is not None:
         return stored
-    image_set, image_notes = open_image_set(images, request.num_images)
-    total = min(len(image_set), request.num_images)
-    reporting = _ReportingImages(image_set, lambda done: report(min(done, total), total))
+    settings = request.analysis_settings()
+    image_set, image_notes = open_image_set(images, settings.num_images)
     # Always in the same order, so two sessions locking the same pair cannot deadlock.
     first, second = sorted(models, key=id)
     with first.lock, second.lock, _announcements() as caught:
-        comparison = compare(models[0].model, models[1].model, reporting, **request.options())
+        comparison = compare(models[0].model, models[1].model, image_set, settings, progress=report)
     notes = [*models[0].notes, *models[1].notes, *image_notes, *(str(warning.message) for warning in caught)]
     analysis = Analysis(key, request, images, comparison, list(dict.fromkeys(notes)))
     result_store().put(analysis)

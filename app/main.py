@@ -97,8 +97,9 @@ def _explain_missing_demo(request: AnalysisRequest) -> None:
         request.b.fingerprint,
     ):
         st.info(
-            "The bundled demo weights (deepvit_diag/weights/vit32-digits.safetensors and deepvit32-digits.safetensors) "
-            "are not installed. Pick other checkpoints in the sidebar: a file on the server, an upload or a timm model name."
+            "The bundled demo weights (deepvit_diag/weights/vit32-digits.safetensors and "
+            "deepvit32-digits.safetensors) are not installed. Pick other checkpoints in the sidebar: "
+            "a file on the server, an upload or a timm model name."
         )
 
 

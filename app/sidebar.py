@@ -9,17 +9,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 import streamlit as st
 import torch
 
-from deepvit_diag.analysis import AXES, Settings
+from deepvit_diag import Settings
 from deepvit_diag.checkpoints import list_models
 from deepvit_diag.images import BUNDLED_SETS
-from deepvit_diag.report import PARAMETER_NAMES
-from deepvit_diag.results import MAP_KINDS
 
 from .compute import AnalysisRequest
 from .config import AppDefaults
@@ -75,11 +73,11 @@ def render_sidebar(defaults: AppDefaults) -> SidebarInput:
         help="The first N usable images of the source are analysed.",
     )
     st.header("Metric parameters")
-    parameters = _parameter_inputs()
+    settings = Settings(num_images=int(num_images), **_setting_inputs())
     run_clicked = st.button("Run analysis", type="primary", key="run", width="stretch")
     if None in (model_a, model_b, images):
         return SidebarInput(None, run_clicked)
-    return SidebarInput(AnalysisRequest(model_a, model_b, images, int(num_images), **parameters), run_clicked)
+    return SidebarInput(AnalysisRequest(model_a, model_b, images, settings), run_clicked)
 
 
 def _checked(make: Callable[[], T]) -> T | None:
@@ -225,32 +223,42 @@ def _image_input(defaults: AppDefaults) -> ImageChoice:
 # ----------------------------------------------------------------------------- parameters
 
 
-def _parameter_inputs() -> dict:
-    """k, tau, rho, attention vectors, map kind and device (REFERENCE.md section 4)."""
-    # Defaults are the library's (deepvit_diag.analysis.Settings).
-    k = st.number_input(
-        "k: neighbour blocks", min_value=1, max_value=16, value=Settings.k, key="k", help=PARAMETER_NAMES["k"]
-    )
-    tau = st.slider("tau: cosine threshold", 0.0, 1.0, Settings.tau, 0.05, key="tau", help=PARAMETER_NAMES["tau"])
-    rho = st.slider(
-        "rho: similar-block threshold", 0.0, 1.0, Settings.rho, 0.01, key="rho", help=PARAMETER_NAMES["rho"]
-    )
-    axis = st.radio(
-        "Attention vectors",
-        AXES,
-        index=AXES.index(Settings.axis),
-        horizontal=True,
-        key="axis",
-        help="columns: how much a token contributes to every output token (paper Eqn 2); rows: what a token attends to.",
-    )
-    maps = st.radio(
-        "Maps for the headline numbers",
-        MAP_KINDS,
-        index=MAP_KINDS.index(Settings.maps),
-        horizontal=True,
-        key="maps",
-        format_func={"post": "post-Θ (multiply V)", "pre": "pre-Θ (softmax)"}.get,
-    )
+_FIELDS = {spec.name: spec for spec in fields(Settings)}
+_HELP = {name: spec.metadata["help"][:1].upper() + spec.metadata["help"][1:] + "." for name, spec in _FIELDS.items()}
+# The settings the sidebar offers (the others keep the library's defaults), with the step
+# of each slider and the largest k worth offering.
+_SLIDER_STEPS = {"tau": 0.05, "rho": 0.01}
+_LARGEST_K = 16
+_CHOICE_WORDS = {"post": "post-Θ (multiply V)", "pre": "pre-Θ (softmax)"}
+
+
+def _setting_inputs() -> dict:
+    """k, tau, rho, attention vectors, map kind and device: one widget per ``Settings``
+    field, with the field's label, help, allowed values and default."""
+    values = {}
+    for name in ("k", "tau", "rho", "axis", "maps"):
+        meta, default = _FIELDS[name].metadata, _FIELDS[name].default
+        label = meta["label"][:1].upper() + meta["label"][1:]
+        if meta["minimum"] is not None:
+            values[name] = int(
+                st.number_input(
+                    label, min_value=meta["minimum"], max_value=_LARGEST_K, value=default, key=name, help=_HELP[name]
+                )
+            )
+        elif meta["interval"] is not None:
+            low, high = meta["interval"]
+            values[name] = float(st.slider(label, low, high, default, _SLIDER_STEPS[name], key=name, help=_HELP[name]))
+        else:
+            choices = list(meta["choices"])
+            values[name] = st.radio(
+                label,
+                choices,
+                index=choices.index(default),
+                horizontal=True,
+                key=name,
+                help=_HELP[name],
+                format_func=lambda choice: _CHOICE_WORDS.get(choice, choice),
+            )
     devices = ["auto", "cpu", *(f"cuda:{index}" for index in range(torch.cuda.device_count()))]
-    device = st.selectbox("Device", devices, key="device", help="auto: the GPU when there is one, else the CPU.")
-    return dict(k=int(k), tau=float(tau), rho=float(rho), axis=axis, maps=maps, device=device)
+    values["device"] = st.selectbox("Device", devices, key="device", help=_HELP["device"])
+    return values

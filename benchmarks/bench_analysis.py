@@ -71,8 +71,9 @@ from torch import nn
 
 import deepvit_diag  # noqa: F401  (registers the presets with timm)
 from deepvit_diag.analysis import analyze
-from deepvit_diag.capture import attention_module, extract_attention, model_input_config, transformer_blocks
+from deepvit_diag.capture import extract_attention
 from deepvit_diag.device import resolve_device
+from deepvit_diag.introspection import attention_module, transformer_blocks
 from deepvit_diag.metrics import (
     MinibatchCKA,
     attention_entropy,
@@ -84,6 +85,7 @@ from deepvit_diag.metrics import (
     similarity_ratio,
     token_similarity,
 )
+from deepvit_diag.preprocessing import model_input_config
 from deepvit_diag.results import package_versions
 
 # Batch sizes tried by "auto", per mode; the largest that fits and is fastest wins.
@@ -183,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--growth-images", type=int, help="images of the analysis run that mem_growth divides by")
     parser.add_argument("--naive-images", type=int, help="images for the naive run")
     parser.add_argument(
-        "--batch-size", help="images per forward pass, or 'auto' (the fastest of %s per mode)" % (AUTO_BATCH_SIZES,)
+        "--batch-size", help=f"images per forward pass, or 'auto' (the fastest of {AUTO_BATCH_SIZES} per mode)"
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="float32 or bfloat16 autocast")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode; medians are reported (default 3)")
@@ -278,9 +280,9 @@ def run_analysis_at_size(
     """``run_analysis``, but out of memory when ``analyze`` had to halve the batch (it
     retries smaller batches by itself, which would hide that the size does not fit)."""
     result = analyze(model, images, batch_size=batch_size, device=device, dtype=dtype, progress=False, k=K, tau=TAU)
-    if result.params["final_batch_size"] != batch_size:
+    if result.computation["final_batch_size"] != batch_size:
         raise torch.OutOfMemoryError(
-            f"analyze fell back from batch size {batch_size} to {result.params['final_batch_size']}"
+            f"analyze fell back from batch size {batch_size} to {result.computation['final_batch_size']}"
         )
 
 
@@ -396,7 +398,7 @@ def check_against_reference(model: nn.Module, images: torch.Tensor, device: torc
     (plus one vector's)."""
     result = analyze(model, images, batch_size=len(images), device=device, dtype=dtype, progress=False, k=K, tau=TAU)
     expected = reference_arrays(model, images, device)
-    one_vector = 1.01 / (result.model["num_heads"] * result.model["num_tokens"] * len(images))
+    one_vector = 1.01 / (result.geometry.num_heads * result.geometry.num_tokens * len(images))
     tolerance = TOLERANCE[dtype]
     differences, passed = {}, True
     for name, value in expected.items():

@@ -39,9 +39,9 @@ from rich.console import Console
 from rich.table import Table
 
 from deepvit_diag.analysis import analyze
-from deepvit_diag.capture import model_transform
 from deepvit_diag.device import resolve_device
 from deepvit_diag.images import open_images
+from deepvit_diag.preprocessing import model_transform
 from deepvit_diag.results import package_versions
 
 IMAGE_SIZE = (500, 375)

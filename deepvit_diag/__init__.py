@@ -2,10 +2,32 @@
 
 __version__ = "0.1.0"
 
-from . import models  # noqa: F401  (registers the presets with timm)
-from .analysis import analyze, compare  # noqa: F401
-from .capture import AttentionCapture, AttentionRecorder, extract_attention  # noqa: F401
-from .checkpoints import load_model, save_native  # noqa: F401
-from .metrics import *  # noqa: F401,F403  (the metrics' __all__, issue 3)
+from . import models  # registers the presets with timm
+from .analysis import analyze, compare
+from .capture import AttentionCapture, AttentionRecorder, extract_attention
+from .checkpoints import load_model, save_native
+from .errors import DiagError
+from .metrics import *  # noqa: F403  (the metrics' __all__)
+from .metrics import __all__ as _metrics_all
 from .models import DeepVisionTransformer, ReAttention, build_model
-from .results import AnalysisResult, ComparisonResult  # noqa: F401
+from .results import AnalysisResult, ComparisonResult
+from .settings import Settings
+
+__all__ = [
+    "AnalysisResult",
+    "AttentionCapture",
+    "AttentionRecorder",
+    "ComparisonResult",
+    "DeepVisionTransformer",
+    "DiagError",
+    "ReAttention",
+    "Settings",
+    "analyze",
+    "build_model",
+    "compare",
+    "extract_attention",
+    "load_model",
+    "models",
+    "save_native",
+    *_metrics_all,
+]

@@ -6,7 +6,7 @@ left on**: nothing global is switched (no ``timm.layers.set_fused_attn``), no mo
 replaced, and the logits are those of the untouched model. Only forward hooks are
 added, and they are removed again when the recorder closes, also on exceptions.
 
-How each block's softmax maps ("pre", REFERENCE.md section 4) are read:
+How each block's softmax maps ("pre", docs/metrics.md) are read:
 
 * a block that materialises its maps (every Re-attention block, and any attention with
   ``fused_attn`` off): a hook on the module the maps pass through - ``hook_pre`` /
@@ -33,15 +33,13 @@ from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
-from timm.layers import Attention as TimmAttention
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from torchvision.transforms import Compose
 
 from .errors import DiagError
-from .images import to_rgb
+from .introspection import attention_module, is_reattention, model_device, resolve_blocks, transformer_blocks
 from .models.attention import ReAttention
+from .preprocessing import as_batch
 
 
 @dataclass
@@ -65,59 +63,6 @@ class AttentionCapture:
     logits: torch.Tensor | None
     blocks: list[int]
     reattention_blocks: list[int]
-
-
-def transformer_blocks(model: nn.Module) -> Sequence[nn.Module]:
-    """The model's list of transformer blocks (``model.blocks``), or a DiagError."""
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
-        raise DiagError(
-            f"cannot capture attention from {type(model).__name__}: it has no `blocks` list of transformer blocks"
-        )
-    return blocks
-
-
-def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
-    """Sorted unique 0-based block indices; negative indices count from the end."""
-    num_blocks = len(transformer_blocks(model))
-    if blocks is None:
-        return list(range(num_blocks))
-    resolved = set()
-    for index in blocks:
-        if isinstance(index, bool) or not isinstance(index, int) or not -num_blocks <= index < num_blocks:
-            raise DiagError(f"block index {index!r} is out of range for a model with {num_blocks} blocks")
-        resolved.add(index % num_blocks)
-    if not resolved:
-        raise DiagError("blocks= selects no block; give at least one block index")
-    return sorted(resolved)
-
-
-def attention_module(model: nn.Module, index: int) -> nn.Module:
-    """The attention module of block ``index``, if deepvit-diag can read its maps."""
-    block = transformer_blocks(model)[index]
-    attn = getattr(block, "attn", None)
-    if isinstance(attn, ReAttention):
-        return attn
-    # A subclass with its own forward may compute something else than softmax(q k^T).
-    if isinstance(attn, TimmAttention) and type(attn).forward is TimmAttention.forward:
-        return attn
-    unreadable = type(attn).__name__ if attn is not None else f"{type(block).__name__} (no `attn` module)"
-    raise DiagError(
-        f"cannot read attention maps of block {index}: unsupported attention module {unreadable}; "
-        "supported are timm's Attention and deepvit-diag's ReAttention"
-    )
-
-
-def is_reattention(attn: nn.Module) -> bool:
-    return isinstance(attn, ReAttention) and attn.apply_transform
-
-
-def num_prefix_tokens(model: nn.Module) -> int:
-    """Class/register/distillation tokens in front of the patch tokens."""
-    prefix = getattr(model, "num_prefix_tokens", None)
-    if prefix is None:
-        return 1 if getattr(model, "cls_token", None) is not None else 0
-    return int(prefix)
 
 
 def _softmax_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
@@ -325,45 +270,6 @@ class AttentionRecorder:
         return hook
 
 
-def model_input_config(model: nn.Module) -> dict:
-    """timm's data config for ``model``, with the input size the model was built for.
-
-    ``resolve_data_config`` reports the pretrained config's size (224 for
-    ``vit_tiny_patch16_224``), also when the model was created with another ``img_size``.
-    """
-    config = resolve_data_config({}, model=model)
-    patch_embed = getattr(model, "patch_embed", None)
-    img_size = getattr(patch_embed, "img_size", None)
-    if img_size is not None and not getattr(model, "dynamic_img_size", False):
-        config["input_size"] = (config["input_size"][0], *img_size)
-    return config
-
-
-def model_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:
-    """The model's timm eval transform (resize, centre crop, normalise) for any PIL image."""
-    # A Compose of module-level callables, so image-loading workers can be spawned with it.
-    return Compose([to_rgb, create_transform(**model_input_config(model))])
-
-
-def preprocess(model: nn.Module, images: Sequence[Image.Image]) -> torch.Tensor:
-    """PIL images (any mode) -> (N, C, H, W) float tensor for ``model``."""
-    transform = model_transform(model)
-    return torch.stack([transform(image) for image in images])
-
-
-def as_batch(model: nn.Module, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
-    """A (B, C, H, W) tensor as given, or PIL images preprocessed for ``model``."""
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise DiagError(f"images must be a (B, C, H, W) tensor, got shape {tuple(images.shape)}")
-        return images
-    if isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
-        return preprocess(model, images)
-    raise DiagError(
-        f"images must be a (B, C, H, W) tensor or a non-empty list of PIL images, got {type(images).__name__}"
-    )
-
-
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Evaluation mode (dropout off, BatchNorm running stats) restored module by module."""
@@ -374,11 +280,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def extract_attention(

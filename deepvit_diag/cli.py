@@ -13,10 +13,13 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from .errors import DiagError
+from .settings import Settings
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -74,9 +77,8 @@ def run_train(args: argparse.Namespace) -> None:
     card["preset"] = args.preset
     card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
     save_native(model, args.out, card=card, dtype=torch.float16 if args.fp16 else None)
-    print(
-        f"saved {args.out}: test accuracy {card['test_accuracy']:.1%} after {args.epochs} epochs ({card['train_seconds']:.0f} s)"
-    )
+    accuracy, seconds = card["test_accuracy"], card["train_seconds"]
+    print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -156,14 +158,19 @@ def run_import(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- compare / analyze
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+def _number_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (else a usage error, exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number between {low:g} and {high:g}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -181,8 +188,33 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+# The report draws every example image once per head and block row: two keep report.html small.
+CLI_SETTING_DEFAULTS = {"num_examples": 2}
+
+
+def add_settings_options(p: argparse.ArgumentParser) -> None:
+    """One option per ``Settings`` field, with its help text, allowed values and default."""
+    for spec in fields(Settings):
+        meta = spec.metadata
+        default = CLI_SETTING_DEFAULTS.get(spec.name, spec.default)
+        options: dict[str, Any] = {"dest": spec.name, "default": default, "metavar": meta["metavar"]}
+        if meta["choices"] is not None:
+            options["choices"] = meta["choices"]
+        elif meta["minimum"] is not None:
+            options["type"] = _int_at_least(meta["minimum"])
+        elif meta["interval"] is not None:
+            options["type"] = _number_between(*meta["interval"])
+        shown = "" if default is None or "(default" in meta["help"] else f" (default {default})"
+        p.add_argument(meta["flag"] or "--" + spec.name.replace("_", "-"), help=meta["help"] + shown, **options)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(**{spec.name: getattr(args, spec.name) for spec in fields(Settings)})
+
+
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``compare`` and ``analyze`` (metric parameters: REFERENCE.md section 4)."""
+    """Options shared by ``compare`` and ``analyze``: the images, the output and the settings
+    (metric parameters: docs/metrics.md)."""
     p.add_argument(
         "--images",
         nargs="+",
@@ -192,74 +224,13 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
         "default: the set the model cards name, else 'photos'",
     )
     p.add_argument(
-        "--num-images", type=_int_at_least(1), metavar="N", help="analyse only the first N usable images (default: all)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=_int_at_least(1),
-        default=32,
-        metavar="B",
-        help="images per forward pass (default 32; halved automatically on CUDA out-of-memory)",
-    )
-    p.add_argument("--device", default="auto", help="'auto' (CUDA when present, the default), 'cpu' or 'cuda[:N]'")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        default="float32",
-        help="compute dtype of the forward passes (default float32; metrics are always accumulated in float32)",
-    )
-    p.add_argument(
-        "--workers",
-        type=_int_at_least(0),
-        metavar="N",
-        help="processes that decode and resize images while the model runs "
-        "(default: 0 on the CPU, up to 8 on a GPU, one fewer than the cores)",
-    )
-    p.add_argument(
         "--out",
         type=Path,
         default=Path("deepvit-diag-report"),
         metavar="DIR",
         help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)",
     )
-    p.add_argument(
-        "--k",
-        type=_int_at_least(1),
-        default=2,
-        help="neighbouring blocks on each side that a block's similarity ratio compares with (default 2)",
-    )
-    p.add_argument(
-        "--tau",
-        type=_unit_interval,
-        default=0.5,
-        help="cosine similarity above which an attention vector counts as similar to its neighbours' (default 0.5)",
-    )
-    p.add_argument(
-        "--rho",
-        type=_unit_interval,
-        default=0.9,
-        help="similarity ratio above which a block counts as similar, as in the paper's Fig. 3 (default 0.9)",
-    )
-    p.add_argument(
-        "--axis",
-        choices=["columns", "rows"],
-        default="columns",
-        help="compare attention columns (what each token contributes, paper Eqn 2; default) or rows (what each token attends to)",
-    )
-    p.add_argument(
-        "--maps",
-        choices=["pre", "post"],
-        default="post",
-        help="maps the headline numbers use in Re-attention blocks: 'post' (after Theta, what multiplies V; default) "
-        "or 'pre' (the softmax maps); plain ViT blocks have only one kind",
-    )
-    p.add_argument(
-        "--examples",
-        type=_int_at_least(0),
-        default=2,
-        metavar="N",
-        help="images whose per-head CLS attention maps the report draws (default 2)",
-    )
+    add_settings_options(p)
     chatter = p.add_mutually_exclusive_group()
     chatter.add_argument(
         "--quiet", action="store_true", help="print nothing but errors (the output folder is still written)"
@@ -275,14 +246,15 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
         help="compare attention collapse in two checkpoints on the same images",
-        description="Run two checkpoints over the same images, print the attention-collapse numbers of both side by side "
-        "with one sentence per finding, and write result.json, arrays.npz and a self-contained report.html.",
+        description="Run two checkpoints over the same images, print the attention-collapse numbers of both side "
+        "by side with one sentence per finding, and write result.json, arrays.npz and a self-contained report.html.",
     )
     p.add_argument(
         "--ckpt-a",
         required=True,
         metavar="SPEC",
-        help="first model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name",
+        help="first model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) "
+        "or a timm model name",
     )
     p.add_argument("--ckpt-b", required=True, metavar="SPEC", help="second model, same forms as --ckpt-a")
     p.add_argument(
@@ -342,34 +314,21 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
 
     from .analysis import analyze, compare
     from .checkpoints import load_model
-    from .device import resolve_device
     from .images import default_image_set, open_images
     from .report import write_report
     from .summary import comparison_findings, model_findings, print_summary
 
     _check_out(args.out)
-    resolve_device(args.device)  # an unusable --device fails before the models are loaded
-    options = dict(
-        k=args.k,
-        tau=args.tau,
-        rho=args.rho,
-        axis=args.axis,
-        maps=args.maps,
-        batch_size=args.batch_size,
-        num_images=args.num_images,
-        device=args.device,
-        dtype=args.dtype,
-        num_examples=args.examples,
-        progress=not args.quiet,
-        num_workers=args.workers,
-    )
+    settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
+    progress = not args.quiet
     with _warnings_as_lines(args.quiet):
         models = [load_model(spec, arch=arch) for spec, arch in specs]
         sources = args.images or [default_image_set(models)]
-        images = open_images(sources[0] if len(sources) == 1 else sources, limit=args.num_images)
-        # The analysis draws its progress bar on stdout; stdout is kept for the summary (and --json).
-        with redirect_stdout(sys.stderr):
-            result = compare(*models, images, **options) if len(models) == 2 else analyze(models[0], images, **options)
+        images = open_images(sources[0] if len(sources) == 1 else sources, limit=settings.num_images)
+        if len(models) == 2:
+            result = compare(*models, images, settings, progress=progress)
+        else:
+            result = analyze(models[0], images, settings, progress=progress)
     command = "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
     try:
         args.out.mkdir(parents=True, exist_ok=True)

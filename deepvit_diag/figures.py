@@ -20,12 +20,14 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from . import catalogue
 from .results import AnalysisResult, ComparisonResult
 
 Results = Mapping[str, AnalysisResult]
@@ -58,7 +60,7 @@ def _colour(index: int) -> str:
 
 
 def _maps(result: AnalysisResult, maps: str | None) -> str:
-    return maps or result.params.get("maps", "post")
+    return maps or result.settings.maps
 
 
 def _finish(fig: go.Figure, title: str, height: int) -> go.Figure:
@@ -231,7 +233,7 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
                 hovertemplate="block %{x}: ratio %{y:.3f} (%{customdata})<extra>" + label + "</extra>",
             )
         )
-        rhos.add(result.params["rho"])
+        rhos.add(result.settings.rho)
     for rho in sorted(rhos):
         fig.add_hline(
             y=rho,
@@ -246,12 +248,12 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
 
 
 def _block_tick(results: Results) -> int:
-    return _tick_step(max(result.model["num_blocks"] for result in results.values()))
+    return _tick_step(max(result.geometry.num_blocks for result in results.values()))
 
 
 def _block_axis(fig: go.Figure, results: Results) -> None:
     """The x axis of a curve over blocks: from block 1 (not 0), integer ticks from 1."""
-    last = max(result.model["num_blocks"] for result in results.values())
+    last = max(result.geometry.num_blocks for result in results.values())
     fig.update_xaxes(title="block", tick0=1, dtick=_block_tick(results), range=[0.5, last + 0.5])
 
 
@@ -282,7 +284,7 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
 def cross_head_matrices(results: Results, block: int | None = None, maps: str | None = None) -> go.Figure:
     """The H x H cross-head similarity of one block (0-based; default the last) per model."""
     labels = list(results)
-    chosen = {label: (results[label].model["num_blocks"] - 1 if block is None else block) for label in labels}
+    chosen = {label: (results[label].geometry.num_blocks - 1 if block is None else block) for label in labels}
     matrices = [results[label].cross_head(maps)[chosen[label]] for label in labels]
     titles = [f"{label}, block {chosen[label] + 1}" for label in labels]
     fig = make_subplots(rows=1, cols=len(labels), subplot_titles=titles, horizontal_spacing=0.1)
@@ -323,14 +325,18 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     )
     for position, (block, info) in enumerate(infos.items()):
         heads = _blocks(len(info.theta))
-        distances = f"distance from identity {info.distance_from_identity:.2f}, from a permutation {info.distance_from_permutation:.2f}"
+        distances = (
+            f"distance from identity {info.distance_from_identity:.2f}, "
+            f"from a permutation {info.distance_from_permutation:.2f}"
+        )
         fig.add_trace(
             go.Heatmap(
                 z=info.theta,
                 x=heads,
                 y=heads,
                 coloraxis="coloraxis",
-                hovertemplate=f"block {block + 1}: input head %{{y}} to output head %{{x}}<br>Θ = %{{z:.3f}}<br>{distances}<extra></extra>",
+                hovertemplate=f"block {block + 1}: input head %{{y}} to output head %{{x}}<br>Θ = %{{z:.3f}}"
+                f"<br>{distances}<extra></extra>",
             ),
             row=position // columns + 1,
             col=position % columns + 1,
@@ -338,7 +344,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     fig.update_layout(
         coloraxis={**_symmetric_scale([info.theta for info in infos.values()]), "colorbar": {"title": "Θ"}}
     )
-    _square_heatmap_axes(fig, len(infos), "output head", "input head", result.model["num_heads"], columns, labels=6)
+    _square_heatmap_axes(fig, len(infos), "output head", "input head", result.geometry.num_heads, columns, labels=6)
     prefix = f"{label}: " if label else ""
     fig = _finish(
         fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 150 + 210 * rows
@@ -346,6 +352,92 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     # A fixed width keeps the small panels square without empty bands between the rows
     # (at least wide enough for the title when there are only a few blocks).
     return fig.update_layout(width=max(760, 160 + 170 * columns))
+
+
+def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
+    """The Norm's affine weight per output head (rows) of every Re-attention block (columns),
+    one panel per model with such blocks, one diverging scale around 1; None when no model has one."""
+    panels = {}
+    for label, result in results.items():
+        gains = {block: info.norm_weight for block, info in result.theta().items() if info.norm_weight is not None}
+        if gains:
+            panels[label] = gains
+    if not panels:
+        return None
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=list(panels), vertical_spacing=0.25 / len(panels))
+    # Centred at 1, a gain that leaves its head unchanged, so that trained gains near 1 still show.
+    spread = max(float(np.abs(gain - 1).max()) for gains in panels.values() for gain in gains.values()) or 1.0
+    for row, (label, gains) in enumerate(panels.items(), start=1):
+        matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
+        fig.add_trace(
+            go.Heatmap(
+                z=matrix,
+                x=[str(block + 1) for block in gains],
+                y=np.arange(1, matrix.shape[0] + 1),
+                coloraxis="coloraxis",
+                hovertemplate="block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
+            ),
+            row=row,
+            col=1,
+        )
+        fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
+        fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
+    heads = max(len(gain) for gains in panels.values() for gain in gains.values())
+    fig.update_layout(
+        template=TEMPLATE,
+        font={"size": 13},
+        title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
+        coloraxis={
+            "colorscale": DIVERGING,
+            "cmin": 1 - spread,
+            "cmax": 1 + spread,
+            "cmid": 1.0,
+            "colorbar": {"title": "weight"},
+        },
+        height=110 + len(panels) * (90 + 26 * heads),
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+    )
+    return fig
+
+
+def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
+    """Distance of each block's Θ from identity (solid) and from the nearest signed
+    permutation (dashed); None when no model has Re-attention blocks."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        infos = result.theta()
+        if not infos:
+            continue
+        blocks = [block + 1 for block in infos]
+        colour = _colour(index)
+        for name, dash, values in (
+            ("from identity", "solid", [info.distance_from_identity for info in infos.values()]),
+            ("from a permutation", "dash", [info.distance_from_permutation for info in infos.values()]),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=blocks,
+                    y=values,
+                    mode="lines+markers",
+                    name=f"{label}, {name}",
+                    line={"color": colour, "dash": dash},
+                    hovertemplate=f"block %{{x}}: distance {name} %{{y:.3f}}<extra>{label}</extra>",
+                )
+            )
+    if not fig.data:
+        return None
+    last_block = max(max(trace.x) for trace in fig.data)
+    fig.update_xaxes(title="block", tick0=1, dtick=max(1, math.ceil(last_block / 16)))
+    fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
+    fig.update_layout(
+        template=TEMPLATE,
+        font={"size": 13},
+        height=380,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        title={"text": "How far Θ is from passing heads through unchanged", "x": 0.01},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+    )
+    return fig
 
 
 # ----------------------------------------------------------------------------- per-block curves
@@ -388,7 +480,7 @@ def entropy_curves(results: Results) -> go.Figure:
     """Attention entropy per block and head (softmax maps), with ln T, the entropy of
     uniform attention over T tokens, as the upper reference line."""
     fig = _per_head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
-    for num_tokens in sorted({result.model["num_tokens"] for result in results.values()}):
+    for num_tokens in sorted({result.geometry.num_tokens for result in results.values()}):
         fig.add_hline(
             y=math.log(num_tokens),
             line={"dash": "dot", "color": "#777"},
@@ -543,13 +635,13 @@ def cls_attention(
     images = result.arrays["example_images"]
     if not 0 <= example < len(images):
         raise IndexError(f"example {example} out of range: the result keeps {len(images)} example images")
-    blocks = default_overlay_blocks(result.model["num_blocks"]) if blocks is None else list(blocks)
-    reattention = set(result.model["reattention_blocks"])
+    blocks = default_overlay_blocks(result.geometry.num_blocks) if blocks is None else list(blocks)
+    reattention = set(result.geometry.reattention_blocks)
     rows = [(block, kind) for block in blocks for kind in (("pre", "post") if block in reattention else ("pre",))]
     has_post = any(kind == "post" for _, kind in rows)
-    num_heads = result.model["num_heads"]
+    num_heads = result.geometry.num_heads
     height, width = images.shape[1:3]
-    grid_h, grid_w = result.model["grid_size"]
+    grid_h, grid_w = result.geometry.grid_size
     source = _image_source(images[example])
     patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
 
@@ -661,3 +753,55 @@ def cls_attention(
     if has_post:  # the post-Θ bar right of the pre-Θ one, in pixels of the panels' width
         fig.layout.coloraxis2.colorbar.x = 1.02 + 100 / (panel * num_heads)
     return fig
+
+
+# ----------------------------------------------------------------------------- the catalogue's figures
+
+
+@dataclass
+class DrawnFigure:
+    """A figure of the catalogue drawn for some results, with its caption and element id."""
+
+    element_id: str
+    caption: str
+    figure: go.Figure
+
+
+def draw(
+    spec: catalogue.Figure,
+    results: Results,
+    comparison: ComparisonResult | None = None,
+    *,
+    examples: Sequence[int] | None = None,
+    **options: object,
+) -> list[DrawnFigure]:
+    """The figures of catalogue entry ``spec`` for ``results`` (label -> result), with their
+    captions filled in: one figure, one per model, one per model and example image
+    (``examples``, 0-based; default all kept), or one for ``comparison`` (none without it),
+    as ``spec.scope`` says. Figures a model cannot have (Theta of a plain ViT) are left out.
+    ``options`` go to the figure function (e.g. ``block`` of ``cross_head_matrices``)."""
+    function = globals()[spec.name]
+    first = next(iter(results.values()))
+    fields = {"rho": first.settings.rho, "k": first.settings.k, "tau": first.settings.tau}
+    base_id = "fig-" + spec.name.replace("_", "-")
+    drawn = []
+    if spec.scope == "models":
+        drawn.append((base_id, function(results, **options), fields))
+    elif spec.scope == "model":
+        for index, (label, result) in enumerate(results.items()):
+            figure = function(result, label=label, **options)
+            drawn.append((f"{base_id}-{index}", figure, {**fields, "label": label}))
+    elif spec.scope == "example":
+        for index, (label, result) in enumerate(results.items()):
+            chosen = range(len(result.arrays["example_images"])) if examples is None else examples
+            for example in chosen:
+                figure = function(result, example, label=label, **options)
+                values = {**fields, "label": label, "example": example + 1}
+                drawn.append((f"{base_id}-{index}-{example}", figure, values))
+    elif comparison is not None:
+        label_a, label_b = list(results)
+        figure = function(comparison, label_a, label_b, **options)
+        drawn.append((base_id, figure, {**fields, "label_a": label_a, "label_b": label_b}))
+    return [
+        DrawnFigure(element, spec.caption.format(**values), fig) for element, fig, values in drawn if fig is not None
+    ]

@@ -1,4 +1,5 @@
-"""Where analysis images come from: folders, files, globs and the bundled sets.
+"""Where analysis images come from (folders, files, globs, the bundled sets) and how they
+stream to the models (``ImageStream``).
 
 Every image is handed out as an 8-bit RGB PIL image, whatever its mode on disk
 (grayscale, palette, RGBA on white, 16-bit, float, CMYK, EXIF-rotated). Files that are
@@ -13,18 +14,22 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain, zip_longest
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DiagError
+from .introspection import describe_model
+from .preprocessing import model_input_config, model_transform, to_rgb
+from .settings import Settings
 
 
 def _photo_paths() -> list[Path]:
@@ -60,25 +65,6 @@ BUNDLED_SETS: dict[str, str] = {
     "coffee, rocket, camera, coins, moon, hubble_deep_field, ihc)",
     "digits-test": "the 360 held-out scikit-learn digits (8x8 grayscale) of the demo weights' fixed split",
 }
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB: EXIF orientation applied, alpha composited on white,
-    16-bit and float data rescaled to 0..255 rather than clipped."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        data = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
-            data = (data - lo) / (hi - lo or 1.0) * 255.0
-        elif data.max() > 255:
-            data = data / 65535.0 * 255.0
-        img = Image.fromarray(np.clip(np.round(np.nan_to_num(data)), 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
 
 
 def _try_open(path: Path) -> bool:
@@ -298,3 +284,113 @@ def default_image_set(models: Sequence[object]) -> str:
     if len(named) == 1 and (only := named.pop()) in BUNDLED_SETS:
         return only
     return "photos"
+
+
+ImageSource = (
+    torch.Tensor | Sequence[Image.Image] | str | Path | Sequence[str | Path] | ImageSet | Iterable[torch.Tensor]
+)
+
+
+class ImageStream:
+    """Batches of at most ``settings.batch_size`` images, as one tensor per model.
+
+    Tensors and iterables of tensor batches are passed to every model as they are (already
+    preprocessed); PIL images and image files are preprocessed with each model's own timm
+    data config (models with the same config share one tensor), by ``settings.num_workers``
+    processes and into pinned memory when the device is a GPU.
+    """
+
+    def __init__(self, images: ImageSource, models: Sequence[nn.Module], settings: Settings):
+        self.models = models
+        self.batch_size = settings.batch_size
+        self.limit = settings.num_images
+        self.num_workers = settings.resolved().num_workers
+        self.pin_memory = settings.torch_device.type == "cuda"
+        self.count = 0
+        self._image_set: ImageSet | None = None
+        self._tensors: Iterable[torch.Tensor] | None = None
+        self.total: int | None = None
+        self._classify(images)
+
+    def _classify(self, images: ImageSource) -> None:
+        if isinstance(images, torch.Tensor):
+            self._tensors, self.total = [images], min(len(images), self.limit or len(images))
+            self.description = f"a tensor of {len(images)} preprocessed images"
+        elif isinstance(images, ImageSet) or _is_path_spec(images):
+            self._use(images if isinstance(images, ImageSet) else open_images(images, limit=self.limit))
+        elif isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
+            self._use(ImageSet.of_images(images))
+        elif isinstance(images, Iterable) and not isinstance(images, (str, bytes, Image.Image)):
+            self._tensors, self.total = images, self.limit
+            self.description = f"batches of preprocessed images from a {type(images).__name__}"
+        else:
+            raise DiagError(
+                "images must be a (N, C, H, W) tensor, a list of PIL images, a folder/file/glob/bundled-set "
+                f"name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
+            )
+
+    def _use(self, image_set: ImageSet) -> None:
+        self._image_set = image_set
+        self.total = min(len(image_set), self.limit or len(image_set))
+        self.description = image_set.description
+
+    def provenance(self) -> dict[str, Any]:
+        skipped = self._image_set.skipped if self._image_set is not None else 0
+        return {"description": self.description, "count": self.count, "skipped": skipped}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        source = self._image_batches() if self._image_set is not None else self._tensor_batches()
+        for batch in source:
+            if self.limit is not None:
+                batch = tuple(x[: self.limit - self.count] for x in batch)
+            self.count += len(batch[0])
+            yield batch
+            if self.limit is not None and self.count >= self.limit:
+                return
+        if self.count == 0:
+            raise DiagError(f"no images to analyse in {self.description}")
+
+    def _tensor_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for item in self._tensors:
+            x = _batch_tensor(item)
+            for model in self.models:
+                _check_input_size(model, x)
+            for start in range(0, len(x), self.batch_size):
+                part = x[start : start + self.batch_size]
+                yield (part,) * len(self.models)
+
+    def _image_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        configs = [repr(sorted(model_input_config(model).items())) for model in self.models]
+        transforms = {config: model_transform(model) for config, model in zip(configs, self.models)}
+        batches = self._image_set.batches(
+            list(transforms.values()), self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
+        for tensors in batches:
+            by_config = dict(zip(transforms, tensors))
+            yield tuple(by_config[config] for config in configs)
+
+
+def _is_path_spec(images: object) -> bool:
+    if isinstance(images, (str, Path)):
+        return True
+    return isinstance(images, (list, tuple)) and bool(images) and all(isinstance(item, (str, Path)) for item in images)
+
+
+def _batch_tensor(item: object) -> torch.Tensor:
+    """A (B, C, H, W) float tensor from a batch, or from the first entry of an (images, labels) pair."""
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        item = item[0]
+    if not isinstance(item, torch.Tensor) or item.ndim != 4 or not item.is_floating_point():
+        shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+        raise DiagError(f"every batch of images must be a preprocessed float tensor (B, C, H, W), got {shape}")
+    return item
+
+
+def _check_input_size(model: nn.Module, x: torch.Tensor) -> None:
+    if getattr(model, "dynamic_img_size", False):
+        return
+    expected = tuple(model_input_config(model)["input_size"])
+    if tuple(x.shape[1:]) != expected:
+        raise DiagError(
+            f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
+        )

@@ -1,25 +1,30 @@
 """Result objects of ``analyze`` and ``compare``: every metric, saved and loaded as files.
 
-A result holds numpy arrays (``arrays``) plus JSON-able metadata; ``summary()`` turns
-the arrays into the scalars the CLI and the app print, so neither re-implements math.
-On disk a result is a folder with ``result.json`` (metadata, summary, package versions)
-and ``arrays.npz``. Block indices are 0-based everywhere.
+A result holds numpy arrays (``arrays``), the model's ``Geometry``, the ``Settings`` it was
+computed with and JSON-able metadata; ``summary()`` turns the arrays into the scalars the
+CLI and the app print, so neither re-implements math. On disk a result is a folder with
+``result.json`` (metadata, summary, package versions) and ``arrays.npz``. Block indices
+are 0-based everywhere. The metrics are defined in ``docs/metrics.md``; which arrays exist
+is the catalogue's (``deepvit_diag.catalogue``).
 
-Array names of an ``AnalysisResult`` (L blocks, H heads, E examples, grid gh x gw):
+Array names of an ``AnalysisResult`` (L blocks, H heads, R Re-attention blocks,
+E examples, grid gh x gw):
 
 ==========================  ======================  ===========================================
-``similarity_pre/_post``    (L, L)                  cross-layer similarity (REFERENCE.md 4.1)
-``ratio_pre/_post``         (L,)                    similarity ratio (4.2)
-``cross_head_pre/_post``    (L, H, H)               cross-head similarity (4.4)
-``entropy``                 (L, H)                  attention entropy of softmax maps (4.6)
-``attention_distance``      (L, H)                  mean attention distance in pixels (4.7)
-``token_similarity``        (L,)                    token over-smoothing (4.8)
-``rank_residual``           (L,)                    rank-collapse residual (4.9)
-``cka``                     (L, L)                  minibatch linear CKA of block outputs (4.10)
-``theta_<i>``               (H, H)                  Theta of Re-attention block i (4.5), with
-                                                    ``theta_<i>_bias``, ``_norm_weight``,
-                                                    ``_norm_bias``, ``_running_mean``,
-                                                    ``_running_var`` where the block has them
+``similarity_pre/_post``    (L, L)                  cross-layer similarity
+``ratio_pre/_post``         (L,)                    similarity ratio
+``cross_head_pre/_post``    (L, H, H)               cross-head similarity
+``entropy``                 (L, H)                  attention entropy of softmax maps
+``attention_distance``      (L, H)                  mean attention distance in pixels
+``token_similarity``        (L,)                    token over-smoothing
+``rank_residual``           (L,)                    rank-collapse residual
+``cka``                     (L, L)                  minibatch linear CKA of block outputs
+``theta``                   (R, H, H)               Theta of each Re-attention block, with
+``theta_blocks``            (R,)                    their 0-based block indices, and where the
+                                                    blocks have them ``theta_bias``,
+                                                    ``theta_norm_weight``, ``theta_norm_bias``,
+                                                    ``theta_running_mean``,
+                                                    ``theta_running_var`` (R, H)
 ``example_images``          (E, height, width, 3)   uint8 images at model resolution
 ``example_cls_pre/_post``   (E, L, H, gh, gw)       CLS-token attention to every patch
 ==========================  ======================  ===========================================
@@ -37,14 +42,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .catalogue import required_arrays
 from .errors import DiagError
-from .metrics import SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks
+from .introspection import Geometry
+from .metrics import SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
+from .settings import MAP_KINDS, Settings
 
-MAP_KINDS = ("pre", "post")
 ANALYSIS_FORMAT = "deepvit-diag analysis"
 COMPARISON_FORMAT = "deepvit-diag comparison"
-FORMAT_VERSION = 1
-THETA_FIELDS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
+# 2: typed geometry, settings and computation; Theta stacked over the Re-attention blocks.
+FORMAT_VERSION = 2
 
 
 def jsonable(value: Any) -> Any:
@@ -140,43 +147,47 @@ class AnalysisResult:
     """Every metric of one model over one image set (see the module docstring for arrays).
 
     Attributes:
-        model: description, provenance, arch and geometry (num_blocks, num_heads,
-            num_tokens, num_prefix_tokens, patch_size, grid_size, image_size,
-            reattention_blocks).
-        params: the analysis parameters (k, tau, rho, axis, maps, dtype, batch_size, ...).
+        model: description, provenance, arch, class and number of parameters.
+        geometry: the model's token layout (blocks, heads, prefix tokens, patch grid,
+            image size, Re-attention blocks).
+        settings: the resolved settings the analysis ran with.
         images: description, count and skipped (unreadable) files of the image source.
         num_images: images every dataset-level mean is taken over.
         arrays: name -> numpy array.
+        computation: how it was computed (``final_batch_size`` after out-of-memory retries).
     """
 
     model: dict[str, Any]
-    params: dict[str, Any]
+    geometry: Geometry
+    settings: Settings
     images: dict[str, Any]
     num_images: int
     arrays: dict[str, np.ndarray] = field(repr=False)
+    computation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.model, self.params, self.images = jsonable(self.model), jsonable(self.params), jsonable(self.images)
+        self.model, self.images, self.computation = (
+            jsonable(self.model),
+            jsonable(self.images),
+            jsonable(self.computation),
+        )
+
+    def _metadata(self) -> tuple:
+        return self.model, self.geometry, self.settings, self.images, self.num_images, self.computation
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AnalysisResult):
             return NotImplemented
-        same_metadata = (self.model, self.params, self.images, self.num_images) == (
-            other.model,
-            other.params,
-            other.images,
-            other.num_images,
-        )
-        return same_metadata and _arrays_equal(self.arrays, other.arrays)
+        return self._metadata() == other._metadata() and _arrays_equal(self.arrays, other.arrays)
 
     def _kind(self, maps: str | None) -> str:
-        maps = maps or self.params.get("maps", "post")
+        maps = maps or self.settings.maps
         if maps not in MAP_KINDS:
             raise DiagError(f"maps must be 'pre' or 'post', got {maps!r}")
         return maps
 
     def similarity(self, maps: str | None = None) -> np.ndarray:
-        """Cross-layer similarity (L, L) of the "pre" or "post" maps (default: params["maps"])."""
+        """Cross-layer similarity (L, L) of the "pre" or "post" maps (default: settings.maps)."""
         return self.arrays[f"similarity_{self._kind(maps)}"]
 
     def ratio(self, maps: str | None = None) -> np.ndarray:
@@ -192,8 +203,8 @@ class AnalysisResult:
         return mean_off_diagonal(torch.from_numpy(self.cross_head(maps))).numpy()
 
     def similar_blocks(self, maps: str | None = None, rho: float | None = None) -> SimilarBlocks:
-        """Blocks whose dataset-level similarity ratio exceeds rho (default params["rho"])."""
-        return similar_blocks(torch.from_numpy(self.ratio(maps)), self.params["rho"] if rho is None else rho)
+        """Blocks whose dataset-level similarity ratio exceeds rho (default settings.rho)."""
+        return similar_blocks(torch.from_numpy(self.ratio(maps)), self.settings.rho if rho is None else rho)
 
     def collapse_start(self, maps: str | None = None) -> int | None:
         """First block of the run of similar blocks that reaches the last block (the paper's
@@ -230,15 +241,7 @@ class AnalysisResult:
 
     def theta(self) -> dict[int, ThetaInfo]:
         """Theta (with bias, Norm parameters and distances) of every Re-attention block."""
-        infos = {}
-        for block in self.model["reattention_blocks"]:
-            prefix = f"theta_{block}"
-            extras = {
-                name: self.arrays[f"{prefix}_{name}"] for name in THETA_FIELDS if f"{prefix}_{name}" in self.arrays
-            }
-            kind = "conv" if "bias" in extras else "param"
-            infos[block] = ThetaInfo(theta=self.arrays[prefix], kind=kind, **extras)
-        return infos
+        return theta_from_arrays(self.arrays)
 
     def _map_summary(self, maps: str) -> dict[str, Any]:
         similar = self.similar_blocks(maps)
@@ -257,11 +260,11 @@ class AnalysisResult:
         """Scalars for reports (JSON-able; undefined values are None; blocks 0-based).
 
         Map-based entries come for both map kinds with a ``_pre`` / ``_post`` suffix and
-        once more without suffix for the default kind (``params["maps"]``).
+        once more without suffix for the default kind (``settings.maps``).
         """
         summary: dict[str, Any] = {
             "num_images": self.num_images,
-            "num_blocks": self.model["num_blocks"],
+            "num_blocks": self.geometry.num_blocks,
             "maps": self._kind(None),
         }
         per_kind = {kind: self._map_summary(kind) for kind in MAP_KINDS}
@@ -289,7 +292,9 @@ class AnalysisResult:
             "format": ANALYSIS_FORMAT,
             "version": FORMAT_VERSION,
             "model": self.model,
-            "params": self.params,
+            "geometry": self.geometry.to_dict(),
+            "settings": self.settings.to_dict(),
+            "computation": self.computation,
             "images": self.images,
             "num_images": self.num_images,
             "summary": self.summary(),
@@ -299,8 +304,22 @@ class AnalysisResult:
 
     @classmethod
     def from_document(cls, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> AnalysisResult:
+        """A result from ``to_document``'s output and its arrays (format 1 is upgraded)."""
+        if document.get("version") == 1:
+            document, arrays = _upgrade_version_1(document, arrays)
+        missing = sorted(required_arrays() - arrays.keys())
+        if missing:
+            raise DiagError(f"saved analysis lacks the arrays {', '.join(missing)}")
         try:
-            return cls(document["model"], document["params"], document["images"], document["num_images"], arrays)
+            return cls(
+                model=document["model"],
+                geometry=Geometry.from_dict(document["geometry"]),
+                settings=Settings.from_dict(document["settings"]),
+                images=document["images"],
+                num_images=document["num_images"],
+                arrays=arrays,
+                computation=document.get("computation", {}),
+            )
         except KeyError as err:
             raise DiagError(f"saved analysis lacks the entry {err}") from None
 
@@ -312,6 +331,33 @@ class AnalysisResult:
     def load(cls, folder: str | Path) -> AnalysisResult:
         document, arrays = _read_folder(folder, ANALYSIS_FORMAT)
         return cls.from_document(document, arrays)
+
+
+_VERSION_1_GEOMETRY = ("num_blocks", "num_heads", "num_prefix_tokens", "patch_size", "grid_size", "image_size")
+_VERSION_1_THETA = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
+
+
+def _upgrade_version_1(document: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """A format-1 analysis (geometry inside ``model``, ``params``, one ``theta_<i>`` array
+    per Re-attention block) in format 2."""
+    try:
+        model, params = dict(document["model"]), dict(document["params"])
+        geometry = {key: model.pop(key) for key in (*_VERSION_1_GEOMETRY, "reattention_blocks")}
+        model.pop("num_tokens", None)
+        computation = {"final_batch_size": params.pop("final_batch_size")}
+        blocks, heads = geometry["reattention_blocks"], int(geometry["num_heads"])
+        theta = [arrays[f"theta_{block}"] for block in blocks]
+    except KeyError as err:
+        raise DiagError(f"saved analysis (format 1) lacks the entry {err}") from None
+    upgraded = {name: array for name, array in arrays.items() if not name.startswith("theta_")}
+    upgraded["theta"] = np.stack(theta) if theta else np.zeros((0, heads, heads), np.float32)
+    upgraded["theta_blocks"] = np.array(blocks, dtype=np.int64)
+    for name in _VERSION_1_THETA:
+        values = [arrays.get(f"theta_{block}_{name}") for block in blocks]
+        if values and all(value is not None for value in values):
+            upgraded[f"theta_{name}"] = np.stack(values)
+    document = {**document, "model": model, "geometry": geometry, "settings": params, "computation": computation}
+    return document, upgraded
 
 
 def _is_number(value: Any) -> bool:

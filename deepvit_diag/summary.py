@@ -50,7 +50,7 @@ def _similar(summary: dict[str, Any]) -> str:
 def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
     """The headline table: (row label, one cell per model), in the order of ``results``."""
     summaries = [result.summary() for result in results.values()]
-    rho = next(iter(results.values())).params["rho"]
+    rho = next(iter(results.values())).settings.rho
     rows: list[tuple[str, Any]] = [
         ("images", lambda s: str(s["num_images"])),
         (f"similar blocks (ratio > {rho:g})", _similar),
@@ -85,7 +85,7 @@ def summary_table(results: Mapping[str, AnalysisResult]) -> Table:
 def model_findings(label: str, result: AnalysisResult) -> list[str]:
     """Plain sentences about one model."""
     s = result.summary()
-    rho, total = result.params["rho"], s["num_blocks"]
+    rho, total = result.settings.rho, s["num_blocks"]
     maps = f"{s['maps']}-Θ maps"
     if s["similar_blocks"] == 0:
         collapse = (
@@ -100,15 +100,16 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
         )
     else:
         collapse = (
-            f"{label}: {s['similar_blocks']} of {total} blocks are similar (blocks {block_list(s['similar_block_indices'])}), "
+            f"{label}: {s['similar_blocks']} of {total} blocks are similar "
+            f"(blocks {block_list(s['similar_block_indices'])}), "
             "but the last block is not, so there is no collapsed run at the end."
         )
     findings = [collapse]
     first, last = s["adjacent_similarity_first_third"], s["adjacent_similarity_last_third"]
     if first is not None and last is not None:
         findings.append(
-            f"{label}: adjacent blocks' attention maps have mean similarity {_number(first, 2)} in the first third of the network "
-            f"and {_number(last, 2)} in the last third."
+            f"{label}: adjacent blocks' attention maps have mean similarity {_number(first, 2)} "
+            f"in the first third of the network and {_number(last, 2)} in the last third."
         )
     cross_head = s["cross_head_similarity"]
     if cross_head is not None:
@@ -117,7 +118,7 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
             f"{label}: heads within a block are {kind} (mean cross-head similarity {_number(cross_head, 2)}; "
             f"the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
         )
-    if result.model["reattention_blocks"]:
+    if result.geometry.reattention_blocks:
         findings.append(_reattention_finding(label, s))
     return findings
 
@@ -163,12 +164,14 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
     if a["adjacent_similarity_last_third"] is not None and b["adjacent_similarity_last_third"] is not None:
         findings.append(
             f"In the last third of the network, adjacent blocks' attention maps have mean similarity "
-            f"{_number(a['adjacent_similarity_last_third'], 2)} in {label_a} and {_number(b['adjacent_similarity_last_third'], 2)} in {label_b}."
+            f"{_number(a['adjacent_similarity_last_third'], 2)} in {label_a} and "
+            f"{_number(b['adjacent_similarity_last_third'], 2)} in {label_b}."
         )
     if a["cross_head_similarity"] is not None and b["cross_head_similarity"] is not None:
         findings.append(
             f"Mean cross-head similarity is {_number(a['cross_head_similarity'], 2)} in {label_a} and "
-            f"{_number(b['cross_head_similarity'], 2)} in {label_b} (the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
+            f"{_number(b['cross_head_similarity'], 2)} in {label_b} "
+            f"(the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
         )
     if summary["cka_ab_diagonal_mean"] is not None:
         findings.append(
@@ -176,7 +179,7 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
             f"{label_a} and {label_b} (1 = same representation up to rotation and scale)."
         )
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
-        if result.model["reattention_blocks"]:
+        if result.geometry.reattention_blocks:
             findings.append(_reattention_finding(label, s))
     return findings
 

@@ -1,9 +1,10 @@
 """Train a preset (or any arch) on the scikit-learn digits or a small ImageFolder.
 
-Recipe after the paper's (REFERENCE.md section 1), scaled down: AdamW, linear warm-up
-then cosine decay, label smoothing, light random-affine augmentation. Images are
-preprocessed once with the model's own timm eval transform, so the test accuracy in the
-model card is exactly what ``evaluate_accuracy`` re-measures later.
+Recipe after the paper's official training configuration, scaled down: AdamW, linear
+warm-up then cosine decay, label smoothing, light random-affine augmentation. Images are
+preprocessed once with the model's own eval transform (``deepvit_diag.preprocessing``,
+the pixels every analysis sees), so the test accuracy in the model card is exactly what
+``evaluate_accuracy`` and an analysis re-measure later.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from .datasets import DIGITS_DESCRIPTION, LabelledImages, digits_split
 from .device import resolve_device
 from .models import build_model
+from .preprocessing import preprocess
+from .progress import ProgressOption, reporting
 from .results import package_versions
 
 
@@ -40,21 +42,11 @@ class TrainConfig:
     test_fraction: float = 0.2  # ImageFolder data only; the digits split is fixed
 
 
-def eval_transform(model: nn.Module):
-    """The model's timm eval transform (resize, centre crop, normalise) for RGB PIL images."""
-    return create_transform(**resolve_data_config({}, model=model))
-
-
-def images_to_tensor(model: nn.Module, images: list[Image.Image]) -> torch.Tensor:
-    transform = eval_transform(model)
-    return torch.stack([transform(img.convert("RGB")) for img in images])
-
-
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, images: list[Image.Image], labels: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on PIL ``images`` with its own eval preprocessing."""
     device = next(model.parameters()).device
-    x = images_to_tensor(model, images)
+    x = preprocess(model, images)
     was_training = model.training
     model.eval()
     correct = 0
@@ -90,7 +82,10 @@ def load_image_folder(root: str | Path, test_fraction: float, seed: int) -> tupl
         np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
     )
     load = lambda idx: LabelledImages([folder.loader(folder.samples[i][0]) for i in idx], labels[idx], folder.classes)  # noqa: E731
-    description = f"ImageFolder {root} ({len(labels)} images, {len(folder.classes)} classes); stratified split, random_state={seed}"
+    description = (
+        f"ImageFolder {root} ({len(labels)} images, {len(folder.classes)} classes); "
+        f"stratified split, random_state={seed}"
+    )
     return load(train_idx), load(test_idx), description
 
 
@@ -110,8 +105,8 @@ def held_out_split(data: str, config: TrainConfig) -> tuple[list[Image.Image], n
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * done))
 
 
 def train_model(
@@ -120,7 +115,7 @@ def train_model(
     data: str = "digits",
     config: TrainConfig | None = None,
     device: str = "auto",
-    progress: bool = True,
+    progress: ProgressOption = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``arch`` from scratch; returns the eval-mode model and its model card."""
     config = config or TrainConfig()
@@ -136,7 +131,7 @@ def train_model(
     dev = resolve_device(device)
     model.to(dev).train()
 
-    x_train = images_to_tensor(model, train.images)
+    x_train = preprocess(model, train.images)
     y_train = torch.as_tensor(train.labels)
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -150,17 +145,7 @@ def train_model(
     generator = torch.Generator().manual_seed(config.seed)
     start = time.perf_counter()
     step = 0
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("train", total=config.epochs, status="")
+    with reporting(progress, "training", config.epochs) as update:
         for epoch in range(config.epochs):
             order = torch.randperm(len(x_train), generator=generator)
             loss_sum, correct = 0.0, 0
@@ -180,8 +165,7 @@ def train_model(
                 step += 1
                 loss_sum += loss.item() * len(idx)
                 correct += (logits.argmax(-1) == yb).sum().item()
-            status = f"loss {loss_sum / len(x_train):.3f}  train acc {correct / len(x_train):.1%}"
-            bar.update(task, advance=1, status=status)
+            update(epoch + 1, note=f"loss {loss_sum / len(x_train):.3f}  train acc {correct / len(x_train):.1%}")
     train_seconds = time.perf_counter() - start
     model.eval()
     test_accuracy = evaluate_accuracy(model, test.images, test.labels)

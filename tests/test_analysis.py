@@ -3,6 +3,7 @@ for every kind of image input; results save and load back equal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,14 +11,15 @@ import pytest
 import torch
 from conftest import sharp_timm_model
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 import deepvit_diag  # noqa: F401  (registers the presets)
 from deepvit_diag import analysis as analysis_module
-from deepvit_diag.analysis import Geometry, analyze, compare, softmax_statistics
+from deepvit_diag.analysis import analyze, compare
 from deepvit_diag.capture import extract_attention
 from deepvit_diag.errors import DiagError
-from deepvit_diag.images import to_rgb
+from deepvit_diag.introspection import Geometry
 from deepvit_diag.metrics import (
     MinibatchCKA,
     attention_entropy,
@@ -29,8 +31,9 @@ from deepvit_diag.metrics import (
     theta_matrices,
     token_similarity,
 )
+from deepvit_diag.preprocessing import to_rgb
 from deepvit_diag.results import AnalysisResult, ComparisonResult
-from deepvit_diag.train import images_to_tensor
+from deepvit_diag.settings import Settings
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 NUM_IMAGES = 7
@@ -66,8 +69,10 @@ def pictures() -> list[Image.Image]:
 
 
 def reference_tensor(model: nn.Module, pictures: list[Image.Image]) -> torch.Tensor:
-    """The trainer's eval preprocessing, after the project's RGB conversion (alpha on white)."""
-    return images_to_tensor(model, [to_rgb(picture) for picture in pictures])
+    """timm's eval transform for the model's data config, written out here, after the
+    project's RGB conversion (alpha on white)."""
+    transform = create_transform(**resolve_data_config({}, model=model))
+    return torch.stack([transform(to_rgb(picture)) for picture in pictures])
 
 
 def expected_arrays(model: nn.Module, x: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns") -> dict:
@@ -93,7 +98,7 @@ def expected_arrays(model: nn.Module, x: torch.Tensor, k: int = 2, tau: float = 
 def assert_matches(result: AnalysisResult, expected: dict, num_images: int) -> None:
     assert result.num_images == num_images
     # A ratio is a share of the H * T vectors of every image: allow one vector to flip at tau.
-    one_vector = 1.01 / (result.model["num_heads"] * result.model["num_tokens"] * num_images)
+    one_vector = 1.01 / (result.geometry.num_heads * result.geometry.num_tokens * num_images)
     for name, value in expected.items():
         atol = one_vector if name.startswith("ratio") else 2e-6
         np.testing.assert_allclose(result.arrays[name], value, rtol=1e-5, atol=atol, err_msg=name)
@@ -103,12 +108,16 @@ def assert_matches(result: AnalysisResult, expected: dict, num_images: int) -> N
 def test_streaming_equals_all_at_once(deepvit, x, batch_size):
     result = analyze(deepvit, x, batch_size=batch_size, **QUIET)
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
-    assert result.model["reattention_blocks"] == [1, 2]
-    assert result.params["batch_size"] == batch_size and result.params["dtype"] == "float32"
-    for block, info in theta_matrices(deepvit).items():
-        np.testing.assert_array_equal(result.arrays[f"theta_{block}"], info.theta)
-        np.testing.assert_array_equal(result.arrays[f"theta_{block}_running_var"], info.running_var)
+    assert result.geometry.reattention_blocks == (1, 2)
+    assert result.settings.batch_size == batch_size and result.settings.dtype == "float32"
+    infos = theta_matrices(deepvit)
+    np.testing.assert_array_equal(result.arrays["theta_blocks"], [1, 2])
+    np.testing.assert_array_equal(result.arrays["theta"], np.stack([info.theta for info in infos.values()]))
+    np.testing.assert_array_equal(
+        result.arrays["theta_running_var"], np.stack([info.running_var for info in infos.values()])
+    )
     assert sorted(result.theta()) == [1, 2]
+    np.testing.assert_array_equal(result.theta()[2].theta, infos[2].theta)
 
 
 def test_rows_axis_and_other_neighbourhood(vit, x):
@@ -120,14 +129,15 @@ def test_plain_vit_post_is_pre(vit, x):
     result = analyze(vit, x, batch_size=4, **QUIET)
     for name in ("similarity", "ratio", "cross_head"):
         np.testing.assert_array_equal(result.arrays[f"{name}_post"], result.arrays[f"{name}_pre"])
-    assert result.model["reattention_blocks"] == [] and not any(n.startswith("theta") for n in result.arrays)
+    assert result.geometry.reattention_blocks == () and result.theta() == {}
+    assert result.arrays["theta"].shape == (0, 4, 4) and result.arrays["theta_blocks"].shape == (0,)
 
 
 def test_timm_vit_with_register_tokens_uses_its_prefix():
     model = sharp_timm_model("vit_tiny_patch16_224", depth=2, reg_tokens=2, **TINY)
     x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     result = analyze(model, x, batch_size=2, num_examples=2, **QUIET)
-    assert result.model["num_prefix_tokens"] == 3 and result.model["num_tokens"] == 19
+    assert result.geometry.num_prefix_tokens == 3 and result.geometry.num_tokens == 19
     assert_matches(result, expected_arrays(model, x), 5)
     pre = extract_attention(model, x).pre
     expected_cls = pre[:, :2, :, 0, 3:].transpose(0, 1).reshape(2, 2, 4, 4, 4)
@@ -177,11 +187,11 @@ def test_folder_of_images(deepvit, pictures, tmp_path, num_workers):
     assert_matches(result, expected_arrays(deepvit, reference_tensor(deepvit, pictures)), len(pictures))
     assert result.images["count"] == 5 and result.images["skipped"] == 1
     assert str(tmp_path) in result.images["description"]
-    assert result.params["num_workers"] == (num_workers or 0)  # no workers by default on the CPU
+    assert result.settings.num_workers == (num_workers or 0)  # no workers by default on the CPU
 
 
 def test_default_num_workers_leave_a_core_to_the_model(monkeypatch):
-    from deepvit_diag.analysis import default_num_workers
+    from deepvit_diag.settings import default_num_workers
 
     assert default_num_workers(torch.device("cpu")) == 0
     for cores, workers in [(1, 1), (2, 1), (4, 3), (64, 8)]:
@@ -204,9 +214,8 @@ def test_save_and_load_round_trip(deepvit, x, tmp_path):
     assert document["model"]["arch"]["family"] == "deepvit"
     assert set(document["versions"]) >= {"deepvit_diag", "torch", "timm", "numpy"}
     assert document["summary"]["similar_blocks_post"] == result.similar_blocks("post").count
-    assert loaded != AnalysisResult(
-        result.model, {**result.params, "k": 3}, result.images, result.num_images, result.arrays
-    )
+    assert document["settings"]["k"] == 2 and document["geometry"]["reattention_blocks"] == [1, 2]
+    assert loaded != dataclasses.replace(result, settings=dataclasses.replace(result.settings, k=3))
     with pytest.raises(DiagError, match="not a saved deepvit-diag result"):
         AnalysisResult.load(tmp_path)
 
@@ -241,7 +250,7 @@ def test_bfloat16_close_to_float32(deepvit):
     options = {**QUIET, "cka_chunk": 16}
     exact = analyze(deepvit, x, batch_size=8, **options)
     approx = analyze(deepvit, x, batch_size=8, dtype="bfloat16", **options)
-    assert approx.params["dtype"] == "bfloat16"
+    assert approx.settings.dtype == "bfloat16"
     for name in (
         "similarity_pre",
         "similarity_post",
@@ -269,7 +278,7 @@ def test_out_of_memory_halves_the_batch_and_retries(deepvit, x, monkeypatch):
     monkeypatch.setattr(analysis_module.StreamingAnalysis, "_measure", fail_once)
     result = analyze(deepvit, x, batch_size=4, **QUIET)
     assert attempts[:3] == [4, 2, 2]
-    assert result.params["batch_size"] == 4 and result.params["final_batch_size"] == 2
+    assert result.settings.batch_size == 4 and result.computation["final_batch_size"] == 2
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
 
 
@@ -295,7 +304,22 @@ def test_model_is_left_as_it_was(deepvit, x):
 
 def test_progress_bar_over_an_unknown_number_of_images(vit, x, capsys):
     analyze(vit, (x[i : i + 3] for i in range(0, NUM_IMAGES, 3)), cka_chunk=4)
-    assert "analysing images" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "analysing images" in printed.err and printed.out == ""  # stdout stays free for results
+
+
+def test_progress_callback_hears_every_batch(vit, x):
+    calls = []
+    analyze(vit, x, batch_size=3, progress=lambda done, total: calls.append((done, total)), cka_chunk=4)
+    assert calls == [(3, NUM_IMAGES), (6, NUM_IMAGES), (7, NUM_IMAGES)]
+
+
+def test_settings_object_and_overrides_give_the_same_result(vit, x):
+    settings = Settings(k=1, batch_size=3, cka_chunk=4)
+    assert analyze(vit, x, settings, progress=False) == analyze(vit, x, k=1, batch_size=3, **QUIET)
+    assert analyze(vit, x, settings, progress=False, k=2).settings.k == 2
+    with pytest.raises(DiagError, match="unknown analysis settings: kk"):
+        analyze(vit, x, kk=1)
 
 
 def test_fewer_images_than_cka_needs_give_nan_cka(vit, x):
@@ -402,40 +426,9 @@ def test_cuda_images_from_disk_through_workers_and_pinned_memory(deepvit, pictur
         picture.save(tmp_path / f"{index}.png")
     on_gpu = analyze(deepvit, str(tmp_path), batch_size=2, device="cuda", num_workers=2, **QUIET)
     on_cpu = analyze(deepvit, str(tmp_path), batch_size=2, device="cpu", **QUIET)
-    assert on_gpu.params["num_workers"] == 2 and on_gpu.num_images == len(pictures)
+    assert on_gpu.settings.num_workers == 2 and on_gpu.num_images == len(pictures)
     for name, value in on_cpu.arrays.items():
         np.testing.assert_allclose(on_gpu.arrays[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
-
-
-def geometry(prefix: int, grid: tuple[int, int], patch: tuple[int, int]) -> Geometry:
-    return Geometry(
-        num_blocks=3,
-        num_heads=2,
-        num_prefix_tokens=prefix,
-        patch_size=patch,
-        grid_size=grid,
-        image_size=(grid[0] * patch[0], grid[1] * patch[1]),
-        mean=(0.5,) * 3,
-        std=(0.5,) * 3,
-    )
-
-
-@pytest.mark.parametrize(("prefix", "grid", "patch"), [(1, (4, 4), (8, 8)), (0, (3, 5), (4, 6)), (5, (2, 3), (16, 16))])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_softmax_statistics_agree_with_reference_functions(prefix, grid, patch, dtype):
-    tokens = prefix + grid[0] * grid[1]
-    generator = torch.Generator().manual_seed(3)
-    logits = 3 * torch.randn(3, 4, 2, tokens, tokens, generator=generator)
-    masked = (torch.rand(logits.shape, generator=generator) < 0.3) & ~torch.eye(tokens, dtype=torch.bool)
-    maps = logits.masked_fill(masked, float("-inf")).softmax(dim=-1).to(dtype)  # exact zeros: 0 ln 0 = 0
-    entropy, distance = softmax_statistics(maps, geometry(prefix, grid, patch))
-    torch.testing.assert_close(entropy, attention_entropy(maps), atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(distance, mean_attention_distance(maps, patch, prefix, grid), atol=2e-5, rtol=1e-5)
-
-
-def test_softmax_statistics_reject_maps_of_another_model():
-    with pytest.raises(DiagError, match="tokens"):
-        softmax_statistics(torch.rand(2, 1, 2, 10, 10).softmax(-1), geometry(1, (4, 4), (8, 8)))
 
 
 def _fabricated(ratio: list[float], adjacent: list[float]) -> AnalysisResult:
@@ -455,9 +448,11 @@ def _fabricated(ratio: list[float], adjacent: list[float]) -> AnalysisResult:
         "token_similarity": per_block / 10,
         "rank_residual": 1 - per_block / 10,
         "cka": np.ones((num_blocks, num_blocks), dtype=np.float32),
+        "theta": np.zeros((0, 2, 2), dtype=np.float32),
+        "theta_blocks": np.zeros(0, dtype=np.int64),
     }
-    model = {"num_blocks": num_blocks, "num_heads": 2, "reattention_blocks": []}
-    return AnalysisResult(model, {"rho": 0.9, "maps": "post"}, {}, 10, arrays)
+    geometry = Geometry(num_blocks, 2, 1, (8, 8), (2, 2), (16, 16))
+    return AnalysisResult({}, geometry, Settings(), {}, 10, arrays)
 
 
 def test_summary_definitions():

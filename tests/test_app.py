@@ -26,6 +26,7 @@ from deepvit_diag.checkpoints import bundled_path
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION, save_native
 from deepvit_diag.models import build_model
 from deepvit_diag.results import ComparisonResult
+from deepvit_diag.settings import Settings
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 TIMEOUT = 180  # seconds per script run; the first run imports torch and timm on a busy machine
@@ -135,18 +136,17 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
 
 
 def test_analysis_reports_progress_and_exports_what_the_library_saves(tiny_app, files, tmp_path, monkeypatch):
-    monkeypatch.setattr("deepvit_diag.analysis.default_num_workers", lambda device: 3)  # as on a GPU machine
+    monkeypatch.setattr("deepvit_diag.settings.default_num_workers", lambda device: 3)  # as on a GPU machine
     request = AnalysisRequest(
         ModelChoice(str(files / "vit.safetensors"), "vit", "1"),
         ModelChoice(str(files / "deepvit.safetensors"), "deepvit", "1"),
         ImageChoice(str(files / "images")),
-        num_images=4,
-        k=1,
+        Settings(num_images=4, k=1),
     )
     progress = []
     analysis = run_analysis(request, lambda done, total: progress.append((done, total)))
     assert progress[-1] == (4, 4)
-    assert analysis.comparison.a.params["num_workers"] == 0  # never forks loader workers from Streamlit's threads
+    assert analysis.comparison.a.settings.num_workers == 0  # never forks loader workers from Streamlit's threads
     assert run_analysis(request, lambda *_: pytest.fail("a stored analysis is not recomputed")) is analysis
     exported = export_files(analysis.key, _analysis=analysis)
     for name in ("result.json", "arrays.npz"):

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import sharp_timm_model
 from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from timm.utils import AttentionExtract
 from torch import nn
 
 import deepvit_diag  # noqa: F401  (registers the presets)
 from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.errors import DiagError
-from deepvit_diag.train import images_to_tensor
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 
@@ -258,7 +258,8 @@ def test_pil_images_are_preprocessed_with_the_model_config():
         Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8), mode="L"),
     ]
     from_pil = extract_attention(model, pictures)
-    from_tensor = extract_attention(model, images_to_tensor(model, pictures))
+    transform = create_transform(**resolve_data_config({}, model=model))  # timm's eval transform, written out
+    from_tensor = extract_attention(model, torch.stack([transform(picture.convert("RGB")) for picture in pictures]))
     torch.testing.assert_close(from_pil.pre, from_tensor.pre)
     with pytest.raises(DiagError, match="tensor or a non-empty list"):
         extract_attention(model, [])

@@ -27,19 +27,21 @@ TINY = dict(depth=2, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_c
 COMPARISON_FIGURES = [
     "fig-layer-similarity",
     "fig-similarity-ratio",
-    "fig-cross-head",
-    "fig-cross-head-last",
-    "fig-theta-1",
-    "fig-entropy",
-    "fig-attention-distance",
-    "fig-token-similarity",
-    "fig-rank-residual",
+    "fig-cross-head-curves",
+    "fig-cross-head-matrices",
+    "fig-theta-heatmaps-1",
+    "fig-theta-distances",
+    "fig-norm-gains",
+    "fig-entropy-curves",
+    "fig-attention-distance-curves",
+    "fig-token-similarity-curves",
+    "fig-rank-residual-curves",
     "fig-cka-within",
     "fig-cka-across",
-    "fig-cls-0-0",
-    "fig-cls-0-1",
-    "fig-cls-1-0",
-    "fig-cls-1-1",
+    "fig-cls-attention-0-0",
+    "fig-cls-attention-0-1",
+    "fig-cls-attention-1-0",
+    "fig-cls-attention-1-1",
 ]
 
 
@@ -156,8 +158,9 @@ def test_compare_result_json_has_scalars_parameters_provenance_and_versions(comp
         analysis = document[side]
         assert analysis["model"]["description"].startswith(description)
         assert analysis["model"]["provenance"]["source"] == "file"
-        assert analysis["params"]["k"] == 2 and analysis["params"]["tau"] == 0.5 and analysis["params"]["rho"] == 0.9
-        assert analysis["params"]["axis"] == "columns" and analysis["params"]["maps"] == "post"
+        settings = analysis["settings"]
+        assert settings["k"] == 2 and settings["tau"] == 0.5 and settings["rho"] == 0.9 and settings["cka_chunk"] == 32
+        assert settings["axis"] == "columns" and settings["maps"] == "post" and settings["num_examples"] == 2
         assert analysis["images"]["count"] == 4 and analysis["images"]["skipped"] == 0
         assert "images from" in analysis["images"]["description"]
         summary = analysis["summary"]
@@ -200,7 +203,8 @@ def test_compare_arrays_npz_has_every_matrix_and_curve(comparison_run) -> None:
             "example_cls_post",
         ):
             assert f"{side}/{name}" in names
-    assert {"b/theta_0", "b/theta_1"} <= names and not any(name.startswith("a/theta") for name in names)
+    assert {"a/theta", "a/theta_blocks", "b/theta", "b/theta_blocks", "b/theta_bias"} <= names
+    assert "a/theta_bias" not in names  # a plain ViT has no Re-attention block, so no Theta bias
 
 
 def test_compare_report_has_every_figure_and_no_external_resource(comparison_run) -> None:
@@ -243,10 +247,10 @@ def test_analyze_single_files(workspace: Path) -> None:
     assert status == 0, stderr
     document = json.loads((out / "result.json").read_text())
     assert document["format"] == "deepvit-diag analysis"
-    assert document["num_images"] == 2 and document["params"]["maps"] == "pre" and document["params"]["k"] == 1
+    assert document["num_images"] == 2 and document["settings"]["maps"] == "pre" and document["settings"]["k"] == 1
     page = (out / "report.html").read_text()
-    assert 'id="fig-theta-0"' in page and 'id="fig-cls-0-0"' in page
-    assert 'id="fig-cka-across"' not in page and 'id="fig-cls-0-1"' not in page
+    assert 'id="fig-theta-heatmaps-0"' in page and 'id="fig-cls-attention-0-0"' in page
+    assert 'id="fig-cka-across"' not in page and 'id="fig-cls-attention-0-1"' not in page
     assert "pre-Θ maps" in stdout
 
 
@@ -393,7 +397,7 @@ def test_images_mixed_with_other_files_are_skipped_and_counted(workspace: Path) 
     assert "Traceback" not in stderr
     document = json.loads((out / "result.json").read_text())
     assert document["images"]["count"] == 2 and document["images"]["skipped"] == 2
-    assert document["params"]["num_workers"] == 2
+    assert document["settings"]["num_workers"] == 2
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from deepvit_diag.errors import DiagError
-from deepvit_diag.images import BUNDLED_SETS, ImageSet, _Transformed, default_image_set, open_images, to_rgb
+from deepvit_diag.images import BUNDLED_SETS, ImageSet, _Transformed, default_image_set, open_images
+from deepvit_diag.preprocessing import to_rgb
 
 
 def test_bundled_sets_load_offline():
@@ -158,7 +159,7 @@ def test_a_worker_that_dies_is_a_diag_error():
 def test_image_sets_pickle_for_spawned_workers(image_folder, tiny_model):
     """Workers started with spawn or forkserver (macOS, Python >= 3.14) receive the
     dataset pickled: every kind of set and the model transforms must survive that."""
-    from deepvit_diag.capture import model_input_config, model_transform
+    from deepvit_diag.preprocessing import model_input_config, model_transform
 
     model = tiny_model()
     transform = model_transform(model)

@@ -1,4 +1,4 @@
-"""Attention entropy and mean attention distance (REFERENCE.md 4.6, 4.7) against loops."""
+"""Attention entropy and mean attention distance (docs/metrics.md) against loops, and the fast path against both."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepvit_diag.errors import DiagError
-from deepvit_diag.metrics import attention_entropy, mean_attention_distance
+from deepvit_diag.metrics import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 
 
 def softmax_maps(seed: int, shape=(3, 2, 3, 17), with_zeros: bool = False) -> torch.Tensor:
@@ -183,3 +183,29 @@ def test_bad_grid_or_patch_raises_diag_error():
     for bad_patch in (0, -4, (4, 4, 4)):
         with pytest.raises(DiagError):
             mean_attention_distance(maps, bad_patch, grid_size=(2, 3))
+
+
+@pytest.mark.parametrize(("prefix", "grid", "patch"), [(1, (4, 4), (8, 8)), (0, (3, 5), (4, 6)), (5, (2, 3), (16, 16))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softmax_statistics_agree_with_reference_functions(prefix, grid, patch, dtype):
+    tokens = prefix + grid[0] * grid[1]
+    generator = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(3, 4, 2, tokens, tokens, generator=generator)
+    masked = (torch.rand(logits.shape, generator=generator) < 0.3) & ~torch.eye(tokens, dtype=torch.bool)
+    maps = logits.masked_fill(masked, float("-inf")).softmax(dim=-1).to(dtype)  # exact zeros: 0 ln 0 = 0
+    entropy, distance = softmax_statistics(maps, token_distances(grid, patch, prefix), prefix)
+    torch.testing.assert_close(entropy, attention_entropy(maps), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(distance, mean_attention_distance(maps, patch, prefix, grid), atol=2e-5, rtol=1e-5)
+
+
+def test_token_distances_are_pixel_distances_between_patch_centres():
+    distances = token_distances((2, 3), (4, 6), num_prefix_tokens=1)
+    assert distances.shape == (7, 7)
+    assert distances[0].abs().sum() == 0 and distances[:, 0].abs().sum() == 0  # the CLS token has no position
+    # Token 1 is patch (0, 0), token 6 is patch (1, 2): 4 px down, 12 px right.
+    assert distances[1, 6].item() == pytest.approx(math.hypot(4, 12))
+
+
+def test_softmax_statistics_reject_maps_of_another_model():
+    with pytest.raises(DiagError, match="tokens"):
+        softmax_statistics(torch.rand(2, 1, 2, 10, 10).softmax(-1), token_distances((4, 4), 8), 1)

@@ -1,4 +1,4 @@
-"""Linear CKA and minibatch CKA (REFERENCE.md 4.10) against brute-force numpy HSIC."""
+"""Linear CKA and minibatch CKA (docs/metrics.md) against brute-force numpy HSIC."""
 
 from __future__ import annotations
 

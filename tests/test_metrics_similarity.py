@@ -1,4 +1,4 @@
-"""Similarity metrics (REFERENCE.md 4.1-4.4) against explicit-loop numpy computations."""
+"""Similarity metrics (docs/metrics.md) against explicit-loop numpy computations."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def np_vector(maps: np.ndarray, l: int, b: int, h: int, t: int, axis: str) -> np
 
 
 def brute_pairwise(maps: torch.Tensor, axis: str) -> np.ndarray:
-    """M[p, q, b, h, t] of REFERENCE.md 4.1."""
+    """M[p, q, b, h, t] (docs/metrics.md, cross-layer similarity)."""
     a = maps.double().numpy()
     num_blocks, batch, heads, tokens = a.shape[:4]
     m = np.zeros((num_blocks, num_blocks, batch, heads, tokens))

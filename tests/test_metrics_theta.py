@@ -1,4 +1,4 @@
-"""theta_matrices (REFERENCE.md 4.5): Theta, bias and Norm read from tiny models, checked by
+"""theta_matrices (docs/metrics.md): Theta, bias and Norm read from tiny models, checked by
 recomputing each block's head mixing in numpy; distances against exhaustive search."""
 
 from __future__ import annotations

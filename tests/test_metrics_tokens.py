@@ -1,4 +1,4 @@
-"""Token similarity and rank collapse (REFERENCE.md 4.8, 4.9) against numpy loops."""
+"""Token similarity and rank collapse (docs/metrics.md) against numpy loops."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The paper's models: parameter counts, timm registration, and DeepViT blocks against a brute-force
-re-implementation of the official formula (REFERENCE.md section 2) written here from the state dict alone."""
+re-implementation of the official formula (zhoudaquan/dvit_repo, models/layers.py), written here
+from the state dict alone."""
 
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def test_blocks_match_brute_force_formula(extra, tiny_model, images):
 
 
 def test_theta_rows_are_input_heads(tiny_model):
-    """``attn.theta[h, g]`` is the weight of input head h in output head g (REFERENCE.md section 4.5)."""
+    """``attn.theta[h, g]`` is the weight of input head h in output head g (docs/metrics.md, Theta)."""
     attn = tiny_model("deepvit", apply_transform=True).blocks[0].attn
     maps = torch.rand(1, 4, 5, 5)
     mixed = torch.einsum("bhij,hg->bgij", maps, attn.theta) + attn.reatten_matrix.bias.view(1, -1, 1, 1)

@@ -17,8 +17,10 @@ from PIL import Image
 
 from deepvit_diag import figures
 from deepvit_diag.analysis import compare
+from deepvit_diag.introspection import Geometry
 from deepvit_diag.report import build_report, report_figures, write_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
+from deepvit_diag.settings import Settings
 from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,20 +54,14 @@ def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) 
         "rank_residual": np.ones(blocks, np.float32),
         "cka": np.eye(blocks, dtype=np.float32),
     }
-    model = {
-        "description": "synthetic",
-        "num_blocks": blocks,
-        "num_heads": heads,
-        "num_tokens": 5,
-        "reattention_blocks": [],
-    }
+    reattention_blocks = (0,) if reattention else ()
+    arrays["theta"] = np.tile(np.eye(heads, dtype=np.float32), (len(reattention_blocks), 1, 1))
+    arrays["theta_blocks"] = np.array(reattention_blocks, dtype=np.int64)
     if reattention:
-        model["reattention_blocks"] = [0]
-        arrays["theta_0"] = np.eye(heads, dtype=np.float32)
         arrays["ratio_post"] = np.zeros(blocks, np.float32)
-    return AnalysisResult(
-        model, {"rho": 0.9, "maps": "post"}, {"description": "none", "count": 8, "skipped": 0}, 8, arrays
-    )
+    geometry = Geometry(blocks, heads, 1, (8, 8), (2, 2), (16, 16), reattention_blocks)
+    images = {"description": "none", "count": 8, "skipped": 0}
+    return AnalysisResult({"description": "synthetic"}, geometry, Settings(), images, 8, arrays)
 
 
 # ----------------------------------------------------------------------------- summary wording
@@ -155,8 +151,8 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
 def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     assert figures.theta_heatmaps(comparison.a) is None
     theta = figures.theta_heatmaps(comparison.b)
-    assert len(theta.data) == len(comparison.b.model["reattention_blocks"]) == 3
-    np.testing.assert_array_equal(np.asarray(theta.data[0].z), comparison.b.arrays["theta_0"])
+    assert len(theta.data) == len(comparison.b.geometry.reattention_blocks) == 3
+    np.testing.assert_array_equal(np.asarray(theta.data[0].z), comparison.b.arrays["theta"][0])
     cls = figures.cls_attention(comparison.b, example=1)
     # first, middle, last block, each with a pre and a post row, one panel per head
     assert len(cls.data) == 3 * 2 * 4
@@ -195,9 +191,9 @@ def test_report_is_self_contained_with_one_div_per_figure(comparison: Comparison
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)
     assert not re.search(r"<link\b", page, re.IGNORECASE)
     assert not re.search(r"<(img|iframe)[^>]*\bsrc\s*=\s*[\"']?https?:", page, re.IGNORECASE)
-    assert "fig-cka-across" in ids and "fig-theta-1" in ids and "fig-cls-1-1" in ids
+    assert "fig-cka-across" in ids and "fig-theta-heatmaps-1" in ids and "fig-cls-attention-1-1" in ids
     assert comparison.b.model["description"] in page
-    assert "Headline numbers" in page and "rho: ratio above which a block is similar" in page
+    assert "Headline numbers" in page and "rho: similar-block threshold" in page
 
 
 @pytest.mark.browser
@@ -230,7 +226,8 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
             )
             page.goto(path.resolve().as_uri())
             page.wait_for_function(
-                "n => [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length === n",
+                "n => [...document.querySelectorAll('.plotly-graph-div')]"
+                ".filter(d => d.querySelector('.main-svg')).length === n",
                 arg=expected,
                 timeout=120_000,
             )
@@ -262,4 +259,4 @@ def test_models_of_different_depth_get_no_difference_panel() -> None:
     assert [trace.coloraxis for trace in figures.layer_similarity(results).data] == ["coloraxis", "coloraxis"]
     assert np.asarray(figures.cka_across(mixed, *LABELS).data[0].z).shape == (2, 3)
     page = build_report(mixed, LABELS)
-    assert "B minus A" not in page and 'id="fig-cka-across"' in page
+    assert f"{LABELS[1]} minus {LABELS[0]}" not in page and 'id="fig-cka-across"' in page

@@ -6,30 +6,25 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from deepvit_diag import figures
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
 from ..compute import Analysis, block_attention, failure_message
-from .common import BLOCKS_FROM_ONE, show_figure
+from .common import BLOCKS_FROM_ONE, show_figure, show_section
 
 CLS, PATCH = "CLS token", "a patch"
 
 
 def render(analysis: Analysis) -> None:
     results = analysis.results
-    show_figure(figures.cross_head_curves(results), "cross_head_curves")
-    depth = min(result.model["num_blocks"] for result in results.values())
+    depth = min(result.geometry.num_blocks for result in results.values())
     block = int(
         st.columns(4)[0].number_input(
             "Block", 1, depth, depth, key="heads_block", help="For both models. " + BLOCKS_FROM_ONE
         )
     )
-    show_figure(figures.cross_head_matrices(results, block - 1), "cross_head_matrices")
-    st.caption(
-        "Similarity between the attention maps of every pair of heads in the chosen block (paper Fig. 3c), "
-        "on one colour scale for A and B. " + BLOCKS_FROM_ONE
-    )
+    show_section("Heads", analysis, options={"cross_head_matrices": {"block": block - 1}})
+    st.caption(BLOCKS_FROM_ONE)
 
     st.subheader(f"Attention of one query token in block {block}, per head")
     image, query = _query_controls(analysis)
@@ -43,7 +38,7 @@ def render(analysis: Analysis) -> None:
     post = [
         queried[side]["post"]
         for side, result in zip(("a", "b"), results.values())
-        if block - 1 in result.model["reattention_blocks"]
+        if block - 1 in result.geometry.reattention_blocks
     ]
     post_colours = charts.colour_range(*post) if post else None
     for side, (label, result) in zip(("a", "b"), results.items()):
@@ -59,9 +54,9 @@ def _query_controls(analysis: Analysis) -> tuple[int, tuple[int, int] | None]:
     """The chosen example image (0-based) and query: None for CLS, else a 0-based (row, column)."""
     results = list(analysis.results.values())
     examples = min(len(result.arrays["example_images"]) for result in results)
-    grid_h = min(result.model["grid_size"][0] for result in results)
-    grid_w = min(result.model["grid_size"][1] for result in results)
-    has_cls = all(result.model["num_prefix_tokens"] > 0 for result in results)
+    grid_h = min(result.geometry.grid_size[0] for result in results)
+    grid_w = min(result.geometry.grid_size[1] for result in results)
+    has_cls = all(result.geometry.num_prefix_tokens > 0 for result in results)
     pick_image, pick_kind, pick_row, pick_column = st.columns(4)
     image = pick_image.selectbox(
         "Image",
@@ -83,8 +78,8 @@ def _query_maps(
     result: AnalysisResult, maps: dict[str, np.ndarray], query: tuple[int, int] | None
 ) -> dict[str, np.ndarray]:
     """(H, T, T) maps -> the query token's row over the patch tokens, as (H, gh, gw)."""
-    prefix = result.model["num_prefix_tokens"]
-    grid_h, grid_w = result.model["grid_size"]
+    prefix = result.geometry.num_prefix_tokens
+    grid_h, grid_w = result.geometry.grid_size
     token = 0 if query is None else prefix + query[0] * grid_w + query[1]
     return {kind: values[:, token, prefix:].reshape(len(values), grid_h, grid_w) for kind, values in maps.items()}
 
@@ -109,12 +104,13 @@ def _model_maps(
         )
         show_figure(fig, f"heads_pre_{side}")
     with right:
-        if block - 1 in result.model["reattention_blocks"]:
+        if block - 1 in result.geometry.reattention_blocks:
             fig = charts.query_attention(
                 pixels, maps["post"], f"{label}: {query_name}, post-Θ", post_colours, "post-Θ<br>weight", query
             )
             show_figure(fig, f"heads_post_{side}")
         else:
             st.info(
-                f"Block {block} of {label} has no Re-attention: the maps that multiply V are the softmax maps on the left."
+                f"Block {block} of {label} has no Re-attention: "
+                "the maps that multiply V are the softmax maps on the left."
             )

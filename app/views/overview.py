@@ -48,7 +48,7 @@ def _model_column(label: str, result: AnalysisResult, differences: dict[str, flo
         delta=None if differences is None else differences["similar_blocks"],
         delta_color="inverse",
         delta_description=None if differences is None else "against A",
-        help=f"Blocks whose similarity ratio exceeds rho = {result.params['rho']:g}: "
+        help=f"Blocks whose similarity ratio exceeds rho = {result.settings.rho:g}: "
         + (block_list(summary["similar_block_indices"]) or "none"),
     )
     start.metric(

@@ -6,23 +6,23 @@ import numpy as np
 import streamlit as st
 
 from deepvit_diag import figures
+from deepvit_diag.catalogue import figure_named
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
 from ..compute import Analysis
-from .common import BLOCKS_FROM_ONE, show_figure
+from .common import BLOCKS_FROM_ONE, show_drawn, show_section
 
 
 def render(analysis: Analysis) -> None:
     results = analysis.results
-    show_figure(figures.layer_similarity(results), "layer_similarity")
+    show_section("Cross-layer similarity", analysis)
     st.caption(
-        "Cosine similarity S[p, q] between the attention maps of block p and block q (paper Eqn 2), averaged over images, "
-        "heads and tokens; hover a cell for its value. A and B share one colour scale; B minus A has its own, centred at 0. "
+        "Hover a cell for its value. A and B share one colour scale; B minus A has its own, centred at 0. "
         + BLOCKS_FROM_ONE
     )
     st.subheader("Two blocks side by side")
-    depth = max(result.model["num_blocks"] for result in results.values())
+    depth = max(result.geometry.num_blocks for result in results.values())
     pick_p, pick_q, pick_image = st.columns(3)
     p = pick_p.number_input("Block p", 1, depth, max(1, depth - 1), key="similarity_p")
     q = pick_q.number_input("Block q", 1, depth, depth, key="similarity_q")
@@ -31,30 +31,25 @@ def render(analysis: Analysis) -> None:
         "Image", range(examples), format_func=lambda i: f"image {i + 1}", key="similarity_image"
     )
     blocks = sorted({p - 1, q - 1})
-    drawn = {label: result for label, result in results.items() if blocks[-1] < result.model["num_blocks"]}
+    drawn = {label: result for label, result in results.items() if blocks[-1] < result.geometry.num_blocks}
     for column, (label, result) in zip(st.columns(len(results)), results.items()):
         value = f"{result.similarity()[p - 1, q - 1]:.3f}" if label in drawn else "n/a"
         column.metric(
             f"S[{p}, {q}] in {label}",
             value,
-            help=None if label in drawn else f"{label} has only {result.model['num_blocks']} blocks",
+            help=None if label in drawn else f"{label} has only {result.geometry.num_blocks} blocks",
         )
-    overlays = [figures.cls_attention(result, example, blocks=blocks, label=label) for label, result in drawn.items()]
+    overlays = figures.draw(figure_named("cls_attention"), drawn, examples=[example], blocks=blocks)
     for axis, kind in (("coloraxis", "pre"), ("coloraxis2", "post")):
-        charts.share_colour_range(
-            overlays, axis, *(_drawn_weights(result, example, blocks, kind) for result in drawn.values())
-        )
-    for index, overlay in enumerate(overlays):
-        show_figure(overlay, f"similarity_pair_{index}")
-    st.caption(
-        "Attention of the CLS token to every patch in blocks p and q, per head, over the image as the model saw it; "
-        "softmax (and post-Θ) weights have one colour scale for A and B."
-    )
+        weights = (_drawn_weights(result, example, blocks, kind) for result in drawn.values())
+        charts.share_colour_range([overlay.figure for overlay in overlays], axis, *weights)
+    show_drawn(overlays)
+    st.caption("Blocks p and q; each kind of weight has one colour scale for A and B.")
 
 
 def _drawn_weights(result: AnalysisResult, example: int, blocks: list[int], kind: str) -> np.ndarray:
     """The CLS weights ``figures.cls_attention`` draws on the colour axis of ``kind``: pre-Θ
     rows for every block, post-Θ rows only for Re-attention blocks."""
     if kind == "post":
-        blocks = [block for block in blocks if block in result.model["reattention_blocks"]]
+        blocks = [block for block in blocks if block in result.geometry.reattention_blocks]
     return result.arrays[f"example_cls_{kind}"][example, blocks]

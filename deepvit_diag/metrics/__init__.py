@@ -1,4 +1,4 @@
-"""Attention-collapse metrics as pure tensor functions (REFERENCE.md section 4).
+"""Attention-collapse metrics as pure tensor functions (definitions: docs/metrics.md).
 
 Conventions:
 
@@ -14,17 +14,19 @@ batches of sizes B_1, B_2, ... (N images) ``sum_k metric(batch_k) * B_k / N`` is
 the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
-``mean_attention_distance``, ``token_similarity``, ``rank_collapse``.
+``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
+``rank_collapse``.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
-a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices``
-reads weights.
+a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
+``stacked_theta`` read weights.
 """
 
 from __future__ import annotations
 
-from .attention import attention_entropy, mean_attention_distance
-from .cka import MinibatchCKA, linear_cka
+from ._checks import AXES, DeferredChecks, deferred_value_checks
+from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
+from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, linear_cka
 from .similarity import (
     SimilarBlocks,
     collapse_statistics,
@@ -35,10 +37,13 @@ from .similarity import (
     similar_blocks,
     similarity_ratio,
 )
-from .theta import ThetaInfo, theta_matrices
+from .theta import ThetaInfo, stacked_theta, theta_from_arrays, theta_matrices
 from .tokens import rank_collapse, token_similarity
 
 __all__ = [
+    "AXES",
+    "DeferredChecks",
+    "MIN_UNBIASED_EXAMPLES",
     "MinibatchCKA",
     "SimilarBlocks",
     "ThetaInfo",
@@ -46,6 +51,7 @@ __all__ = [
     "collapse_statistics",
     "cross_head_similarity",
     "cross_layer_similarity",
+    "deferred_value_checks",
     "linear_cka",
     "mean_attention_distance",
     "mean_off_diagonal",
@@ -53,6 +59,10 @@ __all__ = [
     "rank_collapse",
     "similar_blocks",
     "similarity_ratio",
+    "softmax_statistics",
+    "stacked_theta",
+    "theta_from_arrays",
     "theta_matrices",
+    "token_distances",
     "token_similarity",
 ]

@@ -1,4 +1,4 @@
-"""The learned head-mixing matrices Theta of Re-attention blocks (REFERENCE.md 4.5).
+"""The learned head-mixing matrices Theta of Re-attention blocks (docs/metrics.md, Theta).
 
 ``theta_matrices(model)`` reads every ``model.blocks[i].attn`` that is a Re-attention
 block (``ReAttention`` with ``apply_transform=True``) and returns Theta with the bias
@@ -115,3 +115,40 @@ def theta_matrices(model: nn.Module) -> dict[int, ThetaInfo]:
         for index, block in enumerate(blocks)
         if isinstance(getattr(block, "attn", None), ReAttention) and block.attn.apply_transform
     }
+
+
+# ThetaInfo's arrays, stacked over the Re-attention blocks (see ``stacked_theta``).
+_STACKED_FIELDS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
+THETA_ARRAYS = ("theta", "theta_blocks", *(f"theta_{name}" for name in _STACKED_FIELDS))
+
+
+def stacked_theta(model: nn.Module, num_heads: int) -> dict[str, np.ndarray]:
+    """``theta_matrices(model)`` as stacked arrays over its R Re-attention blocks.
+
+    Returns ``theta`` (R, H, H), ``theta_blocks`` (R,) int64 (0-based block indices) and,
+    where every block has them, ``theta_bias``, ``theta_norm_weight``, ``theta_norm_bias``,
+    ``theta_running_mean``, ``theta_running_var`` (R, H). A model without Re-attention
+    blocks gives ``theta`` (0, H, H) and ``theta_blocks`` (0,).
+    """
+    infos = theta_matrices(model)
+    arrays = {
+        "theta": np.stack([info.theta for info in infos.values()]) if infos else np.zeros((0, num_heads, num_heads)),
+        "theta_blocks": np.array(list(infos), dtype=np.int64),
+    }
+    arrays["theta"] = arrays["theta"].astype(np.float32)
+    for name in _STACKED_FIELDS:
+        values = [getattr(info, name) for info in infos.values()]
+        if values and all(value is not None for value in values):
+            arrays[f"theta_{name}"] = np.stack(values)
+    return arrays
+
+
+def theta_from_arrays(arrays: dict[str, np.ndarray]) -> dict[int, ThetaInfo]:
+    """``stacked_theta``'s arrays back as ``{block: ThetaInfo}`` (the kind is "conv" when
+    the stack has a bias, the official Conv2d Theta)."""
+    kind = "conv" if "theta_bias" in arrays else "param"
+    infos = {}
+    for row, block in enumerate(arrays["theta_blocks"].tolist()):
+        extras = {name: arrays[f"theta_{name}"][row] for name in _STACKED_FIELDS if f"theta_{name}" in arrays}
+        infos[int(block)] = ThetaInfo(theta=arrays["theta"][row], kind=kind, **extras)
+    return infos

@@ -1,0 +1,286 @@
+"""The catalogue: every metric deepvit-diag computes, the arrays it leaves in a result, the
+figures that draw them and their captions, in one declarative table (``METRICS``).
+
+The analysis runs each entry's ``measure`` on every batch, results check that a saved
+analysis holds each entry's arrays, and ``report.html`` and the app's views draw each
+entry's figures with the same captions (``figures.draw``). Adding a metric is a function in
+``deepvit_diag.metrics`` and one entry here (``docs/adding-a-metric.md``).
+
+A ``Metric`` gets its arrays in one of three ways:
+
+* ``measure(batch)``: per-image means of one batch (a dict of tensors); the analysis sums
+  them weighted by the batch size, which makes the dataset mean exact at any batch size;
+* ``reads_model(model, geometry)``: arrays read once from the weights (Theta);
+* neither: the analysis itself streams them (CKA across models, the example images).
+
+Figure captions are ``str.format`` templates with the fields ``rho``, ``k``, ``tau`` (the
+settings), ``label`` (figures of one model), ``example`` (1-based example image number),
+``label_a`` and ``label_b`` (figures of a comparison).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .capture import AttentionCapture
+from .introspection import Geometry
+from .metrics import collapse_statistics, rank_collapse, softmax_statistics, token_similarity
+from .metrics.theta import THETA_ARRAYS, stacked_theta
+from .settings import MAP_KINDS, Settings
+
+# Report sections and app views group figures by these headings, in page order.
+SECTIONS = (
+    "Cross-layer similarity",
+    "Similarity ratio",
+    "Heads",
+    "Re-attention matrices Θ",
+    "Attention statistics per block",
+    "Representation similarity (CKA)",
+    "Attention of the CLS token",
+)
+# How many figures an entry draws: one for all models ("models"), one per model ("model"),
+# one per model and example image ("example"), or one for a comparison of two ("comparison").
+SCOPES = ("models", "model", "example", "comparison")
+
+
+@dataclass
+class Batch:
+    """One forward pass as a metric's ``measure`` sees it.
+
+    Attributes:
+        capture: the recorded maps (L, B, H, T, T) and block outputs (L, B, T, D).
+        geometry: the model's token layout.
+        settings: the analysis settings (k, tau, axis, ...).
+        token_distances: (T, T) pixel distances between token centres, on the maps' device.
+    """
+
+    capture: AttentionCapture
+    geometry: Geometry
+    settings: Settings
+    token_distances: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the catalogue: ``name`` is its function in ``deepvit_diag.figures`` (and,
+    with dashes, its element id in the report)."""
+
+    name: str
+    section: str
+    caption: str
+    scope: str = "models"
+
+    def __post_init__(self) -> None:
+        if self.section not in SECTIONS or self.scope not in SCOPES:
+            raise ValueError(f"figure {self.name}: unknown section {self.section!r} or scope {self.scope!r}")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One entry: what is computed, what it leaves in ``AnalysisResult.arrays`` and how it is drawn.
+
+    Attributes:
+        name: the metric's name in ``docs/metrics.md``.
+        arrays: array names every result holds (shapes in ``AnalysisResult``'s docstring).
+        figures: the figures that draw them.
+        measure: per-image means of one batch, keyed by array name (see the module docstring).
+        reads_model: arrays read from the weights once.
+        optional_arrays: arrays only some models have (Theta's bias exists only in Conv2d Theta).
+        consumes_maps: ``measure`` may overwrite the maps (in-place normalisation), so it
+            runs after every other measure of the batch.
+    """
+
+    name: str
+    arrays: tuple[str, ...]
+    figures: tuple[Figure, ...]
+    measure: Callable[[Batch], dict[str, torch.Tensor]] | None = None
+    reads_model: Callable[[nn.Module, Geometry], dict[str, np.ndarray]] | None = None
+    optional_arrays: tuple[str, ...] = ()
+    consumes_maps: bool = False
+
+
+def _both_kinds(*names: str) -> tuple[str, ...]:
+    return tuple(f"{name}_{kind}" for name in names for kind in MAP_KINDS)
+
+
+def _similarity_family(batch: Batch) -> dict[str, torch.Tensor]:
+    settings, capture = batch.settings, batch.capture
+
+    def statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+        return collapse_statistics(maps, settings.k, settings.tau, settings.axis, overwrite=True)
+
+    stats = {"post": statistics(capture.post)}
+    # Without Re-attention blocks, post is pre (the same tensor): measure it once.
+    stats["pre"] = stats["post"] if capture.pre is capture.post else statistics(capture.pre)
+    return {f"{name}_{kind}": value for kind in MAP_KINDS for name, value in stats[kind].items()}
+
+
+def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
+    entropy, distance = softmax_statistics(batch.capture.pre, batch.token_distances, batch.geometry.num_prefix_tokens)
+    return {"entropy": entropy, "attention_distance": distance}
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "cross-layer similarity, similarity ratio and cross-head similarity",
+        _both_kinds("similarity", "ratio", "cross_head"),
+        (
+            Figure(
+                "layer_similarity",
+                "Cross-layer similarity",
+                "Cosine similarity between the attention maps of block p and block q (paper Eqn 2), averaged over "
+                "images, heads and tokens. A bright square block in the lower right means the deep blocks attend "
+                "alike: attention collapse. With two models of the same depth, the last panel is B minus A: blue "
+                "where B's blocks are less alike than A's.",
+            ),
+            Figure(
+                "similarity_ratio",
+                "Similarity ratio",
+                "Share of attention vectors of each block whose mean similarity to the blocks within k = {k} "
+                "exceeds tau = {tau:g} (paper Fig. 3a). Blocks above the dashed line rho = {rho:g} count as similar "
+                "(filled markers).",
+            ),
+            Figure(
+                "cross_head_curves",
+                "Heads",
+                "Mean similarity between the attention maps of different heads of the same block (paper Fig. 3c). "
+                "Low values mean the heads look at different things.",
+            ),
+            Figure(
+                "cross_head_matrices",
+                "Heads",
+                "Head-by-head similarity inside one block of each model (the last unless another is chosen), "
+                "on one colour scale.",
+            ),
+        ),
+        measure=_similarity_family,
+        consumes_maps=True,
+    ),
+    Metric(
+        "Theta",
+        ("theta", "theta_blocks"),
+        (
+            Figure(
+                "theta_heatmaps",
+                "Re-attention matrices Θ",
+                "{label}: the learned head-mixing matrix of each Re-attention block. The identity (a red diagonal) "
+                "would mean no mixing; hover a cell for the block's distance from identity and from a permutation.",
+                scope="model",
+            ),
+            Figure(
+                "theta_distances",
+                "Re-attention matrices Θ",
+                "Distance of each block's Θ (columns scaled to unit maximum) from the identity and from the nearest "
+                "signed permutation, relative to the identity's norm: 0 means heads pass through unchanged "
+                "(resp. only reordered).",
+            ),
+            Figure(
+                "norm_gains",
+                "Re-attention matrices Θ",
+                "The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in "
+                "vit-pytorch) per output head; 1 (white) leaves the head's scale unchanged.",
+            ),
+        ),
+        reads_model=lambda model, geometry: stacked_theta(model, geometry.num_heads),
+        optional_arrays=tuple(name for name in THETA_ARRAYS if name not in ("theta", "theta_blocks")),
+    ),
+    Metric(
+        "attention entropy and mean attention distance",
+        ("entropy", "attention_distance"),
+        (
+            Figure(
+                "entropy_curves",
+                "Attention statistics per block",
+                "Entropy of each head's softmax attention, averaged over queries and images; dots are single heads. "
+                "The dotted line is uniform attention.",
+            ),
+            Figure(
+                "attention_distance_curves",
+                "Attention statistics per block",
+                "Mean distance in pixels between a query patch and the patches it attends to (ViT paper Fig. 7); "
+                "dots are single heads.",
+            ),
+        ),
+        measure=_softmax_statistics,
+    ),
+    Metric(
+        "token similarity",
+        ("token_similarity",),
+        (
+            Figure(
+                "token_similarity_curves",
+                "Attention statistics per block",
+                "Mean cosine similarity between the patch tokens a block outputs (Gong et al. 2021): near 1 means "
+                "over-smoothed tokens.",
+            ),
+        ),
+        measure=lambda batch: {
+            "token_similarity": token_similarity(batch.capture.hidden, batch.geometry.num_prefix_tokens)
+        },
+    ),
+    Metric(
+        "rank-collapse residual",
+        ("rank_residual",),
+        (
+            Figure(
+                "rank_residual_curves",
+                "Attention statistics per block",
+                "Relative distance of each block's output from a rank-one matrix (Dong et al. 2021): near 0 means "
+                "rank collapse.",
+            ),
+        ),
+        measure=lambda batch: {"rank_residual": rank_collapse(batch.capture.hidden)},
+    ),
+    Metric(
+        "linear CKA",
+        ("cka",),
+        (
+            Figure(
+                "cka_within",
+                "Representation similarity (CKA)",
+                "Linear CKA between the outputs of two blocks of the same model (Kornblith et al. 2019): 1 means the "
+                "same representation up to rotation and scale. It needs at least 4 images.",
+            ),
+            Figure(
+                "cka_across",
+                "Representation similarity (CKA)",
+                "Linear CKA between block i of {label_a} (rows) and block j of {label_b} (columns).",
+                scope="comparison",
+            ),
+        ),
+    ),
+    Metric(
+        "CLS attention of example images",
+        ("example_images", *(f"example_cls_{kind}" for kind in MAP_KINDS)),
+        (
+            Figure(
+                "cls_attention",
+                "Attention of the CLS token",
+                "{label}, example image {example}: how much the CLS token attends to each patch, per head, drawn over "
+                "the image as the model saw it. Re-attention blocks show the softmax maps (pre-Θ) and the maps after "
+                "Θ (post-Θ), each kind on its own colour scale.",
+                scope="example",
+            ),
+        ),
+    ),
+)
+
+
+def required_arrays() -> set[str]:
+    """The arrays every analysis result holds."""
+    return {name for metric in METRICS for name in metric.arrays}
+
+
+def figures_in(section: str) -> list[Figure]:
+    """The catalogue's figures of ``section``, in page order."""
+    return [figure for metric in METRICS for figure in metric.figures if figure.section == section]
+
+
+def figure_named(name: str) -> Figure:
+    """The catalogue figure drawn by ``deepvit_diag.figures.<name>``."""
+    return next(spec for metric in METRICS for spec in metric.figures if spec.name == name)

@@ -1,0 +1,225 @@
+"""The analysis parameters: one frozen dataclass, like timm's ``PretrainedCfg``.
+
+``analyze``/``compare`` take a ``Settings`` (or keyword overrides of its fields), the
+command line builds its options from the fields (``deepvit_diag.cli``), the app builds its
+widgets from them, and every result records the settings it was computed with. Each
+field's metadata holds what those consumers need: a one-line ``help``, a short ``label``,
+and the allowed values (``minimum`` for integers, an ``interval`` for numbers, ``choices``),
+plus the command-line ``flag`` where it is not ``--`` and the field name.
+
+The metric parameters (k, tau, rho, axis, maps) are defined in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+
+from .device import resolve_device
+from .errors import DiagError
+from .metrics import AXES, MIN_UNBIASED_EXAMPLES
+
+# "pre": the softmax maps; "post": what multiplies V (after Theta in Re-attention blocks).
+MAP_KINDS = ("pre", "post")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _parameter(
+    help: str,
+    label: str,
+    *,
+    minimum: int | None = None,
+    interval: tuple[float, float] | None = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "help": help,
+        "label": label,
+        "minimum": minimum,
+        "interval": interval,
+        "choices": choices,
+        "flag": flag,
+        "metavar": metavar,
+    }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How an analysis is computed; every field is validated on construction (``DiagError``).
+
+    ``device="auto"`` and ``num_workers=None`` are resolved by ``resolved()``, which is what
+    results record.
+    """
+
+    k: int = field(
+        default=2,
+        metadata=_parameter(
+            "neighbouring blocks on each side that a block's similarity ratio compares with",
+            "k: neighbour blocks",
+            minimum=1,
+        ),
+    )
+    tau: float = field(
+        default=0.5,
+        metadata=_parameter(
+            "cosine similarity above which an attention vector counts as similar to its neighbours'",
+            "tau: cosine threshold",
+            interval=(0.0, 1.0),
+        ),
+    )
+    rho: float = field(
+        default=0.9,
+        metadata=_parameter(
+            "similarity ratio above which a block counts as similar, as in the paper's Fig. 3",
+            "rho: similar-block threshold",
+            interval=(0.0, 1.0),
+        ),
+    )
+    axis: str = field(
+        default="columns",
+        metadata=_parameter(
+            "compare attention columns (what each token contributes, paper Eqn 2) or rows (what each token attends to)",
+            "attention vectors",
+            choices=AXES,
+        ),
+    )
+    maps: str = field(
+        default="post",
+        metadata=_parameter(
+            "maps the headline numbers use in Re-attention blocks: 'post' (after Theta, what multiplies V) or 'pre' "
+            "(the softmax maps); plain ViT blocks have only one kind",
+            "maps for the headline numbers",
+            choices=MAP_KINDS,
+        ),
+    )
+    batch_size: int = field(
+        default=32,
+        metadata=_parameter(
+            "images per forward pass (halved automatically on CUDA out-of-memory)",
+            "batch size requested",
+            minimum=1,
+            metavar="B",
+        ),
+    )
+    num_images: int | None = field(
+        default=None,
+        metadata=_parameter(
+            "analyse only the first N usable images (default: all)", "images requested", minimum=1, metavar="N"
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_parameter("'auto' (CUDA when present), 'cpu' or 'cuda[:N]'", "device"),
+    )
+    dtype: str = field(
+        default="float32",
+        metadata=_parameter(
+            "compute dtype of the forward passes (metrics are always accumulated in float32)",
+            "compute dtype",
+            choices=tuple(DTYPES),
+        ),
+    )
+    cka_chunk: int = field(
+        default=32,
+        metadata=_parameter(
+            f"images per minibatch of the CKA estimator (at least {MIN_UNBIASED_EXAMPLES})",
+            "images per CKA minibatch",
+            minimum=MIN_UNBIASED_EXAMPLES,
+            metavar="N",
+        ),
+    )
+    num_examples: int = field(
+        default=4,
+        metadata=_parameter(
+            "first images whose per-head CLS attention maps are kept (and drawn in the report)",
+            "example images kept",
+            minimum=0,
+            flag="--examples",
+            metavar="N",
+        ),
+    )
+    num_workers: int | None = field(
+        default=None,
+        metadata=_parameter(
+            "processes that decode and resize images while the model runs "
+            "(default: 0 on the CPU, up to 8 on a GPU, one fewer than the cores)",
+            "image-decoding worker processes",
+            minimum=0,
+            flag="--workers",
+            metavar="N",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            # The annotations are strings here (postponed evaluation): "int | None" may be None.
+            if not (value is None and spec.type.endswith("| None")):
+                _validate(spec.name, value, spec.metadata)
+        if isinstance(self.device, torch.device):
+            object.__setattr__(self, "device", str(self.device))
+        if not isinstance(self.device, str):
+            raise DiagError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {self.device!r}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        try:
+            return resolve_device(self.device)
+        except (ValueError, RuntimeError) as err:
+            raise DiagError(str(err)) from None
+
+    def resolved(self) -> Settings:
+        """The same settings with the device and the worker count made concrete."""
+        device = self.torch_device
+        workers = default_num_workers(device) if self.num_workers is None else self.num_workers
+        return replace(self, device=str(device), num_workers=workers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Settings:
+        """Settings from ``to_dict()``'s output; unknown names are a ``DiagError``."""
+        known = {spec.name for spec in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DiagError(f"unknown analysis settings: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def with_overrides(cls, settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+        """``settings`` (default: the defaults) with some fields replaced, each checked."""
+        known = {spec.name for spec in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DiagError(f"unknown analysis settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return replace(settings or cls(), **overrides)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Image-decoding processes for ``device``: none on the CPU, whose cores the model
+    already uses; on a GPU up to 8, leaving one core to the main process."""
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+def _validate(name: str, value: object, metadata: Any) -> None:
+    if metadata["minimum"] is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < metadata["minimum"]:
+            raise DiagError(f"{name} must be an integer >= {metadata['minimum']}, got {value!r}")
+    elif metadata["interval"] is not None:
+        low, high = metadata["interval"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DiagError(f"{name} must be a finite number, got {value!r}")
+        if not low <= value <= high:
+            raise DiagError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    elif metadata["choices"] is not None and value not in metadata["choices"]:
+        raise DiagError(f"{name} must be one of {', '.join(map(repr, metadata['choices']))}, got {value!r}")
