@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "check_images": 16,
     },
-    # The GPU workload: paper models at 224 px, random weights, bfloat16 autocast.
+    # The GPU target workload: paper models at 224 px, random weights, bfloat16 autocast.
     # The naive mode runs on 64 images (about 0.4 s each, estimated from its host work): each
     # holds about 60 MB of maps on the host and takes as long as the next, so more images
     # would only spend the GPU machine's time.

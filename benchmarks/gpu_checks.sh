@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 7 in one run of at most about 9.5 minutes on one H100/H200, for a
-# session whose task is lent a GPU machine: the CUDA-only tests, the issue's workload
+# Every GPU check of the performance work in one run of at most about 9.5 minutes on one H100/H200, for a
+# session whose task is lent a GPU machine: the CUDA-only tests, the target workload
 # (ViT-32B and DeepViT-32B, 224 px, bfloat16, every metric on) and JPEG loading with
 # worker processes. It needs torch, timm, numpy, pillow, rich and safetensors, which the
 # machines' image has; the package is used from this checkout (no install).
@@ -32,7 +32,7 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
 
 # No host sync inside the streaming loop; CUDA results equal CPU results.
 step cuda-tests 60 python3 -m pytest tests/test_analysis.py tests/test_metrics_similarity.py -q -p no:cacheprovider -k cuda
-# The targets: analysis_vs_forward >= 0.5, analysis_vs_naive >= 20 (issue) / 3 (CPU),
+# The targets: analysis_vs_forward >= 0.5, analysis_vs_naive >= 20 (GPU),
 # mem_growth < 1.05, check_vs_reference PASS.
 step deepvit32 240 python3 benchmarks/bench_analysis.py --preset deepvit32 --device cuda --repeats 2 \
     --json "$out/gpu-deepvit32.json"

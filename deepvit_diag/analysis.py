@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import catalogue
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
-from .catalogue import METRICS, Batch
+from .catalogue import Batch
 from .errors import DiagError
 from .images import ImageSource, ImageStream
 from .introspection import Geometry, describe_model, model_device
@@ -35,10 +36,6 @@ from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
 from .settings import DTYPES, MAP_KINDS, Settings
-
-# Measures that overwrite the maps run last (False sorts before True).
-_MEASURED = sorted((metric for metric in METRICS if metric.measure is not None), key=lambda m: m.consumes_maps)
-_READ_FROM_MODEL = [metric for metric in METRICS if metric.reads_model is not None]
 
 
 @dataclass
@@ -66,6 +63,8 @@ class ModelStatistics:
         self.example_images: list[torch.Tensor] = []
         self.example_cls: dict[str, list[torch.Tensor]] = {kind: [] for kind in MAP_KINDS}
         self._distances: dict[torch.device, torch.Tensor] = {}
+        # Measures that overwrite the maps run last (False sorts before True).
+        self._measured = sorted((m for m in catalogue.METRICS if m.measure is not None), key=lambda m: m.consumes_maps)
 
     @property
     def examples_needed(self) -> int:
@@ -97,7 +96,7 @@ class ModelStatistics:
                 kind: _cls_attention(getattr(capture, kind)[:, :num_examples], self.geometry) for kind in MAP_KINDS
             }
         batch = Batch(capture, self.geometry, self.settings, self.token_distances(capture.pre.device))
-        sums = {name: value * size for metric in _MEASURED for name, value in metric.measure(batch).items()}
+        sums = {name: value * size for metric in self._measured for name, value in metric.measure(batch).items()}
         return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls)
 
     def add(self, measurement: BatchMeasurement) -> None:
@@ -116,8 +115,9 @@ class ModelStatistics:
         arrays["example_images"] = torch.cat(self.example_images).numpy()
         for kind, weights in self.example_cls.items():
             arrays[f"example_cls_{kind}"] = torch.cat(weights).cpu().numpy()
-        for metric in _READ_FROM_MODEL:
-            arrays.update(metric.reads_model(self.model, self.geometry))
+        for metric in catalogue.METRICS:
+            if metric.reads_model is not None:
+                arrays.update(metric.reads_model(self.model, self.geometry))
         return arrays
 
     def model_info(self) -> dict[str, Any]:

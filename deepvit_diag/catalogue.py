@@ -21,7 +21,8 @@ settings), ``label`` (figures of one model), ``example`` (1-based example image 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,17 +68,36 @@ class Batch:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure of the catalogue: ``name`` is its function in ``deepvit_diag.figures`` (and,
-    with dashes, its element id in the report)."""
+    """A figure of the catalogue.
+
+    Attributes:
+        name: its function in ``deepvit_diag.figures``.
+        section: the report section and app view it belongs to (``SECTIONS``).
+        caption: the caption template (see the module docstring for its fields).
+        scope: how many figures it draws (``SCOPES``).
+        arguments: keyword arguments of the function, e.g. the array a generic
+            ``block_curves`` draws.
+        key: what names the figure (element ids, ``figure_named``); default ``name``,
+            needed when two entries draw with the same function.
+    """
 
     name: str
     section: str
     caption: str
     scope: str = "models"
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False)
+    key: str = ""
 
     def __post_init__(self) -> None:
         if self.section not in SECTIONS or self.scope not in SCOPES:
             raise ValueError(f"figure {self.name}: unknown section {self.section!r} or scope {self.scope!r}")
+        if not self.key:
+            object.__setattr__(self, "key", self.name)
+
+    @property
+    def element_id(self) -> str:
+        """The id of its (first) element in report.html: ``fig-`` and the key, with dashes."""
+        return "fig-" + self.key.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -200,10 +220,16 @@ METRICS: tuple[Metric, ...] = (
                 "The dotted line is uniform attention.",
             ),
             Figure(
-                "attention_distance_curves",
+                "head_curves",
                 "Attention statistics per block",
                 "Mean distance in pixels between a query patch and the patches it attends to (ViT paper Fig. 7); "
                 "dots are single heads.",
+                arguments={
+                    "array": "attention_distance",
+                    "y_title": "mean attention distance (pixels)",
+                    "title": "Mean attention distance per block (softmax maps)",
+                },
+                key="attention_distance_curves",
             ),
         ),
         measure=_softmax_statistics,
@@ -213,10 +239,16 @@ METRICS: tuple[Metric, ...] = (
         ("token_similarity",),
         (
             Figure(
-                "token_similarity_curves",
+                "block_curves",
                 "Attention statistics per block",
                 "Mean cosine similarity between the patch tokens a block outputs (Gong et al. 2021): near 1 means "
                 "over-smoothed tokens.",
+                arguments={
+                    "array": "token_similarity",
+                    "y_title": "mean token cosine similarity",
+                    "title": "Token similarity after each block (higher: over-smoothed tokens)",
+                },
+                key="token_similarity_curves",
             ),
         ),
         measure=lambda batch: {
@@ -228,10 +260,16 @@ METRICS: tuple[Metric, ...] = (
         ("rank_residual",),
         (
             Figure(
-                "rank_residual_curves",
+                "block_curves",
                 "Attention statistics per block",
                 "Relative distance of each block's output from a rank-one matrix (Dong et al. 2021): near 0 means "
                 "rank collapse.",
+                arguments={
+                    "array": "rank_residual",
+                    "y_title": "relative residual to rank one",
+                    "title": "Rank-collapse residual after each block (lower: closer to rank one)",
+                },
+                key="rank_residual_curves",
             ),
         ),
         measure=lambda batch: {"rank_residual": rank_collapse(batch.capture.hidden)},
@@ -281,6 +319,6 @@ def figures_in(section: str) -> list[Figure]:
     return [figure for metric in METRICS for figure in metric.figures if figure.section == section]
 
 
-def figure_named(name: str) -> Figure:
-    """The catalogue figure drawn by ``deepvit_diag.figures.<name>``."""
-    return next(spec for metric in METRICS for spec in metric.figures if spec.name == name)
+def figure_named(key: str) -> Figure:
+    """The catalogue figure with this key (by default the name of its function)."""
+    return next(spec for metric in METRICS for spec in metric.figures if spec.key == key)

@@ -443,8 +443,9 @@ def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
 # ----------------------------------------------------------------------------- per-block curves
 
 
-def _per_head_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
-    """Mean over heads as a line, every head as a faint dot (the ViT paper's Fig. 7 style)."""
+def head_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+    """A per-block, per-head array (L, H) of each model: the mean over heads as a line, every
+    head as a faint dot (the ViT paper's Fig. 7 style)."""
     fig = go.Figure()
     for index, (label, result) in enumerate(results.items()):
         values = result.arrays[array]
@@ -479,7 +480,7 @@ def _per_head_curves(results: Results, array: str, y_title: str, title: str) -> 
 def entropy_curves(results: Results) -> go.Figure:
     """Attention entropy per block and head (softmax maps), with ln T, the entropy of
     uniform attention over T tokens, as the upper reference line."""
-    fig = _per_head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
+    fig = head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
     for num_tokens in sorted({result.geometry.num_tokens for result in results.values()}):
         fig.add_hline(
             y=math.log(num_tokens),
@@ -490,17 +491,8 @@ def entropy_curves(results: Results) -> go.Figure:
     return fig
 
 
-def attention_distance_curves(results: Results) -> go.Figure:
-    """Mean attention distance in pixels per block and head (softmax maps)."""
-    return _per_head_curves(
-        results,
-        "attention_distance",
-        "mean attention distance (pixels)",
-        "Mean attention distance per block (softmax maps)",
-    )
-
-
-def _model_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+def block_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+    """A per-block array (L,) of each model as one line."""
     fig = go.Figure()
     for index, (label, result) in enumerate(results.items()):
         values = result.arrays[array]
@@ -517,26 +509,6 @@ def _model_curves(results: Results, array: str, y_title: str, title: str) -> go.
     _block_axis(fig, results)
     fig.update_yaxes(title=y_title)
     return _finish(fig, title, 380)
-
-
-def token_similarity_curves(results: Results) -> go.Figure:
-    """Mean pairwise cosine similarity of patch tokens after each block (over-smoothing)."""
-    return _model_curves(
-        results,
-        "token_similarity",
-        "mean token cosine similarity",
-        "Token similarity after each block (higher: over-smoothed tokens)",
-    )
-
-
-def rank_residual_curves(results: Results) -> go.Figure:
-    """Rank-collapse residual of each block's output (Dong et al. 2021; 0 = rank one)."""
-    return _model_curves(
-        results,
-        "rank_residual",
-        "relative residual to rank one",
-        "Rank-collapse residual after each block (lower: closer to rank one)",
-    )
 
 
 # ----------------------------------------------------------------------------- CKA
@@ -781,9 +753,10 @@ def draw(
     as ``spec.scope`` says. Figures a model cannot have (Theta of a plain ViT) are left out.
     ``options`` go to the figure function (e.g. ``block`` of ``cross_head_matrices``)."""
     function = globals()[spec.name]
+    options = {**spec.arguments, **options}
     first = next(iter(results.values()))
     fields = {"rho": first.settings.rho, "k": first.settings.k, "tau": first.settings.tau}
-    base_id = "fig-" + spec.name.replace("_", "-")
+    base_id = spec.element_id
     drawn = []
     if spec.scope == "models":
         drawn.append((base_id, function(results, **options), fields))

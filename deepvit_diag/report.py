@@ -19,8 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from . import figures
-from .catalogue import METRICS
+from . import catalogue, figures
 from .results import AnalysisResult, ComparisonResult, package_versions
 from .settings import Settings
 from .summary import comparison_findings, model_findings, summary_rows, summary_title
@@ -75,7 +74,7 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
     comparison = result if isinstance(result, ComparisonResult) else None
     return [
         ReportFigure(drawn.element_id, spec.section, drawn.caption, drawn.figure)
-        for metric in METRICS
+        for metric in catalogue.METRICS
         for spec in metric.figures
         for drawn in figures.draw(spec, results, comparison)
     ]

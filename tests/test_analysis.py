@@ -220,6 +220,29 @@ def test_save_and_load_round_trip(deepvit, x, tmp_path):
         AnalysisResult.load(tmp_path)
 
 
+def test_results_saved_in_format_1_still_load(deepvit, x, tmp_path):
+    """Format 1 kept the geometry in ``model``, the settings as ``params`` and one
+    ``theta_<i>`` array per Re-attention block."""
+    result = analyze(deepvit, x, batch_size=4, **QUIET)
+    document = result.to_document()
+    model = {**document.pop("model"), **document.pop("geometry"), "num_tokens": result.geometry.num_tokens}
+    params = {**document.pop("settings"), **document.pop("computation")}
+    del params["num_images"]
+    arrays = {name: value for name, value in result.arrays.items() if not name.startswith("theta")}
+    for row, block in enumerate(result.arrays["theta_blocks"].tolist()):
+        arrays[f"theta_{block}"] = result.arrays["theta"][row]
+        for name in ("bias", "norm_weight", "norm_bias", "running_mean", "running_var"):
+            arrays[f"theta_{block}_{name}"] = result.arrays[f"theta_{name}"][row]
+    folder = tmp_path / "format1"
+    folder.mkdir()
+    (folder / "result.json").write_text(json.dumps({**document, "version": 1, "model": model, "params": params}))
+    np.savez(folder / "arrays.npz", **arrays)
+    assert AnalysisResult.load(folder) == result
+    np.savez(folder / "arrays.npz", **{name: value for name, value in arrays.items() if name != "entropy"})
+    with pytest.raises(DiagError, match="lacks the arrays entropy"):
+        AnalysisResult.load(folder)
+
+
 def test_compare_two_depths(deepvit, vit, x, tmp_path):
     result = compare(deepvit, vit, x, batch_size=3, **QUIET)
     assert result.cka_ab.shape == (3, 2)

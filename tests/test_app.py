@@ -1,4 +1,4 @@
-"""The Streamlit app (issue 6) driven headlessly with ``streamlit.testing.v1.AppTest``.
+"""The Streamlit app driven headlessly with ``streamlit.testing.v1.AppTest``.
 
 The app reads its default checkpoints and images from environment variables
 (``app/config.py``), so these tests open it on tiny 2-block checkpoints; one slow test
@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest
 import app.compute
 from app.compute import AnalysisRequest, export_files, run_analysis
 from app.sources import ImageChoice, ModelChoice
+from deepvit_diag import catalogue, figures
 from deepvit_diag.checkpoints import bundled_path
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION, save_native
 from deepvit_diag.models import build_model
@@ -133,6 +134,19 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     assert [button.label for button in at.get("download_button")] == [
         f"Download {name}" for name in ("result.json", "arrays.npz", "report.html")
     ]
+
+
+def test_every_catalogue_figure_is_drawn_with_the_reports_caption(tiny_app):
+    at = _open()
+    analysis = at.session_state["shown_analysis"]
+    shown = set()
+    for view in VIEWS:
+        at = _show(at, view)
+        shown |= {caption.value for caption in at.caption}
+    for metric in catalogue.METRICS:
+        for spec in metric.figures:
+            report_captions = {drawn.caption for drawn in figures.draw(spec, analysis.results, analysis.comparison)}
+            assert report_captions & shown, f"{spec.key} is not in the app with the report's caption"
 
 
 def test_analysis_reports_progress_and_exports_what_the_library_saves(tiny_app, files, tmp_path, monkeypatch):

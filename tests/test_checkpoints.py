@@ -1,4 +1,4 @@
-"""Checkpoint loading (issue 2): every layout round-trips with identical logits, vit-pytorch weights
+"""Checkpoint loading: every layout round-trips with identical logits, vit-pytorch weights
 reproduce vit-pytorch, the architecture is inferred (guesses announced), bad input is refused in one line
 (library and CLI), and names resolve through the weight store. No test touches the network."""
 

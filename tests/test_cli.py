@@ -1,4 +1,4 @@
-"""``deepvit-diag compare`` / ``analyze`` (issue 4) on tiny checkpoints written to a temporary folder:
+"""``deepvit-diag compare`` / ``analyze`` on tiny checkpoints written to a temporary folder:
 every image source, every output file, the bad-input cases and the option conflicts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Figures, summary sentences and report.html (issue 4), on tiny real models and on
+"""Figures, summary sentences and report.html, on tiny real models and on
 hand-made results whose numbers are known; one test opens the report in headless Chromium."""
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
         ratio,
         figures.cross_head_curves(results),
         figures.entropy_curves(results),
-        figures.attention_distance_curves(results),
-        figures.token_similarity_curves(results),
-        figures.rank_residual_curves(results),
+        figures.head_curves(results, "attention_distance", "pixels", "distance"),
+        figures.block_curves(results, "token_similarity", "cosine", "token similarity"),
+        figures.block_curves(results, "rank_residual", "residual", "rank residual"),
     ):
         assert curves.layout.xaxis.tick0 == 1 and curves.layout.xaxis.range == (0.5, 3.5), curves.layout.title.text
 

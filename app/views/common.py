@@ -29,7 +29,7 @@ def show_drawn(drawn: list[figures.DrawnFigure]) -> None:
 
 def show_section(section: str, analysis: Analysis, options: dict[str, dict] | None = None) -> None:
     """Every catalogue figure of a report section, as the report draws it; ``options`` maps
-    a figure's name to keyword arguments of its function (e.g. the ``block`` of
+    a figure's key to keyword arguments of its function (e.g. the ``block`` of
     ``cross_head_matrices``)."""
     for spec in catalogue.figures_in(section):
-        show_drawn(figures.draw(spec, analysis.results, analysis.comparison, **(options or {}).get(spec.name, {})))
+        show_drawn(figures.draw(spec, analysis.results, analysis.comparison, **(options or {}).get(spec.key, {})))

@@ -1,6 +1,6 @@
 """State-dict layouts: detect them from the keys, convert them to our modules' keys, infer the arch.
 
-Layouts (REFERENCE.md sections 2-3):
+Layouts (docs/checkpoints.md):
 
 * ``official``: the official DeepViT keys (``blocks.N.attn.reatten_matrix``, ``var_norm``, CNN stem
   ``patch_embed.conv1``...), which are also the keys of ``DeepVisionTransformer``'s own state dict;

@@ -31,7 +31,7 @@ from .provenance import arch_summary, describe
 from .safe_load import CHECKPOINT_SUFFIXES, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
 
-# The official repository's registry names (REFERENCE.md section 2) -> our presets.
+# The official repository's registry names (zhoudaquan/dvit_repo) -> our presets.
 OFFICIAL_NAMES = {
     "deepvit_patch16_224_re_attn_16b": "deepvit16",
     "deepvit_patch16_224_re_attn_24b": "deepvit24",

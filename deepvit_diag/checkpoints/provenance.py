@@ -5,12 +5,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..models.deepvit import DeepVisionTransformer
-
-_FAMILY_CLASSES = {"vit": VisionTransformer, "deepvit": DeepVisionTransformer}
+from ..models.presets import FAMILY_CLASSES
 
 FORMAT_WORDS = {
     "official": "official DeepViT checkpoint",
@@ -25,7 +22,7 @@ def arch_kwarg(arch: dict[str, Any], key: str) -> Any:
     """A constructor argument of ``arch``, falling back to its class's default."""
     if key in arch["kwargs"]:
         return arch["kwargs"][key]
-    cls = _FAMILY_CLASSES.get(arch["family"])
+    cls = FAMILY_CLASSES.get(arch["family"])
     param = inspect.signature(cls).parameters.get(key) if cls else None
     return param.default if param is not None else None
 

@@ -1,7 +1,7 @@
 """Read checkpoint files (.pth, .pth.tar, .pt, .bin, .safetensors) without running code from them.
 
 PyTorch files go through ``torch.load(weights_only=True)`` with only ``argparse.Namespace`` added to
-the allow-list (the official CheckpointSaver dicts store their ``args``, REFERENCE.md section 2); a
+the allow-list (the official timm-0.3 CheckpointSaver dicts store their ``args``); a
 pickle that needs any other global is refused before anything of it runs. safetensors files hold no
 code. Every way a file can be unreadable ends in a one-line ``DiagError``.
 """

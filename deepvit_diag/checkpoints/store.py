@@ -17,6 +17,7 @@ from ..errors import DiagError
 from ..models.presets import PRESET_DESCRIPTIONS, PRESETS
 from .native import read_native_metadata
 from .provenance import describe
+from .safe_load import CHECKPOINT_SUFFIXES
 
 STORE_ENV = "DEEPVIT_DIAG_HOME"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -32,7 +33,7 @@ def store_dir() -> Path:
 
 
 def is_store_name(name: str) -> bool:
-    return bool(_NAME.match(name)) and not name.endswith((".pth", ".pt", ".bin", ".tar", ".safetensors"))
+    return bool(_NAME.match(name)) and not name.endswith(CHECKPOINT_SUFFIXES)
 
 
 def store_path(name: str) -> Path:

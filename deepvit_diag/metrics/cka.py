@@ -1,4 +1,4 @@
-"""Linear CKA between representations (Kornblith et al. 2019; REFERENCE.md 4.10).
+"""Linear CKA between representations (Kornblith et al. 2019; docs/metrics.md, linear CKA).
 
 ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with linear-kernel Grams
 ``K = X X^T`` of feature matrices X (n examples, p features). Two HSIC estimators:

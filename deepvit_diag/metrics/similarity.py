@@ -1,7 +1,7 @@
 """Attention-map similarity across blocks and heads (DeepViT paper Eqn 2, Fig. 3).
 
 Every function takes stacked maps of shape (L, B, H, T, T), ``maps[l, b, h, i, j]`` =
-weight query token i of block l puts on key token j (REFERENCE.md section 4), and
+weight query token i of block l puts on key token j (docs/metrics.md), and
 compares *attention vectors*: with ``axis="columns"`` (default, paper Eqn 2) the vector
 of token t is the column ``A[b, h, :, t]``, with ``axis="rows"`` it is the row
 ``A[b, h, t, :]``. Cosines use ``cos(u, v) = u.v / (max(|u|, eps) * max(|v|, eps))``
@@ -57,7 +57,7 @@ def cross_layer_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.T
     """Layer-by-layer similarity matrix S (L, L) of attention maps.
 
     ``S[p, q] = mean over b, h, t of cos(A_p vec(b, h, t), A_q vec(b, h, t))``
-    (REFERENCE.md 4.1, paper Eqn 2). A mean with equal weight per image.
+    (docs/metrics.md, cross-layer similarity; paper Eqn 2). A mean with equal weight per image.
 
     Args:
         maps: (L, B, H, T, T), any float dtype and device.
@@ -79,7 +79,7 @@ def neighbour_similarity(maps: torch.Tensor, k: int = 2, axis: str = "columns") 
     """Per-vector similarity to the neighbouring blocks, (L, B, H, T).
 
     ``out[p, b, h, t] = mean over q with 1 <= |q - p| <= k and 0 <= q < L of
-    cos(A_p vec(b, h, t), A_q vec(b, h, t))`` (REFERENCE.md 4.2). Blocks near the ends
+    cos(A_p vec(b, h, t), A_q vec(b, h, t))`` (docs/metrics.md, similarity ratio). Blocks near the ends
     average over the neighbours that exist; with a single block there are none and the
     result is NaN.
     """
@@ -99,7 +99,7 @@ def neighbour_similarity(maps: torch.Tensor, k: int = 2, axis: str = "columns") 
 
 def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns") -> torch.Tensor:
     """Similarity ratio per block (L,): share of block p's vectors (b, h, t) whose
-    ``neighbour_similarity`` exceeds ``tau`` (REFERENCE.md 4.2, paper Fig. 3a).
+    ``neighbour_similarity`` exceeds ``tau`` (docs/metrics.md; paper Fig. 3a).
 
     k and tau are this project's reading of the paper (it states neither). A mean with
     equal weight per image (every image has H * T vectors). NaN for a 1-block model.
@@ -108,7 +108,7 @@ def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str
 
 
 def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
-    """Blocks whose similarity ratio exceeds ``rho`` (REFERENCE.md 4.3, paper Table/Fig. 3b).
+    """Blocks whose similarity ratio exceeds ``rho`` (docs/metrics.md, similar blocks; paper Table/Fig. 3b).
 
     Args:
         ratio: (L,) similarity ratios (tensor, array or sequence); NaN never counts.
@@ -125,7 +125,7 @@ def cross_head_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Te
     """Head-by-head similarity inside each block, (L, H, H).
 
     ``C[l, g, h] = mean over b, t of cos(A_l[b, g] vec(t), A_l[b, h] vec(t))``
-    (REFERENCE.md 4.4, paper Fig. 3c). A mean with equal weight per image.
+    (docs/metrics.md, cross-head similarity; paper Fig. 3c). A mean with equal weight per image.
     """
     check_axis(axis)
     vectors = _attention_vectors(as_float32_maps(maps), axis)
@@ -145,7 +145,7 @@ def cross_head_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Te
 def mean_off_diagonal(matrices: torch.Tensor) -> torch.Tensor:
     """Mean of the off-diagonal entries of square matrices: (..., H, H) -> (...).
 
-    The scalar cross-head similarity of REFERENCE.md 4.4. NaN when H == 1 (no off-diagonal).
+    The scalar cross-head similarity (docs/metrics.md). NaN when H == 1 (no off-diagonal).
     """
     if not isinstance(matrices, torch.Tensor) or matrices.ndim < 2 or matrices.shape[-1] != matrices.shape[-2]:
         shape = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
@@ -163,7 +163,7 @@ def collapse_statistics(
 
     Returns ``{"similarity": (L, L), "ratio": (L,), "cross_head": (L, H, H)}``, the same
     numbers as ``cross_layer_similarity``, ``similarity_ratio`` and
-    ``cross_head_similarity`` (REFERENCE.md 4.1, 4.2, 4.4) up to float rounding. All three
+    ``cross_head_similarity`` (docs/metrics.md) up to float rounding. All three
     are means with equal weight per image.
 
     How: the maps are normalised once into float32 unit vectors, in place of a transposed

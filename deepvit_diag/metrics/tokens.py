@@ -1,7 +1,7 @@
 """Token-level collapse of block outputs: over-smoothing and rank collapse.
 
-Both take the stacked block outputs ``hidden`` of shape (L, B, T, D) (REFERENCE.md
-section 4) and are means with equal weight per image.
+Both take the stacked block outputs ``hidden`` of shape (L, B, T, D) (docs/metrics.md)
+and are means with equal weight per image.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ NORM_EPS = 1e-12
 
 
 def token_similarity(hidden: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Token over-smoothing per block (L,) (Gong et al. 2021; REFERENCE.md 4.8).
+    """Token over-smoothing per block (L,) (Gong et al. 2021; docs/metrics.md, token similarity).
 
     For every image, the mean cosine similarity over ordered pairs of distinct patch
     tokens (prefix tokens dropped), then the mean over images. A zero token has cosine 0
@@ -46,7 +46,7 @@ def _norm_1_inf(matrices: torch.Tensor) -> torch.Tensor:
 
 
 def rank_collapse(hidden: torch.Tensor) -> torch.Tensor:
-    """Rank-collapse residual per block (L,) (Dong et al. 2021; REFERENCE.md 4.9).
+    """Rank-collapse residual per block (L,) (Dong et al. 2021; docs/metrics.md, rank-collapse residual).
 
     For every image's block output X (T, D), all tokens included:
     ``r = ||X - 1 mean(X)^T||_{1,inf} / ||X||_{1,inf}`` where ``mean(X)`` is the mean token

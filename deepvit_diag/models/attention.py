@@ -7,7 +7,7 @@ One module covers every attention layout deepvit-diag loads:
 * the official Re-attention (``theta="conv"``): ``Conv2d(H, H, 1)`` with bias mixes the
   post-softmax maps across heads, ``BatchNorm2d(H)`` normalises them, and the result is
   multiplied by ``reatten_scale`` (``head_dim ** -0.5`` with ``transform_scale``)
-  before it multiplies V (REFERENCE.md section 2);
+  before it multiplies V (docs/metrics.md);
 * the lucidrains ``vit-pytorch`` variant (``theta="param"``): an ``(H, H)`` parameter
   applied as ``einsum('bhij,hg->bgij')`` followed by a LayerNorm over the head axis.
 

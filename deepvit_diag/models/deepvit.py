@@ -1,6 +1,6 @@
 """DeepViT (Zhou et al. 2021) as one readable timm-compatible model.
 
-State-dict keys follow the official code and timm (REFERENCE.md section 2):
+State-dict keys follow the official code and timm (docs/checkpoints.md):
 ``cls_token``, ``pos_embed``, ``patch_embed.*``, ``blocks.N.{norm1,attn,norm2,mlp}.*``,
 ``norm.*``, ``head.*``; Re-attention blocks add ``attn.reatten_matrix.*`` and
 ``attn.var_norm.*`` (or ``attn.reattn_weights`` / ``attn.reattn_norm.*`` for the

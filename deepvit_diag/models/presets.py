@@ -9,7 +9,8 @@ checkpoint format embeds::
 
 ``family="vit"`` is ``timm.models.vision_transformer.VisionTransformer`` (the paper's
 ViT-NB baselines load into it strictly); ``family="deepvit"`` is
-``DeepVisionTransformer``. Architectures from REFERENCE.md sections 1-2.
+``DeepVisionTransformer``. Architectures from the paper and the official repository
+(docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from timm.models import build_model_with_cfg, register_model
-from timm.models._registry import generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -74,7 +74,8 @@ PRESET_DESCRIPTIONS = {
     "deepvit_l": "DeepViT-L: 32 blocks, dim 420, CNN stem, Re-attention in the last 12",
 }
 
-_FAMILIES = {"vit": VisionTransformer, "deepvit": DeepVisionTransformer}
+# The model class of each arch family (see the module docstring).
+FAMILY_CLASSES = {"vit": VisionTransformer, "deepvit": DeepVisionTransformer}
 
 
 def with_overrides(arch: dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -102,9 +103,9 @@ def with_overrides(arch: dict[str, Any], **overrides: Any) -> dict[str, Any]:
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """Instantiate an arch dict (random weights); the model keeps it as ``model.arch``."""
     family = arch.get("family")
-    if family not in _FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(_FAMILIES)}")
-    model = _FAMILIES[family](**arch["kwargs"])
+    if family not in FAMILY_CLASSES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_CLASSES)}")
+    model = FAMILY_CLASSES[family](**arch["kwargs"])
     attach_arch(model, arch)
     return model
 
@@ -123,7 +124,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     loading = {k: kwargs.pop(k) for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir") if k in kwargs}
     arch = with_overrides(PRESETS[variant], **kwargs)
     loading = {k: v for k, v in loading.items() if v is not None}
-    model = build_model_with_cfg(_FAMILIES[arch["family"]], variant, pretrained, **loading, **arch["kwargs"])
+    model = build_model_with_cfg(FAMILY_CLASSES[arch["family"]], variant, pretrained, **loading, **arch["kwargs"])
     attach_arch(model, arch)
     return model
 

@@ -1,0 +1,146 @@
+"""The catalogue: every entry's arrays are in results, every figure exists and has a caption,
+and the report draws exactly the catalogue's figures with the catalogue's captions (the app
+side is in test_app.py)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from deepvit_diag import catalogue, figures
+from deepvit_diag.analysis import analyze, compare
+from deepvit_diag.capture import extract_attention
+from deepvit_diag.catalogue import METRICS, SECTIONS, Batch
+from deepvit_diag.introspection import Geometry
+from deepvit_diag.metrics import token_distances
+from deepvit_diag.report import report_figures
+from deepvit_diag.results import ComparisonResult
+from deepvit_diag.settings import Settings
+
+LABELS = ["vit (A)", "deepvit (B)"]
+TINY = dict(depth=3, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
+
+
+def tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def comparison() -> ComparisonResult:
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return compare(tiny("vit16"), tiny("deepvit16"), images, device="cpu", num_examples=2, progress=False)
+
+
+def test_every_entry_has_its_arrays_in_results(comparison):
+    for metric in METRICS:
+        for result in (comparison.a, comparison.b):
+            missing = set(metric.arrays) - result.arrays.keys()
+            assert not missing, f"{metric.name}: {missing}"
+        # The DeepViT (Conv2d Theta, BatchNorm) has every optional array too.
+        assert set(metric.optional_arrays) <= comparison.b.arrays.keys(), metric.name
+    declared = {name for metric in METRICS for name in (*metric.arrays, *metric.optional_arrays)}
+    assert set(comparison.b.arrays) == declared  # nothing in a result that the catalogue does not name
+
+
+def test_measures_return_exactly_their_arrays():
+    model = tiny("deepvit16")
+    capture = extract_attention(model, torch.rand(2, 3, 32, 32))
+    geometry = Geometry(3, 4, 1, (8, 8), (4, 4), (32, 32), (0, 1, 2))
+    batch = Batch(capture, geometry, Settings(), token_distances((4, 4), 8))
+    for metric in sorted((m for m in METRICS if m.measure), key=lambda m: m.consumes_maps):
+        values = metric.measure(batch)
+        assert set(values) == set(metric.arrays), metric.name
+        assert all(isinstance(value, torch.Tensor) for value in values.values())
+
+
+def test_every_figure_is_a_function_with_a_caption_and_a_section():
+    keys = [spec.key for metric in METRICS for spec in metric.figures]
+    assert len(keys) == len(set(keys))
+    for metric in METRICS:
+        assert metric.figures, metric.name
+        for spec in metric.figures:
+            function = getattr(figures, spec.name, None)
+            assert inspect.isfunction(function), spec.name
+            assert set(spec.arguments) <= set(inspect.signature(function).parameters), spec.key
+            assert spec.caption and spec.section in SECTIONS
+    assert [section for section in SECTIONS if catalogue.figures_in(section)] == list(SECTIONS)
+
+
+def test_report_draws_the_catalogue_figures_with_their_captions(comparison):
+    results = dict(zip(LABELS, (comparison.a, comparison.b)))
+    expected = [
+        (drawn.element_id, drawn.caption)
+        for metric in METRICS
+        for spec in metric.figures
+        for drawn in figures.draw(spec, results, comparison)
+    ]
+    assert [(item.div_id, item.caption) for item in report_figures(comparison, LABELS)] == expected
+    drawn_names = {element.removeprefix("fig-") for element, _ in expected}
+    for metric in METRICS:
+        for spec in metric.figures:
+            assert any(name.startswith(spec.key.replace("_", "-")) for name in drawn_names), spec.key
+    for _, caption in expected:
+        assert "{" not in caption and "}" not in caption, caption
+
+
+def test_captions_fill_in_the_settings_and_labels(comparison):
+    results = dict(zip(LABELS, (comparison.a, comparison.b)))
+    (ratio,) = figures.draw(catalogue.figure_named("similarity_ratio"), results)
+    assert "k = 2" in ratio.caption and "tau = 0.5" in ratio.caption and "rho = 0.9" in ratio.caption
+    (theta,) = figures.draw(catalogue.figure_named("theta_heatmaps"), results)  # the plain ViT has none
+    assert theta.caption.startswith("deepvit (B):") and theta.element_id == "fig-theta-heatmaps-1"
+    assert figures.draw(catalogue.figure_named("cka_across"), results) == []  # needs a comparison
+    examples = figures.draw(catalogue.figure_named("cls_attention"), results, examples=[1])
+    assert [item.element_id for item in examples] == ["fig-cls-attention-0-1", "fig-cls-attention-1-1"]
+    assert "example image 2" in examples[0].caption
+
+
+def test_theta_arrays_are_stacked_over_the_reattention_blocks(comparison):
+    arrays = comparison.b.arrays
+    assert arrays["theta"].shape == (3, 4, 4) and arrays["theta_blocks"].tolist() == [0, 1, 2]
+    assert arrays["theta_running_var"].shape == (3, 4)
+    infos = comparison.b.theta()
+    np.testing.assert_array_equal(infos[1].theta, arrays["theta"][1])
+    assert infos[1].kind == "conv"
+    assert comparison.a.arrays["theta"].shape == (0, 4, 4) and comparison.a.theta() == {}
+
+
+def prefix_attention(maps: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """docs/adding-a-metric.md, step 1 (written here, not shipped)."""
+    maps = maps.float()
+    return maps[..., :num_prefix_tokens].sum(dim=-1).mean(dim=(1, 3))
+
+
+def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
+    """docs/adding-a-metric.md, step 2: with one more entry, the analysis streams the new
+    array exactly, a saved result must hold it, and the report draws it with its caption."""
+    entry = catalogue.Metric(
+        "prefix attention",
+        ("prefix_attention",),
+        (
+            catalogue.Figure(
+                "head_curves",
+                "Attention statistics per block",
+                "Share of each query's softmax attention that goes to the prefix tokens; dots are single heads.",
+                arguments={"array": "prefix_attention", "y_title": "share of attention", "title": "Prefix attention"},
+                key="prefix_attention_curves",
+            ),
+        ),
+        measure=lambda batch: {
+            "prefix_attention": prefix_attention(batch.capture.pre, batch.geometry.num_prefix_tokens)
+        },
+    )
+    monkeypatch.setattr(catalogue, "METRICS", (*METRICS, entry))
+    model = tiny("deepvit16")
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    result = analyze(model, images, batch_size=2, device="cpu", progress=False)
+    expected = prefix_attention(extract_attention(model, images).pre)
+    np.testing.assert_allclose(result.arrays["prefix_attention"], expected.numpy(), rtol=1e-5, atol=1e-7)
+    assert "prefix_attention" in catalogue.required_arrays()
+    figures_drawn = {item.div_id: item.caption for item in report_figures(result, ["deepvit"])}
+    assert figures_drawn["fig-prefix-attention-curves"] == entry.figures[0].caption

@@ -1,0 +1,78 @@
+"""Settings: one frozen dataclass validated on construction, recorded by results, and the
+source of the CLI's analysis options."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+import pytest
+import torch
+
+from deepvit_diag.cli import CLI_SETTING_DEFAULTS, add_settings_options, settings_from
+from deepvit_diag.errors import DiagError
+from deepvit_diag.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"k": 0}, "k must be an integer >= 1, got 0"),
+        ({"k": True}, "k must be an integer"),
+        ({"batch_size": 2.0}, "batch_size must be an integer >= 1"),
+        ({"cka_chunk": 3}, "cka_chunk must be an integer >= 4"),
+        ({"num_images": 0}, "num_images must be an integer >= 1"),
+        ({"num_workers": -1}, "num_workers must be an integer >= 0"),
+        ({"tau": 1.5}, "tau must be between 0 and 1, got 1.5"),
+        ({"rho": float("nan")}, "rho must be a finite number"),
+        ({"tau": "high"}, "tau must be a finite number"),
+        ({"axis": "diagonal"}, "axis must be one of 'columns', 'rows'"),
+        ({"maps": "both"}, "maps must be one of 'pre', 'post'"),
+        ({"dtype": "float16"}, "dtype must be one of 'float32', 'bfloat16'"),
+        ({"device": 3}, "device must be a string"),
+    ],
+)
+def test_bad_values_are_one_line_errors(overrides, message):
+    with pytest.raises(DiagError, match=message):
+        Settings(**overrides)
+
+
+def test_optional_fields_accept_none_and_torch_devices_become_strings():
+    settings = Settings(num_images=None, num_workers=None, device=torch.device("cpu"))
+    assert settings.device == "cpu" and settings.num_images is None
+
+
+def test_resolved_makes_device_and_workers_concrete():
+    resolved = Settings(device="cpu").resolved()
+    assert resolved.device == "cpu" and resolved.num_workers == 0
+    assert Settings(device="cpu", num_workers=3).resolved().num_workers == 3
+    with pytest.raises(DiagError, match="device"):
+        Settings(device="nonsense").resolved()
+
+
+def test_dict_round_trip_and_unknown_names():
+    settings = Settings(k=3, tau=0.25, axis="rows", num_images=10)
+    assert Settings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(DiagError, match="unknown analysis settings: colour"):
+        Settings.from_dict({**settings.to_dict(), "colour": "red"})
+    assert Settings.with_overrides(settings, {"k": 1}) == Settings(k=1, tau=0.25, axis="rows", num_images=10)
+    assert Settings.with_overrides(None, {}) == Settings()
+
+
+def test_every_field_has_help_and_a_label():
+    for spec in fields(Settings):
+        assert spec.metadata["help"] and spec.metadata["label"], spec.name
+
+
+def test_cli_options_are_built_from_the_fields():
+    parser = argparse.ArgumentParser()
+    add_settings_options(parser)
+    options = {action.dest: action for action in parser._actions}
+    for spec in fields(Settings):
+        action = options[spec.name]
+        assert spec.metadata["help"] in action.help
+        assert action.default == CLI_SETTING_DEFAULTS.get(spec.name, spec.default)
+        assert action.choices == spec.metadata["choices"]
+    assert settings_from(parser.parse_args([])) == Settings(**CLI_SETTING_DEFAULTS)
+    parsed = parser.parse_args(["--k", "3", "--tau", "0.2", "--axis", "rows", "--examples", "5", "--workers", "1"])
+    assert settings_from(parsed) == Settings(k=3, tau=0.2, axis="rows", num_examples=5, num_workers=1)
