@@ -8,10 +8,13 @@ weight per image, so ``sum_b metric(batch) * B / N`` is the exact dataset mean a
 result does not depend on the batch size; CKA streams through ``MinibatchCKA``, whose
 chunks do not depend on the batches either.
 
+When the images carry labels, the logits of the same forward passes give the top-1/top-5
+accuracy: correct counts summed on the device (``topk_correct``), exact at any batch size.
+
 Nothing leaves the device until the end and the host never waits for it inside the loop:
-the metrics' input checks (NaN/Inf, negative softmax weights) run deferred
-(``deferred_value_checks``), as on-device flags read once after the last batch, so bad
-input still ends in a DiagError naming the first bad batch.
+the metrics' input checks (NaN/Inf, negative softmax weights, labels out of range) run
+deferred (``deferred_value_checks``), as on-device flags read once after the last batch,
+so bad input still ends in a DiagError naming the first bad batch.
 """
 
 from __future__ import annotations
@@ -29,9 +32,18 @@ from . import catalogue
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
 from .catalogue import Batch
 from .errors import DiagError
-from .images import ImageSource, ImageStream
+from .images import ImageSource, ImageStream, StreamBatch
 from .introspection import Geometry, describe_model, model_device
-from .metrics import MIN_UNBIASED_EXAMPLES, DeferredChecks, MinibatchCKA, deferred_value_checks, token_distances
+from .metrics import (
+    MIN_UNBIASED_EXAMPLES,
+    Accuracy,
+    DeferredChecks,
+    MinibatchCKA,
+    deferred_value_checks,
+    reported_ks,
+    token_distances,
+    topk_correct,
+)
 from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
@@ -40,17 +52,19 @@ from .settings import DTYPES, MAP_KINDS, Settings
 
 @dataclass
 class BatchMeasurement:
-    """One batch reduced: metric sums (mean * batch size) plus what CKA and examples need."""
+    """One batch reduced: metric sums (mean * batch size) plus what CKA, examples and accuracy need."""
 
     size: int
     sums: dict[str, torch.Tensor]
     features: torch.Tensor  # (L, B, T * D) block outputs flattened per image
     example_images: torch.Tensor | None  # (E_b, H, W, 3) uint8, on the host; None once enough are kept
     example_cls: dict[str, torch.Tensor] | None  # map kind -> (E_b, L, H, gh, gw)
+    correct: torch.Tensor | None  # (K,) int64 top-k counts on the device; None without labels
 
 
 class ModelStatistics:
-    """Device-side running sums of every measured metric of one model, plus its examples."""
+    """Device-side running sums of every measured metric of one model, plus its examples and
+    its top-k correct counts."""
 
     def __init__(self, model: nn.Module, settings: Settings):
         self.model = model
@@ -63,6 +77,10 @@ class ModelStatistics:
         self.example_images: list[torch.Tensor] = []
         self.example_cls: dict[str, list[torch.Tensor]] = {kind: [] for kind in MAP_KINDS}
         self._distances: dict[torch.device, torch.Tensor] = {}
+        self.correct: torch.Tensor | None = None
+        self.ks: tuple[int, ...] = ()
+        # Why labels given with the images cannot be counted for this model, once known.
+        self.accuracy_problem = "the model has no classifier head" if getattr(model, "num_classes", None) == 0 else None
         # Measures that overwrite the maps run last (False sorts before True).
         self._measured = sorted((m for m in catalogue.METRICS if m.measure is not None), key=lambda m: m.consumes_maps)
 
@@ -79,8 +97,11 @@ class ModelStatistics:
             )
         return self._distances[device]
 
-    def measure(self, capture: AttentionCapture, x: torch.Tensor) -> BatchMeasurement:
-        """Reduce one batch's capture to sums (nothing is added until ``add``).
+    def measure(
+        self, capture: AttentionCapture, x: torch.Tensor, logits: object, labels: torch.Tensor | None
+    ) -> BatchMeasurement:
+        """Reduce one batch's capture to sums, and its logits to top-k counts when the
+        batch has ``labels`` (nothing is added until ``add``).
 
         The capture is used up: measures that consume the maps run last (see
         ``catalogue.Metric.consumes_maps``), after the examples have been read.
@@ -97,12 +118,28 @@ class ModelStatistics:
             }
         batch = Batch(capture, self.geometry, self.settings, self.token_distances(capture.pre.device))
         sums = {name: value * size for metric in self._measured for name, value in metric.measure(batch).items()}
-        return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls)
+        correct = self._correct(logits, labels, size)
+        return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls, correct)
+
+    def _correct(self, logits: object, labels: torch.Tensor | None, size: int) -> torch.Tensor | None:
+        """The batch's top-k counts; None without labels or without (B, C) logits."""
+        if labels is None or self.accuracy_problem is not None:
+            return None
+        if not (isinstance(logits, torch.Tensor) and logits.ndim == 2 and len(logits) == size):
+            self.accuracy_problem = "the model's output is not one row of class logits per image"
+            return None
+        self.ks = reported_ks(logits.shape[1])
+        if not self.ks:
+            self.accuracy_problem = "the model has a single class"
+            return None
+        return topk_correct(logits, labels, self.ks)
 
     def add(self, measurement: BatchMeasurement) -> None:
         for name, value in measurement.sums.items():
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += measurement.size
+        if measurement.correct is not None:
+            self.correct = measurement.correct if self.correct is None else self.correct + measurement.correct
         if measurement.example_images is not None:
             self.example_images.append(measurement.example_images)
             for kind, weights in measurement.example_cls.items():
@@ -119,6 +156,13 @@ class ModelStatistics:
             if metric.reads_model is not None:
                 arrays.update(metric.reads_model(self.model, self.geometry))
         return arrays
+
+    def accuracy(self, labels: str) -> Accuracy:
+        """The top-k accuracy (one device-to-host copy), or why there is none; ``labels``
+        says where the labels came from or why there were none."""
+        if self.correct is None:
+            return Accuracy.unavailable(self.accuracy_problem or labels)
+        return Accuracy(self.count, dict(zip(self.ks, self.correct.tolist())), labels)
 
     def model_info(self) -> dict[str, Any]:
         return {
@@ -189,14 +233,12 @@ class StreamingAnalysis:
             for batch in stream:
                 self._process(batch, recorders, lambda: update(self.statistics[0].count))
 
-    def _process(
-        self, batch: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder], advance: Callable[[], None]
-    ) -> None:
+    def _process(self, batch: StreamBatch, recorders: list[AttentionRecorder], advance: Callable[[], None]) -> None:
         """Measure a batch in parts of the current batch size, halving it on CUDA OOM."""
-        start, total = 0, len(batch[0])
+        start, total = 0, len(batch)
         while start < total:
             size = min(self.batch_size, total - start)
-            parts = tuple(x[start : start + size] for x in batch)
+            parts = batch.part(start, start + size)
             self.checks.at(self.statistics[0].count)
             try:
                 measurements = self._measure(parts, recorders)
@@ -215,15 +257,17 @@ class StreamingAnalysis:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _measure(self, parts: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
+    def _measure(self, parts: StreamBatch, recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
         dtype = self.settings.dtype
         autocast = torch.autocast(self.device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
         measurements = []
-        for model, recorder, statistics, x in zip(self.models, recorders, self.statistics, parts):
+        for model, recorder, statistics, x, labels in zip(
+            self.models, recorders, self.statistics, parts.images, parts.labels
+        ):
             with autocast:
-                model(x.to(self.device, non_blocking=True))
+                logits = model(x.to(self.device, non_blocking=True))
             # One model's maps at a time: they are reduced before the next model runs.
-            measurements.append(statistics.measure(recorder.take(), x))
+            measurements.append(statistics.measure(recorder.take(), x, logits, labels))
         return measurements
 
     def _commit(self, measurements: list[BatchMeasurement]) -> None:
@@ -237,7 +281,7 @@ class StreamingAnalysis:
         cka = self._cka_matrices(count)
         computation = {"final_batch_size": self.batch_size}
         results = []
-        for statistics, key in zip(self.statistics, ("a", "b")):
+        for statistics, key, labels in zip(self.statistics, ("a", "b"), stream.label_notes):
             results.append(
                 AnalysisResult(
                     model=statistics.model_info(),
@@ -247,6 +291,7 @@ class StreamingAnalysis:
                     num_images=count,
                     arrays={**statistics.arrays(), "cka": cka[key]},
                     computation=computation,
+                    accuracy=statistics.accuracy(labels),
                 )
             )
         return results, cka.get("ab")
@@ -285,10 +330,12 @@ def analyze(
         model: a ViT/DeepViT (deepvit-diag or timm ``Attention`` blocks); used in eval
             mode on the settings' device and left exactly as it was (mode, device,
             modules, flags).
-        images: a preprocessed (N, C, H, W) tensor; a list of PIL images; a folder, file,
-            glob or bundled-set name (``deepvit_diag.images.open_images``); or an iterable
-            of (B, C, H, W) tensors (or (images, labels) pairs). PIL and disk images are
-            preprocessed with the model's own timm data config.
+        images: a preprocessed (N, C, H, W) tensor, or an (images, labels) pair of it and
+            its (N,) class indices; a list of PIL images; a folder, file, glob or
+            bundled-set name, or an ``ImageSet`` (``deepvit_diag.images.open_images``); or an
+            iterable of (B, C, H, W) tensors or (images, labels) pairs (a DataLoader). PIL
+            and disk images are preprocessed with the model's own timm data config. Labels
+            (class folders, the bundled digits, the pairs' labels) give ``result.accuracy``.
         settings: a ``Settings`` (default: the defaults): k, tau, rho, axis, maps,
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
         progress: True for a progress bar on stderr, False for none, or a callable

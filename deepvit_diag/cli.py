@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DiagError
+from .labels import CLASS_MAP_HELP
 from .settings import Settings
 
 
@@ -223,6 +224,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
         "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
         "default: the set the model cards name, else 'photos'",
     )
+    p.add_argument("--class-map", type=Path, metavar="FILE", help=CLASS_MAP_HELP)
     p.add_argument(
         "--out",
         type=Path,
@@ -324,7 +326,9 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
     with _warnings_as_lines(args.quiet):
         models = [load_model(spec, arch=arch) for spec, arch in specs]
         sources = args.images or [default_image_set(models)]
-        images = open_images(sources[0] if len(sources) == 1 else sources, limit=settings.num_images)
+        images = open_images(
+            sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
+        )
         if len(models) == 2:
             result = compare(*models, images, settings, progress=progress)
         else:

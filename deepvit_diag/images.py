@@ -7,6 +7,11 @@ not images or cannot be decoded are skipped and counted, never fatal on their ow
 a source with no usable image at all is a ``DiagError``. ``ImageSet.batches`` decodes
 and preprocesses in worker processes (a torch ``DataLoader``), so a GPU need not wait
 for JPEG decoding.
+
+Labels travel with the images: an image in a class sub-folder of a folder source (an
+ImageFolder) is labelled by that folder's name, a bundled digit by its digit, and the
+stream hands each model its labels as class indices (``deepvit_diag.labels``), or the
+labels of ``(images, labels)`` batches as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import glob
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, zip_longest
 from pathlib import Path
@@ -28,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DiagError
 from .introspection import describe_model
+from .labels import ClassMap, ModelLabels, class_indices, read_class_map
 from .preprocessing import model_input_config, model_transform, to_rgb
 from .settings import Settings
 
@@ -52,12 +58,13 @@ def _photo_paths() -> list[Path]:
     return [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg", *(skimage_dir / n for n in names)]
 
 
-def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]]]:
+def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]], list[str]]:
     from .datasets import digits_split
 
     split = digits_split("test")
     names = [f"digits-test/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
-    return names, [partial(to_rgb, img) for img in split.images]
+    labels = [split.classes[label] for label in split.labels]
+    return names, [partial(to_rgb, img) for img in split.images], labels
 
 
 BUNDLED_SETS: dict[str, str] = {
@@ -89,7 +96,9 @@ class ImageSet:
 
     Iterating yields RGB PIL images; an image that fails to decode at load time is
     skipped with a warning and counted in ``skipped`` (which also counts the files
-    rejected when the set was opened).
+    rejected when the set was opened). ``labels`` names each image's class (None for an
+    unlabelled image; no list for a set without labels) and ``class_map`` says which
+    class index each name is, where the user gave one (``deepvit_diag.labels``).
     """
 
     description: str
@@ -97,6 +106,8 @@ class ImageSet:
     loaders: list[Callable[[], Image.Image]] = field(repr=False)
     skipped: int = 0
     skipped_names: list[str] = field(default_factory=list, repr=False)
+    labels: list[str | None] | None = field(default=None, repr=False)
+    class_map: ClassMap | None = field(default=None, repr=False)
 
     @classmethod
     def of_images(cls, images: Sequence[Image.Image]) -> ImageSet:
@@ -129,11 +140,25 @@ class ImageSet:
         pin_memory: bool = False,
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """The images in order, ``batch_size`` at a time, as one (B, C, H, W) tensor per
-        transform. ``num_workers`` processes decode and transform ahead of the consumer
-        (0: in this process); ``pin_memory`` puts the batches in page-locked memory for
-        asynchronous copies to a GPU. Images that fail are skipped as in ``__iter__``, so
-        a batch may hold fewer than ``batch_size``. A worker that dies (out of memory, a
-        full /dev/shm in a container) is a ``DiagError``."""
+        transform (``indexed_batches`` without the indices)."""
+        for _, tensors in self.indexed_batches(transforms, batch_size, num_workers=num_workers, pin_memory=pin_memory):
+            yield tensors
+
+    def indexed_batches(
+        self,
+        transforms: Sequence[Callable[[Image.Image], torch.Tensor]],
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """The images in order, ``batch_size`` at a time: the (B,) int64 positions in the
+        set of the images in the batch, and one (B, C, H, W) tensor per transform.
+        ``num_workers`` processes decode and transform ahead of the consumer (0: in this
+        process); ``pin_memory`` puts the batches in page-locked memory for asynchronous
+        copies to a GPU. Images that fail are skipped as in ``__iter__``, so a batch may
+        hold fewer than ``batch_size``. A worker that dies (out of memory, a full /dev/shm
+        in a container) is a ``DiagError``."""
         loader = iter(
             DataLoader(
                 _Transformed(self.loaders, tuple(transforms)),
@@ -145,7 +170,7 @@ class ImageSet:
         )
         while True:
             try:
-                tensors, failures = next(loader)
+                indices, tensors, failures = next(loader)
             except StopIteration:
                 return
             except RuntimeError as err:
@@ -159,7 +184,7 @@ class ImageSet:
             for index, message in failures:
                 self._skip(self.names[index], message)
             if tensors:
-                yield tensors
+                yield indices, tensors
 
     def _skip(self, name: str, error: object) -> None:
         self.skipped += 1
@@ -188,11 +213,13 @@ class _Transformed(Dataset):
             return index, None, str(err)
 
 
-def _stack_usable(items: list[tuple]) -> tuple[tuple[torch.Tensor, ...], list[tuple[int, str]]]:
-    """Collate: the usable images stacked per transform, and the (index, reason) of the others."""
-    usable = [tensors for _, tensors, _ in items if tensors is not None]
+def _stack_usable(items: list[tuple]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], list[tuple[int, str]]]:
+    """Collate: the positions of the usable images, those images stacked per transform, and
+    the (index, reason) of the others."""
+    usable = [(index, tensors) for index, tensors, _ in items if tensors is not None]
     failures = [(index, message) for index, tensors, message in items if tensors is None]
-    return tuple(torch.stack(parts) for parts in zip(*usable)), failures
+    indices = torch.tensor([index for index, _ in usable], dtype=torch.int64)
+    return indices, tuple(torch.stack(parts) for parts in zip(*(tensors for _, tensors in usable))), failures
 
 
 def _expand(spec: str | Path) -> list[Path]:
@@ -221,24 +248,34 @@ def _interleave_by_folder(files: list[Path]) -> list[Path]:
     return [f for f in chain.from_iterable(zip_longest(*groups.values())) if f is not None]
 
 
-def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = None) -> ImageSet:
+def open_images(
+    spec: str | Path | Sequence[str | Path],
+    *,
+    limit: int | None = None,
+    class_map: ClassMap | str | Path | None = None,
+) -> ImageSet:
     """Open an image source: a bundled set name, a folder, an image file, a glob, or a list
     of these (bundled sets included), read in the order given.
 
     ``limit`` keeps the first ``limit`` usable images (in sorted order, round-robin over
-    the sub-folders of an ImageFolder layout). Raises ``DiagError`` when nothing usable is found.
+    the sub-folders of an ImageFolder layout). Images in a class sub-folder of a folder
+    source are labelled by its name, the bundled digits by their digit; ``class_map`` (a
+    ``ClassMap`` or a file for ``deepvit_diag.labels.read_class_map``) says which class
+    index each name is. Raises ``DiagError`` when nothing usable is found.
     """
     if limit is not None and limit < 1:
         raise DiagError(f"the number of images must be at least 1, got {limit}")
+    if class_map is not None and not isinstance(class_map, ClassMap):
+        class_map = read_class_map(class_map)
     if isinstance(spec, str) and spec in BUNDLED_SETS:
-        return _bundled(spec, limit)
+        return replace(_bundled(spec, limit), class_map=class_map)
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     if not specs:
         raise DiagError("no image source given")
     # Every source is resolved first, so a missing one is an error even past the limit.
     candidates = [entry for source in specs for entry in _candidates(source, limit)]
-    names, loaders, rejected = [], [], []
-    for name, loader, path in candidates:
+    names, loaders, labels, rejected = [], [], [], []
+    for name, loader, path, label in candidates:
         if limit is not None and len(names) >= limit:
             break
         if path is not None and not _try_open(path):
@@ -246,35 +283,59 @@ def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = 
             continue
         names.append(name)
         loaders.append(loader)
-    label = ", ".join(str(s) for s in specs)
+        labels.append(label)
+    description = ", ".join(str(s) for s in specs)
     if not names:
         detail = f" ({len(rejected)} files were not readable images)" if rejected else ""
-        raise DiagError(f"no usable image in {label}{detail}")
+        raise DiagError(f"no usable image in {description}{detail}")
     if rejected:
-        warnings.warn(f"skipped {len(rejected)} file(s) that are not readable images in {label}", stacklevel=2)
-    return ImageSet(f"{len(names)} images from {label}", names, loaders, skipped=len(rejected), skipped_names=rejected)
+        warnings.warn(f"skipped {len(rejected)} file(s) that are not readable images in {description}", stacklevel=2)
+    return ImageSet(
+        f"{len(names)} images from {description}",
+        names,
+        loaders,
+        skipped=len(rejected),
+        skipped_names=rejected,
+        labels=labels if any(label is not None for label in labels) else None,
+        class_map=class_map,
+    )
 
 
-def _candidates(source: str | Path, limit: int | None) -> list[tuple[str, Callable[[], Image.Image], Path | None]]:
-    """(name, loader, file to check or None) for each image a source names; bundled
-    images need no check."""
+def _candidates(
+    source: str | Path, limit: int | None
+) -> list[tuple[str, Callable[[], Image.Image], Path | None, str | None]]:
+    """(name, loader, file to check or None, label or None) for each image a source names;
+    bundled images need no check."""
     if isinstance(source, str) and source in BUNDLED_SETS:
         bundled = _bundled(source, limit)
-        return [(name, loader, None) for name, loader in zip(bundled.names, bundled.loaders)]
-    return [(str(path), partial(_load_path, path), path) for path in _expand(source)]
+        labels = bundled.labels or [None] * len(bundled)
+        return [(name, loader, None, label) for name, loader, label in zip(bundled.names, bundled.loaders, labels)]
+    return [(str(path), partial(_load_path, path), path, _class_folder(path, source)) for path in _expand(source)]
+
+
+def _class_folder(path: Path, source: str | Path) -> str | None:
+    """The ImageFolder class of a file found in folder ``source``: the sub-folder of
+    ``source`` it lies in (None for files directly in it, and for file and glob sources)."""
+    root = Path(os.path.expanduser(str(source)))
+    if any(ch in str(source) for ch in "*?[") or not root.is_dir():
+        return None
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
 
 
 def _bundled(name: str, limit: int | None) -> ImageSet:
+    labels = None
     if name == "photos":
         paths = _photo_paths()[:limit]
         names, loaders = [f"photos/{p.stem}" for p in paths], [partial(_load_path, p) for p in paths]
     else:
-        names, loaders = _digits_test()
-        names, loaders = names[:limit], loaders[:limit]
+        names, loaders, labels = _digits_test()
+        names, loaders, labels = names[:limit], loaders[:limit], labels[:limit]
     return ImageSet(
         description=f"{len(names)} images of the bundled set '{name}': {BUNDLED_SETS[name]}",
         names=names,
         loaders=loaders,
+        labels=labels,
     )
 
 
@@ -287,17 +348,55 @@ def default_image_set(models: Sequence[object]) -> str:
 
 
 ImageSource = (
-    torch.Tensor | Sequence[Image.Image] | str | Path | Sequence[str | Path] | ImageSet | Iterable[torch.Tensor]
+    torch.Tensor
+    | tuple[torch.Tensor, torch.Tensor]
+    | Sequence[Image.Image]
+    | str
+    | Path
+    | Sequence[str | Path]
+    | ImageSet
+    | Iterable[torch.Tensor]
 )
 
 
+@dataclass
+class StreamBatch:
+    """One batch of the stream: the images as each model sees them, and each model's labels.
+
+    Attributes:
+        images: one (B, C, H, W) tensor per model.
+        labels: one (B,) int64 tensor of class indices per model, or None for a model
+            without labels.
+    """
+
+    images: tuple[torch.Tensor, ...]
+    labels: tuple[torch.Tensor | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.images[0])
+
+    def part(self, start: int, stop: int) -> StreamBatch:
+        """Images ``start`` to ``stop`` (exclusive) of the batch."""
+        return StreamBatch(
+            tuple(x[start:stop] for x in self.images),
+            tuple(None if y is None else y[start:stop] for y in self.labels),
+        )
+
+
+NO_TENSOR_LABELS = "preprocessed tensors carry no labels (pass (images, labels) pairs for accuracy)"
+
+
 class ImageStream:
-    """Batches of at most ``settings.batch_size`` images, as one tensor per model.
+    """Batches of at most ``settings.batch_size`` images, as one tensor per model, with each
+    model's labels (``StreamBatch``).
 
     Tensors and iterables of tensor batches are passed to every model as they are (already
-    preprocessed); PIL images and image files are preprocessed with each model's own timm
-    data config (models with the same config share one tensor), by ``settings.num_workers``
-    processes and into pinned memory when the device is a GPU.
+    preprocessed), with the labels of ``(images, labels)`` pairs as class indices for every
+    model; PIL images and image files are preprocessed with each model's own timm data
+    config (models with the same config share one tensor), by ``settings.num_workers``
+    processes and into pinned memory when the device is a GPU, and their labels are mapped
+    to each model's classes (``deepvit_diag.labels``). ``label_notes`` says, per model,
+    where its labels come from or why there are none.
     """
 
     def __init__(self, images: ImageSource, models: Sequence[nn.Module], settings: Settings):
@@ -309,13 +408,18 @@ class ImageStream:
         self.count = 0
         self._image_set: ImageSet | None = None
         self._tensors: Iterable[torch.Tensor] | None = None
+        self._label_tables: list[torch.Tensor | None] = [None] * len(models)
+        self._batches_labelled: bool | None = None  # tensor batches: whether the first carried labels
+        self.label_notes = [NO_TENSOR_LABELS] * len(models)
         self.total: int | None = None
         self._classify(images)
 
     def _classify(self, images: ImageSource) -> None:
-        if isinstance(images, torch.Tensor):
-            self._tensors, self.total = [images], min(len(images), self.limit or len(images))
-            self.description = f"a tensor of {len(images)} preprocessed images"
+        if isinstance(images, torch.Tensor) or _is_labelled_tensor(images):
+            x = images if isinstance(images, torch.Tensor) else images[0]
+            self._tensors, self.total = [images], min(len(x), self.limit or len(x))
+            labelled = " with labels" if x is not images else ""
+            self.description = f"a tensor of {len(x)} preprocessed images{labelled}"
         elif isinstance(images, ImageSet) or _is_path_spec(images):
             self._use(images if isinstance(images, ImageSet) else open_images(images, limit=self.limit))
         elif isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
@@ -325,49 +429,86 @@ class ImageStream:
             self.description = f"batches of preprocessed images from a {type(images).__name__}"
         else:
             raise DiagError(
-                "images must be a (N, C, H, W) tensor, a list of PIL images, a folder/file/glob/bundled-set "
-                f"name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
+                "images must be a (N, C, H, W) tensor, an (images, labels) pair, a list of PIL images, a folder/file/"
+                f"glob/bundled-set name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
             )
 
     def _use(self, image_set: ImageSet) -> None:
         self._image_set = image_set
         self.total = min(len(image_set), self.limit or len(image_set))
         self.description = image_set.description
+        labels: list[ModelLabels] = [
+            class_indices(image_set.labels, model, image_set.class_map) for model in self.models
+        ]
+        self._label_tables = [model_labels.indices for model_labels in labels]
+        self.label_notes = [model_labels.note for model_labels in labels]
 
     def provenance(self) -> dict[str, Any]:
         skipped = self._image_set.skipped if self._image_set is not None else 0
         return {"description": self.description, "count": self.count, "skipped": skipped}
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[StreamBatch]:
         source = self._image_batches() if self._image_set is not None else self._tensor_batches()
         for batch in source:
             if self.limit is not None:
-                batch = tuple(x[: self.limit - self.count] for x in batch)
-            self.count += len(batch[0])
+                batch = batch.part(0, self.limit - self.count)
+            self.count += len(batch)
             yield batch
             if self.limit is not None and self.count >= self.limit:
                 return
         if self.count == 0:
             raise DiagError(f"no images to analyse in {self.description}")
 
-    def _tensor_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _tensor_batches(self) -> Iterator[StreamBatch]:
         for item in self._tensors:
             x = _batch_tensor(item)
+            labels = self._batch_labels(item, len(x))
             for model in self.models:
                 _check_input_size(model, x)
+            whole = StreamBatch((x,) * len(self.models), (labels,) * len(self.models))
             for start in range(0, len(x), self.batch_size):
-                part = x[start : start + self.batch_size]
-                yield (part,) * len(self.models)
+                yield whole.part(start, start + self.batch_size)
 
-    def _image_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batch_labels(self, item: object, size: int) -> torch.Tensor | None:
+        """The labels of an (images, labels) batch; every batch must have them or none."""
+        labels = item[1] if _is_labelled_tensor(item) else None
+        if self._batches_labelled is None:
+            self._batches_labelled = labels is not None
+            if labels is not None:
+                note = "class indices from the (images, labels) batches"
+            elif isinstance(item, (tuple, list)) and len(item) > 1:
+                note = "the second entry of the batches is not a (B,) tensor of class indices"
+            else:
+                note = NO_TENSOR_LABELS
+            self.label_notes = [note] * len(self.models)
+        elif self._batches_labelled != (labels is not None):
+            raise DiagError("some batches carry (B,) class-index labels and others do not")
+        if labels is not None and len(labels) != size:
+            raise DiagError(f"a batch of {size} images comes with {len(labels)} labels")
+        return labels
+
+    def _image_batches(self) -> Iterator[StreamBatch]:
         configs = [repr(sorted(model_input_config(model).items())) for model in self.models]
         transforms = {config: model_transform(model) for config, model in zip(configs, self.models)}
-        batches = self._image_set.batches(
+        batches = self._image_set.indexed_batches(
             list(transforms.values()), self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory
         )
-        for tensors in batches:
+        for indices, tensors in batches:
             by_config = dict(zip(transforms, tensors))
-            yield tuple(by_config[config] for config in configs)
+            labels = tuple(None if table is None else table[indices] for table in self._label_tables)
+            yield StreamBatch(tuple(by_config[config] for config in configs), labels)
+
+
+def _is_labelled_tensor(item: object) -> bool:
+    """An (images, labels) pair: a float tensor and a (B,) integer tensor of class indices."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], torch.Tensor)
+        and isinstance(item[1], torch.Tensor)
+        and item[1].ndim == 1
+        and not (item[1].is_floating_point() or item[1].is_complex() or item[1].dtype == torch.bool)
+    )
 
 
 def _is_path_spec(images: object) -> bool:

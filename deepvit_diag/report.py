@@ -126,6 +126,7 @@ def _model_card(label: str, result: AnalysisResult) -> str:
         "tokens": f"{geometry.num_tokens} ({geometry.num_prefix_tokens} prefix + {grid_h} x {grid_w} patches "
         f"of {patch_h} x {patch_w} px, image {image_h} x {image_w} px)",
         "Re-attention blocks": ", ".join(str(block + 1) for block in reattention) if reattention else "none",
+        "labels (accuracy)": result.accuracy.labels,
         "model card": json.dumps(card, sort_keys=True) if card else None,
     }
     return f'<section class="card"><h3>{_e(label)}</h3>{_definition_list(entries)}</section>'

@@ -45,13 +45,14 @@ import torch
 from .catalogue import required_arrays
 from .errors import DiagError
 from .introspection import Geometry
-from .metrics import SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
+from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
 from .settings import MAP_KINDS, Settings
 
 ANALYSIS_FORMAT = "deepvit-diag analysis"
 COMPARISON_FORMAT = "deepvit-diag comparison"
 # 2: typed geometry, settings and computation; Theta stacked over the Re-attention blocks.
 FORMAT_VERSION = 2
+ACCURACY_NOT_RECORDED = "not recorded (a result saved before deepvit-diag measured accuracy)"
 
 
 def jsonable(value: Any) -> Any:
@@ -155,6 +156,7 @@ class AnalysisResult:
         num_images: images every dataset-level mean is taken over.
         arrays: name -> numpy array.
         computation: how it was computed (``final_batch_size`` after out-of-memory retries).
+        accuracy: top-1/top-5 accuracy over the images when they carry labels, else why not.
     """
 
     model: dict[str, Any]
@@ -164,6 +166,7 @@ class AnalysisResult:
     num_images: int
     arrays: dict[str, np.ndarray] = field(repr=False)
     computation: dict[str, Any] = field(default_factory=dict)
+    accuracy: Accuracy = field(default_factory=lambda: Accuracy.unavailable(ACCURACY_NOT_RECORDED))
 
     def __post_init__(self) -> None:
         self.model, self.images, self.computation = (
@@ -173,7 +176,7 @@ class AnalysisResult:
         )
 
     def _metadata(self) -> tuple:
-        return self.model, self.geometry, self.settings, self.images, self.num_images, self.computation
+        return self.model, self.geometry, self.settings, self.images, self.num_images, self.computation, self.accuracy
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AnalysisResult):
@@ -260,7 +263,9 @@ class AnalysisResult:
         """Scalars for reports (JSON-able; undefined values are None; blocks 0-based).
 
         Map-based entries come for both map kinds with a ``_pre`` / ``_post`` suffix and
-        once more without suffix for the default kind (``settings.maps``).
+        once more without suffix for the default kind (``settings.maps``). Accuracy
+        entries (``accuracy_top1``, ``accuracy_top5``: shares in [0, 1]) are None without
+        labels, and ``accuracy_labels`` says where the labels came from or why there are none.
         """
         summary: dict[str, Any] = {
             "num_images": self.num_images,
@@ -284,6 +289,10 @@ class AnalysisResult:
         for distance in ("distance_from_identity", "distance_from_permutation"):
             values = [getattr(info, distance) for info in thetas]
             summary[f"theta_{distance}_mean"] = _finite_or_none(float(np.mean(values))) if values else None
+        for k in TOP_K:
+            summary[f"accuracy_top{k}"] = self.accuracy.top(k)
+        summary["accuracy_images"] = self.accuracy.images
+        summary["accuracy_labels"] = self.accuracy.labels
         return summary
 
     def to_document(self) -> dict[str, Any]:
@@ -297,6 +306,7 @@ class AnalysisResult:
             "computation": self.computation,
             "images": self.images,
             "num_images": self.num_images,
+            "accuracy": self.accuracy.to_dict(),
             "summary": self.summary(),
             "array_shapes": {name: list(array.shape) for name, array in self.arrays.items()},
             "versions": package_versions(),
@@ -319,6 +329,9 @@ class AnalysisResult:
                 num_images=document["num_images"],
                 arrays=arrays,
                 computation=document.get("computation", {}),
+                accuracy=Accuracy.from_dict(document["accuracy"])
+                if "accuracy" in document
+                else Accuracy.unavailable(ACCURACY_NOT_RECORDED),
             )
         except KeyError as err:
             raise DiagError(f"saved analysis lacks the entry {err}") from None

@@ -47,6 +47,21 @@ def _similar(summary: dict[str, Any]) -> str:
     return f"{text}: {block_list(summary['similar_block_indices'])}" if summary["similar_blocks"] else text
 
 
+def percent(value: float | None) -> str:
+    """A share in [0, 1] as a percentage with one decimal; "n/a" for None."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def accuracy_cell(summary: dict[str, Any]) -> str:
+    """Top-1 / top-5 accuracy and the images counted, or why there is none."""
+    if summary["accuracy_top1"] is None:
+        return f"n/a: {summary['accuracy_labels']}"
+    return (
+        f"{percent(summary['accuracy_top1'])} / {percent(summary['accuracy_top5'])} "
+        f"({summary['accuracy_images']} labelled images)"
+    )
+
+
 def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
     """The headline table: (row label, one cell per model), in the order of ``results``."""
     summaries = [result.summary() for result in results.values()]
@@ -60,6 +75,7 @@ def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[
         ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
         ("entropy, first → last block", lambda s: _trend(s, "entropy", "nats")),
         ("attention distance, first → last", lambda s: _trend(s, "attention_distance", "px")),
+        ("top-1 / top-5 accuracy", accuracy_cell),
     ]
     return [(label, [cell(summary) for summary in summaries]) for label, cell in rows]
 
@@ -120,7 +136,14 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
         )
     if result.geometry.reattention_blocks:
         findings.append(_reattention_finding(label, s))
+    if s["accuracy_top1"] is not None:
+        findings.append(f"{label}: top-1 accuracy {_accuracy_words(s)}.")
     return findings
+
+
+def _accuracy_words(s: dict[str, Any]) -> str:
+    top5 = f", top-5 {percent(s['accuracy_top5'])}" if s["accuracy_top5"] is not None else ""
+    return f"{percent(s['accuracy_top1'])}{top5} on {s['accuracy_images']} labelled images"
 
 
 def _reattention_finding(label: str, s: dict[str, Any]) -> str:
@@ -181,6 +204,8 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
         if result.geometry.reattention_blocks:
             findings.append(_reattention_finding(label, s))
+    if a["accuracy_top1"] is not None and b["accuracy_top1"] is not None:
+        findings.append(f"Top-1 accuracy: {label_a} {_accuracy_words(a)}; {label_b} {_accuracy_words(b)}.")
     return findings
 
 

@@ -4,6 +4,7 @@ hand-made results whose numbers are known; one test opens the report in headless
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -18,6 +19,7 @@ from PIL import Image
 from deepvit_diag import figures
 from deepvit_diag.analysis import compare
 from deepvit_diag.introspection import Geometry
+from deepvit_diag.metrics import Accuracy
 from deepvit_diag.report import build_report, report_figures, write_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.settings import Settings
@@ -97,6 +99,16 @@ def test_summary_rows_show_blocks_from_one() -> None:
     rows = dict(summary_rows({"M": synthetic([0.1, 0.5, 0.95, 0.97], 0.2)}))
     assert rows["similar blocks (ratio > 0.9)"] == ["2 of 4: 3-4"]
     assert rows["collapse starts at block"] == ["3"]
+
+
+def test_accuracy_row_and_finding_or_why_there_is_none() -> None:
+    unlabelled = synthetic([0.1, 0.5, 0.95, 0.97], 0.2)
+    labelled = dataclasses.replace(unlabelled, accuracy=Accuracy(8, {1: 6, 5: 8}, "class folders"))
+    assert dict(summary_rows({"M": labelled}))["top-1 / top-5 accuracy"] == ["75.0% / 100.0% (8 labelled images)"]
+    assert model_findings("M", labelled)[-1] == "M: top-1 accuracy 75.0%, top-5 100.0% on 8 labelled images."
+    (cell,) = dict(summary_rows({"M": unlabelled}))["top-1 / top-5 accuracy"]
+    assert cell.startswith("n/a: not recorded")
+    assert not any("accuracy" in sentence for sentence in model_findings("M", unlabelled))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -194,6 +206,8 @@ def test_report_is_self_contained_with_one_div_per_figure(comparison: Comparison
     assert "fig-cka-across" in ids and "fig-theta-heatmaps-1" in ids and "fig-cls-attention-1-1" in ids
     assert comparison.b.model["description"] in page
     assert "Headline numbers" in page and "rho: similar-block threshold" in page
+    # No labels on a tensor of images: the accuracy row and the model cards say why.
+    assert "top-1 / top-5 accuracy" in page and "labels (accuracy)" in page and "carry no labels" in page
 
 
 @pytest.mark.browser
