@@ -4,7 +4,8 @@ Every model comes back with ``model.arch`` (see ``deepvit_diag.models.presets``)
 ``model.provenance``: ``spec``, ``source`` ("store" | "bundled" | "file" | "timm-hub" | "random"),
 ``format`` ("official" | "timm" | "lucidrains-vit" | "lucidrains-deepvit" | "native" | "timm-name"),
 ``path``, ``sha256`` (of the file), ``entry`` (training-checkpoint entry used, e.g. "state_dict_ema"),
-``arch``, ``card``, ``description`` (one line) and ``warnings`` (the guesses announced).
+``arch``, ``card``, ``description`` (one line), ``warnings`` (the guesses announced) and ``epoch``
+(the training epoch a CheckpointSaver file or a native file's model card records; None if none).
 
 Archs of timm models named by the user (``spec`` or ``arch=``) are ``{"family": "timm", "name": ...,
 "kwargs": {...}}``: timm builds them exactly, so nothing about them is re-derived.
@@ -231,6 +232,7 @@ def _load_file(
     load_strict(model, state_dict, f"{label} ({fmt} layout)", hint)
     card = raw.native["card"] if raw.native else None
     description = describe(label if source != "file" else path.name, source, fmt, model.arch, card, raw.entry, model)
+    epoch = raw.epoch if raw.epoch is not None else (card or {}).get("epoch")
     return _finish(
         model,
         spec=label,
@@ -242,6 +244,7 @@ def _load_file(
         card=card,
         description=description,
         warnings=guesses,
+        epoch=epoch,
     )
 
 
@@ -303,7 +306,7 @@ def _random(arch: dict[str, Any], label: str, fmt: str | None) -> nn.Module:
 
 def _finish(model: nn.Module, **provenance: Any) -> nn.Module:
     model.eval()
-    model.provenance = {**provenance, "arch": copy.deepcopy(model.arch)}
+    model.provenance = {"epoch": None, **provenance, "arch": copy.deepcopy(model.arch)}
     return model
 
 
