@@ -44,11 +44,20 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for init, order and augmentation (default 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the file size)")
+    p.add_argument(
+        "--save-every",
+        type=_int_at_least(1),
+        metavar="N",
+        help="also save the weights every N epochs, as OUT's name plus -epochNNN next to OUT, each model card "
+        "recording its epoch: a training series for `deepvit-diag sweep`",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> None:
+    import copy
+
     import torch
 
     from .checkpoints.native import save_native
@@ -70,16 +79,38 @@ def run_train(args: argparse.Namespace) -> None:
     }
     arch = with_overrides(PRESETS[args.preset], **overrides)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
-    if args.fp16:
-        # The card must describe the weights as shipped, so measure again after rounding.
-        model.half().float()
-        card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
-    card["preset"] = args.preset
-    card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-    save_native(model, args.out, card=card, dtype=torch.float16 if args.fp16 else None)
+    command = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+    snapshots: list[Path] = []
+
+    def ship(model: torch.nn.Module, card: dict[str, Any], path: Path) -> None:
+        """Save ``model`` with its card as the file holds it: with --fp16 the card's accuracy
+        is measured again on the rounded weights (a copy, so that training goes on unrounded)."""
+        if args.fp16:
+            model = copy.deepcopy(model).half().float()
+            card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
+        card.update(preset=args.preset, command=command)
+        save_native(model, path, card=card, dtype=torch.float16 if args.fp16 else None)
+
+    def snapshot(model: torch.nn.Module, card: dict[str, Any]) -> None:
+        width = len(str(args.epochs))  # zero-padded, so that the files sort by epoch
+        snapshots.append(args.out.with_name(f"{args.out.stem}-epoch{card['epoch']:0{width}d}{args.out.suffix}"))
+        ship(model, card, snapshots[-1])
+
+    model, card = train_model(
+        arch,
+        data=args.data,
+        config=config,
+        device=args.device,
+        progress=not args.quiet,
+        snapshot_every=args.save_every or 0,
+        on_snapshot=snapshot,
+    )
+    ship(model, card, args.out)
     accuracy, seconds = card["test_accuracy"], card["train_seconds"]
     print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+    if snapshots:
+        first, last = snapshots[0], snapshots[-1].name
+        print(f"saved {len(snapshots)} snapshots, one every {args.save_every} epochs: {first} to {last}")
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
