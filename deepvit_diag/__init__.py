@@ -12,6 +12,7 @@ from .metrics import __all__ as _metrics_all
 from .models import DeepVisionTransformer, ReAttention, build_model
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
+from .sweeps import SweepResult, sweep
 
 __all__ = [
     "AnalysisResult",
@@ -22,6 +23,7 @@ __all__ = [
     "DiagError",
     "ReAttention",
     "Settings",
+    "SweepResult",
     "analyze",
     "build_model",
     "compare",
@@ -29,5 +31,6 @@ __all__ = [
     "load_model",
     "models",
     "save_native",
+    "sweep",
     *_metrics_all,
 ]

@@ -244,9 +244,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**{spec.name: getattr(args, spec.name) for spec in fields(Settings)})
 
 
-def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``compare`` and ``analyze``: the images, the output and the settings
-    (metric parameters: docs/metrics.md)."""
+def _add_analysis_options(
+    p: argparse.ArgumentParser,
+    outputs: str = "result.json, arrays.npz and report.html",
+    default_out: Path = Path("deepvit-diag-report"),
+) -> None:
+    """Options shared by ``compare``, ``analyze`` and ``sweep``: the images, the output (the
+    folder for ``outputs``) and the settings (metric parameters: docs/metrics.md)."""
     p.add_argument(
         "--images",
         nargs="+",
@@ -259,9 +263,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("deepvit-diag-report"),
+        default=default_out,
         metavar="DIR",
-        help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)",
+        help=f"folder for {outputs} (default ./{default_out}; files are replaced)",
     )
     add_settings_options(p)
     chatter = p.add_mutually_exclusive_group()
@@ -342,6 +346,21 @@ def _check_out(out: Path) -> None:
         raise DiagError(f"--out {out} exists and is not a folder")
 
 
+def _command_line() -> str | None:
+    """The command as the user typed it, for reports; None when not run as ``deepvit-diag``."""
+    return "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+
+
+@contextmanager
+def _writing_to(out: Path) -> Iterator[None]:
+    """Create the output folder; failing to write there is a one-line DiagError."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as err:
+        raise DiagError(f"cannot write to {out}: {err.strerror or err}") from None
+
+
 def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]], labels: list[str]) -> None:
     from rich.console import Console
 
@@ -364,13 +383,9 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
             result = compare(*models, images, settings, progress=progress)
         else:
             result = analyze(models[0], images, settings, progress=progress)
-    command = "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
+    with _writing_to(args.out):
         result.save(args.out)
-        write_report(args.out / "report.html", result, labels, command)
-    except OSError as err:
-        raise DiagError(f"cannot write to {args.out}: {err.strerror or err}") from None
+        write_report(args.out / "report.html", result, labels, _command_line())
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
@@ -391,7 +406,94 @@ def run_analyze(args: argparse.Namespace) -> None:
     _run_analysis(args, [(args.ckpt, args.arch)], [_model_label(args.ckpt)])
 
 
-COMMANDS = [add_compare, add_analyze, add_train, add_models, add_import]
+# ----------------------------------------------------------------------------- sweep
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    from .sweeps import X_AXIS_CHOICES
+
+    p = sub.add_parser(
+        "sweep",
+        help="attention collapse and accuracy across many checkpoints: depths, or the epochs of one run",
+        description="Analyse every checkpoint on the same images, one model at a time, and show similar blocks, "
+        "collapse start and accuracy against depth (one line per family, ViT or DeepViT) or, for the checkpoints of "
+        "one training run, against the epoch they record; print a table and write sweep.json, arrays.npz and a "
+        "self-contained sweep.html. With --monitor, draw what a CollapseMonitor recorded during training instead.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--ckpt",
+        nargs="+",
+        metavar="SPEC",
+        help="the checkpoints: files, weight-store names, presets or timm model names (a shell glob such as "
+        "'runs/tiny-epoch*.safetensors' gives a training series in order)",
+    )
+    source.add_argument(
+        "--monitor",
+        type=Path,
+        metavar="FILE",
+        help="a CollapseMonitor's JSON Lines file, drawn as a training series over its steps (nothing is analysed)",
+    )
+    p.add_argument(
+        "--arch", metavar="NAME", help="architecture of checkpoints whose weights cannot say (preset, official or timm)"
+    )
+    p.add_argument(
+        "--group",
+        nargs="+",
+        metavar="NAME",
+        help="the figure line of each checkpoint, one name per --ckpt (default: ViT or DeepViT, by Re-attention)",
+    )
+    p.add_argument(
+        "--x",
+        dest="x_axis",
+        choices=X_AXIS_CHOICES,
+        default="auto",
+        help="the x axis: depth, the epoch the checkpoints record, or their order; auto (default): a training "
+        "series (by epoch when every checkpoint records one, else in order) when they are all of one group and "
+        "depth, else depth",
+    )
+    p.add_argument(
+        "--relative-depth",
+        action="store_true",
+        help="draw the per-block curves over relative depth (block / number of blocks) instead of the block number",
+    )
+    _add_analysis_options(p, outputs="sweep.json, arrays.npz and sweep.html", default_out=Path("deepvit-diag-sweep"))
+    p.set_defaults(run=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from .report import write_sweep_report
+    from .summary import print_sweep, sweep_findings
+    from .sweeps import SweepResult, sweep
+
+    _check_out(args.out)
+    if args.monitor is not None:
+        result = SweepResult.from_monitor(args.monitor)
+    else:
+        settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
+        with _warnings_as_lines(args.quiet):
+            result = sweep(
+                args.ckpt,
+                args.images[0] if args.images and len(args.images) == 1 else args.images,
+                settings,
+                groups=args.group,
+                x_axis=args.x_axis,
+                arch=args.arch,
+                class_map=args.class_map,
+                progress=not args.quiet,
+            )
+    with _writing_to(args.out):
+        result.save(args.out)
+        write_sweep_report(args.out / "sweep.html", result, _command_line(), relative_depth=args.relative_depth)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    elif not args.quiet:
+        print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
+
+
+COMMANDS = [add_compare, add_analyze, add_sweep, add_train, add_models, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -420,7 +420,7 @@ class ImageStream:
             self._tensors, self.total = [images], min(len(x), self.limit or len(x))
             labelled = " with labels" if x is not images else ""
             self.description = f"a tensor of {len(x)} preprocessed images{labelled}"
-        elif isinstance(images, ImageSet) or _is_path_spec(images):
+        elif isinstance(images, ImageSet) or is_path_spec(images):
             self._use(images if isinstance(images, ImageSet) else open_images(images, limit=self.limit))
         elif isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
             self._use(ImageSet.of_images(images))
@@ -511,7 +511,8 @@ def _is_labelled_tensor(item: object) -> bool:
     )
 
 
-def _is_path_spec(images: object) -> bool:
+def is_path_spec(images: object) -> bool:
+    """A folder, file, glob or bundled-set name, or a list of them (what ``open_images`` opens)."""
     if isinstance(images, (str, Path)):
         return True
     return isinstance(images, (list, tuple)) and bool(images) and all(isinstance(item, (str, Path)) for item in images)

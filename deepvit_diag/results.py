@@ -98,11 +98,13 @@ def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -
     )
 
 
-def _read_folder(folder: str | Path, expected_format: str) -> tuple[dict, dict[str, np.ndarray]]:
+def _read_folder(
+    folder: str | Path, expected_format: str, document_name: str = "result.json"
+) -> tuple[dict, dict[str, np.ndarray]]:
     folder = Path(folder)
-    json_path, npz_path = folder / "result.json", folder / "arrays.npz"
+    json_path, npz_path = folder / document_name, folder / "arrays.npz"
     if not json_path.is_file() or not npz_path.is_file():
-        raise DiagError(f"{folder} is not a saved deepvit-diag result (needs result.json and arrays.npz)")
+        raise DiagError(f"{folder} is not a saved deepvit-diag result (needs {document_name} and arrays.npz)")
     try:
         document = json.loads(json_path.read_text())
     except json.JSONDecodeError as err:
@@ -114,10 +116,12 @@ def _read_folder(folder: str | Path, expected_format: str) -> tuple[dict, dict[s
     return document, arrays
 
 
-def _write_folder(folder: str | Path, document: dict, arrays: dict[str, np.ndarray]) -> Path:
+def _write_folder(
+    folder: str | Path, document: dict, arrays: dict[str, np.ndarray], document_name: str = "result.json"
+) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(json.dumps(document, indent=2, allow_nan=False))
+    (folder / document_name).write_text(json.dumps(document, indent=2, allow_nan=False))
     np.savez_compressed(folder / "arrays.npz", **arrays)
     return folder
 

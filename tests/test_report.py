@@ -210,13 +210,13 @@ def test_report_is_self_contained_with_one_div_per_figure(comparison: Comparison
     assert "top-1 / top-5 accuracy" in page and "labels (accuracy)" in page and "carry no labels" in page
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+def render_in_chromium(path: Path, expected: int, screenshot: str) -> tuple[int, list[str]]:
+    """Open a self-contained page in headless Chromium, wait until ``expected`` plotly
+    figures have drawn, and return how many did and every console error, page error and
+    network request (a page that opens offline makes none); a full-page screenshot goes
+    to ``screenshot``."""
     from playwright.sync_api import sync_playwright
 
-    path = write_report(tmp_path / "report.html", comparison, LABELS)
-    expected = len(report_figures(comparison, LABELS))
     problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -234,7 +234,7 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: problems.append(str(error)))
-            # Anything not file:// would be a network request: the report must not make one.
+            # Anything not file:// would be a network request: the page must not make one.
             page.route(
                 re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort())
             )
@@ -248,9 +248,18 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
             rendered = page.evaluate(
                 "[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length"
             )
-            page.screenshot(path="/tmp/deepvit-diag-report.png", full_page=True)
+            page.screenshot(path=screenshot, full_page=True)
         finally:
             browser.close()
+    return rendered, problems
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+    path = write_report(tmp_path / "report.html", comparison, LABELS)
+    expected = len(report_figures(comparison, LABELS))
+    rendered, problems = render_in_chromium(path, expected, "/tmp/deepvit-diag-report.png")
     assert rendered == expected
     assert problems == []
 
