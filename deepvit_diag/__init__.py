@@ -10,6 +10,7 @@ from .errors import DiagError
 from .metrics import *  # noqa: F403  (the metrics' __all__)
 from .metrics import __all__ as _metrics_all
 from .models import DeepVisionTransformer, ReAttention, build_model
+from .monitor import CollapseMonitor
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
 from .sweeps import SweepResult, sweep
@@ -18,6 +19,7 @@ __all__ = [
     "AnalysisResult",
     "AttentionCapture",
     "AttentionRecorder",
+    "CollapseMonitor",
     "ComparisonResult",
     "DeepVisionTransformer",
     "DiagError",

@@ -90,9 +90,7 @@ def test_a_depth_sweep_has_one_line_per_family(depth_sweep):
 
 
 def test_groups_and_labels_can_be_given(checkpoints, labelled_images):
-    result = sweep(
-        checkpoints[:2], labelled_images, labels=["a", "b"], groups=["mine", "mine"], batch_size=4, **QUIET
-    )
+    result = sweep(checkpoints[:2], labelled_images, labels=["a", "b"], groups=["mine", "mine"], batch_size=4, **QUIET)
     assert [entry.label for entry in result.entries] == ["a", "b"] and list(result.groups()) == ["mine"]
     with pytest.raises(DiagError, match="needs as many groups"):
         sweep(checkpoints[:2], labelled_images, groups=["one"], **QUIET)
