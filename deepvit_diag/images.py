@@ -132,16 +132,11 @@ class ImageSet:
         return self.loaders[index]()
 
     def batches(
-        self,
-        transforms: Sequence[Callable[[Image.Image], torch.Tensor]],
-        batch_size: int,
-        *,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        self, transforms: Sequence[Callable[[Image.Image], torch.Tensor]], batch_size: int, **options: Any
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """The images in order, ``batch_size`` at a time, as one (B, C, H, W) tensor per
-        transform (``indexed_batches`` without the indices)."""
-        for _, tensors in self.indexed_batches(transforms, batch_size, num_workers=num_workers, pin_memory=pin_memory):
+        transform: ``indexed_batches`` (with the same options) without the positions."""
+        for _, tensors in self.indexed_batches(transforms, batch_size, **options):
             yield tensors
 
     def indexed_batches(
