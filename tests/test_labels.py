@@ -10,10 +10,14 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from test_cli import assert_clean_error, run, write_image
 
+from deepvit_diag.checkpoints import load_model
+from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.errors import DiagError
 from deepvit_diag.images import ImageStream, open_images
 from deepvit_diag.labels import ClassMap, class_indices, model_class_names, read_class_map
+from deepvit_diag.preprocessing import preprocess
 from deepvit_diag.settings import Settings
 
 SYNSETS = ["n01440764", "n01443537", "n15075141"]  # ImageNet-1k classes 0, 1 and 999
@@ -142,3 +146,38 @@ def test_labels_stay_with_their_images_when_an_image_fails_late(tmp_path):
     expected = [0 if "/a/" in name else 1 for name in kept]
     assert torch.cat([batch.labels[0] for batch in batches]).tolist() == expected
     assert sum(len(batch) for batch in batches) == 4 and stream.label_notes[0].startswith("labels of 2 classes")
+
+
+def test_class_map_option_gives_accuracy_in_the_table_and_the_json(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = save_native(
+        timm.create_model("vit16", depth=2, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10),
+        tmp_path / "vit.safetensors",
+    )
+    files = {
+        name: [write_image(tmp_path / "images" / name / f"{i}.png", i + 5 * j) for i in range(3)]
+        for j, name in enumerate(("cat", "dog"))
+    }
+    argv = ["analyze", "--ckpt", str(checkpoint), "--images", str(tmp_path / "images"), "--device", "cpu"]
+    status, stdout, stderr = run([*argv, "--out", str(tmp_path / "plain"), "--json"])
+    assert status == 0, stderr
+    plain = json.loads(stdout)
+    assert plain["accuracy_top1"] is None and "labels (cat, dog) cannot be mapped" in plain["accuracy_labels"]
+    (tmp_path / "classes.txt").write_text("dog\ncat\n")
+    mapped = [*argv, "--class-map", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "mapped")]
+    status, stdout, stderr = run(mapped)
+    assert status == 0, stderr
+    assert "top-1 / top-5 accuracy" in stdout and "n/a" not in stdout
+    summary = json.loads(run([*mapped, "--json"])[1])
+    model = load_model(checkpoint)
+    with torch.no_grad():
+        predicted = {
+            name: model(preprocess(model, [Image.open(path) for path in paths])).argmax(1)
+            for name, paths in files.items()
+        }
+    expected = int((predicted["dog"] == 0).sum() + (predicted["cat"] == 1).sum())
+    assert summary["accuracy_top1"] == expected / 6 and summary["accuracy_images"] == 6
+    assert summary["accuracy_labels"] == "labels of 2 classes, mapped to the model's classes by class map classes.txt"
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    status, _, stderr = run([*argv, "--class-map", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")])
+    assert_clean_error(status, stderr, 1, "must be a JSON object")
