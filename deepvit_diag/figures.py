@@ -17,9 +17,11 @@ Conventions, for every figure:
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -893,8 +895,8 @@ def sweep_accuracy(sweep: SweepResult) -> go.Figure:
     _sweep_axis(fig, sweep)
     fig.update_yaxes(title="accuracy", tickformat=".0%", range=[0, 1.02])
     if not any(entry.summary["accuracy_top1"] is not None for entry in sweep.entries):
-        reason = sweep.entries[0].summary["accuracy_labels"]
-        _no_data_note(fig, f"no accuracy: {reason}" if len(reason) < 90 else "no accuracy: the images carry no labels")
+        reason = html.escape(sweep.entries[0].summary["accuracy_labels"])
+        _no_data_note(fig, "<br>".join(textwrap.wrap(f"no accuracy: {reason}", 80)))
     return _finish(fig, f"Top-1 (solid) and top-5 (dashed) accuracy by {sweep.x_title}", 420)
 
 

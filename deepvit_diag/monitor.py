@@ -63,9 +63,10 @@ class CollapseMonitor:
         every: ``step(n)`` measures when n is a multiple of ``every``.
         path: the JSON Lines file every measurement is appended to (one line each); None
             keeps them in ``entries`` only.
-        settings: the analysis settings; by default on the model's device, without
-            image-decoding workers and without example images. Keyword ``overrides``
-            replace fields (e.g. ``num_images=64``).
+        settings: the analysis settings; by default without image-decoding workers and
+            without example images. Keyword ``overrides`` replace fields (e.g.
+            ``num_images=64``). Unless they name a device, each measurement runs on the
+            device the model is on at that moment.
         label: the name of the run in figures (default "training run").
         group: its line in the figures (default: ViT or DeepViT).
     """
@@ -87,14 +88,15 @@ class CollapseMonitor:
         self.model = model
         self.every = every
         self.path = Path(path) if path is not None else None
-        defaults = Settings(device=str(model_device(model)), num_workers=0, num_examples=0)
-        self.settings = Settings.with_overrides(settings or defaults, overrides).resolved()
+        self.settings = Settings.with_overrides(settings or Settings(num_workers=0, num_examples=0), overrides)
         if is_path_spec(probe_images):
             probe_images = open_images(probe_images, limit=self.settings.num_images)
         self.probe_images = probe_images
         self.label, self.group = label, group
         self.entries: list[SweepEntry] = []
+        # What the last measurement read, and the settings it resolved (device, workers).
         self._images: dict[str, Any] = {}
+        self._settings = self.settings
 
     def step(self, step: int) -> SweepEntry | None:
         """Measure if ``step`` (a training step or epoch) is a multiple of ``every``; the
@@ -103,16 +105,19 @@ class CollapseMonitor:
 
     def measure(self, step: int) -> SweepEntry:
         """Measure now, record the measurement as taken at ``step`` and append it to ``path``."""
+        settings = self.settings
+        if settings.device == "auto":  # where the model is now: the analysis must not move it
+            settings = replace(settings, device=str(model_device(self.model)))
         with preserved_random_state():
-            result = analyze(self.model, self.probe_images, self.settings, progress=False)
+            result = analyze(self.model, self.probe_images, settings, progress=False)
         entry = replace(
             SweepEntry.of(result, self.label, self.group, step), model={"description": result.model["description"]}
         )
-        self._images = result.images
+        self._images, self._settings = result.images, result.settings
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as file:
-                file.write(json.dumps(monitor_record(entry, self.settings, result.images), allow_nan=False) + "\n")
+                file.write(json.dumps(monitor_record(entry, result.settings, result.images), allow_nan=False) + "\n")
         self.entries.append(entry)
         return entry
 
@@ -120,4 +125,4 @@ class CollapseMonitor:
         """The measurements so far as a series over their steps (what ``path`` holds, if given)."""
         if not self.entries:
             raise DiagError("the monitor has measured nothing yet")
-        return SweepResult(list(self.entries), "step", self.settings, self._images)
+        return SweepResult(list(self.entries), "step", self._settings, self._images)

@@ -32,7 +32,7 @@ from rich.text import Text
 from torch import nn
 
 from .errors import DiagError
-from .images import ImageSet, default_image_set, is_path_spec, open_images
+from .images import default_image_set, is_path_spec, open_images
 from .labels import ClassMap
 from .progress import ProgressOption
 from .results import AnalysisResult, _read_folder, _write_folder, jsonable, package_versions
@@ -333,16 +333,17 @@ def sweep(
         raise DiagError("a sweep needs at least one checkpoint")
     if isinstance(images, Iterator):
         raise DiagError("a sweep reads the images once per checkpoint: pass a DataLoader or a list, not an iterator")
+    opens_images = images is None or is_path_spec(images)
+    if class_map is not None and not opens_images:
+        raise DiagError("a class map applies to the image folders, files and bundled sets a sweep opens")
     entries: list[SweepEntry] = []
     read: dict[str, Any] = {}
     for index, (checkpoint, label) in enumerate(zip(checkpoints, labels)):
         if progress is True:
             Console(stderr=True).print(Text(f"checkpoint {index + 1} of {len(checkpoints)}: {label}"))
         model = checkpoint if isinstance(checkpoint, nn.Module) else load_model(checkpoint, arch=arch)
-        if images is None or is_path_spec(images):
+        if opens_images and index == 0:  # opened once, after the first model has named its default set
             images = open_images(images or default_image_set([model]), limit=settings.num_images, class_map=class_map)
-        elif class_map is not None and not isinstance(images, ImageSet):
-            raise DiagError("a class map applies to image folders, files and bundled sets, not to tensors")
         bar = partial(_overall, progress, index, len(checkpoints)) if callable(progress) else progress
         result = analyze(model, images, settings, progress=bar)
         step = (getattr(model, "provenance", None) or {}).get("epoch")

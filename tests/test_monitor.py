@@ -108,7 +108,9 @@ def test_every_n_steps_and_the_file_as_a_series(probe_folder, tmp_path):
     assert series.entries[0].label == "tiny run" and series.entries[0].group == "ViT"
     assert series.entries[0].summary == monitor.entries[0].summary
     np.testing.assert_array_equal(series.entries[1].curves["ratio"], monitor.entries[1].curves["ratio"])
-    assert series.settings == monitor.settings and series.settings.num_workers == 0
+    # Resolved where the model is (the CPU), with no image-decoding workers.
+    assert series.settings == monitor.result().settings
+    assert (series.settings.device, series.settings.num_workers, series.settings.num_examples) == ("cpu", 0, 0)
     assert monitor.result().entries[2].step == 6
     with pytest.raises(DiagError, match="every must be"):
         CollapseMonitor(model, str(probe_folder), every=0)

@@ -98,6 +98,8 @@ def test_groups_and_labels_can_be_given(checkpoints, labelled_images):
         sweep(checkpoints[:2], iter([labelled_images]), **QUIET)
     with pytest.raises(DiagError, match="at least one checkpoint"):
         sweep([], labelled_images, **QUIET)
+    with pytest.raises(DiagError, match="a class map applies to the image folders"):
+        sweep(checkpoints[:1], labelled_images, class_map={"cat": 0}, **QUIET)
 
 
 def test_sweep_saves_and_loads(depth_sweep, tmp_path):
