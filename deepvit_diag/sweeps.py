@@ -32,7 +32,7 @@ from rich.text import Text
 from torch import nn
 
 from .errors import DiagError
-from .images import default_image_set, is_path_spec, open_images
+from .images import ImageSource, default_image_set, is_path_spec, open_images
 from .labels import ClassMap
 from .progress import ProgressOption
 from .results import AnalysisResult, _read_folder, _write_folder, jsonable, package_versions
@@ -293,7 +293,7 @@ def checkpoint_labels(checkpoints: Sequence[str | os.PathLike | nn.Module]) -> l
 
 def sweep(
     checkpoints: Sequence[str | os.PathLike | nn.Module],
-    images: Any = None,
+    images: ImageSource | None = None,
     settings: Settings | None = None,
     *,
     labels: Sequence[str] | None = None,
@@ -355,4 +355,7 @@ def sweep(
 
 def _overall(progress: Callable[[int, int | None], None], index: int, count: int, done: int, total: int | None) -> None:
     """Progress of checkpoint ``index`` of ``count`` as a share of the whole sweep."""
-    progress(index * total + done, count * total) if total else progress(done, None)
+    if total:
+        progress(index * total + done, count * total)
+    else:
+        progress(done, None)
