@@ -1,8 +1,10 @@
 """The ``deepvit-diag`` command line.
 
 Each sub-command is an ``add_<name>(subparsers)`` function that registers its options
-and a ``run`` callback; ``main`` turns every expected failure into a one-line
-``error: ...`` and exit status 1 (2 for usage errors, from argparse).
+and a ``run`` callback; ``main`` turns every failure into a one-line ``error: ...`` and
+exit status 1 (2 for usage errors, from argparse) and Ctrl-C into ``interrupted`` and 130.
+What a command writes goes through ``deepvit_diag.outputs`` (checked before the work,
+written whole or not at all). The console script starts in ``deepvit_diag.__main__``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .errors import DiagError
+from .errors import DiagError, failure_line, interrupted
 from .settings import Settings
 
 
@@ -30,17 +32,29 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "in deepvit-diag's safetensors format with a model card.",
     )
     p.add_argument("preset", help="preset to train, e.g. vit32 or deepvit32 (see `deepvit-diag models`)")
-    p.add_argument("--out", required=True, type=Path, help="where to write the .safetensors file")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="where to write the .safetensors file; an existing file is replaced only if deepvit-diag wrote it",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if deepvit-diag did not write it, or if another run's lock is on it",
+    )
     p.add_argument("--data", default="digits", help="'digits' (scikit-learn digits, default) or an ImageFolder path")
-    p.add_argument("--embed-dim", type=int, help="token width (the preset's by default)")
-    p.add_argument("--num-heads", type=int, help="attention heads (the preset's by default)")
-    p.add_argument("--depth", type=int, help="number of blocks (the preset's by default)")
-    p.add_argument("--img-size", type=int, help="input resolution in pixels (the preset's by default)")
-    p.add_argument("--patch-size", type=int, help="patch size in pixels (the preset's by default)")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per optimisation step (default 64)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for init, order and augmentation (default 0)")
+    p.add_argument("--embed-dim", type=_int_at_least(1), help="token width (the preset's by default)")
+    p.add_argument("--num-heads", type=_int_at_least(1), help="attention heads (the preset's by default)")
+    p.add_argument("--depth", type=_int_at_least(1), help="number of blocks (the preset's by default)")
+    p.add_argument("--img-size", type=_int_at_least(1), help="input resolution in pixels (the preset's by default)")
+    p.add_argument("--patch-size", type=_int_at_least(1), help="patch size in pixels (the preset's by default)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=100, help="training epochs (default 100)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="images per optimisation step (default 64)")
+    p.add_argument("--lr", type=_positive_number, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="random seed for init, order and augmentation (default 0)"
+    )
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the file size)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,8 +64,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoints.native import save_native
+    from .checkpoints.loader import build_arch
+    from .checkpoints.native import is_native_file, save_native
     from .models import PRESETS, with_overrides
+    from .outputs import OutputTarget
     from .train import TrainConfig, evaluate_accuracy, held_out_split, train_model
 
     if args.preset not in PRESETS:
@@ -68,17 +84,33 @@ def run_train(args: argparse.Namespace) -> None:
         if v is not None
     }
     arch = with_overrides(PRESETS[args.preset], **overrides)
+    _check_trainable(arch)
+    with torch.device("meta"):  # every other constructor refusal, before the data is read (no memory)
+        build_arch(arch)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
-    if args.fp16:
-        # The card must describe the weights as shipped, so measure again after rounding.
-        model.half().float()
-        card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
-    card["preset"] = args.preset
-    card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-    save_native(model, args.out, card=card, dtype=torch.float16 if args.fp16 else None)
+    with OutputTarget(args.out, folder=False, owned=is_native_file, force=args.force) as target:
+        model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
+        if args.fp16:
+            # The card must describe the weights as shipped, so measure again after rounding.
+            model.half().float()
+            card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
+        card["preset"] = args.preset
+        card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+        target.write(lambda path: save_native(model, path, card=card, dtype=torch.float16 if args.fp16 else None))
     accuracy, seconds = card["test_accuracy"], card["train_seconds"]
     print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+
+
+def _check_trainable(arch: dict[str, Any]) -> None:
+    """The option combinations a preset cannot be trained with, named by their options."""
+    kwargs = arch["kwargs"]
+    if kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise DiagError(
+            f"--embed-dim {kwargs['embed_dim']} is not divisible by --num-heads {kwargs['num_heads']} "
+            f"(each head gets an equal share of the width)"
+        )
+    if kwargs["img_size"] % kwargs["patch_size"]:
+        raise DiagError(f"--img-size {kwargs['img_size']} is not a multiple of --patch-size {kwargs['patch_size']}")
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +165,11 @@ def add_import(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--" + key.replace("_", "-"), dest=key, help=f"{key} of the model (timm's argument name)", **options
         )
-    p.add_argument("--force", action="store_true", help="replace an existing store entry of that name")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing store entry of that name, or give a preset's name to another architecture",
+    )
     p.set_defaults(run=run_import)
 
 
@@ -171,6 +207,17 @@ def _number_between(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (else a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -228,7 +275,14 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("deepvit-diag-report"),
         metavar="DIR",
-        help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report; files are replaced)",
+        help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report); they appear "
+        "together when all are written, replacing those of an earlier run; a folder holding other files, or "
+        "that another run is writing, is refused before the work starts",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even if it holds files deepvit-diag did not write (they are kept) or another run's lock",
     )
     add_settings_options(p)
     chatter = p.add_mutually_exclusive_group()
@@ -303,45 +357,48 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
         yield
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an unusable --out before the (long) analysis; the folder is created only when writing."""
-    if out.exists() and not out.is_dir():
-        raise DiagError(f"--out {out} exists and is not a folder")
-
-
 def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]], labels: list[str]) -> None:
     from rich.console import Console
 
     from .analysis import analyze, compare
     from .checkpoints import load_model
     from .images import default_image_set, open_images
+    from .outputs import OutputTarget
     from .report import write_report
     from .summary import comparison_findings, model_findings, print_summary
 
-    _check_out(args.out)
-    settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
-    progress = not args.quiet
-    with _warnings_as_lines(args.quiet):
-        models = [load_model(spec, arch=arch) for spec, arch in specs]
-        sources = args.images or [default_image_set(models)]
-        images = open_images(sources[0] if len(sources) == 1 else sources, limit=settings.num_images)
-        if len(models) == 2:
-            result = compare(*models, images, settings, progress=progress)
-        else:
-            result = analyze(models[0], images, settings, progress=progress)
-    command = "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        result.save(args.out)
-        write_report(args.out / "report.html", result, labels, command)
-    except OSError as err:
-        raise DiagError(f"cannot write to {args.out}: {err.strerror or err}") from None
+    with OutputTarget(args.out, folder=True, owned=_written_by_analysis, force=args.force) as target:
+        settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
+        progress = not args.quiet
+        with _warnings_as_lines(args.quiet):
+            models = [load_model(spec, arch=arch) for spec, arch in specs]
+            sources = args.images or [default_image_set(models)]
+            images = open_images(sources[0] if len(sources) == 1 else sources, limit=settings.num_images)
+            if len(models) == 2:
+                result = compare(*models, images, settings, progress=progress)
+            else:
+                result = analyze(models[0], images, settings, progress=progress)
+        command = "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_report(folder / "report.html", result, labels, command)
+
+        target.write(write_files)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
         findings = comparison_findings(*labels, result) if len(models) == 2 else model_findings(labels[0], result)
         results = {labels[0]: result.a, labels[1]: result.b} if len(models) == 2 else {labels[0]: result}
         print_summary(Console(), results, findings, out=str(args.out / "report.html"))
+
+
+def _written_by_analysis(path: Path) -> bool:
+    """A file of an earlier ``compare`` / ``analyze`` output, which ``--out`` may replace."""
+    from .report import is_report_file
+    from .results import is_result_file
+
+    return is_result_file(path) or is_report_file(path)
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -372,18 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: exit status 0, 1 with one ``error: ...`` line, 2 for a usage error (argparse),
+    130 with ``interrupted`` for Ctrl-C. ``--debug`` shows the traceback of an error instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (DiagError, FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt:
+        return interrupted()
+    except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {failure_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     return 0
 
 

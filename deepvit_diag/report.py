@@ -24,6 +24,8 @@ from .results import AnalysisResult, ComparisonResult, package_versions
 from .settings import Settings
 from .summary import comparison_findings, model_findings, summary_rows, summary_title
 
+# The start of every report's <title>: how ``is_report_file`` tells a report.html this module wrote.
+TITLE_PREFIX = "deepvit-diag: "
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 STYLE = """
@@ -161,7 +163,7 @@ def build_report(result: AnalysisResult | ComparisonResult, labels: Sequence[str
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>deepvit-diag: {_e(title)}</title>",
+        f"<title>{TITLE_PREFIX}{_e(title)}</title>",
         f"<style>{STYLE}</style>",
         # Inlined once, before any figure script runs: the file must open without network.
         f'<script type="text/javascript">{get_plotlyjs()}</script>',
@@ -202,6 +204,18 @@ def build_report(result: AnalysisResult | ComparisonResult, labels: Sequence[str
         parts.append(_figure_html(item))
     parts.append("</main></body></html>")
     return "\n".join(parts)
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether ``path`` is a report.html that ``write_report`` wrote (what ``--out`` may replace)."""
+    if path.name != "report.html":
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return f"<title>{TITLE_PREFIX}".encode() in head
 
 
 def write_report(
