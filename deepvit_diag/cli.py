@@ -23,6 +23,49 @@ from typing import Any
 from .errors import DiagError, failure_line, interrupted
 from .settings import Settings
 
+# ----------------------------------------------------------------------------- option types (usage errors)
+
+
+def _number_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (else a usage error, exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number between {low:g} and {high:g}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (else a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (else a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -138,14 +181,14 @@ def run_models(args: argparse.Namespace) -> None:
 
 # load_model overrides (timm's constructor names) the import command accepts: everything the loader may guess.
 IMPORT_OVERRIDES = {
-    "num_heads": dict(type=int),
-    "embed_dim": dict(type=int),
-    "depth": dict(type=int),
-    "mlp_ratio": dict(type=float),
-    "img_size": dict(type=int),
-    "patch_size": dict(type=int),
-    "num_classes": dict(type=int),
-    "in_chans": dict(type=int),
+    "num_heads": dict(type=_int_at_least(1)),
+    "embed_dim": dict(type=_int_at_least(1)),
+    "depth": dict(type=_int_at_least(1)),
+    "mlp_ratio": dict(type=_positive_number),
+    "img_size": dict(type=_int_at_least(1)),
+    "patch_size": dict(type=_int_at_least(1)),
+    "num_classes": dict(type=_int_at_least(0)),
+    "in_chans": dict(type=_int_at_least(1)),
     "global_pool": dict(choices=["token", "avg"]),
     "transform_scale": dict(action=argparse.BooleanOptionalAction),
 }
@@ -192,47 +235,6 @@ def run_import(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- compare / analyze
-
-
-def _number_between(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a number in [low, high] (else a usage error, exit 2)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number between {low:g} and {high:g}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
-        return value
-
-    return parse
-
-
-def _positive_number(text: str) -> float:
-    """An argparse type: a number above 0 (else a usage error, exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum`` (else a usage error, exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 # The report draws every example image once per head and block row: two keep report.html small.

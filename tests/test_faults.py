@@ -235,6 +235,23 @@ def _cli_process(*argv: str, **popen) -> subprocess.Popen:
     )
 
 
+def _wait_until_importing_torch(process: subprocess.Popen) -> None:
+    """Until torch's library is loaded into the process (Linux: its memory maps), i.e. the command line is
+    being imported; elsewhere a second, by when Python runs and imports."""
+    maps = Path(f"/proc/{process.pid}/maps")
+    if not maps.exists():
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
 def _interrupt(process: subprocess.Popen) -> tuple[int, str]:
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -259,7 +276,7 @@ def test_4_the_entry_point_imports_nothing_heavy():
 def test_4_ctrl_c_during_start_up(files, tmp_path):
     out = tmp_path / "out"
     process = _cli_process("analyze", *analyze_options(files, out))
-    time.sleep(0.8)  # Python is running (its handler is installed) and importing torch, timm, ...
+    _wait_until_importing_torch(process)
     status, stderr = _interrupt(process)
     assert status == 130 and stderr.strip() == "interrupted", stderr
     assert not out.exists() and not leftovers(out)
@@ -367,6 +384,26 @@ def test_6_train_options_that_do_not_go_together(options, fragment, tmp_path, mo
     status, stdout, stderr = run(["train", "vit16", "--out", str(out), "--quiet", *options])
     assert_one_line(status, stderr, 1, fragment)
     assert not out.exists() and stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--num-heads", "0"], "--num-heads: must be at least 1"),
+        (["--mlp-ratio", "-2"], "--mlp-ratio: must be a number above 0"),
+        (["--num-classes", "-1"], "--num-classes: must be at least 0"),
+    ],
+)
+def test_6_import_overrides_are_range_checked(options, fragment, files):
+    status, _, stderr = run(["import", str(files / "vit.safetensors"), "--as", "x", *options])
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert status == 2 and len(errors) == 1 and fragment in errors[0] and "Traceback" not in stderr
+
+
+def test_6_api_overrides_are_checked(tmp_path):
+    torch.save(tiny_state(), tmp_path / "vit.pth")
+    with pytest.raises(DiagError, match="num_heads must be a whole number of at least 1, got 0"):
+        load_model(tmp_path / "vit.pth", num_heads=0)
 
 
 # ----------------------------------------------------------------------------- 7: the API's bad input

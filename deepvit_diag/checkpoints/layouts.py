@@ -314,6 +314,8 @@ def infer_arch(
     if family == "vit" and kwargs["fc_norm"]:
         kwargs["final_norm"] = True  # timm keeps one of norm / fc_norm, both under final_norm=True
     heads = kwargs["num_heads"]
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise DiagError(f"num_heads must be a whole number of at least 1, got {heads!r}")
     if inner_dim % heads:
         raise DiagError(f"num_heads={heads} does not divide the qkv width {inner_dim}")
     if inner_dim != kwargs["embed_dim"]:
