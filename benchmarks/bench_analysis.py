@@ -69,7 +69,7 @@ from rich.table import Table
 from timm.utils import AttentionExtract
 from torch import nn
 
-import deepvit_diag.models  # noqa: F401  (registers the presets with timm)
+import deepvit_diag  # noqa: F401  (registers the presets with timm)
 from deepvit_diag.analysis import analyze
 from deepvit_diag.capture import extract_attention
 from deepvit_diag.device import resolve_device
