@@ -30,13 +30,14 @@ import torch
 from torch import nn
 
 from deepvit_diag import DiagError, Settings, compare, extract_attention, load_model, sweep
+from deepvit_diag.errors import failure_line
 from deepvit_diag.images import ImageSet, default_image_set, open_images
 from deepvit_diag.report import build_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.sweeps import SweepResult
 
 from .config import NUM_EXAMPLE_IMAGES
-from .sources import ImageChoice, ModelChoice
+from .sources import ImageChoice, ModelChoice, shown_as
 
 logger = logging.getLogger(__name__)
 
@@ -90,18 +91,14 @@ class Analysis:
         return {label_a: self.comparison.a, label_b: self.comparison.b}
 
 
-def failure_message(err: Exception) -> str:
-    """One line for ``st.error`` about why loading or analysing failed.
-
-    ``DiagError`` already is such a line. A file the server cannot read is named; anything
-    else is unexpected (a bug, or input nobody foresaw) and is also logged with its traceback.
-    """
-    if isinstance(err, DiagError):
-        return str(err)
-    if isinstance(err, OSError) and err.filename:
-        return f"cannot read {err.filename}: {err.strerror or err}"
-    logger.exception("unexpected failure in the app")
-    return f"Unexpected {type(err).__name__}: {err}"
+def failure_message(err: Exception, request: AnalysisRequest | None = None) -> str:
+    """One line for ``st.error`` about why loading or analysing failed (``failure_line``), naming
+    uploaded files as they were uploaded. Anything but a ``DiagError`` or a file the server cannot
+    read is unexpected (a bug, or input nobody foresaw) and is also logged with its traceback."""
+    if not isinstance(err, (DiagError, OSError)):
+        logger.exception("unexpected failure in the app")
+    message = failure_line(err)
+    return shown_as(message, request.a, request.b, request.images) if request is not None else message
 
 
 @contextmanager
@@ -205,6 +202,7 @@ def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -
     with first.lock, second.lock, _announcements() as caught:
         comparison = compare(models[0].model, models[1].model, image_set, settings, progress=report)
     notes = [*models[0].notes, *models[1].notes, *image_notes, *(str(warning.message) for warning in caught)]
+    notes = [shown_as(note, request.a, request.b, images) for note in notes]
     analysis = Analysis(key, request, images, comparison, list(dict.fromkeys(notes)))
     result_store().put(analysis)
     return analysis

@@ -42,7 +42,8 @@ def main() -> None:
         chosen = render_sidebar(defaults)
     st.title("Attention collapse in ViT and DeepViT")
     if chosen.run_clicked and chosen.request is None:
-        st.error("Fix the inputs marked in the sidebar, then press Run analysis again.")
+        # Not another error box: each bad input already has its own, next to it.
+        st.info("Fix the inputs marked in the sidebar, then press **Run analysis** again.")
     # The first visit runs the defaults; later, only Run starts an analysis.
     if chosen.request is not None and (chosen.run_clicked or "request" not in st.session_state):
         st.session_state["request"] = chosen.request
@@ -75,7 +76,7 @@ def _current_analysis() -> Analysis | None:
     try:
         analysis = _run_with_progress(request)
     except Exception as err:  # whatever a user's file does, the app must stay usable
-        st.error(failure_message(err))
+        st.error(failure_message(err, request))
         _explain_missing_demo(request)
         previous: Analysis | None = st.session_state.get("shown_analysis")
         # Back to the analysis that worked, so that the next rerun does not retry the failing one.

@@ -216,9 +216,9 @@ def _image_input(defaults: AppDefaults) -> ImageChoice:
         raise InputMissing("upload at least one image")
     choice, errors = images_from_uploads(files, defaults.max_image_mb)
     for error in errors:
-        st.error(error)
+        st.error(error)  # one error per bad upload, and no other
     if choice is None:
-        raise InputError("none of the uploaded files is a usable image")
+        raise InputMissing("upload at least one image that can be decoded")
     return choice
 
 

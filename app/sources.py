@@ -23,8 +23,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from deepvit_diag.checkpoints import bundled_path, store_path
 from deepvit_diag.checkpoints.safe_load import CHECKPOINT_SUFFIXES
-from deepvit_diag.errors import DiagError
-from deepvit_diag.images import BUNDLED_SETS, open_images
+from deepvit_diag.images import BUNDLED_SETS, why_unusable
 
 MEGABYTE = 1 << 20
 
@@ -45,6 +44,7 @@ class ModelChoice:
     name: str  # short name for figures and tables
     fingerprint: str
     arch: str | None = None
+    aliases: tuple[tuple[str, str], ...] = ()  # (server path, the name the user knows it by) of uploads
 
     @property
     def key(self) -> str:
@@ -58,6 +58,16 @@ class ImageChoice:
     spec: str | tuple[str, ...] | None
     description: str | None = None  # replaces the library's wording (uploads live in a temp folder)
     fingerprint: str = ""
+    aliases: tuple[tuple[str, str], ...] = ()  # (server path, the name the user knows it by) of uploads
+
+
+def shown_as(text: str, *choices: ModelChoice | ImageChoice) -> str:
+    """``text`` (a message from the library) with every uploaded file's server path replaced by
+    the name it was uploaded as: a user never sees the server's temporary folder."""
+    for choice in choices:
+        for path, name in choice.aliases:
+            text = text.replace(path, name)
+    return text
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -89,7 +99,7 @@ def model_from_path(text: str, arch: str | None) -> ModelChoice:
 def model_from_upload(uploaded: UploadedFile, arch: str | None, max_mb: float) -> ModelChoice:
     _require_checkpoint_suffix(uploaded.name)
     path, digest = save_upload(uploaded, max_mb)
-    return ModelChoice(str(path), path.name, digest, arch)
+    return ModelChoice(str(path), path.name, digest, arch, aliases=((str(path), uploaded.name),))
 
 
 def _require_checkpoint_suffix(name: str) -> None:
@@ -117,7 +127,7 @@ def images_from_folder(text: str) -> ImageChoice:
 
 def images_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[ImageChoice | None, list[str]]:
     """The uploads that decode as images, and one error line per upload that does not."""
-    paths, errors = [], []
+    paths, aliases, errors = [], [], []
     for uploaded in files:
         try:
             path, _ = save_upload(uploaded, max_mb)
@@ -126,29 +136,25 @@ def images_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[Image
             errors.append(str(err))
         else:
             paths.append(str(path))
+            aliases.append((str(path), uploaded.name))
     if not paths:
         return None, errors
     names = ", ".join(Path(path).name for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
     digests = ",".join(Path(path).parent.name for path in paths)
-    return ImageChoice(tuple(paths), f"{len(paths)} uploaded image(s): {names}", digests), errors
+    return ImageChoice(tuple(paths), f"{len(paths)} uploaded image(s): {names}", digests, tuple(aliases)), errors
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _decode_error(path: str) -> str | None:
     """Why ``path`` cannot be used as an image (None if it decodes); cached per content-addressed path."""
-    try:
-        open_images(path).load(0)
-    except DiagError as err:
-        return str(err)
-    except Exception as err:  # any decoder failure means "not usable", never a crash
-        return f"{type(err).__name__}: {err}"
-    return None
+    return why_unusable(Path(path), decode=True)
 
 
 def _require_decodable(path: Path, name: str) -> None:
     reason = _decode_error(str(path))
     if reason is not None:
-        raise InputError(f"{name} cannot be decoded as an image ({reason.splitlines()[0][:160]})")
+        reason = reason.replace(str(path), name).splitlines()[0]
+        raise InputError(f"{name} cannot be decoded as an image ({reason[:160]})")
 
 
 # ----------------------------------------------------------------------------- files

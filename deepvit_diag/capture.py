@@ -39,7 +39,7 @@ from torch.utils.hooks import RemovableHandle
 from .errors import DiagError
 from .introspection import attention_module, is_reattention, model_device, resolve_blocks, transformer_blocks
 from .models.attention import ReAttention
-from .preprocessing import as_batch
+from .preprocessing import as_batch, check_input_size
 
 
 @dataclass
@@ -298,8 +298,9 @@ def extract_attention(
     Returns:
         ``AttentionCapture`` on the model's device, with the logits of the forward pass.
     """
-    x = as_batch(model, images).to(model_device(model))
+    x = as_batch(model, images)
     with eval_mode(model), torch.no_grad(), AttentionRecorder(model, blocks=blocks) as recorder:
-        logits = model(x)
+        check_input_size(model, x)  # a one-line error, where timm would assert inside the forward
+        logits = model(x.to(model_device(model)))
         capture = recorder.take()
     return replace(capture, logits=logits)

@@ -1,8 +1,10 @@
 """The ``deepvit-diag`` command line.
 
 Each sub-command is an ``add_<name>(subparsers)`` function that registers its options
-and a ``run`` callback; ``main`` turns every expected failure into a one-line
-``error: ...`` and exit status 1 (2 for usage errors, from argparse).
+and a ``run`` callback; ``main`` turns every failure into a one-line ``error: ...`` and
+exit status 1 (2 for usage errors, from argparse) and Ctrl-C into ``interrupted`` and 130.
+What a command writes goes through ``deepvit_diag.outputs`` (checked before the work,
+written whole or not at all). The console script starts in ``deepvit_diag.__main__``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,57 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .errors import DiagError
+from .errors import DiagError, failure_line, interrupted
 from .labels import CLASS_MAP_HELP
 from .settings import Settings
+
+# ----------------------------------------------------------------------------- option types (usage errors)
+
+
+def _number_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (else a usage error, exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number between {low:g} and {high:g}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    """An argparse type: a number above 0 (else a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (else a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -31,17 +76,29 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "in deepvit-diag's safetensors format with a model card.",
     )
     p.add_argument("preset", help="preset to train, e.g. vit32 or deepvit32 (see `deepvit-diag models`)")
-    p.add_argument("--out", required=True, type=Path, help="where to write the .safetensors file")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="where to write the .safetensors file; an existing file is replaced only if deepvit-diag wrote it",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even if deepvit-diag did not write it, or if another run's lock is on it",
+    )
     p.add_argument("--data", default="digits", help="'digits' (scikit-learn digits, default) or an ImageFolder path")
-    p.add_argument("--embed-dim", type=int, help="token width (the preset's by default)")
-    p.add_argument("--num-heads", type=int, help="attention heads (the preset's by default)")
-    p.add_argument("--depth", type=int, help="number of blocks (the preset's by default)")
-    p.add_argument("--img-size", type=int, help="input resolution in pixels (the preset's by default)")
-    p.add_argument("--patch-size", type=int, help="patch size in pixels (the preset's by default)")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per optimisation step (default 64)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for init, order and augmentation (default 0)")
+    p.add_argument("--embed-dim", type=_int_at_least(1), help="token width (the preset's by default)")
+    p.add_argument("--num-heads", type=_int_at_least(1), help="attention heads (the preset's by default)")
+    p.add_argument("--depth", type=_int_at_least(1), help="number of blocks (the preset's by default)")
+    p.add_argument("--img-size", type=_int_at_least(1), help="input resolution in pixels (the preset's by default)")
+    p.add_argument("--patch-size", type=_int_at_least(1), help="patch size in pixels (the preset's by default)")
+    p.add_argument("--epochs", type=_int_at_least(1), default=100, help="training epochs (default 100)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="images per optimisation step (default 64)")
+    p.add_argument("--lr", type=_positive_number, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="random seed for init, order and augmentation (default 0)"
+    )
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the file size)")
     p.add_argument(
@@ -60,8 +117,10 @@ def run_train(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .checkpoints.native import save_native
+    from .checkpoints.loader import build_arch
+    from .checkpoints.native import is_native_file, save_native
     from .models import PRESETS, with_overrides
+    from .outputs import OutputTarget
     from .train import TrainConfig, evaluate_accuracy, held_out_split, train_model
 
     if args.preset not in PRESETS:
@@ -78,39 +137,65 @@ def run_train(args: argparse.Namespace) -> None:
         if v is not None
     }
     arch = with_overrides(PRESETS[args.preset], **overrides)
+    _check_trainable(arch)
+    with torch.device("meta"):  # every other constructor refusal, before the data is read (no memory)
+        build_arch(arch)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     command = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-    snapshots: list[Path] = []
+    every = args.save_every or 0
+    width = len(str(args.epochs))  # zero-padded, so that the snapshot files sort by epoch
+    snapshot_paths = (
+        {
+            epoch: args.out.with_name(f"{args.out.stem}-epoch{epoch:0{width}d}{args.out.suffix}")
+            for epoch in range(every, args.epochs + 1, every)
+        }
+        if every
+        else {}
+    )
 
-    def ship(model: torch.nn.Module, card: dict[str, Any], path: Path) -> None:
-        """Save ``model`` with its card as the file holds it: with --fp16 the card's accuracy
-        is measured again on the rounded weights (a copy, so that training goes on unrounded)."""
+    def ship(model: torch.nn.Module, card: dict[str, Any], target: OutputTarget) -> None:
+        """Write ``model`` with its card as the file holds it: with --fp16 the card's accuracy is
+        measured again on the rounded weights (a copy, so that training goes on unrounded)."""
         if args.fp16:
             model = copy.deepcopy(model).half().float()
             card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
         card.update(preset=args.preset, command=command)
-        save_native(model, path, card=card, dtype=torch.float16 if args.fp16 else None)
+        target.write(lambda path: save_native(model, path, card=card, dtype=torch.float16 if args.fp16 else None))
 
-    def snapshot(model: torch.nn.Module, card: dict[str, Any]) -> None:
-        width = len(str(args.epochs))  # zero-padded, so that the files sort by epoch
-        snapshots.append(args.out.with_name(f"{args.out.stem}-epoch{card['epoch']:0{width}d}{args.out.suffix}"))
-        ship(model, card, snapshots[-1])
-
-    model, card = train_model(
-        arch,
-        data=args.data,
-        config=config,
-        device=args.device,
-        progress=not args.quiet,
-        snapshot_every=args.save_every or 0,
-        on_snapshot=snapshot,
-    )
-    ship(model, card, args.out)
+    # Every file is checked and locked before training starts, and each is written whole when it is due.
+    with ExitStack() as stack:
+        final, *snapshots = (
+            stack.enter_context(OutputTarget(path, folder=False, owned=is_native_file, force=args.force))
+            for path in (args.out, *snapshot_paths.values())
+        )
+        by_epoch = dict(zip(snapshot_paths, snapshots))
+        model, card = train_model(
+            arch,
+            data=args.data,
+            config=config,
+            device=args.device,
+            progress=not args.quiet,
+            snapshot_every=every,
+            on_snapshot=lambda model, card: ship(model, card, by_epoch[card["epoch"]]),
+        )
+        ship(model, card, final)
     accuracy, seconds = card["test_accuracy"], card["train_seconds"]
     print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
-    if snapshots:
-        first, last = snapshots[0], snapshots[-1].name
-        print(f"saved {len(snapshots)} snapshots, one every {args.save_every} epochs: {first} to {last}")
+    if snapshot_paths:
+        paths = list(snapshot_paths.values())
+        print(f"saved {len(paths)} snapshots, one every {every} epochs: {paths[0]} to {paths[-1].name}")
+
+
+def _check_trainable(arch: dict[str, Any]) -> None:
+    """The option combinations a preset cannot be trained with, named by their options."""
+    kwargs = arch["kwargs"]
+    if kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise DiagError(
+            f"--embed-dim {kwargs['embed_dim']} is not divisible by --num-heads {kwargs['num_heads']} "
+            f"(each head gets an equal share of the width)"
+        )
+    if kwargs["img_size"] % kwargs["patch_size"]:
+        raise DiagError(f"--img-size {kwargs['img_size']} is not a multiple of --patch-size {kwargs['patch_size']}")
 
 
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -138,14 +223,14 @@ def run_models(args: argparse.Namespace) -> None:
 
 # load_model overrides (timm's constructor names) the import command accepts: everything the loader may guess.
 IMPORT_OVERRIDES = {
-    "num_heads": dict(type=int),
-    "embed_dim": dict(type=int),
-    "depth": dict(type=int),
-    "mlp_ratio": dict(type=float),
-    "img_size": dict(type=int),
-    "patch_size": dict(type=int),
-    "num_classes": dict(type=int),
-    "in_chans": dict(type=int),
+    "num_heads": dict(type=_int_at_least(1)),
+    "embed_dim": dict(type=_int_at_least(1)),
+    "depth": dict(type=_int_at_least(1)),
+    "mlp_ratio": dict(type=_positive_number),
+    "img_size": dict(type=_int_at_least(1)),
+    "patch_size": dict(type=_int_at_least(1)),
+    "num_classes": dict(type=_int_at_least(0)),
+    "in_chans": dict(type=_int_at_least(1)),
     "global_pool": dict(choices=["token", "avg"]),
     "transform_scale": dict(action=argparse.BooleanOptionalAction),
 }
@@ -165,7 +250,11 @@ def add_import(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--" + key.replace("_", "-"), dest=key, help=f"{key} of the model (timm's argument name)", **options
         )
-    p.add_argument("--force", action="store_true", help="replace an existing store entry of that name")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing store entry of that name, or give a preset's name to another architecture",
+    )
     p.set_defaults(run=run_import)
 
 
@@ -188,36 +277,6 @@ def run_import(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- compare / analyze
-
-
-def _number_between(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a number in [low, high] (else a usage error, exit 2)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number between {low:g} and {high:g}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
-        return value
-
-    return parse
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum`` (else a usage error, exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 # The report draws every example image once per head and block row: two keep report.html small.
@@ -265,7 +324,14 @@ def _add_analysis_options(
         type=Path,
         default=default_out,
         metavar="DIR",
-        help=f"folder for {outputs} (default ./{default_out}; files are replaced)",
+        help=f"folder for {outputs} (default ./{default_out}); they appear together when all are written, "
+        "replacing those of an earlier run; a folder holding other files, or that another run is writing, is "
+        "refused before the work starts",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even if it holds files deepvit-diag did not write (they are kept) or another run's lock",
     )
     add_settings_options(p)
     chatter = p.add_mutually_exclusive_group()
@@ -340,25 +406,9 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
         yield
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an unusable --out before the (long) analysis; the folder is created only when writing."""
-    if out.exists() and not out.is_dir():
-        raise DiagError(f"--out {out} exists and is not a folder")
-
-
 def _command_line() -> str | None:
     """The command as the user typed it, for reports; None when not run as ``deepvit-diag``."""
     return "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-
-
-@contextmanager
-def _writing_to(out: Path) -> Iterator[None]:
-    """Create the output folder; failing to write there is a one-line DiagError."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        yield
-    except OSError as err:
-        raise DiagError(f"cannot write to {out}: {err.strerror or err}") from None
 
 
 def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]], labels: list[str]) -> None:
@@ -367,31 +417,44 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
     from .analysis import analyze, compare
     from .checkpoints import load_model
     from .images import default_image_set, open_images
+    from .outputs import OutputTarget
     from .report import write_report
     from .summary import comparison_findings, model_findings, print_summary
 
-    _check_out(args.out)
-    settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
-    progress = not args.quiet
-    with _warnings_as_lines(args.quiet):
-        models = [load_model(spec, arch=arch) for spec, arch in specs]
-        sources = args.images or [default_image_set(models)]
-        images = open_images(
-            sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
-        )
-        if len(models) == 2:
-            result = compare(*models, images, settings, progress=progress)
-        else:
-            result = analyze(models[0], images, settings, progress=progress)
-    with _writing_to(args.out):
-        result.save(args.out)
-        write_report(args.out / "report.html", result, labels, _command_line())
+    with OutputTarget(args.out, folder=True, owned=_written_by_analysis, force=args.force) as target:
+        settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
+        progress = not args.quiet
+        with _warnings_as_lines(args.quiet):
+            models = [load_model(spec, arch=arch) for spec, arch in specs]
+            sources = args.images or [default_image_set(models)]
+            images = open_images(
+                sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
+            )
+            if len(models) == 2:
+                result = compare(*models, images, settings, progress=progress)
+            else:
+                result = analyze(models[0], images, settings, progress=progress)
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_report(folder / "report.html", result, labels, command)
+
+        target.write(write_files)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
         findings = comparison_findings(*labels, result) if len(models) == 2 else model_findings(labels[0], result)
         results = {labels[0]: result.a, labels[1]: result.b} if len(models) == 2 else {labels[0]: result}
         print_summary(Console(), results, findings, out=str(args.out / "report.html"))
+
+
+def _written_by_analysis(path: Path) -> bool:
+    """A file of an earlier ``compare`` / ``analyze`` output, which ``--out`` may replace."""
+    from .report import is_report_file
+    from .results import is_result_file
+
+    return is_result_file(path) or is_report_file(path)
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -464,33 +527,47 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 def run_sweep(args: argparse.Namespace) -> None:
     from rich.console import Console
 
+    from .outputs import OutputTarget
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
     from .sweeps import SweepResult, sweep
 
-    _check_out(args.out)
-    if args.monitor is not None:
-        result = SweepResult.from_monitor(args.monitor)
-    else:
-        settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
-        with _warnings_as_lines(args.quiet):
-            result = sweep(
-                args.ckpt,
-                args.images[0] if args.images and len(args.images) == 1 else args.images,
-                settings,
-                groups=args.group,
-                x_axis=args.x_axis,
-                arch=args.arch,
-                class_map=args.class_map,
-                progress=not args.quiet,
-            )
-    with _writing_to(args.out):
-        result.save(args.out)
-        write_sweep_report(args.out / "sweep.html", result, _command_line(), relative_depth=args.relative_depth)
+    with OutputTarget(args.out, folder=True, owned=_written_by_sweep, force=args.force) as target:
+        if args.monitor is not None:
+            result = SweepResult.from_monitor(args.monitor)
+        else:
+            settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
+            with _warnings_as_lines(args.quiet):
+                result = sweep(
+                    args.ckpt,
+                    args.images[0] if args.images and len(args.images) == 1 else args.images,
+                    settings,
+                    groups=args.group,
+                    x_axis=args.x_axis,
+                    arch=args.arch,
+                    class_map=args.class_map,
+                    progress=not args.quiet,
+                )
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
+
+        target.write(write_files)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
         print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
+
+
+def _written_by_sweep(path: Path) -> bool:
+    """A file of an earlier ``sweep`` output, which ``--out`` may replace."""
+    from .report import is_report_file
+    from .results import is_result_file
+    from .sweeps import SWEEP_FORMAT
+
+    return is_result_file(path, {"sweep.json": (SWEEP_FORMAT,)}) or is_report_file(path)
 
 
 COMMANDS = [add_compare, add_analyze, add_sweep, add_train, add_models, add_import]
@@ -509,18 +586,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: exit status 0, 1 with one ``error: ...`` line, 2 for a usage error (argparse),
+    130 with ``interrupted`` for Ctrl-C. ``--debug`` shows the traceback of an error instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (DiagError, FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt:
+        return interrupted()
+    except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {failure_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -1,4 +1,14 @@
-"""The one exception type users see: its message is a complete one-line explanation."""
+"""The one exception type users see, and how a failure or an interrupt ends a command.
+
+Nothing heavy is imported here: the command line's entry point (``deepvit_diag.__main__``)
+uses it before torch has loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+
+INTERRUPTED_STATUS = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
 
 class DiagError(Exception):
@@ -7,3 +17,24 @@ class DiagError(Exception):
     The CLI prints ``error: <message>`` and exits with status 1; the app shows the
     message in an error box. Anything else escaping is a bug in deepvit-diag.
     """
+
+
+def failure_line(err: BaseException) -> str:
+    """One line saying why something failed: a ``DiagError``'s (or ``ValueError``'s) message, the
+    file and the operating system's reason for an ``OSError``, else the unexpected exception."""
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    elif isinstance(err, MemoryError):
+        text = "out of memory"
+    elif isinstance(err, (DiagError, ValueError)):
+        text = str(err)
+    else:
+        text = f"Unexpected {type(err).__name__}: {err}"
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def interrupted() -> int:
+    """What a command does on Ctrl-C: one line on stderr, and the exit status to end with."""
+    print("interrupted", file=sys.stderr)
+    return INTERRUPTED_STATUS

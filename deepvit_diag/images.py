@@ -32,9 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DiagError
-from .introspection import describe_model
 from .labels import ClassMap, ModelLabels, class_indices, read_class_map
-from .preprocessing import model_input_config, model_transform, to_rgb
+from .preprocessing import check_input_size, model_input_config, model_transform, to_rgb
 from .settings import Settings
 
 
@@ -74,14 +73,22 @@ BUNDLED_SETS: dict[str, str] = {
 }
 
 
-def _try_open(path: Path) -> bool:
-    """Cheap header check: is this a file PIL can identify as an image?"""
+def why_unusable(path: Path, *, decode: bool = False) -> str | None:
+    """None for a file PIL can identify as an image (from its header; with ``decode``, by decoding
+    all of it), else the reason in one line."""
     try:
         with Image.open(path) as img:
-            img.size  # noqa: B018  (forces header parsing)
-        return True
-    except Exception:  # any decoder error means "not an image we can use"
-        return False
+            if decode:
+                img.load()
+            else:
+                img.size  # noqa: B018  (forces header parsing)
+        return None
+    except Image.DecompressionBombError as err:
+        return f"too many pixels, refused as a possible decompression bomb ({err})"
+    except Image.UnidentifiedImageError:
+        return "not an image format PIL reads"
+    except Exception as err:  # any other decoder or file error also means "not an image we can use"
+        return f"{type(err).__name__}: {err}"
 
 
 def _load_path(path: Path) -> Image.Image:
@@ -106,6 +113,7 @@ class ImageSet:
     loaders: list[Callable[[], Image.Image]] = field(repr=False)
     skipped: int = 0
     skipped_names: list[str] = field(default_factory=list, repr=False)
+    first_failure: str | None = None  # "<name>: <why>" of the first file skipped
     labels: list[str | None] | None = field(default=None, repr=False)
     class_map: ClassMap | None = field(default=None, repr=False)
 
@@ -184,6 +192,7 @@ class ImageSet:
     def _skip(self, name: str, error: object) -> None:
         self.skipped += 1
         self.skipped_names.append(name)
+        self.first_failure = self.first_failure or f"{name}: {error}"
         warnings.warn(f"skipped unreadable image {name}: {error}", stacklevel=3)
 
 
@@ -270,27 +279,34 @@ def open_images(
     # Every source is resolved first, so a missing one is an error even past the limit.
     candidates = [entry for source in specs for entry in _candidates(source, limit)]
     names, loaders, labels, rejected = [], [], [], []
+    first_failure = None
     for name, loader, path, label in candidates:
         if limit is not None and len(names) >= limit:
             break
-        if path is not None and not _try_open(path):
+        reason = None if path is None else why_unusable(path)
+        if reason is not None:
             rejected.append(name)
+            first_failure = first_failure or f"{name}: {reason}"
             continue
         names.append(name)
         loaders.append(loader)
         labels.append(label)
     description = ", ".join(str(s) for s in specs)
     if not names:
-        detail = f" ({len(rejected)} files were not readable images)" if rejected else ""
+        detail = f" ({len(rejected)} file(s) not readable as images; {first_failure})" if rejected else ""
         raise DiagError(f"no usable image in {description}{detail}")
     if rejected:
-        warnings.warn(f"skipped {len(rejected)} file(s) that are not readable images in {description}", stacklevel=2)
+        warnings.warn(
+            f"skipped {len(rejected)} file(s) that are not readable images in {description} (first: {first_failure})",
+            stacklevel=2,
+        )
     return ImageSet(
         f"{len(names)} images from {description}",
         names,
         loaders,
         skipped=len(rejected),
         skipped_names=rejected,
+        first_failure=first_failure,
         labels=labels if any(label is not None for label in labels) else None,
         class_map=class_map,
     )
@@ -452,14 +468,16 @@ class ImageStream:
             if self.limit is not None and self.count >= self.limit:
                 return
         if self.count == 0:
-            raise DiagError(f"no images to analyse in {self.description}")
+            failure = self._image_set.first_failure if self._image_set is not None else None
+            reason = f": every one failed to load (first: {failure})" if failure else ""
+            raise DiagError(f"no images to analyse in {self.description}{reason}")
 
     def _tensor_batches(self) -> Iterator[StreamBatch]:
         for item in self._tensors:
             x = _batch_tensor(item)
             labels = self._batch_labels(item, len(x))
             for model in self.models:
-                _check_input_size(model, x)
+                check_input_size(model, x)
             whole = StreamBatch((x,) * len(self.models), (labels,) * len(self.models))
             for start in range(0, len(x), self.batch_size):
                 yield whole.part(start, start + self.batch_size)
@@ -521,13 +539,3 @@ def _batch_tensor(item: object) -> torch.Tensor:
         shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
         raise DiagError(f"every batch of images must be a preprocessed float tensor (B, C, H, W), got {shape}")
     return item
-
-
-def _check_input_size(model: nn.Module, x: torch.Tensor) -> None:
-    if getattr(model, "dynamic_img_size", False):
-        return
-    expected = tuple(model_input_config(model)["input_size"])
-    if tuple(x.shape[1:]) != expected:
-        raise DiagError(
-            f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
-        )

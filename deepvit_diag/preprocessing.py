@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.transforms import Compose
 
 from .errors import DiagError
+from .introspection import describe_model
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -50,6 +51,17 @@ def model_input_config(model: nn.Module) -> dict:
     if img_size is not None and not getattr(model, "dynamic_img_size", False):
         config["input_size"] = (config["input_size"][0], *img_size)
     return config
+
+
+def check_input_size(model: nn.Module, x: torch.Tensor) -> None:
+    """Images (B, C, H, W) must have the channels and size the model was built for (timm asserts otherwise)."""
+    if getattr(model, "dynamic_img_size", False):
+        return
+    expected = tuple(model_input_config(model)["input_size"])
+    if tuple(x.shape[1:]) != expected:
+        raise DiagError(
+            f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
+        )
 
 
 def model_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:

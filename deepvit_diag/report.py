@@ -34,6 +34,8 @@ from .summary import (
 )
 from .sweeps import SweepResult
 
+# The start of every report's <title>: how ``is_report_file`` tells a report.html this module wrote.
+TITLE_PREFIX = "deepvit-diag: "
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 STYLE = """
@@ -187,7 +189,7 @@ def _page(title: str, heading: str, lead: str, parts: Sequence[str]) -> str:
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>deepvit-diag: {_e(title)}</title>",
+            f"<title>{TITLE_PREFIX}{_e(title)}</title>",
             f"<style>{STYLE}</style>",
             # Inlined once, before any figure script runs: the file must open without network.
             f'<script type="text/javascript">{get_plotlyjs()}</script>',
@@ -236,6 +238,18 @@ def build_report(result: AnalysisResult | ComparisonResult, labels: Sequence[str
             parts.append(f"<h2>{_e(section)}</h2>")
         parts.append(_figure_html(item))
     return _page(title, f"Attention collapse: {title}", "deepvit-diag report", parts)
+
+
+def is_report_file(path: Path) -> bool:
+    """Whether ``path`` is a report.html or sweep.html that this module wrote (what ``--out`` may replace)."""
+    if path.name not in ("report.html", "sweep.html"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return f"<title>{TITLE_PREFIX}".encode() in head
 
 
 def write_report(

@@ -35,6 +35,8 @@ from __future__ import annotations
 import json
 import math
 import platform
+import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,23 @@ def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -
     )
 
 
+def is_result_file(path: Path, documents: Mapping[str, tuple[str, ...]] | None = None) -> bool:
+    """Whether ``path`` is a result.json or arrays.npz as ``save`` writes them (what ``--out`` may replace):
+    a result.json whose ``format`` is a deepvit-diag result, an arrays.npz that is a zip archive.
+    ``documents`` names other JSON documents and their formats (a sweep's ``sweep.json``)."""
+    documents = documents or {"result.json": (ANALYSIS_FORMAT, COMPARISON_FORMAT)}
+    try:
+        if path.name in documents:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(document, dict) and document.get("format") in documents[path.name]
+        if path.name == "arrays.npz":
+            with open(path, "rb") as f:
+                return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one: no arrays)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def _read_folder(
     folder: str | Path, expected_format: str, document_name: str = "result.json"
 ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -106,14 +125,32 @@ def _read_folder(
     if not json_path.is_file() or not npz_path.is_file():
         raise DiagError(f"{folder} is not a saved deepvit-diag result (needs {document_name} and arrays.npz)")
     try:
-        document = json.loads(json_path.read_text())
-    except json.JSONDecodeError as err:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DiagError(f"{json_path} is not valid JSON: {err}") from None
-    if document.get("format") != expected_format:
-        raise DiagError(f"{folder} holds a {document.get('format')!r} result, expected {expected_format!r}")
-    with np.load(npz_path, allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
+    except OSError as err:
+        raise DiagError(f"cannot read {json_path}: {err.strerror or err}") from None
+    if not isinstance(document, dict) or document.get("format") != expected_format:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise DiagError(f"{folder} holds a {found!r} result, expected {expected_format!r}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = getattr(err, "strerror", None) or str(err).strip().split("\n")[0] or type(err).__name__
+        raise DiagError(f"{npz_path} is damaged or not a numpy archive ({reason})") from None
     return document, arrays
+
+
+def _from_saved(folder: str | Path, build: Callable[[], Any]) -> Any:
+    """``build()`` from a folder's contents, a damaged one (entries missing or of the wrong type) as a ``DiagError``."""
+    try:
+        return build()
+    except DiagError as err:
+        raise DiagError(f"{folder} is a damaged deepvit-diag result ({err})") from None
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        detail = f"missing entry {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise DiagError(f"{folder} is a damaged deepvit-diag result ({detail})") from None
 
 
 def _write_folder(
@@ -347,7 +384,7 @@ class AnalysisResult:
     @classmethod
     def load(cls, folder: str | Path) -> AnalysisResult:
         document, arrays = _read_folder(folder, ANALYSIS_FORMAT)
-        return cls.from_document(document, arrays)
+        return _from_saved(folder, lambda: cls.from_document(document, arrays))
 
 
 _VERSION_1_GEOMETRY = ("num_blocks", "num_heads", "num_prefix_tokens", "patch_size", "grid_size", "image_size")
@@ -443,11 +480,15 @@ class ComparisonResult:
     @classmethod
     def load(cls, folder: str | Path) -> ComparisonResult:
         document, arrays = _read_folder(folder, COMPARISON_FORMAT)
-        sides = {
-            side: AnalysisResult.from_document(
-                document[side],
-                {name.split("/", 1)[1]: array for name, array in arrays.items() if name.startswith(f"{side}/")},
-            )
-            for side in ("a", "b")
-        }
-        return cls(sides["a"], sides["b"], arrays["cka_ab"])
+
+        def build() -> ComparisonResult:
+            sides = {
+                side: AnalysisResult.from_document(
+                    document[side],
+                    {name.split("/", 1)[1]: array for name, array in arrays.items() if name.startswith(f"{side}/")},
+                )
+                for side in ("a", "b")
+            }
+            return cls(sides["a"], sides["b"], arrays["cka_ab"])
+
+        return _from_saved(folder, build)

@@ -21,6 +21,7 @@ from .sweeps import SweepResult
 
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
 PAPER_CROSS_HEAD = 0.3
+PAPER_CROSS_HEAD_NOTE = f"the paper finds below {PAPER_CROSS_HEAD:.2f} for ViT"
 
 
 def _number(value: float | None, digits: int = 3, sign: str = "") -> str:
@@ -137,9 +138,9 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
     cross_head = s["cross_head_similarity"]
     if cross_head is not None:
         kind = "dissimilar" if cross_head < PAPER_CROSS_HEAD else "alike"
+        note = PAPER_CROSS_HEAD_NOTE if _softmax_maps(result) else "post-Θ maps, which Θ mixes across heads"
         findings.append(
-            f"{label}: heads within a block are {kind} (mean cross-head similarity {_number(cross_head, 2)}; "
-            f"the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
+            f"{label}: heads within a block are {kind} (mean cross-head similarity {_number(cross_head, 2)}; {note})."
         )
     if result.geometry.reattention_blocks:
         findings.append(_reattention_finding(label, s))
@@ -151,6 +152,12 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
 def _accuracy_words(s: dict[str, Any]) -> str:
     top5 = f", top-5 {percent(s['accuracy_top5'])}" if s["accuracy_top5"] is not None else ""
     return f"{percent(s['accuracy_top1'])}{top5} on {s['accuracy_images']} labelled images"
+
+
+def _softmax_maps(result: AnalysisResult) -> bool:
+    """Whether the summarised maps are softmax maps in every block, which the paper's ViT figures measure:
+    the pre-Θ maps, or any maps of a model without Re-attention (not DeepViT's post-Θ maps)."""
+    return result.summary()["maps"] == "pre" or not result.geometry.reattention_blocks
 
 
 def _reattention_finding(label: str, s: dict[str, Any]) -> str:
@@ -198,10 +205,13 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
             f"{_number(b['adjacent_similarity_last_third'], 2)} in {label_b}."
         )
     if a["cross_head_similarity"] is not None and b["cross_head_similarity"] is not None:
+        post = [
+            label for label, result in ((label_a, comparison.a), (label_b, comparison.b)) if not _softmax_maps(result)
+        ]
+        note = f"post-Θ maps in {' and '.join(post)}, which Θ mixes across heads" if post else PAPER_CROSS_HEAD_NOTE
         findings.append(
             f"Mean cross-head similarity is {_number(a['cross_head_similarity'], 2)} in {label_a} and "
-            f"{_number(b['cross_head_similarity'], 2)} in {label_b} "
-            f"(the paper finds below {_number(PAPER_CROSS_HEAD, 2)} for ViT)."
+            f"{_number(b['cross_head_similarity'], 2)} in {label_b} ({note})."
         )
     if summary["cka_ab_diagonal_mean"] is not None:
         findings.append(

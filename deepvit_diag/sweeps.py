@@ -35,7 +35,7 @@ from .errors import DiagError
 from .images import ImageSource, default_image_set, is_path_spec, open_images
 from .labels import ClassMap
 from .progress import ProgressOption
-from .results import AnalysisResult, _read_folder, _write_folder, jsonable, package_versions
+from .results import AnalysisResult, _from_saved, _read_folder, _write_folder, jsonable, package_versions
 from .settings import Settings
 
 SWEEP_FORMAT = "deepvit-diag sweep"
@@ -198,7 +198,8 @@ class SweepResult:
     @classmethod
     def load(cls, folder: str | Path) -> SweepResult:
         document, arrays = _read_folder(folder, SWEEP_FORMAT, document_name="sweep.json")
-        try:
+
+        def build() -> SweepResult:
             entries = [
                 SweepEntry.from_document(
                     entry, {name: arrays[f"{index}/{name}"] for name in CURVES if f"{index}/{name}" in arrays}
@@ -206,8 +207,8 @@ class SweepResult:
                 for index, entry in enumerate(document["entries"])
             ]
             return cls(entries, document["x_axis"], Settings.from_dict(document["settings"]), document["images"])
-        except KeyError as err:
-            raise DiagError(f"saved sweep lacks the entry {err}") from None
+
+        return _from_saved(folder, build)
 
     @classmethod
     def from_monitor(cls, path: str | Path) -> SweepResult:

@@ -198,10 +198,18 @@ def test_uncapturable_models_get_a_diag_error_naming_the_module():
     assert hook_count(_ForeignModel()) == 0
 
 
-def test_hooks_are_removed_when_the_forward_fails():
+def test_hooks_are_removed_when_the_forward_fails(monkeypatch):
     model = tiny_timm_vit()
-    with pytest.raises(AssertionError):  # timm's PatchEmbed rejects the wrong image size
+    with pytest.raises(DiagError, match=r"images have shape \(C, H, W\) = \(3, 64, 64\)"):  # checked, not asserted
         extract_attention(model, torch.randn(1, 3, 64, 64))
+    assert hook_count(model) == 0
+
+    def broken(x):
+        raise RuntimeError("the second block fails")
+
+    monkeypatch.setattr(model.blocks[1].mlp, "forward", broken)  # fails after the first block's hooks ran
+    with pytest.raises(RuntimeError, match="the second block fails"):
+        extract_attention(model, images(1))
     assert hook_count(model) == 0
     with pytest.raises(RuntimeError, match="boom"), AttentionRecorder(model):
         raise RuntimeError("boom")

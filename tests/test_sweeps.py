@@ -221,6 +221,10 @@ def test_sweep_command_bad_input_is_one_line(checkpoints, tmp_path):
     assert_clean_error(status, err, 1, "missing.pth")
     status, _, err = run(["sweep", "--out", str(tmp_path)])
     assert status == 2 and "one of the arguments --ckpt --monitor is required" in err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    status, _, err = run(["sweep", "--ckpt", str(checkpoints[0]), "--out", str(tmp_path / "mine")])
+    assert_clean_error(status, err, 1, "holds files deepvit-diag did not write (notes.txt)")
 
 
 def test_train_save_every_then_sweep_has_an_epoch_axis(tmp_path):
@@ -246,3 +250,13 @@ def test_train_save_every_then_sweep_has_an_epoch_axis(tmp_path):
     page = (tmp_path / "series" / "sweep.html").read_text()
     assert "Training series by epoch" in page
     assert figures.sweep_similar_blocks(result).layout.xaxis.title.text == "epoch"
+
+
+def test_save_every_refuses_a_foreign_snapshot_file_before_training(tmp_path):
+    (tmp_path / "tiny-epoch2.safetensors").write_text("my notes, not weights")
+    argv = ["train", "vit16", "--depth", "1", "--embed-dim", "16", "--num-heads", "2", "--img-size", "8"]
+    status, _, stderr = run(
+        [*argv, "--patch-size", "4", "--epochs", "2", "--save-every", "1", "--out", str(tmp_path / "tiny.safetensors")]
+    )
+    assert_clean_error(status, stderr, 1, "tiny-epoch2.safetensors exists and was not written by deepvit-diag")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny-epoch2.safetensors"]  # nothing else written

@@ -31,7 +31,7 @@ def render(analysis: Analysis) -> None:
     try:
         maps = {side: block_attention(analysis.key, side, image, block - 1, _analysis=analysis) for side in ("a", "b")}
     except Exception as err:  # the image is read again from its source, which may have changed
-        st.error(failure_message(err))
+        st.error(failure_message(err, analysis.request))
         return
     queried = {side: _query_maps(result, maps[side], query) for side, result in zip(("a", "b"), results.values())}
     pre_colours = charts.colour_range(*(kinds["pre"] for kinds in queried.values()))

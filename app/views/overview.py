@@ -1,18 +1,24 @@
-"""Overview: the headline numbers of A and B side by side, and the findings in words."""
+"""Overview: the headline figure (the similarity ratio per block of A and B, similar blocks marked),
+the headline numbers of A and B side by side, and the findings in words."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from deepvit_diag import catalogue, figures
 from deepvit_diag.results import AnalysisResult
 from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
 
 from ..compute import Analysis
-from .common import BLOCKS_FROM_ONE
+from .common import BLOCKS_FROM_ONE, show_figure
 
 
 def render(analysis: Analysis) -> None:
+    # People would rather look than read: the paper's Fig. 3(a) for both models comes first.
+    (ratio,) = figures.draw(catalogue.figure_named("similarity_ratio"), analysis.results, analysis.comparison)
+    show_figure(ratio.figure, key="overview-" + ratio.element_id)
+    st.caption(ratio.caption)
     first = analysis.comparison.a
     images = first.images
     skipped = f"; {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -110,6 +111,23 @@ LUCIDRAINS_DIM_HEAD = 64
 PAPER_VIT_SHAPE = {"embed_dim": 384, "mlp_ratio": 3.0, "patch_size": 16}
 
 
+_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+
+
+def block_count(keys: Iterable[str]) -> int:
+    """How many blocks state-dict keys (in our names) hold: ``blocks.0.*`` to ``blocks.N-1.*``, every one
+    present (0 without blocks). A gap is refused, so that one stray key such as ``blocks.100000000.norm1.weight``
+    cannot make anything build a model of that depth."""
+    indices = sorted({int(match.group(1)) for key in keys if (match := _BLOCK_KEY.match(key))})
+    gap = next((expected for expected, index in enumerate(indices) if index != expected), None)
+    if gap is not None:
+        raise DiagError(
+            f"its blocks are not numbered from 0 without gaps: it has blocks.{indices[-1]} but no blocks.{gap} "
+            f"({len(indices)} blocks in all)"
+        )
+    return len(indices)
+
+
 def detect_layout(sd: Tensors) -> str:
     """Which layout the keys are in (``official``, ``timm``, ``lucidrains-vit``, ``lucidrains-deepvit``)."""
     if "to_patch_embedding.2.weight" in sd and "transformer.layers.0.0.to_qkv.weight" in sd:
@@ -159,6 +177,9 @@ def weight_facts(sd: Tensors, in_chans: int | None = None) -> dict[str, Any]:
         return _weight_facts(sd, in_chans)
     except KeyError as err:
         raise DiagError(f"checkpoint lacks {err.args[0]!r}, needed to read its architecture") from None
+    except (IndexError, ZeroDivisionError):
+        shapes = ", ".join(f"{k} {tuple(sd[k].shape)}" for k in ("pos_embed", "blocks.0.attn.qkv.weight") if k in sd)
+        raise DiagError(f"its tensors do not have the shapes of a ViT ({shapes})") from None
 
 
 def _weight_facts(sd: Tensors, in_chans: int | None) -> dict[str, Any]:
@@ -189,7 +210,7 @@ def _weight_facts(sd: Tensors, in_chans: int | None) -> dict[str, Any]:
             raise DiagError(f"pos_embed holds {positions} positions: not a square patch grid (+{prefix} prefix tokens)")
     facts["img_size"] = grid * facts["patch_size"]
 
-    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    depth = block_count(sd)
     if depth == 0:
         raise DiagError("checkpoint has no transformer blocks (blocks.N.*)")
     facts["depth"] = depth
@@ -293,6 +314,8 @@ def infer_arch(
     if family == "vit" and kwargs["fc_norm"]:
         kwargs["final_norm"] = True  # timm keeps one of norm / fc_norm, both under final_norm=True
     heads = kwargs["num_heads"]
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise DiagError(f"num_heads must be a whole number of at least 1, got {heads!r}")
     if inner_dim % heads:
         raise DiagError(f"num_heads={heads} does not divide the qkv width {inner_dim}")
     if inner_dim != kwargs["embed_dim"]:

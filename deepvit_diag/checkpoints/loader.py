@@ -9,28 +9,41 @@ Every model comes back with ``model.arch`` (see ``deepvit_diag.models.presets``)
 
 Archs of timm models named by the user (``spec`` or ``arch=``) are ``{"family": "timm", "name": ...,
 "kwargs": {...}}``: timm builds them exactly, so nothing about them is re-derived.
+
+Whatever a file says about its architecture is checked against its tensors before a model is built
+(``deepvit_diag.checkpoints.validation``): a file decides neither how much memory is allocated nor
+what else is read.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
+import torch
+from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
+from safetensors import safe_open
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import DiagError
-from ..models.presets import PRESETS, attach_arch, build_model, with_overrides
+from ..models.presets import PRESET_DESCRIPTIONS, PRESETS, attach_arch, build_model, with_overrides
+from ..outputs import OutputTarget
 from .layouts import NATIVE, detect_layout, infer_arch, to_our_keys
-from .native import read_native_metadata, save_native
+from .native import is_native_file, read_native_metadata, save_native
 from .provenance import arch_summary, describe
 from .safe_load import CHECKPOINT_SUFFIXES, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
+from .validation import DATA_CONFIG_KEYS, check_depth, check_fit
 
 # The official repository's registry names (zhoudaquan/dvit_repo) -> our presets.
 OFFICIAL_NAMES = {
@@ -42,17 +55,7 @@ OFFICIAL_NAMES = {
 }
 # timm.create_model options about where weights come from, not about the network.
 TIMM_LOADING_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-_DATA_CFG_KEYS = (
-    "input_size",
-    "interpolation",
-    "crop_pct",
-    "crop_mode",
-    "mean",
-    "std",
-    "num_classes",
-    "first_conv",
-    "classifier",
-)
+HUB_CONNECT_TIMEOUT = 3.0  # seconds: without network, find out at once rather than after the hub's retries
 
 
 class GuessWarning(UserWarning):
@@ -82,10 +85,7 @@ def load_model(
         return _random(with_overrides(PRESETS[spec], **overrides), spec, None)
     if is_store_name(spec) and store_path(spec).is_file():
         if not pretrained:
-            stored = read_native_metadata(store_path(spec))
-            if stored is None:
-                raise DiagError(f"{store_path(spec)} has no deepvit-diag metadata; re-import it")
-            return _random(with_overrides(stored["arch"], **overrides), spec, NATIVE)
+            return _random(with_overrides(_stored_arch(store_path(spec)), **overrides), spec, NATIVE)
         return _load_file(store_path(spec), spec, "store", arch, overrides)
     if spec in PRESETS:
         if bundled_path(spec).is_file():
@@ -96,7 +96,7 @@ def load_model(
         )
     if timm.is_model(spec):
         return _load_timm(spec, pretrained, overrides)
-    if Path(spec).is_file():
+    if os.path.lexists(spec):  # reading it says what is wrong with it (a directory, a link loop, ...)
         return _load_file(Path(spec), spec, "file", arch, overrides)
     raise DiagError(
         f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)"
@@ -107,23 +107,43 @@ def import_checkpoint(spec: str | os.PathLike, name: str, *, overwrite: bool = F
     """Convert anything ``load_model`` reads into the store as ``<name>.safetensors`` (native format).
 
     The source's model card is kept, with ``imported_from``, ``sha256``, ``format`` (and ``guesses``) added.
+    An existing entry, or a preset's name for another architecture (which would change what the name
+    loads), is refused unless ``overwrite``. The store is checked to be writable before the source is read.
     """
     target = store_path(name)
     if target.exists() and not overwrite:
         raise DiagError(f"the weight store already has {name!r} ({target}); choose another name or overwrite it")
-    model = load_model(spec, **load_kwargs)
-    prov = model.provenance
-    if prov["source"] == "random":
-        raise DiagError("refusing to store random weights")
-    card = dict(prov["card"] or {})
-    source = str(Path(prov["path"]).resolve()) if prov["path"] else prov["spec"]
-    card.update(imported_from=source, sha256=prov["sha256"], format=prov["format"])
-    if prov["warnings"]:
-        card["guesses"] = prov["warnings"]
-    partial = target.with_name(target.name + ".partial")
-    save_native(model, partial, card=card)
-    os.replace(partial, target)
+    with OutputTarget(
+        target,
+        folder=False,
+        owned=is_native_file,
+        force=overwrite,
+        option="weight-store file",
+        force_hint="pass --force (overwrite=True)",
+    ) as output:
+        model = load_model(spec, **load_kwargs)
+        prov = model.provenance
+        if prov["source"] == "random":
+            raise DiagError("refusing to store random weights")
+        if not overwrite:
+            _check_preset_meaning(name, model.arch)
+        card = dict(prov["card"] or {})
+        source = str(Path(prov["path"]).resolve()) if prov["path"] else prov["spec"]
+        card.update(imported_from=source, sha256=prov["sha256"], format=prov["format"])
+        if prov["warnings"]:
+            card["guesses"] = prov["warnings"]
+        output.write(lambda path: save_native(model, path, card=card))
     return target
+
+
+def _check_preset_meaning(name: str, arch: dict[str, Any]) -> None:
+    """A store entry named like a preset is what that name loads: it must be of the preset's family (a ViT
+    for vit16/24/32, a DeepViT for the deepvit presets); sizes may differ, as in the bundled digits demos."""
+    if name in PRESETS and arch["family"] != PRESETS[name]["family"]:
+        raise DiagError(
+            f"{name!r} is the preset {PRESET_DESCRIPTIONS[name]}, but these weights are a {arch['family']} model "
+            f"({arch_summary(arch)}): import them under another name, or overwrite to make {name!r} load them"
+        )
 
 
 def resolve_arch(arch: str | dict[str, Any]) -> dict[str, Any]:
@@ -141,15 +161,16 @@ def resolve_arch(arch: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def build_arch(arch: dict[str, Any]) -> nn.Module:
-    """A randomly initialised model of ``arch`` (any family, including timm names)."""
+    """A randomly initialised model of ``arch`` (any family, including timm names); inside
+    ``with torch.device("meta")`` only its shapes, which costs no memory."""
     try:
         if arch["family"] == "timm":
             model = timm.create_model(arch["name"], pretrained=False, **arch["kwargs"])
             attach_arch(model, arch)
         else:
             model = build_model(arch)
-    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as err:
-        raise DiagError(f"cannot build the {arch.get('family')} architecture: {err}") from None
+    except Exception as err:  # any refusal of the constructor (the arguments may come from a file)
+        raise DiagError(f"cannot build the {arch.get('family')} architecture: {type(err).__name__}: {err}") from None
     if arch["family"] == "timm" and not isinstance(model, VisionTransformer):
         raise DiagError(
             f"{arch['name']} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models"
@@ -157,26 +178,16 @@ def build_arch(arch: dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_strict(model: nn.Module, state_dict: dict[str, Any], what: str, hint: str = "") -> None:
-    """Load every tensor or fail with one line naming the first offending keys and shapes."""
-    expected = model.state_dict()
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    problems = [
-        f"{label}: {_first(items)}"
-        for label, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected))
-        if items
-    ]
-    if problems:
-        raise DiagError(
-            f"{what} does not fit the architecture ({arch_summary(model.arch, model)}): {'; '.join(problems)}{hint}"
-        )
+def build_checked(arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: str = "") -> nn.Module:
+    """The model of ``arch`` holding ``state_dict``, built only after the validation steps
+    (``deepvit_diag.checkpoints.validation``) found that the tensors fit it exactly."""
+    check_depth(arch, state_dict, what)
+    with torch.device("meta"):
+        skeleton = build_arch(arch)
+    check_fit(skeleton, state_dict, what, hint)
+    model = build_arch(arch)
     model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 def _looks_like_path(spec: Any) -> bool:
@@ -197,17 +208,27 @@ def timm_arch(name: str, data_cfg: dict[str, Any] | None = None, **kwargs: Any) 
     if data_cfg is None:
         cfg = timm.models.get_pretrained_cfg(name)
         data_cfg = cfg.to_dict() if cfg else {}
-    data = {k: v for k, v in data_cfg.items() if k in _DATA_CFG_KEYS and v is not None}
+    data = {k: v for k, v in data_cfg.items() if k in DATA_CONFIG_KEYS and v is not None}
     return with_overrides({"family": "timm", "name": name, "kwargs": {}, "pretrained_cfg": data}, **kwargs)
 
 
 def _load_file(
     path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
 ) -> nn.Module:
+    try:
+        return _load_checked_file(path, label, source, arch, overrides)
+    except DiagError as err:
+        # Every refusal names the file as the user named it.
+        raise err if label in str(err) or str(path) in str(err) else DiagError(f"{label}: {err}") from None
+
+
+def _load_checked_file(
+    path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
+) -> nn.Module:
     raw = read_checkpoint(path)
     if raw.native and arch is not None:
         warnings.warn(
-            f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=3
+            f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
         )
         arch = None
     base = resolve_arch(arch) if arch is not None else None
@@ -225,11 +246,10 @@ def _load_file(
             arch_dict = with_overrides(base, **{**head, **overrides})
         else:
             arch_dict, guesses = infer_arch(state_dict, layout, base=base, overrides=overrides)
-    for guess in guesses:
-        warnings.warn(f"{label}: {guess}", GuessWarning, stacklevel=3)
-    model = build_arch(arch_dict)
     fmt = NATIVE if raw.native else layout
-    load_strict(model, state_dict, f"{label} ({fmt} layout)", hint)
+    model = build_checked(arch_dict, state_dict, f"{label} ({fmt} layout)", hint)
+    for guess in guesses:
+        warnings.warn(f"{label}: {guess}", GuessWarning, stacklevel=4)
     card = raw.native["card"] if raw.native else None
     description = describe(label if source != "file" else path.name, source, fmt, model.arch, card, raw.entry, model)
     epoch = raw.epoch if raw.epoch is not None else (card or {}).get("epoch")
@@ -248,6 +268,16 @@ def _load_file(
     )
 
 
+def _stored_arch(path: Path) -> dict[str, Any]:
+    """A store file's recorded arch, checked against the blocks its tensors hold (for random weights)."""
+    stored = read_native_metadata(path)
+    if stored is None:
+        raise DiagError(f"{path} has no deepvit-diag metadata; re-import it")
+    with safe_open(str(path), framework="pt") as f:
+        check_depth(stored["arch"], f.keys(), str(path))
+    return stored["arch"]
+
+
 def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Module:
     overrides = dict(overrides)
     options = {k: overrides.pop(k) for k in TIMM_LOADING_OPTIONS if k in overrides}
@@ -260,10 +290,15 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
             f"timm has no pretrained weights for {name}; ask for pretrained=False (random weights) or load a local file"
         )
     try:
-        model = timm.create_model(name, pretrained=True, **options, **overrides)
+        with _hub_offline_unless_reachable() as reachable:
+            model = timm.create_model(name, pretrained=True, **options, **overrides)
     except (OSError, EntryNotFoundError) as err:
+        if reachable:
+            reason = str(err).strip().split("\n")[0][:120]
+        else:
+            reason = f"{_hub_host()} cannot be reached (no network?) and they are not in the local cache"
         raise DiagError(
-            f"could not download the pretrained weights of {name} (no network?): {str(err).splitlines()[0][:120]}; "
+            f"could not download the pretrained weights of {name}: {reason}; "
             f"to use a local copy: load_model(PATH, arch={name!r}) or --ckpt PATH"
         ) from None
     except (TypeError, ValueError, RuntimeError) as err:
@@ -284,6 +319,31 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
         description=describe(name, "timm-hub", "timm-name", model.arch, None, origin, model),
         warnings=[],
     )
+
+
+def _hub_host() -> str:
+    return urlsplit(hub_constants.ENDPOINT).hostname or hub_constants.ENDPOINT
+
+
+@contextmanager
+def _hub_offline_unless_reachable() -> Iterator[bool]:
+    """The Hugging Face hub as is when it answers within ``HUB_CONNECT_TIMEOUT``; else offline mode (only
+    the local cache), instead of a minute of retries. Yields whether the hub was reachable."""
+    endpoint = urlsplit(hub_constants.ENDPOINT)
+    if hub_constants.HF_HUB_OFFLINE:
+        yield False
+        return
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except (OSError, ValueError):
+        hub_constants.HF_HUB_OFFLINE = True
+        try:
+            yield False
+        finally:
+            hub_constants.HF_HUB_OFFLINE = False
+        return
+    yield True
 
 
 def _random(arch: dict[str, Any], label: str, fmt: str | None) -> nn.Module:
@@ -308,7 +368,3 @@ def _finish(model: nn.Module, **provenance: Any) -> nn.Module:
     model.eval()
     model.provenance = {"epoch": None, **provenance, "arch": copy.deepcopy(model.arch)}
     return model
-
-
-def _first(items: list[str], n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")

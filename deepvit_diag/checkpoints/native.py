@@ -16,6 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..errors import DiagError
+from .validation import checked_arch
+
 FORMAT_KEY = "deepvit_diag.format"
 ARCH_KEY = "deepvit_diag.arch"
 CARD_KEY = "deepvit_diag.card"
@@ -53,9 +56,44 @@ def save_native(
 
 
 def read_native_metadata(path: str | Path) -> dict[str, Any] | None:
-    """``{"arch": ..., "card": ...}`` from a native file, or None if it is another safetensors file."""
+    """``{"arch": ..., "card": ...}`` from a native file, or None if it is another safetensors file.
+
+    The arch is checked (``validation.checked_arch``: architecture arguments only) and the card is
+    an object or None; anything else is a ``DiagError`` naming the file."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
+    return parse_native_metadata(meta, str(path))
+
+
+def parse_native_metadata(meta: dict[str, str], source: str) -> dict[str, Any] | None:
+    """``read_native_metadata`` for a safetensors header's metadata already read."""
     if FORMAT_KEY not in meta:
         return None
-    return {"arch": json.loads(meta[ARCH_KEY]), "card": json.loads(meta.get(CARD_KEY, "null"))}
+    if meta[FORMAT_KEY] != FORMAT_VERSION:
+        raise DiagError(
+            f"{source}: deepvit-diag format {meta[FORMAT_KEY]!r}, which this version does not read "
+            f"(it reads {FORMAT_VERSION!r}); was it written by a newer deepvit-diag?"
+        )
+    card = _json_entry(meta, CARD_KEY, source, "null")
+    if card is not None and not isinstance(card, dict):
+        raise DiagError(f"{source}: its model card ({CARD_KEY}) is not a JSON object")
+    return {"arch": checked_arch(_json_entry(meta, ARCH_KEY, source), source), "card": card}
+
+
+def is_native_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file deepvit-diag wrote (what ``train --out`` may replace)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return FORMAT_KEY in (f.metadata() or {})
+    except Exception:  # not safetensors at all, unreadable, truncated: not ours
+        return False
+
+
+def _json_entry(meta: dict[str, str], key: str, source: str, default: str | None = None) -> Any:
+    text = meta.get(key, default)
+    if text is None:
+        raise DiagError(f"{source}: deepvit-diag metadata without {key}")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise DiagError(f"{source}: its metadata {key} is not valid JSON ({err})") from None

@@ -1,0 +1,34 @@
+"""The ``deepvit-diag`` console script.
+
+It lives outside the ``deepvit_diag`` package on purpose: importing the package imports
+torch and timm (and registers the presets with timm) for several seconds, and a Ctrl-C in
+that time must end like one during the work, with the line ``interrupted`` and exit status
+130, not a traceback. Python runs a package's ``__init__`` before any module inside it, so
+only a module outside the package can catch that interrupt.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+# The same words and status as deepvit_diag.errors.interrupted(), which cannot be imported
+# before the package has loaded.
+INTERRUPTED_STATUS = 130
+
+
+def main() -> int:
+    try:
+        from deepvit_diag.cli import main as run_command
+
+        status = run_command()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        status = INTERRUPTED_STATUS
+    # What is left is shutting down (image-loading workers, atexit hooks): a Ctrl-C there changes nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
