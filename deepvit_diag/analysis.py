@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,12 +31,11 @@ from torch import nn
 from . import catalogue
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
 from .catalogue import Batch
+from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
 from .images import ImageSource, ImageStream, StreamBatch
 from .introspection import Geometry, describe_model, model_device
 from .metrics import (
-    MIN_UNBIASED_EXAMPLES,
-    Accuracy,
     DeferredChecks,
     MinibatchCKA,
     deferred_value_checks,
@@ -48,6 +47,7 @@ from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
 from .settings import DTYPES, MAP_KINDS, Settings
+from .tally import ModelParts, ModelTally, ShardRecord, Tally, combined_computation, results
 
 
 @dataclass
@@ -145,24 +145,24 @@ class ModelStatistics:
             for kind, weights in measurement.example_cls.items():
                 self.example_cls[kind].append(weights)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Dataset means, examples and the arrays read from the weights, as numpy (the only
-        device-to-host copy)."""
-        arrays = {name: (total / self.count).cpu().numpy() for name, total in self.sums.items()}
-        arrays["example_images"] = torch.cat(self.example_images).numpy()
-        for kind, weights in self.example_cls.items():
-            arrays[f"example_cls_{kind}"] = torch.cat(weights).cpu().numpy()
+    def tally(self) -> ModelTally:
+        """The sums, counts and examples on the host (the only device-to-host copy)."""
+        examples = {}
+        if self.example_images:
+            examples["example_images"] = torch.cat(self.example_images).numpy()
+            for kind, maps in self.example_cls.items():
+                examples[f"example_cls_{kind}"] = torch.cat(maps).cpu().numpy()
+        correct = {} if self.correct is None else dict(zip(self.ks, self.correct.tolist()))
+        sums = {name: total.double().cpu().numpy() for name, total in self.sums.items()}
+        return ModelTally(sums, correct, self.accuracy_problem, examples)
+
+    def parts(self, labels: str) -> ModelParts:
+        """What the model's result needs besides the sums (``labels``: where its labels came from)."""
+        weight_arrays = {}
         for metric in catalogue.METRICS:
             if metric.reads_model is not None:
-                arrays.update(metric.reads_model(self.model, self.geometry))
-        return arrays
-
-    def accuracy(self, labels: str) -> Accuracy:
-        """The top-k accuracy (one device-to-host copy), or why there is none; ``labels``
-        says where the labels came from or why there were none."""
-        if self.correct is None:
-            return Accuracy.unavailable(self.accuracy_problem or labels)
-        return Accuracy(self.count, dict(zip(self.ks, self.correct.tolist())), labels)
+                weight_arrays.update(metric.reads_model(self.model, self.geometry))
+        return ModelParts(self.model_info(), self.geometry, weight_arrays, labels)
 
     def model_info(self) -> dict[str, Any]:
         return {
@@ -206,9 +206,14 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
 class StreamingAnalysis:
     """Runs the models over the image stream and owns every accumulator."""
 
-    def __init__(self, models: Sequence[nn.Module], settings: Settings):
+    def __init__(self, models: Sequence[nn.Module], settings: Settings, shard: Shard | str | None = None):
         self.models = models
-        self.settings = settings.resolved()
+        self.explicit_shard = Shard.parse(shard) if isinstance(shard, str) else shard
+        process_shard = process_group_shard()
+        if self.explicit_shard is not None and process_shard is not None:
+            raise DiagError("a shard is chosen by the process group already; run --shard without torchrun")
+        self.shard = self.explicit_shard or process_shard
+        self.settings = replace(settings, device=local_device(settings.device)).resolved()
         self.device = self.settings.torch_device
         self.statistics = [ModelStatistics(model, self.settings) for model in models]
         self.cka = MinibatchCKA(chunk_size=self.settings.cka_chunk)
@@ -225,7 +230,8 @@ class StreamingAnalysis:
                 recorder = AttentionRecorder(model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True)
                 recorders.append(stack.enter_context(recorder))
             stack.enter_context(torch.inference_mode())
-            update = stack.enter_context(reporting(progress, "analysing images", stream.total))
+            label = "analysing images" + (f" (shard {self.shard})" if self.shard is not None else "")
+            update = stack.enter_context(reporting(progress, label, stream.total))
             # Entered last, so it exits first: bad input raises before the results are read.
             self.checks = stack.enter_context(
                 deferred_value_checks(lambda first: f"first in the batch starting at image {first}, 0-based")
@@ -275,45 +281,70 @@ class StreamingAnalysis:
         for statistics, measurement in zip(self.statistics, measurements):
             statistics.add(measurement)
 
-    def results(self, stream: ImageStream) -> tuple[list[AnalysisResult], np.ndarray | None]:
-        """One result per model, and the cross-model CKA (L_A, L_B) when there are two."""
-        count = self.statistics[0].count
-        cka = self._cka_matrices(count)
-        computation = {"final_batch_size": self.batch_size}
-        results = []
-        for statistics, key, labels in zip(self.statistics, ("a", "b"), stream.label_notes):
-            results.append(
-                AnalysisResult(
-                    model=statistics.model_info(),
-                    geometry=statistics.geometry,
-                    settings=self.settings,
-                    images=stream.provenance(),
-                    num_images=count,
-                    arrays={**statistics.arrays(), "cka": cka[key]},
-                    computation=computation,
-                    accuracy=statistics.accuracy(labels),
-                )
-            )
-        return results, cka.get("ab")
+    def results(self, stream: ImageStream, parts: list[ModelParts]) -> tuple[list[AnalysisResult], np.ndarray | None]:
+        """One result per model, and the cross-model CKA (L_A, L_B) when there are two; in a
+        process group, of every process's images (the tallies are gathered and added in rank
+        order, so every process gets the same results)."""
+        gathered = gather((self.tally(stream), self.computation()))
+        total = sum((tally for tally, _ in gathered[1:]), gathered[0][0])
+        description = stream.description
+        if self.explicit_shard is not None:
+            description += f"; {stream.held}"
+        images = {"description": description, "count": total.count, "skipped": total.skipped + total.open_skipped}
+        return results(total, parts, self.settings, images, combined_computation([done for _, done in gathered]))
 
-    def _cka_matrices(self, count: int) -> dict[str, np.ndarray]:
-        """{"a"} or {"a", "b", "ab"}; NaN when there are too few images for the unbiased HSIC."""
-        if count < MIN_UNBIASED_EXAMPLES:
-            sizes = [statistics.geometry.num_blocks for statistics in self.statistics]
-            shapes = {"a": (sizes[0], sizes[0])}
-            if len(sizes) == 2:
-                shapes.update(b=(sizes[1], sizes[1]), ab=(sizes[0], sizes[1]))
-            return {key: np.full(shape, np.nan, dtype=np.float32) for key, shape in shapes.items()}
-        return {key: matrix.cpu().numpy() for key, matrix in self.cka.result().items()}
+    def tally(self, stream: ImageStream) -> Tally:
+        """This process's sums (of its shard, in a process group or for ``--shard``)."""
+        hsic = {key: value.cpu().numpy() for key, value in self.cka.hsic_totals().items()}
+        models = [statistics.tally() for statistics in self.statistics]
+        return Tally(self.statistics[0].count, models, hsic, stream.skipped, stream.open_skipped)
+
+    def computation(self) -> dict[str, Any]:
+        """How this process computed: its device and the batch size it ended with."""
+        return {"final_batch_size": self.batch_size, "processes": 1, "devices": [str(self.device)]}
 
 
-def _run(
-    models: Sequence[nn.Module], images: ImageSource, settings: Settings, progress: ProgressOption
-) -> tuple[list[AnalysisResult], np.ndarray | None]:
-    analysis = StreamingAnalysis(models, settings)
-    stream = ImageStream(images, models, analysis.settings)
+@dataclass
+class Run:
+    """An analysis of one or two models: a result per model, the CKA across two models'
+    block outputs (L_A, L_B), and this process's sums, which ``deepvit-diag merge`` adds up
+    with the other shards' (``shard``: what identifies the shard, for ``shard=``). A shard
+    that holds no images has sums but no results."""
+
+    results: list[AnalysisResult]
+    cka_ab: np.ndarray | None
+    tally: Tally
+    shard: ShardRecord | None
+
+
+def run(
+    models: Sequence[nn.Module],
+    images: ImageSource,
+    settings: Settings,
+    *,
+    progress: ProgressOption = True,
+    shard: Shard | str | None = None,
+) -> Run:
+    """``analyze`` / ``compare`` of one or two models, with the sums behind the results."""
+    analysis = StreamingAnalysis(models, settings, shard)
+    stream = ImageStream(images, models, analysis.settings, analysis.shard)
+    if not is_reporting_process():
+        progress = False  # one progress bar, rank 0's: the processes share a terminal
     analysis.run(stream, progress)
-    return analysis.results(stream)
+    parts = [statistics.parts(labels) for statistics, labels in zip(analysis.statistics, stream.label_notes)]
+    tally = analysis.tally(stream)
+    if analysis.explicit_shard is None:
+        return Run(*analysis.results(stream, parts), tally, None)
+    record = ShardRecord(
+        shard=analysis.explicit_shard,
+        images=stream.whole,
+        settings=analysis.settings,
+        models=parts,
+        weights=[weights_sha256(model) for model in models],
+        computation=analysis.computation(),
+    )
+    made, cka_ab = analysis.results(stream, parts) if tally.count else ([], None)
+    return Run(made, cka_ab, tally, record)
 
 
 def analyze(
@@ -322,6 +353,7 @@ def analyze(
     settings: Settings | None = None,
     *,
     progress: ProgressOption = True,
+    shard: Shard | str | None = None,
     **overrides: Any,
 ) -> AnalysisResult:
     """Every attention-collapse metric of ``model`` over ``images``, exact over all images.
@@ -340,11 +372,14 @@ def analyze(
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
         progress: True for a progress bar on stderr, False for none, or a callable
             ``progress(done, total)`` called after every batch (``deepvit_diag.progress``).
+        shard: analyse only this shard of the images, e.g. ``"0/4"`` (``distributed.Shard``);
+            ``deepvit-diag merge`` adds the shards' sums up. Inside an initialised
+            ``torch.distributed`` process group every process analyses its own shard and
+            every process gets the result of all images.
         overrides: fields of ``settings`` to replace, e.g. ``analyze(model, images, k=1)``.
     """
     settings = Settings.with_overrides(settings, overrides)
-    (result,), _ = _run([model], images, settings, progress)
-    return result
+    return run([model], images, settings, progress=progress, shard=shard).results[0]
 
 
 def compare(
@@ -354,11 +389,12 @@ def compare(
     settings: Settings | None = None,
     *,
     progress: ProgressOption = True,
+    shard: Shard | str | None = None,
     **overrides: Any,
 ) -> ComparisonResult:
     """``analyze`` of two models on the same images in one pass, plus CKA across their
     block outputs (L_A, L_B). Each model gets PIL/disk images through its own data
     config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
     settings = Settings.with_overrides(settings, overrides)
-    (result_a, result_b), cka_ab = _run([model_a, model_b], images, settings, progress)
-    return ComparisonResult(result_a, result_b, cka_ab)
+    done = run([model_a, model_b], images, settings, progress=progress, shard=shard)
+    return ComparisonResult(*done.results, done.cka_ab)

@@ -18,11 +18,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .distributed import Shard, is_reporting_process, start_from_environment
 from .errors import DiagError, failure_line, interrupted
 from .labels import CLASS_MAP_HELP
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .results import AnalysisResult, ComparisonResult
 
 # ----------------------------------------------------------------------------- option types (usage errors)
 
@@ -367,6 +371,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--arch-b", metavar="NAME", help="architecture of --ckpt-b when its weights cannot say")
     _add_analysis_options(p)
+    _add_shard_option(p)
     p.set_defaults(run=run_compare)
 
 
@@ -387,7 +392,18 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         "--arch", metavar="NAME", help="architecture when the weights cannot say (preset, official or timm name)"
     )
     _add_analysis_options(p)
+    _add_shard_option(p)
     p.set_defaults(run=run_analyze)
+
+
+def _add_shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="analyse only shard I (from 0) of N contiguous shards of the images (cut at whole CKA minibatches) "
+        "and save its sums with the result; `deepvit-diag merge` adds the N --out folders up into the result of "
+        "all images (e.g. one Slurm array task per shard). Under torchrun every process takes its shard itself.",
+    )
 
 
 def _model_label(spec: str, side: str | None = None) -> str:
@@ -412,49 +428,83 @@ def _command_line() -> str | None:
 
 
 def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]], labels: list[str]) -> None:
-    from rich.console import Console
-
-    from .analysis import analyze, compare
+    from .analysis import run
     from .checkpoints import load_model
     from .images import default_image_set, open_images
-    from .outputs import OutputTarget
     from .report import write_report
-    from .summary import comparison_findings, model_findings, print_summary
+    from .results import ComparisonResult
+    from .tally import save_shard
 
-    with OutputTarget(args.out, folder=True, owned=_written_by_analysis, force=args.force) as target:
+    shard = Shard.parse(args.shard) if args.shard else None
+    with _reporting_output(args, _written_by_analysis) as write:
         settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
-        progress = not args.quiet
         with _warnings_as_lines(args.quiet):
             models = [load_model(spec, arch=arch) for spec, arch in specs]
             sources = args.images or [default_image_set(models)]
             images = open_images(
                 sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
             )
-            if len(models) == 2:
-                result = compare(*models, images, settings, progress=progress)
-            else:
-                result = analyze(models[0], images, settings, progress=progress)
+            done = run(models, images, settings, progress=not args.quiet, shard=shard)
+        result = None  # a shard that holds no images has only its (empty) sums
+        if done.results:
+            result = ComparisonResult(*done.results, done.cka_ab) if len(models) == 2 else done.results[0]
         command = _command_line()
 
         def write_files(folder: Path) -> None:
-            result.save(folder)
-            write_report(folder / "report.html", result, labels, command)
+            if result is not None:
+                result.save(folder)
+                write_report(folder / "report.html", result, labels, command)
+            if done.shard is not None:
+                save_shard(folder, done.tally, done.shard, labels)
 
-        target.write(write_files)
+        write(write_files)
+    if result is None:
+        if not args.quiet:
+            print(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
+        return
+    _print_analysis(args, result, labels)
+
+
+def _print_analysis(args: argparse.Namespace, result: AnalysisResult | ComparisonResult, labels: list[str]) -> None:
+    """The summary of ``analyze``, ``compare`` and ``merge``: JSON, or the table and findings."""
+    from rich.console import Console
+
+    from .results import ComparisonResult
+    from .summary import comparison_findings, model_findings, print_summary
+
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
-        findings = comparison_findings(*labels, result) if len(models) == 2 else model_findings(labels[0], result)
-        results = {labels[0]: result.a, labels[1]: result.b} if len(models) == 2 else {labels[0]: result}
+        pair = isinstance(result, ComparisonResult)
+        findings = comparison_findings(*labels, result) if pair else model_findings(labels[0], result)
+        results = {labels[0]: result.a, labels[1]: result.b} if pair else {labels[0]: result}
         print_summary(Console(), results, findings, out=str(args.out / "report.html"))
 
 
+@contextmanager
+def _reporting_output(args: argparse.Namespace, owned: Callable[[Path], bool]) -> Iterator[Callable]:
+    """``write(fill)`` for the --out folder (``outputs.OutputTarget``), checked before the work.
+
+    Under a launcher such as ``torchrun`` the process joins its process group first; then
+    only rank 0 prints and writes, and the other processes only compute."""
+    from .outputs import OutputTarget
+
+    start_from_environment(args.device)
+    if not is_reporting_process():
+        args.quiet, args.json = True, False
+        yield lambda fill: None
+        return
+    with OutputTarget(args.out, folder=True, owned=owned, force=args.force) as target:
+        yield target.write
+
+
 def _written_by_analysis(path: Path) -> bool:
-    """A file of an earlier ``compare`` / ``analyze`` output, which ``--out`` may replace."""
+    """A file of an earlier ``compare`` / ``analyze`` / ``merge`` output, which ``--out`` may replace."""
     from .report import is_report_file
     from .results import is_result_file
+    from .tally import is_shard_file
 
-    return is_result_file(path) or is_report_file(path)
+    return is_result_file(path) or is_report_file(path) or is_shard_file(path)
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -527,12 +577,11 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 def run_sweep(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from .outputs import OutputTarget
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
     from .sweeps import SweepResult, sweep
 
-    with OutputTarget(args.out, folder=True, owned=_written_by_sweep, force=args.force) as target:
+    with _reporting_output(args, _written_by_sweep) as write:
         if args.monitor is not None:
             result = SweepResult.from_monitor(args.monitor)
         else:
@@ -554,7 +603,7 @@ def run_sweep(args: argparse.Namespace) -> None:
             result.save(folder)
             write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
 
-        target.write(write_files)
+        write(write_files)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
@@ -570,7 +619,53 @@ def _written_by_sweep(path: Path) -> bool:
     return is_result_file(path, {"sweep.json": (SWEEP_FORMAT,)}) or is_report_file(path)
 
 
-COMMANDS = [add_compare, add_analyze, add_sweep, add_train, add_models, add_import]
+# ----------------------------------------------------------------------------- merge
+
+
+def add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="add up the shards of an analysis (analyze/compare --shard I/N) into the result of all images",
+        description="Read the --out folders of the N runs of `analyze --shard I/N` (or `compare --shard I/N`) and "
+        "write the result one run over all images gives: result.json, arrays.npz and report.html. Shards of "
+        "different models, settings or image lists, and missing or repeated shards, are refused.",
+    )
+    p.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="the shards' --out folders, in any order")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the merged result.json, arrays.npz and report.html (checked before the shards are read)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even if it holds files deepvit-diag did not write (they are kept) or another run's lock",
+    )
+    chatter = p.add_mutually_exclusive_group()
+    chatter.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    chatter.add_argument("--json", action="store_true", help="print the summary as JSON on stdout and nothing else")
+    p.set_defaults(run=run_merge, device="cpu")
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    from .report import write_report
+    from .tally import merge_shards
+
+    with _reporting_output(args, _written_by_analysis) as write:
+        result, labels = merge_shards(args.folders)
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_report(folder / "report.html", result, labels, command)
+
+        write(write_files)
+    _print_analysis(args, result, labels)
+
+
+COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

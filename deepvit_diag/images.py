@@ -17,6 +17,7 @@ labels of ``(images, labels)`` batches as they are.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, zip_longest
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -35,6 +36,9 @@ from .errors import DiagError
 from .labels import ClassMap, ModelLabels, class_indices, read_class_map
 from .preprocessing import check_input_size, model_input_config, model_transform, to_rgb
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .distributed import Shard
 
 
 def _photo_paths() -> list[Path]:
@@ -128,6 +132,21 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def subset(self, start: int, stop: int, description: str) -> ImageSet:
+        """Images ``[start, stop)`` as a set of their own (labels and class map kept); its
+        ``skipped`` counts only the images that fail to decode in it."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return replace(
+            self,
+            description=description,
+            names=self.names[start:stop],
+            loaders=self.loaders[start:stop],
+            skipped=0,
+            skipped_names=[],
+            first_failure=None,
+            labels=labels,
+        )
 
     def __iter__(self) -> Iterator[Image.Image]:
         for name, load in zip(self.names, self.loaders):
@@ -410,8 +429,11 @@ class ImageStream:
     where its labels come from or why there are none.
     """
 
-    def __init__(self, images: ImageSource, models: Sequence[nn.Module], settings: Settings):
+    def __init__(
+        self, images: ImageSource, models: Sequence[nn.Module], settings: Settings, shard: Shard | None = None
+    ):
         self.models = models
+        self.shard = shard
         self.batch_size = settings.batch_size
         self.limit = settings.num_images
         self.num_workers = settings.resolved().num_workers
@@ -423,7 +445,12 @@ class ImageStream:
         self._batches_labelled: bool | None = None  # tensor batches: whether the first carried labels
         self.label_notes = [NO_TENSOR_LABELS] * len(models)
         self.total: int | None = None
+        self.open_skipped = 0  # a shard's count of the files refused when the whole source was opened
+        self.held = ""  # which images of the source a shard holds
+        self.whole: dict[str, Any] = {}  # a shard's whole image list: description, total, fingerprint
         self._classify(images)
+        if shard is not None:
+            self._cut(shard, settings.cka_chunk)
 
     def _classify(self, images: ImageSource) -> None:
         if isinstance(images, torch.Tensor) or _is_labelled_tensor(images):
@@ -444,6 +471,41 @@ class ImageStream:
                 f"glob/bundled-set name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
             )
 
+    def _cut(self, shard: Shard, chunk: int) -> None:
+        """Keep only ``shard`` of the (limited) image list, cut at CKA minibatch boundaries
+        (``distributed.Shard.bounds``)."""
+        if self._tensors is not None and not isinstance(self._tensors, list):
+            raise DiagError(
+                "an iterable of batches cannot be cut into shards: give a tensor, PIL images or image files "
+                "(or analyse without shards or a process group)"
+            )
+        self.whole = {"description": self.description, "total": self.total, "fingerprint": self._fingerprint()}
+        start, stop = shard.bounds(self.total, chunk)
+        self.held = f"shard {shard}: " + (f"images {start + 1}-{stop}" if stop > start else "no images")
+        self.held += f" of {self.total}"
+        if self._image_set is not None:
+            self.open_skipped = self._image_set.skipped
+            self._image_set = self._image_set.subset(start, stop, f"{self.description}; {self.held}")
+            # Labels are looked up by position in the set being streamed, now the shard.
+            self._label_tables = [None if table is None else table[start:stop] for table in self._label_tables]
+        else:
+            (item,) = self._tensors
+            self._tensors = [
+                tuple(part[start:stop] for part in item) if _is_labelled_tensor(item) else item[start:stop]
+            ]
+        self.total, self.limit = stop - start, None
+
+    def _fingerprint(self) -> str:
+        """A hash of the whole (limited) image list: its names, or a tensor's bytes."""
+        digest = hashlib.sha256()
+        if self._image_set is not None:
+            digest.update("\n".join(self._image_set.names[: self.total]).encode())
+        else:
+            (item,) = self._tensors
+            for part in item if _is_labelled_tensor(item) else (item,):
+                digest.update(part[: self.total].detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def _use(self, image_set: ImageSet) -> None:
         self._image_set = image_set
         self.total = min(len(image_set), self.limit or len(image_set))
@@ -454,9 +516,14 @@ class ImageStream:
         self._label_tables = [model_labels.indices for model_labels in labels]
         self.label_notes = [model_labels.note for model_labels in labels]
 
+    @property
+    def skipped(self) -> int:
+        """Files skipped as unreadable: those of this stream's (shard of the) images that
+        failed to decode, plus, for a whole source, those refused when it was opened."""
+        return self._image_set.skipped if self._image_set is not None else 0
+
     def provenance(self) -> dict[str, Any]:
-        skipped = self._image_set.skipped if self._image_set is not None else 0
-        return {"description": self.description, "count": self.count, "skipped": skipped}
+        return {"description": self.description, "count": self.count, "skipped": self.open_skipped + self.skipped}
 
     def __iter__(self) -> Iterator[StreamBatch]:
         source = self._image_batches() if self._image_set is not None else self._tensor_batches()
@@ -467,7 +534,7 @@ class ImageStream:
             yield batch
             if self.limit is not None and self.count >= self.limit:
                 return
-        if self.count == 0:
+        if self.count == 0 and self.shard is None:  # a shard may be empty; the whole analysis may not
             failure = self._image_set.first_failure if self._image_set is not None else None
             reason = f": every one failed to load (first: {failure})" if failure else ""
             raise DiagError(f"no images to analyse in {self.description}{reason}")

@@ -110,11 +110,19 @@ def is_result_file(path: Path, documents: Mapping[str, tuple[str, ...]] | None =
             document = json.loads(path.read_text(encoding="utf-8"))
             return isinstance(document, dict) and document.get("format") in documents[path.name]
         if path.name == "arrays.npz":
-            with open(path, "rb") as f:
-                return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one: no arrays)
+            return is_zip_archive(path)
     except (OSError, ValueError):
         pass
     return False
+
+
+def is_zip_archive(path: Path) -> bool:
+    """Whether ``path`` starts like a zip archive (an ``.npz``; an empty one has no entries)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError:
+        return False
 
 
 def _read_folder(
@@ -492,3 +500,13 @@ class ComparisonResult:
             return cls(sides["a"], sides["b"], arrays["cka_ab"])
 
         return _from_saved(folder, build)
+
+
+def load_result(folder: str | Path) -> AnalysisResult | ComparisonResult:
+    """A saved analysis or comparison, whichever the folder holds."""
+    path = Path(folder) / "result.json"
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return ComparisonResult.load(folder) if kind == COMPARISON_FORMAT else AnalysisResult.load(folder)

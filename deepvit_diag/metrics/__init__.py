@@ -27,7 +27,7 @@ from __future__ import annotations
 from ._checks import AXES, DeferredChecks, deferred_value_checks
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
-from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, linear_cka
+from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
 from .similarity import (
     SimilarBlocks,
     collapse_statistics,
@@ -53,6 +53,7 @@ __all__ = [
     "attention_entropy",
     "collapse_statistics",
     "cross_head_similarity",
+    "cka_from_hsic",
     "cross_layer_similarity",
     "deferred_value_checks",
     "linear_cka",
