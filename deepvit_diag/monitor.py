@@ -7,6 +7,10 @@ it was: no gradient is computed or touched (inference mode), every module's trai
 mode is restored, the model stays on its device, and the random number generators
 (torch's CPU and CUDA generators, numpy's and Python's global ones) are put back as they
 were, so a run with the monitor is bit-identical to the same run without it.
+
+In a ``torch.distributed`` process group (DDP training) every process calls ``step``: each
+measures its shard of the probe set, every process gets the numbers of all of it, and
+rank 0 alone appends the line.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from .analysis import analyze
+from .distributed import is_reporting_process
 from .errors import DiagError
 from .images import ImageSource, is_path_spec, open_images
 from .introspection import model_device
@@ -114,7 +119,7 @@ class CollapseMonitor:
             SweepEntry.of(result, self.label, self.group, step), model={"description": result.model["description"]}
         )
         self._images, self._settings = result.images, result.settings
-        if self.path is not None:
+        if self.path is not None and is_reporting_process():  # in a process group, one line from rank 0
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(monitor_record(entry, result.settings, result.images), allow_nan=False) + "\n")

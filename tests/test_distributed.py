@@ -20,6 +20,7 @@ from deepvit_diag.cli import main
 from deepvit_diag.distributed import Shard
 from deepvit_diag.errors import DiagError
 from deepvit_diag.models import build_model
+from deepvit_diag.monitor import CollapseMonitor
 from deepvit_diag.results import AnalysisResult, ComparisonResult, load_result
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=3)
@@ -107,6 +108,9 @@ def _analyse_in_group(rank: int, world: int, init: str, folder: str, out: str) -
         compared = compare(tiny("vit", 0), tiny("deepvit", 1), labelled_images(7), **OPTIONS)
         with pytest.warns(UserWarning):
             analysed = analyze(tiny("deepvit", 1), folder, **OPTIONS)
+        monitor = CollapseMonitor(tiny("vit", 0), labelled_images(7), path=Path(out) / "monitor.jsonl", cka_chunk=4)
+        entries = [monitor.step(step) for step in (0, 1)]
+        assert entries[0].summary["num_images"] == 7  # every process gets the numbers of all probe images
         if rank == 0:
             compared.save(Path(out) / "compared")
             analysed.save(Path(out) / "analysed")
@@ -127,6 +131,7 @@ def test_two_gloo_processes_give_the_single_process_result(tmp_path):
     assert together.a.computation["processes"] == 2 and together.a.computation["devices"] == ["cpu", "cpu"]
     assert together.a.accuracy.images == 7 and "shard" not in together.a.images["description"]
     assert_same_result(AnalysisResult.load(out / "analysed"), single)
+    assert len((out / "monitor.jsonl").read_text().splitlines()) == 2  # one line per step, from rank 0 only
 
 
 # ----------------------------------------------------------------------------- --shard and merge
