@@ -65,6 +65,13 @@ def attention_module(model: nn.Module, index: int) -> nn.Module:
     raise DiagError(reason)
 
 
+def check_readable(model: nn.Module) -> None:
+    """A one-line DiagError (which module, and why) unless every attention module of ``model`` has a reader."""
+    for index in range(len(transformer_blocks(model))):
+        attention_module(model, index)
+    class_attention_modules(model)
+
+
 def head_mixing(attn: nn.Module) -> str | None:
     """How ``attn`` mixes its maps across heads after the softmax (``readers.REATTENTION`` /
     ``readers.TALKING_HEADS``), or None when the maps that multiply V are the softmax maps."""

@@ -16,8 +16,10 @@ ViT-NB baselines load into it strictly); ``family="deepvit"`` is
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
+from timm.layers import LayerNorm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -100,12 +102,22 @@ def with_overrides(arch: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return arch
 
 
+def constructor_kwargs(family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An arch's kwargs as a constructor takes them. Archs are plain JSON, so timm classes get their
+    LayerNorm eps as ``norm_eps`` (made into ``norm_layer``; DeepViT takes ``norm_eps`` itself) and their
+    activation by timm's name (``act_layer="quick_gelu"``)."""
+    kwargs = dict(kwargs)
+    if family != "deepvit" and "norm_eps" in kwargs:
+        kwargs["norm_layer"] = partial(LayerNorm, eps=kwargs.pop("norm_eps"))
+    return kwargs
+
+
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """Instantiate an arch dict (random weights); the model keeps it as ``model.arch``."""
     family = arch.get("family")
     if family not in FAMILY_CLASSES:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_CLASSES)}")
-    model = FAMILY_CLASSES[family](**arch["kwargs"])
+    model = FAMILY_CLASSES[family](**constructor_kwargs(family, arch["kwargs"]))
     attach_arch(model, arch)
     return model
 
@@ -124,7 +136,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     loading = {k: kwargs.pop(k) for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir") if k in kwargs}
     arch = with_overrides(PRESETS[variant], **kwargs)
     loading = {k: v for k, v in loading.items() if v is not None}
-    model = build_model_with_cfg(FAMILY_CLASSES[arch["family"]], variant, pretrained, **loading, **arch["kwargs"])
+    kwargs = constructor_kwargs(arch["family"], arch["kwargs"])
+    model = build_model_with_cfg(FAMILY_CLASSES[arch["family"]], variant, pretrained, **loading, **kwargs)
     attach_arch(model, arch)
     return model
 
