@@ -54,8 +54,8 @@ from torch import nn
 
 from ..errors import DiagError
 from ..models.deepvit import DeepVisionTransformer
-from ..models.presets import PAPER_DATA_CFG, PRESETS
-from .layouts import LUCIDRAINS_DEEPVIT, LUCIDRAINS_VIT, Tensors, block_count
+from ..models.presets import PAPER_DATA_CFG, PRESETS, create_timm
+from .layouts import DEEPVIT_MARKERS, LUCIDRAINS_DEEPVIT, LUCIDRAINS_VIT, Tensors, block_count
 
 # ----------------------------------------------------------------------------- families and their arguments
 
@@ -202,9 +202,6 @@ class Reading:
     conventions: list[tuple[str | None, Any, str]] = field(default_factory=list)
 
 
-_DEEPVIT_MARKERS = (".reatten_matrix.", ".reattn_weights", "patch_embed.conv1.", "patch_embed.layers.")
-
-
 def detect_family(sd: Tensors) -> str:
     """Which family's keys ``sd`` (in our keys) has: one of ``MODEL_CLASSES``."""
     keys = list(sd)
@@ -218,7 +215,7 @@ def detect_family(sd: Tensors) -> str:
         return "vit-relpos"
     if has("relative_position_bias_table"):
         return "beit"
-    if has(*_DEEPVIT_MARKERS):
+    if has(*DEEPVIT_MARKERS):
         return "deepvit"
     if "dist_token" in sd:
         return "deit-distilled"
@@ -244,7 +241,7 @@ def _read(sd: Tensors, family: str, in_chans: int | None, img_size: int | None) 
     if depth == 0:
         raise DiagError("checkpoint has no transformer blocks (blocks.N.*)")
     if family == "deepvit":
-        return _read_deepvit(sd, depth, in_chans, img_size)
+        return _read_deepvit(sd, depth, in_chans)
     proj = sd["patch_embed.proj.weight"]
     embed_dim = proj.shape[0]
     kw: dict[str, Any] = {
@@ -376,7 +373,7 @@ def _read(sd: Tensors, family: str, in_chans: int | None, img_size: int | None) 
     return reading
 
 
-def _read_deepvit(sd: Tensors, depth: int, in_chans: int | None, img_size: int | None) -> Reading:
+def _read_deepvit(sd: Tensors, depth: int, in_chans: int | None) -> Reading:
     """Official DeepViT and vit-pytorch keys (after ``layouts.to_our_keys``)."""
     embed_dim = sd["pos_embed"].shape[-1]
     kw: dict[str, Any] = {"embed_dim": embed_dim, "depth": depth}
@@ -441,7 +438,7 @@ def _grid_from_positions(positions: int, prefix: int, may_skip_prefix: bool) -> 
         return grid, True
     raise DiagError(
         f"pos_embed holds {positions} positions: not a square patch grid (+{prefix} prefix tokens); "
-        "pass img_size=N (--img-size N) for another grid"
+        "deepvit-diag reads square grids"
     )
 
 
@@ -460,7 +457,8 @@ def _split_patch_width(patch_width: int, in_chans: int | None) -> tuple[int, int
         if patch * patch * channels == patch_width:
             return channels, patch
     raise DiagError(
-        f"cannot split the patch embedding's input width {patch_width} into channels x patch x patch; pass in_chans=N"
+        f"cannot split the patch embedding's input width {patch_width} into channels x patch x patch; "
+        "pass in_chans=N (--in-chans N)"
     )
 
 
@@ -477,7 +475,7 @@ def _named_values(name: str, kwargs_json: str) -> tuple[str, dict[str, Any]]:
     """The family of timm model ``name`` built with ``kwargs``, and every value the inference compares:
     what its tensors would say, plus heads, eps, activation, pooling (built on the meta device)."""
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **json.loads(kwargs_json))
+        model = create_timm(name, **json.loads(kwargs_json))
     family = family_of_class(type(model))
     if family is None:
         return "", {}
@@ -567,7 +565,8 @@ def infer_arch(
     if family == "deepvit":
         _fill_deepvit(values, layout, guess)
     if family == "vit" and values.get("pre_norm"):
-        guess("norm_eps", CLIP_EPS, "CLIP's convention for pre-norm ViTs, with GELU; OpenAI's CLIP uses quick_gelu")
+        guess("norm_eps", CLIP_EPS, "CLIP's convention for pre-norm ViTs")
+        guess("act_layer", "gelu", "OpenCLIP's; OpenAI's CLIP image towers use 'quick_gelu'")
     for key, value, reason in reading.conventions:
         if key is not None:
             guess(key, value, reason)

@@ -34,7 +34,8 @@ OFFICIAL, TIMM, LUCIDRAINS_VIT, LUCIDRAINS_DEEPVIT, NATIVE = (
     "native",
 )
 
-_DEEPVIT_ONLY_MARKERS = (".reatten_matrix.", ".reattn_weights", "patch_embed.conv1.", "patch_embed.layers.")
+# Keys only DeepViT checkpoints have (official, or vit-pytorch converted to our keys).
+DEEPVIT_MARKERS = (".reatten_matrix.", ".reattn_weights", "patch_embed.conv1.", "patch_embed.layers.")
 
 # vit-pytorch key -> our key; the first matching pattern wins.
 _LUCIDRAINS_RENAMES = [
@@ -85,7 +86,7 @@ def detect_layout(sd: Tensors) -> str:
     if ("pos_embed" in sd or "patch_embed.proj.weight" in sd) and (
         "blocks.0.attn.qkv.weight" in sd or "blocks.0.attn.q_proj.weight" in sd
     ):
-        return OFFICIAL if any(m in k for k in sd for m in _DEEPVIT_ONLY_MARKERS) else TIMM
+        return OFFICIAL if any(m in k for k in sd for m in DEEPVIT_MARKERS) else TIMM
     first = ", ".join(list(sd)[:4]) or "none"
     raise DiagError(
         f"not a ViT/DeepViT checkpoint: its keys ({first}, ...) match none of the official DeepViT, timm ViT "

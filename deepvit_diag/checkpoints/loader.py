@@ -46,7 +46,7 @@ from ..models.presets import (
     PRESETS,
     attach_arch,
     build_model,
-    constructor_kwargs,
+    create_timm,
     with_overrides,
 )
 from ..outputs import OutputTarget
@@ -192,8 +192,7 @@ def build_arch(arch: dict[str, Any]) -> nn.Module:
     ``with torch.device("meta")`` only its shapes, which costs no memory."""
     try:
         if arch["family"] == "timm":
-            kwargs = constructor_kwargs("timm", arch["kwargs"])
-            model = timm.create_model(arch["name"], pretrained=False, **kwargs)
+            model = create_timm(arch["name"], **arch["kwargs"])
             attach_arch(model, arch)
         else:
             model = build_model(arch)

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from timm.layers import LayerNorm
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, model_entrypoint, register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -110,6 +110,13 @@ def constructor_kwargs(family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if family != "deepvit" and "norm_eps" in kwargs:
         kwargs["norm_layer"] = partial(LayerNorm, eps=kwargs.pop("norm_eps"))
     return kwargs
+
+
+def create_timm(name: str, **kwargs: Any) -> nn.Module:
+    """timm model ``name`` with random weights and constructor ``kwargs`` as given. Unlike
+    ``timm.create_model``, which drops arguments set to None, this keeps them: ``init_values=None`` is how
+    a checkpoint without layer scale says so to a name whose default has it."""
+    return model_entrypoint(name)(pretrained=False, **constructor_kwargs("timm", kwargs))
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
