@@ -10,6 +10,7 @@ import hashlib
 import random
 import subprocess
 import sys
+import threading
 import warnings
 
 import huggingface_hub.constants
@@ -21,7 +22,7 @@ from vit_pytorch import ViT
 from vit_pytorch.deepvit import DeepViT
 
 from deepvit_diag import load_model, save_native
-from deepvit_diag.checkpoints import GuessWarning, import_checkpoint, list_models, list_store
+from deepvit_diag.checkpoints import GuessWarning, import_checkpoint, list_models, list_store, loader
 from deepvit_diag.cli import main
 from deepvit_diag.errors import DiagError
 from deepvit_diag.models import PRESETS
@@ -525,3 +526,30 @@ def test_timm_name_offline_is_one_line_with_the_local_alternative(offline_hub, c
     assert "load_model(PATH, arch='vit_tiny_patch16_224')" in message and "--ckpt PATH" in message
     assert main(["import", "vit_tiny_patch16_224", "--as", "tiny"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_hf_hub_offline_set_after_import_is_respected(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read before the variable was set
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(loader, "_reachable", lambda *args: pytest.fail("offline: no connection may be tried"))
+    with pytest.raises(DiagError, match="HF_HUB_OFFLINE is set .* load_model\\(PATH, arch="):
+        load_model("vit_tiny_patch16_224")
+
+
+def test_an_unreachable_hub_is_tried_once_briefly_then_offline(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    tries = []
+    monkeypatch.setattr(loader, "_reachable", lambda host, port, timeout: tries.append((host, timeout)) and False)
+    with pytest.raises(DiagError, match=r"huggingface.co cannot be reached \(no network\?\).* --ckpt PATH"):
+        load_model("vit_tiny_patch16_224")
+    assert tries == [("huggingface.co", loader.HUB_CONNECT_TIMEOUT)]
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # offline mode only for that one load
+
+
+def test_a_hanging_name_lookup_does_not_hold_the_connection_check(monkeypatch):
+    never = threading.Event()
+    monkeypatch.setattr(loader.socket, "create_connection", lambda *args, **kwargs: never.wait(30))
+    assert loader._reachable("huggingface.co", 443, timeout=0.05) is False

@@ -11,6 +11,7 @@ embeddings (EVA-02) take any grid and need nothing.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table
@@ -40,5 +41,8 @@ def resample_positions(skeleton: nn.Module, state_dict: Tensors) -> Tensors:
         elif key.endswith("relative_position_bias_table"):
             module = skeleton.get_submodule(key.rsplit(".", 1)[0])
             window = tuple(module.window_size)
-            out[key] = resize_rel_pos_bias_table(tensor.float(), window, tuple(target.shape)).to(tensor.dtype)
+            with warnings.catch_warnings():  # timm's interpolation indexes in a way torch deprecates
+                warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+                table = resize_rel_pos_bias_table(tensor.float(), window, tuple(target.shape))
+            out[key] = table.to(tensor.dtype)
     return out
