@@ -16,7 +16,7 @@ from conftest import randomize_norms, sharp_timm_model
 from safetensors.torch import save_file
 from timm.models import beit, vision_transformer
 
-from deepvit_diag import analyze, extract_attention, load_model
+from deepvit_diag import analyze, extract_attention, load_model, save_native
 from deepvit_diag.checkpoints import GuessWarning
 from deepvit_diag.checkpoints.inference import HINTS
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION
@@ -262,3 +262,17 @@ def test_cait_class_attention_blocks_are_counted_before_building(tmp_path):
 
 def test_every_hint_the_loader_names_is_a_cli_option():
     assert set(ARCH_HINTS) == set(HINTS)
+
+
+def test_every_family_round_trips_through_deepvit_diags_own_format(tmp_path):
+    from test_families import CASES, model_of
+
+    for case in CASES:
+        path = tmp_path / f"{case.family}.pth"
+        torch.save(model_of(case).state_dict(), path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GuessWarning)
+            loaded = load_model(path, **case.hints)
+        again = load_model(save_native(loaded, tmp_path / "native.safetensors"))
+        assert again.arch == json.loads(json.dumps(loaded.arch)), case.family
+        torch.testing.assert_close(logits(again, images()), logits(loaded, images()), rtol=0, atol=0)
