@@ -550,6 +550,12 @@ def test_an_unreachable_hub_is_tried_once_briefly_then_offline(monkeypatch, tmp_
 
 
 def test_a_hanging_name_lookup_does_not_hold_the_connection_check(monkeypatch):
-    never = threading.Event()
-    monkeypatch.setattr(loader.socket, "create_connection", lambda *args, **kwargs: never.wait(30))
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError("name lookup timed out")
+
+    monkeypatch.setattr(loader.socket, "create_connection", hang)
     assert loader._reachable("huggingface.co", 443, timeout=0.05) is False
+    release.set()

@@ -200,6 +200,7 @@ def test_positions_are_resampled_the_timm_way_only_when_asked(tmp_path):
         load_model(tmp_path / "vit.pth", resample_pos_embed=True)
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # timm's own resampling, the reference
 def test_beit_relative_position_tables_are_resampled_too(tmp_path):
     model = tiny("beit_base_patch16_224", embed_dim=64, num_heads=2, patch_size=8)
     torch.save(model.state_dict(), tmp_path / "beit.pth")
@@ -276,3 +277,13 @@ def test_every_family_round_trips_through_deepvit_diags_own_format(tmp_path):
         again = load_model(save_native(loaded, tmp_path / "native.safetensors"))
         assert again.arch == json.loads(json.dumps(loaded.arch)), case.family
         torch.testing.assert_close(logits(again, images()), logits(loaded, images()), rtol=0, atol=0)
+
+
+def test_pooling_the_weights_cannot_show_comes_from_the_base(tmp_path):
+    # A class token with average pooling and the final norm before it: the keys of class-token pooling.
+    model = tiny("vit_tiny_patch16_224", embed_dim=64, num_heads=1, patch_size=8, global_pool="avg", fc_norm=False)
+    torch.save(model.state_dict(), tmp_path / "avg.pth")
+    assert load_model(tmp_path / "avg.pth").global_pool == "token"  # timm's rule, for want of anything else
+    loaded = load_model(tmp_path / "avg.pth", arch={"family": "vit", "kwargs": {"global_pool": "avg"}})
+    assert loaded.global_pool == "avg"
+    torch.testing.assert_close(logits(loaded, images()), logits(model, images()), rtol=0, atol=1e-6)

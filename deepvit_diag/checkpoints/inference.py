@@ -275,8 +275,8 @@ def _read(sd: Tensors, family: str, in_chans: int | None, img_size: int | None) 
             scale_mlp_norm=block + "mlp.norm.weight" in sd,
             fc_norm=fc_norm,
             final_norm="norm.weight" in sd or fc_norm,  # timm keeps one of norm / fc_norm under final_norm
-            global_pool="avg" if fc_norm or not class_token else "token",
         )
+        _pooling(reading, class_token, fc_norm)
         prefix = int(class_token) + reg_tokens + int(family == "deit-distilled")
         grid, no_embed_class = _grid_from_positions(sd["pos_embed"].shape[1], prefix, family == "vit")
         kw["no_embed_class"] = no_embed_class
@@ -295,8 +295,8 @@ def _read(sd: Tensors, family: str, in_chans: int | None, img_size: int | None) 
             use_pre_transformer_norm="norm_pre.weight" in sd,
             use_fc_norm=fc_norm,
             use_abs_pos_emb="pos_embed" in sd,
-            global_pool="avg" if fc_norm or not class_token else "token",
         )
+        _pooling(reading, class_token, fc_norm)
         grid, no_embed_class = None, False
         if "pos_embed" in sd:
             grid, no_embed_class = _grid_from_positions(sd["pos_embed"].shape[1], int(class_token) + reg_tokens, True)
@@ -323,8 +323,8 @@ def _read(sd: Tensors, family: str, in_chans: int | None, img_size: int | None) 
             use_rel_pos_bias=not shared,
             use_shared_rel_pos_bias=shared,
             use_fc_norm=fc_norm,
-            global_pool="avg" if fc_norm else "token",
         )
+        _pooling(reading, True, fc_norm)
         grid = _grid_from_table(table.shape[0], extra=3)
     elif family == "cait":
         reading.heads = sd[block + "attn.proj_l.weight"].shape[0]
@@ -348,8 +348,8 @@ def _read(sd: Tensors, family: str, in_chans: int | None, img_size: int | None) 
             init_values=1.0 if block + "ls1.gamma" in sd else None,
             fc_norm=fc_norm,
             shared_rel_pos=shared,
-            global_pool="avg" if fc_norm or not class_token else "token",
         )
+        _pooling(reading, class_token, fc_norm)
         if rel + "relative_position_bias_table" in sd:
             table = sd[rel + "relative_position_bias_table"]
             reading.heads = table.shape[1]
@@ -411,6 +411,15 @@ def _read_deepvit(sd: Tensors, depth: int, in_chans: int | None) -> Reading:
     if not kw["class_token"]:
         kw["global_pool"] = "avg"
     return reading
+
+
+def _pooling(reading: Reading, class_token: bool, fc_norm: bool) -> None:
+    """Average pooling without a class token or with a norm after pooling (timm's ``fc_norm`` rule);
+    otherwise the class token is the convention, which a base's pooling replaces."""
+    if fc_norm or not class_token:
+        reading.kwargs["global_pool"] = "avg"
+    else:
+        reading.conventions.append(("global_pool", "token", ""))
 
 
 def _attention_width(sd: Tensors, block: str) -> int:
