@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import timm
 import torch
 from timm.layers import QuickGELU
 from timm.models.beit import Beit
@@ -54,7 +53,7 @@ from torch import nn
 
 from ..errors import DiagError
 from ..models.deepvit import DeepVisionTransformer
-from ..models.presets import PAPER_DATA_CFG, PRESETS, create_timm
+from ..models.presets import PAPER_DATA_CFG, PRESETS, create_timm, data_config
 from .layouts import DEEPVIT_MARKERS, LUCIDRAINS_DEEPVIT, LUCIDRAINS_VIT, Tensors, block_count
 
 # ----------------------------------------------------------------------------- families and their arguments
@@ -716,8 +715,7 @@ def _arch(
             k: values[k] for k in keys if k in values and (k in overrides or defaults.get(k, _MISSING) != values[k])
         }
         kwargs.update({k: v for k, v in overrides.items() if k not in kwargs})
-        cfg = timm.models.get_pretrained_cfg(name)
-        data_cfg = {k: v for k, v in (cfg.to_dict() if cfg else {}).items() if k in _DATA_KEYS and v is not None}
+        data_cfg = data_config(name)
         if base and base.get("pretrained_cfg"):
             data_cfg.update(base["pretrained_cfg"])
         arch = {"family": "timm", "name": name, "kwargs": kwargs}
@@ -728,17 +726,6 @@ def _arch(
 
 
 _MISSING = object()
-_DATA_KEYS = (
-    "input_size",
-    "interpolation",
-    "crop_pct",
-    "crop_mode",
-    "mean",
-    "std",
-    "num_classes",
-    "first_conv",
-    "classifier",
-)
 
 
 def _conventional_name(family: str, values: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ from ..models.presets import (
     attach_arch,
     build_model,
     create_timm,
+    data_config,
     with_overrides,
 )
 from ..outputs import OutputTarget
@@ -58,7 +59,7 @@ from .provenance import arch_summary, describe
 from .resample import resample_positions
 from .safe_load import CHECKPOINT_SUFFIXES, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
-from .validation import DATA_CONFIG_KEYS, check_depth, check_fit, checked_arch
+from .validation import check_depth, check_fit, checked_arch
 
 # The official repository's registry names (zhoudaquan/dvit_repo) -> our presets.
 OFFICIAL_NAMES = {
@@ -235,10 +236,7 @@ def _named_arch(name: str) -> dict[str, Any] | None:
 
 def timm_arch(name: str, data_cfg: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """The arch dict of a timm model name with constructor ``kwargs`` (data config: timm's for the name)."""
-    if data_cfg is None:
-        cfg = timm.models.get_pretrained_cfg(name)
-        data_cfg = cfg.to_dict() if cfg else {}
-    data = {k: v for k, v in data_cfg.items() if k in DATA_CONFIG_KEYS and v is not None}
+    data = data_config(name, data_cfg)
     return with_overrides({"family": "timm", "name": name, "kwargs": {}, "pretrained_cfg": data}, **kwargs)
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import DiagError
+from ..models.presets import DATA_CONFIG_KEYS
 from .inference import FAMILY_KEYS
 from .layouts import block_count
 from .provenance import arch_summary
@@ -65,19 +66,6 @@ ARGUMENT_RULES = {
     "rel_pos_type": (lambda v: v in ("mlp", "mlp_swin", "bias"), "one of mlp, mlp_swin, bias"),
     "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max"), "one of token, avg, avgmax, max"),
 }
-# The data config (timm's pretrained_cfg) entries that say how images are preprocessed, and nothing
-# about where weights come from (no file, url or hub id).
-DATA_CONFIG_KEYS = (
-    "input_size",
-    "interpolation",
-    "crop_pct",
-    "crop_mode",
-    "mean",
-    "std",
-    "num_classes",
-    "first_conv",
-    "classifier",
-)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")
 # Every timm model uses 0.875 to 1.15; images are resized to image size / crop_pct before cropping.

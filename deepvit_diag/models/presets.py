@@ -20,7 +20,13 @@ from functools import partial
 from typing import Any
 
 from timm.layers import LayerNorm
-from timm.models import build_model_with_cfg, generate_default_cfgs, model_entrypoint, register_model
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    model_entrypoint,
+    register_model,
+)
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -37,6 +43,29 @@ PAPER_DATA_CFG: dict[str, Any] = {
     "first_conv": "patch_embed.proj",
     "classifier": "head",
 }
+
+# The data config (timm's pretrained_cfg) entries that say how images are preprocessed, and nothing
+# about where weights come from (no file, url or hub id).
+DATA_CONFIG_KEYS = (
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "first_conv",
+    "classifier",
+)
+
+
+def data_config(name: str, pretrained_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``DATA_CONFIG_KEYS`` entries of ``pretrained_cfg``, by default timm's for model ``name``."""
+    if pretrained_cfg is None:
+        cfg = get_pretrained_cfg(name)
+        pretrained_cfg = cfg.to_dict() if cfg else {}
+    return {k: v for k, v in pretrained_cfg.items() if k in DATA_CONFIG_KEYS and v is not None}
+
 
 _PAPER_COMMON = dict(
     img_size=224, patch_size=16, embed_dim=384, num_heads=12, mlp_ratio=3.0, qkv_bias=True, num_classes=1000
