@@ -283,7 +283,7 @@ def test_pooling_the_weights_cannot_show_comes_from_the_base(tmp_path):
     # A class token with average pooling and the final norm before it: the keys of class-token pooling.
     model = tiny("vit_tiny_patch16_224", embed_dim=64, num_heads=1, patch_size=8, global_pool="avg", fc_norm=False)
     torch.save(model.state_dict(), tmp_path / "avg.pth")
-    assert load_model(tmp_path / "avg.pth").global_pool == "token"  # timm's rule, for want of anything else
-    loaded = load_model(tmp_path / "avg.pth", arch={"family": "vit", "kwargs": {"global_pool": "avg"}})
+    assert load_announced(tmp_path / "avg.pth")[0].global_pool == "token"  # timm's rule, for want of anything else
+    loaded, _ = load_announced(tmp_path / "avg.pth", arch={"family": "vit", "kwargs": {"global_pool": "avg"}})
     assert loaded.global_pool == "avg"
     torch.testing.assert_close(logits(loaded, images()), logits(model, images()), rtol=0, atol=1e-6)

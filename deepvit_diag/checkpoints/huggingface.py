@@ -158,16 +158,16 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[str]]:
     return out, notes
 
 
-def base_arch(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
-    """What ``config.json`` (or, without one, ``transformers``' defaults) says beyond the tensors, as a
-    base arch of the ``vit`` family; its label in notes; the guesses made without a config."""
+def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
+    """What ``config.json`` (or, without one, ``transformers``' defaults) says, as timm's constructor
+    arguments for ``inference.infer_arch``'s hints; their label in notes; the guesses made without a config."""
     if config is None:
         eps = DEFAULT_EPS[layout]
         guesses = [
             f"guessed norm_eps={eps!r} (transformers' default for {layout.removeprefix('hf-')}; no config.json "
             "beside the weights); pass norm_eps=... (--norm-eps) if that is wrong"
         ]
-        return {"family": "vit", "kwargs": {"norm_eps": eps}}, "transformers' defaults", guesses
+        return {"norm_eps": eps}, "transformers' defaults", guesses
     kwargs: dict[str, Any] = {}
     for field, key in (
         ("num_attention_heads", "num_heads"),
@@ -185,7 +185,7 @@ def base_arch(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any
     kwargs.setdefault("norm_eps", DEFAULT_EPS[layout])
     if "act_layer" in kwargs:
         kwargs["act_layer"] = ACTIVATIONS[kwargs["act_layer"]]
-    return {"family": "vit", "kwargs": kwargs}, "its config.json", []
+    return kwargs, "its config.json", []
 
 
 def folder_files(folder: Path) -> tuple[Path, Path | None]:

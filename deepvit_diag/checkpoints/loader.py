@@ -57,7 +57,7 @@ from .layouts import NATIVE, detect_layout, to_our_keys
 from .native import is_native_file, read_native_metadata, save_native
 from .provenance import arch_summary, describe
 from .resample import resample_positions
-from .safe_load import CHECKPOINT_SUFFIXES, file_sha256, read_checkpoint
+from .safe_load import CHECKPOINT_SUFFIXES, RawCheckpoint, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
 from .validation import check_depth, check_fit, checked_arch
 
@@ -272,26 +272,11 @@ def _load_checked_file(
             f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
         )
         arch = None
-    notes: list[str] = []
     hint_text = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
     if raw.native:
-        arch_dict, state_dict, fmt = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE
+        arch_dict, state_dict, fmt, notes = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE, []
     else:
-        fmt = detect_layout(raw.state_dict)
-        state_dict, notes = to_our_keys(fmt, raw.state_dict)
-        base, hints, label_of_base = None, None, ""
-        if arch is not None:
-            base, label_of_base = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
-        elif raw.model_name and (base := _named_arch(raw.model_name)):
-            label_of_base = f"the checkpoint's model name {raw.model_name!r}"
-        if fmt in huggingface.HF_LAYOUTS:
-            config_path = config_path or _beside(path, huggingface.CONFIG_FILE)
-            config = huggingface.read_config(config_path) if config_path else None
-            hf_base, hf_label, hf_notes = huggingface.base_arch(fmt, config)
-            hints, notes = hf_base["kwargs"], notes + hf_notes
-            label_of_base = label_of_base or hf_label
-        inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=label_of_base, overrides=overrides)
-        arch_dict, notes = inference.arch, notes + inference.notes
+        arch_dict, state_dict, fmt, notes = _architecture_of(raw, config_path, arch, overrides)
     if "img_size" in overrides and not resample:
         hint_text += (
             f"; to run these weights at img_size={overrides['img_size']}, resample their position embeddings: "
@@ -316,6 +301,28 @@ def _load_checked_file(
         description=description,
         warnings=notes,
     )
+
+
+def _architecture_of(
+    raw: RawCheckpoint, config_path: Path | None, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    """A foreign file's arch (``inference.infer_arch``), its tensors in our keys, its layout and the notes to
+    announce. What the tensors cannot say comes from ``arch=``, else the recorded model name, and for
+    Hugging Face files from their ``config.json``."""
+    fmt = detect_layout(raw.state_dict)
+    state_dict, notes = to_our_keys(fmt, raw.state_dict)
+    base, hints, stated_by = None, None, ""
+    if arch is not None:
+        base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
+    elif raw.model_name and (base := _named_arch(raw.model_name)):
+        stated_by = f"the checkpoint's model name {raw.model_name!r}"
+    if fmt in huggingface.HF_LAYOUTS:
+        config_path = config_path or _beside(raw.path, huggingface.CONFIG_FILE)
+        config = huggingface.read_config(config_path) if config_path else None
+        hints, config_label, config_notes = huggingface.config_hints(fmt, config)
+        notes, stated_by = notes + config_notes, stated_by or config_label
+    inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=stated_by, overrides=overrides)
+    return inference.arch, state_dict, fmt, notes + inference.notes
 
 
 def _beside(path: Path, name: str) -> Path | None:
