@@ -184,19 +184,20 @@ def run_models(args: argparse.Namespace) -> None:
 # may guess, and what its messages name. Each is an option of import and analyze (--num-heads) and, per
 # model, of compare (--num-heads-a, --num-heads-b).
 ARCH_HINTS = {
-    "num_heads": dict(type=_int_at_least(1), help="number of attention heads per block"),
-    "embed_dim": dict(type=_int_at_least(1), help="width of the tokens (embed_dim)"),
-    "depth": dict(type=_int_at_least(1), help="number of transformer blocks"),
-    "mlp_ratio": dict(type=_positive_number, help="MLP hidden width divided by the token width"),
+    "num_heads": dict(metavar="N", type=_int_at_least(1), help="number of attention heads per block"),
+    "embed_dim": dict(metavar="N", type=_int_at_least(1), help="width of the tokens (embed_dim)"),
+    "depth": dict(metavar="N", type=_int_at_least(1), help="number of transformer blocks"),
+    "mlp_ratio": dict(metavar="R", type=_positive_number, help="MLP hidden width divided by the token width"),
     "img_size": dict(
+        metavar="PX",
         type=_int_at_least(1),
-        help="input resolution in pixels (e.g. 384 for a model fine-tuned at 384 px); see --resample-pos-embed",
+        help="input resolution in pixels (e.g. 384 for a model fine-tuned at 384 px); see --resample-pos-embed{suffix}",
     ),
-    "patch_size": dict(type=_int_at_least(1), help="side of one patch in pixels"),
-    "num_classes": dict(type=_int_at_least(0), help="classes of the head (0: no head)"),
-    "in_chans": dict(type=_int_at_least(1), help="channels of the input images"),
+    "patch_size": dict(metavar="PX", type=_int_at_least(1), help="side of one patch in pixels"),
+    "num_classes": dict(metavar="N", type=_int_at_least(0), help="classes of the head (0: no head)"),
+    "in_chans": dict(metavar="N", type=_int_at_least(1), help="channels of the input images"),
     "global_pool": dict(choices=["token", "avg"], help="how tokens are pooled before the head"),
-    "norm_eps": dict(type=_positive_number, help="LayerNorm eps (1e-6 timm, 1e-5 CLIP and vit-pytorch)"),
+    "norm_eps": dict(metavar="EPS", type=_positive_number, help="LayerNorm eps (1e-6 timm, 1e-5 CLIP and vit-pytorch)"),
     "act_layer": dict(
         choices=["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"], help="MLP activation (quick_gelu: OpenAI CLIP)"
     ),
@@ -223,7 +224,7 @@ def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = 
     )
     for key, spec in ARCH_HINTS.items():
         options = dict(spec)
-        text = options.pop("help")
+        text = options.pop("help").format(suffix=suffix)
         group.add_argument(
             "--" + key.replace("_", "-") + suffix, dest=key + suffix.replace("-", "_"), help=text, **options
         )
@@ -231,7 +232,7 @@ def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = 
         f"--resample-pos-embed{suffix}",
         dest=f"resample_pos_embed{suffix.replace('-', '_')}",
         action="store_true",
-        help="with --img-size: resample the position embeddings to that size (timm's bicubic resampling)",
+        help=f"with --img-size{suffix}: resample the position embeddings to that size (timm's bicubic resampling)",
     )
 
 
