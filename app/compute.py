@@ -3,7 +3,10 @@
 * checkpoints: ``st.cache_resource`` keyed by (spec, arch, fingerprint, side);
 * analyses: a ``ResultStore`` shared by all sessions, keyed by both checkpoints, the image
   set and every parameter (see ``ResultStore`` for why not ``st.cache_data``);
-* live attention of one image and the export files: ``st.cache_data`` keyed by the same keys.
+* live attention of one image and the export files: ``st.cache_data`` keyed by the same keys;
+* sweeps: run by ``deepvit_diag.sweep`` (one checkpoint in memory at a time, none cached as
+  a model) and kept in their own ``ResultStore``; saved sweeps and monitor files are read
+  by ``SweepResult.load`` / ``SweepResult.from_monitor``.
 
 Every number comes from ``deepvit_diag``: this module only calls it.
 """
@@ -26,11 +29,12 @@ import streamlit as st
 import torch
 from torch import nn
 
-from deepvit_diag import DiagError, Settings, compare, extract_attention, load_model
+from deepvit_diag import DiagError, Settings, compare, extract_attention, load_model, sweep
 from deepvit_diag.errors import failure_line
 from deepvit_diag.images import ImageSet, default_image_set, open_images
 from deepvit_diag.report import build_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
+from deepvit_diag.sweeps import SweepResult
 
 from .config import NUM_EXAMPLE_IMAGES
 from .sources import ImageChoice, ModelChoice, shown_as
@@ -127,7 +131,8 @@ def load(choice: ModelChoice, side: str) -> LoadedModel:
 
 
 class ResultStore:
-    """Finished analyses shared by every session; the oldest goes beyond ``max_entries``.
+    """Finished analyses (or sweeps: anything with a ``key``) shared by every session; the
+    oldest goes beyond ``max_entries``.
 
     Not ``st.cache_data``: the analysis reports progress to a bar that the caller owns,
     and ``st.cache_data`` replays the element calls made inside a cached function, which
@@ -235,3 +240,66 @@ def export_files(analysis_key: str, _analysis: Analysis) -> dict[str, bytes]:
         files = {name: (Path(folder) / name).read_bytes() for name in ("result.json", "arrays.npz")}
     files["report.html"] = build_report(_analysis.comparison, _analysis.labels).encode("utf-8")
     return files
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """Everything a sweep run depends on: the checkpoints in order, the images and the settings."""
+
+    checkpoints: tuple[ModelChoice, ...]
+    images: ImageChoice
+    settings: Settings
+
+    def analysis_settings(self) -> Settings:
+        """What every analysis of the sweep runs with: images decoded in the app's own
+        process (as for a comparison) and no example images (a sweep draws none)."""
+        return replace(self.settings, num_workers=0, num_examples=0)
+
+    @property
+    def key(self) -> str:
+        return repr((tuple(choice.key for choice in self.checkpoints), self.images, self.analysis_settings()))
+
+
+@dataclass
+class SweepRun:
+    """A finished sweep, with the request that made it and what was announced on the way."""
+
+    key: str
+    sweep: SweepResult
+    notes: list[str]
+
+
+@st.cache_resource(show_spinner=False)
+def sweep_store() -> ResultStore:
+    return ResultStore(max_entries=4)
+
+
+def run_sweep(request: SweepRequest, report: Callable[[int, int | None], None]) -> SweepRun:
+    """The sweep ``request`` asks for, from the store or computed now (one model at a time,
+    images decoded in the app's own process, as for a comparison)."""
+    if (stored := sweep_store().get(request.key)) is not None:
+        return stored
+    settings = request.analysis_settings()
+    images, notes = (None, []) if request.images.spec is None else open_image_set(request.images, settings.num_images)
+    with _announcements() as caught:
+        result = sweep(
+            [choice.spec for choice in request.checkpoints],
+            images,
+            settings,
+            labels=[choice.name for choice in request.checkpoints],
+            progress=report,
+        )
+    run = SweepRun(request.key, result, list(dict.fromkeys([*notes, *(str(warning.message) for warning in caught)])))
+    sweep_store().put(run)
+    return run
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the sweep...")
+def open_sweep(path: str, fingerprint: str) -> SweepResult:
+    """A saved sweep (a folder with sweep.json and arrays.npz) or a monitor's .jsonl file;
+    ``fingerprint`` changes when the files do."""
+    del fingerprint  # part of the cache key only
+    return SweepResult.from_monitor(path) if Path(path).is_file() else SweepResult.load(path)

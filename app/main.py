@@ -2,7 +2,9 @@
 
 Opens with the bundled demo pair (vit32 against deepvit32 on digits-test) already
 analysed; the sidebar picks other checkpoints, images and parameters, and Run analyses
-them. Defaults can be changed with environment variables (see ``app/config.py``).
+them. The Sweep view runs many checkpoints on the sidebar's images and parameters, or
+opens a saved sweep or monitor file. Defaults can be changed with environment variables
+(see ``app/config.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import streamlit as st  # noqa: E402
 from app.compute import Analysis, AnalysisRequest, failure_message, run_analysis  # noqa: E402
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
-from app.views import export, heads, more, overview, ratio, similarity, theta  # noqa: E402
+from app.views import export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
 
 VIEWS = {
     "Overview": overview.render,
@@ -29,6 +31,8 @@ VIEWS = {
     "More metrics": more.render,
     "Export": export.render,
 }
+# Not a view of the comparison: it has its own inputs and works without one.
+SWEEP_VIEW = "Sweep"
 
 
 def main() -> None:
@@ -44,19 +48,23 @@ def main() -> None:
     if chosen.request is not None and (chosen.run_clicked or "request" not in st.session_state):
         st.session_state["request"] = chosen.request
     analysis = _current_analysis()
-    if analysis is None:
-        return
-    if chosen.request is not None and chosen.request != analysis.request:
-        st.info(
-            "The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings."
-        )
-    for note in analysis.notes:
-        st.warning(note)
-    tabs = st.tabs(list(VIEWS), key="view", on_change="rerun")
-    for tab, render in zip(tabs, VIEWS.values()):
+    if analysis is not None:
+        if chosen.request is not None and chosen.request != analysis.request:
+            st.info(
+                "The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings."
+            )
+        for note in analysis.notes:
+            st.warning(note)
+    names = [*VIEWS, SWEEP_VIEW]
+    tabs = st.tabs(names, key="view", on_change="rerun")
+    for tab, name in zip(tabs, names):
         with tab:
-            if tab.open:  # only the open view is drawn
-                render(analysis)
+            if not tab.open:  # only the open view is drawn
+                continue
+            if name == SWEEP_VIEW:
+                sweep.render(chosen.images, chosen.settings, defaults)
+            elif analysis is not None:
+                VIEWS[name](analysis)
 
 
 def _current_analysis() -> Analysis | None:

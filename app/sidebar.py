@@ -55,6 +55,8 @@ WEIGHT_WORDS = {"bundled": "bundled demo weights", "store": "weight store", "non
 class SidebarInput:
     request: AnalysisRequest | None  # None while an input is missing or has an error
     run_clicked: bool
+    images: ImageChoice | None  # also what a sweep reads; None while the input has an error
+    settings: Settings  # also what a sweep runs with
 
 
 def render_sidebar(defaults: AppDefaults) -> SidebarInput:
@@ -76,8 +78,8 @@ def render_sidebar(defaults: AppDefaults) -> SidebarInput:
     settings = Settings(num_images=int(num_images), **_setting_inputs())
     run_clicked = st.button("Run analysis", type="primary", key="run", width="stretch")
     if None in (model_a, model_b, images):
-        return SidebarInput(None, run_clicked)
-    return SidebarInput(AnalysisRequest(model_a, model_b, images, settings), run_clicked)
+        return SidebarInput(None, run_clicked, images, settings)
+    return SidebarInput(AnalysisRequest(model_a, model_b, images, settings), run_clicked, images, settings)
 
 
 def _checked(make: Callable[[], T]) -> T | None:
@@ -96,7 +98,7 @@ def _checked(make: Callable[[], T]) -> T | None:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def _model_rows() -> list[dict]:
+def model_rows() -> list[dict]:
     """Presets and store entries (re-read every 30 s, so new store entries appear)."""
     return [{key: str(value) if key == "path" else value for key, value in row.items()} for row in list_models()]
 
@@ -110,7 +112,7 @@ def _default_source(spec: str, names: list[str]) -> str:
 
 
 def _model_input(side: str, default_spec: str, max_mb: float) -> ModelChoice:
-    rows = {row["name"]: row for row in _model_rows()}
+    rows = {row["name"]: row for row in model_rows()}
     default_source = _default_source(default_spec, list(rows))
     # The default spec fills the input of its own kind only.
     default_text = {default_source: default_spec}

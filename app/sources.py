@@ -214,3 +214,42 @@ def _safe_name(name: str) -> str:
     """The file name without folders or odd characters (the suffix decides how it is read)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip(".")
     return cleaned or "upload"
+
+
+# ----------------------------------------------------------------------------- saved sweeps
+
+SWEEP_FILES = ("sweep.json", "arrays.npz")
+
+
+def sweep_from_path(text: str) -> tuple[str, str]:
+    """A saved sweep folder or a monitor's .jsonl file on the server: its path and fingerprint."""
+    path = _server_path(text)
+    if path.is_file():
+        if path.suffix != ".jsonl":
+            raise InputError(
+                f"{path.name} is not a monitor file (.jsonl); give it or a folder `deepvit-diag sweep` wrote"
+            )
+        return str(path), _file_fingerprint(path)
+    missing = [name for name in SWEEP_FILES if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"{path} is not a saved sweep: it has no {' or '.join(missing)}")
+    return str(path), ",".join(_file_fingerprint(path / name) for name in SWEEP_FILES)
+
+
+def sweep_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[str, str]:
+    """Uploaded sweep.json and arrays.npz of one sweep (put in one folder), or one monitor
+    .jsonl file: the path to read and its fingerprint."""
+    if len(files) == 1 and files[0].name.endswith(".jsonl"):
+        path, digest = save_upload(files[0], max_mb)
+        return str(path), digest
+    by_name = {Path(uploaded.name).name: uploaded for uploaded in files}
+    if sorted(by_name) != sorted(SWEEP_FILES):
+        raise InputError("upload the sweep.json and arrays.npz of one sweep, or one monitor .jsonl file")
+    saved = {name: save_upload(uploaded, max_mb) for name, uploaded in by_name.items()}
+    digest = hashlib.sha256("".join(saved[name][1] for name in SWEEP_FILES).encode()).hexdigest()
+    folder = upload_folder() / f"sweep-{digest[:16]}"
+    folder.mkdir(exist_ok=True)
+    for name, (path, _) in saved.items():
+        if not (folder / name).exists():
+            shutil.copyfile(path, folder / name)
+    return str(folder), digest

@@ -10,18 +10,22 @@ from .errors import DiagError
 from .metrics import *  # noqa: F403  (the metrics' __all__)
 from .metrics import __all__ as _metrics_all
 from .models import DeepVisionTransformer, ReAttention, build_model
+from .monitor import CollapseMonitor
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
+from .sweeps import SweepResult, sweep
 
 __all__ = [
     "AnalysisResult",
     "AttentionCapture",
     "AttentionRecorder",
+    "CollapseMonitor",
     "ComparisonResult",
     "DeepVisionTransformer",
     "DiagError",
     "ReAttention",
     "Settings",
+    "SweepResult",
     "analyze",
     "build_model",
     "compare",
@@ -29,5 +33,6 @@ __all__ = [
     "load_model",
     "models",
     "save_native",
+    "sweep",
     *_metrics_all,
 ]

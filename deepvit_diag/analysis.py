@@ -8,17 +8,20 @@ weight per image, so ``sum_b metric(batch) * B / N`` is the exact dataset mean a
 result does not depend on the batch size; CKA streams through ``MinibatchCKA``, whose
 chunks do not depend on the batches either.
 
+When the images carry labels, the logits of the same forward passes give the top-1/top-5
+accuracy: correct counts summed on the device (``topk_correct``), exact at any batch size.
+
 Nothing leaves the device until the end and the host never waits for it inside the loop:
-the metrics' input checks (NaN/Inf, negative softmax weights) run deferred
-(``deferred_value_checks``), as on-device flags read once after the last batch, so bad
-input still ends in a DiagError naming the first bad batch.
+the metrics' input checks (NaN/Inf, negative softmax weights, labels out of range) run
+deferred (``deferred_value_checks``), as on-device flags read once after the last batch,
+so bad input still ends in a DiagError naming the first bad batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,29 +31,40 @@ from torch import nn
 from . import catalogue
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
 from .catalogue import Batch
+from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
-from .images import ImageSource, ImageStream
+from .images import ImageSource, ImageStream, StreamBatch
 from .introspection import Geometry, describe_model, model_device
-from .metrics import MIN_UNBIASED_EXAMPLES, DeferredChecks, MinibatchCKA, deferred_value_checks, token_distances
+from .metrics import (
+    DeferredChecks,
+    MinibatchCKA,
+    deferred_value_checks,
+    reported_ks,
+    token_distances,
+    topk_correct,
+)
 from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
 from .settings import DTYPES, MAP_KINDS, Settings
+from .tally import ModelParts, ModelTally, ShardRecord, Tally, combined_computation, results
 
 
 @dataclass
 class BatchMeasurement:
-    """One batch reduced: metric sums (mean * batch size) plus what CKA and examples need."""
+    """One batch reduced: metric sums (mean * batch size) plus what CKA, examples and accuracy need."""
 
     size: int
     sums: dict[str, torch.Tensor]
     features: torch.Tensor  # (L, B, T * D) block outputs flattened per image
     example_images: torch.Tensor | None  # (E_b, H, W, 3) uint8, on the host; None once enough are kept
     example_cls: dict[str, torch.Tensor] | None  # map kind -> (E_b, L, H, gh, gw)
+    correct: torch.Tensor | None  # (K,) int64 top-k counts on the device; None without labels
 
 
 class ModelStatistics:
-    """Device-side running sums of every measured metric of one model, plus its examples."""
+    """Device-side running sums of every measured metric of one model, plus its examples and
+    its top-k correct counts."""
 
     def __init__(self, model: nn.Module, settings: Settings):
         self.model = model
@@ -63,6 +77,10 @@ class ModelStatistics:
         self.example_images: list[torch.Tensor] = []
         self.example_cls: dict[str, list[torch.Tensor]] = {kind: [] for kind in MAP_KINDS}
         self._distances: dict[torch.device, torch.Tensor] = {}
+        self.correct: torch.Tensor | None = None
+        self.ks: tuple[int, ...] = ()
+        # Why labels given with the images cannot be counted for this model, once known.
+        self.accuracy_problem = "the model has no classifier head" if getattr(model, "num_classes", None) == 0 else None
         # Measures that overwrite the maps run last (False sorts before True).
         self._measured = sorted((m for m in catalogue.METRICS if m.measure is not None), key=lambda m: m.consumes_maps)
 
@@ -79,8 +97,11 @@ class ModelStatistics:
             )
         return self._distances[device]
 
-    def measure(self, capture: AttentionCapture, x: torch.Tensor) -> BatchMeasurement:
-        """Reduce one batch's capture to sums (nothing is added until ``add``).
+    def measure(
+        self, capture: AttentionCapture, x: torch.Tensor, logits: object, labels: torch.Tensor | None
+    ) -> BatchMeasurement:
+        """Reduce one batch's capture to sums, and its logits to top-k counts when the
+        batch has ``labels`` (nothing is added until ``add``).
 
         The capture is used up: measures that consume the maps run last (see
         ``catalogue.Metric.consumes_maps``), after the examples have been read.
@@ -98,7 +119,21 @@ class ModelStatistics:
             }
         batch = Batch(capture, self.geometry, self.settings, self.token_distances(capture.pre.device))
         sums = {name: value * size for metric in self._measured for name, value in metric.measure(batch).items()}
-        return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls)
+        correct = self._correct(logits, labels, size)
+        return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls, correct)
+
+    def _correct(self, logits: object, labels: torch.Tensor | None, size: int) -> torch.Tensor | None:
+        """The batch's top-k counts; None without labels or without (B, C) logits."""
+        if labels is None or self.accuracy_problem is not None:
+            return None
+        if not (isinstance(logits, torch.Tensor) and logits.ndim == 2 and len(logits) == size):
+            self.accuracy_problem = "the model's output is not one row of class logits per image"
+            return None
+        self.ks = reported_ks(logits.shape[1])
+        if not self.ks:
+            self.accuracy_problem = "the model has a single class"
+            return None
+        return topk_correct(logits, labels, self.ks)
 
     def _follow_input_size(self, image_size: tuple[int, int]) -> None:
         """A model that takes any image size (``dynamic_img_size``) has the patch grid of the images it is
@@ -117,22 +152,31 @@ class ModelStatistics:
         for name, value in measurement.sums.items():
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += measurement.size
+        if measurement.correct is not None:
+            self.correct = measurement.correct if self.correct is None else self.correct + measurement.correct
         if measurement.example_images is not None:
             self.example_images.append(measurement.example_images)
             for kind, weights in measurement.example_cls.items():
                 self.example_cls[kind].append(weights)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Dataset means, examples and the arrays read from the weights, as numpy (the only
-        device-to-host copy)."""
-        arrays = {name: (total / self.count).cpu().numpy() for name, total in self.sums.items()}
-        arrays["example_images"] = torch.cat(self.example_images).numpy()
-        for kind, weights in self.example_cls.items():
-            arrays[f"example_cls_{kind}"] = torch.cat(weights).cpu().numpy()
+    def tally(self) -> ModelTally:
+        """The sums, counts and examples on the host (the only device-to-host copy)."""
+        examples = {}
+        if self.example_images:
+            examples["example_images"] = torch.cat(self.example_images).numpy()
+            for kind, maps in self.example_cls.items():
+                examples[f"example_cls_{kind}"] = torch.cat(maps).cpu().numpy()
+        correct = {} if self.correct is None else dict(zip(self.ks, self.correct.tolist()))
+        sums = {name: total.double().cpu().numpy() for name, total in self.sums.items()}
+        return ModelTally(sums, correct, self.accuracy_problem, examples)
+
+    def parts(self, labels: str) -> ModelParts:
+        """What the model's result needs besides the sums (``labels``: where its labels came from)."""
+        weight_arrays = {}
         for metric in catalogue.METRICS:
             if metric.reads_model is not None:
-                arrays.update(metric.reads_model(self.model, self.geometry))
-        return arrays
+                weight_arrays.update(metric.reads_model(self.model, self.geometry))
+        return ModelParts(self.model_info(), self.geometry, weight_arrays, labels)
 
     def model_info(self) -> dict[str, Any]:
         return {
@@ -176,9 +220,14 @@ def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
 class StreamingAnalysis:
     """Runs the models over the image stream and owns every accumulator."""
 
-    def __init__(self, models: Sequence[nn.Module], settings: Settings):
+    def __init__(self, models: Sequence[nn.Module], settings: Settings, shard: Shard | str | None = None):
         self.models = models
-        self.settings = settings.resolved()
+        self.explicit_shard = Shard.parse(shard) if isinstance(shard, str) else shard
+        process_shard = process_group_shard()
+        if self.explicit_shard is not None and process_shard is not None:
+            raise DiagError("a shard is chosen by the process group already; run --shard without torchrun")
+        self.shard = self.explicit_shard or process_shard
+        self.settings = replace(settings, device=local_device(settings.device)).resolved()
         self.device = self.settings.torch_device
         self.statistics = [ModelStatistics(model, self.settings) for model in models]
         self.cka = MinibatchCKA(chunk_size=self.settings.cka_chunk)
@@ -195,7 +244,8 @@ class StreamingAnalysis:
                 recorder = AttentionRecorder(model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True)
                 recorders.append(stack.enter_context(recorder))
             stack.enter_context(torch.inference_mode())
-            update = stack.enter_context(reporting(progress, "analysing images", stream.total))
+            label = "analysing images" + (f" (shard {self.shard})" if self.shard is not None else "")
+            update = stack.enter_context(reporting(progress, label, stream.total))
             # Entered last, so it exits first: bad input raises before the results are read.
             self.checks = stack.enter_context(
                 deferred_value_checks(lambda first: f"first in the batch starting at image {first}, 0-based")
@@ -203,14 +253,12 @@ class StreamingAnalysis:
             for batch in stream:
                 self._process(batch, recorders, lambda: update(self.statistics[0].count))
 
-    def _process(
-        self, batch: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder], advance: Callable[[], None]
-    ) -> None:
+    def _process(self, batch: StreamBatch, recorders: list[AttentionRecorder], advance: Callable[[], None]) -> None:
         """Measure a batch in parts of the current batch size, halving it on CUDA OOM."""
-        start, total = 0, len(batch[0])
+        start, total = 0, len(batch)
         while start < total:
             size = min(self.batch_size, total - start)
-            parts = tuple(x[start : start + size] for x in batch)
+            parts = batch.part(start, start + size)
             self.checks.at(self.statistics[0].count)
             try:
                 measurements = self._measure(parts, recorders)
@@ -229,15 +277,17 @@ class StreamingAnalysis:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _measure(self, parts: tuple[torch.Tensor, ...], recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
+    def _measure(self, parts: StreamBatch, recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
         dtype = self.settings.dtype
         autocast = torch.autocast(self.device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
         measurements = []
-        for model, recorder, statistics, x in zip(self.models, recorders, self.statistics, parts):
+        for model, recorder, statistics, x, labels in zip(
+            self.models, recorders, self.statistics, parts.images, parts.labels
+        ):
             with autocast:
-                model(x.to(self.device, non_blocking=True))
+                logits = model(x.to(self.device, non_blocking=True))
             # One model's maps at a time: they are reduced before the next model runs.
-            measurements.append(statistics.measure(recorder.take(), x))
+            measurements.append(statistics.measure(recorder.take(), x, logits, labels))
         return measurements
 
     def _commit(self, measurements: list[BatchMeasurement]) -> None:
@@ -245,44 +295,70 @@ class StreamingAnalysis:
         for statistics, measurement in zip(self.statistics, measurements):
             statistics.add(measurement)
 
-    def results(self, stream: ImageStream) -> tuple[list[AnalysisResult], np.ndarray | None]:
-        """One result per model, and the cross-model CKA (L_A, L_B) when there are two."""
-        count = self.statistics[0].count
-        cka = self._cka_matrices(count)
-        computation = {"final_batch_size": self.batch_size}
-        results = []
-        for statistics, key in zip(self.statistics, ("a", "b")):
-            results.append(
-                AnalysisResult(
-                    model=statistics.model_info(),
-                    geometry=statistics.geometry,
-                    settings=self.settings,
-                    images=stream.provenance(),
-                    num_images=count,
-                    arrays={**statistics.arrays(), "cka": cka[key]},
-                    computation=computation,
-                )
-            )
-        return results, cka.get("ab")
+    def results(self, stream: ImageStream, parts: list[ModelParts]) -> tuple[list[AnalysisResult], np.ndarray | None]:
+        """One result per model, and the cross-model CKA (L_A, L_B) when there are two; in a
+        process group, of every process's images (the tallies are gathered and added in rank
+        order, so every process gets the same results)."""
+        gathered = gather((self.tally(stream), self.computation()))
+        total = sum((tally for tally, _ in gathered[1:]), gathered[0][0])
+        description = stream.description
+        if self.explicit_shard is not None:
+            description += f"; {stream.held}"
+        images = {"description": description, "count": total.count, "skipped": total.skipped + total.open_skipped}
+        return results(total, parts, self.settings, images, combined_computation([done for _, done in gathered]))
 
-    def _cka_matrices(self, count: int) -> dict[str, np.ndarray]:
-        """{"a"} or {"a", "b", "ab"}; NaN when there are too few images for the unbiased HSIC."""
-        if count < MIN_UNBIASED_EXAMPLES:
-            sizes = [statistics.geometry.num_blocks for statistics in self.statistics]
-            shapes = {"a": (sizes[0], sizes[0])}
-            if len(sizes) == 2:
-                shapes.update(b=(sizes[1], sizes[1]), ab=(sizes[0], sizes[1]))
-            return {key: np.full(shape, np.nan, dtype=np.float32) for key, shape in shapes.items()}
-        return {key: matrix.cpu().numpy() for key, matrix in self.cka.result().items()}
+    def tally(self, stream: ImageStream) -> Tally:
+        """This process's sums (of its shard, in a process group or for ``--shard``)."""
+        hsic = {key: value.cpu().numpy() for key, value in self.cka.hsic_totals().items()}
+        models = [statistics.tally() for statistics in self.statistics]
+        return Tally(self.statistics[0].count, models, hsic, stream.skipped, stream.open_skipped)
+
+    def computation(self) -> dict[str, Any]:
+        """How this process computed: its device and the batch size it ended with."""
+        return {"final_batch_size": self.batch_size, "processes": 1, "devices": [str(self.device)]}
 
 
-def _run(
-    models: Sequence[nn.Module], images: ImageSource, settings: Settings, progress: ProgressOption
-) -> tuple[list[AnalysisResult], np.ndarray | None]:
-    analysis = StreamingAnalysis(models, settings)
-    stream = ImageStream(images, models, analysis.settings)
+@dataclass
+class Run:
+    """An analysis of one or two models: a result per model, the CKA across two models'
+    block outputs (L_A, L_B), and this process's sums, which ``deepvit-diag merge`` adds up
+    with the other shards' (``shard``: what identifies the shard, for ``shard=``). A shard
+    that holds no images has sums but no results."""
+
+    results: list[AnalysisResult]
+    cka_ab: np.ndarray | None
+    tally: Tally
+    shard: ShardRecord | None
+
+
+def run(
+    models: Sequence[nn.Module],
+    images: ImageSource,
+    settings: Settings,
+    *,
+    progress: ProgressOption = True,
+    shard: Shard | str | None = None,
+) -> Run:
+    """``analyze`` / ``compare`` of one or two models, with the sums behind the results."""
+    analysis = StreamingAnalysis(models, settings, shard)
+    stream = ImageStream(images, models, analysis.settings, analysis.shard)
+    if not is_reporting_process():
+        progress = False  # one progress bar, rank 0's: the processes share a terminal
     analysis.run(stream, progress)
-    return analysis.results(stream)
+    parts = [statistics.parts(labels) for statistics, labels in zip(analysis.statistics, stream.label_notes)]
+    tally = analysis.tally(stream)
+    if analysis.explicit_shard is None:
+        return Run(*analysis.results(stream, parts), tally, None)
+    record = ShardRecord(
+        shard=analysis.explicit_shard,
+        images=stream.whole,
+        settings=analysis.settings,
+        models=parts,
+        weights=[weights_sha256(model) for model in models],
+        computation=analysis.computation(),
+    )
+    made, cka_ab = analysis.results(stream, parts) if tally.count else ([], None)
+    return Run(made, cka_ab, tally, record)
 
 
 def analyze(
@@ -291,6 +367,7 @@ def analyze(
     settings: Settings | None = None,
     *,
     progress: ProgressOption = True,
+    shard: Shard | str | None = None,
     **overrides: Any,
 ) -> AnalysisResult:
     """Every attention-collapse metric of ``model`` over ``images``, exact over all images.
@@ -299,19 +376,24 @@ def analyze(
         model: a ViT/DeepViT (deepvit-diag or timm ``Attention`` blocks); used in eval
             mode on the settings' device and left exactly as it was (mode, device,
             modules, flags).
-        images: a preprocessed (N, C, H, W) tensor; a list of PIL images; a folder, file,
-            glob or bundled-set name (``deepvit_diag.images.open_images``); or an iterable
-            of (B, C, H, W) tensors (or (images, labels) pairs). PIL and disk images are
-            preprocessed with the model's own timm data config.
+        images: a preprocessed (N, C, H, W) tensor, or an (images, labels) pair of it and
+            its (N,) class indices; a list of PIL images; a folder, file, glob or
+            bundled-set name, or an ``ImageSet`` (``deepvit_diag.images.open_images``); or an
+            iterable of (B, C, H, W) tensors or (images, labels) pairs (a DataLoader). PIL
+            and disk images are preprocessed with the model's own timm data config. Labels
+            (class folders, the bundled digits, the pairs' labels) give ``result.accuracy``.
         settings: a ``Settings`` (default: the defaults): k, tau, rho, axis, maps,
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
         progress: True for a progress bar on stderr, False for none, or a callable
             ``progress(done, total)`` called after every batch (``deepvit_diag.progress``).
+        shard: analyse only this shard of the images, e.g. ``"0/4"`` (``distributed.Shard``);
+            ``deepvit-diag merge`` adds the shards' sums up. Inside an initialised
+            ``torch.distributed`` process group every process analyses its own shard and
+            every process gets the result of all images.
         overrides: fields of ``settings`` to replace, e.g. ``analyze(model, images, k=1)``.
     """
     settings = Settings.with_overrides(settings, overrides)
-    (result,), _ = _run([model], images, settings, progress)
-    return result
+    return run([model], images, settings, progress=progress, shard=shard).results[0]
 
 
 def compare(
@@ -321,11 +403,12 @@ def compare(
     settings: Settings | None = None,
     *,
     progress: ProgressOption = True,
+    shard: Shard | str | None = None,
     **overrides: Any,
 ) -> ComparisonResult:
     """``analyze`` of two models on the same images in one pass, plus CKA across their
     block outputs (L_A, L_B). Each model gets PIL/disk images through its own data
     config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
     settings = Settings.with_overrides(settings, overrides)
-    (result_a, result_b), cka_ab = _run([model_a, model_b], images, settings, progress)
-    return ComparisonResult(result_a, result_b, cka_ab)
+    done = run([model_a, model_b], images, settings, progress=progress, shard=shard)
+    return ComparisonResult(*done.results, done.cka_ab)

@@ -16,13 +16,18 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .distributed import Shard, is_reporting_process, start_from_environment
 from .errors import DiagError, failure_line, interrupted
+from .labels import CLASS_MAP_HELP
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .results import AnalysisResult, ComparisonResult
 
 # ----------------------------------------------------------------------------- option types (usage errors)
 
@@ -101,11 +106,20 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the file size)")
+    p.add_argument(
+        "--save-every",
+        type=_int_at_least(1),
+        metavar="N",
+        help="also save the weights every N epochs, as OUT's name plus -epochNNN next to OUT, each model card "
+        "recording its epoch: a training series for `deepvit-diag sweep`",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> None:
+    import copy
+
     import torch
 
     from .checkpoints.loader import build_arch
@@ -132,17 +146,49 @@ def run_train(args: argparse.Namespace) -> None:
     with torch.device("meta"):  # every other constructor refusal, before the data is read (no memory)
         build_arch(arch)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    with OutputTarget(args.out, folder=False, owned=is_native_file, force=args.force) as target:
-        model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
+    command = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+    every = args.save_every or 0
+    width = len(str(args.epochs))  # zero-padded, so that the snapshot files sort by epoch
+    snapshot_paths = (
+        {
+            epoch: args.out.with_name(f"{args.out.stem}-epoch{epoch:0{width}d}{args.out.suffix}")
+            for epoch in range(every, args.epochs + 1, every)
+        }
+        if every
+        else {}
+    )
+
+    def ship(model: torch.nn.Module, card: dict[str, Any], target: OutputTarget) -> None:
+        """Write ``model`` with its card as the file holds it: with --fp16 the card's accuracy is
+        measured again on the rounded weights (a copy, so that training goes on unrounded)."""
         if args.fp16:
-            # The card must describe the weights as shipped, so measure again after rounding.
-            model.half().float()
+            model = copy.deepcopy(model).half().float()
             card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
-        card["preset"] = args.preset
-        card["command"] = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+        card.update(preset=args.preset, command=command)
         target.write(lambda path: save_native(model, path, card=card, dtype=torch.float16 if args.fp16 else None))
+
+    # Every file is checked and locked before training starts, and each is written whole when it is due.
+    with ExitStack() as stack:
+        final, *snapshots = (
+            stack.enter_context(OutputTarget(path, folder=False, owned=is_native_file, force=args.force))
+            for path in (args.out, *snapshot_paths.values())
+        )
+        by_epoch = dict(zip(snapshot_paths, snapshots))
+        model, card = train_model(
+            arch,
+            data=args.data,
+            config=config,
+            device=args.device,
+            progress=not args.quiet,
+            snapshot_every=every,
+            on_snapshot=lambda model, card: ship(model, card, by_epoch[card["epoch"]]),
+        )
+        ship(model, card, final)
     accuracy, seconds = card["test_accuracy"], card["train_seconds"]
     print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+    if snapshot_paths:
+        paths = list(snapshot_paths.values())
+        print(f"saved {len(paths)} snapshots, one every {every} epochs: {paths[0]} to {paths[-1].name}")
 
 
 def _check_trainable(arch: dict[str, Any]) -> None:
@@ -308,9 +354,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**{spec.name: getattr(args, spec.name) for spec in fields(Settings)})
 
 
-def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``compare`` and ``analyze``: the images, the output and the settings
-    (metric parameters: docs/metrics.md)."""
+def _add_analysis_options(
+    p: argparse.ArgumentParser,
+    outputs: str = "result.json, arrays.npz and report.html",
+    default_out: Path = Path("deepvit-diag-report"),
+) -> None:
+    """Options shared by ``compare``, ``analyze`` and ``sweep``: the images, the output (the
+    folder for ``outputs``) and the settings (metric parameters: docs/metrics.md)."""
     p.add_argument(
         "--images",
         nargs="+",
@@ -319,14 +369,15 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
         "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
         "default: the set the model cards name, else 'photos'",
     )
+    p.add_argument("--class-map", type=Path, metavar="FILE", help=CLASS_MAP_HELP)
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("deepvit-diag-report"),
+        default=default_out,
         metavar="DIR",
-        help="folder for result.json, arrays.npz and report.html (default ./deepvit-diag-report); they appear "
-        "together when all are written, replacing those of an earlier run; a folder holding other files, or "
-        "that another run is writing, is refused before the work starts",
+        help=f"folder for {outputs} (default ./{default_out}); they appear together when all are written, "
+        "replacing those of an earlier run; a folder holding other files, or that another run is writing, is "
+        "refused before the work starts",
     )
     p.add_argument(
         "--force",
@@ -361,6 +412,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ckpt-b", required=True, metavar="SPEC", help="second model, same forms as --ckpt-a")
     _add_analysis_options(p)
+    _add_shard_option(p)
     add_arch_options(p, "-a", "--ckpt-a")
     add_arch_options(p, "-b", "--ckpt-b")
     p.set_defaults(run=run_compare)
@@ -380,8 +432,19 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         help="the model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name",
     )
     _add_analysis_options(p)
+    _add_shard_option(p)
     add_arch_options(p)
     p.set_defaults(run=run_analyze)
+
+
+def _add_shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="analyse only shard I (from 0) of N contiguous shards of the images (cut at whole CKA minibatches) "
+        "and save its sums with the result; `deepvit-diag merge` adds the N --out folders up into the result of "
+        "all images (e.g. one Slurm array task per shard). Under torchrun every process takes its shard itself.",
+    )
 
 
 def _model_label(spec: str, side: str | None = None) -> str:
@@ -400,49 +463,90 @@ def _warnings_as_lines(quiet: bool) -> Iterator[None]:
         yield
 
 
+def _command_line() -> str | None:
+    """The command as the user typed it, for reports; None when not run as ``deepvit-diag``."""
+    return "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+
+
 def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels: list[str]) -> None:
     """``specs``: (checkpoint, option suffix: "" for analyze, "-a" / "-b" for compare) per model."""
-    from rich.console import Console
-
-    from .analysis import analyze, compare
+    from .analysis import run
     from .checkpoints import load_model
     from .images import default_image_set, open_images
-    from .outputs import OutputTarget
     from .report import write_report
-    from .summary import comparison_findings, model_findings, print_summary
+    from .results import ComparisonResult
+    from .tally import save_shard
 
-    with OutputTarget(args.out, folder=True, owned=_written_by_analysis, force=args.force) as target:
+    shard = Shard.parse(args.shard) if args.shard else None
+    with _reporting_output(args, _written_by_analysis) as write:
         settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
-        progress = not args.quiet
         with _warnings_as_lines(args.quiet):
             models = [_load_for(load_model, spec, args, suffix) for spec, suffix in specs]
             sources = args.images or [default_image_set(models)]
-            images = open_images(sources[0] if len(sources) == 1 else sources, limit=settings.num_images)
-            if len(models) == 2:
-                result = compare(*models, images, settings, progress=progress)
-            else:
-                result = analyze(models[0], images, settings, progress=progress)
-        command = "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
+            images = open_images(
+                sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
+            )
+            done = run(models, images, settings, progress=not args.quiet, shard=shard)
+        result = None  # a shard that holds no images has only its (empty) sums
+        if done.results:
+            result = ComparisonResult(*done.results, done.cka_ab) if len(models) == 2 else done.results[0]
+        command = _command_line()
 
         def write_files(folder: Path) -> None:
-            result.save(folder)
-            write_report(folder / "report.html", result, labels, command)
+            if result is not None:
+                result.save(folder)
+                write_report(folder / "report.html", result, labels, command)
+            if done.shard is not None:
+                save_shard(folder, done.tally, done.shard, labels)
 
-        target.write(write_files)
+        write(write_files)
+    if result is None:
+        if not args.quiet:
+            print(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
+        return
+    _print_analysis(args, result, labels)
+
+
+def _print_analysis(args: argparse.Namespace, result: AnalysisResult | ComparisonResult, labels: list[str]) -> None:
+    """The summary of ``analyze``, ``compare`` and ``merge``: JSON, or the table and findings."""
+    from rich.console import Console
+
+    from .results import ComparisonResult
+    from .summary import comparison_findings, model_findings, print_summary
+
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
-        findings = comparison_findings(*labels, result) if len(models) == 2 else model_findings(labels[0], result)
-        results = {labels[0]: result.a, labels[1]: result.b} if len(models) == 2 else {labels[0]: result}
+        pair = isinstance(result, ComparisonResult)
+        findings = comparison_findings(*labels, result) if pair else model_findings(labels[0], result)
+        results = {labels[0]: result.a, labels[1]: result.b} if pair else {labels[0]: result}
         print_summary(Console(), results, findings, out=str(args.out / "report.html"))
 
 
+@contextmanager
+def _reporting_output(args: argparse.Namespace, owned: Callable[[Path], bool]) -> Iterator[Callable]:
+    """``write(fill)`` for the --out folder (``outputs.OutputTarget``), checked before the work.
+
+    Under a launcher such as ``torchrun`` the process joins its process group first; then
+    only rank 0 prints and writes, and the other processes only compute."""
+    from .outputs import OutputTarget
+
+    start_from_environment(args.device)
+    if not is_reporting_process():
+        args.quiet, args.json = True, False
+        yield lambda fill: None
+        return
+    with OutputTarget(args.out, folder=True, owned=owned, force=args.force) as target:
+        yield target.write
+
+
 def _written_by_analysis(path: Path) -> bool:
-    """A file of an earlier ``compare`` / ``analyze`` output, which ``--out`` may replace."""
+    """A file of an earlier ``compare`` / ``analyze`` / ``merge`` output, which ``--out`` may replace."""
     from .report import is_report_file
     from .results import is_result_file
+    from .tally import is_shard_file
 
-    return is_result_file(path) or is_report_file(path)
+    return is_result_file(path) or is_report_file(path) or is_shard_file(path)
 
 
 def _load_for(load_model: Callable, spec: str, args: argparse.Namespace, suffix: str) -> Any:
@@ -479,7 +583,153 @@ def run_analyze(args: argparse.Namespace) -> None:
     _run_analysis(args, [(args.ckpt, "")], [_model_label(args.ckpt)])
 
 
-COMMANDS = [add_compare, add_analyze, add_train, add_models, add_import]
+# ----------------------------------------------------------------------------- sweep
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    from .sweeps import X_AXIS_CHOICES
+
+    p = sub.add_parser(
+        "sweep",
+        help="attention collapse and accuracy across many checkpoints: depths, or the epochs of one run",
+        description="Analyse every checkpoint on the same images, one model at a time, and show similar blocks, "
+        "collapse start and accuracy against depth (one line per family, ViT or DeepViT) or, for the checkpoints of "
+        "one training run, against the epoch they record; print a table and write sweep.json, arrays.npz and a "
+        "self-contained sweep.html. With --monitor, draw what a CollapseMonitor recorded during training instead.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--ckpt",
+        nargs="+",
+        metavar="SPEC",
+        help="the checkpoints: files, weight-store names, presets or timm model names (a shell glob such as "
+        "'runs/tiny-epoch*.safetensors' gives a training series in order)",
+    )
+    source.add_argument(
+        "--monitor",
+        type=Path,
+        metavar="FILE",
+        help="a CollapseMonitor's JSON Lines file, drawn as a training series over its steps (nothing is analysed)",
+    )
+    p.add_argument(
+        "--arch", metavar="NAME", help="architecture of checkpoints whose weights cannot say (preset, official or timm)"
+    )
+    p.add_argument(
+        "--group",
+        nargs="+",
+        metavar="NAME",
+        help="the figure line of each checkpoint, one name per --ckpt (default: ViT or DeepViT, by Re-attention)",
+    )
+    p.add_argument(
+        "--x",
+        dest="x_axis",
+        choices=X_AXIS_CHOICES,
+        default="auto",
+        help="the x axis: depth, the epoch the checkpoints record, or their order; auto (default): a training "
+        "series (by epoch when every checkpoint records one, else in order) when they are all of one group and "
+        "depth, else depth",
+    )
+    p.add_argument(
+        "--relative-depth",
+        action="store_true",
+        help="draw the per-block curves over relative depth (block / number of blocks) instead of the block number",
+    )
+    _add_analysis_options(p, outputs="sweep.json, arrays.npz and sweep.html", default_out=Path("deepvit-diag-sweep"))
+    p.set_defaults(run=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from .report import write_sweep_report
+    from .summary import print_sweep, sweep_findings
+    from .sweeps import SweepResult, sweep
+
+    with _reporting_output(args, _written_by_sweep) as write:
+        if args.monitor is not None:
+            result = SweepResult.from_monitor(args.monitor)
+        else:
+            settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
+            with _warnings_as_lines(args.quiet):
+                result = sweep(
+                    args.ckpt,
+                    args.images[0] if args.images and len(args.images) == 1 else args.images,
+                    settings,
+                    groups=args.group,
+                    x_axis=args.x_axis,
+                    arch=args.arch,
+                    class_map=args.class_map,
+                    progress=not args.quiet,
+                )
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
+
+        write(write_files)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    elif not args.quiet:
+        print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
+
+
+def _written_by_sweep(path: Path) -> bool:
+    """A file of an earlier ``sweep`` output, which ``--out`` may replace."""
+    from .report import is_report_file
+    from .results import is_result_file
+    from .sweeps import SWEEP_FORMAT
+
+    return is_result_file(path, {"sweep.json": (SWEEP_FORMAT,)}) or is_report_file(path)
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="add up the shards of an analysis (analyze/compare --shard I/N) into the result of all images",
+        description="Read the --out folders of the N runs of `analyze --shard I/N` (or `compare --shard I/N`) and "
+        "write the result one run over all images gives: result.json, arrays.npz and report.html. Shards of "
+        "different models, settings or image lists, and missing or repeated shards, are refused.",
+    )
+    p.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="the shards' --out folders, in any order")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the merged result.json, arrays.npz and report.html (checked before the shards are read)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into --out even if it holds files deepvit-diag did not write (they are kept) or another run's lock",
+    )
+    chatter = p.add_mutually_exclusive_group()
+    chatter.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    chatter.add_argument("--json", action="store_true", help="print the summary as JSON on stdout and nothing else")
+    p.set_defaults(run=run_merge, device="cpu")
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    from .report import write_report
+    from .tally import merge_shards
+
+    with _reporting_output(args, _written_by_analysis) as write:
+        result, labels = merge_shards(args.folders)
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_report(folder / "report.html", result, labels, command)
+
+        write(write_files)
+    _print_analysis(args, result, labels)
+
+
+COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,19 +7,25 @@ not images or cannot be decoded are skipped and counted, never fatal on their ow
 a source with no usable image at all is a ``DiagError``. ``ImageSet.batches`` decodes
 and preprocesses in worker processes (a torch ``DataLoader``), so a GPU need not wait
 for JPEG decoding.
+
+Labels travel with the images: an image in a class sub-folder of a folder source (an
+ImageFolder) is labelled by that folder's name, a bundled digit by its digit, and the
+stream hands each model its labels as class indices (``deepvit_diag.labels``), or the
+labels of ``(images, labels)`` batches as they are.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, zip_longest
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -27,8 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DiagError
+from .labels import ClassMap, ModelLabels, class_indices, read_class_map
 from .preprocessing import check_input_size, model_input_config, model_transform, to_rgb
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .distributed import Shard
 
 
 def _photo_paths() -> list[Path]:
@@ -51,12 +61,13 @@ def _photo_paths() -> list[Path]:
     return [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg", *(skimage_dir / n for n in names)]
 
 
-def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]]]:
+def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]], list[str]]:
     from .datasets import digits_split
 
     split = digits_split("test")
     names = [f"digits-test/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
-    return names, [partial(to_rgb, img) for img in split.images]
+    labels = [split.classes[label] for label in split.labels]
+    return names, [partial(to_rgb, img) for img in split.images], labels
 
 
 BUNDLED_SETS: dict[str, str] = {
@@ -96,7 +107,9 @@ class ImageSet:
 
     Iterating yields RGB PIL images; an image that fails to decode at load time is
     skipped with a warning and counted in ``skipped`` (which also counts the files
-    rejected when the set was opened).
+    rejected when the set was opened). ``labels`` names each image's class (None for an
+    unlabelled image; no list for a set without labels) and ``class_map`` says which
+    class index each name is, where the user gave one (``deepvit_diag.labels``).
     """
 
     description: str
@@ -105,6 +118,8 @@ class ImageSet:
     skipped: int = 0
     skipped_names: list[str] = field(default_factory=list, repr=False)
     first_failure: str | None = None  # "<name>: <why>" of the first file skipped
+    labels: list[str | None] | None = field(default=None, repr=False)
+    class_map: ClassMap | None = field(default=None, repr=False)
 
     @classmethod
     def of_images(cls, images: Sequence[Image.Image]) -> ImageSet:
@@ -118,6 +133,21 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, start: int, stop: int, description: str) -> ImageSet:
+        """Images ``[start, stop)`` as a set of their own (labels and class map kept); its
+        ``skipped`` counts only the images that fail to decode in it."""
+        labels = None if self.labels is None else self.labels[start:stop]
+        return replace(
+            self,
+            description=description,
+            names=self.names[start:stop],
+            loaders=self.loaders[start:stop],
+            skipped=0,
+            skipped_names=[],
+            first_failure=None,
+            labels=labels,
+        )
+
     def __iter__(self) -> Iterator[Image.Image]:
         for name, load in zip(self.names, self.loaders):
             try:
@@ -129,19 +159,28 @@ class ImageSet:
         return self.loaders[index]()
 
     def batches(
+        self, transforms: Sequence[Callable[[Image.Image], torch.Tensor]], batch_size: int, **options: Any
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The images in order, ``batch_size`` at a time, as one (B, C, H, W) tensor per
+        transform: ``indexed_batches`` (with the same options) without the positions."""
+        for _, tensors in self.indexed_batches(transforms, batch_size, **options):
+            yield tensors
+
+    def indexed_batches(
         self,
         transforms: Sequence[Callable[[Image.Image], torch.Tensor]],
         batch_size: int,
         *,
         num_workers: int = 0,
         pin_memory: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The images in order, ``batch_size`` at a time, as one (B, C, H, W) tensor per
-        transform. ``num_workers`` processes decode and transform ahead of the consumer
-        (0: in this process); ``pin_memory`` puts the batches in page-locked memory for
-        asynchronous copies to a GPU. Images that fail are skipped as in ``__iter__``, so
-        a batch may hold fewer than ``batch_size``. A worker that dies (out of memory, a
-        full /dev/shm in a container) is a ``DiagError``."""
+    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """The images in order, ``batch_size`` at a time: the (B,) int64 positions in the
+        set of the images in the batch, and one (B, C, H, W) tensor per transform.
+        ``num_workers`` processes decode and transform ahead of the consumer (0: in this
+        process); ``pin_memory`` puts the batches in page-locked memory for asynchronous
+        copies to a GPU. Images that fail are skipped as in ``__iter__``, so a batch may
+        hold fewer than ``batch_size``. A worker that dies (out of memory, a full /dev/shm
+        in a container) is a ``DiagError``."""
         loader = iter(
             DataLoader(
                 _Transformed(self.loaders, tuple(transforms)),
@@ -153,7 +192,7 @@ class ImageSet:
         )
         while True:
             try:
-                tensors, failures = next(loader)
+                indices, tensors, failures = next(loader)
             except StopIteration:
                 return
             except RuntimeError as err:
@@ -167,7 +206,7 @@ class ImageSet:
             for index, message in failures:
                 self._skip(self.names[index], message)
             if tensors:
-                yield tensors
+                yield indices, tensors
 
     def _skip(self, name: str, error: object) -> None:
         self.skipped += 1
@@ -197,11 +236,13 @@ class _Transformed(Dataset):
             return index, None, str(err)
 
 
-def _stack_usable(items: list[tuple]) -> tuple[tuple[torch.Tensor, ...], list[tuple[int, str]]]:
-    """Collate: the usable images stacked per transform, and the (index, reason) of the others."""
-    usable = [tensors for _, tensors, _ in items if tensors is not None]
+def _stack_usable(items: list[tuple]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], list[tuple[int, str]]]:
+    """Collate: the positions of the usable images, those images stacked per transform, and
+    the (index, reason) of the others."""
+    usable = [(index, tensors) for index, tensors, _ in items if tensors is not None]
     failures = [(index, message) for index, tensors, message in items if tensors is None]
-    return tuple(torch.stack(parts) for parts in zip(*usable)), failures
+    indices = torch.tensor([index for index, _ in usable], dtype=torch.int64)
+    return indices, tuple(torch.stack(parts) for parts in zip(*(tensors for _, tensors in usable))), failures
 
 
 def _expand(spec: str | Path) -> list[Path]:
@@ -230,25 +271,35 @@ def _interleave_by_folder(files: list[Path]) -> list[Path]:
     return [f for f in chain.from_iterable(zip_longest(*groups.values())) if f is not None]
 
 
-def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = None) -> ImageSet:
+def open_images(
+    spec: str | Path | Sequence[str | Path],
+    *,
+    limit: int | None = None,
+    class_map: ClassMap | str | Path | None = None,
+) -> ImageSet:
     """Open an image source: a bundled set name, a folder, an image file, a glob, or a list
     of these (bundled sets included), read in the order given.
 
     ``limit`` keeps the first ``limit`` usable images (in sorted order, round-robin over
-    the sub-folders of an ImageFolder layout). Raises ``DiagError`` when nothing usable is found.
+    the sub-folders of an ImageFolder layout). Images in a class sub-folder of a folder
+    source are labelled by its name, the bundled digits by their digit; ``class_map`` (a
+    ``ClassMap`` or a file for ``deepvit_diag.labels.read_class_map``) says which class
+    index each name is. Raises ``DiagError`` when nothing usable is found.
     """
     if limit is not None and limit < 1:
         raise DiagError(f"the number of images must be at least 1, got {limit}")
+    if class_map is not None and not isinstance(class_map, ClassMap):
+        class_map = read_class_map(class_map)
     if isinstance(spec, str) and spec in BUNDLED_SETS:
-        return _bundled(spec, limit)
+        return replace(_bundled(spec, limit), class_map=class_map)
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     if not specs:
         raise DiagError("no image source given")
     # Every source is resolved first, so a missing one is an error even past the limit.
     candidates = [entry for source in specs for entry in _candidates(source, limit)]
-    names, loaders, rejected = [], [], []
+    names, loaders, labels, rejected = [], [], [], []
     first_failure = None
-    for name, loader, path in candidates:
+    for name, loader, path, label in candidates:
         if limit is not None and len(names) >= limit:
             break
         reason = None if path is None else why_unusable(path)
@@ -258,45 +309,63 @@ def open_images(spec: str | Path | Sequence[str | Path], *, limit: int | None = 
             continue
         names.append(name)
         loaders.append(loader)
-    label = ", ".join(str(s) for s in specs)
+        labels.append(label)
+    description = ", ".join(str(s) for s in specs)
     if not names:
         detail = f" ({len(rejected)} file(s) not readable as images; {first_failure})" if rejected else ""
-        raise DiagError(f"no usable image in {label}{detail}")
+        raise DiagError(f"no usable image in {description}{detail}")
     if rejected:
         warnings.warn(
-            f"skipped {len(rejected)} file(s) that are not readable images in {label} (first: {first_failure})",
+            f"skipped {len(rejected)} file(s) that are not readable images in {description} (first: {first_failure})",
             stacklevel=2,
         )
     return ImageSet(
-        f"{len(names)} images from {label}",
+        f"{len(names)} images from {description}",
         names,
         loaders,
         skipped=len(rejected),
         skipped_names=rejected,
         first_failure=first_failure,
+        labels=labels if any(label is not None for label in labels) else None,
+        class_map=class_map,
     )
 
 
-def _candidates(source: str | Path, limit: int | None) -> list[tuple[str, Callable[[], Image.Image], Path | None]]:
-    """(name, loader, file to check or None) for each image a source names; bundled
-    images need no check."""
+def _candidates(
+    source: str | Path, limit: int | None
+) -> list[tuple[str, Callable[[], Image.Image], Path | None, str | None]]:
+    """(name, loader, file to check or None, label or None) for each image a source names;
+    bundled images need no check."""
     if isinstance(source, str) and source in BUNDLED_SETS:
         bundled = _bundled(source, limit)
-        return [(name, loader, None) for name, loader in zip(bundled.names, bundled.loaders)]
-    return [(str(path), partial(_load_path, path), path) for path in _expand(source)]
+        labels = bundled.labels or [None] * len(bundled)
+        return [(name, loader, None, label) for name, loader, label in zip(bundled.names, bundled.loaders, labels)]
+    return [(str(path), partial(_load_path, path), path, _class_folder(path, source)) for path in _expand(source)]
+
+
+def _class_folder(path: Path, source: str | Path) -> str | None:
+    """The ImageFolder class of a file found in folder ``source``: the sub-folder of
+    ``source`` it lies in (None for files directly in it, and for file and glob sources)."""
+    root = Path(os.path.expanduser(str(source)))
+    if any(ch in str(source) for ch in "*?[") or not root.is_dir():
+        return None
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
 
 
 def _bundled(name: str, limit: int | None) -> ImageSet:
+    labels = None
     if name == "photos":
         paths = _photo_paths()[:limit]
         names, loaders = [f"photos/{p.stem}" for p in paths], [partial(_load_path, p) for p in paths]
     else:
-        names, loaders = _digits_test()
-        names, loaders = names[:limit], loaders[:limit]
+        names, loaders, labels = _digits_test()
+        names, loaders, labels = names[:limit], loaders[:limit], labels[:limit]
     return ImageSet(
         description=f"{len(names)} images of the bundled set '{name}': {BUNDLED_SETS[name]}",
         names=names,
         loaders=loaders,
+        labels=labels,
     )
 
 
@@ -309,21 +378,62 @@ def default_image_set(models: Sequence[object]) -> str:
 
 
 ImageSource = (
-    torch.Tensor | Sequence[Image.Image] | str | Path | Sequence[str | Path] | ImageSet | Iterable[torch.Tensor]
+    torch.Tensor
+    | tuple[torch.Tensor, torch.Tensor]
+    | Sequence[Image.Image]
+    | str
+    | Path
+    | Sequence[str | Path]
+    | ImageSet
+    | Iterable[torch.Tensor]
 )
 
 
-class ImageStream:
-    """Batches of at most ``settings.batch_size`` images, as one tensor per model.
+@dataclass
+class StreamBatch:
+    """One batch of the stream: the images as each model sees them, and each model's labels.
 
-    Tensors and iterables of tensor batches are passed to every model as they are (already
-    preprocessed); PIL images and image files are preprocessed with each model's own timm
-    data config (models with the same config share one tensor), by ``settings.num_workers``
-    processes and into pinned memory when the device is a GPU.
+    Attributes:
+        images: one (B, C, H, W) tensor per model.
+        labels: one (B,) int64 tensor of class indices per model, or None for a model
+            without labels.
     """
 
-    def __init__(self, images: ImageSource, models: Sequence[nn.Module], settings: Settings):
+    images: tuple[torch.Tensor, ...]
+    labels: tuple[torch.Tensor | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.images[0])
+
+    def part(self, start: int, stop: int) -> StreamBatch:
+        """Images ``start`` to ``stop`` (exclusive) of the batch."""
+        return StreamBatch(
+            tuple(x[start:stop] for x in self.images),
+            tuple(None if y is None else y[start:stop] for y in self.labels),
+        )
+
+
+NO_TENSOR_LABELS = "preprocessed tensors carry no labels (pass (images, labels) pairs for accuracy)"
+
+
+class ImageStream:
+    """Batches of at most ``settings.batch_size`` images, as one tensor per model, with each
+    model's labels (``StreamBatch``).
+
+    Tensors and iterables of tensor batches are passed to every model as they are (already
+    preprocessed), with the labels of ``(images, labels)`` pairs as class indices for every
+    model; PIL images and image files are preprocessed with each model's own timm data
+    config (models with the same config share one tensor), by ``settings.num_workers``
+    processes and into pinned memory when the device is a GPU, and their labels are mapped
+    to each model's classes (``deepvit_diag.labels``). ``label_notes`` says, per model,
+    where its labels come from or why there are none.
+    """
+
+    def __init__(
+        self, images: ImageSource, models: Sequence[nn.Module], settings: Settings, shard: Shard | None = None
+    ):
         self.models = models
+        self.shard = shard
         self.batch_size = settings.batch_size
         self.limit = settings.num_images
         self.num_workers = settings.resolved().num_workers
@@ -331,14 +441,24 @@ class ImageStream:
         self.count = 0
         self._image_set: ImageSet | None = None
         self._tensors: Iterable[torch.Tensor] | None = None
+        self._label_tables: list[torch.Tensor | None] = [None] * len(models)
+        self._batches_labelled: bool | None = None  # tensor batches: whether the first carried labels
+        self.label_notes = [NO_TENSOR_LABELS] * len(models)
         self.total: int | None = None
+        self.open_skipped = 0  # a shard's count of the files refused when the whole source was opened
+        self.held = ""  # which images of the source a shard holds
+        self.whole: dict[str, Any] = {}  # a shard's whole image list: description, total, fingerprint
         self._classify(images)
+        if shard is not None:
+            self._cut(shard, settings.cka_chunk)
 
     def _classify(self, images: ImageSource) -> None:
-        if isinstance(images, torch.Tensor):
-            self._tensors, self.total = [images], min(len(images), self.limit or len(images))
-            self.description = f"a tensor of {len(images)} preprocessed images"
-        elif isinstance(images, ImageSet) or _is_path_spec(images):
+        if isinstance(images, torch.Tensor) or _is_labelled_tensor(images):
+            x = images if isinstance(images, torch.Tensor) else images[0]
+            self._tensors, self.total = [images], min(len(x), self.limit or len(x))
+            labelled = " with labels" if x is not images else ""
+            self.description = f"a tensor of {len(x)} preprocessed images{labelled}"
+        elif isinstance(images, ImageSet) or is_path_spec(images):
             self._use(images if isinstance(images, ImageSet) else open_images(images, limit=self.limit))
         elif isinstance(images, Sequence) and images and all(isinstance(image, Image.Image) for image in images):
             self._use(ImageSet.of_images(images))
@@ -347,54 +467,132 @@ class ImageStream:
             self.description = f"batches of preprocessed images from a {type(images).__name__}"
         else:
             raise DiagError(
-                "images must be a (N, C, H, W) tensor, a list of PIL images, a folder/file/glob/bundled-set "
-                f"name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
+                "images must be a (N, C, H, W) tensor, an (images, labels) pair, a list of PIL images, a folder/file/"
+                f"glob/bundled-set name, or an iterable of (B, C, H, W) batches; got {type(images).__name__}"
             )
+
+    def _cut(self, shard: Shard, chunk: int) -> None:
+        """Keep only ``shard`` of the (limited) image list, cut at CKA minibatch boundaries
+        (``distributed.Shard.bounds``)."""
+        if self._tensors is not None and not isinstance(self._tensors, list):
+            raise DiagError(
+                "an iterable of batches cannot be cut into shards: give a tensor, PIL images or image files "
+                "(or analyse without shards or a process group)"
+            )
+        self.whole = {"description": self.description, "total": self.total, "fingerprint": self._fingerprint()}
+        start, stop = shard.bounds(self.total, chunk)
+        self.held = f"shard {shard}: " + (f"images {start + 1}-{stop}" if stop > start else "no images")
+        self.held += f" of {self.total}"
+        if self._image_set is not None:
+            self.open_skipped = self._image_set.skipped
+            self._image_set = self._image_set.subset(start, stop, f"{self.description}; {self.held}")
+            # Labels are looked up by position in the set being streamed, now the shard.
+            self._label_tables = [None if table is None else table[start:stop] for table in self._label_tables]
+        else:
+            (item,) = self._tensors
+            self._tensors = [
+                tuple(part[start:stop] for part in item) if _is_labelled_tensor(item) else item[start:stop]
+            ]
+        self.total, self.limit = stop - start, None
+
+    def _fingerprint(self) -> str:
+        """A hash of the whole (limited) image list: its names, or a tensor's bytes."""
+        digest = hashlib.sha256()
+        if self._image_set is not None:
+            digest.update("\n".join(self._image_set.names[: self.total]).encode())
+        else:
+            (item,) = self._tensors
+            for part in item if _is_labelled_tensor(item) else (item,):
+                digest.update(part[: self.total].detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def _use(self, image_set: ImageSet) -> None:
         self._image_set = image_set
         self.total = min(len(image_set), self.limit or len(image_set))
         self.description = image_set.description
+        labels: list[ModelLabels] = [
+            class_indices(image_set.labels, model, image_set.class_map) for model in self.models
+        ]
+        self._label_tables = [model_labels.indices for model_labels in labels]
+        self.label_notes = [model_labels.note for model_labels in labels]
+
+    @property
+    def skipped(self) -> int:
+        """Files skipped as unreadable: those of this stream's (shard of the) images that
+        failed to decode, plus, for a whole source, those refused when it was opened."""
+        return self._image_set.skipped if self._image_set is not None else 0
 
     def provenance(self) -> dict[str, Any]:
-        skipped = self._image_set.skipped if self._image_set is not None else 0
-        return {"description": self.description, "count": self.count, "skipped": skipped}
+        return {"description": self.description, "count": self.count, "skipped": self.open_skipped + self.skipped}
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def __iter__(self) -> Iterator[StreamBatch]:
         source = self._image_batches() if self._image_set is not None else self._tensor_batches()
         for batch in source:
             if self.limit is not None:
-                batch = tuple(x[: self.limit - self.count] for x in batch)
-            self.count += len(batch[0])
+                batch = batch.part(0, self.limit - self.count)
+            self.count += len(batch)
             yield batch
             if self.limit is not None and self.count >= self.limit:
                 return
-        if self.count == 0:
+        if self.count == 0 and self.shard is None:  # a shard may be empty; the whole analysis may not
             failure = self._image_set.first_failure if self._image_set is not None else None
             reason = f": every one failed to load (first: {failure})" if failure else ""
             raise DiagError(f"no images to analyse in {self.description}{reason}")
 
-    def _tensor_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _tensor_batches(self) -> Iterator[StreamBatch]:
         for item in self._tensors:
             x = _batch_tensor(item)
+            labels = self._batch_labels(item, len(x))
             for model in self.models:
                 check_input_size(model, x)
+            whole = StreamBatch((x,) * len(self.models), (labels,) * len(self.models))
             for start in range(0, len(x), self.batch_size):
-                part = x[start : start + self.batch_size]
-                yield (part,) * len(self.models)
+                yield whole.part(start, start + self.batch_size)
 
-    def _image_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batch_labels(self, item: object, size: int) -> torch.Tensor | None:
+        """The labels of an (images, labels) batch; every batch must have them or none."""
+        labels = item[1] if _is_labelled_tensor(item) else None
+        if self._batches_labelled is None:
+            self._batches_labelled = labels is not None
+            if labels is not None:
+                note = "class indices from the (images, labels) batches"
+            elif isinstance(item, (tuple, list)) and len(item) > 1:
+                note = "the second entry of the batches is not a (B,) tensor of class indices"
+            else:
+                note = NO_TENSOR_LABELS
+            self.label_notes = [note] * len(self.models)
+        elif self._batches_labelled != (labels is not None):
+            raise DiagError("some batches carry (B,) class-index labels and others do not")
+        if labels is not None and len(labels) != size:
+            raise DiagError(f"a batch of {size} images comes with {len(labels)} labels")
+        return labels
+
+    def _image_batches(self) -> Iterator[StreamBatch]:
         configs = [repr(sorted(model_input_config(model).items())) for model in self.models]
         transforms = {config: model_transform(model) for config, model in zip(configs, self.models)}
-        batches = self._image_set.batches(
+        batches = self._image_set.indexed_batches(
             list(transforms.values()), self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory
         )
-        for tensors in batches:
+        for indices, tensors in batches:
             by_config = dict(zip(transforms, tensors))
-            yield tuple(by_config[config] for config in configs)
+            labels = tuple(None if table is None else table[indices] for table in self._label_tables)
+            yield StreamBatch(tuple(by_config[config] for config in configs), labels)
 
 
-def _is_path_spec(images: object) -> bool:
+def _is_labelled_tensor(item: object) -> bool:
+    """An (images, labels) pair: a float tensor and a (B,) integer tensor of class indices."""
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], torch.Tensor)
+        and isinstance(item[1], torch.Tensor)
+        and item[1].ndim == 1
+        and not (item[1].is_floating_point() or item[1].is_complex() or item[1].dtype == torch.bool)
+    )
+
+
+def is_path_spec(images: object) -> bool:
+    """A folder, file, glob or bundled-set name, or a list of them (what ``open_images`` opens)."""
     if isinstance(images, (str, Path)):
         return True
     return isinstance(images, (list, tuple)) and bool(images) and all(isinstance(item, (str, Path)) for item in images)

@@ -1,4 +1,5 @@
-"""``report.html``: one self-contained page per analysis or comparison.
+"""``report.html``: one self-contained page per analysis or comparison, and ``sweep.html``
+per sweep.
 
 The page opens offline: plotly.js is inlined once in a single ``<script>``, every figure
 is a ``<div>`` plus a short inline script, and nothing is loaded from anywhere else (no
@@ -23,7 +24,16 @@ from . import catalogue, figures
 from .readers import MIXING_BLOCKS
 from .results import AnalysisResult, ComparisonResult, package_versions
 from .settings import Settings
-from .summary import comparison_findings, model_findings, summary_rows, summary_title
+from .summary import (
+    comparison_findings,
+    model_findings,
+    summary_rows,
+    summary_title,
+    sweep_findings,
+    sweep_rows,
+    sweep_title,
+)
+from .sweeps import SweepResult
 
 # The start of every report's <title>: how ``is_report_file`` tells a report.html this module wrote.
 TITLE_PREFIX = "deepvit-diag: "
@@ -101,10 +111,15 @@ def _definition_list(entries: Mapping[str, Any]) -> str:
 
 
 def _headline_table(results: Mapping[str, AnalysisResult]) -> str:
-    head = "<tr><th></th>" + "".join(f"<th>{_e(label)}</th>" for label in results) + "</tr>"
+    return _table(["", *results], [[label, *cells] for label, cells in summary_rows(results)])
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table whose first column names its rows."""
+    head = "<tr>" + "".join(f"<th>{_e(title)}</th>" for title in header) + "</tr>"
     body = "".join(
-        f"<tr><th>{_e(label)}</th>" + "".join(f'<td class="num">{_e(cell)}</td>' for cell in cells) + "</tr>"
-        for label, cells in summary_rows(results)
+        f"<tr><th>{_e(row[0])}</th>" + "".join(f'<td class="num">{_e(cell)}</td>' for cell in row[1:]) + "</tr>"
+        for row in rows
     )
     return f"<table>{head}{body}</table>"
 
@@ -131,6 +146,7 @@ def _model_card(label: str, result: AnalysisResult) -> str:
         MIXING_BLOCKS[geometry.head_mixing]: ", ".join(str(block + 1) for block in reattention)
         if reattention
         else "none",
+        "labels (accuracy)": result.accuracy.labels,
         "model card": json.dumps(card, sort_keys=True) if card else None,
     }
     return f'<section class="card"><h3>{_e(label)}</h3>{_definition_list(entries)}</section>'
@@ -138,9 +154,56 @@ def _model_card(label: str, result: AnalysisResult) -> str:
 
 def _settings_entries(result: AnalysisResult) -> dict[str, Any]:
     """The settings under their labels (``Settings`` field metadata), then how they ran."""
-    entries = {spec.metadata["label"]: getattr(result.settings, spec.name) for spec in fields(Settings)}
+    entries = _labelled_settings(result.settings)
     entries["batch size used (after out-of-memory retries)"] = result.computation.get("final_batch_size")
     return entries
+
+
+def _labelled_settings(settings: Settings) -> dict[str, Any]:
+    return {spec.metadata["label"]: getattr(settings, spec.name) for spec in fields(Settings)}
+
+
+def _images_card(images: Mapping[str, Any]) -> str:
+    entries = {
+        "images": images["description"],
+        "images analysed": images["count"],
+        "unreadable files skipped": images.get("skipped", 0),
+    }
+    return f'<section class="card">{_definition_list(entries)}</section>'
+
+
+def _versions_card(command: str | None) -> str:
+    entries = {"command": command, **{f"{name} version": version for name, version in package_versions().items()}}
+    return f'<section class="card">{_definition_list(entries)}</section>'
+
+
+def _findings_card(findings: Sequence[str]) -> str:
+    return (
+        '<section class="card"><ul class="findings">'
+        + "".join(f"<li>{_e(s)}</li>" for s in findings)
+        + "</ul></section>"
+    )
+
+
+def _page(title: str, heading: str, lead: str, parts: Sequence[str]) -> str:
+    """The whole page: head with plotly.js inlined once, the heading, the lead, ``parts``."""
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{TITLE_PREFIX}{_e(title)}</title>",
+            f"<style>{STYLE}</style>",
+            # Inlined once, before any figure script runs: the file must open without network.
+            f'<script type="text/javascript">{get_plotlyjs()}</script>',
+            "</head><body><main>",
+            f"<h1>{_e(heading)}</h1>",
+            f'<p class="lead">{_e(lead)}, {_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))}. '
+            "Method: Zhou et al. 2021, DeepViT. Blocks and heads are numbered from 1, as in the paper.</p>",
+            *parts,
+            "</main></body></html>",
+        ]
+    )
 
 
 def _figure_html(item: ReportFigure) -> str:
@@ -159,59 +222,30 @@ def build_report(result: AnalysisResult | ComparisonResult, labels: Sequence[str
     else:
         title = labels[0]
         findings = model_findings(labels[0], result)
-    items = report_figures(result, labels)
-    images = first.images
-
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{TITLE_PREFIX}{_e(title)}</title>",
-        f"<style>{STYLE}</style>",
-        # Inlined once, before any figure script runs: the file must open without network.
-        f'<script type="text/javascript">{get_plotlyjs()}</script>',
-        "</head><body><main>",
-        f"<h1>Attention collapse: {_e(title)}</h1>",
-        f'<p class="lead">deepvit-diag report, {_e(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))}. '
-        "Method: Zhou et al. 2021, DeepViT. Blocks and heads are numbered from 1, as in the paper.</p>",
         "<h2>Headline numbers</h2>",
         f'<section class="card"><p>{_e(summary_title(results))}</p>{_headline_table(results)}</section>',
         "<h2>Findings</h2>",
-        '<section class="card"><ul class="findings">'
-        + "".join(f"<li>{_e(s)}</li>" for s in findings)
-        + "</ul></section>",
+        _findings_card(findings),
         "<h2>Models</h2>",
         *(_model_card(label, analysis) for label, analysis in results.items()),
         "<h2>Images and parameters</h2>",
-        '<section class="card">'
-        + _definition_list(
-            {
-                "images": images["description"],
-                "images analysed": images["count"],
-                "unreadable files skipped": images.get("skipped", 0),
-            }
-        )
-        + "</section>",
+        _images_card(first.images),
         f'<section class="card">{_definition_list(_settings_entries(first))}</section>',
-        '<section class="card">'
-        + _definition_list(
-            {"command": command, **{f"{name} version": version for name, version in package_versions().items()}}
-        )
-        + "</section>",
+        _versions_card(command),
     ]
     section = None
-    for item in items:
+    for item in report_figures(result, labels):
         if item.section != section:
             section = item.section
             parts.append(f"<h2>{_e(section)}</h2>")
         parts.append(_figure_html(item))
-    parts.append("</main></body></html>")
-    return "\n".join(parts)
+    return _page(title, f"Attention collapse: {title}", "deepvit-diag report", parts)
 
 
 def is_report_file(path: Path) -> bool:
-    """Whether ``path`` is a report.html that ``write_report`` wrote (what ``--out`` may replace)."""
-    if path.name != "report.html":
+    """Whether ``path`` is a report.html or sweep.html that this module wrote (what ``--out`` may replace)."""
+    if path.name not in ("report.html", "sweep.html"):
         return False
     try:
         with open(path, "rb") as f:
@@ -226,4 +260,45 @@ def write_report(
 ) -> Path:
     path = Path(path)
     path.write_text(build_report(result, labels, command), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- sweep.html
+
+
+def sweep_report_figures(sweep: SweepResult, relative_depth: bool = False) -> list[ReportFigure]:
+    """Every figure of sweep.html, in page order (``figures.draw_sweep``)."""
+    return [
+        ReportFigure(drawn.element_id, "Sweep", drawn.caption, drawn.figure)
+        for drawn in figures.draw_sweep(sweep, relative_depth=relative_depth)
+    ]
+
+
+def build_sweep_report(sweep: SweepResult, command: str | None = None, relative_depth: bool = False) -> str:
+    """sweep.html as a string: the table of checkpoints, the findings, every sweep figure,
+    the images and settings. ``relative_depth`` draws the per-block curves over block /
+    number of blocks."""
+    header, rows = sweep_rows(sweep)
+    kind = "training series" if sweep.is_series else "depth sweep"
+    parts = [
+        "<h2>Checkpoints</h2>",
+        f'<section class="card"><p>{_e(sweep_title(sweep))}</p>{_table(header, rows)}</section>',
+        "<h2>Findings</h2>",
+        _findings_card(sweep_findings(sweep)),
+        "<h2>Figures</h2>",
+        *(_figure_html(item) for item in sweep_report_figures(sweep, relative_depth)),
+        "<h2>Images and parameters</h2>",
+        _images_card(sweep.images),
+        f'<section class="card">{_definition_list(_labelled_settings(sweep.settings))}</section>',
+        _versions_card(command),
+    ]
+    title = f"{kind} of {len(sweep.entries)} checkpoints"
+    return _page(title, f"Attention collapse across a {title}", "deepvit-diag sweep report", parts)
+
+
+def write_sweep_report(
+    path: str | Path, sweep: SweepResult, command: str | None = None, relative_depth: bool = False
+) -> Path:
+    path = Path(path)
+    path.write_text(build_sweep_report(sweep, command, relative_depth), encoding="utf-8")
     return path

@@ -39,7 +39,7 @@ import json
 import math
 import platform
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,14 @@ import torch
 from .catalogue import required_arrays
 from .errors import DiagError
 from .introspection import Geometry
-from .metrics import SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
+from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
 from .settings import MAP_KINDS, Settings
 
 ANALYSIS_FORMAT = "deepvit-diag analysis"
 COMPARISON_FORMAT = "deepvit-diag comparison"
 # 2: typed geometry, settings and computation; Theta stacked over the Re-attention blocks.
 FORMAT_VERSION = 2
+ACCURACY_NOT_RECORDED = "not recorded (a result saved before deepvit-diag measured accuracy)"
 
 
 def jsonable(value: Any) -> Any:
@@ -102,26 +103,38 @@ def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -
     )
 
 
-def is_result_file(path: Path) -> bool:
+def is_result_file(path: Path, documents: Mapping[str, tuple[str, ...]] | None = None) -> bool:
     """Whether ``path`` is a result.json or arrays.npz as ``save`` writes them (what ``--out`` may replace):
-    a result.json whose ``format`` is a deepvit-diag result, an arrays.npz that is a zip archive."""
+    a result.json whose ``format`` is a deepvit-diag result, an arrays.npz that is a zip archive.
+    ``documents`` names other JSON documents and their formats (a sweep's ``sweep.json``)."""
+    documents = documents or {"result.json": (ANALYSIS_FORMAT, COMPARISON_FORMAT)}
     try:
-        if path.name == "result.json":
+        if path.name in documents:
             document = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(document, dict) and document.get("format") in (ANALYSIS_FORMAT, COMPARISON_FORMAT)
+            return isinstance(document, dict) and document.get("format") in documents[path.name]
         if path.name == "arrays.npz":
-            with open(path, "rb") as f:
-                return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one: no arrays)
+            return is_zip_archive(path)
     except (OSError, ValueError):
         pass
     return False
 
 
-def _read_folder(folder: str | Path, expected_format: str) -> tuple[dict, dict[str, np.ndarray]]:
+def is_zip_archive(path: Path) -> bool:
+    """Whether ``path`` starts like a zip archive (an ``.npz``; an empty one has no entries)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError:
+        return False
+
+
+def _read_folder(
+    folder: str | Path, expected_format: str, document_name: str = "result.json"
+) -> tuple[dict, dict[str, np.ndarray]]:
     folder = Path(folder)
-    json_path, npz_path = folder / "result.json", folder / "arrays.npz"
+    json_path, npz_path = folder / document_name, folder / "arrays.npz"
     if not json_path.is_file() or not npz_path.is_file():
-        raise DiagError(f"{folder} is not a saved deepvit-diag result (needs result.json and arrays.npz)")
+        raise DiagError(f"{folder} is not a saved deepvit-diag result (needs {document_name} and arrays.npz)")
     try:
         document = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -151,10 +164,12 @@ def _from_saved(folder: str | Path, build: Callable[[], Any]) -> Any:
         raise DiagError(f"{folder} is a damaged deepvit-diag result ({detail})") from None
 
 
-def _write_folder(folder: str | Path, document: dict, arrays: dict[str, np.ndarray]) -> Path:
+def _write_folder(
+    folder: str | Path, document: dict, arrays: dict[str, np.ndarray], document_name: str = "result.json"
+) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "result.json").write_text(json.dumps(document, indent=2, allow_nan=False))
+    (folder / document_name).write_text(json.dumps(document, indent=2, allow_nan=False))
     np.savez_compressed(folder / "arrays.npz", **arrays)
     return folder
 
@@ -193,6 +208,7 @@ class AnalysisResult:
         num_images: images every dataset-level mean is taken over.
         arrays: name -> numpy array.
         computation: how it was computed (``final_batch_size`` after out-of-memory retries).
+        accuracy: top-1/top-5 accuracy over the images when they carry labels, else why not.
     """
 
     model: dict[str, Any]
@@ -202,6 +218,7 @@ class AnalysisResult:
     num_images: int
     arrays: dict[str, np.ndarray] = field(repr=False)
     computation: dict[str, Any] = field(default_factory=dict)
+    accuracy: Accuracy = field(default_factory=lambda: Accuracy.unavailable(ACCURACY_NOT_RECORDED))
 
     def __post_init__(self) -> None:
         self.model, self.images, self.computation = (
@@ -211,7 +228,7 @@ class AnalysisResult:
         )
 
     def _metadata(self) -> tuple:
-        return self.model, self.geometry, self.settings, self.images, self.num_images, self.computation
+        return self.model, self.geometry, self.settings, self.images, self.num_images, self.computation, self.accuracy
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AnalysisResult):
@@ -298,7 +315,9 @@ class AnalysisResult:
         """Scalars for reports (JSON-able; undefined values are None; blocks 0-based).
 
         Map-based entries come for both map kinds with a ``_pre`` / ``_post`` suffix and
-        once more without suffix for the default kind (``settings.maps``).
+        once more without suffix for the default kind (``settings.maps``). Accuracy
+        entries (``accuracy_top1``, ``accuracy_top5``: shares in [0, 1]) are None without
+        labels, and ``accuracy_labels`` says where the labels came from or why there are none.
         """
         summary: dict[str, Any] = {
             "num_images": self.num_images,
@@ -322,6 +341,10 @@ class AnalysisResult:
         for distance in ("distance_from_identity", "distance_from_permutation"):
             values = [getattr(info, distance) for info in thetas]
             summary[f"theta_{distance}_mean"] = _finite_or_none(float(np.mean(values))) if values else None
+        for k in TOP_K:
+            summary[f"accuracy_top{k}"] = self.accuracy.top(k)
+        summary["accuracy_images"] = self.accuracy.images
+        summary["accuracy_labels"] = self.accuracy.labels
         return summary
 
     def to_document(self) -> dict[str, Any]:
@@ -335,6 +358,7 @@ class AnalysisResult:
             "computation": self.computation,
             "images": self.images,
             "num_images": self.num_images,
+            "accuracy": self.accuracy.to_dict(),
             "summary": self.summary(),
             "array_shapes": {name: list(array.shape) for name, array in self.arrays.items()},
             "versions": package_versions(),
@@ -357,6 +381,9 @@ class AnalysisResult:
                 num_images=document["num_images"],
                 arrays=arrays,
                 computation=document.get("computation", {}),
+                accuracy=Accuracy.from_dict(document["accuracy"])
+                if "accuracy" in document
+                else Accuracy.unavailable(ACCURACY_NOT_RECORDED),
             )
         except KeyError as err:
             raise DiagError(f"saved analysis lacks the entry {err}") from None
@@ -476,3 +503,13 @@ class ComparisonResult:
             return cls(sides["a"], sides["b"], arrays["cka_ab"])
 
         return _from_saved(folder, build)
+
+
+def load_result(folder: str | Path) -> AnalysisResult | ComparisonResult:
+    """A saved analysis or comparison, whichever the folder holds."""
+    path = Path(folder) / "result.json"
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return ComparisonResult.load(folder) if kind == COMPARISON_FORMAT else AnalysisResult.load(folder)

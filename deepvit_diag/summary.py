@@ -1,8 +1,9 @@
-"""Headline numbers and plain-sentence findings, for the terminal, the report and the app.
+"""Headline numbers and plain-sentence findings, for the terminal, the reports and the app.
 
-Every number comes from ``AnalysisResult.summary()`` / ``ComparisonResult.summary()``
-(block indices there are 0-based; everything shown here numbers blocks from 1, as the
-paper does). Nothing is measured here: this module only words and formats.
+Every number comes from ``AnalysisResult.summary()`` / ``ComparisonResult.summary()``, or
+from the summaries a ``SweepResult`` keeps of each checkpoint (block indices there are
+0-based; everything shown here numbers blocks from 1, as the paper does). Nothing is
+measured here: this module only words and formats.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .readers import TALKING_HEADS
 from .results import AnalysisResult, ComparisonResult
+from .sweeps import SweepResult
 
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
 PAPER_CROSS_HEAD = 0.3
@@ -44,9 +47,28 @@ def _trend(summary: dict[str, Any], name: str, unit: str) -> str:
     return f"{_number(first, 2)} → {_number(last, 2)} {unit} ({_number(slope, 3, '+')}/block)"
 
 
+def _collapse_start(summary: dict[str, Any]) -> str:
+    return "none" if summary["collapse_start"] is None else str(summary["collapse_start"] + 1)
+
+
 def _similar(summary: dict[str, Any]) -> str:
     text = f"{summary['similar_blocks']} of {summary['num_blocks']}"
     return f"{text}: {block_list(summary['similar_block_indices'])}" if summary["similar_blocks"] else text
+
+
+def percent(value: float | None) -> str:
+    """A share in [0, 1] as a percentage with one decimal; "n/a" for None."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def accuracy_cell(summary: dict[str, Any]) -> str:
+    """Top-1 / top-5 accuracy and the images counted, or why there is none."""
+    if summary["accuracy_top1"] is None:
+        return f"n/a: {summary['accuracy_labels']}"
+    return (
+        f"{percent(summary['accuracy_top1'])} / {percent(summary['accuracy_top5'])} "
+        f"({summary['accuracy_images']} labelled images)"
+    )
 
 
 def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
@@ -56,12 +78,13 @@ def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[
     rows: list[tuple[str, Any]] = [
         ("images", lambda s: str(s["num_images"])),
         (f"similar blocks (ratio > {rho:g})", _similar),
-        ("collapse starts at block", lambda s: "none" if s["collapse_start"] is None else str(s["collapse_start"] + 1)),
+        ("collapse starts at block", _collapse_start),
         ("adjacent similarity, first third", lambda s: _number(s["adjacent_similarity_first_third"])),
         ("adjacent similarity, last third", lambda s: _number(s["adjacent_similarity_last_third"])),
         ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
         ("entropy, first → last block", lambda s: _trend(s, "entropy", "nats")),
         ("attention distance, first → last", lambda s: _trend(s, "attention_distance", "px")),
+        ("top-1 / top-5 accuracy", accuracy_cell),
     ]
     return [(label, [cell(summary) for summary in summaries]) for label, cell in rows]
 
@@ -122,7 +145,14 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
         )
     if result.geometry.reattention_blocks:
         findings.append(_reattention_finding(label, s, result.geometry.head_mixing))
+    if s["accuracy_top1"] is not None:
+        findings.append(f"{label}: top-1 accuracy {_accuracy_words(s)}.")
     return findings
+
+
+def _accuracy_words(s: dict[str, Any]) -> str:
+    top5 = f", top-5 {percent(s['accuracy_top5'])}" if s["accuracy_top5"] is not None else ""
+    return f"{percent(s['accuracy_top1'])}{top5} on {s['accuracy_images']} labelled images"
 
 
 def _softmax_maps(result: AnalysisResult) -> bool:
@@ -198,6 +228,8 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
         if result.geometry.reattention_blocks:
             findings.append(_reattention_finding(label, s, result.geometry.head_mixing))
+    if a["accuracy_top1"] is not None and b["accuracy_top1"] is not None:
+        findings.append(f"Top-1 accuracy: {label_a} {_accuracy_words(a)}; {label_b} {_accuracy_words(b)}.")
     return findings
 
 
@@ -211,11 +243,120 @@ def print_summary(
     # Text, not markup strings: labels, file names and descriptions may contain "[...]".
     for label, result in results.items():
         console.print(Text.assemble((label, "bold"), "\n  ", result.model["description"]), soft_wrap=True)
-    images = next(iter(results.values())).images
+    _print_images(console, next(iter(results.values())).images)
+    console.print(summary_table(results))
+    _print_findings(console, findings, out)
+
+
+def _print_images(console: Console, images: dict[str, Any]) -> None:
     skipped = f", {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""
     console.print(Text.assemble(("images", "bold"), f": {images['description']}{skipped}"), soft_wrap=True)
-    console.print(summary_table(results))
+
+
+def _print_findings(console: Console, findings: Sequence[str], out: str | None) -> None:
     for sentence in findings:
         console.print(Text(f"- {sentence}"), soft_wrap=True)
     if out is not None:
         console.print(Text(f"report written to {out}"), soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+# How sentences name a point of a sweep's x axis: (one, several).
+_X_WORDS = {
+    "depth": ("depth", "depths"),
+    "epoch": ("epoch", "epochs"),
+    "step": ("step", "steps"),
+    "order": ("checkpoint", "checkpoints"),
+}
+
+
+def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
+    """The sweep's table: the column titles and one row per checkpoint, in the order given."""
+    timed = sweep.x_axis in ("epoch", "step")
+    header = [
+        "checkpoint",
+        "group",
+        *([_X_WORDS[sweep.x_axis][0]] if timed else []),
+        "similar blocks",
+        "collapse from block",
+        "adjacent sim. (last third)",
+        "top-1 / top-5",
+    ]
+    rows = []
+    for entry in sweep.entries:
+        s = entry.summary
+        rows.append(
+            [
+                entry.label,
+                entry.group,
+                *([str(entry.step)] if timed else []),
+                _similar(s),
+                _collapse_start(s),
+                _number(s["adjacent_similarity_last_third"]),
+                f"{percent(s['accuracy_top1'])} / {percent(s['accuracy_top5'])}",
+            ]
+        )
+    return header, rows
+
+
+def sweep_title(sweep: SweepResult) -> str:
+    kind = f"Training series by {sweep.x_title}" if sweep.is_series else "Depth sweep"
+    images = sweep.entries[0].summary["num_images"]
+    return (
+        f"{kind} on {images} images (similar blocks: ratio > {sweep.settings.rho:g}; "
+        f"{sweep.settings.maps}-Θ maps in Re-attention blocks; blocks numbered from 1)"
+    )
+
+
+def sweep_table(sweep: SweepResult) -> Table:
+    header, rows = sweep_rows(sweep)
+    # A compact box: a sweep's table has many columns.
+    table = Table(title=sweep_title(sweep), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column(header[0], overflow="fold", style="bold")
+    for index, title in enumerate(header[1:], start=1):
+        # The numbers keep their width and the headers wrap to it, so that the labels keep the rest.
+        widest = max(len(row[index]) for row in rows)
+        table.add_column(title, overflow="fold", min_width=widest, max_width=max(widest, 8))
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def _listed(values: Sequence[str]) -> str:
+    """``["a", "b", "c"]`` as ``"a, b and c"``."""
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+
+
+def sweep_findings(sweep: SweepResult) -> list[str]:
+    """Plain sentences about each group of a sweep: similar blocks along x, where collapse
+    appears (in a training series: the first checkpoint with a collapsed run), accuracy."""
+    one, several = _X_WORDS[sweep.x_axis]
+    findings = []
+    for group, entries in sweep.groups().items():
+        positions = [str(sweep.x(entry)) for entry in entries]
+        where = f"at {one if len(entries) == 1 else several} {_listed(positions)}"
+        counts = [str(entry.summary["similar_blocks"]) for entry in entries]
+        findings.append(f"{group}: {_listed(counts)} similar blocks {where}.")
+        appears = sweep.collapse_appears(group)
+        if appears is None:
+            findings.append(f"{group}: no checkpoint has a collapsed run of similar blocks at the end of the network.")
+        else:
+            start, blocks = appears.summary["collapse_start"] + 1, appears.num_blocks
+            run = f"{appears.label}: every block from {start} to {blocks} is similar"
+            earlier = entries.index(appears)
+            after = "; no earlier checkpoint has one" if earlier else ", the first checkpoint"
+            findings.append(
+                f"{group}: collapse appears at {one} {sweep.x(appears)} ({run}){after if sweep.is_series else ''}."
+            )
+        accuracies = [entry.summary["accuracy_top1"] for entry in entries]
+        if any(accuracy is not None for accuracy in accuracies):
+            findings.append(f"{group}: top-1 accuracy {_listed([percent(a) for a in accuracies])} {where}.")
+    return findings
+
+
+def print_sweep(console: Console, sweep: SweepResult, findings: Sequence[str], out: str | None = None) -> None:
+    """The images, the sweep's table and its findings, as the CLI prints them."""
+    _print_images(console, sweep.images)
+    console.print(sweep_table(sweep))
+    _print_findings(console, findings, out)

@@ -190,6 +190,83 @@ def test_folder_of_images(deepvit, pictures, tmp_path, num_workers):
     assert result.settings.num_workers == (num_workers or 0)  # no workers by default on the CPU
 
 
+def brute_force_accuracy(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[int, int]:
+    """Top-1 and top-5 correct counts, image by image, from the full-batch logits."""
+    with torch.no_grad():
+        logits = model.eval()(x)
+    top1 = sum(int(row.argmax()) == int(label) for row, label in zip(logits, labels))
+    top5 = sum(int(label) in row.argsort(descending=True)[:5].tolist() for row, label in zip(logits, labels))
+    return {1: top1, 5: top5}
+
+
+@pytest.fixture(scope="module")
+def labels(vit, x) -> torch.Tensor:
+    """Class indices of ``x``: the first three as the ViT predicts them, the rest arbitrary."""
+    labels = torch.arange(NUM_IMAGES) % 10
+    with torch.no_grad():
+        labels[:3] = vit(x[:3]).argmax(dim=1)
+    return labels
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, NUM_IMAGES])
+def test_accuracy_equals_a_brute_force_argmax_count(vit, x, labels, batch_size):
+    expected = brute_force_accuracy(vit, x, labels)
+    assert expected[1] >= 3
+    result = analyze(vit, (x, labels), batch_size=batch_size, **QUIET)
+    assert result.accuracy.correct == expected and result.accuracy.images == NUM_IMAGES
+    assert result.summary()["accuracy_top1"] == expected[1] / NUM_IMAGES
+    assert result.accuracy.labels == "class indices from the (images, labels) batches"
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=2)
+    assert analyze(vit, loader, batch_size=batch_size, **QUIET).accuracy == result.accuracy
+    limited = analyze(vit, loader, batch_size=batch_size, num_images=4, **QUIET).accuracy
+    assert limited.correct == brute_force_accuracy(vit, x[:4], labels[:4]) and limited.images == 4
+
+
+def test_folder_labels_give_the_accuracy_of_the_images_as_the_model_sees_them(vit, pictures, tmp_path):
+    """Class sub-folders named by digits are class indices for a model that names no classes."""
+    classes = [3, 3, 7, 1, 0]
+    for index, (picture, label) in enumerate(zip(pictures, classes)):
+        (tmp_path / str(label)).mkdir(exist_ok=True)
+        picture.save(tmp_path / str(label) / f"{index}.png")
+    result = analyze(vit, str(tmp_path), batch_size=2, **QUIET)
+    # The order the folder is read in: round-robin over the class folders.
+    from deepvit_diag.images import open_images
+
+    image_set = open_images(tmp_path)
+    expected = brute_force_accuracy(
+        vit, reference_tensor(vit, list(image_set)), torch.tensor([int(label) for label in image_set.labels])
+    )
+    assert result.accuracy.correct == expected and result.accuracy.images == len(pictures)
+    assert "as class indices" in result.accuracy.labels
+
+
+def test_no_labels_no_accuracy_and_the_result_says_why(vit, x, labels, tmp_path):
+    plain = analyze(vit, x, **QUIET)
+    assert not plain.accuracy.available and plain.summary()["accuracy_top1"] is None
+    assert "carry no labels" in plain.summary()["accuracy_labels"]
+    soft_targets = analyze(vit, [(x, torch.rand(NUM_IMAGES, 10))], **QUIET)
+    assert "not a (B,) tensor of class indices" in soft_targets.accuracy.labels
+    with pytest.raises(DiagError, match="some batches carry"):
+        analyze(vit, [(x[:3], labels[:3]), x[3:]], **QUIET)
+    with pytest.raises(DiagError, match="class indices from 0 to 9"):
+        analyze(vit, (x, labels + 10), **QUIET)
+    # Saved and loaded with the result; results saved before accuracy existed say so.
+    labelled = analyze(vit, (x, labels), **QUIET)
+    labelled.save(tmp_path / "run")
+    assert AnalysisResult.load(tmp_path / "run").accuracy == labelled.accuracy
+    document = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert document["accuracy"]["correct"] == {str(k): v for k, v in labelled.accuracy.correct.items()}
+    del document["accuracy"]
+    (tmp_path / "run" / "result.json").write_text(json.dumps(document))
+    assert "not recorded" in AnalysisResult.load(tmp_path / "run").accuracy.labels
+
+
+def test_compare_counts_each_models_accuracy(deepvit, vit, x, labels):
+    comparison = compare(vit, deepvit, (x, labels), batch_size=3, **QUIET)
+    assert comparison.a.accuracy.correct == brute_force_accuracy(vit, x, labels)
+    assert comparison.b.accuracy.correct == brute_force_accuracy(deepvit, x, labels)
+
+
 def test_default_num_workers_leave_a_core_to_the_model(monkeypatch):
     from deepvit_diag.settings import default_num_workers
 
@@ -227,7 +304,7 @@ def test_results_saved_in_format_1_still_load(deepvit, x, tmp_path):
     document = result.to_document()
     geometry = {key: value for key, value in document.pop("geometry").items() if key != "head_mixing"}  # new in 2
     model = {**document.pop("model"), **geometry, "num_tokens": result.geometry.num_tokens}
-    params = {**document.pop("settings"), **document.pop("computation")}
+    params = {**document.pop("settings"), "final_batch_size": document.pop("computation")["final_batch_size"]}
     del params["num_images"]
     arrays = {name: value for name, value in result.arrays.items() if not name.startswith("theta")}
     for row, block in enumerate(result.arrays["theta_blocks"].tolist()):
@@ -238,7 +315,9 @@ def test_results_saved_in_format_1_still_load(deepvit, x, tmp_path):
     folder.mkdir()
     (folder / "result.json").write_text(json.dumps({**document, "version": 1, "model": model, "params": params}))
     np.savez(folder / "arrays.npz", **arrays)
-    assert AnalysisResult.load(folder) == result
+    loaded = AnalysisResult.load(folder)
+    assert loaded.computation == {"final_batch_size": result.computation["final_batch_size"]}
+    assert dataclasses.replace(loaded, computation=result.computation) == result
     np.savez(folder / "arrays.npz", **{name: value for name, value in arrays.items() if name != "entropy"})
     with pytest.raises(DiagError, match="lacks the arrays entropy"):
         AnalysisResult.load(folder)
@@ -294,7 +373,7 @@ def test_out_of_memory_halves_the_batch_and_retries(deepvit, x, monkeypatch):
     attempts = []
 
     def fail_once(self, parts, recorders):
-        attempts.append(len(parts[0]))
+        attempts.append(len(parts))
         if len(attempts) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return measure(self, parts, recorders)
@@ -380,9 +459,12 @@ def test_nan_in_the_images_is_a_diag_error_naming_the_batch(deepvit, x):
         analyze(deepvit, bad, batch_size=2, **QUIET)
 
 
-def test_streaming_loop_never_reads_a_device_value_back(deepvit, x, monkeypatch):
+@pytest.mark.parametrize("labelled", [False, True])
+def test_streaming_loop_never_reads_a_device_value_back(deepvit, x, monkeypatch, labelled):
     """On a GPU, bool()/item()/tolist() of a device tensor makes the host wait: none may
-    happen while batches are measured and committed (checks are read once, at the end)."""
+    happen while batches are measured and committed (checks and accuracy counts are read
+    once, at the end)."""
+    labels = torch.arange(NUM_IMAGES) % 10
     inside = []
 
     def forbidden(original):
@@ -406,9 +488,10 @@ def test_streaming_loop_never_reads_a_device_value_back(deepvit, x, monkeypatch)
                 inside.pop()
 
         monkeypatch.setattr(analysis_module.StreamingAnalysis, method, watched)
-    result = analyze(deepvit, x, batch_size=2, **QUIET)
+    result = analyze(deepvit, (x, labels) if labelled else x, batch_size=2, **QUIET)
     monkeypatch.undo()
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
+    assert result.accuracy.available == labelled
 
 
 @pytest.fixture
@@ -433,11 +516,13 @@ def test_cuda_streaming_loop_never_synchronises(deepvit, x, monkeypatch, exact_c
                 torch.cuda.set_sync_debug_mode("default")
 
         monkeypatch.setattr(analysis_module.StreamingAnalysis, method, strict)
-    on_gpu = analyze(deepvit, x, batch_size=2, device="cuda", **QUIET)
+    labels = torch.arange(NUM_IMAGES) % 10
+    on_gpu = analyze(deepvit, (x, labels), batch_size=2, device="cuda", **QUIET)
     monkeypatch.undo()
-    on_cpu = analyze(deepvit, x, batch_size=2, device="cpu", **QUIET)
+    on_cpu = analyze(deepvit, (x, labels), batch_size=2, device="cpu", **QUIET)
     for name, value in on_cpu.arrays.items():
         np.testing.assert_allclose(on_gpu.arrays[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert on_gpu.accuracy == on_cpu.accuracy and on_gpu.accuracy.available
     bad = x.clone()
     bad[3] = float("inf")
     with pytest.raises(DiagError, match="starting at image 2"):

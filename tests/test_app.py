@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 import app.compute
 from app.compute import AnalysisRequest, export_files, run_analysis
 from app.sources import ImageChoice, ModelChoice
-from deepvit_diag import catalogue, figures
+from deepvit_diag import CollapseMonitor, catalogue, figures, load_model, sweep
 from deepvit_diag.checkpoints import bundled_path
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION, save_native
 from deepvit_diag.models import build_model
@@ -31,7 +31,7 @@ from deepvit_diag.settings import Settings
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 TIMEOUT = 180  # seconds per script run; the first run imports torch and timm on a busy machine
-VIEWS = ["Overview", "Layer similarity", "Similarity ratio", "Heads", "Theta", "More metrics", "Export"]
+VIEWS = ["Overview", "Layer similarity", "Similarity ratio", "Heads", "Theta", "More metrics", "Export", "Sweep"]
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5)
 
 
@@ -222,6 +222,67 @@ def test_uploaded_checkpoint_and_images_are_analysed(tiny_app, files):
     assert any("4 uploaded image(s)" in caption.value for caption in at.caption)
 
 
+# ----------------------------------------------------------------------------- the Sweep view
+
+
+def _sweep_captions(result) -> set[str]:
+    return {drawn.caption for drawn in figures.draw_sweep(result)}
+
+
+def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, monkeypatch):
+    calls = []
+    monkeypatch.setattr(app.compute, "sweep", lambda *args, **kwargs: calls.append(1) or sweep(*args, **kwargs))
+    at = _show(_open(), "Sweep")
+    _assert_fine(at)
+    assert any("Run sweep" in info.value for info in at.info)
+    at.text_area(key="sweep_paths").set_value(f"{files / 'vit.safetensors'}\n{files / 'deepvit.safetensors'}")
+    at.button(key="sweep_run").click().run()
+    _assert_fine(at)
+    assert _charts(at) == len(figures.SWEEP_FIGURES)
+    run = app.compute.sweep_store().get(at.session_state["sweep_request"].key)
+    assert [entry.label for entry in run.sweep.entries] == ["vit.safetensors", "deepvit.safetensors"]
+    assert run.sweep.entries[0].summary["num_images"] == 5  # the sidebar's images and number
+    assert _sweep_captions(run.sweep) <= {caption.value for caption in at.caption}
+    assert any(markdown.value.startswith("- ViT:") for markdown in at.markdown)
+    at.toggle(key="sweep_relative").set_value(True).run()
+    _assert_fine(at)
+    assert calls == [1]  # redrawn from the store, not swept again
+    at.text_area(key="sweep_paths").set_value(str(files / "nowhere.safetensors"))
+    at.button(key="sweep_run").click().run()
+    assert any("no such file or folder on the server" in error.value for error in at.error)
+
+
+def test_sweep_view_opens_a_saved_sweep_and_an_uploaded_monitor_file(tiny_app, files, tmp_path):
+    saved = sweep([files / "vit.safetensors", files / "deepvit.safetensors"], files / "images", progress=False)
+    saved.save(tmp_path / "saved")
+    at = _show(_open(), "Sweep")
+    at.radio(key="sweep_source").set_value("path").run()
+    at.text_input(key="sweep_path").set_value(str(tmp_path / "saved")).run()
+    _assert_fine(at)
+    assert _charts(at) == len(figures.SWEEP_FIGURES)
+    assert _sweep_captions(saved) <= {caption.value for caption in at.caption}
+    at.text_input(key="sweep_path").set_value(str(tmp_path)).run()
+    assert any("is not a saved sweep" in error.value for error in at.error)
+
+    model = load_model(str(files / "vit.safetensors"))
+    monitor = CollapseMonitor(model, str(files / "images"), path=tmp_path / "run.jsonl")
+    for step in (0, 5):
+        monitor.measure(step)
+    at.radio(key="sweep_source").set_value("upload").run()
+    at.file_uploader(key="sweep_upload").set_value(
+        [("run.jsonl", (tmp_path / "run.jsonl").read_bytes(), "application/octet-stream")]
+    )
+    at.run()
+    _assert_fine(at)
+    assert _charts(at) == len(figures.SWEEP_FIGURES)
+    assert any("at steps 0 and 5" in markdown.value for markdown in at.markdown)
+    at.file_uploader(key="sweep_upload").set_value(
+        [(name, (tmp_path / "saved" / name).read_bytes(), "application/octet-stream") for name in ("sweep.json",)]
+    )
+    at.run()
+    assert any("upload the sweep.json and arrays.npz" in error.value for error in at.error)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -322,5 +383,5 @@ def test_opens_on_the_demo_pair(monkeypatch):
     assert {metric.label for metric in at.metric} >= {"Collapse starts at block", "Mean cross-head similarity"}
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))
-        assert view == "Export" or _charts(at) > 0, view
+        assert view in ("Export", "Sweep") or _charts(at) > 0, view
     _clear_caches()

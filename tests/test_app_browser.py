@@ -171,7 +171,8 @@ def test_app_renders_in_chromium(served_app, tmp_path):
             _assert_no_exception_box(page)
             _screenshot(page, "4_heads.png", tmp_path, case)
 
-            for number, view in ((3, "Similarity ratio"), (5, "Theta"), (6, "More metrics"), (7, "Export")):
+            views = ((3, "Similarity ratio"), (5, "Theta"), (6, "More metrics"), (7, "Export"), (8, "Sweep"))
+            for number, view in views:
                 _open_view(page, view)
                 _assert_no_exception_box(page)
                 _screenshot(page, f"{number}_{view.lower().replace(' ', '_')}.png", tmp_path, case)

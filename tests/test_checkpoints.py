@@ -90,6 +90,7 @@ def test_official_checkpoint_saver_dict_prefers_ema_and_uses_args_model(tiny_mod
         [message.split(": ", 1)[1]],
     )
     assert prov["sha256"] == sha256(path) and prov["path"] == str(path)
+    assert prov["epoch"] == 299  # what CheckpointSaver recorded: a sweep's training-series axis
     assert loaded.arch["kwargs"]["transform_scale"] is True
     assert "\n" not in prov["description"] and prov["description"].startswith("model_best.pth.tar: official DeepViT")
 

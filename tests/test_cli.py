@@ -491,7 +491,7 @@ def test_compare_needs_both_checkpoints() -> None:
 
 def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     commands = next(action for action in build_parser()._actions if action.dest == "command").choices
-    for command in ("compare", "analyze"):
+    for command in ("compare", "analyze", "sweep"):
         for action in commands[command]._actions:
             assert action.help and len(action.help.split()) >= 3, f"{command} {action.option_strings} needs a sentence"
         with pytest.raises(SystemExit) as exit_:
@@ -514,6 +514,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
             "--json",
             "--examples",
             "--workers",
+            "--class-map",
         ):
             assert option in text
 

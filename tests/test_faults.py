@@ -320,7 +320,7 @@ def test_4_ctrl_c_in_process_keeps_the_earlier_output(files, earlier_output, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("deepvit_diag.analysis.analyze", interrupted)
+    monkeypatch.setattr("deepvit_diag.analysis.run", interrupted)
     status, _, stderr = run(["analyze", *analyze_options(files, earlier_output)])
     assert status == 130 and stderr == "interrupted\n"
     assert snapshot(earlier_output) == before and not leftovers(earlier_output)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepvit_diag.errors import DiagError
-from deepvit_diag.metrics import MinibatchCKA, linear_cka
+from deepvit_diag.metrics import MinibatchCKA, cka_from_hsic, linear_cka
 
 
 def features(seed: int, *shape: int) -> torch.Tensor:
@@ -281,3 +281,26 @@ def test_minibatch_cka_bad_input_raises_diag_error():
         MinibatchCKA().update(features(26, 2, 3, 5), features(27, 2, 4, 5))  # image counts differ
     with pytest.raises(DiagError):
         MinibatchCKA().update(features(28, 3, 5))
+
+
+def test_hsic_totals_of_disjoint_chunk_sets_add_up_to_the_whole():
+    """Shards cut at chunk boundaries: their HSIC totals add up to one accumulator's, the
+    final partial chunk (here 6 of 8 images) included."""
+    generator = torch.Generator().manual_seed(5)
+    feats_a, feats_b = torch.randn(3, 22, 7, generator=generator), torch.randn(2, 22, 5, generator=generator)
+    whole = MinibatchCKA(chunk_size=8)
+    whole.update(feats_a, feats_b)
+    parts = []
+    for start, stop in [(0, 8), (8, 16), (16, 22)]:
+        part = MinibatchCKA(chunk_size=8)
+        part.update(feats_a[:, start:stop], feats_b[:, start:stop])
+        parts.append(part.hsic_totals())
+    added = {key: sum(part[key] for part in parts) for key in ("a", "b", "ab")}
+    for key, value in whole.hsic_totals().items():
+        torch.testing.assert_close(added[key], value, rtol=1e-12, atol=1e-12)
+        assert value.dtype == torch.float64
+    for key, value in whole.result().items():
+        torch.testing.assert_close(cka_from_hsic(added)[key], value)
+    small = MinibatchCKA(chunk_size=8)
+    small.update(feats_a[:, :3])
+    assert small.hsic_totals() == {}  # fewer than 4 images: nothing to add

@@ -4,6 +4,7 @@ hand-made results whose numbers are known; one test opens the report in headless
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -18,6 +19,7 @@ from PIL import Image
 from deepvit_diag import figures
 from deepvit_diag.analysis import compare
 from deepvit_diag.introspection import Geometry
+from deepvit_diag.metrics import Accuracy
 from deepvit_diag.report import build_report, report_figures, write_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.settings import Settings
@@ -97,6 +99,16 @@ def test_summary_rows_show_blocks_from_one() -> None:
     rows = dict(summary_rows({"M": synthetic([0.1, 0.5, 0.95, 0.97], 0.2)}))
     assert rows["similar blocks (ratio > 0.9)"] == ["2 of 4: 3-4"]
     assert rows["collapse starts at block"] == ["3"]
+
+
+def test_accuracy_row_and_finding_or_why_there_is_none() -> None:
+    unlabelled = synthetic([0.1, 0.5, 0.95, 0.97], 0.2)
+    labelled = dataclasses.replace(unlabelled, accuracy=Accuracy(8, {1: 6, 5: 8}, "class folders"))
+    assert dict(summary_rows({"M": labelled}))["top-1 / top-5 accuracy"] == ["75.0% / 100.0% (8 labelled images)"]
+    assert model_findings("M", labelled)[-1] == "M: top-1 accuracy 75.0%, top-5 100.0% on 8 labelled images."
+    (cell,) = dict(summary_rows({"M": unlabelled}))["top-1 / top-5 accuracy"]
+    assert cell.startswith("n/a: not recorded")
+    assert not any("accuracy" in sentence for sentence in model_findings("M", unlabelled))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -194,15 +206,17 @@ def test_report_is_self_contained_with_one_div_per_figure(comparison: Comparison
     assert "fig-cka-across" in ids and "fig-theta-heatmaps-1" in ids and "fig-cls-attention-1-1" in ids
     assert comparison.b.model["description"] in page
     assert "Headline numbers" in page and "rho: similar-block threshold" in page
+    # No labels on a tensor of images: the accuracy row and the model cards say why.
+    assert "top-1 / top-5 accuracy" in page and "labels (accuracy)" in page and "carry no labels" in page
 
 
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+def render_in_chromium(path: Path, expected: int, screenshot: str) -> tuple[int, list[str]]:
+    """Open a self-contained page in headless Chromium, wait until ``expected`` plotly
+    figures have drawn, and return how many did and every console error, page error and
+    network request (a page that opens offline makes none); a full-page screenshot goes
+    to ``screenshot``."""
     from playwright.sync_api import sync_playwright
 
-    path = write_report(tmp_path / "report.html", comparison, LABELS)
-    expected = len(report_figures(comparison, LABELS))
     problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -220,7 +234,7 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: problems.append(str(error)))
-            # Anything not file:// would be a network request: the report must not make one.
+            # Anything not file:// would be a network request: the page must not make one.
             page.route(
                 re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort())
             )
@@ -234,9 +248,18 @@ def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_p
             rendered = page.evaluate(
                 "[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length"
             )
-            page.screenshot(path="/tmp/deepvit-diag-report.png", full_page=True)
+            page.screenshot(path=screenshot, full_page=True)
         finally:
             browser.close()
+    return rendered, problems
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+    path = write_report(tmp_path / "report.html", comparison, LABELS)
+    expected = len(report_figures(comparison, LABELS))
+    rendered, problems = render_in_chromium(path, expected, "/tmp/deepvit-diag-report.png")
     assert rendered == expected
     assert problems == []
 

@@ -4,8 +4,10 @@ Every model comes back with ``model.arch`` (see ``deepvit_diag.models.presets``)
 ``model.provenance``: ``spec``, ``source`` ("store" | "bundled" | "file" | "timm-hub" | "random"),
 ``format`` ("official" | "timm" | "lucidrains-vit" | "lucidrains-deepvit" | "hf-vit" | "hf-deit" |
 "hf-dinov2" | "native" | "timm-name"), ``path``, ``sha256`` (of the file), ``entry`` (training-checkpoint
-entry used, e.g. "state_dict_ema"), ``arch``, ``card``, ``description`` (one line) and ``warnings``
-(what the architecture inference announced: contradictions between a name and the weights, guesses).
+entry used, e.g. "state_dict_ema"), ``arch``, ``card``, ``description`` (one line), ``warnings``
+(what the architecture inference announced: contradictions between a name and the weights, guesses)
+and ``epoch`` (the training epoch a CheckpointSaver file or a native file's model card records; None
+if none).
 
 The architecture of a file is read from its tensors first (``deepvit_diag.checkpoints.inference``);
 ``arch=``, a recorded model name or a Hugging Face ``config.json`` supply only what the tensors cannot,
@@ -289,6 +291,7 @@ def _load_checked_file(
     description = describe(
         label if source != "file" else Path(label).name, source, fmt, model.arch, card, raw.entry, model
     )
+    epoch = raw.epoch if raw.epoch is not None else (card or {}).get("epoch")
     return _finish(
         model,
         spec=label,
@@ -300,6 +303,7 @@ def _load_checked_file(
         card=card,
         description=description,
         warnings=notes,
+        epoch=epoch,
     )
 
 
@@ -456,5 +460,5 @@ def _random(arch: dict[str, Any], label: str, fmt: str | None) -> nn.Module:
 
 def _finish(model: nn.Module, **provenance: Any) -> nn.Module:
     model.eval()
-    model.provenance = {**provenance, "arch": copy.deepcopy(model.arch)}
+    model.provenance = {"epoch": None, **provenance, "arch": copy.deepcopy(model.arch)}
     return model

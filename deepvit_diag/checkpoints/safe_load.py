@@ -48,6 +48,7 @@ class RawCheckpoint:
     native: dict[str, Any] | None = None  # {"arch", "card"} of a deepvit-diag file
     entry: str | None = None  # the training-checkpoint entry the weights came from, e.g. "state_dict_ema"
     model_name: str | None = None  # the model name a training script recorded (args.model / arch)
+    epoch: int | None = None  # the epoch a training script recorded (CheckpointSaver's "epoch")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -107,7 +108,14 @@ def _read_torch(path: Path, head: bytes) -> RawCheckpoint:
     except Exception as err:  # an untrusted file can fail in any way; each is explained below
         raise DiagError(_torch_failure(path, head, err)) from None
     state_dict, entry = _unwrap(obj, path)
-    return RawCheckpoint(path, file_sha256(path), _strip_wrappers(state_dict), entry=entry, model_name=_model_name(obj))
+    return RawCheckpoint(
+        path,
+        file_sha256(path),
+        _strip_wrappers(state_dict),
+        entry=entry,
+        model_name=_model_name(obj),
+        epoch=_epoch(obj),
+    )
 
 
 def _torch_failure(path: Path, head: bytes, err: Exception) -> str:
@@ -196,6 +204,12 @@ def _model_name(obj: dict[str, Any]) -> str | None:
     args = obj.get("args")
     recorded = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
     return next((name for name in (recorded, obj.get("arch")) if isinstance(name, str) and name), None)
+
+
+def _epoch(obj: dict[str, Any]) -> int | None:
+    """timm's (and the official DeepViT's) CheckpointSaver records the epoch it saved at."""
+    epoch = obj.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def _strip_wrappers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

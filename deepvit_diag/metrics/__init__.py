@@ -15,7 +15,7 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``.
+``rank_collapse``; ``topk_correct`` returns counts, which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
@@ -25,8 +25,9 @@ a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrice
 from __future__ import annotations
 
 from ._checks import AXES, DeferredChecks, deferred_value_checks
+from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
-from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, linear_cka
+from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
 from .similarity import (
     SimilarBlocks,
     collapse_statistics,
@@ -42,14 +43,17 @@ from .tokens import rank_collapse, token_similarity
 
 __all__ = [
     "AXES",
+    "Accuracy",
     "DeferredChecks",
     "MIN_UNBIASED_EXAMPLES",
     "MinibatchCKA",
     "SimilarBlocks",
+    "TOP_K",
     "ThetaInfo",
     "attention_entropy",
     "collapse_statistics",
     "cross_head_similarity",
+    "cka_from_hsic",
     "cross_layer_similarity",
     "deferred_value_checks",
     "linear_cka",
@@ -57,6 +61,7 @@ __all__ = [
     "mean_off_diagonal",
     "neighbour_similarity",
     "rank_collapse",
+    "reported_ks",
     "similar_blocks",
     "similarity_ratio",
     "softmax_statistics",
@@ -65,4 +70,5 @@ __all__ = [
     "theta_matrices",
     "token_distances",
     "token_similarity",
+    "topk_correct",
 ]

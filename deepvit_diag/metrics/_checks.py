@@ -84,12 +84,18 @@ def _check_values(tensor: torch.Tensor, name: str, nonnegative_for: str | None =
         outcomes.append(
             (low >= 0, f"{nonnegative_for} needs softmax (pre) attention maps, but {name} has negative values")
         )
-    deferred = _DEFERRED.get()
     for ok, message in outcomes:
-        if deferred is not None:
-            deferred.record(ok, message)
-        elif not bool(ok):
-            raise DiagError(message)
+        require(ok, message)
+
+
+def require(ok: torch.Tensor, message: str) -> None:
+    """A value check whose outcome ``ok`` (a 0-dim bool tensor) is on the device: raised as
+    ``DiagError(message)`` at once, or recorded when inside ``deferred_value_checks``."""
+    deferred = _DEFERRED.get()
+    if deferred is not None:
+        deferred.record(ok, message)
+    elif not bool(ok):
+        raise DiagError(message)
 
 
 def checked(tensor: object, name: str, ndim: int, layout: str, nonnegative_for: str | None = None) -> torch.Tensor:

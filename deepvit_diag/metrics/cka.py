@@ -138,26 +138,30 @@ class MinibatchCKA:
         # A copy, so the caller's whole batch is not kept alive by a view of its tail.
         self._pending = [f.clone() for f in feats]
 
-    def result(self) -> dict[str, torch.Tensor]:
-        """CKA matrices: ``"a"`` (L_A, L_A), plus ``"b"`` (L_B, L_B) and ``"ab"`` (L_A, L_B)
-        when ``feats_b`` were given. Does not change the accumulator."""
+    def hsic_totals(self) -> dict[str, torch.Tensor]:
+        """The summed HSIC of every layer pair (float64): ``"a"`` (L_A, L_A), plus ``"b"`` and
+        ``"ab"`` with a second model; the final partial chunk counts when it has at least 4
+        images, as in ``result``; empty before any chunk of 4. These are the sufficient
+        statistics of the CKA: totals of disjoint sets of chunks add up (``cka_from_hsic``).
+        Does not change the accumulator."""
         sums = dict(self._hsic_sums)
         pending_images = self._pending[0].shape[1] if self._pending else 0
         if pending_images >= MIN_UNBIASED_EXAMPLES:
             partial = self._chunk_hsic(self._pending)
             sums = {key: sums[key] + value for key, value in partial.items()} if sums else partial
+        return sums
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """CKA matrices: ``"a"`` (L_A, L_A), plus ``"b"`` (L_B, L_B) and ``"ab"`` (L_A, L_B)
+        when ``feats_b`` were given. Does not change the accumulator."""
+        sums = self.hsic_totals()
         if not sums:
+            pending_images = self._pending[0].shape[1] if self._pending else 0
             raise DiagError(
                 f"MinibatchCKA needs at least {MIN_UNBIASED_EXAMPLES} images for the unbiased HSIC, "
                 f"got {pending_images}"
             )
-        self_a = sums["a"].diagonal()
-        result = {"a": _cka_from_hsic(sums["a"], self_a, self_a)}
-        if "b" in sums:
-            self_b = sums["b"].diagonal()
-            result["b"] = _cka_from_hsic(sums["b"], self_b, self_b)
-            result["ab"] = _cka_from_hsic(sums["ab"], self_a, self_b)
-        return {key: matrix.float() for key, matrix in result.items()}
+        return cka_from_hsic(sums)
 
     def _chunk_hsic(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Unbiased HSIC of every layer pair in one chunk of m >= 4 images.
@@ -177,3 +181,15 @@ class MinibatchCKA:
     def _accumulate(self, hsic: dict[str, torch.Tensor]) -> None:
         for key, value in hsic.items():
             self._hsic_sums[key] = self._hsic_sums[key] + value if key in self._hsic_sums else value
+
+
+def cka_from_hsic(totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CKA matrices (float32) from ``MinibatchCKA.hsic_totals``, or from several of them added
+    key by key (disjoint chunk sets: shards or processes of one analysis)."""
+    self_a = totals["a"].diagonal()
+    result = {"a": _cka_from_hsic(totals["a"], self_a, self_a)}
+    if "b" in totals:
+        self_b = totals["b"].diagonal()
+        result["b"] = _cka_from_hsic(totals["b"], self_b, self_b)
+        result["ab"] = _cka_from_hsic(totals["ab"], self_a, self_b)
+    return {key: matrix.float() for key, matrix in result.items()}

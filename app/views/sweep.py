@@ -1,0 +1,127 @@
+"""Sweep: many checkpoints on the same images (depths, or the epochs of one run), or a sweep
+that ``deepvit-diag sweep`` saved, or a CollapseMonitor's file, with the table, findings and
+figures of sweep.html."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from deepvit_diag import Settings, figures
+from deepvit_diag.summary import sweep_findings, sweep_rows, sweep_title
+from deepvit_diag.sweeps import SweepResult
+
+from ..compute import SweepRequest, failure_message, open_sweep, run_sweep
+from ..config import AppDefaults
+from ..sidebar import model_rows
+from ..sources import (
+    ImageChoice,
+    InputError,
+    model_from_name,
+    model_from_path,
+    model_from_upload,
+    sweep_from_path,
+    sweep_from_uploads,
+)
+from .common import BLOCKS_FROM_ONE, show_drawn
+
+SOURCES = {
+    "run": "Run a sweep",
+    "path": "Open a saved sweep or monitor file on the server",
+    "upload": "Upload a saved sweep or monitor file",
+}
+
+
+def render(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) -> None:
+    st.caption(
+        "Attention collapse across checkpoints: models of several depths (one line per family, ViT or DeepViT), "
+        "or the checkpoints of one training run (by the epoch they record). Also opens what `deepvit-diag sweep` "
+        f"saved (sweep.json and arrays.npz) or a CollapseMonitor's .jsonl file. {BLOCKS_FROM_ONE}"
+    )
+    source = st.radio("Sweep", list(SOURCES), format_func=SOURCES.get, key="sweep_source", horizontal=True)
+    try:
+        if source == "run":
+            shown = _run(images, settings, defaults)
+        elif source == "path":
+            shown = _opened(*sweep_from_path(st.text_input("Folder or .jsonl file on the server", key="sweep_path")))
+        else:
+            files = st.file_uploader(
+                "sweep.json and arrays.npz, or a .jsonl file",
+                accept_multiple_files=True,
+                key="sweep_upload",
+                help="The files `deepvit-diag sweep` writes, or a CollapseMonitor's JSON Lines file.",
+            )
+            shown = _opened(*sweep_from_uploads(files, defaults.max_checkpoint_mb)) if files else None
+    except InputError as err:
+        st.error(str(err))
+        return
+    if shown is not None:
+        _show(shown)
+
+
+def _opened(path: str, fingerprint: str) -> SweepResult | None:
+    try:
+        return open_sweep(path, fingerprint)
+    except Exception as err:  # whatever a user's file holds, the app must stay usable
+        st.error(failure_message(err))
+        return None
+
+
+def _run(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) -> SweepResult | None:
+    rows = {row["name"]: row for row in model_rows() if row["weights"] != "none"}
+    names = st.multiselect("Presets and weight-store entries", list(rows), key="sweep_names")
+    paths = st.text_area(
+        "Checkpoint files on the server, one per line",
+        key="sweep_paths",
+        help="Read only. The checkpoints of one training run are put in the order of the epochs they record.",
+    )
+    uploads = st.file_uploader(
+        "Upload checkpoint files",
+        accept_multiple_files=True,
+        key="sweep_uploads",
+        help=f".pth, .pth.tar, .pt, .bin or .safetensors, up to {defaults.max_checkpoint_mb:g} MB each",
+    )
+    st.caption("Each checkpoint is analysed on the sidebar's images with the sidebar's parameters.")
+    if st.button("Run sweep", type="primary", key="sweep_run"):
+        choices = [
+            *(model_from_name(name) for name in names),
+            *(model_from_path(line, None) for line in paths.splitlines() if line.strip()),
+            *(model_from_upload(uploaded, None, defaults.max_checkpoint_mb) for uploaded in uploads or []),
+        ]
+        if not choices:
+            raise InputError("choose at least one checkpoint")
+        if images is None:
+            raise InputError("fix the images in the sidebar first")
+        st.session_state["sweep_request"] = SweepRequest(tuple(choices), images, settings)
+    request: SweepRequest | None = st.session_state.get("sweep_request")
+    if request is None:
+        st.info("Choose checkpoints and press **Run sweep**.")
+        return None
+    bar = st.empty()
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            bar.progress(min(1.0, done / total), text=f"Sweeping {len(request.checkpoints)} checkpoints")
+
+    try:
+        run = run_sweep(request, report)
+    except Exception as err:  # a failing checkpoint must not break the app
+        st.error(failure_message(err))
+        st.session_state["sweep_request"] = None
+        return None
+    finally:
+        bar.empty()
+    for note in run.notes:
+        st.warning(note)
+    return run.sweep
+
+
+def _show(sweep: SweepResult) -> None:
+    header, rows = sweep_rows(sweep)
+    st.subheader("Checkpoints")
+    st.caption(sweep_title(sweep))
+    st.table(pd.DataFrame(rows, columns=header).set_index(header[0]))
+    for sentence in sweep_findings(sweep):
+        st.markdown(f"- {sentence}")
+    relative = st.toggle("Per-block curves over relative depth (block / number of blocks)", key="sweep_relative")
+    show_drawn(figures.draw_sweep(sweep, relative_depth=relative))
