@@ -612,9 +612,6 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="a CollapseMonitor's JSON Lines file, drawn as a training series over its steps (nothing is analysed)",
     )
     p.add_argument(
-        "--arch", metavar="NAME", help="architecture of checkpoints whose weights cannot say (preset, official or timm)"
-    )
-    p.add_argument(
         "--group",
         nargs="+",
         metavar="NAME",
@@ -635,6 +632,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="draw the per-block curves over relative depth (block / number of blocks) instead of the block number",
     )
     _add_analysis_options(p, outputs="sweep.json, arrays.npz and sweep.html", default_out=Path("deepvit-diag-sweep"))
+    add_arch_options(p, model="every checkpoint")
     p.set_defaults(run=run_sweep)
 
 
@@ -650,6 +648,7 @@ def run_sweep(args: argparse.Namespace) -> None:
             result = SweepResult.from_monitor(args.monitor)
         else:
             settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
+            load_options = arch_options_from(args)
             with _warnings_as_lines(args.quiet):
                 result = sweep(
                     args.ckpt,
@@ -657,7 +656,8 @@ def run_sweep(args: argparse.Namespace) -> None:
                     settings,
                     groups=args.group,
                     x_axis=args.x_axis,
-                    arch=args.arch,
+                    arch=load_options.pop("arch"),
+                    load_options=load_options,
                     class_map=args.class_map,
                     progress=not args.quiet,
                 )
