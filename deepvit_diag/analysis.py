@@ -106,6 +106,7 @@ class ModelStatistics:
         The capture is used up: measures that consume the maps run last (see
         ``catalogue.Metric.consumes_maps``), after the examples have been read.
         """
+        self._follow_input_size(tuple(x.shape[-2:]))
         size = capture.pre.shape[1]
         num_examples = min(self.examples_needed, size)
         # Once enough examples are kept, later batches add none (and launch nothing for them).
@@ -133,6 +134,19 @@ class ModelStatistics:
             self.accuracy_problem = "the model has a single class"
             return None
         return topk_correct(logits, labels, self.ks)
+
+    def _follow_input_size(self, image_size: tuple[int, int]) -> None:
+        """A model that takes any image size (``dynamic_img_size``) has the patch grid of the images it is
+        given, which may not be its data config's size; all images of one analysis share one size."""
+        if self.geometry.image_size == image_size:
+            return
+        if self.count:
+            raise DiagError(
+                f"images of {image_size[0]} x {image_size[1]} px after images of {self.geometry.image_size[0]} x "
+                f"{self.geometry.image_size[1]} px: one analysis needs one image size"
+            )
+        self.geometry = Geometry.of(self.model, image_size)
+        self._distances.clear()
 
     def add(self, measurement: BatchMeasurement) -> None:
         for name, value in measurement.sums.items():

@@ -1,24 +1,17 @@
 """Read attention maps and block outputs out of a ViT/DeepViT forward pass.
 
-Works on deepvit-diag's ``DeepVisionTransformer`` (``ReAttention``) and on timm models
-whose blocks use ``timm.layers.Attention`` (``vit_*``, ``deit_*``) **with fused attention
-left on**: nothing global is switched (no ``timm.layers.set_fused_attn``), no module is
-replaced, and the logits are those of the untouched model. Only forward hooks are
-added, and they are removed again when the recorder closes, also on exceptions.
+Works on every model whose blocks' attention modules have a map reader
+(``deepvit_diag.readers``: timm's ``Attention`` in ``vit_*``/``deit_*``/DINOv2/CLIP/FlexiViT
+models, deepvit-diag's ``ReAttention``, EVA/EVA-02 rotary attention, BEiT, timm's relative-position
+ViTs and CaiT's talking-heads and class attention) **with fused attention left on**: nothing global
+is switched (no ``timm.layers.set_fused_attn``), no module is replaced, and the logits are those
+of the untouched model. Only forward hooks are added, and they are removed again when the
+recorder closes, also on exceptions. Each reader reads or recomputes a block's softmax maps
+("pre", docs/metrics.md) the way the module's own non-fused path computes them.
 
-How each block's softmax maps ("pre", docs/metrics.md) are read:
-
-* a block that materialises its maps (every Re-attention block, and any attention with
-  ``fused_attn`` off): a hook on the module the maps pass through - ``hook_pre`` /
-  ``hook_post`` on ``ReAttention``, the input of ``attn_drop`` on timm's ``Attention``;
-* a fused block (``F.scaled_dot_product_attention`` never builds the map): a hook on
-  ``attn.qkv`` recomputes ``softmax(q_norm(q) k_norm(k)^T * scale)`` from the projection
-  output, the same operations as the module's own non-fused path. Attention masks are
-  not seen by that hook; ViT classification never passes one.
-
-"post" maps (what multiplies V) differ from "pre" only in Re-attention blocks, where
-they are read from ``hook_post`` (after Theta, Norm and scale). When no captured block
-is a Re-attention block, ``post`` *is* ``pre`` (the same tensor, no copy).
+"post" maps (what multiplies V) differ from "pre" only in blocks that mix heads after the
+softmax: Re-attention (after Θ, Norm and scale) and CaiT's talking heads (after ``proj_w``).
+When no captured block mixes heads, ``post`` *is* ``pre`` (the same tensor, no copy).
 
 Each forward writes straight into per-forward buffers of shape (L, B, H, T, T) and
 (L, B, T, D) (or, with ``reuse_buffers``, into the previous forward's), so no per-block
@@ -37,9 +30,16 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .errors import DiagError
-from .introspection import attention_module, is_reattention, model_device, resolve_blocks, transformer_blocks
-from .models.attention import ReAttention
+from .introspection import (
+    attention_module,
+    class_attention_modules,
+    head_mixing,
+    model_device,
+    resolve_blocks,
+    transformer_blocks,
+)
 from .preprocessing import as_batch, check_input_size
+from .readers import CLASS_ATTENTION_READERS, reader_for
 
 
 @dataclass
@@ -49,12 +49,15 @@ class AttentionCapture:
     Attributes:
         pre: (L, B, H, T, T) softmax maps, ``pre[l, b, h, i, j]`` = weight of query i on key j.
         post: (L, B, H, T, T) maps that multiply V (after Theta, Norm and scale in
-            Re-attention blocks, equal to ``pre`` elsewhere; the same tensor as ``pre``
-            when no captured block is a Re-attention block).
+            Re-attention blocks, after ``proj_w`` in talking-heads blocks, equal to ``pre``
+            elsewhere; the same tensor as ``pre`` when no captured block mixes heads).
         hidden: (L, B, T, D) output tokens of every captured block, or None if not recorded.
         logits: the model's output, or None when the caller ran the forward itself.
         blocks: 0-based block index of each of the L entries.
-        reattention_blocks: the captured blocks that apply Re-attention (0-based).
+        reattention_blocks: the captured blocks that mix heads after the softmax (0-based).
+        class_attention: (C, B, H, 1 + T) maps of the class token's query in the C blocks that
+            update only the class token (CaiT's ``blocks_token_only``; key 0 is the class token
+            itself), or None for models without them.
     """
 
     pre: torch.Tensor
@@ -63,17 +66,7 @@ class AttentionCapture:
     logits: torch.Tensor | None
     blocks: list[int]
     reattention_blocks: list[int]
-
-
-def _softmax_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    """The maps a fused block never builds, from its qkv projection output (B, T, 3 * H * d).
-
-    Same operations, in the same order, as the non-fused path of timm's Attention.
-    """
-    batch, num_tokens, _ = qkv.shape
-    q, k, _ = qkv.reshape(batch, num_tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    class_attention: torch.Tensor | None = None
 
 
 class _StackedBuffer:
@@ -127,6 +120,35 @@ class _StackedBuffer:
         return self.tensor
 
 
+class _BlockSink:
+    """Where a block's reader puts its maps: slot ``slot`` of the pre buffer, and of the post buffer
+    too (``also_post``) for a block that does not mix heads in a model whose other blocks do."""
+
+    def __init__(self, pre: _StackedBuffer, post: _StackedBuffer | None, slot: int, also_post: bool):
+        self._pre, self._post, self._slot, self._also_post = pre, post, slot, also_post
+
+    def pre(self, maps: torch.Tensor) -> None:
+        self._pre.write(self._slot, maps)
+        if self._also_post:
+            self._post.write(self._slot, maps)
+
+    def post(self, maps: torch.Tensor) -> None:
+        self._post.write(self._slot, maps)
+
+
+class _ClassSink:
+    """Where a class-attention reader puts its (B, H, 1, T) maps, stored as (B, H, T)."""
+
+    def __init__(self, buffer: _StackedBuffer, slot: int):
+        self._buffer, self._slot = buffer, slot
+
+    def pre(self, maps: torch.Tensor) -> None:
+        self._buffer.write(self._slot, maps[:, :, 0])
+
+    def post(self, maps: torch.Tensor) -> None:
+        raise AssertionError("class attention does not mix heads")
+
+
 class AttentionRecorder:
     """Context manager recording attention maps (and block outputs) of every forward.
 
@@ -163,12 +185,17 @@ class AttentionRecorder:
         self.blocks = resolve_blocks(model, blocks)
         # Resolved here so an unreadable model fails before any hook is attached.
         self._attns = [attention_module(model, index) for index in self.blocks]
-        self.reattention_blocks = [b for b, attn in zip(self.blocks, self._attns) if is_reattention(attn)]
+        self._class_attns = class_attention_modules(model)
+        self.reattention_blocks = [b for b, attn in zip(self.blocks, self._attns) if head_mixing(attn)]
         self.record_hidden = hidden
         layout = {"blocks": self.blocks, "dtype": store_dtype, "reuse": reuse_buffers}
         self._pre = _StackedBuffer("attention maps", **layout)
-        self._post = _StackedBuffer("Re-attention maps", **layout) if self.reattention_blocks else None
+        self._post = _StackedBuffer("head-mixed maps", **layout) if self.reattention_blocks else None
         self._hidden = _StackedBuffer("block outputs", **layout) if hidden else None
+        self._class = None
+        if self._class_attns:
+            class_blocks = list(range(len(self._class_attns)))
+            self._class = _StackedBuffer("class-attention maps", class_blocks, store_dtype, reuse_buffers)
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> AttentionRecorder:
@@ -192,72 +219,38 @@ class AttentionRecorder:
             logits=None,
             blocks=list(self.blocks),
             reattention_blocks=list(self.reattention_blocks),
+            class_attention=self._class.collect() if self._class is not None else None,
         )
         self._reset()
         return capture
 
+    @property
+    def _buffers(self) -> tuple[_StackedBuffer, ...]:
+        return tuple(buffer for buffer in (self._pre, self._post, self._hidden, self._class) if buffer is not None)
+
     def _reset(self, *_: object) -> None:
-        for buffer in (self._pre, self._post, self._hidden):
-            if buffer is not None:
-                buffer.reset()
+        for buffer in self._buffers:
+            buffer.reset()
 
     def _attach(self) -> None:
         self._handles.append(self.model.register_forward_pre_hook(self._reset))
         model_blocks = transformer_blocks(self.model)
         for slot, (index, attn) in enumerate(zip(self.blocks, self._attns)):
-            self._attach_maps(slot, attn)
+            mixes = head_mixing(attn) is not None
+            sink = _BlockSink(self._pre, self._post, slot, also_post=self._post is not None and not mixes)
+            self._handles.extend(reader_for(attn).attach(attn, sink))
             if self._hidden is not None:
                 self._handles.append(model_blocks[index].register_forward_hook(self._on_block_output(slot)))
-
-    def _attach_maps(self, slot: int, attn: nn.Module) -> None:
-        post_differs = self._post is not None
-        if isinstance(attn, ReAttention) and (attn.apply_transform or not attn.fused_attn):
-            self._handles.append(
-                attn.hook_pre.register_forward_hook(
-                    self._on_output(slot, also_post=post_differs and not attn.apply_transform)
-                )
-            )
-            if attn.apply_transform:
-                self._handles.append(attn.hook_post.register_forward_hook(self._on_output(slot, post=True)))
-        elif not attn.fused_attn:  # timm Attention, non-fused: softmax maps enter attn_drop
-            self._handles.append(attn.attn_drop.register_forward_hook(self._on_input(slot, also_post=post_differs)))
-        else:
-            self._handles.append(attn.qkv.register_forward_hook(self._on_qkv(slot, attn, also_post=post_differs)))
+        for slot, attn in enumerate(self._class_attns):
+            sink = _ClassSink(self._class, slot)
+            self._handles.extend(reader_for(attn, CLASS_ATTENTION_READERS).attach(attn, sink))
 
     def _detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for buffer in (self._pre, self._post, self._hidden):
-            if buffer is not None:
-                buffer.release()
-
-    def _store(self, slot: int, maps: torch.Tensor, post: bool, also_post: bool) -> None:
-        if post:
-            self._post.write(slot, maps)
-            return
-        self._pre.write(slot, maps)
-        if also_post:  # plain block in a model that also has Re-attention blocks
-            self._post.write(slot, maps)
-
-    def _on_output(self, slot: int, post: bool = False, also_post: bool = False) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            self._store(slot, output, post, also_post)
-
-        return hook
-
-    def _on_input(self, slot: int, also_post: bool) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            self._store(slot, args[0], False, also_post)
-
-        return hook
-
-    def _on_qkv(self, slot: int, attn: nn.Module, also_post: bool) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            with torch.no_grad():
-                self._store(slot, _softmax_from_qkv(attn, output), False, also_post)
-
-        return hook
+        for buffer in self._buffers:
+            buffer.release()
 
     def _on_block_output(self, slot: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import warnings
@@ -225,19 +226,70 @@ def run_models(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
-# load_model overrides (timm's constructor names) the import command accepts: everything the loader may guess.
-IMPORT_OVERRIDES = {
-    "num_heads": dict(type=_int_at_least(1)),
-    "embed_dim": dict(type=_int_at_least(1)),
-    "depth": dict(type=_int_at_least(1)),
-    "mlp_ratio": dict(type=_positive_number),
-    "img_size": dict(type=_int_at_least(1)),
-    "patch_size": dict(type=_int_at_least(1)),
-    "num_classes": dict(type=_int_at_least(0)),
-    "in_chans": dict(type=_int_at_least(1)),
-    "global_pool": dict(choices=["token", "avg"]),
-    "transform_scale": dict(action=argparse.BooleanOptionalAction),
+# What load_model takes beyond arch= (timm's constructor names; checkpoints.inference.HINTS): what the loader
+# may guess, and what its messages name. Each is an option of import and analyze (--num-heads) and, per
+# model, of compare (--num-heads-a, --num-heads-b).
+ARCH_HINTS = {
+    "num_heads": dict(metavar="N", type=_int_at_least(1), help="number of attention heads per block"),
+    "embed_dim": dict(metavar="N", type=_int_at_least(1), help="width of the tokens (embed_dim)"),
+    "depth": dict(metavar="N", type=_int_at_least(1), help="number of transformer blocks"),
+    "mlp_ratio": dict(metavar="R", type=_positive_number, help="MLP hidden width divided by the token width"),
+    "img_size": dict(
+        metavar="PX",
+        type=_int_at_least(1),
+        help="input resolution in pixels (e.g. 384 for a model fine-tuned at 384 px); see --resample-pos-embed{suffix}",
+    ),
+    "patch_size": dict(metavar="PX", type=_int_at_least(1), help="side of one patch in pixels"),
+    "num_classes": dict(metavar="N", type=_int_at_least(0), help="classes of the head (0: no head)"),
+    "in_chans": dict(metavar="N", type=_int_at_least(1), help="channels of the input images"),
+    "global_pool": dict(choices=["token", "avg"], help="how tokens are pooled before the head"),
+    "norm_eps": dict(metavar="EPS", type=_positive_number, help="LayerNorm eps (1e-6 timm, 1e-5 CLIP and vit-pytorch)"),
+    "act_layer": dict(
+        choices=["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"], help="MLP activation (quick_gelu: OpenAI CLIP)"
+    ),
+    "dynamic_img_size": dict(
+        action=argparse.BooleanOptionalAction, help="accept any image size, interpolating the position embeddings"
+    ),
+    "transform_scale": dict(
+        action=argparse.BooleanOptionalAction, help="scale Re-attention's mixed maps (official DeepViT-S)"
+    ),
 }
+
+
+def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = "the model") -> None:
+    """--arch, one option per architecture hint and --resample-pos-embed, each ending in ``suffix`` (``-a``)."""
+    group = p.add_argument_group(
+        f"architecture of {model}",
+        "what the weights cannot say; everything they determine (depth, widths, grid, tokens, ...) is read from them",
+    )
+    group.add_argument(
+        f"--arch{suffix}",
+        dest=f"arch{suffix.replace('-', '_')}",
+        metavar="NAME",
+        help="a preset, official DeepViT or timm model name for what the weights cannot say",
+    )
+    for key, spec in ARCH_HINTS.items():
+        options = dict(spec)
+        text = options.pop("help").format(suffix=suffix)
+        group.add_argument(
+            "--" + key.replace("_", "-") + suffix, dest=key + suffix.replace("-", "_"), help=text, **options
+        )
+    group.add_argument(
+        f"--resample-pos-embed{suffix}",
+        dest=f"resample_pos_embed{suffix.replace('-', '_')}",
+        action="store_true",
+        help=f"with --img-size{suffix}: resample the position embeddings to that size (timm's bicubic resampling)",
+    )
+
+
+def arch_options_from(args: argparse.Namespace, suffix: str = "") -> dict[str, Any]:
+    """``add_arch_options``' values as ``load_model`` keyword arguments (unset ones left out)."""
+    end = suffix.replace("-", "_")
+    kwargs = {key: getattr(args, key + end) for key in ARCH_HINTS if getattr(args, key + end) is not None}
+    kwargs["arch"] = getattr(args, "arch" + end)
+    if getattr(args, "resample_pos_embed" + end):
+        kwargs["resample_pos_embed"] = True
+    return kwargs
 
 
 def add_import(sub: argparse._SubParsersAction) -> None:
@@ -249,11 +301,7 @@ def add_import(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", metavar="FILE", help="checkpoint file (or a timm model name to download)")
     p.add_argument("--as", dest="name", required=True, help="store name to load it by later, e.g. vit32 or my_vit")
-    p.add_argument("--arch", help="what the weights cannot say: a preset, official DeepViT or timm model name")
-    for key, options in IMPORT_OVERRIDES.items():
-        p.add_argument(
-            "--" + key.replace("_", "-"), dest=key, help=f"{key} of the model (timm's argument name)", **options
-        )
+    add_arch_options(p)
     p.add_argument(
         "--force",
         action="store_true",
@@ -268,10 +316,9 @@ def run_import(args: argparse.Namespace) -> None:
     from .checkpoints import GuessWarning, import_checkpoint, read_native_metadata
     from .checkpoints.provenance import describe
 
-    overrides = {key: getattr(args, key) for key in IMPORT_OVERRIDES if getattr(args, key) is not None}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = import_checkpoint(args.source, args.name, overwrite=args.force, arch=args.arch, **overrides)
+        path = import_checkpoint(args.source, args.name, overwrite=args.force, **arch_options_from(args))
     for warning in caught:
         if issubclass(warning.category, GuessWarning):
             print(f"warning: {warning.message}", file=sys.stderr)
@@ -364,14 +411,10 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "or a timm model name",
     )
     p.add_argument("--ckpt-b", required=True, metavar="SPEC", help="second model, same forms as --ckpt-a")
-    p.add_argument(
-        "--arch-a",
-        metavar="NAME",
-        help="architecture of --ckpt-a when its weights cannot say (preset, official or timm name)",
-    )
-    p.add_argument("--arch-b", metavar="NAME", help="architecture of --ckpt-b when its weights cannot say")
     _add_analysis_options(p)
     _add_shard_option(p)
+    add_arch_options(p, "-a", "--ckpt-a")
+    add_arch_options(p, "-b", "--ckpt-b")
     p.set_defaults(run=run_compare)
 
 
@@ -388,11 +431,9 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help="the model: a checkpoint file, a weight-store name, a preset (vit32, deepvit32, ...) or a timm model name",
     )
-    p.add_argument(
-        "--arch", metavar="NAME", help="architecture when the weights cannot say (preset, official or timm name)"
-    )
     _add_analysis_options(p)
     _add_shard_option(p)
+    add_arch_options(p)
     p.set_defaults(run=run_analyze)
 
 
@@ -427,7 +468,8 @@ def _command_line() -> str | None:
     return "deepvit-diag " + shlex.join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
 
 
-def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]], labels: list[str]) -> None:
+def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels: list[str]) -> None:
+    """``specs``: (checkpoint, option suffix: "" for analyze, "-a" / "-b" for compare) per model."""
     from .analysis import run
     from .checkpoints import load_model
     from .images import default_image_set, open_images
@@ -439,7 +481,7 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str | None]],
     with _reporting_output(args, _written_by_analysis) as write:
         settings = settings_from(args).resolved()  # an unusable --device fails before the models are loaded
         with _warnings_as_lines(args.quiet):
-            models = [load_model(spec, arch=arch) for spec, arch in specs]
+            models = [_load_for(load_model, spec, args, suffix) for spec, suffix in specs]
             sources = args.images or [default_image_set(models)]
             images = open_images(
                 sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
@@ -507,16 +549,38 @@ def _written_by_analysis(path: Path) -> bool:
     return is_result_file(path) or is_report_file(path) or is_shard_file(path)
 
 
+def _load_for(load_model: Callable, spec: str, args: argparse.Namespace, suffix: str) -> Any:
+    """``load_model`` with the options ending in ``suffix``; its messages then name those options
+    (``--num-heads-a`` where the loader says ``--num-heads``)."""
+    if not suffix:
+        return load_model(spec, **arch_options_from(args))
+    options = ["arch", "resample-pos-embed", *(key.replace("_", "-") for key in ARCH_HINTS)]
+    pattern = re.compile(r"\(--(" + "|".join(map(re.escape, options)) + r")\b")
+
+    def per_model(text: str) -> str:
+        return pattern.sub(lambda match: f"(--{match.group(1)}{suffix}", text)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = load_model(spec, **arch_options_from(args, suffix))
+        except DiagError as err:
+            raise DiagError(per_model(str(err))) from None
+    for warning in caught:
+        warnings.warn(per_model(str(warning.message)), warning.category, stacklevel=2)
+    return model
+
+
 def run_compare(args: argparse.Namespace) -> None:
     _run_analysis(
         args,
-        [(args.ckpt_a, args.arch_a), (args.ckpt_b, args.arch_b)],
+        [(args.ckpt_a, "-a"), (args.ckpt_b, "-b")],
         [_model_label(args.ckpt_a, "A"), _model_label(args.ckpt_b, "B")],
     )
 
 
 def run_analyze(args: argparse.Namespace) -> None:
-    _run_analysis(args, [(args.ckpt, args.arch)], [_model_label(args.ckpt)])
+    _run_analysis(args, [(args.ckpt, "")], [_model_label(args.ckpt)])
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -548,9 +612,6 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="a CollapseMonitor's JSON Lines file, drawn as a training series over its steps (nothing is analysed)",
     )
     p.add_argument(
-        "--arch", metavar="NAME", help="architecture of checkpoints whose weights cannot say (preset, official or timm)"
-    )
-    p.add_argument(
         "--group",
         nargs="+",
         metavar="NAME",
@@ -571,6 +632,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         help="draw the per-block curves over relative depth (block / number of blocks) instead of the block number",
     )
     _add_analysis_options(p, outputs="sweep.json, arrays.npz and sweep.html", default_out=Path("deepvit-diag-sweep"))
+    add_arch_options(p, model="every checkpoint")
     p.set_defaults(run=run_sweep)
 
 
@@ -586,6 +648,7 @@ def run_sweep(args: argparse.Namespace) -> None:
             result = SweepResult.from_monitor(args.monitor)
         else:
             settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
+            load_options = arch_options_from(args)
             with _warnings_as_lines(args.quiet):
                 result = sweep(
                     args.ckpt,
@@ -593,7 +656,8 @@ def run_sweep(args: argparse.Namespace) -> None:
                     settings,
                     groups=args.group,
                     x_axis=args.x_axis,
-                    arch=args.arch,
+                    arch=load_options.pop("arch"),
+                    load_options=load_options,
                     class_map=args.class_map,
                     progress=not args.quiet,
                 )

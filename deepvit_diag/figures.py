@@ -32,6 +32,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from . import catalogue
+from .metrics import ThetaInfo
 from .results import AnalysisResult, ComparisonResult
 from .sweeps import SweepEntry, SweepResult
 
@@ -317,18 +318,31 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
 
 def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     """Theta (rows: input heads, columns: output heads) of every Re-attention block on one
-    diverging colour scale centred at 0; None for a model without Re-attention blocks.
-    Hover also shows each block's distance from identity and from a permutation."""
+    diverging colour scale centred at 0; None for a model without head-mixing blocks. CaiT's
+    talking-heads blocks show both their matrices, before the softmax (``proj_l``) and after it
+    (``proj_w``), labelled as such. Hover also shows each matrix's distance from identity and from a
+    permutation."""
     infos = result.theta()
     if not infos:
         return None
-    columns = min(len(infos), 6)
-    rows = math.ceil(len(infos) / columns)
-    titles = [f"block {block + 1}" for block in infos]
+    talking_heads = any(info.kind == "talking-heads" for info in infos.values())
+    symbol = "W" if talking_heads else "Θ"
+    panels = []  # (block, title, matrix, distances)
+    for block, info in infos.items():
+        if info.pre_softmax is not None:
+            before = ThetaInfo(theta=info.pre_softmax, kind=info.kind)
+            panels.append((block, f"block {block + 1}, before softmax", before))
+        panels.append((block, f"block {block + 1}" + (", after softmax" if talking_heads else ""), info))
+    columns = min(len(panels), 6)
+    rows = math.ceil(len(panels) / columns)
     fig = make_subplots(
-        rows=rows, cols=columns, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.12 / rows + 0.04
+        rows=rows,
+        cols=columns,
+        subplot_titles=[title for _, title, _ in panels],
+        horizontal_spacing=0.04,
+        vertical_spacing=0.12 / rows + 0.04,
     )
-    for position, (block, info) in enumerate(infos.items()):
+    for position, (_, title, info) in enumerate(panels):
         heads = _blocks(len(info.theta))
         distances = (
             f"distance from identity {info.distance_from_identity:.2f}, "
@@ -340,20 +354,19 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
                 x=heads,
                 y=heads,
                 coloraxis="coloraxis",
-                hovertemplate=f"block {block + 1}: input head %{{y}} to output head %{{x}}<br>Θ = %{{z:.3f}}"
+                hovertemplate=f"{title}: input head %{{y}} to output head %{{x}}<br>{symbol} = %{{z:.3f}}"
                 f"<br>{distances}<extra></extra>",
             ),
             row=position // columns + 1,
             col=position % columns + 1,
         )
     fig.update_layout(
-        coloraxis={**_symmetric_scale([info.theta for info in infos.values()]), "colorbar": {"title": "Θ"}}
+        coloraxis={**_symmetric_scale([info.theta for _, _, info in panels]), "colorbar": {"title": symbol}}
     )
-    _square_heatmap_axes(fig, len(infos), "output head", "input head", result.geometry.num_heads, columns, labels=6)
+    _square_heatmap_axes(fig, len(panels), "output head", "input head", result.geometry.num_heads, columns, labels=6)
     prefix = f"{label}: " if label else ""
-    fig = _finish(
-        fig, f"{prefix}Re-attention matrices Θ per block (rows: input heads, columns: output heads)", 150 + 210 * rows
-    )
+    what = "Talking-heads matrices W (CaiT)" if talking_heads else "Re-attention matrices Θ"
+    fig = _finish(fig, f"{prefix}{what} per block (rows: input heads, columns: output heads)", 150 + 210 * rows)
     # A fixed width keeps the small panels square without empty bands between the rows
     # (at least wide enough for the title when there are only a few blocks).
     return fig.update_layout(width=max(760, 160 + 170 * columns))

@@ -12,19 +12,24 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from timm.layers import Attention as TimmAttention
 from torch import nn
 
 from .errors import DiagError
-from .models.attention import ReAttention
+from .readers import CLASS_ATTENTION_READERS, READERS, REATTENTION, qualified_name, reader_for, refusal
+
+
+def model_name(model: nn.Module) -> str:
+    """The model's timm architecture name, else its class name (for messages)."""
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
 
 
 def transformer_blocks(model: nn.Module) -> Sequence[nn.Module]:
-    """The model's list of transformer blocks (``model.blocks``), or a DiagError."""
+    """The model's list of transformer blocks (``model.blocks``), or a DiagError that says why not."""
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or len(blocks) == 0:
         raise DiagError(
-            f"cannot capture attention from {type(model).__name__}: it has no `blocks` list of transformer blocks"
+            refusal(model, model_name(model))
+            or f"cannot capture attention from {model_name(model)}: it has no `blocks` list of transformer blocks"
         )
     return blocks
 
@@ -45,27 +50,52 @@ def resolve_blocks(model: nn.Module, blocks: Sequence[int] | None) -> list[int]:
 
 
 def attention_module(model: nn.Module, index: int) -> nn.Module:
-    """The attention module of block ``index``, if deepvit-diag can read its maps."""
+    """The attention module of block ``index``, if deepvit-diag has a map reader for it."""
     block = transformer_blocks(model)[index]
     attn = getattr(block, "attn", None)
-    if isinstance(attn, ReAttention):
+    if attn is not None and reader_for(attn) is not None:
         return attn
-    # A subclass with its own forward may compute something else than softmax(q k^T).
-    if isinstance(attn, TimmAttention) and type(attn).forward is TimmAttention.forward:
-        return attn
-    unreadable = type(attn).__name__ if attn is not None else f"{type(block).__name__} (no `attn` module)"
-    raise DiagError(
-        f"cannot read attention maps of block {index}: unsupported attention module {unreadable}; "
-        "supported are timm's Attention and deepvit-diag's ReAttention"
-    )
+    reason = refusal(model, model_name(model))
+    if reason is None:
+        what = f"blocks.{index}.attn is {qualified_name(attn)}" if attn is not None else f"blocks.{index} has no attn"
+        families = ", ".join(f"{cls.__name__} ({reader.family})" for cls, reader in READERS.items())
+        reason = (
+            f"cannot read attention maps of {model_name(model)}: {what}, which has no map reader (readers: {families})"
+        )
+    raise DiagError(reason)
 
 
-def is_reattention(attn: nn.Module) -> bool:
-    return isinstance(attn, ReAttention) and attn.apply_transform
+def check_readable(model: nn.Module) -> None:
+    """A one-line DiagError (which module, and why) unless every attention module of ``model`` has a reader."""
+    for index in range(len(transformer_blocks(model))):
+        attention_module(model, index)
+    class_attention_modules(model)
+
+
+def head_mixing(attn: nn.Module) -> str | None:
+    """How ``attn`` mixes its maps across heads after the softmax (``readers.REATTENTION`` /
+    ``readers.TALKING_HEADS``), or None when the maps that multiply V are the softmax maps."""
+    return reader_for(attn).mixing(attn)
+
+
+def class_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of blocks that update only the class token (CaiT's ``blocks_token_only``)."""
+    blocks = getattr(model, "blocks_token_only", None) or []
+    modules = [getattr(block, "attn", None) for block in blocks]
+    for index, attn in enumerate(modules):
+        if reader_for(attn, CLASS_ATTENTION_READERS) is None:
+            raise DiagError(
+                f"cannot read attention maps of {model_name(model)}: blocks_token_only.{index}.attn is "
+                f"{qualified_name(attn)}, which has no map reader"
+            )
+    return modules
 
 
 def num_prefix_tokens(model: nn.Module) -> int:
-    """Class/register/distillation tokens in front of the patch tokens."""
+    """Class/register/distillation tokens in front of the patch tokens in the maps of ``model.blocks``
+    (0 in CaiT, whose class token joins only in the class-attention blocks)."""
+    if getattr(model, "blocks_token_only", None):
+        return 0
     prefix = getattr(model, "num_prefix_tokens", None)
     if prefix is None:
         return 1 if getattr(model, "cls_token", None) is not None else 0
@@ -82,8 +112,7 @@ def describe_model(model: nn.Module) -> str:
     provenance = getattr(model, "provenance", None) or {}
     if provenance.get("description"):
         return str(provenance["description"])
-    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    return f"{architecture or type(model).__name__} ({len(transformer_blocks(model))} blocks, no provenance)"
+    return f"{model_name(model)} ({len(transformer_blocks(model))} blocks, no provenance)"
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -97,10 +126,13 @@ class Geometry:
 
     Attributes:
         num_blocks, num_heads: transformer blocks and attention heads per block.
-        num_prefix_tokens: class/register/distillation tokens before the patches.
-        patch_size, grid_size: one patch in pixels, the patch grid in patches.
-        image_size: the input the model was built for.
-        reattention_blocks: blocks whose maps are mixed by Theta (DeepViT).
+        num_prefix_tokens: class/register/distillation tokens before the patches in the maps.
+        patch_size, grid_size: one patch in pixels, the patch grid of the images analysed.
+        image_size: the size of the images analysed (the model's own unless it takes any size).
+        reattention_blocks: blocks whose maps are mixed across heads after the softmax, so that the
+            maps that multiply V ("post") differ from the softmax maps ("pre").
+        head_mixing: how those blocks mix: ``"re-attention"`` (DeepViT's Θ, Norm and scale) or
+            ``"talking-heads"`` (CaiT's learned H x H matrices before and after the softmax).
     """
 
     num_blocks: int
@@ -110,27 +142,35 @@ class Geometry:
     grid_size: tuple[int, int]
     image_size: tuple[int, int]
     reattention_blocks: tuple[int, ...] = ()
+    head_mixing: str = REATTENTION
 
     @classmethod
     def of(cls, model: nn.Module, image_size: Sequence[int]) -> Geometry:
-        """The geometry of ``model`` fed images of ``image_size`` (height, width)."""
+        """The geometry of ``model`` fed images of ``image_size`` (height, width): a model built with
+        ``dynamic_img_size`` sees the patch grid of whatever size it is given."""
         patch_embed = getattr(model, "patch_embed", None)
         patch_size, grid_size = getattr(patch_embed, "patch_size", None), getattr(patch_embed, "grid_size", None)
         if patch_size is None or grid_size is None:
             raise DiagError(
-                f"cannot find the patch grid of {type(model).__name__}: it has no patch_embed.patch_size/grid_size"
+                f"cannot find the patch grid of {model_name(model)}: it has no patch_embed.patch_size/grid_size"
             )
+        image_size = _pair(tuple(image_size))
+        if getattr(model, "dynamic_img_size", False):
+            grid_size = patch_embed.dynamic_feat_size(image_size)
         blocks = transformer_blocks(model)
+        mixing = {index: head_mixing(attention_module(model, index)) for index in range(len(blocks))}
+        kinds = {kind for kind in mixing.values() if kind}
+        if len(kinds) > 1:
+            raise DiagError(f"{model_name(model)} mixes heads in more than one way ({', '.join(sorted(kinds))})")
         return cls(
             num_blocks=len(blocks),
             num_heads=attention_module(model, 0).num_heads,
             num_prefix_tokens=num_prefix_tokens(model),
             patch_size=_pair(patch_size),
             grid_size=_pair(grid_size),
-            image_size=_pair(tuple(image_size)),
-            reattention_blocks=tuple(
-                index for index in range(len(blocks)) if is_reattention(getattr(blocks[index], "attn", None))
-            ),
+            image_size=image_size,
+            reattention_blocks=tuple(index for index, kind in mixing.items() if kind),
+            head_mixing=kinds.pop() if kinds else REATTENTION,
         )
 
     @property
@@ -155,6 +195,7 @@ class Geometry:
                 grid_size=_pair(values["grid_size"]),
                 image_size=_pair(values["image_size"]),
                 reattention_blocks=tuple(int(block) for block in values.get("reattention_blocks", ())),
+                head_mixing=str(values.get("head_mixing", REATTENTION)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DiagError(f"a saved model geometry is malformed ({type(err).__name__}: {err})") from None

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import catalogue, figures
+from .readers import MIXING_BLOCKS
 from .results import AnalysisResult, ComparisonResult, package_versions
 from .settings import Settings
 from .summary import (
@@ -142,7 +143,9 @@ def _model_card(label: str, result: AnalysisResult) -> str:
         "blocks / heads": f"{geometry.num_blocks} blocks, {geometry.num_heads} heads",
         "tokens": f"{geometry.num_tokens} ({geometry.num_prefix_tokens} prefix + {grid_h} x {grid_w} patches "
         f"of {patch_h} x {patch_w} px, image {image_h} x {image_w} px)",
-        "Re-attention blocks": ", ".join(str(block + 1) for block in reattention) if reattention else "none",
+        MIXING_BLOCKS[geometry.head_mixing]: ", ".join(str(block + 1) for block in reattention)
+        if reattention
+        else "none",
         "labels (accuracy)": result.accuracy.labels,
         "model card": json.dumps(card, sort_keys=True) if card else None,
     }

@@ -24,7 +24,10 @@ E examples, grid gh x gw):
                                                     blocks have them ``theta_bias``,
                                                     ``theta_norm_weight``, ``theta_norm_bias``,
                                                     ``theta_running_mean``,
-                                                    ``theta_running_var`` (R, H)
+                                                    ``theta_running_var`` (R, H); CaiT's
+                                                    talking heads add
+                                                    ``theta_pre_softmax`` (R, H, H),
+                                                    ``theta_pre_softmax_bias`` (R, H)
 ``example_images``          (E, height, width, 3)   uint8 images at model resolution
 ``example_cls_pre/_post``   (E, L, H, gh, gw)       CLS-token attention to every patch
 ==========================  ======================  ===========================================

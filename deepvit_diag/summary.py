@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .readers import TALKING_HEADS
 from .results import AnalysisResult, ComparisonResult
 from .sweeps import SweepResult
 
@@ -143,7 +144,7 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
             f"{label}: heads within a block are {kind} (mean cross-head similarity {_number(cross_head, 2)}; {note})."
         )
     if result.geometry.reattention_blocks:
-        findings.append(_reattention_finding(label, s))
+        findings.append(_reattention_finding(label, s, result.geometry.head_mixing))
     if s["accuracy_top1"] is not None:
         findings.append(f"{label}: top-1 accuracy {_accuracy_words(s)}.")
     return findings
@@ -160,7 +161,13 @@ def _softmax_maps(result: AnalysisResult) -> bool:
     return result.summary()["maps"] == "pre" or not result.geometry.reattention_blocks
 
 
-def _reattention_finding(label: str, s: dict[str, Any]) -> str:
+def _reattention_finding(label: str, s: dict[str, Any], mixing: str) -> str:
+    if mixing == TALKING_HEADS:
+        return (
+            f"{label}: talking heads (CaiT) mix the maps across heads: {s['similar_blocks_pre']} similar blocks "
+            f"in the softmax maps, {s['similar_blocks_post']} after the mixing matrix W; W is on average "
+            f"{_number(s['theta_distance_from_identity_mean'], 2)} from identity (0 = no mixing)."
+        )
     return (
         f"{label}: Re-attention changes the maps: {s['similar_blocks_pre']} similar blocks before Θ (softmax maps), "
         f"{s['similar_blocks_post']} after Θ; Θ is on average {_number(s['theta_distance_from_identity_mean'], 2)} "
@@ -220,7 +227,7 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
         )
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
         if result.geometry.reattention_blocks:
-            findings.append(_reattention_finding(label, s))
+            findings.append(_reattention_finding(label, s, result.geometry.head_mixing))
     if a["accuracy_top1"] is not None and b["accuracy_top1"] is not None:
         findings.append(f"Top-1 accuracy: {label_a} {_accuracy_words(a)}; {label_b} {_accuracy_words(b)}.")
     return findings

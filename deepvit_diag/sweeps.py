@@ -35,6 +35,7 @@ from .errors import DiagError
 from .images import ImageSource, default_image_set, is_path_spec, open_images
 from .labels import ClassMap
 from .progress import ProgressOption
+from .readers import REATTENTION
 from .results import AnalysisResult, _from_saved, _read_folder, _write_folder, jsonable, package_versions
 from .settings import Settings
 
@@ -58,8 +59,10 @@ MONITOR_KEYS = ("label", "group", "step", "summary", "curves", "settings", "imag
 
 
 def family(result: AnalysisResult) -> str:
-    """The paper's two families: DeepViT where some block applies Re-attention, else ViT."""
-    return "DeepViT" if result.geometry.reattention_blocks else "ViT"
+    """The paper's two families: DeepViT where some block applies Re-attention, else ViT (CaiT's talking
+    heads mix heads too, but are no Re-attention)."""
+    geometry = result.geometry
+    return "DeepViT" if geometry.reattention_blocks and geometry.head_mixing == REATTENTION else "ViT"
 
 
 @dataclass(eq=False)
@@ -301,6 +304,7 @@ def sweep(
     groups: Sequence[str] | None = None,
     x_axis: str = "auto",
     arch: str | None = None,
+    load_options: dict[str, Any] | None = None,
     class_map: ClassMap | str | Path | None = None,
     progress: ProgressOption = True,
     **overrides: Any,
@@ -319,6 +323,8 @@ def sweep(
         groups: the figure line of each checkpoint (default: ViT or DeepViT).
         x_axis: "auto", "depth", "epoch" or "order" (``choose_x_axis``).
         arch: the architecture of checkpoints whose weights cannot say (as in ``load_model``).
+        load_options: ``load_model``'s other keyword arguments for every checkpoint (``num_heads``,
+            ``img_size``, ``resample_pos_embed``, ...).
         class_map: which class index each image folder is (``open_images``).
         progress: as in ``analyze``; a callable hears the images of all checkpoints as one count.
     """
@@ -342,7 +348,10 @@ def sweep(
     for index, (checkpoint, label) in enumerate(zip(checkpoints, labels)):
         if progress is True:
             Console(stderr=True).print(Text(f"checkpoint {index + 1} of {len(checkpoints)}: {label}"))
-        model = checkpoint if isinstance(checkpoint, nn.Module) else load_model(checkpoint, arch=arch)
+        if isinstance(checkpoint, nn.Module):
+            model = checkpoint
+        else:
+            model = load_model(checkpoint, arch=arch, **(load_options or {}))
         if opens_images and index == 0:  # opened once, after the first model has named its default set
             images = open_images(images or default_image_set([model]), limit=settings.num_images, class_map=class_map)
         bar = partial(_overall, progress, index, len(checkpoints)) if callable(progress) else progress

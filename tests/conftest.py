@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,11 @@ import torch
 from torch import nn
 
 from deepvit_diag.models import build_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N runs one worker per core: more torch threads than that make every small op of the tiny
+    # test models wait for the others (about ten times slower on a busy machine).
+    torch.set_num_threads(1)
 
 TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=5)
 

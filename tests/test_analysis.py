@@ -302,7 +302,8 @@ def test_results_saved_in_format_1_still_load(deepvit, x, tmp_path):
     ``theta_<i>`` array per Re-attention block."""
     result = analyze(deepvit, x, batch_size=4, **QUIET)
     document = result.to_document()
-    model = {**document.pop("model"), **document.pop("geometry"), "num_tokens": result.geometry.num_tokens}
+    geometry = {key: value for key, value in document.pop("geometry").items() if key != "head_mixing"}  # new in 2
+    model = {**document.pop("model"), **geometry, "num_tokens": result.geometry.num_tokens}
     params = {**document.pop("settings"), "final_batch_size": document.pop("computation")["final_batch_size"]}
     del params["num_images"]
     arrays = {name: value for name, value in result.arrays.items() if not name.startswith("theta")}

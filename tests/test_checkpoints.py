@@ -10,6 +10,7 @@ import hashlib
 import random
 import subprocess
 import sys
+import threading
 import warnings
 
 import huggingface_hub.constants
@@ -21,7 +22,7 @@ from vit_pytorch import ViT
 from vit_pytorch.deepvit import DeepViT
 
 from deepvit_diag import load_model, save_native
-from deepvit_diag.checkpoints import GuessWarning, import_checkpoint, list_models, list_store
+from deepvit_diag.checkpoints import GuessWarning, import_checkpoint, list_models, list_store, loader
 from deepvit_diag.cli import main
 from deepvit_diag.errors import DiagError
 from deepvit_diag.models import PRESETS
@@ -71,8 +72,14 @@ def test_official_checkpoint_saver_dict_prefers_ema_and_uses_args_model(tiny_mod
         },
         path,
     )
-    with no_guesses():  # transform_scale comes from args.model = deepvit_S, so nothing is guessed
+    # transform_scale comes from args.model = deepvit_S, so nothing is guessed; the sizes come from the weights,
+    # and where they differ from deepvit_S's, one warning lists each difference.
+    with pytest.warns(GuessWarning) as caught:
         loaded = load_model(path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "differ from the checkpoint's model name 'deepvit_S' in embed_dim 396 -> 32, depth 16 -> 3" in message
+    assert "guessed" not in message
     assert torch.equal(logits(loaded, images), logits(model, images))
     assert not loaded.training
     prov = loaded.provenance
@@ -80,7 +87,7 @@ def test_official_checkpoint_saver_dict_prefers_ema_and_uses_args_model(tiny_mod
         "file",
         "official",
         "state_dict_ema",
-        [],
+        [message.split(": ", 1)[1]],
     )
     assert prov["sha256"] == sha256(path) and prov["path"] == str(path)
     assert prov["epoch"] == 299  # what CheckpointSaver recorded: a sweep's training-series axis
@@ -158,7 +165,7 @@ def test_plain_vit_heads_follow_the_documented_rule(tiny_model, images, tmp_path
     assert torch.equal(logits(loaded, images), logits(other, images))
 
     torch.save(tiny_model("vit").state_dict(), tmp_path / "width32.pth")  # 32 is not a multiple of 12
-    with pytest.raises(DiagError, match=r"number of attention heads .* num_heads=N"):
+    with pytest.raises(DiagError, match=r"number of attention heads .* num_heads=\.\.\. \(--num-heads\)"):
         load_model(tmp_path / "width32.pth")
 
 
@@ -516,7 +523,40 @@ def test_timm_name_offline_is_one_line_with_the_local_alternative(offline_hub, c
     with pytest.raises(DiagError) as err:
         load_model("vit_tiny_patch16_224")
     message = str(err.value)
-    assert "\n" not in message and "no network?" in message
+    assert "\n" not in message and "HF_HUB_OFFLINE is set" in message
     assert "load_model(PATH, arch='vit_tiny_patch16_224')" in message and "--ckpt PATH" in message
     assert main(["import", "vit_tiny_patch16_224", "--as", "tiny"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_hf_hub_offline_set_after_import_is_respected(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read before the variable was set
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(loader, "_reachable", lambda *args: pytest.fail("offline: no connection may be tried"))
+    with pytest.raises(DiagError, match="HF_HUB_OFFLINE is set .* load_model\\(PATH, arch="):
+        load_model("vit_tiny_patch16_224")
+
+
+def test_an_unreachable_hub_is_tried_once_briefly_then_offline(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    tries = []
+    monkeypatch.setattr(loader, "_reachable", lambda host, port, timeout: tries.append((host, timeout)) and False)
+    with pytest.raises(DiagError, match=r"huggingface.co cannot be reached \(no network\?\).* --ckpt PATH"):
+        load_model("vit_tiny_patch16_224")
+    assert tries == [("huggingface.co", loader.HUB_CONNECT_TIMEOUT)]
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # offline mode only for that one load
+
+
+def test_a_hanging_name_lookup_does_not_hold_the_connection_check(monkeypatch):
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise OSError("name lookup timed out")
+
+    monkeypatch.setattr(loader.socket, "create_connection", hang)
+    assert loader._reachable("huggingface.co", 443, timeout=0.05) is False
+    release.set()

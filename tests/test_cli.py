@@ -568,3 +568,38 @@ def test_entry_point_compare_json_and_exit_codes(workspace: Path) -> None:
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: ") and len(failed.stderr.strip().splitlines()) == 1
     assert failed.stdout == ""
+
+
+# ----------------------------------------------------------------------------- architecture hints
+
+
+def test_architecture_hints_are_options_per_model_and_messages_name_them(workspace: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = tmp_path / "plain.pth"  # width 32: neither 64-wide heads nor 12 heads fit, the file cannot say
+    torch.save(timm.create_model("vit16", **TINY).state_dict(), plain)
+    common = ["--images", str(workspace / "mixed"), "--device", "cpu", "--quiet", "--num-images", "2"]
+    status, _, err = run(["compare", "--ckpt-a", str(plain), "--ckpt-b", str(workspace / "vit.safetensors")] + common)
+    assert_clean_error(status, err, 1, "plain.pth", "pass num_heads=... (--num-heads-a)", "(--arch-a NAME)")
+    status, _, err = run(["compare", "--ckpt-a", str(workspace / "vit.safetensors"), "--ckpt-b", str(plain)] + common)
+    assert_clean_error(status, err, 1, "(--num-heads-b)")
+    out = tmp_path / "out"
+    status, _, err = run(
+        ["compare", "--ckpt-a", str(plain), "--num-heads-a", "4", "--ckpt-b", str(plain), "--num-heads-b", "4"]
+        + common
+        + ["--out", str(out)]
+    )
+    assert status == 0, err
+    document = json.loads((out / "result.json").read_text())
+    assert document["a"]["geometry"]["num_heads"] == 4
+
+    status, _, err = run(
+        ["analyze", "--ckpt", str(plain), "--num-heads", "4", "--img-size", "48"] + common + ["--out", str(out)]
+    )
+    assert_clean_error(status, err, 1, "resample_pos_embed=True (--resample-pos-embed)")
+    status, _, err = run(
+        ["analyze", "--ckpt", str(plain), "--num-heads", "4", "--img-size", "48", "--resample-pos-embed"]
+        + common
+        + ["--out", str(tmp_path / "out48"), "--force"]
+    )
+    assert status == 0, err
+    assert json.loads((tmp_path / "out48" / "result.json").read_text())["geometry"]["grid_size"] == [6, 6]

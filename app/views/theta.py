@@ -1,10 +1,11 @@
-"""Theta: every Re-attention block's H x H matrix, how far each Θ is from identity and from
-a permutation, and the Norm's per-head gains."""
+"""Theta: every Re-attention block's H x H matrix (CaiT: its talking-heads matrices), how far each Θ
+is from identity and from a permutation, and the Norm's per-head gains."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from deepvit_diag.readers import MIXING_BLOCKS
 from deepvit_diag.summary import block_list
 
 from ..compute import Analysis
@@ -21,7 +22,7 @@ def render(analysis: Analysis) -> None:
     for label, result in results.items():
         blocks = result.geometry.reattention_blocks
         st.caption(
-            f"{label}: Re-attention in blocks {block_list(blocks)}."
+            f"{label}: {MIXING_BLOCKS[result.geometry.head_mixing]} {block_list(blocks)}."
             if blocks
             else f"{label} has no Re-attention blocks: its attention maps are used as they are."
         )

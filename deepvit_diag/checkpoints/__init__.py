@@ -1,6 +1,7 @@
 """Checkpoint loading: safe reading, layout detection and conversion, the weight store, provenance."""
 
-from .layouts import detect_layout, infer_arch
+from .inference import infer_arch
+from .layouts import detect_layout
 from .loader import GuessWarning, build_arch, import_checkpoint, load_model, resolve_arch
 from .native import read_native_metadata, save_native
 from .safe_load import read_checkpoint

@@ -2,10 +2,16 @@
 
 Every model comes back with ``model.arch`` (see ``deepvit_diag.models.presets``) and
 ``model.provenance``: ``spec``, ``source`` ("store" | "bundled" | "file" | "timm-hub" | "random"),
-``format`` ("official" | "timm" | "lucidrains-vit" | "lucidrains-deepvit" | "native" | "timm-name"),
-``path``, ``sha256`` (of the file), ``entry`` (training-checkpoint entry used, e.g. "state_dict_ema"),
-``arch``, ``card``, ``description`` (one line), ``warnings`` (the guesses announced) and ``epoch``
-(the training epoch a CheckpointSaver file or a native file's model card records; None if none).
+``format`` ("official" | "timm" | "lucidrains-vit" | "lucidrains-deepvit" | "hf-vit" | "hf-deit" |
+"hf-dinov2" | "native" | "timm-name"), ``path``, ``sha256`` (of the file), ``entry`` (training-checkpoint
+entry used, e.g. "state_dict_ema"), ``arch``, ``card``, ``description`` (one line), ``warnings``
+(what the architecture inference announced: contradictions between a name and the weights, guesses)
+and ``epoch`` (the training epoch a CheckpointSaver file or a native file's model card records; None
+if none).
+
+The architecture of a file is read from its tensors first (``deepvit_diag.checkpoints.inference``);
+``arch=``, a recorded model name or a Hugging Face ``config.json`` supply only what the tensors cannot,
+and the caller's overrides (``num_heads=``, ``img_size=``, ...) beat everything.
 
 Archs of timm models named by the user (``spec`` or ``arch=``) are ``{"family": "timm", "name": ...,
 "kwargs": {...}}``: timm builds them exactly, so nothing about them is re-derived.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,18 +39,29 @@ import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import DiagError
-from ..models.presets import PRESET_DESCRIPTIONS, PRESETS, attach_arch, build_model, with_overrides
+from ..introspection import check_readable
+from ..models.presets import (
+    PRESET_DESCRIPTIONS,
+    PRESETS,
+    attach_arch,
+    build_model,
+    create_timm,
+    data_config,
+    with_overrides,
+)
 from ..outputs import OutputTarget
-from .layouts import NATIVE, detect_layout, infer_arch, to_our_keys
+from . import huggingface
+from .inference import infer_arch
+from .layouts import NATIVE, detect_layout, to_our_keys
 from .native import is_native_file, read_native_metadata, save_native
 from .provenance import arch_summary, describe
-from .safe_load import CHECKPOINT_SUFFIXES, file_sha256, read_checkpoint
+from .resample import resample_positions
+from .safe_load import CHECKPOINT_SUFFIXES, RawCheckpoint, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
-from .validation import DATA_CONFIG_KEYS, check_depth, check_fit
+from .validation import check_depth, check_fit, checked_arch
 
 # The official repository's registry names (zhoudaquan/dvit_repo) -> our presets.
 OFFICIAL_NAMES = {
@@ -59,26 +77,38 @@ HUB_CONNECT_TIMEOUT = 3.0  # seconds: without network, find out at once rather t
 
 
 class GuessWarning(UserWarning):
-    """An architecture value the weights do not determine was guessed; the message names it."""
+    """Architecture values the weights do not determine were guessed, or a recorded name contradicts the
+    weights; the one message of a load names each."""
 
 
 def load_model(
-    spec: str | os.PathLike, *, arch: str | dict[str, Any] | None = None, pretrained: bool = True, **overrides: Any
+    spec: str | os.PathLike,
+    *,
+    arch: str | dict[str, Any] | None = None,
+    pretrained: bool = True,
+    resample_pos_embed: bool = False,
+    **overrides: Any,
 ) -> nn.Module:
     """Load ``spec`` as an eval-mode model carrying ``.arch`` and ``.provenance``.
 
     Args:
-        spec: a checkpoint file (.pth, .pth.tar, .pt, .bin, .safetensors; any supported layout), a
-            weight-store name, a preset name (store entry, else bundled demo weights) or a timm model name.
+        spec: a checkpoint file (.pth, .pth.tar, .pt, .bin, .safetensors; any supported layout), a Hugging
+            Face model folder, a weight-store name, a preset name (store entry, else bundled demo weights)
+            or a timm model name.
         arch: what the weights cannot say: a preset, official DeepViT or timm model name, or an arch dict.
         pretrained: ``False`` gives random weights for preset, store and timm names (announced loudly).
+        resample_pos_embed: with ``img_size=N``, resample a file's position embeddings to that size the
+            way timm does (``deepvit_diag.checkpoints.resample``), instead of refusing the mismatch.
         overrides: constructor arguments with timm's names (``num_heads``, ``embed_dim``, ``img_size``,
-            ``num_classes``, ...); for timm names also timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
+            ``num_classes``, ``norm_eps``, ``act_layer``, ``dynamic_img_size``, ...); for timm names also
+            timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
     """
+    if resample_pos_embed and "img_size" not in overrides:
+        raise DiagError("resample_pos_embed=True needs img_size=N (--img-size N): the size to resample to")
     if isinstance(spec, os.PathLike) or _looks_like_path(spec):
         if not pretrained:
             raise DiagError("pretrained=False gives random weights for preset, store or timm names, not for files")
-        return _load_file(Path(spec), str(spec), "file", arch, overrides)
+        return _load_file(Path(spec), str(spec), "file", arch, overrides, resample_pos_embed)
     if not isinstance(spec, str):
         raise DiagError(f"cannot load a {type(spec).__name__}: pass a file path, store name, preset or timm model name")
     if spec in PRESETS and not pretrained:
@@ -86,10 +116,10 @@ def load_model(
     if is_store_name(spec) and store_path(spec).is_file():
         if not pretrained:
             return _random(with_overrides(_stored_arch(store_path(spec)), **overrides), spec, NATIVE)
-        return _load_file(store_path(spec), spec, "store", arch, overrides)
+        return _load_file(store_path(spec), spec, "store", arch, overrides, resample_pos_embed)
     if spec in PRESETS:
         if bundled_path(spec).is_file():
-            return _load_file(bundled_path(spec), spec, "bundled", arch, overrides)
+            return _load_file(bundled_path(spec), spec, "bundled", arch, overrides, resample_pos_embed)
         raise DiagError(
             f"no weights for preset {spec!r}: import a checkpoint with `deepvit-diag import FILE --as {spec}` "
             "(or ask for pretrained=False to get random weights)"
@@ -97,7 +127,7 @@ def load_model(
     if timm.is_model(spec):
         return _load_timm(spec, pretrained, overrides)
     if os.path.lexists(spec):  # reading it says what is wrong with it (a directory, a link loop, ...)
-        return _load_file(Path(spec), spec, "file", arch, overrides)
+        return _load_file(Path(spec), spec, "file", arch, overrides, resample_pos_embed)
     raise DiagError(
         f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)"
     )
@@ -165,25 +195,28 @@ def build_arch(arch: dict[str, Any]) -> nn.Module:
     ``with torch.device("meta")`` only its shapes, which costs no memory."""
     try:
         if arch["family"] == "timm":
-            model = timm.create_model(arch["name"], pretrained=False, **arch["kwargs"])
+            model = create_timm(arch["name"], **arch["kwargs"])
             attach_arch(model, arch)
         else:
             model = build_model(arch)
     except Exception as err:  # any refusal of the constructor (the arguments may come from a file)
         raise DiagError(f"cannot build the {arch.get('family')} architecture: {type(err).__name__}: {err}") from None
-    if arch["family"] == "timm" and not isinstance(model, VisionTransformer):
-        raise DiagError(
-            f"{arch['name']} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models"
-        )
+    check_readable(model)
     return model
 
 
-def build_checked(arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: str = "") -> nn.Module:
+def build_checked(
+    arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: str = "", resample: bool = False
+) -> nn.Module:
     """The model of ``arch`` holding ``state_dict``, built only after the validation steps
-    (``deepvit_diag.checkpoints.validation``) found that the tensors fit it exactly."""
+    (``deepvit_diag.checkpoints.validation``) found that the tensors fit it exactly; with ``resample``,
+    position embeddings of another grid are resampled to the arch's first."""
+    arch = checked_arch(arch, what)
     check_depth(arch, state_dict, what)
     with torch.device("meta"):
         skeleton = build_arch(arch)
+    if resample:
+        state_dict = resample_positions(skeleton, state_dict)
     check_fit(skeleton, state_dict, what, hint)
     model = build_arch(arch)
     model.load_state_dict(state_dict, strict=True)
@@ -205,53 +238,59 @@ def _named_arch(name: str) -> dict[str, Any] | None:
 
 def timm_arch(name: str, data_cfg: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """The arch dict of a timm model name with constructor ``kwargs`` (data config: timm's for the name)."""
-    if data_cfg is None:
-        cfg = timm.models.get_pretrained_cfg(name)
-        data_cfg = cfg.to_dict() if cfg else {}
-    data = {k: v for k, v in data_cfg.items() if k in DATA_CONFIG_KEYS and v is not None}
+    data = data_config(name, data_cfg)
     return with_overrides({"family": "timm", "name": name, "kwargs": {}, "pretrained_cfg": data}, **kwargs)
 
 
 def _load_file(
-    path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
+    path: Path,
+    label: str,
+    source: str,
+    arch: str | dict[str, Any] | None,
+    overrides: dict[str, Any],
+    resample: bool = False,
 ) -> nn.Module:
     try:
-        return _load_checked_file(path, label, source, arch, overrides)
+        return _load_checked_file(path, label, source, arch, overrides, resample)
     except DiagError as err:
         # Every refusal names the file as the user named it.
         raise err if label in str(err) or str(path) in str(err) else DiagError(f"{label}: {err}") from None
 
 
 def _load_checked_file(
-    path: Path, label: str, source: str, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
+    path: Path,
+    label: str,
+    source: str,
+    arch: str | dict[str, Any] | None,
+    overrides: dict[str, Any],
+    resample: bool,
 ) -> nn.Module:
+    config_path = None
+    if path.is_dir():  # a Hugging Face model folder
+        path, config_path = huggingface.folder_files(path)
     raw = read_checkpoint(path)
     if raw.native and arch is not None:
         warnings.warn(
             f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
         )
         arch = None
-    base = resolve_arch(arch) if arch is not None else None
-    guesses: list[str] = []
-    hint = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
+    hint_text = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
     if raw.native:
-        arch_dict, state_dict = with_overrides(raw.native["arch"], **overrides), raw.state_dict
+        arch_dict, state_dict, fmt, notes = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE, []
     else:
-        layout = detect_layout(raw.state_dict)
-        state_dict = to_our_keys(layout, raw.state_dict)
-        if base is None and raw.model_name and (base := _named_arch(raw.model_name)):
-            hint = f" (architecture from the checkpoint's model name {raw.model_name!r}; pass arch=... to override)"
-        if base is not None and base["family"] == "timm":
-            head = {"num_classes": state_dict["head.weight"].shape[0]} if "head.weight" in state_dict else {}
-            arch_dict = with_overrides(base, **{**head, **overrides})
-        else:
-            arch_dict, guesses = infer_arch(state_dict, layout, base=base, overrides=overrides)
-    fmt = NATIVE if raw.native else layout
-    model = build_checked(arch_dict, state_dict, f"{label} ({fmt} layout)", hint)
-    for guess in guesses:
-        warnings.warn(f"{label}: {guess}", GuessWarning, stacklevel=4)
+        arch_dict, state_dict, fmt, notes = _architecture_of(raw, config_path, arch, overrides)
+    if "img_size" in overrides and not resample:
+        hint_text += (
+            f"; to run these weights at img_size={overrides['img_size']}, resample their position embeddings: "
+            "resample_pos_embed=True (--resample-pos-embed)"
+        )
+    model = build_checked(arch_dict, state_dict, f"{label} ({fmt} layout)", hint_text, resample)
+    if notes:
+        warnings.warn(f"{label}: {'; '.join(notes)}", GuessWarning, stacklevel=4)
     card = raw.native["card"] if raw.native else None
-    description = describe(label if source != "file" else path.name, source, fmt, model.arch, card, raw.entry, model)
+    description = describe(
+        label if source != "file" else Path(label).name, source, fmt, model.arch, card, raw.entry, model
+    )
     epoch = raw.epoch if raw.epoch is not None else (card or {}).get("epoch")
     return _finish(
         model,
@@ -263,9 +302,37 @@ def _load_checked_file(
         entry=raw.entry,
         card=card,
         description=description,
-        warnings=guesses,
+        warnings=notes,
         epoch=epoch,
     )
+
+
+def _architecture_of(
+    raw: RawCheckpoint, config_path: Path | None, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    """A foreign file's arch (``inference.infer_arch``), its tensors in our keys, its layout and the notes to
+    announce. What the tensors cannot say comes from ``arch=``, else the recorded model name, and for
+    Hugging Face files from their ``config.json``."""
+    fmt = detect_layout(raw.state_dict)
+    state_dict, notes = to_our_keys(fmt, raw.state_dict)
+    base, hints, stated_by = None, None, ""
+    if arch is not None:
+        base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
+    elif raw.model_name and (base := _named_arch(raw.model_name)):
+        stated_by = f"the checkpoint's model name {raw.model_name!r}"
+    if fmt in huggingface.HF_LAYOUTS:
+        config_path = config_path or _beside(raw.path, huggingface.CONFIG_FILE)
+        config = huggingface.read_config(config_path) if config_path else None
+        hints, config_label, config_notes = huggingface.config_hints(fmt, config)
+        notes, stated_by = notes + config_notes, stated_by or config_label
+    inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=stated_by, overrides=overrides)
+    return inference.arch, state_dict, fmt, notes + inference.notes
+
+
+def _beside(path: Path, name: str) -> Path | None:
+    """``name`` in ``path``'s folder, if it is a file there."""
+    other = path.parent / name
+    return other if other.is_file() else None
 
 
 def _stored_arch(path: Path) -> dict[str, Any]:
@@ -295,6 +362,8 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
     except (OSError, EntryNotFoundError) as err:
         if reachable:
             reason = str(err).strip().split("\n")[0][:120]
+        elif _offline_requested():
+            reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
         else:
             reason = f"{_hub_host()} cannot be reached (no network?) and they are not in the local cache"
         raise DiagError(
@@ -303,8 +372,7 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
         ) from None
     except (TypeError, ValueError, RuntimeError) as err:
         raise DiagError(f"timm could not create {name}: {err}") from None
-    if not isinstance(model, VisionTransformer):
-        raise DiagError(f"{name} is a timm {type(model).__name__}, not a ViT; deepvit-diag analyses ViT/DeepViT models")
+    check_readable(model)
     attach_arch(model, timm_arch(name, data_cfg=model.pretrained_cfg, **overrides))
     origin = local_file or model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url")
     return _finish(
@@ -325,25 +393,51 @@ def _hub_host() -> str:
     return urlsplit(hub_constants.ENDPOINT).hostname or hub_constants.ENDPOINT
 
 
+def _offline_requested() -> bool:
+    """``HF_HUB_OFFLINE`` set, now or when huggingface_hub was imported."""
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return bool(hub_constants.HF_HUB_OFFLINE) or flag in ("1", "true", "yes", "on")
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` accepts a connection within ``timeout`` seconds, name lookup included (which
+    ``socket.create_connection``'s timeout does not bound, hence the thread)."""
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except (OSError, ValueError):
+            answer.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
 @contextmanager
 def _hub_offline_unless_reachable() -> Iterator[bool]:
     """The Hugging Face hub as is when it answers within ``HUB_CONNECT_TIMEOUT``; else offline mode (only
     the local cache), instead of a minute of retries. Yields whether the hub was reachable."""
-    endpoint = urlsplit(hub_constants.ENDPOINT)
-    if hub_constants.HF_HUB_OFFLINE:
-        yield False
-        return
-    try:
-        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-        socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
-    except (OSError, ValueError):
-        hub_constants.HF_HUB_OFFLINE = True
+    if _offline_requested():
+        previous, hub_constants.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE, True
         try:
             yield False
         finally:
-            hub_constants.HF_HUB_OFFLINE = False
+            hub_constants.HF_HUB_OFFLINE = previous
         return
-    yield True
+    endpoint = urlsplit(hub_constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    if endpoint.hostname and _reachable(endpoint.hostname, port, HUB_CONNECT_TIMEOUT):
+        yield True
+        return
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield False
+    finally:
+        hub_constants.HF_HUB_OFFLINE = False
 
 
 def _random(arch: dict[str, Any], label: str, fmt: str | None) -> nn.Module:

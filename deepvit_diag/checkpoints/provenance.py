@@ -14,6 +14,9 @@ FORMAT_WORDS = {
     "timm": "timm ViT checkpoint",
     "lucidrains-vit": "vit-pytorch ViT checkpoint",
     "lucidrains-deepvit": "vit-pytorch DeepViT checkpoint",
+    "hf-vit": "Hugging Face ViT checkpoint",
+    "hf-deit": "Hugging Face DeiT checkpoint",
+    "hf-dinov2": "Hugging Face DINOv2 checkpoint",
     "native": "deepvit-diag file",
 }
 

@@ -1,17 +1,20 @@
 """What a checkpoint says about its model, checked against the tensors it holds before anything is built.
 
 A file decides how large a model the loader builds: its metadata names an architecture, a training
-script recorded a model name, or ``layouts.infer_arch`` reads depth and widths off its key names and
-shapes. None of it is trusted until checked, so that a small file can neither make the loader
-allocate a huge model nor choose what else is read. The steps, in the loader's order, for every
-family and layout (new ones included):
+script recorded a model name, a Hugging Face ``config.json`` states sizes, or ``inference.infer_arch``
+reads depth and widths off its key names and shapes. None of it is trusted until checked, so that
+a small file can neither make the loader allocate a huge model nor choose what else is read. The
+steps, in the loader's order, for every family and layout (new ones included):
 
-1. ``checked_arch``: an arch from a file's metadata sets only architecture arguments
-   (``ARCH_ARGUMENTS``: never paths such as ``checkpoint_path``, hub names or pretrained flags); a
-   ``timm`` family names a model registered with this timm (no ``hf-hub:`` names); its data config
-   has only ``DATA_CONFIG_KEYS``, with values in range (``checked_data_config``).
+1. ``checked_arch``: an arch (from a file's metadata, or inferred) sets only architecture arguments
+   (``ARCH_ARGUMENTS``: never paths such as ``checkpoint_path``, hub names or pretrained flags), those
+   with a fixed set of values or a range within it (``ARGUMENT_RULES``: activations by name, eps,
+   image sizes, which size buffers no tensor is compared with); a ``timm`` family names a model
+   registered with this timm (no ``hf-hub:`` names); its data config has only ``DATA_CONFIG_KEYS``,
+   with values in range (``checked_data_config``).
 2. ``check_depth``: a ``depth`` equals the number of blocks the tensors hold (``layouts.block_count``:
-   ``blocks.0`` to ``blocks.N-1`` with no gap) before a single block is built.
+   ``blocks.0`` to ``blocks.N-1`` with no gap), and CaiT's ``depth_token_only`` the number of its
+   class-attention blocks, before a single block is built.
 3. ``check_fit``: the model, built on the meta device (shapes only, no memory), has exactly the file's
    keys and shapes, so every width, head count, image size and class count is the tensors' own;
    every tensor it holds as floating point is floating point in the file (integer weights are
@@ -31,13 +34,15 @@ import torch
 from torch import nn
 
 from ..errors import DiagError
-from .layouts import FAMILY_KEYS, block_count
+from ..models.presets import DATA_CONFIG_KEYS
+from .inference import FAMILY_KEYS
+from .layouts import block_count
 from .provenance import arch_summary
 
 ARCH_FAMILIES = ("vit", "deepvit", "timm")
 # Constructor arguments an architecture read from a file may set: the shape of the network (what
-# deepvit-diag itself writes, see layouts.FAMILY_KEYS) and dropout rates, which do nothing in eval mode.
-ARCH_ARGUMENTS = frozenset(FAMILY_KEYS["vit"] + FAMILY_KEYS["deepvit"]) | {
+# deepvit-diag itself writes, see inference.FAMILY_KEYS) and dropout rates, which do nothing in eval mode.
+ARCH_ARGUMENTS = frozenset(key for keys in FAMILY_KEYS.values() for key in keys) | {
     "drop_rate",
     "pos_drop_rate",
     "patch_drop_rate",
@@ -45,19 +50,22 @@ ARCH_ARGUMENTS = frozenset(FAMILY_KEYS["vit"] + FAMILY_KEYS["deepvit"]) | {
     "attn_drop_rate",
     "drop_path_rate",
 }
-# The data config (timm's pretrained_cfg) entries that say how images are preprocessed, and nothing
-# about where weights come from (no file, url or hub id).
-DATA_CONFIG_KEYS = (
-    "input_size",
-    "interpolation",
-    "crop_pct",
-    "crop_mode",
-    "mean",
-    "std",
-    "num_classes",
-    "first_conv",
-    "classifier",
-)
+MAX_IMAGE_SIZE = 8192  # pixels; relative-position ViTs size index buffers by it, which no tensor shows
+# Arguments with a fixed set of values, or a range: (test, the rule in words).
+ARGUMENT_RULES = {
+    "act_layer": (
+        lambda v: v in ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu"),
+        "one of gelu, gelu_tanh, quick_gelu, relu, silu",
+    ),
+    "norm_eps": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
+    "img_size": (lambda v: _ints([v], 1) and 1 <= v <= MAX_IMAGE_SIZE, f"a whole number from 1 to {MAX_IMAGE_SIZE}"),
+    "ref_feat_shape": (
+        lambda v: v is None or (_ints(v, 2) and 1 <= min(v) and max(v) <= 1024),
+        "two whole numbers up to 1024",
+    ),
+    "rel_pos_type": (lambda v: v in ("mlp", "mlp_swin", "bias"), "one of mlp, mlp_swin, bias"),
+    "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max"), "one of token, avg, avgmax, max"),
+}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")
 # Every timm model uses 0.875 to 1.15; images are resized to image size / crop_pct before cropping.
@@ -82,6 +90,9 @@ def checked_arch(arch: Any, source: str) -> dict[str, Any]:
             f"{source}: its architecture metadata sets {', '.join(map(str, refused))}: not an architecture "
             "argument deepvit-diag takes from a file (a file never chooses paths, downloads or pretrained weights)"
         )
+    for key, (test, rule) in ARGUMENT_RULES.items():
+        if key in kwargs and not test(kwargs[key]):
+            raise DiagError(f"{source}: its architecture's {key} {kwargs[key]!r} is not {rule}")
     checked: dict[str, Any] = {"family": family}
     if family == "timm":
         name = arch.get("name")
@@ -132,14 +143,17 @@ def checked_data_config(config: Any, source: str) -> dict[str, Any]:
 
 def check_depth(arch: dict[str, Any], keys: Iterable[str], what: str) -> None:
     """A ``depth`` in ``arch`` must be the number of blocks the state dict's ``keys`` hold (timm names
-    without one have their registered depth)."""
-    depth = arch["kwargs"].get("depth")
-    if depth is None:
-        return
-    blocks = block_count(keys)
-    if not _ints([depth], 1) or depth != blocks:
-        held = f"{blocks} (blocks.0 to blocks.{blocks - 1})" if blocks else "none"
-        raise DiagError(f"{what} does not fit the architecture ({depth!r} blocks): the file holds {held}")
+    without one have their registered depth), and a ``depth_token_only`` the number of CaiT's
+    class-attention blocks (``blocks_token_only``)."""
+    keys = list(keys)
+    for argument, blocks_name in (("depth", "blocks"), ("depth_token_only", "blocks_token_only")):
+        depth = arch["kwargs"].get(argument)
+        if depth is None:
+            continue
+        blocks = block_count(keys, blocks_name)
+        if not _ints([depth], 1) or depth != blocks:
+            held = f"{blocks} ({blocks_name}.0 to {blocks_name}.{blocks - 1})" if blocks else "none"
+            raise DiagError(f"{what} does not fit the architecture ({depth!r} {blocks_name}): the file holds {held}")
 
 
 def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, hint: str = "") -> None:

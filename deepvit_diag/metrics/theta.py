@@ -2,7 +2,11 @@
 
 ``theta_matrices(model)`` reads every ``model.blocks[i].attn`` that is a Re-attention
 block (``ReAttention`` with ``apply_transform=True``) and returns Theta with the bias
-and Norm parameters, plus two distances that say how far Theta is from "not mixing":
+and Norm parameters. CaiT's talking-heads blocks (``TalkingHeadAttn``) mix heads with two
+learned H x H matrices, ``proj_l`` on the logits before the softmax and ``proj_w`` on the
+maps after it; ``proj_w`` plays Theta's part (it mixes softmax maps, as Θ does) and
+``proj_l`` is kept beside it (``pre_softmax``), with kind ``"talking-heads"``. Both come
+with two distances that say how far the matrix is from "not mixing":
 
 * ``distance_from_identity = ||S - I||_F / sqrt(H)``
 * ``distance_from_permutation = ||S - P||_F / sqrt(H)``, P the signed permutation
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from timm.models.cait import TalkingHeadAttn
 from torch import nn
 
 from ..errors import DiagError
@@ -50,10 +55,13 @@ class ThetaInfo:
     Attributes:
         theta: (H, H), rows = input heads, columns = output heads:
             ``mixed[g] = sum_h theta[h, g] * attn[h] (+ bias[g])``.
-        kind: ``"conv"`` (official Conv2d + BatchNorm2d) or ``"param"`` (vit-pytorch + LayerNorm).
-        bias: (H,) Conv2d bias, None for ``"param"``.
+        kind: ``"conv"`` (official Conv2d + BatchNorm2d), ``"param"`` (vit-pytorch + LayerNorm)
+            or ``"talking-heads"`` (CaiT: ``proj_w``, after the softmax, without a Norm).
+        bias: (H,) Conv2d (or ``proj_w``) bias, None for ``"param"``.
         norm_weight, norm_bias: (H,) affine parameters of the Norm (None without affine).
         running_mean, running_var: (H,) BatchNorm statistics, None for ``"param"``.
+        pre_softmax, pre_softmax_bias: (H, H) and (H,): the talking-heads matrix that mixes the
+            logits before the softmax (``proj_l``, rows = input heads), None for Re-attention.
         distance_from_identity, distance_from_permutation: see the module docstring.
     """
 
@@ -64,6 +72,8 @@ class ThetaInfo:
     norm_bias: np.ndarray | None = None
     running_mean: np.ndarray | None = None
     running_var: np.ndarray | None = None
+    pre_softmax: np.ndarray | None = None
+    pre_softmax_bias: np.ndarray | None = None
     distance_from_identity: float = field(init=False)
     distance_from_permutation: float = field(init=False)
 
@@ -79,7 +89,15 @@ def _array_or_none(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else np.array(tensor.detach().float().cpu(), dtype=np.float32)
 
 
-def _theta_info(attn: ReAttention) -> ThetaInfo:
+def _theta_info(attn: ReAttention | TalkingHeadAttn) -> ThetaInfo:
+    if isinstance(attn, TalkingHeadAttn):  # nn.Linear over the head axis: out[g] = sum_h W[g, h] in[h]
+        return ThetaInfo(
+            theta=_array_or_none(attn.proj_w.weight.T),
+            kind="talking-heads",
+            bias=_array_or_none(attn.proj_w.bias),
+            pre_softmax=_array_or_none(attn.proj_l.weight.T),
+            pre_softmax_bias=_array_or_none(attn.proj_l.bias),
+        )
     if attn.theta_kind == "conv":
         return ThetaInfo(
             theta=_array_or_none(attn.theta),
@@ -100,7 +118,8 @@ def _theta_info(attn: ReAttention) -> ThetaInfo:
 
 
 def theta_matrices(model: nn.Module) -> dict[int, ThetaInfo]:
-    """Theta of every Re-attention block, keyed by 0-based block index.
+    """Theta of every Re-attention block (and the talking-heads matrices of CaiT's blocks),
+    keyed by 0-based block index.
 
     Args:
         model: a model with ``model.blocks`` (DeepVisionTransformer, timm ViT, ...).
@@ -113,12 +132,13 @@ def theta_matrices(model: nn.Module) -> dict[int, ThetaInfo]:
     return {
         index: _theta_info(block.attn)
         for index, block in enumerate(blocks)
-        if isinstance(getattr(block, "attn", None), ReAttention) and block.attn.apply_transform
+        if (isinstance(getattr(block, "attn", None), ReAttention) and block.attn.apply_transform)
+        or isinstance(getattr(block, "attn", None), TalkingHeadAttn)
     }
 
 
 # ThetaInfo's arrays, stacked over the Re-attention blocks (see ``stacked_theta``).
-_STACKED_FIELDS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var")
+_STACKED_FIELDS = ("bias", "norm_weight", "norm_bias", "running_mean", "running_var", "pre_softmax", "pre_softmax_bias")
 THETA_ARRAYS = ("theta", "theta_blocks", *(f"theta_{name}" for name in _STACKED_FIELDS))
 
 
@@ -127,7 +147,8 @@ def stacked_theta(model: nn.Module, num_heads: int) -> dict[str, np.ndarray]:
 
     Returns ``theta`` (R, H, H), ``theta_blocks`` (R,) int64 (0-based block indices) and,
     where every block has them, ``theta_bias``, ``theta_norm_weight``, ``theta_norm_bias``,
-    ``theta_running_mean``, ``theta_running_var`` (R, H). A model without Re-attention
+    ``theta_running_mean``, ``theta_running_var`` (R, H), and for talking heads
+    ``theta_pre_softmax`` (R, H, H) and ``theta_pre_softmax_bias`` (R, H). A model without Re-attention
     blocks gives ``theta`` (0, H, H) and ``theta_blocks`` (0,).
     """
     infos = theta_matrices(model)
@@ -144,9 +165,10 @@ def stacked_theta(model: nn.Module, num_heads: int) -> dict[str, np.ndarray]:
 
 
 def theta_from_arrays(arrays: dict[str, np.ndarray]) -> dict[int, ThetaInfo]:
-    """``stacked_theta``'s arrays back as ``{block: ThetaInfo}`` (the kind is "conv" when
-    the stack has a bias, the official Conv2d Theta)."""
-    kind = "conv" if "theta_bias" in arrays else "param"
+    """``stacked_theta``'s arrays back as ``{block: ThetaInfo}`` (the kind is "talking-heads"
+    when the stack has pre-softmax matrices, else "conv" when it has a bias, the official Conv2d
+    Theta, else "param")."""
+    kind = "talking-heads" if "theta_pre_softmax" in arrays else "conv" if "theta_bias" in arrays else "param"
     infos = {}
     for row, block in enumerate(arrays["theta_blocks"].tolist()):
         extras = {name: arrays[f"theta_{name}"][row] for name in _STACKED_FIELDS if f"theta_{name}" in arrays}

@@ -16,9 +16,17 @@ ViT-NB baselines load into it strictly); ``family="deepvit"`` is
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import LayerNorm
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    model_entrypoint,
+    register_model,
+)
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -35,6 +43,29 @@ PAPER_DATA_CFG: dict[str, Any] = {
     "first_conv": "patch_embed.proj",
     "classifier": "head",
 }
+
+# The data config (timm's pretrained_cfg) entries that say how images are preprocessed, and nothing
+# about where weights come from (no file, url or hub id).
+DATA_CONFIG_KEYS = (
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "first_conv",
+    "classifier",
+)
+
+
+def data_config(name: str, pretrained_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``DATA_CONFIG_KEYS`` entries of ``pretrained_cfg``, by default timm's for model ``name``."""
+    if pretrained_cfg is None:
+        cfg = get_pretrained_cfg(name)
+        pretrained_cfg = cfg.to_dict() if cfg else {}
+    return {k: v for k, v in pretrained_cfg.items() if k in DATA_CONFIG_KEYS and v is not None}
+
 
 _PAPER_COMMON = dict(
     img_size=224, patch_size=16, embed_dim=384, num_heads=12, mlp_ratio=3.0, qkv_bias=True, num_classes=1000
@@ -100,12 +131,29 @@ def with_overrides(arch: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return arch
 
 
+def constructor_kwargs(family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An arch's kwargs as a constructor takes them. Archs are plain JSON, so timm classes get their
+    LayerNorm eps as ``norm_eps`` (made into ``norm_layer``; DeepViT takes ``norm_eps`` itself) and their
+    activation by timm's name (``act_layer="quick_gelu"``)."""
+    kwargs = dict(kwargs)
+    if family != "deepvit" and "norm_eps" in kwargs:
+        kwargs["norm_layer"] = partial(LayerNorm, eps=kwargs.pop("norm_eps"))
+    return kwargs
+
+
+def create_timm(name: str, **kwargs: Any) -> nn.Module:
+    """timm model ``name`` with random weights and constructor ``kwargs`` as given. Unlike
+    ``timm.create_model``, which drops arguments set to None, this keeps them: ``init_values=None`` is how
+    a checkpoint without layer scale says so to a name whose default has it."""
+    return model_entrypoint(name)(pretrained=False, **constructor_kwargs("timm", kwargs))
+
+
 def build_model(arch: dict[str, Any]) -> nn.Module:
     """Instantiate an arch dict (random weights); the model keeps it as ``model.arch``."""
     family = arch.get("family")
     if family not in FAMILY_CLASSES:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_CLASSES)}")
-    model = FAMILY_CLASSES[family](**arch["kwargs"])
+    model = FAMILY_CLASSES[family](**constructor_kwargs(family, arch["kwargs"]))
     attach_arch(model, arch)
     return model
 
@@ -124,7 +172,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     loading = {k: kwargs.pop(k) for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir") if k in kwargs}
     arch = with_overrides(PRESETS[variant], **kwargs)
     loading = {k: v for k, v in loading.items() if v is not None}
-    model = build_model_with_cfg(FAMILY_CLASSES[arch["family"]], variant, pretrained, **loading, **arch["kwargs"])
+    kwargs = constructor_kwargs(arch["family"], arch["kwargs"])
+    model = build_model_with_cfg(FAMILY_CLASSES[arch["family"]], variant, pretrained, **loading, **kwargs)
     attach_arch(model, arch)
     return model
 
