@@ -235,6 +235,10 @@ def _cli_process(*argv: str, **popen) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # Ctrl-C as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and
+        # Python then never turns SIGINT into KeyboardInterrupt, so a test run in the background
+        # (a CI runner, nohup) would send a signal the command line never sees.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **popen,
     )
 
