@@ -227,18 +227,24 @@ def test_3_a_broken_store_entry_does_not_break_the_listing(weight_store):
 LAUNCH = "import sys, _deepvit_diag_launcher as launcher; sys.exit(launcher.main())"
 
 
-def _cli_process(*argv: str, **popen) -> subprocess.Popen:
+def _cli_process(*argv: str, preexec_fn=None, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def prepare_child():
+        # Ctrl-C as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and
+        # Python then never turns SIGINT into KeyboardInterrupt, so a test run in the background
+        # (a CI runner, nohup) would send a signal the command line never sees.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     return subprocess.Popen(
         [sys.executable, "-c", LAUNCH, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
-        # Ctrl-C as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and
-        # Python then never turns SIGINT into KeyboardInterrupt, so a test run in the background
-        # (a CI runner, nohup) would send a signal the command line never sees.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=prepare_child,
         **popen,
     )
 
