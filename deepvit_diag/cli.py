@@ -21,13 +21,15 @@ from .errors import DiagError
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a preset on the bundled digits or an ImageFolder",
+        help="train a preset on the bundled digits (plain or cluttered) or an ImageFolder",
         description="Train a preset (with optional width/heads/size overrides) from scratch and save it "
         "in deepvit-diag's safetensors format with a model card.",
     )
     p.add_argument("preset", help="preset to train, e.g. vit32 or deepvit32 (see `deepvit-diag models`)")
     p.add_argument("--out", required=True, type=Path, help="where to write the .safetensors file")
-    p.add_argument("--data", default="digits", help="'digits' (scikit-learn digits, default) or an ImageFolder path")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (scikit-learn digits, default), 'digits-clutter' (the same digits small on cluttered "
+                   "canvases, drawn afresh every epoch; held out: the bundled set digits-clutter-test) or an ImageFolder path")
     p.add_argument("--embed-dim", type=int, help="token width (the preset's by default)")
     p.add_argument("--num-heads", type=int, help="attention heads (the preset's by default)")
     p.add_argument("--depth", type=int, help="number of blocks (the preset's by default)")
@@ -36,6 +38,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
     p.add_argument("--batch-size", type=int, default=64, help="images per optimisation step (default 64)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
+    p.add_argument("--warmup-epochs", type=_int_at_least(0), default=5, metavar="N",
+                   help="epochs of linear learning-rate warm-up before the cosine decay (default 5)")
+    p.add_argument("--images-per-epoch", type=_int_at_least(1), metavar="N",
+                   help="digits-clutter only: canvases drawn per epoch (default one per training digit, 1,437)")
     p.add_argument("--seed", type=int, default=0, help="random seed for init, order and augmentation (default 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--fp16", action="store_true", help="store float16 weights (half the file size)")
@@ -52,6 +58,8 @@ def run_train(args: argparse.Namespace) -> None:
 
     if args.preset not in PRESETS:
         raise DiagError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.images_per_epoch is not None and args.data != "digits-clutter":
+        raise DiagError("--images-per-epoch applies to --data digits-clutter only (other data sets are fixed)")
     overrides = {
         k: v
         for k, v in dict(
@@ -60,7 +68,10 @@ def run_train(args: argparse.Namespace) -> None:
         if v is not None
     }
     arch = with_overrides(PRESETS[args.preset], **overrides)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, seed=args.seed,
+        images_per_epoch=args.images_per_epoch,
+    )
     model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
     if args.fp16:
         # The card must describe the weights as shipped, so measure again after rounding.

@@ -1,4 +1,4 @@
-"""Train a preset (or any arch) on the scikit-learn digits or a small ImageFolder.
+"""Train a preset (or any arch) on the scikit-learn digits (plain or cluttered) or a small ImageFolder.
 
 Recipe after the paper's (REFERENCE.md section 1), scaled down: AdamW, linear warm-up
 then cosine decay, label smoothing, light random-affine augmentation. Images are
@@ -20,7 +20,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from .datasets import DIGITS_DESCRIPTION, LabelledImages, digits_split
+from .datasets import CLUTTER_DESCRIPTION, DIGITS_DESCRIPTION, LabelledImages, cluttered_digits, digits_split
 from .device import resolve_device
 from .models import build_model
 from .results import package_versions
@@ -37,6 +37,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     test_fraction: float = 0.2  # ImageFolder data only; the digits split is fixed
+    images_per_epoch: int | None = None  # digits-clutter only: canvases drawn per epoch (default one per training digit)
 
 
 def eval_transform(model: nn.Module):
@@ -91,11 +92,25 @@ def load_image_folder(root: str | Path, test_fraction: float, seed: int) -> tupl
     return load(train_idx), load(test_idx), description
 
 
+# Training data name -> the bundled image set of its held-out split.
+BUNDLED_DATA = {"digits": "digits-test", "digits-clutter": "digits-clutter-test"}
+
+
 def load_split(data: str, config: TrainConfig) -> tuple[LabelledImages, LabelledImages, str]:
-    """(train, test, description) for ``"digits"`` or an ImageFolder path."""
+    """(train, test, description) for ``"digits"``, ``"digits-clutter"`` or an ImageFolder path.
+
+    For ``"digits-clutter"`` the training part is epoch 0's canvases (``clutter_epoch``)."""
     if data == "digits":
         return digits_split("train"), digits_split("test"), DIGITS_DESCRIPTION
+    if data == "digits-clutter":
+        return clutter_epoch(config, 0), cluttered_digits("test"), CLUTTER_DESCRIPTION
     return load_image_folder(data, config.test_fraction, config.seed)
+
+
+def clutter_epoch(config: TrainConfig, epoch: int) -> LabelledImages:
+    """Fresh training canvases for ``epoch``: new places and clutter every epoch make the
+    data effectively unlimited, while the held-out canvases stay fixed."""
+    return cluttered_digits("train", config.images_per_epoch or len(digits_split("train").labels), seed=[config.seed, epoch])
 
 
 def held_out_split(data: str, config: TrainConfig) -> tuple[list[Image.Image], np.ndarray]:
@@ -125,8 +140,8 @@ def train_model(
     train, test, data_description = load_split(data, config)
     arch = {**arch, "kwargs": {**arch["kwargs"], "num_classes": len(train.classes)}}
     data_cfg = dict(arch.get("pretrained_cfg", {}), num_classes=len(train.classes))
-    if data == "digits":
-        # 8x8 sources: upsample smoothly and never crop away the digit's border.
+    if data in BUNDLED_DATA:
+        # 8x8 sources and canvases: resize smoothly and never crop away the border.
         data_cfg.update(crop_pct=1.0, interpolation="bilinear")
     arch["pretrained_cfg"] = data_cfg
     model = build_model(arch)
@@ -152,6 +167,9 @@ def train_model(
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("train", total=config.epochs, status="")
         for epoch in range(config.epochs):
+            if data == "digits-clutter" and epoch > 0:
+                train = clutter_epoch(config, epoch)
+                x_train, y_train = images_to_tensor(model, train.images), torch.as_tensor(train.labels)
             order = torch.randperm(len(x_train), generator=generator)
             loss_sum, correct = 0.0, 0
             for i in range(steps_per_epoch):
@@ -177,8 +195,8 @@ def train_model(
     test_accuracy = evaluate_accuracy(model, test.images, test.labels)
     card = {
         "data": data_description,
-        "dataset": "digits" if data == "digits" else str(data),
-        "image_set": "digits-test" if data == "digits" else None,
+        "dataset": data if data in BUNDLED_DATA else str(data),
+        "image_set": BUNDLED_DATA.get(data),
         "classes": train.classes,
         "train_images": len(train.images),
         "test_images": len(test.images),

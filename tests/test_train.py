@@ -9,9 +9,9 @@ import torch
 from deepvit_diag import load_model
 from deepvit_diag.checkpoints.native import read_native_metadata
 from deepvit_diag.cli import main
-from deepvit_diag.datasets import digits_split
+from deepvit_diag.datasets import cluttered_digits, digits_split
 from deepvit_diag.models import PRESETS, with_overrides
-from deepvit_diag.train import TrainConfig, evaluate_accuracy, lr_at, random_affine, train_model
+from deepvit_diag.train import TrainConfig, clutter_epoch, evaluate_accuracy, lr_at, random_affine, train_model
 
 TINY = dict(depth=2, embed_dim=32, num_heads=4, img_size=16, patch_size=4)
 
@@ -50,6 +50,44 @@ def test_train_cli_end_to_end_saves_card_and_loads_back(tmp_path, capsys):
     test = digits_split("test")
     # the card was measured on the fp16-rounded weights, exactly what the file holds
     assert evaluate_accuracy(model, test.images, test.labels) == card["test_accuracy"]
+
+
+def test_clutter_training_draws_fresh_canvases_every_epoch_and_names_its_held_out_set(tmp_path, capsys):
+    config = TrainConfig(images_per_epoch=20, seed=3)
+    first, again, second = clutter_epoch(config, 0), clutter_epoch(config, 0), clutter_epoch(config, 1)
+    assert len(first.images) == 20 and [i.tobytes() for i in first.images] == [i.tobytes() for i in again.images]
+    assert [i.tobytes() for i in first.images] != [i.tobytes() for i in second.images]
+
+    out = tmp_path / "clutter.safetensors"
+    argv = ["train", "vit16", "--data", "digits-clutter", "--images-per-epoch", "64", "--warmup-epochs", "1",
+            "--depth", "1", "--embed-dim", "16", "--num-heads", "2", "--img-size", "32", "--patch-size", "8",
+            "--epochs", "2", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    card = read_native_metadata(out)["card"]
+    assert card["dataset"] == "digits-clutter" and card["image_set"] == "digits-clutter-test"
+    assert card["train_images"] == 64 and card["test_images"] == 360
+    assert card["recipe"]["images_per_epoch"] == 64 and card["recipe"]["warmup_epochs"] == 1
+    test = cluttered_digits("test")
+    assert evaluate_accuracy(load_model(str(out)), test.images, test.labels) == card["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "extra,status,message",
+    [
+        (["--images-per-epoch", "100"], 1, "--images-per-epoch applies to --data digits-clutter only"),
+        (["--data", "digits-clutter", "--images-per-epoch", "0"], 2, "must be at least 1"),
+        (["--warmup-epochs", "-1"], 2, "must be at least 0"),
+    ],
+)
+def test_train_rejects_bad_recipe_options(extra, status, message, tmp_path, capsys):
+    try:
+        returned = main(["train", "vit16", "--epochs", "1", "--out", str(tmp_path / "x.safetensors"), *extra])
+    except SystemExit as exit_:  # argparse's usage errors
+        returned = exit_.code
+    assert returned == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_training_learns_something():
