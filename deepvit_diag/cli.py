@@ -40,6 +40,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
     p.add_argument("--warmup-epochs", type=_int_at_least(0), default=5, metavar="N",
                    help="epochs of linear learning-rate warm-up before the cosine decay (default 5)")
+    p.add_argument("--qk-init-scale", type=_positive_number, default=1.0, metavar="X",
+                   help="multiply the initial query and key weights by X (logits by X squared; default 1): a DeepViT "
+                   "needs about 5, else its BatchNorm keeps the softmax maps uniform (see MODEL_CARDS.md)")
     p.add_argument("--images-per-epoch", type=_int_at_least(1), metavar="N",
                    help="digits-clutter only: canvases drawn per epoch (default one per training digit, 1,437)")
     p.add_argument("--seed", type=int, default=0, help="random seed for init, order and augmentation (default 0)")
@@ -70,7 +73,7 @@ def run_train(args: argparse.Namespace) -> None:
     arch = with_overrides(PRESETS[args.preset], **overrides)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, seed=args.seed,
-        images_per_epoch=args.images_per_epoch,
+        images_per_epoch=args.images_per_epoch, qk_init_scale=args.qk_init_scale,
     )
     model, card = train_model(arch, data=args.data, config=config, device=args.device, progress=not args.quiet)
     if args.fp16:
@@ -161,6 +164,16 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= ``minimum`` (else a usage error, exit 2)."""
 
@@ -180,7 +193,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``compare`` and ``analyze`` (metric parameters: REFERENCE.md section 4)."""
     p.add_argument("--images", nargs="+", metavar="SRC",
                    help="images to analyse: a folder (searched recursively, ImageFolder layouts work), image files, "
-                   "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
+                   "quoted globs, bundled sets ('photos', 'digits-test', 'digits-clutter-test'), or several of these, read in order; "
                    "default: the set the model cards name, else 'photos'")
     p.add_argument("--num-images", type=_int_at_least(1), metavar="N", help="analyse only the first N usable images (default: all)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="B",

@@ -53,10 +53,12 @@ def digits_split(split: str) -> LabelledImages:
 # patch, so nothing rewards attending anywhere; here the digit fills a small part of the
 # canvas at a random place and fragments of other digits surround it, so only a few
 # patches carry the class and a model has to find them.
-CLUTTER_CANVAS = 32
+CLUTTER_CANVAS = 24
 CLUTTER_DIGIT_SIZE = 12
-CLUTTER_FRAGMENTS = 4
-CLUTTER_FRAGMENT_SIDES = (4, 7)  # fragment height and width in canvas pixels, inclusive; the digit is 12
+CLUTTER_FRAGMENTS = 3
+# Fragment height and width in canvas pixels, inclusive. At most half the space the digit
+# leaves, (24 - 12) / 2, so that a fragment always fits beside the digit wherever it is.
+CLUTTER_FRAGMENT_SIDES = (4, 6)
 CLUTTER_FRAGMENT_CONTRAST = (0.5, 1.0)
 CLUTTER_NOISE_STD = 12.0  # grey levels of 255
 CLUTTER_TEST_SEED = 2021

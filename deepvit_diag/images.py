@@ -49,7 +49,7 @@ BUNDLED_SETS: dict[str, str] = {
     "photos": "11 real photographs shipped with scikit-learn and scikit-image (china, flower, astronaut, chelsea, "
     "coffee, rocket, camera, coins, moon, hubble_deep_field, ihc)",
     "digits-test": "the 360 held-out scikit-learn digits (8x8 grayscale) of the fixed digits split",
-    "digits-clutter-test": "the same 360 held-out digits, each at a random place on a 32 px canvas among fragments of "
+    "digits-clutter-test": "the same 360 held-out digits, each at a random place on a 24 px canvas among fragments of "
     "other held-out digits (fixed seed); the demo weights' held-out set",
 }
 

@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     test_fraction: float = 0.2  # ImageFolder data only; the digits split is fixed
     images_per_epoch: int | None = None  # digits-clutter only: canvases drawn per epoch (default one per training digit)
+    qk_init_scale: float = 1.0  # see scale_query_key_init
 
 
 def eval_transform(model: nn.Module):
@@ -119,6 +120,24 @@ def held_out_split(data: str, config: TrainConfig) -> tuple[list[Image.Image], n
     return test.images, test.labels
 
 
+def scale_query_key_init(model: nn.Module, factor: float) -> None:
+    """Multiply every block's initial query and key weights by ``factor`` (the attention
+    logits by ``factor ** 2``).
+
+    Why a DeepViT needs it: Re-attention's BatchNorm divides the mixed maps by
+    ``sqrt(var + eps)``. At timm's initialisation the logits are ~0.03, the softmax maps'
+    variance is far below ``eps = 1e-5``, and Re-attention acts as linear attention on
+    almost uniform softmax maps; training stays in that regime (the model cards measure
+    it), so the softmax never selects anything. Logits that start near 1 put the softmax
+    in its selective range from the first step.
+    """
+    with torch.no_grad():
+        for block in model.blocks:
+            qkv = block.attn.qkv
+            width = qkv.out_features // 3  # rows: queries, keys, values
+            qkv.weight[: 2 * width] *= factor
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -145,6 +164,8 @@ def train_model(
         data_cfg.update(crop_pct=1.0, interpolation="bilinear")
     arch["pretrained_cfg"] = data_cfg
     model = build_model(arch)
+    if config.qk_init_scale != 1.0:
+        scale_query_key_init(model, config.qk_init_scale)
     dev = resolve_device(device)
     model.to(dev).train()
 

@@ -62,6 +62,7 @@ def test_each_canvas_shows_its_labelled_digit(monkeypatch):
 def test_fragments_stay_off_the_digit_and_come_from_other_digits(monkeypatch):
     monkeypatch.setattr(datasets, "CLUTTER_NOISE_STD", 0.0)
     size = CLUTTER_DIGIT_SIZE
+    assert 2 * datasets.CLUTTER_FRAGMENT_SIDES[1] <= CLUTTER_CANVAS - size  # room beside the digit wherever it is
     digits = [np.full((size, size), 10.0 * (i + 1)) for i in range(20)]
     span = CLUTTER_CANVAS - size + 1
     for seed in range(10):

@@ -25,7 +25,7 @@ def test_bundled_sets_load_offline():
     assert len(open_images("digits-test")) == 360
     clutter = open_images("digits-clutter-test")
     assert len(clutter) == 360 and clutter.names[1] == "digits-clutter-test/0001-label6"
-    assert all(img.mode == "RGB" and img.size == (32, 32) for img in list(clutter)[:5])
+    assert all(img.mode == "RGB" and img.size == (24, 24) for img in list(clutter)[:5])
 
 
 @pytest.mark.parametrize(
