@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-# The bundled demo pair: 32-block ViT and DeepViT trained on scikit-learn digits.
+# The bundled demo pair: 32-block ViT and DeepViT trained on scikit-learn digits on cluttered canvases.
 DEMO_CHECKPOINTS = ("vit32", "deepvit32")
 # Enough images for stable numbers, few enough to open in seconds on a CPU.
 DEFAULT_NUM_IMAGES = 64

@@ -1,6 +1,6 @@
 """deepvit-diag in the browser: ``streamlit run app/main.py`` from the project root.
 
-Opens with the bundled demo pair (vit32 against deepvit32 on digits-test) already
+Opens with the bundled demo pair (vit32 against deepvit32 on digits-clutter-test) already
 analysed; the sidebar picks other checkpoints, images and parameters, and Run analyses
 them. The Sweep view runs many checkpoints on the sidebar's images and parameters, or
 opens a saved sweep or monitor file. Defaults can be changed with environment variables

@@ -187,7 +187,7 @@ def _image_input(defaults: AppDefaults) -> ImageChoice:
         "Source", sources, index=sources.index(default), format_func=IMAGE_SOURCES.get, key="images_source"
     )
     if source == "default":
-        st.caption("The bundled set both model cards name (digits-test for the demo pair), else the photos.")
+        st.caption("The bundled set both model cards name (digits-clutter-test for the demo pair), else the photos.")
         return ImageChoice(None)
     if source == "bundled":
         names = list(BUNDLED_SETS)

@@ -76,7 +76,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a preset on the bundled digits or an ImageFolder",
+        help="train a preset on the bundled digits (plain or cluttered) or an ImageFolder",
         description="Train a preset (with optional width/heads/size overrides) from scratch and save it "
         "in deepvit-diag's safetensors format with a model card.",
     )
@@ -92,7 +92,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace --out even if deepvit-diag did not write it, or if another run's lock is on it",
     )
-    p.add_argument("--data", default="digits", help="'digits' (scikit-learn digits, default) or an ImageFolder path")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (scikit-learn digits, default), 'digits-clutter' (the same digits small on cluttered canvases, "
+        "drawn afresh every epoch; held out: the bundled set digits-clutter-test) or an ImageFolder path",
+    )
     p.add_argument("--embed-dim", type=_int_at_least(1), help="token width (the preset's by default)")
     p.add_argument("--num-heads", type=_int_at_least(1), help="attention heads (the preset's by default)")
     p.add_argument("--depth", type=_int_at_least(1), help="number of blocks (the preset's by default)")
@@ -101,6 +106,27 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=_int_at_least(1), default=100, help="training epochs (default 100)")
     p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="images per optimisation step (default 64)")
     p.add_argument("--lr", type=_positive_number, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
+    p.add_argument(
+        "--warmup-epochs",
+        type=_int_at_least(0),
+        default=5,
+        metavar="N",
+        help="epochs of linear learning-rate warm-up before the cosine decay (default 5)",
+    )
+    p.add_argument(
+        "--qk-init-scale",
+        type=_positive_number,
+        default=1.0,
+        metavar="X",
+        help="multiply the initial query and key weights by X (logits by X squared; default 1): a DeepViT needs "
+        "about 5, else its BatchNorm keeps the softmax maps uniform (see MODEL_CARDS.md)",
+    )
+    p.add_argument(
+        "--images-per-epoch",
+        type=_int_at_least(1),
+        metavar="N",
+        help="digits-clutter only: canvases drawn per epoch (default one per training digit, 1,437)",
+    )
     p.add_argument(
         "--seed", type=_int_at_least(0), default=0, help="random seed for init, order and augmentation (default 0)"
     )
@@ -130,6 +156,8 @@ def run_train(args: argparse.Namespace) -> None:
 
     if args.preset not in PRESETS:
         raise DiagError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.images_per_epoch is not None and args.data != "digits-clutter":
+        raise DiagError("--images-per-epoch applies to --data digits-clutter only (other data sets are fixed)")
     overrides = {
         k: v
         for k, v in dict(
@@ -145,7 +173,15 @@ def run_train(args: argparse.Namespace) -> None:
     _check_trainable(arch)
     with torch.device("meta"):  # every other constructor refusal, before the data is read (no memory)
         build_arch(arch)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        seed=args.seed,
+        images_per_epoch=args.images_per_epoch,
+        qk_init_scale=args.qk_init_scale,
+    )
     command = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
     every = args.save_every or 0
     width = len(str(args.epochs))  # zero-padded, so that the snapshot files sort by epoch
@@ -366,8 +402,8 @@ def _add_analysis_options(
         nargs="+",
         metavar="SRC",
         help="images to analyse: a folder (searched recursively, ImageFolder layouts work), image files, "
-        "quoted globs, bundled sets ('photos', 'digits-test'), or several of these, read in order; "
-        "default: the set the model cards name, else 'photos'",
+        "quoted globs, bundled sets ('photos', 'digits-test', 'digits-clutter-test'), or several of these, read "
+        "in order; default: the set the model cards name, else 'photos'",
     )
     p.add_argument("--class-map", type=Path, metavar="FILE", help=CLASS_MAP_HELP)
     p.add_argument(

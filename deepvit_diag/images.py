@@ -61,11 +61,11 @@ def _photo_paths() -> list[Path]:
     return [sklearn_dir / "china.jpg", sklearn_dir / "flower.jpg", *(skimage_dir / n for n in names)]
 
 
-def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]], list[str]]:
-    from .datasets import digits_split
+def _held_out_digits(name: str) -> tuple[list[str], list[Callable[[], Image.Image]], list[str]]:
+    from .datasets import cluttered_digits, digits_split
 
-    split = digits_split("test")
-    names = [f"digits-test/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
+    split = digits_split("test") if name == "digits-test" else cluttered_digits("test")
+    names = [f"{name}/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
     labels = [split.classes[label] for label in split.labels]
     return names, [partial(to_rgb, img) for img in split.images], labels
 
@@ -73,7 +73,9 @@ def _digits_test() -> tuple[list[str], list[Callable[[], Image.Image]], list[str
 BUNDLED_SETS: dict[str, str] = {
     "photos": "11 real photographs shipped with scikit-learn and scikit-image (china, flower, astronaut, chelsea, "
     "coffee, rocket, camera, coins, moon, hubble_deep_field, ihc)",
-    "digits-test": "the 360 held-out scikit-learn digits (8x8 grayscale) of the demo weights' fixed split",
+    "digits-test": "the 360 held-out scikit-learn digits (8x8 grayscale) of the fixed digits split",
+    "digits-clutter-test": "the same 360 held-out digits, each at a random place on a 24 px canvas among fragments of "
+    "other held-out digits (fixed seed); the demo weights' held-out set",
 }
 
 
@@ -359,7 +361,7 @@ def _bundled(name: str, limit: int | None) -> ImageSet:
         paths = _photo_paths()[:limit]
         names, loaders = [f"photos/{p.stem}" for p in paths], [partial(_load_path, p) for p in paths]
     else:
-        names, loaders, labels = _digits_test()
+        names, loaders, labels = _held_out_digits(name)
         names, loaders, labels = names[:limit], loaders[:limit], labels[:limit]
     return ImageSet(
         description=f"{len(names)} images of the bundled set '{name}': {BUNDLED_SETS[name]}",

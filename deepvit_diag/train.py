@@ -1,4 +1,4 @@
-"""Train a preset (or any arch) on the scikit-learn digits or a small ImageFolder.
+"""Train a preset (or any arch) on the scikit-learn digits (plain or cluttered) or a small ImageFolder.
 
 Recipe after the paper's official training configuration, scaled down: AdamW, linear
 warm-up then cosine decay, label smoothing, light random-affine augmentation. Images are
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .datasets import DIGITS_DESCRIPTION, LabelledImages, digits_split
+from .datasets import CLUTTER_DESCRIPTION, DIGITS_DESCRIPTION, LabelledImages, cluttered_digits, digits_split
 from .device import resolve_device
 from .models import build_model
 from .preprocessing import preprocess
@@ -41,6 +41,8 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     test_fraction: float = 0.2  # ImageFolder data only; the digits split is fixed
+    images_per_epoch: int | None = None  # digits-clutter only; default: one canvas per training digit
+    qk_init_scale: float = 1.0  # see scale_query_key_init
 
 
 @torch.no_grad()
@@ -90,17 +92,51 @@ def load_image_folder(root: str | Path, test_fraction: float, seed: int) -> tupl
     return load(train_idx), load(test_idx), description
 
 
+# Training data name -> the bundled image set of its held-out split.
+BUNDLED_DATA = {"digits": "digits-test", "digits-clutter": "digits-clutter-test"}
+
+
 def load_split(data: str, config: TrainConfig) -> tuple[LabelledImages, LabelledImages, str]:
-    """(train, test, description) for ``"digits"`` or an ImageFolder path."""
+    """(train, test, description) for ``"digits"``, ``"digits-clutter"`` or an ImageFolder path.
+
+    For ``"digits-clutter"`` the training part is epoch 0's canvases (``clutter_epoch``)."""
     if data == "digits":
         return digits_split("train"), digits_split("test"), DIGITS_DESCRIPTION
+    if data == "digits-clutter":
+        return clutter_epoch(config, 0), cluttered_digits("test"), CLUTTER_DESCRIPTION
     return load_image_folder(data, config.test_fraction, config.seed)
+
+
+def clutter_epoch(config: TrainConfig, epoch: int) -> LabelledImages:
+    """Fresh training canvases for ``epoch``: new places and clutter every epoch make the
+    data effectively unlimited, while the held-out canvases stay fixed."""
+    return cluttered_digits(
+        "train", config.images_per_epoch or len(digits_split("train").labels), seed=[config.seed, epoch]
+    )
 
 
 def held_out_split(data: str, config: TrainConfig) -> tuple[list[Image.Image], np.ndarray]:
     """The held-out images and labels the model card's test accuracy is measured on."""
     test = load_split(data, config)[1]
     return test.images, test.labels
+
+
+def scale_query_key_init(model: nn.Module, factor: float) -> None:
+    """Multiply every block's initial query and key weights by ``factor`` (the attention
+    logits by ``factor ** 2``).
+
+    Why a DeepViT needs it: Re-attention's BatchNorm divides the mixed maps by
+    ``sqrt(var + eps)``. At timm's initialisation the logits are ~0.03, the softmax maps'
+    variance is far below ``eps = 1e-5``, and Re-attention acts as linear attention on
+    almost uniform softmax maps; training stays in that regime (the model cards measure
+    it), so the softmax never selects anything. Logits that start near 1 put the softmax
+    in its selective range from the first step.
+    """
+    with torch.no_grad():
+        for block in model.blocks:
+            qkv = block.attn.qkv
+            width = qkv.out_features // 3  # rows: queries, keys, values
+            qkv.weight[: 2 * width] *= factor
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -131,11 +167,13 @@ def train_model(
     train, test, data_description = load_split(data, config)
     arch = {**arch, "kwargs": {**arch["kwargs"], "num_classes": len(train.classes)}}
     data_cfg = dict(arch.get("pretrained_cfg", {}), num_classes=len(train.classes))
-    if data == "digits":
-        # 8x8 sources: upsample smoothly and never crop away the digit's border.
+    if data in BUNDLED_DATA:
+        # 8x8 sources and canvases: resize smoothly and never crop away the border.
         data_cfg.update(crop_pct=1.0, interpolation="bilinear")
     arch["pretrained_cfg"] = data_cfg
     model = build_model(arch)
+    if config.qk_init_scale != 1.0:
+        scale_query_key_init(model, config.qk_init_scale)
     dev = resolve_device(device)
     model.to(dev).train()
 
@@ -157,8 +195,8 @@ def train_model(
         """The model card of the weights after ``epoch`` epochs, their test accuracy measured now."""
         return {
             "data": data_description,
-            "dataset": "digits" if data == "digits" else str(data),
-            "image_set": "digits-test" if data == "digits" else None,
+            "dataset": data if data in BUNDLED_DATA else str(data),
+            "image_set": BUNDLED_DATA.get(data),
             "classes": train.classes,
             "train_images": len(train.images),
             "test_images": len(test.images),
@@ -175,6 +213,9 @@ def train_model(
     step = 0
     with reporting(progress, "training", config.epochs) as update:
         for epoch in range(config.epochs):
+            if data == "digits-clutter" and epoch > 0:
+                train = clutter_epoch(config, epoch)
+                x_train, y_train = preprocess(model, train.images), torch.as_tensor(train.labels)
             order = torch.randperm(len(x_train), generator=generator)
             loss_sum, correct = 0.0, 0
             for i in range(steps_per_epoch):

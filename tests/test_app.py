@@ -379,7 +379,7 @@ def test_opens_on_the_demo_pair(monkeypatch):
     _clear_caches()
     at = _open()
     _assert_fine(at)
-    assert any("digits-test" in caption.value for caption in at.caption)
+    assert any("digits-clutter-test" in caption.value for caption in at.caption)
     assert {metric.label for metric in at.metric} >= {"Collapse starts at block", "Mean cross-head similarity"}
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))

@@ -23,6 +23,7 @@ from vit_pytorch.deepvit import DeepViT
 
 from deepvit_diag import load_model, save_native
 from deepvit_diag.checkpoints import GuessWarning, import_checkpoint, list_models, list_store, loader
+from deepvit_diag.checkpoints.provenance import card_summary
 from deepvit_diag.cli import main
 from deepvit_diag.errors import DiagError
 from deepvit_diag.models import PRESETS
@@ -208,6 +209,13 @@ def test_native_round_trip_keeps_arch_and_card(family, extra, tiny_model, images
     assert loaded.arch == model.arch
     assert loaded.provenance["format"] == "native" and loaded.provenance["card"]["test_accuracy"] == 0.5
     assert loaded.provenance["description"].endswith("trained on scikit-learn digits, test accuracy 50.0%")
+
+
+def test_card_summary_names_the_bundled_training_data_in_words():
+    assert card_summary({"dataset": "digits-clutter", "test_accuracy": 0.975}) == (
+        "trained on scikit-learn digits on cluttered canvases, test accuracy 97.5%"
+    )
+    assert card_summary({"dataset": "/data/pets"}) == "trained on /data/pets"
 
 
 # ------------------------------------------------------------------ vit-pytorch

@@ -25,6 +25,9 @@ def test_bundled_sets_load_offline():
     digits = open_images("digits-test", limit=7)
     assert len(digits) == 7 and all(img.mode == "RGB" and img.size == (8, 8) for img in digits)
     assert len(open_images("digits-test")) == 360
+    clutter = open_images("digits-clutter-test")
+    assert len(clutter) == 360 and clutter.names[1] == "digits-clutter-test/0001-label6"
+    assert all(img.mode == "RGB" and img.size == (24, 24) for img in list(clutter)[:5])
 
 
 @pytest.mark.parametrize(
@@ -194,4 +197,4 @@ def test_default_image_set_follows_model_cards():
     timm_model = types.SimpleNamespace()
     assert default_image_set([digits_model, digits_model]) == "digits-test"
     assert default_image_set([digits_model, timm_model]) == "photos"
-    assert set(BUNDLED_SETS) == {"photos", "digits-test"}
+    assert set(BUNDLED_SETS) == {"photos", "digits-test", "digits-clutter-test"}

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
-from deepvit_diag import load_model
+from deepvit_diag import analyze, load_model
 from deepvit_diag.checkpoints.native import read_native_metadata
 from deepvit_diag.cli import main
-from deepvit_diag.datasets import digits_split
-from deepvit_diag.models import PRESETS, with_overrides
-from deepvit_diag.train import TrainConfig, evaluate_accuracy, lr_at, random_affine, train_model
+from deepvit_diag.datasets import cluttered_digits, digits_split
+from deepvit_diag.images import default_image_set
+from deepvit_diag.models import PRESETS, build_model, with_overrides
+from deepvit_diag.train import (
+    TrainConfig,
+    clutter_epoch,
+    evaluate_accuracy,
+    lr_at,
+    random_affine,
+    scale_query_key_init,
+    train_model,
+)
 
 TINY = dict(depth=2, embed_dim=32, num_heads=4, img_size=16, patch_size=4)
 
@@ -71,6 +82,64 @@ def test_train_cli_end_to_end_saves_card_and_loads_back(tmp_path, capsys):
     assert evaluate_accuracy(model, test.images, test.labels) == card["test_accuracy"]
 
 
+def test_clutter_training_draws_fresh_canvases_every_epoch_and_names_its_held_out_set(tmp_path, capsys):
+    config = TrainConfig(images_per_epoch=20, seed=3)
+    first, again, second = clutter_epoch(config, 0), clutter_epoch(config, 0), clutter_epoch(config, 1)
+    assert len(first.images) == 20 and [i.tobytes() for i in first.images] == [i.tobytes() for i in again.images]
+    assert [i.tobytes() for i in first.images] != [i.tobytes() for i in second.images]
+
+    out = tmp_path / "clutter.safetensors"
+    argv = ["train", "vit16", "--data", "digits-clutter", "--images-per-epoch", "64", "--warmup-epochs", "1",
+            "--depth", "1", "--embed-dim", "16", "--num-heads", "2", "--img-size", "32", "--patch-size", "8",
+            "--epochs", "2", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    card = read_native_metadata(out)["card"]
+    assert card["dataset"] == "digits-clutter" and card["image_set"] == "digits-clutter-test"
+    assert card["train_images"] == 64 and card["test_images"] == 360
+    assert card["recipe"]["images_per_epoch"] == 64 and card["recipe"]["warmup_epochs"] == 1
+    test = cluttered_digits("test")
+    assert evaluate_accuracy(load_model(str(out)), test.images, test.labels) == card["test_accuracy"]
+
+
+@pytest.mark.parametrize("preset", ["vit16", "deepvit16"])
+def test_scale_query_key_init_scales_queries_and_keys_only(preset):
+    model = build_model(with_overrides(PRESETS[preset], **TINY))
+    before = [block.attn.qkv.weight.detach().clone() for block in model.blocks]
+    scale_query_key_init(model, 5.0)
+    for block, weight in zip(model.blocks, before):
+        after = block.attn.qkv.weight.detach()
+        width = weight.shape[0] // 3
+        assert torch.allclose(after[: 2 * width], 5.0 * weight[: 2 * width])
+        assert torch.equal(after[2 * width :], weight[2 * width :])
+
+
+def test_train_records_the_query_key_init_scale():
+    arch = with_overrides(PRESETS["deepvit16"], **TINY)
+    _, card = train_model(arch, config=TrainConfig(epochs=1, qk_init_scale=5.0), progress=False)
+    assert card["recipe"]["qk_init_scale"] == 5.0
+
+
+@pytest.mark.parametrize(
+    "extra,status,message",
+    [
+        (["--images-per-epoch", "100"], 1, "--images-per-epoch applies to --data digits-clutter only"),
+        (["--data", "digits-clutter", "--images-per-epoch", "0"], 2, "must be at least 1"),
+        (["--warmup-epochs", "-1"], 2, "must be at least 0"),
+        (["--qk-init-scale", "0"], 2, "must be a number above 0"),
+        (["--qk-init-scale", "big"], 2, "expected a number"),
+    ],
+)
+def test_train_rejects_bad_recipe_options(extra, status, message, tmp_path, capsys):
+    try:
+        returned = main(["train", "vit16", "--epochs", "1", "--out", str(tmp_path / "x.safetensors"), *extra])
+    except SystemExit as exit_:  # argparse's usage errors
+        returned = exit_.code
+    assert returned == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_training_learns_something():
     """Fifteen epochs of a 2-block model (about 8 s) beat chance (10%) clearly on the held-out digits."""
     arch = with_overrides(PRESETS["vit16"], **TINY)
@@ -78,15 +147,56 @@ def test_training_learns_something():
     assert card["test_accuracy"] > 0.5
 
 
+@pytest.fixture(scope="module")
+def demo_pair(tmp_path_factory):
+    """The bundled demo pair (an empty weight store, so the bundled files are used) and the
+    tool's analysis of each on its default images with default parameters."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEPVIT_DIAG_HOME", str(tmp_path_factory.mktemp("empty-store")))
+        models = {preset: load_model(preset) for preset in ("vit32", "deepvit32")}
+    image_set = default_image_set(list(models.values()))
+    results = {preset: analyze(model, image_set, progress=False, device="cpu") for preset, model in models.items()}
+    return models, image_set, results
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["vit32", "deepvit32"])
-def test_bundled_demo_weights_match_their_cards(preset, tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPVIT_DIAG_HOME", str(tmp_path))  # an empty store: the bundled file must be used
-    model = load_model(preset)
+def test_bundled_demo_weights_match_their_cards(preset, demo_pair):
+    models, image_set, _ = demo_pair
+    model = models[preset]
     prov = model.provenance
     assert prov["source"] == "bundled" and "bundled demo weights" in prov["description"]
     card = prov["card"]
-    assert card["preset"] == preset and card["dataset"] == "digits"
+    assert card["preset"] == preset and card["dataset"] == "digits-clutter"
+    assert image_set == card["image_set"] == "digits-clutter-test"
     assert len(model.blocks) == 32
-    test = digits_split("test")
+    test = cluttered_digits("test")
     measured = evaluate_accuracy(model, test.images, test.labels)
     assert measured == pytest.approx(card["test_accuracy"], abs=1 / len(test.labels))
+    assert measured >= 0.95
+
+
+def share_of_blocks_with_entropy_at_most(result, fraction: float) -> float:
+    """Share of blocks whose softmax entropy, averaged over heads, is at most ``fraction`` of ln T."""
+    tokens = result.model["num_tokens"]
+    per_block = result.entropy().mean(axis=1)
+    return float(np.mean(per_block <= fraction * math.log(tokens)))
+
+
+@pytest.mark.slow
+def test_demo_vit_attends_and_collapses_with_depth(demo_pair):
+    """Issue 12's targets for the demo ViT, measured by the tool with default parameters."""
+    result = demo_pair[2]["vit32"]
+    summary = result.summary()
+    assert share_of_blocks_with_entropy_at_most(result, 0.8) >= 0.5
+    similar = summary["similar_block_indices"]
+    assert 0 < len(similar) < 32
+    assert sum(block >= 16 for block in similar) > len(similar) / 2
+    assert summary["adjacent_similarity_last_third"] > summary["adjacent_similarity_first_third"]
+
+
+@pytest.mark.slow
+def test_demo_deepvit_has_fewer_similar_blocks_and_real_softmax_attention(demo_pair):
+    results = demo_pair[2]
+    assert results["deepvit32"].summary()["similar_blocks_post"] < results["vit32"].summary()["similar_blocks"]
+    assert share_of_blocks_with_entropy_at_most(results["deepvit32"], 0.9) >= 1 / 3

@@ -47,6 +47,10 @@ def arch_summary(arch: dict[str, Any], model: nn.Module | None = None) -> str:
     return text
 
 
+# Model-card dataset names of the bundled training data, in words.
+DATASET_WORDS = {"digits": "scikit-learn digits", "digits-clutter": "scikit-learn digits on cluttered canvases"}
+
+
 def card_summary(card: dict[str, Any] | None) -> str:
     """What the model card says about training and origin, e.g. ``"trained on scikit-learn digits, ..."``."""
     if not card:
@@ -54,7 +58,7 @@ def card_summary(card: dict[str, Any] | None) -> str:
     parts = []
     dataset = card.get("dataset")
     if dataset:
-        parts.append("trained on " + ("scikit-learn digits" if dataset == "digits" else str(dataset)))
+        parts.append("trained on " + DATASET_WORDS.get(dataset, str(dataset)))
     if isinstance(card.get("test_accuracy"), (int, float)):
         parts.append(f"test accuracy {card['test_accuracy']:.1%}")
     if card.get("imported_from"):
