@@ -53,6 +53,10 @@ from .introspection import Geometry
 from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
 from .settings import MAP_KINDS, Settings
 
+# Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
+# 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
+ENTROPY_LEVELS = (0.8, 0.9)
+
 ANALYSIS_FORMAT = "deepvit-diag analysis"
 COMPARISON_FORMAT = "deepvit-diag comparison"
 # 2: typed geometry, settings and computation; Theta stacked over the Re-attention blocks.
@@ -333,6 +337,11 @@ class AnalysisResult:
             summary[f"{name}_first_block"] = _finite_or_none(per_block[0])
             summary[f"{name}_last_block"] = _finite_or_none(per_block[-1])
             summary[f"{name}_trend"] = _trend(per_block)
+        # Entropy as a share of its maximum ln T, so that models with different token counts compare.
+        relative_entropy = self.arrays["entropy"].mean(axis=1) / math.log(self.geometry.num_tokens)
+        summary["entropy_relative_median"] = _finite_or_none(np.median(relative_entropy))
+        for level in ENTROPY_LEVELS:
+            summary[f"blocks_entropy_at_most_{level:g}"] = int(np.sum(relative_entropy <= level))
         summary["token_similarity_last_block"] = _finite_or_none(self.token_similarity()[-1])
         summary["rank_residual_last_block"] = _finite_or_none(self.rank_residual()[-1])
         adjacent_cka = np.diagonal(self.cka(), offset=1)

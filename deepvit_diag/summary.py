@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .readers import TALKING_HEADS
-from .results import AnalysisResult, ComparisonResult
+from .results import ENTROPY_LEVELS, AnalysisResult, ComparisonResult
 from .sweeps import SweepResult
 
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
@@ -56,6 +56,15 @@ def _similar(summary: dict[str, Any]) -> str:
     return f"{text}: {block_list(summary['similar_block_indices'])}" if summary["similar_blocks"] else text
 
 
+def _entropy_levels_label() -> str:
+    return "blocks with entropy ≤ " + " · ".join(f"{level:g}" for level in ENTROPY_LEVELS) + " ln T"
+
+
+def _entropy_levels(summary: dict[str, Any]) -> str:
+    counts = " · ".join(str(summary[f"blocks_entropy_at_most_{level:g}"]) for level in ENTROPY_LEVELS)
+    return f"{counts} of {summary['num_blocks']}"
+
+
 def percent(value: float | None) -> str:
     """A share in [0, 1] as a percentage with one decimal; "n/a" for None."""
     return "n/a" if value is None else f"{100 * value:.1f}%"
@@ -83,6 +92,7 @@ def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[
         ("adjacent similarity, last third", lambda s: _number(s["adjacent_similarity_last_third"])),
         ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
         ("entropy, first → last block", lambda s: _trend(s, "entropy", "nats")),
+        (_entropy_levels_label(), _entropy_levels),
         ("attention distance, first → last", lambda s: _trend(s, "attention_distance", "px")),
         ("top-1 / top-5 accuracy", accuracy_cell),
     ]

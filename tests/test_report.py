@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -283,3 +284,17 @@ def test_models_of_different_depth_get_no_difference_panel() -> None:
     assert np.asarray(figures.cka_across(mixed, *LABELS).data[0].z).shape == (2, 3)
     page = build_report(mixed, LABELS)
     assert f"{LABELS[1]} minus {LABELS[0]}" not in page and 'id="fig-cka-across"' in page
+
+
+def test_entropy_levels_count_blocks_by_share_of_ln_t() -> None:
+    result = synthetic([0.1, 0.2, 0.3, 0.4], 0.2)
+    tokens = result.geometry.num_tokens  # 1 class token + a 2x2 grid
+    # Heads differ within a block: the summary averages heads first, then compares with ln T.
+    shares = np.array([[0.4, 0.6], [0.8, 0.9], [0.9, 1.0], [1.0, 1.0]])
+    result.arrays["entropy"] = (shares * math.log(tokens)).astype(np.float32)
+    per_block = shares.mean(axis=1)  # 0.5, 0.85, 0.95, 1.0
+    summary = result.summary()
+    assert summary["blocks_entropy_at_most_0.8"] == sum(share <= 0.8 for share in per_block) == 1
+    assert summary["blocks_entropy_at_most_0.9"] == sum(share <= 0.9 for share in per_block) == 2
+    assert summary["entropy_relative_median"] == pytest.approx(np.median(per_block), abs=1e-6)
+    assert dict(summary_rows({"M": result}))["blocks with entropy ≤ 0.8 · 0.9 ln T"] == ["1 · 2 of 4"]
