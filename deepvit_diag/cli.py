@@ -107,6 +107,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="images per optimisation step (default 64)")
     p.add_argument("--lr", type=_positive_number, default=5e-4, help="peak AdamW learning rate (default 5e-4)")
     p.add_argument(
+        "--reattention-last",
+        type=_int_at_least(0),
+        metavar="N",
+        help="DeepViT presets: Re-attention in the last N blocks only, plain attention before (the paper's "
+        "DeepViT-S and -L use 5 of 16 and 12 of 32; default: the preset's)",
+    )
+    p.add_argument(
         "--warmup-epochs",
         type=_int_at_least(0),
         default=5,
@@ -170,6 +177,8 @@ def run_train(args: argparse.Namespace) -> None:
         if v is not None
     }
     arch = with_overrides(PRESETS[args.preset], **overrides)
+    if args.reattention_last is not None:
+        arch = with_overrides(arch, apply_transform=_reattention_flags(arch, args.reattention_last))
     _check_trainable(arch)
     with torch.device("meta"):  # every other constructor refusal, before the data is read (no memory)
         build_arch(arch)
@@ -225,6 +234,16 @@ def run_train(args: argparse.Namespace) -> None:
     if snapshot_paths:
         paths = list(snapshot_paths.values())
         print(f"saved {len(paths)} snapshots, one every {every} epochs: {paths[0]} to {paths[-1].name}")
+
+
+def _reattention_flags(arch: dict[str, Any], last: int) -> list[bool]:
+    """The per-block Re-attention flags for ``--reattention-last``."""
+    if arch["family"] != "deepvit":
+        raise DiagError("--reattention-last applies to DeepViT presets only (a ViT has no Re-attention)")
+    depth = arch["kwargs"]["depth"]
+    if last > depth:
+        raise DiagError(f"--reattention-last {last} exceeds the {depth} blocks of the model")
+    return [False] * (depth - last) + [True] * last
 
 
 def _check_trainable(arch: dict[str, Any]) -> None:
