@@ -114,6 +114,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "DeepViT-S and -L use 5 of 16 and 12 of 32; default: the preset's)",
     )
     p.add_argument(
+        "--drop-path",
+        type=_number_between(0.0, 0.9),
+        default=0.0,
+        metavar="RATE",
+        help="stochastic depth: the last block is skipped with probability RATE during training, earlier blocks "
+        "with linearly less (the paper's recipe uses 0.2; default 0)",
+    )
+    p.add_argument(
         "--warmup-epochs",
         type=_int_at_least(0),
         default=5,
@@ -190,6 +198,7 @@ def run_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         images_per_epoch=args.images_per_epoch,
         qk_init_scale=args.qk_init_scale,
+        drop_path_rate=args.drop_path,
     )
     command = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
     every = args.save_every or 0

@@ -43,6 +43,7 @@ class TrainConfig:
     test_fraction: float = 0.2  # ImageFolder data only; the digits split is fixed
     images_per_epoch: int | None = None  # digits-clutter only; default: one canvas per training digit
     qk_init_scale: float = 1.0  # see scale_query_key_init
+    drop_path_rate: float = 0.0  # stochastic depth of the last block, rising linearly from 0 (timm's rule)
 
 
 @torch.no_grad()
@@ -166,6 +167,8 @@ def train_model(
     torch.manual_seed(config.seed)
     train, test, data_description = load_split(data, config)
     arch = {**arch, "kwargs": {**arch["kwargs"], "num_classes": len(train.classes)}}
+    if config.drop_path_rate:
+        arch["kwargs"]["drop_path_rate"] = config.drop_path_rate
     data_cfg = dict(arch.get("pretrained_cfg", {}), num_classes=len(train.classes))
     if data in BUNDLED_DATA:
         # 8x8 sources and canvases: resize smoothly and never crop away the border.

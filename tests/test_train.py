@@ -117,6 +117,18 @@ def test_scale_query_key_init_scales_queries_and_keys_only(preset):
         assert torch.equal(after[2 * width :], weight[2 * width :])
 
 
+@pytest.mark.parametrize("preset", ["vit16", "deepvit16"])
+def test_drop_path_rises_linearly_to_the_last_block_and_is_recorded(preset):
+    arch = with_overrides(PRESETS[preset], **{**TINY, "depth": 3})
+    model, card = train_model(arch, config=TrainConfig(epochs=1, drop_path_rate=0.3), progress=False)
+    rates = [
+        getattr(block.drop_path1 if hasattr(block, "drop_path1") else block.drop_path, "drop_prob", 0.0)
+        for block in model.blocks
+    ]
+    assert rates == pytest.approx([0.0, 0.15, 0.3])
+    assert card["recipe"]["drop_path_rate"] == 0.3
+
+
 def test_train_records_the_query_key_init_scale():
     arch = with_overrides(PRESETS["deepvit16"], **TINY)
     _, card = train_model(arch, config=TrainConfig(epochs=1, qk_init_scale=5.0), progress=False)
@@ -131,6 +143,7 @@ def test_train_records_the_query_key_init_scale():
         (["--warmup-epochs", "-1"], 2, "must be at least 0"),
         (["--qk-init-scale", "0"], 2, "must be a number above 0"),
         (["--qk-init-scale", "big"], 2, "expected a number"),
+        (["--drop-path", "1"], 2, "must be between 0 and 0.9"),
         (["--reattention-last", "1"], 1, "--reattention-last applies to DeepViT presets only"),
         (["--reattention-last", "-1"], 2, "must be at least 0"),
     ],
