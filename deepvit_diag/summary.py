@@ -198,12 +198,17 @@ def _count_comparison(label_a: str, label_b: str, a: dict[str, Any], b: dict[str
     return f"{fewer} has fewer similar blocks than {more} ({count[fewer]} against {count[more]})."
 
 
-def _start(label: str, start: int | None) -> str:
-    return f"{label} has no collapsed run" if start is None else f"collapse starts at block {start + 1} in {label}"
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]
+def _starts(label_a: str, label_b: str, a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Where collapse starts in each model, as one sentence that never begins with a label
+    (a label keeps its own case)."""
+    starts = {label: s["collapse_start"] for label, s in ((label_a, a), (label_b, b))}
+    if all(start is None for start in starts.values()):
+        return f"Neither {label_a} nor {label_b} has a collapsed run."
+    parts = [
+        f"from block {start + 1} in {label}" if start is not None else f"none in {label}"
+        for label, start in starts.items()
+    ]
+    return f"Collapsed run (similar blocks up to the last): {parts[0]}; {parts[1]}."
 
 
 def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult) -> list[str]:
@@ -213,7 +218,7 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
     a, b = summary["a"], summary["b"]
     findings = [
         _count_comparison(label_a, label_b, a, b),
-        _sentence(f"{_start(label_a, a['collapse_start'])}; {_start(label_b, b['collapse_start'])}."),
+        _starts(label_a, label_b, a, b),
     ]
     if a["adjacent_similarity_last_third"] is not None and b["adjacent_similarity_last_third"] is not None:
         findings.append(

@@ -91,7 +91,9 @@ def test_comparison_findings_name_the_model_with_fewer_similar_blocks() -> None:
     cka_ab = np.eye(4, dtype=np.float32)
     sentences = comparison_findings("A", "B", ComparisonResult(a, b, cka_ab))
     assert sentences[0] == "B has fewer similar blocks than A (0 of 4 against 3 of 4)."
-    assert sentences[1] == "Collapse starts at block 2 in A; B has no collapsed run."
+    assert sentences[1] == "Collapsed run (similar blocks up to the last): from block 2 in A; none in B."
+    neither = comparison_findings("vit32 (A)", "b", ComparisonResult(b, b, cka_ab))
+    assert neither[1] == "Neither vit32 (A) nor b has a collapsed run."  # a label keeps its case
     assert any("mean linear CKA 1.00" in s for s in sentences)
     assert any(s.startswith("B: Re-attention changes the maps") for s in sentences)
 
