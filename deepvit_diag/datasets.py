@@ -120,3 +120,13 @@ def _clutter_canvas(digits: list[np.ndarray], index: int, rng: np.random.Generat
         placed += 1
     canvas += rng.normal(0.0, CLUTTER_NOISE_STD, canvas.shape)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+
+
+def held_out_set(name: str) -> LabelledImages:
+    """The held-out images behind a bundled image set: ``"digits-test"`` (the fixed split's
+    test digits) or ``"digits-clutter-test"`` (the same digits on their fixed cluttered canvases)."""
+    if name == "digits-test":
+        return digits_split("test")
+    if name == "digits-clutter-test":
+        return cluttered_digits("test")
+    raise ValueError(f"no held-out digit set named {name!r}")

@@ -62,9 +62,9 @@ def _photo_paths() -> list[Path]:
 
 
 def _held_out_digits(name: str) -> tuple[list[str], list[Callable[[], Image.Image]], list[str]]:
-    from .datasets import cluttered_digits, digits_split
+    from .datasets import held_out_set
 
-    split = digits_split("test") if name == "digits-test" else cluttered_digits("test")
+    split = held_out_set(name)
     names = [f"{name}/{i:04d}-label{label}" for i, label in enumerate(split.labels)]
     labels = [split.classes[label] for label in split.labels]
     return names, [partial(to_rgb, img) for img in split.images], labels

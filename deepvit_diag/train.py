@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .datasets import CLUTTER_DESCRIPTION, DIGITS_DESCRIPTION, LabelledImages, cluttered_digits, digits_split
+from .datasets import (
+    CLUTTER_DESCRIPTION,
+    DIGITS_DESCRIPTION,
+    LabelledImages,
+    cluttered_digits,
+    digits_split,
+    held_out_set,
+)
 from .device import resolve_device
 from .models import build_model
 from .preprocessing import preprocess
@@ -102,9 +109,9 @@ def load_split(data: str, config: TrainConfig) -> tuple[LabelledImages, Labelled
 
     For ``"digits-clutter"`` the training part is epoch 0's canvases (``clutter_epoch``)."""
     if data == "digits":
-        return digits_split("train"), digits_split("test"), DIGITS_DESCRIPTION
+        return digits_split("train"), held_out_set(BUNDLED_DATA[data]), DIGITS_DESCRIPTION
     if data == "digits-clutter":
-        return clutter_epoch(config, 0), cluttered_digits("test"), CLUTTER_DESCRIPTION
+        return clutter_epoch(config, 0), held_out_set(BUNDLED_DATA[data]), CLUTTER_DESCRIPTION
     return load_image_folder(data, config.test_fraction, config.seed)
 
 
@@ -118,7 +125,8 @@ def clutter_epoch(config: TrainConfig, epoch: int) -> LabelledImages:
 
 def held_out_split(data: str, config: TrainConfig) -> tuple[list[Image.Image], np.ndarray]:
     """The held-out images and labels the model card's test accuracy is measured on."""
-    test = load_split(data, config)[1]
+    # A bundled set is read directly: building the training part only to drop it would draw a whole epoch of canvases.
+    test = held_out_set(BUNDLED_DATA[data]) if data in BUNDLED_DATA else load_split(data, config)[1]
     return test.images, test.labels
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import deepvit_diag.datasets as datasets
-from deepvit_diag.datasets import CLUTTER_CANVAS, CLUTTER_DIGIT_SIZE, cluttered_digits, digits_split
+from deepvit_diag.datasets import CLUTTER_CANVAS, CLUTTER_DIGIT_SIZE, cluttered_digits, digits_split, held_out_set
 
 
 def pixels(images: list[Image.Image]) -> np.ndarray:
@@ -90,3 +90,13 @@ def test_training_canvases_never_show_a_held_out_digit(monkeypatch):
     train = pixels(cluttered_digits("train", 50, seed=0).images)
     test = pixels(cluttered_digits("test").images[:50])
     assert train.max() == 100 and test.max() == 250
+
+
+def test_held_out_set_names_the_bundled_held_out_digits():
+    plain, clutter = held_out_set("digits-test"), held_out_set("digits-clutter-test")
+    assert np.array_equal(plain.labels, digits_split("test").labels)
+    assert np.array_equal(clutter.labels, plain.labels)  # one canvas per held-out digit, in the split's order
+    expected = cluttered_digits("test")
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(clutter.images, expected.images))
+    with pytest.raises(ValueError, match="no held-out digit set named 'photos'"):
+        held_out_set("photos")
