@@ -31,7 +31,7 @@ from torch import nn
 from .capture import AttentionCapture
 from .introspection import Geometry
 from .metrics import collapse_statistics, rank_collapse, softmax_statistics, token_similarity
-from .metrics.theta import THETA_ARRAYS, stacked_theta
+from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
 
 # Report sections and app views group figures by these headings, in page order.
@@ -206,8 +206,8 @@ METRICS: tuple[Metric, ...] = (
                 "vit-pytorch) per output head; 1 (white) leaves the head's scale unchanged.",
             ),
         ),
-        reads_model=lambda model, geometry: stacked_theta(model, geometry.num_heads),
-        optional_arrays=tuple(name for name in THETA_ARRAYS if name not in ("theta", "theta_blocks")),
+        reads_model=lambda model, geometry: stacked_head_mixing(model, geometry.num_heads),
+        optional_arrays=tuple(name for name in HEAD_MIXING_ARRAYS if name not in ("theta", "theta_blocks")),
     ),
     Metric(
         "attention entropy and mean attention distance",

@@ -32,7 +32,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from . import catalogue
-from .metrics import ThetaInfo
+from .metrics import HeadMixing
 from .results import AnalysisResult, ComparisonResult
 from .sweeps import SweepEntry, SweepResult
 
@@ -322,7 +322,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     talking-heads blocks show both their matrices, before the softmax (``proj_l``) and after it
     (``proj_w``), labelled as such. Hover also shows each matrix's distance from identity and from a
     permutation."""
-    infos = result.theta()
+    infos = result.head_mixing()
     if not infos:
         return None
     talking_heads = any(info.kind == "talking-heads" for info in infos.values())
@@ -330,7 +330,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     panels = []  # (block, title, matrix, distances)
     for block, info in infos.items():
         if info.pre_softmax is not None:
-            before = ThetaInfo(theta=info.pre_softmax, kind=info.kind)
+            before = HeadMixing(kind=info.kind, matrix=info.pre_softmax)
             panels.append((block, f"block {block + 1}, before softmax", before))
         panels.append((block, f"block {block + 1}" + (", after softmax" if talking_heads else ""), info))
     columns = min(len(panels), 6)
@@ -343,14 +343,14 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
         vertical_spacing=0.12 / rows + 0.04,
     )
     for position, (_, title, info) in enumerate(panels):
-        heads = _blocks(len(info.theta))
+        heads = _blocks(len(info.matrix))
         distances = (
             f"distance from identity {info.distance_from_identity:.2f}, "
             f"from a permutation {info.distance_from_permutation:.2f}"
         )
         fig.add_trace(
             go.Heatmap(
-                z=info.theta,
+                z=info.matrix,
                 x=heads,
                 y=heads,
                 coloraxis="coloraxis",
@@ -361,7 +361,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
             col=position % columns + 1,
         )
     fig.update_layout(
-        coloraxis={**_symmetric_scale([info.theta for _, _, info in panels]), "colorbar": {"title": symbol}}
+        coloraxis={**_symmetric_scale([info.matrix for _, _, info in panels]), "colorbar": {"title": symbol}}
     )
     _square_heatmap_axes(fig, len(panels), "output head", "input head", result.geometry.num_heads, columns, labels=6)
     prefix = f"{label}: " if label else ""
@@ -377,7 +377,9 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     one panel per model with such blocks, one diverging scale around 1; None when no model has one."""
     panels = {}
     for label, result in results.items():
-        gains = {block: info.norm_weight for block, info in result.theta().items() if info.norm_weight is not None}
+        gains = {
+            block: info.norm_weight for block, info in result.head_mixing().items() if info.norm_weight is not None
+        }
         if gains:
             panels[label] = gains
     if not panels:
@@ -423,7 +425,7 @@ def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     permutation (dashed); None when no model has Re-attention blocks."""
     fig = go.Figure()
     for index, (label, result) in enumerate(results.items()):
-        infos = result.theta()
+        infos = result.head_mixing()
         if not infos:
             continue
         blocks = [block + 1 for block in infos]
@@ -626,7 +628,7 @@ def cls_attention(
     if not 0 <= example < len(images):
         raise IndexError(f"example {example} out of range: the result keeps {len(images)} example images")
     blocks = default_overlay_blocks(result.geometry.num_blocks) if blocks is None else list(blocks)
-    reattention = set(result.geometry.reattention_blocks)
+    reattention = set(result.geometry.mixing_blocks)
     rows = [(block, kind) for block in blocks for kind in (("pre", "post") if block in reattention else ("pre",))]
     has_post = any(kind == "post" for _, kind in rows)
     num_heads = result.geometry.num_heads

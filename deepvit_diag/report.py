@@ -128,7 +128,7 @@ def _model_card(label: str, result: AnalysisResult) -> str:
     model, geometry = result.model, result.geometry
     provenance = model.get("provenance") or {}
     card = provenance.get("card") or {}
-    reattention = geometry.reattention_blocks
+    reattention = geometry.mixing_blocks
     grid_h, grid_w = geometry.grid_size
     patch_h, patch_w = geometry.patch_size
     image_h, image_w = geometry.image_size

@@ -50,7 +50,15 @@ import torch
 from .catalogue import required_arrays
 from .errors import DiagError
 from .introspection import Geometry
-from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
+from .metrics import (
+    TOP_K,
+    Accuracy,
+    HeadMixing,
+    SimilarBlocks,
+    head_mixing_from_arrays,
+    mean_off_diagonal,
+    similar_blocks,
+)
 from .settings import MAP_KINDS, Settings
 
 # Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
@@ -298,9 +306,9 @@ class AnalysisResult:
         """Linear CKA between block outputs (L, L); NaN with fewer than 4 images."""
         return self.arrays["cka"]
 
-    def theta(self) -> dict[int, ThetaInfo]:
-        """Theta (with bias, Norm parameters and distances) of every Re-attention block."""
-        return theta_from_arrays(self.arrays)
+    def head_mixing(self) -> dict[int, HeadMixing]:
+        """How every head-mixing block mixes its heads: Θ or `proj_w` with bias, Norm and distances."""
+        return head_mixing_from_arrays(self.arrays)
 
     def _map_summary(self, maps: str) -> dict[str, Any]:
         similar = self.similar_blocks(maps)
@@ -346,9 +354,9 @@ class AnalysisResult:
         summary["rank_residual_last_block"] = _finite_or_none(self.rank_residual()[-1])
         adjacent_cka = np.diagonal(self.cka(), offset=1)
         summary["cka_adjacent_mean"] = _nanmean_or_none(adjacent_cka)
-        thetas = list(self.theta().values())
+        mixings = list(self.head_mixing().values())
         for distance in ("distance_from_identity", "distance_from_permutation"):
-            values = [getattr(info, distance) for info in thetas]
+            values = [getattr(mixing, distance) for mixing in mixings]
             summary[f"theta_{distance}_mean"] = _finite_or_none(float(np.mean(values))) if values else None
         for k in TOP_K:
             summary[f"accuracy_top{k}"] = self.accuracy.top(k)
@@ -416,10 +424,11 @@ def _upgrade_version_1(document: dict[str, Any], arrays: dict[str, np.ndarray]) 
     per Re-attention block) in format 2."""
     try:
         model, params = dict(document["model"]), dict(document["params"])
-        geometry = {key: model.pop(key) for key in (*_VERSION_1_GEOMETRY, "reattention_blocks")}
+        geometry = {key: model.pop(key) for key in _VERSION_1_GEOMETRY}
+        geometry["mixing_blocks"] = model.pop("reattention_blocks")
         model.pop("num_tokens", None)
         computation = {"final_batch_size": params.pop("final_batch_size")}
-        blocks, heads = geometry["reattention_blocks"], int(geometry["num_heads"])
+        blocks, heads = geometry["mixing_blocks"], int(geometry["num_heads"])
         theta = [arrays[f"theta_{block}"] for block in blocks]
     except KeyError as err:
         raise DiagError(f"saved analysis (format 1) lacks the entry {err}") from None

@@ -62,7 +62,7 @@ def family(result: AnalysisResult) -> str:
     """The paper's two families: DeepViT where some block applies Re-attention, else ViT (CaiT's talking
     heads mix heads too, but are no Re-attention)."""
     geometry = result.geometry
-    return "DeepViT" if geometry.reattention_blocks and geometry.head_mixing == REATTENTION else "ViT"
+    return "DeepViT" if geometry.mixing_blocks and geometry.head_mixing == REATTENTION else "ViT"
 
 
 @dataclass(eq=False)

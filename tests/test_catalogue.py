@@ -105,10 +105,10 @@ def test_theta_arrays_are_stacked_over_the_reattention_blocks(comparison):
     arrays = comparison.b.arrays
     assert arrays["theta"].shape == (3, 4, 4) and arrays["theta_blocks"].tolist() == [0, 1, 2]
     assert arrays["theta_running_var"].shape == (3, 4)
-    infos = comparison.b.theta()
-    np.testing.assert_array_equal(infos[1].theta, arrays["theta"][1])
-    assert infos[1].kind == "conv"
-    assert comparison.a.arrays["theta"].shape == (0, 4, 4) and comparison.a.theta() == {}
+    infos = comparison.b.head_mixing()
+    np.testing.assert_array_equal(infos[1].matrix, arrays["theta"][1])
+    assert infos[1].kind == "re-attention" and infos[1].norm == "batch-norm"
+    assert comparison.a.arrays["theta"].shape == (0, 4, 4) and comparison.a.head_mixing() == {}
 
 
 def prefix_attention(maps: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:

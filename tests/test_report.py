@@ -57,12 +57,12 @@ def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) 
         "rank_residual": np.ones(blocks, np.float32),
         "cka": np.eye(blocks, dtype=np.float32),
     }
-    reattention_blocks = (0,) if reattention else ()
-    arrays["theta"] = np.tile(np.eye(heads, dtype=np.float32), (len(reattention_blocks), 1, 1))
-    arrays["theta_blocks"] = np.array(reattention_blocks, dtype=np.int64)
+    mixing_blocks = (0,) if reattention else ()
+    arrays["theta"] = np.tile(np.eye(heads, dtype=np.float32), (len(mixing_blocks), 1, 1))
+    arrays["theta_blocks"] = np.array(mixing_blocks, dtype=np.int64)
     if reattention:
         arrays["ratio_post"] = np.zeros(blocks, np.float32)
-    geometry = Geometry(blocks, heads, 1, (8, 8), (2, 2), (16, 16), reattention_blocks)
+    geometry = Geometry(blocks, heads, 1, (8, 8), (2, 2), (16, 16), mixing_blocks)
     images = {"description": "none", "count": 8, "skipped": 0}
     return AnalysisResult({"description": "synthetic"}, geometry, Settings(), images, 8, arrays)
 
@@ -166,7 +166,7 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
 def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     assert figures.theta_heatmaps(comparison.a) is None
     theta = figures.theta_heatmaps(comparison.b)
-    assert len(theta.data) == len(comparison.b.geometry.reattention_blocks) == 3
+    assert len(theta.data) == len(comparison.b.geometry.mixing_blocks) == 3
     np.testing.assert_array_equal(np.asarray(theta.data[0].z), comparison.b.arrays["theta"][0])
     cls = figures.cls_attention(comparison.b, example=1)
     # first, middle, last block, each with a pre and a post row, one panel per head

@@ -51,5 +51,5 @@ def _drawn_weights(result: AnalysisResult, example: int, blocks: list[int], kind
     """The CLS weights ``figures.cls_attention`` draws on the colour axis of ``kind``: pre-Θ
     rows for every block, post-Θ rows only for Re-attention blocks."""
     if kind == "post":
-        blocks = [block for block in blocks if block in result.geometry.reattention_blocks]
+        blocks = [block for block in blocks if block in result.geometry.mixing_blocks]
     return result.arrays[f"example_cls_{kind}"][example, blocks]
