@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import sharp_timm_model
 from torch import nn
 
 from deepvit_diag.errors import DiagError
@@ -171,3 +172,19 @@ def test_distances_of_non_mixing_thetas():
     flipped = HeadMixing(kind="re-attention", matrix=-np.eye(HEADS, dtype=np.float32))
     assert flipped.distance_from_identity == pytest.approx(2.0)
     assert flipped.distance_from_permutation == pytest.approx(0.0, abs=1e-7)
+
+
+def test_distances_do_not_depend_on_where_the_matrix_lies_in_memory():
+    """A saved and loaded result recomputes the distances from a copy of Θ at another address;
+    a vectorised norm gave values a last digit apart (the matrix of this block did so)."""
+    model = sharp_timm_model(
+        "deepvit16", depth=3, apply_transform=[False, True, True], embed_dim=32, num_heads=4, img_size=32, patch_size=8
+    )
+    for info in head_mixing_matrices(model).values():
+        distances = set()
+        for offset in range(16):
+            copy = np.empty(info.matrix.size + offset, np.float32)[offset:]
+            copy[:] = info.matrix.ravel()
+            moved = HeadMixing(kind=info.kind, matrix=copy.reshape(info.matrix.shape))
+            distances.add((moved.distance_from_identity, moved.distance_from_permutation))
+        assert distances == {(info.distance_from_identity, info.distance_from_permutation)}

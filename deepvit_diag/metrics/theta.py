@@ -23,6 +23,7 @@ sign-flipped) up to per-head scale; sqrt(H) = ||I||_F makes them relative.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,13 @@ def _nearest_signed_permutation(scaled: np.ndarray) -> np.ndarray:
     permutation = np.zeros_like(scaled)
     permutation[rows, cols] = np.where(scaled[rows, cols] < 0, -1.0, 1.0)
     return permutation
+
+
+def _frobenius_norm(matrix: np.ndarray) -> float:
+    # np.linalg.norm's vectorised sum depends on where the array happens to lie in memory, so
+    # the same matrix gave distances a last digit apart before and after a save and load;
+    # math.fsum is correctly rounded whatever the order.
+    return math.sqrt(math.fsum(np.square(matrix).ravel().tolist()))
 
 
 @dataclass
@@ -85,9 +93,9 @@ class HeadMixing:
 
     def __post_init__(self) -> None:
         scaled = _columns_to_unit_max_abs(self.matrix.astype(np.float64))
-        relative = np.sqrt(scaled.shape[0])
-        self.distance_from_identity = float(np.linalg.norm(scaled - np.eye(scaled.shape[0])) / relative)
-        self.distance_from_permutation = float(np.linalg.norm(scaled - _nearest_signed_permutation(scaled)) / relative)
+        relative = math.sqrt(scaled.shape[0])
+        self.distance_from_identity = _frobenius_norm(scaled - np.eye(scaled.shape[0])) / relative
+        self.distance_from_permutation = _frobenius_norm(scaled - _nearest_signed_permutation(scaled)) / relative
 
 
 def _array_or_none(tensor: torch.Tensor | None) -> np.ndarray | None:
