@@ -20,7 +20,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from . import catalogue, figures
+from . import catalogue
+from .figures import drawing
 from .readers import MIXING_BLOCKS
 from .results import AnalysisResult, ComparisonResult, package_versions
 from .settings import Settings
@@ -89,7 +90,7 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
         ReportFigure(drawn.element_id, spec.section, drawn.caption, drawn.figure)
         for metric in catalogue.METRICS
         for spec in metric.figures
-        for drawn in figures.draw(spec, results, comparison)
+        for drawn in drawing.draw(spec, results, comparison)
     ]
 
 
@@ -267,10 +268,10 @@ def write_report(
 
 
 def sweep_report_figures(sweep: SweepResult, relative_depth: bool = False) -> list[ReportFigure]:
-    """Every figure of sweep.html, in page order (``figures.draw_sweep``)."""
+    """Every figure of sweep.html, in page order (``drawing.draw_sweep``)."""
     return [
         ReportFigure(drawn.element_id, "Sweep", drawn.caption, drawn.figure)
-        for drawn in figures.draw_sweep(sweep, relative_depth=relative_depth)
+        for drawn in drawing.draw_sweep(sweep, relative_depth=relative_depth)
     ]
 
 

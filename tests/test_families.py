@@ -233,7 +233,7 @@ def test_talking_heads_matrices_are_shown_where_theta_is_shown():
     assert infos[1].kind == "talking-heads"
     torch.testing.assert_close(torch.from_numpy(infos[1].matrix), attn.proj_w.weight.T.detach())
     torch.testing.assert_close(torch.from_numpy(infos[1].pre_softmax), attn.proj_l.weight.T.detach())
-    from deepvit_diag.figures import theta_heatmaps
+    from deepvit_diag.figures.head_mixing import theta_heatmaps
 
     figure = theta_heatmaps(result)
     assert "Talking-heads matrices" in figure.layout.title.text
