@@ -47,7 +47,8 @@ from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
 from .settings import DTYPES, MAP_KINDS, Settings
-from .tally import ModelParts, ModelTally, ShardRecord, Tally, combined_computation, results
+from .shards import ShardRecord
+from .tally import ModelParts, ModelTally, Tally, build_results, combined_computation
 
 
 @dataclass
@@ -305,7 +306,7 @@ class StreamingAnalysis:
         if self.explicit_shard is not None:
             description += f"; {stream.held}"
         images = {"description": description, "count": total.count, "skipped": total.skipped + total.open_skipped}
-        return results(total, parts, self.settings, images, combined_computation([done for _, done in gathered]))
+        return build_results(total, parts, self.settings, images, combined_computation([done for _, done in gathered]))
 
     def tally(self, stream: ImageStream) -> Tally:
         """This process's sums (of its shard, in a process group or for ``--shard``)."""

@@ -3,7 +3,7 @@ figures that draw them and their captions, in one declarative table (``METRICS``
 
 The analysis runs each entry's ``measure`` on every batch, results check that a saved
 analysis holds each entry's arrays, and ``report.html`` and the app's views draw each
-entry's figures with the same captions (``figures.draw``). Adding a metric is a function in
+entry's figures with the same captions (``figures.drawing.draw``). Adding a metric is a function in
 ``deepvit_diag.metrics`` and one entry here (``docs/adding-a-metric.md``).
 
 A ``Metric`` gets its arrays in one of three ways:

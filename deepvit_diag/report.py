@@ -22,8 +22,9 @@ from plotly.offline import get_plotlyjs
 
 from . import catalogue
 from .figures import drawing
+from .formats import package_versions
 from .readers import MIXING_BLOCKS
-from .results import AnalysisResult, ComparisonResult, package_versions
+from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
 from .summary import (
     comparison_findings,

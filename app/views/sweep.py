@@ -35,7 +35,7 @@ SOURCES = {
 
 def render(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) -> None:
     st.caption(
-        "Attention collapse across checkpoints: models of several depths (one line per family, ViT or DeepViT), "
+        "Attention collapse across checkpoints: models of several depths (one line per group, ViT or DeepViT), "
         "or the checkpoints of one training run (by the epoch they record). Also opens what `deepvit-diag sweep` "
         f"saved (sweep.json and arrays.npz) or a CollapseMonitor's .jsonl file. {BLOCKS_FROM_ONE}"
     )
