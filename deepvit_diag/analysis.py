@@ -394,7 +394,7 @@ def analyze(
         overrides: fields of ``settings`` to replace, e.g. ``analyze(model, images, k=1)``.
     """
     settings = Settings.with_overrides(settings, overrides)
-    return run([model], images, settings, progress=progress, shard=shard).results[0]
+    return _results_of(run([model], images, settings, progress=progress, shard=shard))[0]
 
 
 def compare(
@@ -412,4 +412,12 @@ def compare(
     config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
     settings = Settings.with_overrides(settings, overrides)
     done = run([model_a, model_b], images, settings, progress=progress, shard=shard)
-    return ComparisonResult(*done.results, done.cka_ab)
+    return ComparisonResult(*_results_of(done), done.cka_ab)
+
+
+def _results_of(done: Run) -> list[AnalysisResult]:
+    """A run's results; a shard that holds none of the images has none to return (its sums,
+    ``run(...).tally``, still count in ``deepvit-diag merge``)."""
+    if not done.results:
+        raise DiagError(f"shard {done.shard.shard} holds none of the images, so it has no result of its own")
+    return done.results

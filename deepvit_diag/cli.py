@@ -369,15 +369,11 @@ def run_import(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- compare / analyze
 
 
-# The report draws every example image once per head and block row: two keep report.html small.
-CLI_SETTING_DEFAULTS = {"num_examples": 2}
-
-
 def add_settings_options(p: argparse.ArgumentParser) -> None:
     """One option per ``Settings`` field, with its help text, allowed values and default."""
     for spec in fields(Settings):
         meta = spec.metadata
-        default = CLI_SETTING_DEFAULTS.get(spec.name, spec.default)
+        default = spec.default
         options: dict[str, Any] = {"dest": spec.name, "default": default, "metavar": meta["metavar"]}
         if meta["choices"] is not None:
             options["choices"] = meta["choices"]
