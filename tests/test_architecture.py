@@ -181,6 +181,20 @@ def test_cli_and_app_do_not_import_metrics_internals(sources):
     assert internal_imports(sources) == []
 
 
+def test_the_layout_docs_name_every_module(sources):
+    """docs/layout.md and the README's layout paragraph name every module of the package and
+    the app by its file or folder name, so neither falls behind the code."""
+    layout = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraph = readme[readme.index("## Layout") :]
+    for name in sources:
+        last = name.rpartition(".")[2]
+        if name in PACKAGES or last == "views" or name.startswith("app.views."):
+            continue  # the packages themselves, and the app's views as one folder
+        assert f"`{last}" in paragraph, f"README layout paragraph lacks {name}"
+        assert f"{last}" in layout, f"docs/layout.md lacks {name}"
+
+
 # ----------------------------------------------------------------------------- deliberate violations
 
 
