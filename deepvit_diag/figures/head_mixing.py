@@ -16,8 +16,8 @@ from .registry import figure
 from .style import (
     DIVERGING,
     TEMPLATE,
-    block_numbers,
     finish,
+    heatmap_panel,
     model_colour,
     square_heatmap_axes,
     symmetric_scale,
@@ -57,23 +57,14 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
         vertical_spacing=0.12 / rows + 0.04,
     )
     for position, (_, title, info) in enumerate(panels):
-        heads = block_numbers(len(info.matrix))
         distances = (
             f"distance from identity {info.distance_from_identity:.2f}, "
             f"from a permutation {info.distance_from_permutation:.2f}"
         )
-        fig.add_trace(
-            go.Heatmap(
-                z=info.matrix,
-                x=heads,
-                y=heads,
-                coloraxis="coloraxis",
-                hovertemplate=f"{title}: input head %{{y}} to output head %{{x}}<br>{symbol} = %{{z:.3f}}"
-                f"<br>{distances}<extra></extra>",
-            ),
-            row=position // columns + 1,
-            col=position % columns + 1,
+        hover = (
+            f"{title}: input head %{{y}} to output head %{{x}}<br>{symbol} = %{{z:.3f}}<br>{distances}<extra></extra>"
         )
+        heatmap_panel(fig, info.matrix, hover, row=position // columns + 1, col=position % columns + 1)
     fig.update_layout(
         coloraxis={**symmetric_scale([info.matrix for _, _, info in panels]), "colorbar": {"title": symbol}}
     )
@@ -104,17 +95,8 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     spread = max(float(np.abs(gain - 1).max()) for gains in panels.values() for gain in gains.values()) or 1.0
     for row, (label, gains) in enumerate(panels.items(), start=1):
         matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
-        fig.add_trace(
-            go.Heatmap(
-                z=matrix,
-                x=[str(block + 1) for block in gains],
-                y=np.arange(1, matrix.shape[0] + 1),
-                coloraxis="coloraxis",
-                hovertemplate="block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>",
-            ),
-            row=row,
-            col=1,
-        )
+        hover = "block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>"
+        heatmap_panel(fig, matrix, hover, row=row, col=1, x=[str(block + 1) for block in gains])
         fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
         fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
     heads = max(len(gain) for gains in panels.values() for gain in gains.values())

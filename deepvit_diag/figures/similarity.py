@@ -4,6 +4,7 @@ statistics and CKA, for one or several models (``AnalysisResult``s keyed by labe
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +20,7 @@ from .style import (
     block_numbers,
     finish,
     finite,
+    heatmap_panel,
     map_kind,
     model_colour,
     no_data_note,
@@ -48,19 +50,8 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
     titles = labels + ([f"{labels[1]} minus {labels[0]}"] if with_difference else [])
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.08)
     for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
-        blocks = block_numbers(len(matrix))
-        fig.add_trace(
-            go.Heatmap(
-                z=matrix,
-                x=blocks,
-                y=blocks,
-                coloraxis="coloraxis",
-                name=label,
-                hovertemplate="block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>",
-            ),
-            row=1,
-            col=column,
-        )
+        hover = "block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>"
+        heatmap_panel(fig, matrix, hover, col=column, name=label)
     similarity_bar = {
         "title": {
             "text": "similarity"
@@ -70,19 +61,8 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
     }
     if with_difference:
         difference = matrices[1] - matrices[0]
-        blocks = block_numbers(len(difference))
-        fig.add_trace(
-            go.Heatmap(
-                z=difference,
-                x=blocks,
-                y=blocks,
-                coloraxis="coloraxis2",
-                name="difference",
-                hovertemplate="block %{y} vs block %{x}<br>difference %{z:+.3f}<extra>" + titles[-1] + "</extra>",
-            ),
-            row=1,
-            col=len(titles),
-        )
+        hover = "block %{y} vs block %{x}<br>difference %{z:+.3f}<extra>" + titles[-1] + "</extra>"
+        heatmap_panel(fig, difference, hover, col=len(titles), coloraxis="coloraxis2", name="difference")
         # Panels A and B close together, then room for their colour bar before B - A,
         # whose own bar sits in the right margin.
         gap, bar_gap = 0.04, 0.15
@@ -151,12 +131,10 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
 # ----------------------------------------------------------------------------- heads
 
 
-@figure
-def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
-    """Mean cross-head similarity per block (paper Fig. 3c: below 0.3 means diverse heads)."""
+def _line_per_model(curves: Mapping[str, np.ndarray]) -> go.Figure:
+    """One line per model (label -> its (L,) values) over its blocks, numbered from 1."""
     fig = go.Figure()
-    for index, (label, result) in enumerate(results.items()):
-        values = result.cross_head_mean(maps)
+    for index, (label, values) in enumerate(curves.items()):
         fig.add_trace(
             go.Scatter(
                 x=block_numbers(len(values)),
@@ -167,6 +145,13 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
                 hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
             )
         )
+    return fig
+
+
+@figure
+def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
+    """Mean cross-head similarity per block (paper Fig. 3c: below 0.3 means diverse heads)."""
+    fig = _line_per_model({label: result.cross_head_mean(maps) for label, result in results.items()})
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
     fig.update_yaxes(title="mean cross-head similarity")
@@ -182,18 +167,8 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
     titles = [f"{label}, block {chosen[label] + 1}" for label in labels]
     fig = make_subplots(rows=1, cols=len(labels), subplot_titles=titles, horizontal_spacing=0.1)
     for column, (title, matrix) in enumerate(zip(titles, matrices), start=1):
-        heads = block_numbers(len(matrix))
-        fig.add_trace(
-            go.Heatmap(
-                z=matrix,
-                x=heads,
-                y=heads,
-                coloraxis="coloraxis",
-                hovertemplate="head %{y} vs head %{x}<br>similarity %{z:.3f}<extra>" + title + "</extra>",
-            ),
-            row=1,
-            col=column,
-        )
+        hover = "head %{y} vs head %{x}<br>similarity %{z:.3f}<extra>" + title + "</extra>"
+        heatmap_panel(fig, matrix, hover, col=column)
     fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": "similarity"}})
     square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
     kind = map_kind(results[labels[0]], maps)
@@ -256,39 +231,13 @@ def entropy_curves(results: Results) -> go.Figure:
 @figure
 def block_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
     """A per-block array (L,) of each model as one line."""
-    fig = go.Figure()
-    for index, (label, result) in enumerate(results.items()):
-        values = result.arrays[array]
-        fig.add_trace(
-            go.Scatter(
-                x=block_numbers(len(values)),
-                y=values,
-                mode="lines+markers",
-                name=label,
-                line={"color": model_colour(index)},
-                hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
-            )
-        )
+    fig = _line_per_model({label: result.arrays[array] for label, result in results.items()})
     block_axis(fig, results)
     fig.update_yaxes(title=y_title)
     return finish(fig, title, 380)
 
 
 # ----------------------------------------------------------------------------- CKA
-
-
-def _cka_panel(fig: go.Figure, matrix: np.ndarray, column: int, hover: str) -> None:
-    fig.add_trace(
-        go.Heatmap(
-            z=matrix,
-            x=block_numbers(matrix.shape[1]),
-            y=block_numbers(matrix.shape[0]),
-            coloraxis="coloraxis",
-            hovertemplate=hover + "<br>CKA %{z:.3f}<extra></extra>",
-        ),
-        row=1,
-        col=column,
-    )
 
 
 def _cka_note(fig: go.Figure, matrices: list[np.ndarray]) -> None:
@@ -303,7 +252,9 @@ def cka_within(results: Results) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.1)
     matrices = [results[label].cka() for label in labels]
     for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
-        _cka_panel(fig, matrix, column, f"{label}: block %{{y}} vs block %{{x}}")
+        heatmap_panel(
+            fig, matrix, f"{label}: block %{{y}} vs block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=column
+        )
     fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
     square_heatmap_axes(fig, len(labels), "block", "block", max(len(matrix) for matrix in matrices))
     _cka_note(fig, matrices)
@@ -315,7 +266,9 @@ def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.F
     """Linear CKA between block i of A (rows) and block j of B (columns)."""
     fig = make_subplots(rows=1, cols=1)
     matrix = comparison.cka_ab
-    _cka_panel(fig, matrix, 1, f"{label_a} block %{{y}} vs {label_b} block %{{x}}")
+    heatmap_panel(
+        fig, matrix, f"{label_a} block %{{y}} vs {label_b} block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=1
+    )
     fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
     square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
     _cka_note(fig, [matrix])

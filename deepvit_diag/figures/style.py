@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from ..results import AnalysisResult
 
@@ -104,6 +104,34 @@ def square_heatmap_axes(
             scaleanchor=f"x{suffix}",
             **ticks,
         )
+
+
+def heatmap_panel(
+    fig: go.Figure,
+    matrix: np.ndarray,
+    hover: str,
+    *,
+    col: int,
+    row: int = 1,
+    coloraxis: str = "coloraxis",
+    name: str | None = None,
+    x: Sequence | None = None,
+    y: Sequence | None = None,
+) -> None:
+    """``matrix`` as a heatmap in panel (``row``, ``col``) on ``coloraxis``, its rows and
+    columns numbered from 1 unless ``x``/``y`` say otherwise; ``hover`` is its hover template."""
+    fig.add_trace(
+        go.Heatmap(
+            z=matrix,
+            x=block_numbers(matrix.shape[1]) if x is None else x,
+            y=block_numbers(matrix.shape[0]) if y is None else y,
+            coloraxis=coloraxis,
+            name=name,
+            hovertemplate=hover,
+        ),
+        row=row,
+        col=col,
+    )
 
 
 def similarity_scale(values: list[np.ndarray]) -> dict:
