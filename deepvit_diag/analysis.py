@@ -296,7 +296,9 @@ class StreamingAnalysis:
         for statistics, measurement in zip(self.statistics, measurements):
             statistics.add(measurement)
 
-    def results(self, stream: ImageStream, parts: list[ModelParts]) -> tuple[list[AnalysisResult], np.ndarray | None]:
+    def gather_results(
+        self, stream: ImageStream, parts: list[ModelParts]
+    ) -> tuple[list[AnalysisResult], np.ndarray | None]:
         """One result per model, and the cross-model CKA (L_A, L_B) when there are two; in a
         process group, of every process's images (the tallies are gathered and added in rank
         order, so every process gets the same results)."""
@@ -349,7 +351,7 @@ def run(
     parts = [statistics.parts(labels) for statistics, labels in zip(analysis.statistics, stream.label_notes)]
     tally = analysis.tally(stream)
     if analysis.explicit_shard is None:
-        return Run(*analysis.results(stream, parts), tally, None)
+        return Run(*analysis.gather_results(stream, parts), tally, None)
     record = ShardRecord(
         shard=analysis.explicit_shard,
         images=stream.whole,
@@ -358,7 +360,7 @@ def run(
         weights=[weights_sha256(model) for model in models],
         computation=analysis.computation(),
     )
-    made, cka_ab = analysis.results(stream, parts) if tally.count else ([], None)
+    made, cka_ab = analysis.gather_results(stream, parts) if tally.count else ([], None)
     return Run(made, cka_ab, tally, record)
 
 
