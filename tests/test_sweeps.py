@@ -22,7 +22,8 @@ from deepvit_diag.errors import DiagError
 from deepvit_diag.figures import sweep as sweep_figures
 from deepvit_diag.report import build_sweep_report, sweep_report_figures, write_sweep_report
 from deepvit_diag.summary import sweep_findings, sweep_rows
-from deepvit_diag.sweeps import SweepEntry, SweepResult, checkpoint_labels, choose_x_axis, sweep
+from deepvit_diag.sweep_runner import checkpoint_labels, sweep
+from deepvit_diag.sweeps import SweepEntry, SweepResult, choose_x_axis
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 DEPTHS = (2, 4, 6)
@@ -88,6 +89,17 @@ def test_a_depth_sweep_has_one_line_per_family(depth_sweep):
     sentences = sweep_findings(depth_sweep)
     assert sentences[0].startswith("ViT: ") and sentences[0].endswith("similar blocks at depths 2, 4 and 6.")
     assert any(sentence.startswith("DeepViT: top-1 accuracy") for sentence in sentences)
+
+
+def test_each_checkpoint_is_announced_through_notice_or_logging(checkpoints, labelled_images, capsys, caplog):
+    """sweep() never prints: the line for each checkpoint goes to ``notice``, else to logging."""
+    heard = []
+    sweep(checkpoints[:2], labelled_images, labels=["a", "b"], notice=heard.append, batch_size=4, **QUIET)
+    assert heard == ["checkpoint 1 of 2: a", "checkpoint 2 of 2: b"]
+    with caplog.at_level("INFO", logger="deepvit_diag.sweep_runner"):
+        sweep(checkpoints[:1], labelled_images, labels=["a"], batch_size=4, **{**QUIET, "progress": True})
+    assert [record.getMessage() for record in caplog.records] == ["checkpoint 1 of 1: a"]
+    assert "checkpoint" not in capsys.readouterr().err
 
 
 def test_groups_and_labels_can_be_given(checkpoints, labelled_images):
