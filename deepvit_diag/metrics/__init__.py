@@ -15,7 +15,7 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``; ``topk_correct`` returns counts, which add up over batches directly.
+``rank_collapse``, ``score_statistics`` (each entry); ``topk_correct`` returns counts, which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
@@ -38,12 +38,14 @@ from .similarity import (
     similar_blocks,
     similarity_ratio,
 )
+from .scores import AttentionScores, chunk_for_budget, score_statistics
 from .theta import ThetaInfo, stacked_theta, theta_from_arrays, theta_matrices
 from .tokens import rank_collapse, token_similarity
 
 __all__ = [
     "AXES",
     "Accuracy",
+    "AttentionScores",
     "DeferredChecks",
     "MIN_UNBIASED_EXAMPLES",
     "MinibatchCKA",
@@ -53,6 +55,7 @@ __all__ = [
     "attention_entropy",
     "collapse_statistics",
     "cross_head_similarity",
+    "chunk_for_budget",
     "cka_from_hsic",
     "cross_layer_similarity",
     "deferred_value_checks",
@@ -63,6 +66,7 @@ __all__ = [
     "rank_collapse",
     "reported_ks",
     "similar_blocks",
+    "score_statistics",
     "similarity_ratio",
     "softmax_statistics",
     "stacked_theta",
