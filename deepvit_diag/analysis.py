@@ -7,9 +7,9 @@ chunk of attention vectors at a time and reduced on the device to per-batch metr
 ``metrics.score_statistics``), so peak memory is one batch of queries, keys and block
 outputs plus one chunk of maps (``budget``), linear in the token count and the same whatever
 the number of images. The batch size and the chunk are chosen up front to fit the memory
-budget (``Settings.memory_budget``); on CUDA an out-of-memory error still halves the batch. Every measured metric is a mean with equal
-weight per image, so ``sum_b metric(batch) * B / N`` is the exact dataset mean and the
-result does not depend on the batch size; CKA streams through ``MinibatchCKA``, whose
+budget (``Settings.memory_budget``); on CUDA an out-of-memory error still halves the batch.
+Every measured metric is a mean with equal weight per image, so ``sum_b metric(batch) * B / N``
+is the exact dataset mean and the result does not depend on the batch size; CKA streams through ``MinibatchCKA``, whose
 chunks do not depend on the batches either.
 
 When the images carry labels, the logits of the same forward passes give the top-1/top-5

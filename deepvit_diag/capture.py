@@ -30,7 +30,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .errors import DiagError
-from .metrics.scores import AttentionScores
 from .introspection import (
     attention_module,
     class_attention_modules,
@@ -39,6 +38,7 @@ from .introspection import (
     resolve_blocks,
     transformer_blocks,
 )
+from .metrics.scores import AttentionScores
 from .preprocessing import as_batch, check_input_size
 from .readers import CLASS_ATTENTION_READERS, reader_for
 

@@ -88,8 +88,10 @@ class Batch:
         O(L B H T^2) memory, for a metric that needs every map at once."""
         blocks = []
         for scores in self.capture.scores:
-            pre = scores.float().pre()
-            blocks.append(pre if kind == "pre" else scores.post(pre))
+            scores = scores.float()
+            with torch.no_grad():
+                pre = scores.pre()
+                blocks.append(pre if kind == "pre" else scores.post(pre))
         return torch.stack(blocks)
 
 

@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .errors import DiagError
-from .metrics.scores import AttentionScores
+from .metrics.scores import AttentionScores, affine_head_mixing
 from .models.attention import ReAttention
 
 Handles = list[RemovableHandle]
@@ -151,12 +151,27 @@ def _attach_timm(attn: nn.Module, sink: MapSink) -> Handles:
     return _on_qkv(attn, scores, sink)
 
 
-def _attach_reattention(attn: ReAttention, sink: MapSink) -> Handles:
-    mix_maps = attn.mix_heads if attn.apply_transform else None
+def _reattention_mixing(attn: ReAttention) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Θ, Norm and scale as one affine map over heads where they are one (Conv2d Θ with BatchNorm
+    on its running statistics), else the module's own ``mix_heads``."""
+    if not attn.apply_transform:
+        return None
+    norm = getattr(attn, "var_norm", None)
+    if attn.theta_kind != "conv" or norm.training or not norm.track_running_stats:
+        return attn.mix_heads
+    gain = torch.rsqrt(norm.running_var + norm.eps) * attn.reatten_scale
+    if norm.affine:
+        gain = gain * norm.weight
+    shift = (attn.reatten_matrix.bias - norm.running_mean) * gain
+    if norm.affine:
+        shift = shift + norm.bias * attn.reatten_scale
+    return affine_head_mixing(attn.reatten_matrix.weight[:, :, 0, 0] * gain[:, None], shift)
 
+
+def _attach_reattention(attn: ReAttention, sink: MapSink) -> Handles:
     def scores(qkv: torch.Tensor) -> AttentionScores:
         q, k = _fused_qk(qkv, attn.num_heads)
-        return AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k), mix_maps=mix_maps)
+        return AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k), mix_maps=_reattention_mixing(attn))
 
     return _on_qkv(attn, scores, sink)
 
@@ -207,17 +222,14 @@ def _attach_relpos(attn: RelPosAttention, sink: MapSink) -> Handles:
     return _on_input(attn, read)
 
 
-def _heads_last(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``linear`` over the head axis of (B, H, r, c) maps, as TalkingHeadAttn applies it."""
-    return lambda maps: linear(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 def _attach_talking_heads(attn: TalkingHeadAttn, sink: MapSink) -> Handles:
-    mix_logits, mix_maps = _heads_last(attn.proj_l), _heads_last(attn.proj_w)
-
+    # proj_l and proj_w are Linear layers over the head axis.
     def scores(qkv: torch.Tensor) -> AttentionScores:
         q, k = _fused_qk(qkv, attn.num_heads)
-        return AttentionScores(q * attn.scale, k, mix_logits=mix_logits, mix_maps=mix_maps)
+        mix_logits = affine_head_mixing(attn.proj_l.weight, attn.proj_l.bias)
+        return AttentionScores(
+            q * attn.scale, k, mix_logits=mix_logits, mix_maps=affine_head_mixing(attn.proj_w.weight, attn.proj_w.bias)
+        )
 
     return _on_qkv(attn, scores, sink)
 

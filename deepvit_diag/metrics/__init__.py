@@ -15,7 +15,8 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``, ``score_statistics`` (each entry); ``topk_correct`` returns counts, which add up over batches directly.
+``rank_collapse``, ``score_statistics`` (each entry); ``topk_correct`` returns counts,
+which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
@@ -28,6 +29,7 @@ from ._checks import AXES, DeferredChecks, deferred_value_checks
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
+from .scores import AttentionScores, chunk_for_budget, score_statistics
 from .similarity import (
     SimilarBlocks,
     collapse_statistics,
@@ -38,7 +40,6 @@ from .similarity import (
     similar_blocks,
     similarity_ratio,
 )
-from .scores import AttentionScores, chunk_for_budget, score_statistics
 from .theta import ThetaInfo, stacked_theta, theta_from_arrays, theta_matrices
 from .tokens import rank_collapse, token_similarity
 

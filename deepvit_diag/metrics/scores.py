@@ -76,6 +76,23 @@ class AttentionScores:
         return AttentionScores(self.q.float(), self.k.float(), self.biases, self.mix_logits, self.mix_maps)
 
 
+def affine_head_mixing(
+    weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map (B, H, r, c) -> (B, G, r, c), ``out[:, g] = sum_h weight[g, h] x[:, h] + bias[g]``, as one
+    matrix product over the head axis (a 1x1 convolution or a ``Linear`` over permuted heads
+    do the same more slowly on the CPU)."""
+
+    def mix(maps: torch.Tensor) -> torch.Tensor:
+        batch, heads = maps.shape[:2]
+        mixed = torch.matmul(weight.to(maps.dtype), maps.reshape(batch, heads, -1))
+        if bias is not None:
+            mixed += bias.to(maps.dtype).view(1, -1, 1)
+        return mixed.view(batch, -1, *maps.shape[2:])
+
+    return mix
+
+
 def chunk_for_budget(
     num_blocks: int, batch: int, num_heads: int, num_tokens: int, kinds: int, budget_bytes: float
 ) -> int:
@@ -101,6 +118,7 @@ def _log_normalisers(blocks: Sequence[AttentionScores], rows_per_chunk: int) -> 
     return normalisers
 
 
+@torch.no_grad()
 def score_statistics(
     blocks: Sequence[AttentionScores],
     distances: torch.Tensor,
@@ -158,7 +176,10 @@ def score_statistics(
         width = vectors.stop - start
         rows, cols = (ALL, vectors) if columns else (vectors, ALL)
         shape = (num_blocks, batch, num_heads, *((num_tokens, width) if columns else (width, num_tokens)))
-        tiles = {kind: flat[: num_blocks * batch * num_heads * num_tokens * width].view(shape) for kind, flat in storage.items()}
+        tiles = {
+            kind: flat[: num_blocks * batch * num_heads * num_tokens * width].view(shape)
+            for kind, flat in storage.items()
+        }
         tile_distances = distances[rows, cols].reshape(-1)
         for index, block in enumerate(blocks):
             logits = block.logits(rows, cols)
@@ -168,12 +189,19 @@ def score_statistics(
                 log_pre = logits.sub_(normalisers[index][:, :, rows])
             pre = torch.exp(log_pre, out=tiles["pre"][index])
             distance[index] += (pre.view(batch, num_heads, -1) @ tile_distances).sum(dim=0)
-            entropy[index] += log_pre.mul_(pre).sum(dim=(0, 2, 3))
+            # sum A ln A per (image, head) as a batched dot product: no product is stored.
+            dots = torch.bmm(pre.view(batch * num_heads, 1, -1), log_pre.reshape(batch * num_heads, -1, 1))
+            entropy[index] += dots.view(batch, num_heads).sum(dim=0)
             if "post" in tiles:
                 tiles["post"][index] = block.post(pre)
+            # Each block is normalised and compared with its head and neighbours while its tile is fresh.
+            for kind, stack in tiles.items():
+                _add_block(stack, index, vector_dim, k, scratch, cross_head[kind], neighbour_sum[kind], vectors)
         for kind, stack in tiles.items():
-            stack.div_(torch.linalg.vector_norm(stack, dim=vector_dim, keepdim=True).clamp_min_(COSINE_EPS))
-            _add_similarities(stack, vector_dim, k, scratch, similarity[kind], cross_head[kind], neighbour_sum[kind], vectors)
+            # One Gram product per (image, head), summed: each adds up r * c terms, which keeps
+            # float32 rounding ~1e-7 where one product over whole blocks would be off by ~1e-4.
+            per_image_head = stack.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
+            similarity[kind] += (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0)
     counts = neighbour_counts(num_blocks, k, device).view(-1, 1, 1, 1)
     results = {}
     for kind in kinds:
@@ -191,36 +219,35 @@ def score_statistics(
     return results
 
 
-def _add_similarities(
-    unit: torch.Tensor,
+def _add_block(
+    stack: torch.Tensor,
+    index: int,
     vector_dim: int,
     k: int,
     scratch: torch.Tensor,
-    similarity: torch.Tensor,
     cross_head: torch.Tensor,
     neighbour_sum: torch.Tensor,
     vectors: slice,
 ) -> None:
-    """Add one chunk's unit vectors (L, B, H, r, c) to the cross-layer and cross-head sums
-    (Gram products per image and head, resp. per block and image) and to every vector's
-    neighbour cosine sum (``scratch``: room for one block's tile)."""
-    num_blocks, batch, num_heads = unit.shape[:3]
-    # One Gram product per (image, head), summed: each adds up r * c terms, which keeps
-    # float32 rounding ~1e-7 where one product over whole blocks would be off by ~1e-4.
-    per_image_head = unit.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
-    similarity += (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0)
-    per_block_image = unit.view(num_blocks * batch, num_heads, -1)
-    cross_head += (
-        (per_block_image @ per_block_image.transpose(1, 2)).view(num_blocks, batch, num_heads, num_heads).sum(dim=1)
-    )
-    products = scratch[: unit[0].numel()].view(unit.shape[1:])
-    for offset in range(1, min(k, num_blocks - 1) + 1):
-        for p in range(num_blocks - offset):
-            cosines = torch.mul(unit[p], unit[p + offset], out=products).sum(dim=vector_dim)
-            neighbour_sum[p, ..., vectors] += cosines
-            neighbour_sum[p + offset, ..., vectors] += cosines
+    """Normalise block ``index``'s tile of ``stack`` (L, B, H, r, c) to unit vectors in place, add
+    its Gram products across heads (per image) to ``cross_head``, and its cosines with the
+    blocks up to k before it (already unit vectors) to both blocks' ``neighbour_sum``
+    (``scratch``: room for one tile)."""
+    batch, num_heads = stack.shape[1:3]
+    tile = stack[index]
+    products = scratch[: tile.numel()].view(tile.shape)
+    # A reduction along the strided axis runs faster on a product than inside a norm.
+    norms = torch.mul(tile, tile, out=products).sum(dim=vector_dim, keepdim=True)
+    tile.div_(norms.sqrt_().clamp_min_(COSINE_EPS))
+    per_image = tile.view(batch, num_heads, -1)
+    cross_head[index] += (per_image @ per_image.transpose(1, 2)).sum(dim=0)
+    for earlier in range(max(0, index - k), index):
+        cosines = torch.mul(stack[earlier], tile, out=products).sum(dim=vector_dim)
+        neighbour_sum[earlier, ..., vectors] += cosines
+        neighbour_sum[index, ..., vectors] += cosines
 
 
+@torch.no_grad()
 def query_weights(block: AttentionScores, query: int | None, chunk: int | None = None) -> tuple[torch.Tensor, ...]:
     """float32 (pre, post) weights (B, H, T) of query ``query`` on every key of one block, or
     with ``query=None`` the mean over all queries (computed ``chunk`` rows at a time)."""
