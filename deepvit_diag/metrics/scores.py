@@ -21,7 +21,6 @@ Re-attention's BatchNorm uses its running statistics, which is elementwise too.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -97,13 +96,26 @@ def affine_head_mixing(
 def chunk_for_budget(
     num_blocks: int, batch: int, num_heads: int, num_tokens: int, kinds: int, budget_bytes: float
 ) -> int:
-    """Query rows per chunk so that ``score_statistics``'s tiles fit ``budget_bytes``.
+    """Attention vectors per chunk so that ``score_statistics``'s tiles fit ``budget_bytes``.
 
-    A chunk of r rows holds, per kind of map, a (L, B, H, r, T) float32 stack, one reordered
-    copy of a stack and one block's temporaries; at least 1, at most T.
+    A chunk of c vectors holds, per kind of map, a (L, B, H, T, c) float32 stack plus one
+    block's temporaries; at least 1, at most T.
     """
-    per_row = 4 * batch * num_heads * num_tokens * ((kinds + 1) * num_blocks + 3)
-    return int(max(1, min(num_tokens, budget_bytes // per_row)))
+    per_vector = 4 * batch * num_heads * num_tokens * (kinds * num_blocks + 3)
+    return int(max(1, min(num_tokens, budget_bytes // per_vector)))
+
+
+def _log_normalisers(blocks: Sequence[AttentionScores], rows_per_chunk: int) -> list[torch.Tensor]:
+    """Each block's (B, H, T, 1) row log-sum-exp, a chunk of rows at a time."""
+    normalisers = []
+    for block in blocks:
+        batch, num_heads, num_tokens = block.q.shape[:3]
+        lse = block.q.new_empty(batch, num_heads, num_tokens, 1)
+        for start in range(0, num_tokens, rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            lse[:, :, rows] = block.logits(rows).logsumexp(dim=-1, keepdim=True)
+        normalisers.append(lse)
+    return normalisers
 
 
 @torch.no_grad()
@@ -124,20 +136,12 @@ def score_statistics(
     ``collapse_statistics`` and ``softmax_statistics`` on the stacked maps (docs/metrics.md),
     each a mean with equal weight per image.
 
-    How: the maps are rebuilt ``chunk`` query rows at a time for every block (a softmax of
-    whole rows). Entropy and distance are sums over rows. Rows are whole row vectors: for
-    ``axis="rows"`` each is normalised and compared at once. A column vector is spread
-    over every chunk, so for ``axis="columns"`` the chunks add up the *unnormalised* dot
-    products every cosine needs, per (image, head, column) across blocks (an L x L Gram
-    matrix, O(B H T L^2)) and per (block, image, column) across heads (H x H); its diagonal
-    holds the squared norms, and the cosines follow after the last chunk.
-
     Args:
         blocks: the L blocks' scores, all of one shape (B, H, T, d).
         distances: (T, T) token distances (``token_distances``) on their device.
         num_prefix_tokens: tokens before the patches.
         k, tau, axis: as in ``similarity_ratio``.
-        chunk: query rows per chunk (default: all T at once).
+        chunk: attention vectors per chunk (default: all T, one pass).
     """
     check_axis(axis)
     check_neighbourhood(k)
@@ -151,39 +155,59 @@ def score_statistics(
     if distances.shape != (num_tokens, num_tokens):
         raise DiagError(f"maps have {num_tokens} tokens, but the token distances are for {distances.shape[0]}")
     chunk = num_tokens if chunk is None else max(1, min(int(chunk), num_tokens))
+    columns = axis == "columns"
+    vector_dim = -2 if columns else -1
     kinds = ("pre", "post") if any(block.mix_maps is not None for block in blocks) else ("pre",)
+    normalisers = _log_normalisers(blocks, chunk) if columns and chunk < num_tokens else None
+
     num_blocks = len(blocks)
     device = blocks[0].q.device
-    sums = _ColumnSums if axis == "columns" else _RowSums
-    accumulators = {kind: sums(num_blocks, batch, num_heads, num_tokens, k, device) for kind in kinds}
+    similarity = {kind: torch.zeros(num_blocks, num_blocks, device=device) for kind in kinds}
+    cross_head = {kind: torch.zeros(num_blocks, num_heads, num_heads, device=device) for kind in kinds}
+    neighbour_sum = {kind: torch.zeros(num_blocks, batch, num_heads, num_tokens, device=device) for kind in kinds}
     entropy = torch.zeros(num_blocks, num_heads, device=device)
     distance = torch.zeros(num_blocks, num_heads, device=device)
     # One allocation per kind for every chunk's tiles (fresh ones cost page faults on the CPU).
-    storage = {kind: torch.empty(num_blocks * batch * num_heads * chunk * num_tokens, device=device) for kind in kinds}
+    tile_size = batch * num_heads * num_tokens * chunk
+    storage = {kind: torch.empty(num_blocks * tile_size, device=device) for kind in kinds}
+    scratch = torch.empty(tile_size, device=device)
     for start in range(0, num_tokens, chunk):
-        rows = slice(start, min(start + chunk, num_tokens))
-        shape = (num_blocks, batch, num_heads, rows.stop - start, num_tokens)
-        tiles = {kind: flat[: math.prod(shape)].view(shape) for kind, flat in storage.items()}
-        tile_distances = distances[rows].reshape(-1)
+        vectors = slice(start, min(start + chunk, num_tokens))
+        width = vectors.stop - start
+        rows, cols = (ALL, vectors) if columns else (vectors, ALL)
+        shape = (num_blocks, batch, num_heads, *((num_tokens, width) if columns else (width, num_tokens)))
+        tiles = {
+            kind: flat[: num_blocks * batch * num_heads * num_tokens * width].view(shape)
+            for kind, flat in storage.items()
+        }
+        tile_distances = distances[rows, cols].reshape(-1)
         for index, block in enumerate(blocks):
-            log_pre = block.logits(rows).log_softmax(dim=-1)
+            logits = block.logits(rows, cols)
+            if normalisers is None:
+                log_pre = logits.log_softmax(dim=-1)
+            else:
+                log_pre = logits.sub_(normalisers[index][:, :, rows])
             pre = torch.exp(log_pre, out=tiles["pre"][index])
             distance[index] += (pre.view(batch, num_heads, -1) @ tile_distances).sum(dim=0)
             # sum A ln A per (image, head) as a batched dot product: no product is stored.
-            dots = torch.bmm(pre.view(batch * num_heads, 1, -1), log_pre.view(batch * num_heads, -1, 1))
+            dots = torch.bmm(pre.view(batch * num_heads, 1, -1), log_pre.reshape(batch * num_heads, -1, 1))
             entropy[index] += dots.view(batch, num_heads).sum(dim=0)
             if "post" in tiles:
                 tiles["post"][index] = block.post(pre)
+            # Each block is normalised and compared with its head and neighbours while its tile is fresh.
             for kind, stack in tiles.items():
-                accumulators[kind].add_block(stack, index, rows)
+                _add_block(stack, index, vector_dim, k, scratch, cross_head[kind], neighbour_sum[kind], vectors)
         for kind, stack in tiles.items():
-            accumulators[kind].add_chunk(stack)
+            # One Gram product per (image, head), summed: each adds up r * c terms, which keeps
+            # float32 rounding ~1e-7 where one product over whole blocks would be off by ~1e-4.
+            per_image_head = stack.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
+            similarity[kind] += (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0)
+    counts = neighbour_counts(num_blocks, k, device).view(-1, 1, 1, 1)
     results = {}
-    for kind, accumulator in accumulators.items():
-        similarity, neighbour_average, cross_head = accumulator.result()
-        results[f"similarity_{kind}"] = similarity
-        results[f"ratio_{kind}"] = share_above(neighbour_average, tau)
-        results[f"cross_head_{kind}"] = cross_head
+    for kind in kinds:
+        results[f"similarity_{kind}"] = similarity[kind] / (batch * num_heads * num_tokens)
+        results[f"ratio_{kind}"] = share_above(neighbour_sum[kind] / counts, tau)
+        results[f"cross_head_{kind}"] = cross_head[kind] / (batch * num_tokens)
     if "post" not in kinds:
         results.update({name.replace("_pre", "_post"): value for name, value in list(results.items())})
     results["entropy"] = entropy.neg_() / (batch * num_tokens)
@@ -195,80 +219,32 @@ def score_statistics(
     return results
 
 
-class _RowSums:
-    """Similarity sums of row vectors, which every chunk holds whole: each block's rows are
-    normalised in place, compared across heads and with the k blocks before it as soon as
-    they are computed (while the tile is fresh), and across all blocks once per chunk."""
-
-    def __init__(self, num_blocks: int, batch: int, num_heads: int, num_tokens: int, k: int, device: torch.device):
-        self.k = k
-        self.similarity = torch.zeros(num_blocks, num_blocks, device=device)
-        self.cross_head = torch.zeros(num_blocks, num_heads, num_heads, device=device)
-        self.neighbour_sum = torch.zeros(num_blocks, batch, num_heads, num_tokens, device=device)
-        self.scratch = torch.empty(0, device=device)
-
-    def add_block(self, stack: torch.Tensor, index: int, rows: slice) -> None:
-        batch, num_heads = stack.shape[1:3]
-        tile = stack[index]
-        if self.scratch.numel() < tile.numel():
-            self.scratch = tile.new_empty(tile.numel())
-        products = self.scratch[: tile.numel()].view(tile.shape)
-        norms = torch.mul(tile, tile, out=products).sum(dim=-1, keepdim=True)
-        tile.div_(norms.sqrt_().clamp_min_(COSINE_EPS))
-        per_image = tile.view(batch, num_heads, -1)
-        self.cross_head[index] += (per_image @ per_image.transpose(1, 2)).sum(dim=0)
-        for earlier in range(max(0, index - self.k), index):
-            cosines = torch.mul(stack[earlier], tile, out=products).sum(dim=-1)
-            self.neighbour_sum[earlier, :, :, rows] += cosines
-            self.neighbour_sum[index, :, :, rows] += cosines
-
-    def add_chunk(self, stack: torch.Tensor) -> None:
-        # One Gram product per (image, head), summed: each adds up r * T terms, which keeps
-        # float32 rounding ~1e-7 where one product over whole blocks would be off by ~1e-4.
-        num_blocks, batch, num_heads = stack.shape[:3]
-        per_image_head = stack.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
-        self.similarity += (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0)
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        num_blocks, batch, num_heads, num_tokens = self.neighbour_sum.shape
-        counts = neighbour_counts(num_blocks, self.k, self.neighbour_sum.device).view(-1, 1, 1, 1)
-        return (
-            self.similarity / (batch * num_heads * num_tokens),
-            self.neighbour_sum / counts,
-            self.cross_head / (batch * num_tokens),
-        )
-
-
-class _ColumnSums:
-    """Unnormalised dot products of column vectors, added up over the chunks of rows:
-    ``gram[b, h, t]`` (L, L) across blocks and ``head_gram[l, b, t]`` (H, H) across heads."""
-
-    def __init__(self, num_blocks: int, batch: int, num_heads: int, num_tokens: int, k: int, device: torch.device):
-        self.k = k
-        self.gram = torch.zeros(batch, num_heads, num_tokens, num_blocks, num_blocks, device=device)
-        self.head_gram = torch.zeros(num_blocks, batch, num_tokens, num_heads, num_heads, device=device)
-
-    def add_block(self, stack: torch.Tensor, index: int, rows: slice) -> None:
-        tile = stack[index]  # (B, H, r, T) -> per (image, column): (H, r) @ (r, H)
-        columns = tile.permute(0, 3, 1, 2)
-        self.head_gram[index] += columns @ columns.transpose(-1, -2)
-
-    def add_chunk(self, stack: torch.Tensor) -> None:
-        columns = stack.permute(1, 2, 4, 0, 3)  # (B, H, T, L, r)
-        self.gram += columns @ columns.transpose(-1, -2)
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch, num_heads, num_tokens, num_blocks = self.gram.shape[:4]
-        norms = self.gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(COSINE_EPS)  # (B, H, T, L)
-        cosines = self.gram / (norms[..., :, None] * norms[..., None, :])
-        similarity = cosines.mean(dim=(0, 1, 2))
-        near = torch.ones(num_blocks, num_blocks, device=cosines.device).triu(1).tril(self.k)
-        near = near + near.T  # 1 where 1 <= |p - q| <= k
-        counts = neighbour_counts(num_blocks, self.k, cosines.device)
-        neighbour_average = (cosines * near).sum(dim=-1) / counts  # (B, H, T, L)
-        head_norms = self.head_gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min(COSINE_EPS)  # (L, B, T, H)
-        head_cosines = self.head_gram / (head_norms[..., :, None] * head_norms[..., None, :])
-        return similarity, neighbour_average.permute(3, 0, 1, 2), head_cosines.mean(dim=(1, 2))
+def _add_block(
+    stack: torch.Tensor,
+    index: int,
+    vector_dim: int,
+    k: int,
+    scratch: torch.Tensor,
+    cross_head: torch.Tensor,
+    neighbour_sum: torch.Tensor,
+    vectors: slice,
+) -> None:
+    """Normalise block ``index``'s tile of ``stack`` (L, B, H, r, c) to unit vectors in place, add
+    its Gram products across heads (per image) to ``cross_head``, and its cosines with the
+    blocks up to k before it (already unit vectors) to both blocks' ``neighbour_sum``
+    (``scratch``: room for one tile)."""
+    batch, num_heads = stack.shape[1:3]
+    tile = stack[index]
+    products = scratch[: tile.numel()].view(tile.shape)
+    # A reduction along the strided axis runs faster on a product than inside a norm.
+    norms = torch.mul(tile, tile, out=products).sum(dim=vector_dim, keepdim=True)
+    tile.div_(norms.sqrt_().clamp_min_(COSINE_EPS))
+    per_image = tile.view(batch, num_heads, -1)
+    cross_head[index] += (per_image @ per_image.transpose(1, 2)).sum(dim=0)
+    for earlier in range(max(0, index - k), index):
+        cosines = torch.mul(stack[earlier], tile, out=products).sum(dim=vector_dim)
+        neighbour_sum[earlier, ..., vectors] += cosines
+        neighbour_sum[index, ..., vectors] += cosines
 
 
 @torch.no_grad()
