@@ -113,7 +113,9 @@ def _log_normalisers(blocks: Sequence[AttentionScores], rows_per_chunk: int) -> 
         lse = block.q.new_empty(batch, num_heads, num_tokens, 1)
         for start in range(0, num_tokens, rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
-            lse[:, :, rows] = block.logits(rows).logsumexp(dim=-1, keepdim=True)
+            logits = block.logits(rows)
+            # log_softmax is one fused pass where logsumexp takes several: lse = s - log_softmax(s).
+            lse[:, :, rows] = logits[..., :1] - logits.log_softmax(dim=-1)[..., :1]
         normalisers.append(lse)
     return normalisers
 
@@ -189,9 +191,7 @@ def score_statistics(
                 log_pre = logits.sub_(normalisers[index][:, :, rows])
             pre = torch.exp(log_pre, out=tiles["pre"][index])
             distance[index] += (pre.view(batch, num_heads, -1) @ tile_distances).sum(dim=0)
-            # sum A ln A per (image, head) as a batched dot product: no product is stored.
-            dots = torch.bmm(pre.view(batch * num_heads, 1, -1), log_pre.reshape(batch * num_heads, -1, 1))
-            entropy[index] += dots.view(batch, num_heads).sum(dim=0)
+            entropy[index] += torch.mul(pre, log_pre, out=log_pre).sum(dim=(0, 2, 3))
             if "post" in tiles:
                 tiles["post"][index] = block.post(pre)
             # Each block is normalised and compared with its head and neighbours while its tile is fresh.
