@@ -169,9 +169,19 @@ def _reattention_mixing(attn: ReAttention) -> Callable[[torch.Tensor], torch.Ten
 
 
 def _attach_reattention(attn: ReAttention, sink: MapSink) -> Handles:
+    folded: dict[str, Any] = {}
+
+    def mixing() -> Callable[[torch.Tensor], torch.Tensor] | None:
+        # Folded again only when a weight, a statistic or the mode has changed since the last forward.
+        modes = tuple(module.training for module in attn.modules())
+        state = (modes, *((t.data_ptr(), t._version) for t in (*attn.parameters(), *attn.buffers())))
+        if folded.get("state") != state:
+            folded.update(state=state, mix=_reattention_mixing(attn))
+        return folded["mix"]
+
     def scores(qkv: torch.Tensor) -> AttentionScores:
         q, k = _fused_qk(qkv, attn.num_heads)
-        return AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k), mix_maps=_reattention_mixing(attn))
+        return AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k), mix_maps=mixing())
 
     return _on_qkv(attn, scores, sink)
 
