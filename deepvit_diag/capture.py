@@ -15,7 +15,11 @@ When no captured block mixes heads, ``post`` *is* ``pre`` (the same tensor, no c
 
 Each forward writes straight into per-forward buffers of shape (L, B, H, T, T) and
 (L, B, T, D) (or, with ``reuse_buffers``, into the previous forward's), so no per-block
-list is stacked afterwards and nothing leaves the device.
+list is stacked afterwards and nothing leaves the device. With ``maps=False`` the maps are
+not built at all: each block's queries and keys go into (L, B, H, T, d) buffers, with the
+rest of its ``AttentionScores`` (biases, head mixing), and ``metrics.score_statistics``
+recomputes the maps from them a chunk at a time (what the analysis does: O(T) memory per
+head and block instead of O(T^2)).
 """
 
 from __future__ import annotations
