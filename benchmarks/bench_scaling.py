@@ -2,15 +2,17 @@
 
 For every token count T in ``--tokens`` and depth L in ``--depths``: a random timm ViT-S
 (``vit_small_patch16_224``: width 384, 6 heads; the image size gives T = 1 + (size / 16)^2,
-e.g. 592 px for T = 1,370) runs ``--images`` random images in one batch of ``--batch-size``,
+e.g. 592 px for T = 1,370) runs random images in batches of ``--batch-size`` (``--images``,
+by default more at small T so that every run does about the same work),
 as the plain forward (fused attention, ``torch.inference_mode``) and as ``analyze`` (every
 metric, CKA, examples), the two modes interleaved ``--repeats`` times so that load changes on
 a shared machine hit both alike. Reported per (T, L), medians over the repeats:
 
 * ``ratio`` = analysis images/s / forward images/s (1.0: the analysis costs nothing beyond
   the forward);
-* ``extra_mib_per_image`` = (analysis host peak - forward host peak) / images, the memory the
-  analysis needs beyond the forward (host RSS, ``bench_analysis.PeakMemory``);
+* ``extra_mib_per_image`` = (analysis host peak - forward host peak) / batch size, the memory
+  the analysis needs beyond the forward per image of a batch (host RSS,
+  ``bench_analysis.PeakMemory``);
 * the batch and chunk the memory budget chose, and the load average before and after.
 
 Usage::
@@ -56,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[65, 197, 577, 1370])
     parser.add_argument("--depths", type=int, nargs="+", default=[6, 12, 24])
-    parser.add_argument("--images", type=int, default=2, help="images per run (default 2)")
+    parser.add_argument(
+        "--images", type=int, help="images per run (default: 2 at T = 1,370, more at fewer tokens, at most 32)"
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode (default 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -67,9 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str, Any]:
     size = image_size(num_tokens)
+    # About the same work per run at every T, so that analyze's fixed cost per call does not dominate small T.
+    count = args.images or min(32, max(args.batch_size, 2 * round(1370 / num_tokens)))
     torch.manual_seed(0)
     model = timm.create_model(MODEL, depth=depth, img_size=size, num_classes=10).eval()
-    images = torch.randn(args.images, 3, size, size, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0))
     device = torch.device("cpu")
     options = {"progress": False, "num_examples": 1}
     if args.memory_budget:
@@ -99,7 +105,7 @@ def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str,
         "tokens": num_tokens,
         "depth": depth,
         "image_size": size,
-        "images": args.images,
+        "images": count,
         "batch_size": plans[-1],
         "chunk": chosen.chunks[0],
         "forward_images_per_s": median["forward"]["images_per_s"],
@@ -107,7 +113,7 @@ def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str,
         "ratio": median["analysis"]["images_per_s"] / median["forward"]["images_per_s"],
         "forward_peak_mib": median["forward"]["host_peak_extra_mib"],
         "analysis_peak_mib": median["analysis"]["host_peak_extra_mib"],
-        "extra_mib_per_image": extra / min(args.images, plans[-1]),
+        "extra_mib_per_image": extra / min(count, plans[-1]),
         "runs": runs,
     }
 
