@@ -160,3 +160,18 @@ def test_chunk_for_budget_fits_the_budget():
     assert chunk_for_budget(6, 2, 3, 50, 2, 10 * per_vector) == 10
     assert chunk_for_budget(6, 2, 3, 50, 2, per_vector - 1) == 1  # at least one vector
     assert chunk_for_budget(6, 2, 3, 50, 2, 1e12) == 50  # at most all of them
+
+
+def test_sharp_rows_keep_their_precision_when_split_into_column_chunks():
+    """A row whose first logit lies far below its largest: the row normaliser must not be read there."""
+    blocks = random_scores(num_blocks=3, batch=2, mixing=None, seed=5)
+    far = torch.zeros(1, 1, TOKENS, TOKENS)
+    far[..., 0] = -20000.0
+    for block in blocks:
+        block.q = block.q * 6
+        block.biases = (far,)
+    with torch.no_grad():
+        actual = score_statistics(blocks, token_distances(GRID, 8), 1, chunk=4)
+    maps = torch.stack([torch.softmax(b.q @ b.k.transpose(-2, -1) + far, dim=-1) for b in blocks])
+    np.testing.assert_allclose(actual["similarity_pre"].numpy(), cross_layer_similarity(maps).numpy(), atol=1e-5)
+    np.testing.assert_allclose(actual["entropy"].numpy(), attention_entropy(maps).numpy(), rtol=1e-5, atol=1e-5)

@@ -114,8 +114,9 @@ def _log_normalisers(blocks: Sequence[AttentionScores], rows_per_chunk: int) -> 
         for start in range(0, num_tokens, rows_per_chunk):
             rows = slice(start, start + rows_per_chunk)
             logits = block.logits(rows)
-            # log_softmax is one fused pass where logsumexp takes several: lse = s - log_softmax(s).
-            lse[:, :, rows] = logits[..., :1] - logits.log_softmax(dim=-1)[..., :1]
+            # log_softmax is one fused pass where logsumexp takes several: lse = s - log_softmax(s),
+            # read at the row's largest logit, where neither term has lost digits.
+            lse[:, :, rows] = logits.amax(dim=-1, keepdim=True) - logits.log_softmax(dim=-1).amax(dim=-1, keepdim=True)
         normalisers.append(lse)
     return normalisers
 
