@@ -62,7 +62,7 @@ class ModelShape:
 
     @property
     def kinds(self) -> int:
-        return 2 if self.geometry.reattention_blocks else 1
+        return 2 if self.geometry.mixing_blocks else 1
 
     def bytes_per_image(self) -> int:
         """Everything but the maps' chunk (see the module docstring)."""

@@ -33,6 +33,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .attention_scores import AttentionScores
 from .errors import DiagError
 from .introspection import (
     attention_module,
@@ -42,7 +43,6 @@ from .introspection import (
     resolve_blocks,
     transformer_blocks,
 )
-from .metrics.scores import AttentionScores
 from .preprocessing import as_batch, check_input_size
 from .readers import CLASS_ATTENTION_READERS, reader_for
 
@@ -61,7 +61,7 @@ class AttentionCapture:
         hidden: (L, B, T, D) output tokens of every captured block, or None if not recorded.
         logits: the model's output, or None when the caller ran the forward itself.
         blocks: 0-based block index of each of the L entries.
-        reattention_blocks: the captured blocks that mix heads after the softmax (0-based).
+        mixing_blocks: the captured blocks that mix heads after the softmax (0-based).
         class_attention: (C, B, H, 1 + T) maps of the class token's query in the C blocks that
             update only the class token (CaiT's ``blocks_token_only``; key 0 is the class token
             itself), or None for models without them.
@@ -74,7 +74,7 @@ class AttentionCapture:
     hidden: torch.Tensor | None
     logits: torch.Tensor | None
     blocks: list[int]
-    reattention_blocks: list[int]
+    mixing_blocks: list[int]
     class_attention: torch.Tensor | None = None
     scores: list[AttentionScores] | None = None
 
@@ -218,13 +218,13 @@ class AttentionRecorder:
         # Resolved here so an unreadable model fails before any hook is attached.
         self._attns = [attention_module(model, index) for index in self.blocks]
         self._class_attns = class_attention_modules(model)
-        self.reattention_blocks = [b for b, attn in zip(self.blocks, self._attns) if head_mixing(attn)]
+        self.mixing_blocks = [b for b, attn in zip(self.blocks, self._attns) if head_mixing(attn)]
         self.record_hidden = hidden
         layout = {"blocks": self.blocks, "dtype": store_dtype, "reuse": reuse_buffers}
         self.record_maps = maps
         if maps:
             self._pre = _StackedBuffer("attention maps", **layout)
-            self._post = _StackedBuffer("head-mixed maps", **layout) if self.reattention_blocks else None
+            self._post = _StackedBuffer("head-mixed maps", **layout) if self.mixing_blocks else None
         else:
             self._pre = _StackedBuffer("queries", **layout)
             self._post = _StackedBuffer("keys", **layout)
@@ -262,7 +262,7 @@ class AttentionRecorder:
             hidden=self._hidden.collect() if self._hidden is not None else None,
             logits=None,
             blocks=list(self.blocks),
-            reattention_blocks=list(self.reattention_blocks),
+            mixing_blocks=list(self.mixing_blocks),
             class_attention=self._class.collect() if self._class is not None else None,
         )
         self._reset()

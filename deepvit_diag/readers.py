@@ -51,8 +51,8 @@ from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .attention_scores import AttentionScores, affine_head_mixing
 from .errors import DiagError
-from .metrics.scores import AttentionScores, affine_head_mixing
 from .models.attention import ReAttention
 
 Handles = list[RemovableHandle]

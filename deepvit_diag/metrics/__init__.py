@@ -19,17 +19,18 @@ the metric of all N images at once (up to float rounding):
 which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
-a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
-``stacked_theta`` read weights.
+a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_matrices`` and
+``stacked_head_mixing`` read weights.
 """
 
 from __future__ import annotations
 
+from ..attention_scores import AttentionScores
 from ._checks import AXES, DeferredChecks, deferred_value_checks
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
-from .scores import AttentionScores, chunk_for_budget, score_statistics
+from .scores import chunk_for_budget, score_statistics
 from .similarity import (
     SimilarBlocks,
     collapse_statistics,
@@ -40,7 +41,7 @@ from .similarity import (
     similar_blocks,
     similarity_ratio,
 )
-from .theta import ThetaInfo, stacked_theta, theta_from_arrays, theta_matrices
+from .theta import HeadMixing, head_mixing_from_arrays, head_mixing_matrices, stacked_head_mixing
 from .tokens import rank_collapse, token_similarity
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
     "MinibatchCKA",
     "SimilarBlocks",
     "TOP_K",
-    "ThetaInfo",
+    "HeadMixing",
     "attention_entropy",
     "collapse_statistics",
     "cross_head_similarity",
@@ -70,9 +71,9 @@ __all__ = [
     "score_statistics",
     "similarity_ratio",
     "softmax_statistics",
-    "stacked_theta",
-    "theta_from_arrays",
-    "theta_matrices",
+    "stacked_head_mixing",
+    "head_mixing_from_arrays",
+    "head_mixing_matrices",
     "token_distances",
     "token_similarity",
     "topk_correct",
