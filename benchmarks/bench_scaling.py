@@ -2,8 +2,8 @@
 
 For every token count T in ``--tokens`` and depth L in ``--depths``: a random timm ViT-S
 (``vit_small_patch16_224``: width 384, 6 heads; the image size gives T = 1 + (size / 16)^2,
-e.g. 592 px for T = 1,370) runs random images in batches of ``--batch-size`` (``--images``,
-by default more at small T so that every run does about the same work),
+e.g. 592 px for T = 1,370) runs ``--images`` random images (default: one batch) in batches of
+``--batch-size``,
 as the plain forward (fused attention, ``torch.inference_mode``) and as ``analyze`` (every
 metric, CKA, examples), the two modes interleaved ``--repeats`` times so that load changes on
 a shared machine hit both alike. Reported per (T, L), medians over the repeats:
@@ -58,9 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[65, 197, 577, 1370])
     parser.add_argument("--depths", type=int, nargs="+", default=[6, 12, 24])
-    parser.add_argument(
-        "--images", type=int, help="images per run (default: 2 at T = 1,370, more at fewer tokens, at most 32)"
-    )
+    parser.add_argument("--images", type=int, help="images per run (default: one batch)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per batch (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode (default 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -71,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str, Any]:
     size = image_size(num_tokens)
-    # About the same work per run at every T, so that analyze's fixed cost per call does not dominate small T.
-    count = args.images or min(32, max(args.batch_size, 2 * round(1370 / num_tokens)))
+    # More images at small T keep analyze's fixed cost per call from dominating the ratio, but
+    # CKA and the examples then hold more images, which the memory column would count.
+    count = args.images or args.batch_size
     torch.manual_seed(0)
     model = timm.create_model(MODEL, depth=depth, img_size=size, num_classes=10).eval()
     images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0))
