@@ -124,9 +124,7 @@ def test_streaming_equals_all_at_once(deepvit, x, batch_size):
 @pytest.mark.parametrize(
     ("batch_size", "chunk", "axis"), [(1, 1, "columns"), (3, 5, "columns"), (2, 16, "rows"), (3, 7, "rows")]
 )
-def test_any_batch_and_chunk_of_query_rows_gives_the_reference_numbers(
-    deepvit, x, monkeypatch, batch_size, chunk, axis
-):
+def test_any_batch_and_chunk_of_vectors_gives_the_reference_numbers(deepvit, x, monkeypatch, batch_size, chunk, axis):
     """Maps rebuilt from queries and keys a chunk at a time (``score_statistics``), with Re-attention
     in part of the model, equal the literal reference functions on the whole maps."""
     monkeypatch.setattr(analysis_module, "plan", lambda shapes, budget, requested, device: Plan(batch_size, (chunk,)))
