@@ -23,7 +23,7 @@ SHARD_FILE = "shard.json"
 SHARD_FORMAT = "deepvit-diag shard"
 SHARD_VERSION = 1
 # Settings that may differ between the shards of one analysis: they change how, not what, it computes.
-RUN_ONLY_SETTINGS = ("device", "num_workers", "batch_size")
+RUN_ONLY_SETTINGS = ("device", "num_workers", "batch_size", "memory_budget")
 
 
 @dataclass
