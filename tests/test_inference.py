@@ -18,10 +18,10 @@ from timm.models import beit, vision_transformer
 
 from deepvit_diag import analyze, extract_attention, load_model, save_native
 from deepvit_diag.checkpoints import GuessWarning
-from deepvit_diag.checkpoints.inference import HINTS
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION
 from deepvit_diag.cli import ARCH_HINTS
 from deepvit_diag.errors import DiagError
+from deepvit_diag.hints import HINTS
 
 SMALL = dict(depth=2, img_size=32, num_classes=5)
 

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from ..errors import DiagError
+from ..hints import Hint, Message
 
 Tensors = dict[str, torch.Tensor]
 
@@ -89,6 +90,11 @@ _BLOCK_RENAMES = {
 }
 _QKV = {"attention.attention.query.": 0, "attention.attention.key.": 1, "attention.attention.value.": 2}
 _QKV.update({"attention.q_proj.": 0, "attention.k_proj.": 1, "attention.v_proj.": 2})
+_DINOV2_CLASSIFIER = (
+    "dropped the classifier (DINOv2's head reads the class token and the mean patch token, which no timm head "
+    "does): the model's output is its class-token features"
+)
+_POOLER = "dropped the pooler (dense + tanh on the class token), which timm's ViT does not have"
 _BLOCK = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 _OTHER_RENAMES = {
     "embeddings.cls_token": "cls_token",
@@ -112,11 +118,11 @@ def detect(sd: Tensors) -> str | None:
     return HF_VIT
 
 
-def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[str]]:
+def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
     """``sd`` in timm's keys, and notes on what was dropped."""
     out: Tensors = {}
     qkv: dict[tuple[int, str], list[torch.Tensor | None]] = {}
-    notes: list[str] = []
+    dropped: set[str] = set()
     with_teacher = "distillation_classifier.weight" in sd
     for key, tensor in sd.items():
         name = _strip(key)
@@ -141,31 +147,30 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[str]]:
         elif key.startswith("distillation_classifier."):
             out["head_dist." + key.split(".", 1)[1]] = tensor
         elif key.startswith("classifier."):
-            if "dropped the classifier" not in " ".join(notes):
-                notes.append(
-                    "dropped the classifier (DINOv2's head reads the class token and the mean patch token, which "
-                    "no timm head does): the model's output is its class-token features"
-                )
+            dropped.add(_DINOV2_CLASSIFIER)
         elif name.startswith("pooler."):
-            if "dropped the pooler" not in " ".join(notes):
-                notes.append("dropped the pooler (dense + tanh on the class token), which timm's ViT does not have")
+            dropped.add(_POOLER)
         else:
             out[key] = tensor  # unknown keys stay; the strict fit names them
     for (index, suffix), parts in sorted(qkv.items()):
         if any(part is None for part in parts):
             raise DiagError(f"block {index} lacks its query, key or value {suffix} (a damaged Hugging Face file?)")
         out[f"blocks.{index}.attn.qkv.{suffix}"] = torch.cat(parts)
-    return out, notes
+    return out, [Message(note) for note in (_DINOV2_CLASSIFIER, _POOLER) if note in dropped]
 
 
-def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
+def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[Message]]:
     """What ``config.json`` (or, without one, ``transformers``' defaults) says, as timm's constructor
     arguments for ``inference.infer_arch``'s hints; their label in notes; the guesses made without a config."""
     if config is None:
         eps = DEFAULT_EPS[layout]
         guesses = [
-            f"guessed norm_eps={eps!r} (transformers' default for {layout.removeprefix('hf-')}; no config.json "
-            "beside the weights); pass norm_eps=... (--norm-eps) if that is wrong"
+            Message(
+                f"guessed norm_eps={eps!r} (transformers' default for {layout.removeprefix('hf-')}; no config.json "
+                "beside the weights); pass ",
+                Hint("norm_eps"),
+                " if that is wrong",
+            )
         ]
         return {"norm_eps": eps}, "transformers' defaults", guesses
     kwargs: dict[str, Any] = {}

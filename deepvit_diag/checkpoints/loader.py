@@ -42,6 +42,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import DiagError
+from ..hints import Hint, HintedError, Message, as_strings, prefixed, warn_guesses
 from ..introspection import check_readable
 from ..models.presets import (
     PRESET_DESCRIPTIONS,
@@ -73,12 +74,8 @@ OFFICIAL_NAMES = {
 }
 # timm.create_model options about where weights come from, not about the network.
 TIMM_LOADING_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+RESAMPLE_HINT = Hint("resample_pos_embed", "True")
 HUB_CONNECT_TIMEOUT = 3.0  # seconds: without network, find out at once rather than after the hub's retries
-
-
-class GuessWarning(UserWarning):
-    """Architecture values the weights do not determine were guessed, or a recorded name contradicts the
-    weights; the one message of a load names each."""
 
 
 def load_model(
@@ -104,7 +101,7 @@ def load_model(
             timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
     """
     if resample_pos_embed and "img_size" not in overrides:
-        raise DiagError("resample_pos_embed=True needs img_size=N (--img-size N): the size to resample to")
+        raise HintedError("resample_pos_embed=True needs ", Hint("img_size", "N", "N"), ": the size to resample to")
     if isinstance(spec, os.PathLike) or _looks_like_path(spec):
         if not pretrained:
             raise DiagError("pretrained=False gives random weights for preset, store or timm names, not for files")
@@ -206,17 +203,18 @@ def build_arch(arch: dict[str, Any]) -> nn.Module:
 
 
 def build_checked(
-    arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: str = "", resample: bool = False
+    arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: Message | str = "", resample: bool = False
 ) -> nn.Module:
     """The model of ``arch`` holding ``state_dict``, built only after the validation steps
     (``deepvit_diag.checkpoints.validation``) found that the tensors fit it exactly; with ``resample``,
     position embeddings of another grid are resampled to the arch's first."""
     arch = checked_arch(arch, what)
     check_depth(arch, state_dict, what)
-    with torch.device("meta"):
+    with _naming(what), torch.device("meta"):
         skeleton = build_arch(arch)
     if resample:
-        state_dict = resample_positions(skeleton, state_dict)
+        with _naming(what):
+            state_dict = resample_positions(skeleton, state_dict)
     check_fit(skeleton, state_dict, what, hint)
     model = build_arch(arch)
     model.load_state_dict(state_dict, strict=True)
@@ -250,11 +248,17 @@ def _load_file(
     overrides: dict[str, Any],
     resample: bool = False,
 ) -> nn.Module:
+    return _load_checked_file(path, label, source, arch, overrides, resample)
+
+
+@contextmanager
+def _naming(label: str) -> Iterator[None]:
+    """Every refusal names the file as the user named it: those of steps whose messages do not (reading
+    the file, its config and fitting its tensors do) get ``label: `` before them."""
     try:
-        return _load_checked_file(path, label, source, arch, overrides, resample)
+        yield
     except DiagError as err:
-        # Every refusal names the file as the user named it.
-        raise err if label in str(err) or str(path) in str(err) else DiagError(f"{label}: {err}") from None
+        raise prefixed(err, label) from None
 
 
 def _load_checked_file(
@@ -274,19 +278,22 @@ def _load_checked_file(
             f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
         )
         arch = None
-    hint_text = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
+    hint_text = Message("" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})")
     if raw.native:
-        arch_dict, state_dict, fmt, notes = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE, []
+        with _naming(label):
+            arch_dict, state_dict, fmt = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE
+        notes: list[Message] = []
     else:
-        arch_dict, state_dict, fmt, notes = _architecture_of(raw, config_path, arch, overrides)
+        arch_dict, state_dict, fmt, notes = _architecture_of(raw, config_path, arch, overrides, label)
     if "img_size" in overrides and not resample:
-        hint_text += (
-            f"; to run these weights at img_size={overrides['img_size']}, resample their position embeddings: "
-            "resample_pos_embed=True (--resample-pos-embed)"
+        hint_text = Message(
+            hint_text,
+            f"; to run these weights at img_size={overrides['img_size']}, resample their position embeddings: ",
+            RESAMPLE_HINT,
         )
     model = build_checked(arch_dict, state_dict, f"{label} ({fmt} layout)", hint_text, resample)
     if notes:
-        warnings.warn(f"{label}: {'; '.join(notes)}", GuessWarning, stacklevel=4)
+        warn_guesses(label, notes, stacklevel=4)
     card = raw.native["card"] if raw.native else None
     description = describe(
         label if source != "file" else Path(label).name, source, fmt, model.arch, card, raw.entry, model
@@ -302,30 +309,36 @@ def _load_checked_file(
         entry=raw.entry,
         card=card,
         description=description,
-        warnings=notes,
+        warnings=as_strings(notes),
         epoch=epoch,
     )
 
 
 def _architecture_of(
-    raw: RawCheckpoint, config_path: Path | None, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    raw: RawCheckpoint,
+    config_path: Path | None,
+    arch: str | dict[str, Any] | None,
+    overrides: dict[str, Any],
+    label: str,
+) -> tuple[dict[str, Any], dict[str, Any], str, list[Message]]:
     """A foreign file's arch (``inference.infer_arch``), its tensors in our keys, its layout and the notes to
     announce. What the tensors cannot say comes from ``arch=``, else the recorded model name, and for
     Hugging Face files from their ``config.json``."""
-    fmt = detect_layout(raw.state_dict)
-    state_dict, notes = to_our_keys(fmt, raw.state_dict)
-    base, hints, stated_by = None, None, ""
-    if arch is not None:
-        base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
-    elif raw.model_name and (base := _named_arch(raw.model_name)):
-        stated_by = f"the checkpoint's model name {raw.model_name!r}"
+    with _naming(label):
+        fmt = detect_layout(raw.state_dict)
+        state_dict, notes = to_our_keys(fmt, raw.state_dict)
+        base, hints, stated_by = None, None, ""
+        if arch is not None:
+            base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
+        elif raw.model_name and (base := _named_arch(raw.model_name)):
+            stated_by = f"the checkpoint's model name {raw.model_name!r}"
     if fmt in huggingface.HF_LAYOUTS:
         config_path = config_path or _beside(raw.path, huggingface.CONFIG_FILE)
         config = huggingface.read_config(config_path) if config_path else None
         hints, config_label, config_notes = huggingface.config_hints(fmt, config)
         notes, stated_by = notes + config_notes, stated_by or config_label
-    inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=stated_by, overrides=overrides)
+    with _naming(label):
+        inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=stated_by, overrides=overrides)
     return inference.arch, state_dict, fmt, notes + inference.notes
 
 

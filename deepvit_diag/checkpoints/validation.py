@@ -34,15 +34,16 @@ import torch
 from torch import nn
 
 from ..errors import DiagError
+from ..hints import HintedError, Message
 from ..models.presets import DATA_CONFIG_KEYS
-from .inference import FAMILY_KEYS
+from .inference import FAMILY_ARGUMENTS
 from .layouts import block_count
 from .provenance import arch_summary
 
 ARCH_FAMILIES = ("vit", "deepvit", "timm")
 # Constructor arguments an architecture read from a file may set: the shape of the network (what
-# deepvit-diag itself writes, see inference.FAMILY_KEYS) and dropout rates, which do nothing in eval mode.
-ARCH_ARGUMENTS = frozenset(key for keys in FAMILY_KEYS.values() for key in keys) | {
+# deepvit-diag itself writes, see inference.FAMILY_ARGUMENTS) and dropout rates, which do nothing in eval mode.
+ARCH_ARGUMENTS = frozenset(key for keys in FAMILY_ARGUMENTS.values() for key in keys) | {
     "drop_rate",
     "pos_drop_rate",
     "patch_drop_rate",
@@ -156,7 +157,7 @@ def check_depth(arch: dict[str, Any], keys: Iterable[str], what: str) -> None:
             raise DiagError(f"{what} does not fit the architecture ({depth!r} {blocks_name}): the file holds {held}")
 
 
-def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, hint: str = "") -> None:
+def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, hint: Message | str = "") -> None:
     """``state_dict`` must have exactly ``model``'s keys and shapes (``model`` may live on the meta device),
     floating-point tensors where the model has them, and no NaN or infinity in them."""
     expected = model.state_dict()
@@ -173,8 +174,8 @@ def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, 
         if items
     ]
     if problems:
-        raise DiagError(
-            f"{what} does not fit the architecture ({arch_summary(model.arch, model)}): {'; '.join(problems)}{hint}"
+        raise HintedError(
+            f"{what} does not fit the architecture ({arch_summary(model.arch, model)}): {'; '.join(problems)}", hint
         )
     for key, reference in expected.items():
         tensor = state_dict[key]

@@ -1,0 +1,104 @@
+"""timm's ``Eva`` (EVA, EVA-02): ``attn.q_bias``/``v_bias`` or separate ``attn.{q,k,v}_proj``, layer scale
+``gamma_1``/``gamma_2``, SwiGLU MLPs (``mlp.fc1_g`` or a ``fc1`` twice as wide: EVA-02), scale norms.
+Rotary embeddings hold no weights: EVA-02 (SwiGLU) has them, EVA not (announced). Built as
+``eva02_base_patch14_224`` (SwiGLU) or ``eva_giant_patch14_224`` with the weights' values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models.eva import Eva, EvaAttention
+from torch import nn
+
+from ..layouts import block_count
+from .base import (
+    COMMON_ARGUMENTS,
+    Family,
+    Reading,
+    Tensors,
+    attention_width,
+    grid_from_positions,
+    has_part,
+    mlp_ratio,
+    pooling,
+)
+
+
+def read(sd: Tensors, in_chans: int | None, img_size: Any) -> Reading:
+    proj = sd["patch_embed.proj.weight"]
+    embed_dim, block = proj.shape[0], "blocks.0."
+    hidden = sd[block + "mlp.fc2.weight"].shape[1]
+    class_token, fc_norm = "cls_token" in sd, "fc_norm.weight" in sd
+    reg_tokens = sd["reg_token"].shape[1] if "reg_token" in sd else 0
+    head_width = sd[block + "attn.q_norm.weight"].shape[0] if block + "attn.q_norm.weight" in sd else None
+    kw: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "depth": block_count(sd),
+        "patch_size": proj.shape[-1],
+        "in_chans": proj.shape[1],
+        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+        "mlp_ratio": mlp_ratio(hidden, embed_dim),
+        "class_token": class_token,
+        "num_reg_tokens": reg_tokens,
+        "qkv_fused": block + "attn.qkv.weight" in sd,
+        "qkv_bias": block + "attn.q_bias" in sd or block + "attn.q_proj.bias" in sd,
+        "qk_norm": head_width is not None,
+        "init_values": 1.0 if block + "gamma_1" in sd else None,
+        "swiglu_mlp": block + "mlp.fc1_g.weight" in sd
+        or (block + "mlp.fc1.weight" in sd and sd[block + "mlp.fc1.weight"].shape[0] == 2 * hidden),
+        "scale_mlp": block + "mlp.norm.weight" in sd,
+        "scale_attn_inner": block + "attn.norm.weight" in sd,
+        "use_pre_transformer_norm": "norm_pre.weight" in sd,
+        "use_fc_norm": fc_norm,
+        "use_abs_pos_emb": "pos_embed" in sd,
+        "no_embed_class": False,
+    }
+    reading = Reading("eva", kw, attention_width(sd, block), head_width=head_width)
+    pooling(reading, class_token, fc_norm)
+    if "pos_embed" in sd:
+        reading.grid, kw["no_embed_class"], reading.grid_doubt = grid_from_positions(
+            sd["pos_embed"].shape[1], int(class_token) + reg_tokens, True, img_size, kw["patch_size"]
+        )
+    reading.conventions.append(
+        (
+            "use_rot_pos_emb",
+            kw["swiglu_mlp"],
+            "rotary embeddings hold no weights; EVA-02 models, with SwiGLU MLPs, have them, EVA models do not",
+        )
+    )
+    reading.conventions.append((None, None, "guessed pre-norm blocks (EVA models with use_post_norm differ)"))
+    return reading
+
+
+def built_values(model: nn.Module) -> dict[str, Any]:
+    return {"use_rot_pos_emb": model.rope is not None, "dynamic_img_size": bool(model.dynamic_img_size)}
+
+
+FAMILY = Family(
+    name="eva",
+    model_class=Eva,
+    arguments=COMMON_ARGUMENTS
+    + (
+        "class_token",
+        "init_values",
+        "qk_norm",
+        "num_reg_tokens",
+        "no_embed_class",
+        "qkv_fused",
+        "swiglu_mlp",
+        "scale_mlp",
+        "scale_attn_inner",
+        "use_abs_pos_emb",
+        "use_rot_pos_emb",
+        "use_post_norm",
+        "use_pre_transformer_norm",
+        "use_fc_norm",
+        "ref_feat_shape",
+        "dynamic_img_size",
+    ),
+    detect=lambda keys: has_part(keys, ".attn.q_bias", ".attn.q_proj.", ".mlp.fc1_g.", ".gamma_1"),
+    read=read,
+    attention=(EvaAttention,),
+    timm_name=lambda values: "eva02_base_patch14_224" if values.get("swiglu_mlp") else "eva_giant_patch14_224",
+    built_values=built_values,
+)
