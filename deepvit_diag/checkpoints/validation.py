@@ -64,6 +64,8 @@ ARGUMENT_RULES = {
         lambda v: v is None or (_ints(v, 2) and 1 <= min(v) and max(v) <= 1024),
         "two whole numbers up to 1024",
     ),
+    "attn_type": (lambda v: v in ("eva", "rope"), "one of eva, rope"),
+    "rope_type": (lambda v: v in ("cat", "mixed"), "one of cat, mixed"),
     "rel_pos_type": (lambda v: v in ("mlp", "mlp_swin", "bias"), "one of mlp, mlp_swin, bias"),
     "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max"), "one of token, avg, avgmax, max"),
 }
