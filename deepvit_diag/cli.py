@@ -329,6 +329,13 @@ def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = 
             "--" + key.replace("_", "-") + suffix, dest=key + suffix.replace("-", "_"), help=text, **options
         )
     group.add_argument(
+        f"--key{suffix}",
+        dest=f"key{suffix.replace('-', '_')}",
+        metavar="PATH",
+        help="the entry of a nested training checkpoint to take (e.g. student, state_dict.model); by default the "
+        "teacher of a student/teacher pair, else state_dict_ema, model_ema, state_dict, model",
+    )
+    group.add_argument(
         f"--resample-pos-embed{suffix}",
         dest=f"resample_pos_embed{suffix.replace('-', '_')}",
         action="store_true",
@@ -341,6 +348,8 @@ def arch_options_from(args: argparse.Namespace, suffix: str = "") -> dict[str, A
     end = suffix.replace("-", "_")
     kwargs = {key: getattr(args, key + end) for key in ARCH_HINTS if getattr(args, key + end) is not None}
     kwargs["arch"] = getattr(args, "arch" + end)
+    if getattr(args, "key" + end) is not None:
+        kwargs["key"] = getattr(args, "key" + end)
     if getattr(args, "resample_pos_embed" + end):
         kwargs["resample_pos_embed"] = True
     return kwargs

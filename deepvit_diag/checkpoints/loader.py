@@ -63,6 +63,7 @@ from .resample import resample_positions
 from .safe_load import CHECKPOINT_SUFFIXES, RawCheckpoint, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
 from .validation import check_depth, check_fit, checked_arch
+from .wrappers import model_tensors
 
 # The official repository's registry names (zhoudaquan/dvit_repo) -> our presets.
 OFFICIAL_NAMES = {
@@ -84,6 +85,7 @@ def load_model(
     arch: str | dict[str, Any] | None = None,
     pretrained: bool = True,
     resample_pos_embed: bool = False,
+    key: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load ``spec`` as an eval-mode model carrying ``.arch`` and ``.provenance``.
@@ -96,6 +98,8 @@ def load_model(
         pretrained: ``False`` gives random weights for preset, store and timm names (announced loudly).
         resample_pos_embed: with ``img_size=N``, resample a file's position embeddings to that size the
             way timm does (``deepvit_diag.checkpoints.resample``), instead of refusing the mismatch.
+        key: the entry of a nested training checkpoint to take (``"student"``, ``"state_dict.model"``);
+            by default the teacher of a student/teacher pair, else timm's rule (``state_dict_ema``, ...).
         overrides: constructor arguments with timm's names (``num_heads``, ``embed_dim``, ``img_size``,
             ``num_classes``, ``norm_eps``, ``act_layer``, ``dynamic_img_size``, ...); for timm names also
             timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
@@ -105,9 +109,11 @@ def load_model(
     if isinstance(spec, os.PathLike) or _looks_like_path(spec):
         if not pretrained:
             raise DiagError("pretrained=False gives random weights for preset, store or timm names, not for files")
-        return _load_file(Path(spec), str(spec), "file", arch, overrides, resample_pos_embed)
+        return _load_file(Path(spec), str(spec), "file", arch, overrides, resample_pos_embed, key)
     if not isinstance(spec, str):
         raise DiagError(f"cannot load a {type(spec).__name__}: pass a file path, store name, preset or timm model name")
+    if key is not None:
+        raise DiagError(f"key={key!r} chooses an entry of a checkpoint file; {spec!r} is not a file")
     if spec in PRESETS and not pretrained:
         return _random(with_overrides(PRESETS[spec], **overrides), spec, None)
     if is_store_name(spec) and store_path(spec).is_file():
@@ -124,7 +130,7 @@ def load_model(
     if timm.is_model(spec):
         return _load_timm(spec, pretrained, overrides)
     if os.path.lexists(spec):  # reading it says what is wrong with it (a directory, a link loop, ...)
-        return _load_file(Path(spec), spec, "file", arch, overrides, resample_pos_embed)
+        return _load_file(Path(spec), spec, "file", arch, overrides, resample_pos_embed, key)
     raise DiagError(
         f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)"
     )
@@ -247,8 +253,9 @@ def _load_file(
     arch: str | dict[str, Any] | None,
     overrides: dict[str, Any],
     resample: bool = False,
+    key: str | None = None,
 ) -> nn.Module:
-    return _load_checked_file(path, label, source, arch, overrides, resample)
+    return _load_checked_file(path, label, source, arch, overrides, resample, key)
 
 
 @contextmanager
@@ -268,11 +275,12 @@ def _load_checked_file(
     arch: str | dict[str, Any] | None,
     overrides: dict[str, Any],
     resample: bool,
+    key: str | None,
 ) -> nn.Module:
     config_path = None
     if path.is_dir():  # a Hugging Face model folder
         path, config_path = huggingface.folder_files(path)
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path, key)
     if raw.native and arch is not None:
         warnings.warn(
             f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
@@ -325,8 +333,10 @@ def _architecture_of(
     announce. What the tensors cannot say comes from ``arch=``, else the recorded model name, and for
     Hugging Face files from their ``config.json``."""
     with _naming(label):
-        fmt = detect_layout(raw.state_dict)
-        state_dict, notes = to_our_keys(fmt, raw.state_dict)
+        tensors, dropped = model_tensors(raw.state_dict, detect_layout)
+        fmt = detect_layout(tensors)
+        state_dict, notes = to_our_keys(fmt, tensors)
+        notes = raw.notes + dropped + notes
         base, hints, stated_by = None, None, ""
         if arch is not None:
             base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
