@@ -52,14 +52,17 @@ import torch
 
 from ..errors import DiagError
 from ..hints import Hint, Message
+from . import clip
 
 Tensors = dict[str, torch.Tensor]
 
 HF_VIT, HF_DEIT, HF_DINOV2 = "hf-vit", "hf-deit", "hf-dinov2"
 HF_LAYOUTS = (HF_VIT, HF_DEIT, HF_DINOV2)
+# Layouts whose config.json is read (CLIP's image tower converts in ``clip``).
+CONFIG_LAYOUTS = (*HF_LAYOUTS, clip.HF_CLIP)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_FILE = "config.json"
-DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6}
+DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6, clip.HF_CLIP: 1e-5}
 # transformers' hidden_act names -> timm's act_layer names.
 ACTIVATIONS = {
     "gelu": "gelu",
@@ -212,6 +215,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise DiagError(f"{path} is not a readable JSON file: {err}") from None
     if not isinstance(config, dict):
         raise DiagError(f"{path} holds no JSON object")
+    if isinstance(config.get("vision_config"), dict):  # CLIPModel: the image tower's own config
+        config = config["vision_config"]
     checked: dict[str, Any] = {}
     for key, check, rule in (
         ("num_attention_heads", lambda v: _whole(v, 1, 4096), "a whole number from 1 to 4096"),

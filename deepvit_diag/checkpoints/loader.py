@@ -342,7 +342,7 @@ def _architecture_of(
             base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
         elif raw.model_name and (base := _named_arch(raw.model_name)):
             stated_by = f"the checkpoint's model name {raw.model_name!r}"
-    if fmt in huggingface.HF_LAYOUTS:
+    if fmt in huggingface.CONFIG_LAYOUTS:
         config_path = config_path or _beside(raw.path, huggingface.CONFIG_FILE)
         config = huggingface.read_config(config_path) if config_path else None
         hints, config_label, config_notes = huggingface.config_hints(fmt, config)

@@ -15,6 +15,7 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .. import clip
 from ..layouts import block_count
 from .base import (
     ACTIVATIONS,
@@ -121,7 +122,10 @@ def guess_vit_heads(reading: Reading, values: dict[str, Any], layout: str, guess
 
 
 def clip_conventions(reading: Reading, values: dict[str, Any], layout: str, guess: Guess) -> None:
-    if values.get("pre_norm"):
+    if layout in (clip.OPENAI, clip.HF_CLIP):
+        guess("norm_eps", CLIP_EPS, "")  # every CLIP tower's: torch's LayerNorm default
+        guess("act_layer", "quick_gelu", "OpenAI CLIP's; open_clip towers not named *-quickgelu use 'gelu'")
+    elif values.get("pre_norm"):
         guess("norm_eps", CLIP_EPS, "CLIP's convention for pre-norm ViTs")
         guess("act_layer", "gelu", "OpenCLIP's; OpenAI's CLIP image towers use 'quick_gelu'")
 

@@ -1,0 +1,205 @@
+"""Checkpoints of other projects, saved as those projects save them, load without hints (or with the one
+announced guess) as the equivalent timm model: logits and attention maps equal to the original model's own
+within 1e-5, and ``analyze`` runs (``checkpoints.torchvision_vit``, ``checkpoints.clip``, ``layouts``).
+
+The originals are built with the projects' own code where it is installed (torchvision, open_clip,
+transformers: the dev extras); the DINOv2 hub and DeiT III files are key-for-key fixtures from the
+documented mapping (their repositories are not packages).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import sharp_timm_model
+from torch import nn
+
+from deepvit_diag import analyze, extract_attention, load_model
+from deepvit_diag.checkpoints import GuessWarning
+
+SIZE, PATCH, WIDTH, HEADS, DEPTH = 32, 8, 64, 1, 2
+
+
+def images(count: int = 2) -> torch.Tensor:
+    return torch.randn(count, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+
+
+def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights of a size that makes maps far from uniform, norms included."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and "position_ids" not in name:
+                scale = 0.3 if tensor.ndim > 1 else 0.1
+                base = 1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "norm1.weight", "norm2.weight")) else 0.0
+                tensor.copy_(base + scale * torch.randn(tensor.shape, generator=generator))
+    return model.eval()
+
+
+def mha_maps(attention: nn.MultiheadAttention, recorded: list[torch.Tensor]) -> Callable:
+    """A forward hook on a block's input norm that records torch's own maps of ``attention`` (batch first)."""
+
+    def hook(module, args, output):
+        x = output if attention.batch_first else output.transpose(0, 1)
+        _, maps = attention(x, x, x, need_weights=True, average_attn_weights=False)
+        recorded.append(maps)
+
+    return hook
+
+
+@dataclass
+class Original:
+    """The original model: its output (logits or image embedding) and its own maps (L, B, H, T, T)."""
+
+    output: torch.Tensor
+    maps: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- the originals
+
+
+def torchvision_vit(path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    model = sharpen(VisionTransformer(SIZE, PATCH, DEPTH, HEADS, WIDTH, 2 * WIDTH, num_classes=5))
+    torch.save(model.state_dict(), path)
+    recorded: list[torch.Tensor] = []
+    for layer in model.encoder.layers:
+        layer.ln_1.register_forward_hook(mha_maps(layer.self_attention, recorded))
+    with torch.no_grad():
+        return Original(model(images()), torch.stack(recorded))
+
+
+def open_clip_model(quick_gelu: bool):
+    import open_clip
+
+    vision = open_clip.CLIPVisionCfg(
+        layers=DEPTH, width=WIDTH, head_width=WIDTH // HEADS, image_size=SIZE, patch_size=PATCH
+    )
+    text = open_clip.CLIPTextCfg(context_length=8, vocab_size=50, width=32, heads=2, layers=1)
+    return sharpen(open_clip.CLIP(16, vision, text, quick_gelu=quick_gelu))
+
+
+def clip_original(model) -> Original:
+    recorded: list[torch.Tensor] = []
+    for block in model.visual.transformer.resblocks:
+        block.ln_1.register_forward_hook(mha_maps(block.attn, recorded))
+    with torch.no_grad():
+        return Original(model.encode_image(images()), torch.stack(recorded))
+
+
+def openai_clip(path):
+    """OpenAI's CLIP (QuickGELU): the full model's state dict, text tower included."""
+    model = open_clip_model(quick_gelu=True)
+    torch.save(model.state_dict(), path)
+    return clip_original(model)
+
+
+def open_clip_training(path):
+    """An open_clip training checkpoint (GELU): ``{'epoch', 'name', 'state_dict': {'module.visual.*', ...}}``."""
+    model = open_clip_model(quick_gelu=False)
+    state = {"module." + k: v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 4, "name": "run", "state_dict": state, "optimizer": {}}, path)
+    return clip_original(model)
+
+
+def hf_clip_vision(path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        image_size=SIZE,
+        patch_size=PATCH,
+        projection_dim=16,
+        attn_implementation="eager",
+    )
+    model = sharpen(CLIPVisionModelWithProjection(config))
+    path.mkdir()
+    model.save_pretrained(path)
+    with torch.no_grad():
+        out = model(pixel_values=images(), output_attentions=True)
+    return Original(out.image_embeds, torch.stack(out.attentions))
+
+
+def timm_fixture(name: str, **kwargs):
+    return sharp_timm_model(
+        name, img_size=SIZE, patch_size=PATCH, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=5, **kwargs
+    )
+
+
+def timm_original(model) -> Original:
+    from timm.utils import AttentionExtract
+
+    reference = sharpen(model)
+    for block in reference.blocks:
+        block.attn.fused_attn = False
+    with torch.no_grad():
+        out = AttentionExtract(reference, method="fx")(images())
+        return Original(reference(images()), torch.stack(list(out.values())))
+
+
+def dinov2_hub(path):
+    """facebookresearch/dinov2's hub file with registers: ``register_tokens``, ``mask_token``, and a
+    ``pos_embed`` holding the class token's position (the timm model's class token has it added)."""
+    model = timm_fixture("vit_small_patch14_reg4_dinov2", init_values=1.0)
+    original = timm_original(model)
+    sd = dict(model.state_dict())
+    cls_position = 0.1 * torch.randn(1, 1, WIDTH, generator=torch.Generator().manual_seed(9))
+    sd["cls_token"] = sd["cls_token"] - cls_position
+    sd["pos_embed"] = torch.cat([cls_position, sd["pos_embed"]], dim=1)
+    sd["register_tokens"] = sd.pop("reg_token")
+    sd["mask_token"] = torch.zeros(1, WIDTH)
+    torch.save(sd, path)
+    return original
+
+
+def deit3_official(path):
+    """facebookresearch/deit's DeiT III (``models_v2``): layer scale as ``blocks.N.gamma_1`` / ``gamma_2``."""
+    model = timm_fixture("deit3_small_patch16_224")
+    original = timm_original(model)
+    sd = {
+        k.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): v for k, v in model.state_dict().items()
+    }
+    torch.save({"model": sd, "epoch": 799}, path)
+    return original
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    save: Callable  # save(path) -> Original
+    file: str = "model.pth"
+    announced: tuple[str, ...] = ()  # fragments of the one warning
+
+
+LAYOUTS = [
+    Layout("torchvision", torchvision_vit, announced=("num_heads",)),
+    Layout("openai-clip", openai_clip, announced=("act_layer='quick_gelu'", "transformer", "--act-layer")),
+    Layout("open_clip-training", open_clip_training, announced=("dropped what is not the image tower",)),
+    Layout("hf-clip", hf_clip_vision, file="hf"),
+    Layout("dinov2-hub", dinov2_hub, announced=("mask_token",)),
+    Layout("deit3-official", deit3_official, announced=("no_embed_class=True",)),
+]
+HINTS = {"open_clip-training": {"act_layer": "gelu"}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.name)
+def test_a_foreign_checkpoint_loads_as_its_original(layout, tmp_path):
+    original = layout.save(tmp_path / layout.file)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(tmp_path / layout.file, **HINTS.get(layout.name, {}))
+    notes = [str(w.message) for w in caught if issubclass(w.category, GuessWarning)]
+    assert len(notes) <= 1 and all(fragment in " ".join(notes) for fragment in layout.announced), notes
+    x = images()
+    capture = extract_attention(model, x)
+    torch.testing.assert_close(capture.logits, original.output, atol=1e-5, rtol=0)
+    torch.testing.assert_close(capture.pre, original.maps, atol=1e-5, rtol=0)
+    assert analyze(model, x, progress=False, num_examples=1) is not None
