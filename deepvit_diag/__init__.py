@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from . import models  # registers the presets with timm
 from .analysis import analyze, compare
 from .capture import AttentionCapture, AttentionRecorder, extract_attention
-from .checkpoints import load_model, save_native
+from .checkpoints import convert, load_model, save_native
 from .errors import DiagError
 from .metrics import *  # noqa: F403  (the metrics' __all__)
 from .metrics import __all__ as _metrics_all
@@ -29,6 +29,7 @@ __all__ = [
     "analyze",
     "build_model",
     "compare",
+    "convert",
     "extract_attention",
     "load_model",
     "models",

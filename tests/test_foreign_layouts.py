@@ -18,7 +18,7 @@ import torch
 from conftest import sharp_timm_model
 from torch import nn
 
-from deepvit_diag import analyze, extract_attention, load_model
+from deepvit_diag import analyze, convert, extract_attention, load_model
 from deepvit_diag.checkpoints import GuessWarning
 
 SIZE, PATCH, WIDTH, HEADS, DEPTH = 32, 8, 64, 1, 2
@@ -203,3 +203,67 @@ def test_a_foreign_checkpoint_loads_as_its_original(layout, tmp_path):
     torch.testing.assert_close(capture.logits, original.output, atol=1e-5, rtol=0)
     torch.testing.assert_close(capture.pre, original.maps, atol=1e-5, rtol=0)
     assert analyze(model, x, progress=False, num_examples=1) is not None
+
+
+# ----------------------------------------------------------------------------- model objects
+
+
+def torchvision_object():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return sharpen(VisionTransformer(SIZE, PATCH, DEPTH, 2, WIDTH, 2 * WIDTH, num_classes=5)), lambda m, x: m(x)
+
+
+def open_clip_object():
+    return open_clip_model(quick_gelu=True), lambda m, x: m.encode_image(x)
+
+
+def hf_vit_object():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=4,
+        image_size=SIZE,
+        patch_size=PATCH,
+        num_labels=5,
+        hidden_act="gelu_pytorch_tanh",
+    )
+    return sharpen(ViTForImageClassification(config)), lambda m, x: m(pixel_values=x).logits
+
+
+def hf_clip_object():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=2,
+        image_size=SIZE,
+        patch_size=PATCH,
+        projection_dim=16,
+        hidden_act="gelu",
+    )
+    return sharpen(CLIPVisionModelWithProjection(config)), lambda m, x: m(pixel_values=x).image_embeds
+
+
+@pytest.mark.parametrize("make", [torchvision_object, open_clip_object, hf_vit_object, hf_clip_object])
+def test_convert_takes_model_objects_without_guessing(make):
+    """Heads (2 and 4: not timm's 64-wide guess), activation and eps come from the object itself."""
+    original, forward = make()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = convert(original)
+    assert not [w for w in caught if "guessed" in str(w.message)]
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), forward(original, x), atol=1e-5, rtol=0)
+    assert model.provenance["source"] == "object"
+
+
+def test_convert_returns_a_timm_model_as_it_is():
+    model = timm_fixture("vit_tiny_patch16_224")
+    assert convert(model) is model

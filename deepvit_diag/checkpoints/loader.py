@@ -352,6 +352,35 @@ def _architecture_of(
     return inference.arch, state_dict, fmt, notes + inference.notes
 
 
+def load_tensors(
+    state_dict: dict[str, Any], label: str, *, stated: dict[str, Any] | None = None, **overrides: Any
+) -> nn.Module:
+    """The model of a state dict in any layout ``load_model`` reads, as an eval-mode model with ``.arch`` and
+    ``.provenance`` (source ``"object"``); ``stated`` holds what the caller knows beyond the tensors (heads,
+    activation, eps), used as a Hugging Face config is."""
+    with _naming(label):
+        tensors, dropped = model_tensors(state_dict, detect_layout)
+        fmt = detect_layout(tensors)
+        converted, notes = to_our_keys(fmt, tensors)
+        inference = infer_arch(converted, fmt, hints=stated, label="the model object", overrides=overrides)
+    model = build_checked(inference.arch, converted, f"{label} ({fmt} layout)")
+    notes = dropped + notes + inference.notes
+    if notes:
+        warn_guesses(label, notes, stacklevel=3)
+    return _finish(
+        model,
+        spec=label,
+        source="object",
+        format=fmt,
+        path=None,
+        sha256=None,
+        entry=None,
+        card=None,
+        description=describe(label, "object", fmt, model.arch, None, model=model),
+        warnings=as_strings(notes),
+    )
+
+
 def _beside(path: Path, name: str) -> Path | None:
     """``name`` in ``path``'s folder, if it is a file there."""
     other = path.parent / name
