@@ -300,8 +300,15 @@ def _hint_option(option: Option) -> dict[str, Any]:
         spec["choices"] = list(option.choices)
     else:
         spec["metavar"] = option.metavar
-        spec["type"] = _int_at_least(option.minimum) if option.kind == "int" else _positive_number
+        spec["type"] = {"int": _int_at_least(option.minimum), "size": _image_size}.get(option.kind, _positive_number)
     return spec
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    """``N`` or ``HxW`` pixels (a non-square image: height x width)."""
+    height, _, width = text.lower().partition("x")
+    side = _int_at_least(1)
+    return (side(height), side(width)) if width else side(height)
 
 
 # What load_model takes beyond arch= (checkpoints.hints.OPTIONS): what the loader may guess, and what its

@@ -29,7 +29,8 @@ class Option:
 
     Attributes:
         key: timm's constructor name (``num_heads``).
-        kind: ``"int"`` (a whole number of at least ``minimum``), ``"number"`` (positive), ``"choice"``
+        kind: ``"int"`` (a whole number of at least ``minimum``), ``"size"`` (pixels: ``N`` or ``HxW``, an int or
+            (height, width)), ``"number"`` (positive), ``"choice"``
             (one of ``choices``) or ``"flag"`` (``--x`` / ``--no-x``).
         help: the CLI's help text; ``{suffix}`` becomes the option's per-model suffix.
     """
@@ -49,8 +50,9 @@ OPTIONS = (
     Option("mlp_ratio", "number", "MLP hidden width divided by the token width", metavar="R"),
     Option(
         "img_size",
-        "int",
-        "input resolution in pixels (e.g. 384 for a model fine-tuned at 384 px); see --resample-pos-embed{suffix}",
+        "size",
+        "input resolution in pixels, PX or HxW (e.g. 384 for a model fine-tuned at 384 px, 224x448 for a "
+        "non-square grid); see --resample-pos-embed{suffix}",
         metavar="PX",
     ),
     Option("patch_size", "int", "side of one patch in pixels", metavar="PX"),

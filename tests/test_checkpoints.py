@@ -145,11 +145,11 @@ def test_plain_timm_state_dict_round_trip(suffix, tiny_model, images, tmp_path):
     path = tmp_path / f"vit{suffix}"
     torch.save(model.state_dict(), path)
     with no_guesses():
-        loaded = load_model(path, num_heads=4)
+        loaded = load_model(path, num_heads=4, global_pool="token")
     assert torch.equal(logits(loaded, images), logits(model, images))
     assert loaded.provenance["format"] == "timm" and loaded.arch["family"] == "vit"
     with no_guesses():
-        from_dict = load_model(path, arch={"family": "vit", "kwargs": {"num_heads": 4}})
+        from_dict = load_model(path, arch={"family": "vit", "kwargs": {"num_heads": 4, "global_pool": "token"}})
     assert torch.equal(logits(from_dict, images), logits(model, images))
 
 

@@ -5,7 +5,7 @@ Layouts (docs/checkpoints.md):
 * ``official``: the official DeepViT keys (``blocks.N.attn.reatten_matrix``, ``var_norm``, CNN stem
   ``patch_embed.conv1``...), which are also the keys of ``DeepVisionTransformer``'s own state dict;
 * ``timm``: the keys of timm's ViT families (``VisionTransformer`` and the official ViT-NB baselines,
-  distilled DeiT, EVA, BEiT, CaiT, relative-position ViTs; ``inference.detect_family`` tells them apart);
+  distilled DeiT, EVA, BEiT, CaiT, relative-position ViTs; ``families.detect_family`` tells them apart);
 * ``lucidrains-vit`` / ``lucidrains-deepvit``: vit-pytorch's ``vit.py`` / ``deepvit.py``, renamed into
   ``DeepVisionTransformer`` with ``embed_layer="linear"`` and ``theta="param"``;
 * ``hf-vit`` / ``hf-deit`` / ``hf-dinov2``: Hugging Face ``transformers`` checkpoints, renamed into
@@ -41,6 +41,16 @@ OFFICIAL, TIMM, LUCIDRAINS_VIT, LUCIDRAINS_DEEPVIT, NATIVE = (
     "native",
 )
 DINOV2_HUB, DEIT3 = "dinov2-hub", "deit3"
+
+# Layouts whose models classify from (or output the features of) the class token: their pooling is no guess.
+CLASS_TOKEN_LAYOUTS = (
+    *huggingface.HF_LAYOUTS,
+    clip.OPENAI,
+    clip.HF_CLIP,
+    torchvision_vit.LAYOUT,
+    DINOV2_HUB,
+    DEIT3,
+)
 
 # Keys only DeepViT checkpoints have (official, or vit-pytorch converted to our keys).
 DEEPVIT_MARKERS = (".reatten_matrix.", ".reattn_weights", "patch_embed.conv1.", "patch_embed.layers.")
@@ -99,8 +109,9 @@ def detect_layout(sd: Tensors) -> str:
             return OFFICIAL
         if "register_tokens" in sd:
             return DINOV2_HUB
-        if all(k in sd for k in ("pos_embed", "blocks.0.gamma_1", "blocks.0.attn.qkv.bias")) and "rope.freqs" not in sd:
-            return DEIT3  # EVA keeps q_bias / v_bias; RoPE-ViTs with these keys have no pos_embed
+        deit3 = all(k in sd for k in ("pos_embed", "blocks.0.gamma_1", "blocks.0.attn.qkv.bias"))
+        if deit3 and not any(k in sd for k in ("rope.freqs", "blocks.0.attn.proj_l.weight")):
+            return DEIT3  # EVA keeps q_bias / v_bias, CaiT has talking heads; RoPE-ViTs with these keys lack pos_embed
         return TIMM
     first = ", ".join(list(sd)[:4]) or "none"
     raise DiagError(

@@ -59,7 +59,12 @@ ARGUMENT_RULES = {
         "one of gelu, gelu_tanh, quick_gelu, relu, silu",
     ),
     "norm_eps": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
-    "img_size": (lambda v: _ints([v], 1) and 1 <= v <= MAX_IMAGE_SIZE, f"a whole number from 1 to {MAX_IMAGE_SIZE}"),
+    "img_size": (
+        lambda v: (
+            (_ints([v], 1) and 1 <= v <= MAX_IMAGE_SIZE) or (_ints(v, 2) and 1 <= min(v) and max(v) <= MAX_IMAGE_SIZE)
+        ),
+        f"a whole number from 1 to {MAX_IMAGE_SIZE}, or two (height, width)",
+    ),
     "ref_feat_shape": (
         lambda v: v is None or (_ints(v, 2) and 1 <= min(v) and max(v) <= 1024),
         "two whole numbers up to 1024",

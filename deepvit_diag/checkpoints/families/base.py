@@ -133,6 +133,11 @@ def mlp_ratio(hidden: int, width: int) -> float:
     return ratio
 
 
+def is_paper_shape(values: dict[str, Any]) -> bool:
+    """The paper's ViT shape (width 384, MLP ratio 3, patch 16), which every official DeepViT/ViT-NB has."""
+    return all(values.get(k) == v for k, v in PAPER_VIT_SHAPE.items())
+
+
 def head_count_guess(reading: Reading, values: dict[str, Any], guess: Guess) -> None:
     """timm's convention: heads 64 wide, else the official 12."""
     inner = reading.inner_dim
@@ -143,12 +148,14 @@ def head_count_guess(reading: Reading, values: dict[str, Any], guess: Guess) -> 
 
 
 def pooling(reading: Reading, class_token: bool, fc_norm: bool) -> None:
-    """Average pooling without a class token or with a norm after pooling (timm's ``fc_norm`` rule);
-    otherwise the class token, a convention that a base's pooling replaces and that is announced."""
-    if fc_norm or not class_token:
+    """Average pooling without a class token; with one, timm's rule (``fc_norm`` exactly with average
+    pooling) is a convention, announced: both poolings fit the same tensors, with other logits."""
+    if not class_token:
         reading.kwargs["global_pool"] = "avg"
+    elif fc_norm:
+        reading.conventions.append(("global_pool", "avg", "timm's rule for a norm after pooling (fc_norm)"))
     else:
-        reading.conventions.append(("global_pool", "token", ""))
+        reading.conventions.append(("global_pool", "token", "timm's rule for a class token without fc_norm"))
 
 
 def square_side(count: int) -> int | None:

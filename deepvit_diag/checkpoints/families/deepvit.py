@@ -21,13 +21,13 @@ from ..layouts import DEEPVIT_MARKERS, LUCIDRAINS_DEEPVIT, LUCIDRAINS_VIT, block
 from .base import (
     COMMON_ARGUMENTS,
     OFFICIAL_HEADS,
-    PAPER_VIT_SHAPE,
     Family,
     Guess,
     Reading,
     Tensors,
     grid_from_positions,
     has_part,
+    is_paper_shape,
     mlp_ratio,
 )
 
@@ -93,7 +93,7 @@ def guess_heads(reading: Reading, values: dict[str, Any], layout: str, guess: Gu
     if layout == LUCIDRAINS_VIT:
         if inner % LUCIDRAINS_DIM_HEAD == 0:
             guess("num_heads", inner // LUCIDRAINS_DIM_HEAD, f"vit-pytorch's default dim_head={LUCIDRAINS_DIM_HEAD}")
-    elif all(values.get(k) == v for k, v in PAPER_VIT_SHAPE.items()):
+    elif is_paper_shape(values):
         guess("num_heads", OFFICIAL_HEADS, "")  # the paper's ViT shape: every official model has 12
     elif inner % OFFICIAL_HEADS == 0:
         guess("num_heads", OFFICIAL_HEADS, "every official DeepViT/ViT model has 12")

@@ -21,7 +21,6 @@ from .base import (
     ACTIVATIONS,
     COMMON_ARGUMENTS,
     OFFICIAL_HEADS,
-    PAPER_VIT_SHAPE,
     TIMM_EPS,
     Family,
     Guess,
@@ -30,6 +29,7 @@ from .base import (
     attention_width,
     grid_from_positions,
     head_count_guess,
+    is_paper_shape,
     mlp_ratio,
     pooling,
 )
@@ -112,7 +112,7 @@ def read_vit(sd: Tensors, family: str, extra_prefix: int, img_size: Any = None) 
 
 
 def guess_vit_heads(reading: Reading, values: dict[str, Any], layout: str, guess: Guess) -> None:
-    if all(values.get(k) == v for k, v in PAPER_VIT_SHAPE.items()):
+    if is_paper_shape(values):
         guess("num_heads", OFFICIAL_HEADS, "")  # the paper's ViT shape: every official model has 12
     elif reading.inner_dim in WIDE_HEADS:
         heads = WIDE_HEADS[reading.inner_dim]
@@ -121,7 +121,11 @@ def guess_vit_heads(reading: Reading, values: dict[str, Any], layout: str, guess
         head_count_guess(reading, values, guess)
 
 
-def clip_conventions(reading: Reading, values: dict[str, Any], layout: str, guess: Guess) -> None:
+def conventions(reading: Reading, values: dict[str, Any], layout: str, guess: Guess) -> None:
+    """The paper's ViT-NB shape pools the class token (every official model does); CLIP towers' eps and
+    activation."""
+    if is_paper_shape(values):
+        guess("global_pool", "token", "")
     if layout in (clip.OPENAI, clip.HF_CLIP):
         guess("norm_eps", CLIP_EPS, "")  # every CLIP tower's: torch's LayerNorm default
         guess("act_layer", "quick_gelu", "OpenAI CLIP's; open_clip towers not named *-quickgelu use 'gelu'")
@@ -145,7 +149,7 @@ FAMILY = Family(
     timm_name=lambda values: "vit_base_patch16_224",
     own_arch=True,
     guess_heads=guess_vit_heads,
-    conventions=clip_conventions,
+    conventions=conventions,
     defaults=DEFAULTS,
     built_values=built_vit_values,
 )
