@@ -9,9 +9,13 @@ documented mapping (their repositories are not packages).
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +26,8 @@ from deepvit_diag import analyze, convert, extract_attention, load_model
 from deepvit_diag.checkpoints import GuessWarning
 
 SIZE, PATCH, WIDTH, HEADS, DEPTH = 32, 8, 64, 1, 2
+README = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- layouts-table:start -->", "<!-- layouts-table:end -->"
 
 
 def images(count: int = 2) -> torch.Tensor:
@@ -171,38 +177,108 @@ def deit3_official(path):
     return original
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: each layout is measured once
 class Layout:
-    name: str
+    """One project's checkpoint: its row in the README, how it is saved, what a load needs and announces."""
+
+    project: str
     save: Callable  # save(path) -> Original
     file: str = "model.pth"
+    hints: dict = field(default_factory=dict)  # load_model arguments the file needs (none where it suffices)
     announced: tuple[str, ...] = ()  # fragments of the one warning
 
 
 LAYOUTS = [
-    Layout("torchvision", torchvision_vit, announced=("num_heads",)),
-    Layout("openai-clip", openai_clip, announced=("act_layer='quick_gelu'", "transformer", "--act-layer")),
-    Layout("open_clip-training", open_clip_training, announced=("dropped what is not the image tower",)),
-    Layout("hf-clip", hf_clip_vision, file="hf"),
-    Layout("dinov2-hub", dinov2_hub, announced=("mask_token",)),
-    Layout("deit3-official", deit3_official, announced=("no_embed_class=True",)),
+    Layout("torchvision `VisionTransformer`", torchvision_vit, announced=("num_heads",)),
+    Layout(
+        "OpenAI CLIP (full model, QuickGELU)",
+        openai_clip,
+        announced=("act_layer='quick_gelu'", "transformer", "--act-layer"),
+    ),
+    Layout(
+        "open_clip training checkpoint (GELU)",
+        open_clip_training,
+        hints={"act_layer": "gelu"},
+        announced=("dropped what is not the image tower",),
+    ),
+    Layout("Hugging Face `CLIPVisionModelWithProjection` folder", hf_clip_vision, file="hf"),
+    Layout("DINOv2 hub file with registers", dinov2_hub, announced=("mask_token",)),
+    Layout("DeiT III official (`gamma_1`, `gamma_2`)", deit3_official, announced=("no_embed_class=True",)),
 ]
-HINTS = {"open_clip-training": {"act_layer": "gelu"}}
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.name)
-def test_a_foreign_checkpoint_loads_as_its_original(layout, tmp_path):
-    original = layout.save(tmp_path / layout.file)
+@dataclass
+class Measurement:
+    logit_error: float  # against the original's output
+    map_error: float  # against the original's own maps
+    warning: str  # the load's one warning
+    analyzed: bool
+
+
+@functools.cache
+def measure(layout: Layout, root: Path) -> Measurement:
+    folder = root / str(LAYOUTS.index(layout))
+    folder.mkdir()
+    original = layout.save(folder / layout.file)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(tmp_path / layout.file, **HINTS.get(layout.name, {}))
+        model = load_model(folder / layout.file, **layout.hints)
     notes = [str(w.message) for w in caught if issubclass(w.category, GuessWarning)]
-    assert len(notes) <= 1 and all(fragment in " ".join(notes) for fragment in layout.announced), notes
+    assert len(notes) <= 1, notes
     x = images()
     capture = extract_attention(model, x)
-    torch.testing.assert_close(capture.logits, original.output, atol=1e-5, rtol=0)
-    torch.testing.assert_close(capture.pre, original.maps, atol=1e-5, rtol=0)
-    assert analyze(model, x, progress=False, num_examples=1) is not None
+    return Measurement(
+        logit_error=(capture.logits - original.output).abs().max().item(),
+        map_error=(capture.pre - original.maps).abs().max().item(),
+        warning=" ".join(notes),
+        analyzed=analyze(model, x, progress=False, num_examples=1) is not None,
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("layouts")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: layout.project)
+def test_a_foreign_checkpoint_loads_as_its_original(layout, root):
+    measured = measure(layout, root)
+    assert measured.logit_error <= 1e-5 and measured.map_error <= 1e-5 and measured.analyzed
+    assert all(fragment in measured.warning for fragment in layout.announced), measured.warning
+
+
+def readme_table(root: Path) -> str:
+    """The "Checkpoints of other projects" table, from the measurements."""
+    rows = [
+        "| checkpoint | logits and maps (equal to the original's within 1e-5) | loads with | guessed and announced |",
+        "|---|---|---|---|",
+    ]
+    for layout in LAYOUTS:
+        measured = measure(layout, root)
+        equal = "equal" if max(measured.logit_error, measured.map_error) <= 1e-5 else "NOT EQUAL"
+        load = "the file + " + ", ".join(f"`--{k.replace('_', '-')} {v}`" for k, v in layout.hints.items())
+        guessed = re.findall(r"guessed (\w+)", measured.warning) + (
+            ["dropped"] if "dropped" in measured.warning else []
+        )
+        load = load if layout.hints else "the file alone"
+        rows.append(f"| {layout.project} | {equal} | {load} | {', '.join(guessed) or '-'} |")
+    return "\n".join(rows)
+
+
+@pytest.mark.slow
+def test_readme_layouts_table_is_what_the_tests_measure(root):
+    table = readme_table(root)
+    text = README.read_text()
+    pattern = re.compile(re.escape(TABLE_START) + r"\n(.*?)" + re.escape(TABLE_END), re.S)
+    match = pattern.search(text)
+    assert match, f"README.md lacks the {TABLE_START} ... {TABLE_END} markers"
+    if os.environ.get("DEEPVIT_DIAG_WRITE_README") == "1":
+        README.write_text(text[: match.start(1)] + table + "\n" + text[match.end(1) :])
+        return
+    assert match.group(1) == table + "\n", (
+        "README.md's layouts table differs from what the tests measure; rewrite it with "
+        "DEEPVIT_DIAG_WRITE_README=1 python -m pytest tests/test_foreign_layouts.py -k readme"
+    )
 
 
 # ----------------------------------------------------------------------------- model objects
