@@ -10,7 +10,6 @@ documented mapping (their repositories are not packages).
 from __future__ import annotations
 
 import functools
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -19,15 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import sharp_timm_model
+from conftest import check_readme_table, sharp_timm_model
 from torch import nn
 
 from deepvit_diag import analyze, convert, extract_attention, load_model
 from deepvit_diag.checkpoints import GuessWarning
 
 SIZE, PATCH, WIDTH, HEADS, DEPTH = 32, 8, 64, 1, 2
-README = Path(__file__).resolve().parent.parent / "README.md"
-TABLE_START, TABLE_END = "<!-- layouts-table:start -->", "<!-- layouts-table:end -->"
 
 
 def images(count: int = 2) -> torch.Tensor:
@@ -267,18 +264,7 @@ def readme_table(root: Path) -> str:
 
 @pytest.mark.slow
 def test_readme_layouts_table_is_what_the_tests_measure(root):
-    table = readme_table(root)
-    text = README.read_text()
-    pattern = re.compile(re.escape(TABLE_START) + r"\n(.*?)" + re.escape(TABLE_END), re.S)
-    match = pattern.search(text)
-    assert match, f"README.md lacks the {TABLE_START} ... {TABLE_END} markers"
-    if os.environ.get("DEEPVIT_DIAG_WRITE_README") == "1":
-        README.write_text(text[: match.start(1)] + table + "\n" + text[match.end(1) :])
-        return
-    assert match.group(1) == table + "\n", (
-        "README.md's layouts table differs from what the tests measure; rewrite it with "
-        "DEEPVIT_DIAG_WRITE_README=1 python -m pytest tests/test_foreign_layouts.py -k readme"
-    )
+    check_readme_table("layouts", readme_table(root), "tests/test_foreign_layouts.py")
 
 
 # ----------------------------------------------------------------------------- model objects

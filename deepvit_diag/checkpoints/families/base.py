@@ -19,6 +19,7 @@ from timm.layers import QuickGELU
 from torch import nn
 
 from ...errors import DiagError
+from ..layouts import block_count
 
 Tensors = dict[str, torch.Tensor]
 # ``guess(key, value, reason)``: use ``value`` for ``key`` unless the caller, a base or the tensors set it;
@@ -111,6 +112,25 @@ class Family:
     conventions: Callable[[Reading, dict[str, Any], str, Guess], None] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     built_values: Callable[[nn.Module], dict[str, Any]] | None = None
+
+
+def shared_arguments(sd: Tensors) -> dict[str, Any]:
+    """What the tensors of every timm ViT family say alike: width, depth, patch, channels, classes, MLP ratio."""
+    proj = sd["patch_embed.proj.weight"]
+    return {
+        "embed_dim": proj.shape[0],
+        "depth": block_count(sd),
+        "patch_size": proj.shape[-1],
+        "in_chans": proj.shape[1],
+        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+        "mlp_ratio": mlp_ratio(sd["blocks.0.mlp.fc2.weight"].shape[1], proj.shape[0]),
+    }
+
+
+def q_norm_width(sd: Tensors, block: str) -> int | None:
+    """The head width ``q_norm`` holds (qk-norm), else None."""
+    key = block + "attn.q_norm.weight"
+    return sd[key].shape[0] if key in sd else None
 
 
 def has_part(keys: Iterable[str], *parts: str) -> bool:

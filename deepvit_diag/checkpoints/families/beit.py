@@ -9,7 +9,6 @@ from typing import Any
 
 from timm.models.beit import Attention, Beit
 
-from ..layouts import block_count
 from .base import (
     COMMON_ARGUMENTS,
     Family,
@@ -18,24 +17,17 @@ from .base import (
     attention_width,
     grid_from_table,
     has_part,
-    mlp_ratio,
     pooling,
+    shared_arguments,
 )
 
 
 def read(sd: Tensors, in_chans: int | None, img_size: Any) -> Reading:
-    proj = sd["patch_embed.proj.weight"]
-    embed_dim, block = proj.shape[0], "blocks.0."
+    block = "blocks.0."
     shared = "rel_pos_bias.relative_position_bias_table" in sd
     table = sd[("rel_pos_bias." if shared else block + "attn.") + "relative_position_bias_table"]
     fc_norm = "fc_norm.weight" in sd
-    kw: dict[str, Any] = {
-        "embed_dim": embed_dim,
-        "depth": block_count(sd),
-        "patch_size": proj.shape[-1],
-        "in_chans": proj.shape[1],
-        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "mlp_ratio": mlp_ratio(sd[block + "mlp.fc2.weight"].shape[1], embed_dim),
+    kw = shared_arguments(sd) | {
         "qkv_bias": block + "attn.q_bias" in sd,
         "init_values": 1.0 if block + "gamma_1" in sd else None,
         "swiglu_mlp": block + "mlp.fc1_g.weight" in sd,

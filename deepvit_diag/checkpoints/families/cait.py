@@ -8,20 +8,15 @@ from typing import Any
 from timm.models.cait import Cait, ClassAttn, TalkingHeadAttn
 
 from ..layouts import block_count
-from .base import COMMON_ARGUMENTS, Family, Reading, Tensors, grid_from_positions, has_part, mlp_ratio
+from .base import COMMON_ARGUMENTS, Family, Reading, Tensors, grid_from_positions, has_part, mlp_ratio, shared_arguments
 
 
 def read(sd: Tensors, in_chans: int | None, img_size: Any) -> Reading:
-    proj = sd["patch_embed.proj.weight"]
-    embed_dim, block = proj.shape[0], "blocks.0."
+    block = "blocks.0."
     depth_token_only = block_count(sd, "blocks_token_only")
-    kw: dict[str, Any] = {
-        "embed_dim": embed_dim,
-        "depth": block_count(sd),
-        "patch_size": proj.shape[-1],
-        "in_chans": proj.shape[1],
-        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "mlp_ratio": mlp_ratio(sd[block + "mlp.fc2.weight"].shape[1], embed_dim),
+    kw = shared_arguments(sd)
+    embed_dim = kw["embed_dim"]
+    kw |= {
         "qkv_bias": block + "attn.qkv.bias" in sd,
         "depth_token_only": depth_token_only,
         "mlp_ratio_token_only": mlp_ratio(sd["blocks_token_only.0.mlp.fc2.weight"].shape[1], embed_dim)

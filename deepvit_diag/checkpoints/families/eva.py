@@ -11,7 +11,6 @@ from timm.layers import AttentionRope
 from timm.models.eva import Eva, EvaAttention
 from torch import nn
 
-from ..layouts import block_count
 from .base import (
     COMMON_ARGUMENTS,
     Family,
@@ -20,25 +19,19 @@ from .base import (
     attention_width,
     grid_from_positions,
     has_part,
-    mlp_ratio,
     pooling,
+    q_norm_width,
+    shared_arguments,
 )
 
 
 def read(sd: Tensors, in_chans: int | None, img_size: Any) -> Reading:
-    proj = sd["patch_embed.proj.weight"]
-    embed_dim, block = proj.shape[0], "blocks.0."
+    block = "blocks.0."
     hidden = sd[block + "mlp.fc2.weight"].shape[1]
     class_token, fc_norm = "cls_token" in sd, "fc_norm.weight" in sd
     reg_tokens = sd["reg_token"].shape[1] if "reg_token" in sd else 0
-    head_width = sd[block + "attn.q_norm.weight"].shape[0] if block + "attn.q_norm.weight" in sd else None
-    kw: dict[str, Any] = {
-        "embed_dim": embed_dim,
-        "depth": block_count(sd),
-        "patch_size": proj.shape[-1],
-        "in_chans": proj.shape[1],
-        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "mlp_ratio": mlp_ratio(hidden, embed_dim),
+    head_width = q_norm_width(sd, block)
+    kw = shared_arguments(sd) | {
         "class_token": class_token,
         "num_reg_tokens": reg_tokens,
         "qkv_fused": block + "attn.qkv.weight" in sd,

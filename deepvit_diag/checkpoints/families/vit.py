@@ -16,7 +16,6 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .. import clip
-from ..layouts import block_count
 from .base import (
     ACTIVATIONS,
     COMMON_ARGUMENTS,
@@ -30,8 +29,9 @@ from .base import (
     grid_from_positions,
     head_count_guess,
     is_paper_shape,
-    mlp_ratio,
     pooling,
+    q_norm_width,
+    shared_arguments,
 )
 
 CLIP_EPS = 1e-5
@@ -72,20 +72,9 @@ DEFAULTS = {
 def read_vit(sd: Tensors, family: str, extra_prefix: int, img_size: Any = None) -> Reading:
     """A ``VisionTransformer``'s arguments (``extra_prefix``: tokens beyond class and registers, such as
     DeiT's distillation token); ``img_size`` settles a grid the positions leave open."""
-    proj = sd["patch_embed.proj.weight"]
-    embed_dim = proj.shape[0]
     block = "blocks.0."
-    kw: dict[str, Any] = {
-        "embed_dim": embed_dim,
-        "depth": block_count(sd),
-        "patch_size": proj.shape[-1],
-        "in_chans": proj.shape[1],
-        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "mlp_ratio": mlp_ratio(sd[block + "mlp.fc2.weight"].shape[1], embed_dim),
-    }
-    reading = Reading(family, kw, attention_width(sd, block))
-    if block + "attn.q_norm.weight" in sd:
-        reading.head_width = sd[block + "attn.q_norm.weight"].shape[0]
+    kw = shared_arguments(sd)
+    reading = Reading(family, kw, attention_width(sd, block), head_width=q_norm_width(sd, block))
     class_token, fc_norm = "cls_token" in sd, "fc_norm.weight" in sd
     reg_tokens = sd["reg_token"].shape[1] if "reg_token" in sd else 0
     kw.update(

@@ -9,24 +9,16 @@ from typing import Any
 
 from timm.models.vision_transformer_relpos import RelPosAttention, VisionTransformerRelPos
 
-from ..layouts import block_count
-from .base import COMMON_ARGUMENTS, Family, Reading, Tensors, grid_from_table, mlp_ratio, pooling
+from .base import COMMON_ARGUMENTS, Family, Reading, Tensors, grid_from_table, pooling, q_norm_width, shared_arguments
 
 
 def read(sd: Tensors, in_chans: int | None, img_size: Any) -> Reading:
-    proj = sd["patch_embed.proj.weight"]
-    embed_dim, block = proj.shape[0], "blocks.0."
+    block = "blocks.0."
     shared = any(k.startswith("shared_rel_pos.") for k in sd)
     rel = "shared_rel_pos." if shared else block + "attn.rel_pos."
     class_token, fc_norm = "cls_token" in sd, "fc_norm.weight" in sd
-    head_width = sd[block + "attn.q_norm.weight"].shape[0] if block + "attn.q_norm.weight" in sd else None
-    kw: dict[str, Any] = {
-        "embed_dim": embed_dim,
-        "depth": block_count(sd),
-        "patch_size": proj.shape[-1],
-        "in_chans": proj.shape[1],
-        "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-        "mlp_ratio": mlp_ratio(sd[block + "mlp.fc2.weight"].shape[1], embed_dim),
+    head_width = q_norm_width(sd, block)
+    kw = shared_arguments(sd) | {
         "class_token": class_token,
         "qkv_bias": block + "attn.qkv.bias" in sd,
         "qk_norm": head_width is not None,
