@@ -376,3 +376,9 @@ def test_vit_huge_widths_get_timm_s_16_heads(tmp_path):
     torch.save(model.state_dict(), path)
     reloaded, note = load_announced(path)
     assert reloaded.blocks[0].attn.num_heads == 16 and "timm's ViT of width 1280 has 16 heads" in note
+
+
+def test_a_refusal_at_another_image_size_names_dynamic_img_size(tmp_path):
+    model = tiny("vit_tiny_patch16_224", patch_size=8, embed_dim=64, num_heads=1)
+    with pytest.raises(DiagError, match=r"expects \(3, 32, 32\); .*dynamic_img_size=True \(--dynamic-img-size\)"):
+        analyze(model, images(size=48), progress=False, num_examples=1)

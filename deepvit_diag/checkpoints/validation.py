@@ -72,7 +72,7 @@ ARGUMENT_RULES = {
     "attn_type": (lambda v: v in ("eva", "rope"), "one of eva, rope"),
     "rope_type": (lambda v: v in ("cat", "mixed"), "one of cat, mixed"),
     "rel_pos_type": (lambda v: v in ("mlp", "mlp_swin", "bias"), "one of mlp, mlp_swin, bias"),
-    "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max"), "one of token, avg, avgmax, max"),
+    "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max", "map"), "one of token, avg, avgmax, max, map"),
 }
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")

@@ -90,7 +90,10 @@ def read_vit(sd: Tensors, family: str, extra_prefix: int, img_size: Any = None) 
         fc_norm=fc_norm,
         final_norm="norm.weight" in sd or fc_norm,  # timm keeps one of norm / fc_norm under final_norm
     )
-    pooling(reading, class_token, fc_norm)
+    if "attn_pool.latent" in sd:  # attention pooling (SigLIP): a latent query attends over the tokens
+        kw["global_pool"] = "map"
+    else:
+        pooling(reading, class_token, fc_norm)
     prefix = int(class_token) + reg_tokens + extra_prefix
     grid, no_embed_class, doubt = grid_from_positions(
         sd["pos_embed"].shape[1], prefix, may_skip_prefix=True, img_size=img_size, patch_size=kw["patch_size"]
