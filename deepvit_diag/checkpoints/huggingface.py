@@ -73,7 +73,7 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-_BACKBONES = ("vit.", "deit.", "dinov2.")
+_BACKBONES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.")
 _PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
 
 # Per-block key (after the backbone prefix and "encoder.layer.N." / "layers.N.") -> timm's.
@@ -145,6 +145,8 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
             out["dist_token" if with_teacher else "reg_token"] = tensor
         elif name == "embeddings.mask_token":
             continue
+        elif name == "embeddings.register_tokens":
+            out["reg_token"] = tensor
         elif key.startswith(("cls_classifier.", "classifier.")) and layout != HF_DINOV2:
             out["head." + key.split(".", 1)[1]] = tensor
         elif key.startswith("distillation_classifier."):
@@ -159,6 +161,11 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
         if any(part is None for part in parts):
             raise DiagError(f"block {index} lacks its query, key or value {suffix} (a damaged Hugging Face file?)")
         out[f"blocks.{index}.attn.qkv.{suffix}"] = torch.cat(parts)
+    if "reg_token" in out and "cls_token" in out and "pos_embed" in out:
+        # DINOv2 with registers adds the class token's position before inserting the registers, which carry none:
+        # timm's no_embed_class layout once that position is added to the class token.
+        out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+        out["pos_embed"] = out["pos_embed"][:, 1:]
     return out, [Message(note) for note in (_DINOV2_CLASSIFIER, _POOLER) if note in dropped]
 
 
@@ -196,15 +203,41 @@ def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, 
     return kwargs, "its config.json", []
 
 
-def folder_files(folder: Path) -> tuple[Path, Path | None]:
-    """The weights file of a Hugging Face model folder and its ``config.json`` (None when absent)."""
+def folder_files(folder: Path) -> tuple[list[Path], Path | None]:
+    """The weights files of a Hugging Face model folder (one, or the shards its index names) and its
+    ``config.json`` (None when absent)."""
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-    if weights is None:
-        if (folder / "model.safetensors.index.json").is_file():
-            raise DiagError(f"{folder} holds a sharded checkpoint; deepvit-diag reads one weights file")
-        raise DiagError(f"{folder} is a folder without {' or '.join(WEIGHT_FILES)}: not a Hugging Face model folder")
     config = folder / CONFIG_FILE
-    return weights, config if config.is_file() else None
+    config_path = config if config.is_file() else None
+    if weights is not None:
+        return [weights], config_path
+    index = next(
+        (folder / f"{name}.index.json" for name in WEIGHT_FILES if (folder / f"{name}.index.json").is_file()), None
+    )
+    if index is None:
+        raise DiagError(
+            f"{folder} is a folder without {' or '.join(WEIGHT_FILES)} or a sharded index of them: not a Hugging Face "
+            "model folder"
+        )
+    return _shards(index), config_path
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` maps tensors to: plain names in its own folder, each present."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DiagError(f"{index} is not a readable shard index: {err}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise DiagError(f"{index} has no weight_map of tensor names to shard files")
+    names = sorted(set(weight_map.values()), key=str)
+    bad = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")), None)
+    if bad is not None:
+        raise DiagError(f"{index} names a shard {bad!r} outside its folder")
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise DiagError(f"{index} names shards that are not in the folder: {', '.join(missing[:3])}")
+    return [index.parent / n for n in names]
 
 
 def read_config(path: Path) -> dict[str, Any]:

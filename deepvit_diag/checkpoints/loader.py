@@ -24,6 +24,7 @@ what else is read.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import socket
 import threading
@@ -279,8 +280,11 @@ def _load_checked_file(
 ) -> nn.Module:
     config_path = None
     if path.is_dir():  # a Hugging Face model folder
-        path, config_path = huggingface.folder_files(path)
-    raw = read_checkpoint(path, key)
+        shards, config_path = huggingface.folder_files(path)
+        raw = _read_shards(path, shards, key) if len(shards) > 1 else read_checkpoint(shards[0], key)
+        path = shards[0] if len(shards) == 1 else path
+    else:
+        raw = read_checkpoint(path, key)
     if raw.native and arch is not None:
         warnings.warn(
             f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
@@ -379,6 +383,20 @@ def load_tensors(
         description=describe(label, "object", fmt, model.arch, None, model=model),
         warnings=as_strings(notes),
     )
+
+
+def _read_shards(folder: Path, shards: list[Path], key: str | None) -> RawCheckpoint:
+    """The tensors of a sharded Hugging Face checkpoint, merged; its digest is that of the shards' digests."""
+    merged: dict[str, Any] = {}
+    digests = []
+    for shard in shards:
+        raw = read_checkpoint(shard, key)
+        clash = next((k for k in raw.state_dict if k in merged), None)
+        if clash is not None:
+            raise DiagError(f"{folder}: tensor {clash} is in more than one shard")
+        merged.update(raw.state_dict)
+        digests.append(raw.sha256)
+    return RawCheckpoint(folder, hashlib.sha256("".join(digests).encode()).hexdigest(), merged)
 
 
 def _beside(path: Path, name: str) -> Path | None:
