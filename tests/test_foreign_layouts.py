@@ -131,6 +131,26 @@ def hf_clip_vision(path):
     return Original(out.image_embeds, torch.stack(out.attentions))
 
 
+def hf_siglip_vision(path):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        image_size=SIZE,
+        patch_size=PATCH,
+        attn_implementation="eager",
+    )
+    model = sharpen(SiglipVisionModel(config))
+    path.mkdir()
+    model.save_pretrained(path)
+    with torch.no_grad():
+        out = model(pixel_values=images(), output_attentions=True)
+    return Original(out.pooler_output, torch.stack(out.attentions))
+
+
 def timm_fixture(name: str, **kwargs):
     return sharp_timm_model(
         name, img_size=SIZE, patch_size=PATCH, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, num_classes=5, **kwargs
@@ -199,6 +219,7 @@ LAYOUTS = [
         announced=("dropped what is not the image tower",),
     ),
     Layout("Hugging Face `CLIPVisionModelWithProjection` folder", hf_clip_vision, file="hf"),
+    Layout("Hugging Face `SiglipVisionModel` folder (attention pooling)", hf_siglip_vision, file="hf"),
     Layout("DINOv2 hub file with registers", dinov2_hub, announced=("mask_token",)),
     Layout("DeiT III official (`gamma_1`, `gamma_2`)", deit3_official, announced=("no_embed_class=True",)),
 ]

@@ -18,6 +18,10 @@ Hugging Face: ``embeddings.class_embedding``, ``embeddings.patch_embedding``,
 (stacked into ``qkv``), ``out_proj``, ``layer_norm1/2``, ``mlp.fc1/2``, ``post_layernorm``, and
 ``visual_projection.weight`` (E, D) as the head. The text tower, ``logit_scale`` and ``position_ids`` are
 dropped (announced). The image embedding is then the model's output: ``ln_post(x[:, 0]) @ proj``.
+Hugging Face SigLIP (``SiglipVisionModel``, ``SiglipModel``) has no class token and pools with attention:
+``head.probe`` -> ``attn_pool.latent``, ``head.attention.in_proj_*`` split into ``attn_pool.q`` and
+``attn_pool.kv``, ``out_proj`` -> ``attn_pool.proj``, ``head.layernorm`` -> ``attn_pool.norm``, ``head.mlp``
+-> ``attn_pool.mlp`` (timm's ``global_pool='map'``); its output is the pooled embedding.
 Activation: OpenAI's towers use QuickGELU, open_clip's mostly GELU (names ending in ``-quickgelu``
 excepted): the guess is announced (``act_layer=``); a Hugging Face ``config.json`` says it.
 """
@@ -30,7 +34,7 @@ from ..errors import DiagError
 from ..hints import Message
 from .keys import Tensors, renamed, renames
 
-OPENAI, HF_CLIP = "openai-clip", "hf-clip"
+OPENAI, HF_CLIP, HF_SIGLIP = "openai-clip", "hf-clip", "hf-siglip"
 _VISUAL, _HF_VISUAL = "visual.", "vision_model."
 _OPENAI_BLOCK = r"^transformer\.resblocks\.(\d+)\."
 _OPENAI_RENAMES = renames(
@@ -62,16 +66,28 @@ _HF_RENAMES = renames(
     ]
 )
 _HF_QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
+# SigLIP's attention-pooling head -> timm's AttentionPoolLatent (``global_pool='map'``).
+_SIGLIP_RENAMES = renames(
+    [
+        (r"^embeddings\.position_embedding\.weight$", "pos_embed"),
+        (r"^head\.probe$", "attn_pool.latent"),
+        (r"^head\.attention\.out_proj\.", "attn_pool.proj."),
+        (r"^head\.layernorm\.", "attn_pool.norm."),
+        (r"^head\.mlp\.", "attn_pool.mlp."),
+    ]
+)
 
 
 def detect(sd: Tensors) -> str | None:
-    """``OPENAI`` or ``HF_CLIP`` where ``sd`` holds a CLIP image tower, else None."""
+    """``OPENAI``, ``HF_CLIP`` or ``HF_SIGLIP`` where ``sd`` holds a CLIP or SigLIP image tower, else None."""
     if any(key in sd for key in ("visual.conv1.weight", "conv1.weight")) and any(
         key in sd for key in ("visual.class_embedding", "class_embedding")
     ):
         return OPENAI
     if f"{_HF_VISUAL}embeddings.class_embedding" in sd or "embeddings.class_embedding" in sd:
         return HF_CLIP
+    if any(k in sd for k in (f"{_HF_VISUAL}embeddings.patch_embedding.weight", "embeddings.patch_embedding.weight")):
+        return HF_SIGLIP
     return None
 
 
@@ -82,14 +98,20 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
         prefix = ""
     tower = {key[len(prefix) :]: tensor for key, tensor in sd.items() if key.startswith(prefix)}
     projection = sd.get("visual_projection.weight") if layout == HF_CLIP else tower.pop("proj", None)
-    left = sorted(
-        {key.split(".", 1)[0] for key in sd if not key.startswith(prefix) and key != "visual_projection.weight"}
-    )
     if layout == OPENAI:
         out = renamed(tower, _OPENAI_RENAMES)
         cls, positions = out.pop("class_embedding"), out.pop("positional_embedding")
         if projection is not None:
             projection = projection.T
+    elif layout == HF_SIGLIP:  # no class token: positions for the patches alone, attention pooling
+        tower.pop("embeddings.position_ids", None)
+        out = _stacked_qkv(renamed(renamed(tower, _SIGLIP_RENAMES), _HF_RENAMES))
+        width = out["pos_embed"].shape[-1]
+        for part in ("weight", "bias"):
+            packed = out.pop(f"head.attention.in_proj_{part}")
+            out[f"attn_pool.q.{part}"], out[f"attn_pool.kv.{part}"] = packed[:width], packed[width:]
+        out["pos_embed"] = out["pos_embed"].unsqueeze(0)
+        return out, _dropped_note(sd, prefix)
     else:
         tower.pop("embeddings.position_ids", None)
         out = _stacked_qkv(renamed(tower, _HF_RENAMES))
@@ -100,8 +122,17 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
     if projection is not None:  # the image embedding: a linear map without bias
         out["head.weight"] = projection.contiguous()
         out["head.bias"] = torch.zeros(projection.shape[0], dtype=projection.dtype)
-    notes = [Message(f"dropped what is not the image tower: {', '.join(left)}")] if left else []
-    return out, notes
+    return out, _dropped_note(sd, prefix)
+
+
+def _dropped_note(sd: Tensors, prefix: str) -> list[Message]:
+    """What the file held beside the image tower (the text tower, ``logit_scale``), announced."""
+    if not prefix:
+        return []
+    left = sorted(
+        {key.split(".", 1)[0] for key in sd if not key.startswith(prefix) and key != "visual_projection.weight"}
+    )
+    return [Message(f"dropped what is not the image tower: {', '.join(left)}")] if left else []
 
 
 def _stacked_qkv(sd: Tensors) -> Tensors:

@@ -59,10 +59,10 @@ Tensors = dict[str, torch.Tensor]
 HF_VIT, HF_DEIT, HF_DINOV2 = "hf-vit", "hf-deit", "hf-dinov2"
 HF_LAYOUTS = (HF_VIT, HF_DEIT, HF_DINOV2)
 # Layouts whose config.json is read (CLIP's image tower converts in ``clip``).
-CONFIG_LAYOUTS = (*HF_LAYOUTS, clip.HF_CLIP)
+CONFIG_LAYOUTS = (*HF_LAYOUTS, clip.HF_CLIP, clip.HF_SIGLIP)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_FILE = "config.json"
-DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6, clip.HF_CLIP: 1e-5}
+DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6, clip.HF_CLIP: 1e-5, clip.HF_SIGLIP: 1e-6}
 # transformers' hidden_act names -> timm's act_layer names.
 ACTIVATIONS = {
     "gelu": "gelu",

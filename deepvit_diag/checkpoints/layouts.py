@@ -128,7 +128,7 @@ def to_our_keys(layout: str, sd: Tensors) -> tuple[Tensors, list[Message]]:
         return convert_lucidrains(sd), []
     if layout in huggingface.HF_LAYOUTS:
         return huggingface.convert(sd, layout)
-    if layout in (clip.OPENAI, clip.HF_CLIP):
+    if layout in (clip.OPENAI, clip.HF_CLIP, clip.HF_SIGLIP):
         return clip.convert(sd, layout)
     if layout == torchvision_vit.LAYOUT:
         return torchvision_vit.convert(sd)

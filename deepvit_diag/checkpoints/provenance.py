@@ -18,6 +18,7 @@ FORMAT_WORDS = {
     "hf-deit": "Hugging Face DeiT checkpoint",
     "hf-dinov2": "Hugging Face DINOv2 checkpoint",
     "hf-clip": "Hugging Face CLIP image tower",
+    "hf-siglip": "Hugging Face SigLIP image tower",
     "openai-clip": "CLIP image tower (OpenAI / open_clip)",
     "torchvision": "torchvision ViT checkpoint",
     "dinov2-hub": "DINOv2 hub checkpoint",

@@ -6,7 +6,7 @@ training uses (docs/checkpoints.md, "Training checkpoints").
   (MoCo v3, beside ``momentum_encoder.`` and ``predictor.``), ``encoder.``, ``model.`` (PyTorch Lightning);
   the prefix is taken when the tensors under it alone are a ViT in a known layout;
 * training-only tensors, dropped: ``mask_token`` (masked image modelling), MAE's decoder (``decoder_*``),
-  projection heads (DINO's ``head.mlp.*`` / ``head.last_layer.*``, MoCo's ``head.N.*``), and BEiT's
+  projection heads (DINO's ``head.mlp.N.*`` / ``head.last_layer.*``, MoCo's ``head.N.*``), and BEiT's
   ``relative_position_index`` buffers, which timm computes itself.
 
 Whatever is dropped is announced in one line, with the reason.
@@ -30,7 +30,7 @@ BACKBONE_PREFIXES = ("backbone.", "base_encoder.", "encoder.", "model.")
 TRAINING_ONLY = (
     (re.compile(r"^mask_token$"), "the mask token of masked image modelling"),
     (re.compile(r"^decoder[_.]"), "MAE's decoder"),
-    (re.compile(r"^head\.(mlp|last_layer|\d+)\."), "a self-supervised projection head"),
+    (re.compile(r"^head\.(mlp\.\d+|last_layer|\d+)\."), "a self-supervised projection head"),
     (re.compile(r"(^|\.)relative_position_index$"), "relative-position index buffers (timm computes them)"),
 )
 

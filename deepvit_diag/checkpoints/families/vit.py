@@ -121,6 +121,8 @@ def conventions(reading: Reading, values: dict[str, Any], layout: str, guess: Gu
     if layout in (clip.OPENAI, clip.HF_CLIP):
         guess("norm_eps", CLIP_EPS, "")  # every CLIP tower's: torch's LayerNorm default
         guess("act_layer", "quick_gelu", "OpenAI CLIP's; open_clip towers not named *-quickgelu use 'gelu'")
+    elif layout == clip.HF_SIGLIP:
+        guess("act_layer", "gelu_tanh", "SigLIP's gelu_pytorch_tanh")
     elif values.get("pre_norm"):
         guess("norm_eps", CLIP_EPS, "CLIP's convention for pre-norm ViTs")
         guess("act_layer", "gelu", "OpenCLIP's; OpenAI's CLIP image towers use 'quick_gelu'")
