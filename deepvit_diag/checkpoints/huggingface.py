@@ -112,6 +112,11 @@ _OTHER_RENAMES = {
 def detect(sd: Tensors) -> str | None:
     """The Hugging Face layout of ``sd``'s keys, or None."""
     backbone = {_strip(key) for key in sd}
+    if any(key.startswith("embeddings.patch_embeddings.backbone.") for key in backbone):
+        raise DiagError(
+            "a Hugging Face ViT-hybrid: a convolutional backbone (BiT) makes its patch tokens, which no layout "
+            "deepvit-diag reads converts; timm's vit_base_r50_s16_384 is that model with timm's keys"
+        )
     if _PATCH_KEY not in backbone:
         return None
     if "embeddings.distillation_token" in backbone:

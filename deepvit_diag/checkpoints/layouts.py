@@ -96,6 +96,11 @@ def block_count(keys: Iterable[str], blocks: str = "blocks") -> int:
 def detect_layout(sd: Tensors) -> str:
     """Which layout the keys are in (see the module's docstring)."""
     if "to_patch_embedding.2.weight" in sd and "transformer.layers.0.0.to_qkv.weight" in sd:
+        if "pos_embedding" not in sd:
+            raise DiagError(
+                "a vit-pytorch SimpleViT: its 2-D sine-cosine position embedding is computed, not stored in the "
+                "file, and no layout deepvit-diag reads builds it; save a vit-pytorch ViT or DeepViT instead"
+            )
         return LUCIDRAINS_DEEPVIT if any(k.endswith(".reattn_weights") for k in sd) else LUCIDRAINS_VIT
     foreign = huggingface.detect(sd) or clip.detect(sd)
     if foreign is not None:
