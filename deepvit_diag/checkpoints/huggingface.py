@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` ViT, DeiT and DINOv2 checkpoints, converted to timm's keys without
+"""Hugging Face ``transformers`` ViT, DeiT, DINOv2 (with registers) and BEiT / Data2VecVision checkpoints,
+converted to timm's keys without
 ``transformers`` (docs/checkpoints.md, "Hugging Face layouts").
 
 A checkpoint is a folder with ``model.safetensors`` (or ``pytorch_model.bin``) and usually a
@@ -27,6 +28,13 @@ Hugging Face                                                       timm
 ``cls_classifier.*`` / ``distillation_classifier.*`` (DeiT)         ``head.*`` / ``head_dist.*``
 ``pooler.dense.*`` (``ViTModel``)                                  dropped (announced): timm has no pooler
 ``classifier.*`` (DINOv2: on the class token and the mean patch)   dropped (announced): no timm head does that
+``embeddings.register_tokens`` (Dinov2WithRegisters)                ``reg_token``; the class token's position is
+                                                                   added to ``cls_token`` (timm's ``no_embed_class``)
+``encoder.layer.N.lambda_1`` / ``lambda_2`` (BEiT)                 ``blocks.N.gamma_1`` / ``gamma_2``
+``...attention.attention.{query,value}.bias`` (BEiT: no key bias)  ``blocks.N.attn.q_bias`` / ``v_bias``
+``...relative_position_bias.relative_position_bias_table``         ``blocks.N.attn.relative_position_bias_table``
+``encoder.relative_position_bias.*`` (shared)                      ``rel_pos_bias.*``
+``pooler.layernorm.*`` (BEiT: mean pooling, then a LayerNorm)      ``fc_norm.*`` (average pooling)
 =================================================================  ============================================
 
 The in-memory names of ``transformers`` 5 (``layers.N.attention.{q,k,v,o}_proj``,
@@ -56,13 +64,13 @@ from . import clip
 
 Tensors = dict[str, torch.Tensor]
 
-HF_VIT, HF_DEIT, HF_DINOV2 = "hf-vit", "hf-deit", "hf-dinov2"
-HF_LAYOUTS = (HF_VIT, HF_DEIT, HF_DINOV2)
+HF_VIT, HF_DEIT, HF_DINOV2, HF_BEIT = "hf-vit", "hf-deit", "hf-dinov2", "hf-beit"
+HF_LAYOUTS = (HF_VIT, HF_DEIT, HF_DINOV2, HF_BEIT)
 # Layouts whose config.json is read (CLIP's image tower converts in ``clip``).
 CONFIG_LAYOUTS = (*HF_LAYOUTS, clip.HF_CLIP, clip.HF_SIGLIP)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_FILE = "config.json"
-DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6, clip.HF_CLIP: 1e-5, clip.HF_SIGLIP: 1e-6}
+DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6, HF_BEIT: 1e-12, clip.HF_CLIP: 1e-5, clip.HF_SIGLIP: 1e-6}
 # transformers' hidden_act names -> timm's act_layer names.
 ACTIVATIONS = {
     "gelu": "gelu",
@@ -73,7 +81,7 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-_BACKBONES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.")
+_BACKBONES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.", "beit.", "data2vec_vision.")
 _PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
 
 # Per-block key (after the backbone prefix and "encoder.layer.N." / "layers.N.") -> timm's.
@@ -90,6 +98,10 @@ _BLOCK_RENAMES = {
     "mlp.fc2.": "mlp.fc2.",
     "layer_scale1.lambda1": "ls1.gamma",
     "layer_scale2.lambda1": "ls2.gamma",
+    "lambda_1": "gamma_1",  # BEiT
+    "lambda_2": "gamma_2",
+    "attention.attention.relative_position_bias.": "attn.",
+    "relative_position_bias.": "attn.",
 }
 _QKV = {"attention.attention.query.": 0, "attention.attention.key.": 1, "attention.attention.value.": 2}
 _QKV.update({"attention.q_proj.": 0, "attention.k_proj.": 1, "attention.v_proj.": 2})
@@ -106,6 +118,9 @@ _OTHER_RENAMES = {
     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
+    "pooler.layernorm.weight": "fc_norm.weight",  # BEiT's mean pooling, then a LayerNorm
+    "pooler.layernorm.bias": "fc_norm.bias",
+    "encoder.relative_position_bias.relative_position_bias_table": "rel_pos_bias.relative_position_bias_table",
 }
 
 
@@ -121,6 +136,8 @@ def detect(sd: Tensors) -> str | None:
         return None
     if "embeddings.distillation_token" in backbone:
         return HF_DEIT
+    if any(key.endswith(".lambda_1") or "relative_position_bias" in key for key in backbone):
+        return HF_BEIT
     if "embeddings.mask_token" in backbone or any(".layer_scale1." in key or ".norm1." in key for key in backbone):
         return HF_DINOV2
     return HF_VIT
@@ -148,7 +165,7 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
             out[_OTHER_RENAMES[name]] = tensor
         elif name == "embeddings.distillation_token":
             out["dist_token" if with_teacher else "reg_token"] = tensor
-        elif name == "embeddings.mask_token":
+        elif name == "embeddings.mask_token" or name.endswith("relative_position_index"):
             continue
         elif name == "embeddings.register_tokens":
             out["reg_token"] = tensor
@@ -163,10 +180,13 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
         else:
             out[key] = tensor  # unknown keys stay; the strict fit names them
     for (index, suffix), parts in sorted(qkv.items()):
+        if layout == HF_BEIT and suffix == "bias":  # BEiT: q and v biases, no k bias (timm's q_bias, v_bias)
+            out[f"blocks.{index}.attn.q_bias"], out[f"blocks.{index}.attn.v_bias"] = parts[0], parts[2]
+            continue
         if any(part is None for part in parts):
             raise DiagError(f"block {index} lacks its query, key or value {suffix} (a damaged Hugging Face file?)")
         out[f"blocks.{index}.attn.qkv.{suffix}"] = torch.cat(parts)
-    if "reg_token" in out and "cls_token" in out and "pos_embed" in out:
+    if layout == HF_DINOV2 and "reg_token" in out and "cls_token" in out and "pos_embed" in out:
         # DINOv2 with registers adds the class token's position before inserting the registers, which carry none:
         # timm's no_embed_class layout once that position is added to the class token.
         out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]

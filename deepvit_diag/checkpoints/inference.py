@@ -47,7 +47,7 @@ from ..hints import ARCH_HINT, Hint, HintedError, Message, hint
 from ..models.presets import PAPER_DATA_CFG, create_timm, data_config
 from .families import FAMILIES, Family, Reading, detect_family, family_of_class
 from .families.base import Guess, Tensors, head_count_guess, image_size
-from .layouts import CLASS_TOKEN_LAYOUTS, block_count
+from .layouts import block_count, layout_pooling
 
 # Constructor arguments each family's architectures may carry (``validation.ARCH_ARGUMENTS`` is their union).
 FAMILY_ARGUMENTS = {family.name: family.arguments for family in FAMILIES}
@@ -153,8 +153,8 @@ def infer_arch(
             )
         )
         base, stated = None, {}
-    if layout in CLASS_TOKEN_LAYOUTS and "cls_token" in sd:
-        stated.setdefault("global_pool", "token")
+    if (pool := layout_pooling(layout, sd)) is not None:
+        stated.setdefault("global_pool", pool)
     stated.update(hints or {})
     in_chans = overrides.get("in_chans", stated.get("in_chans"))
     reading = read_tensors(sd, family, in_chans, overrides.get("img_size", stated.get("img_size")))

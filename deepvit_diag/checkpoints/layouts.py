@@ -42,7 +42,8 @@ OFFICIAL, TIMM, LUCIDRAINS_VIT, LUCIDRAINS_DEEPVIT, NATIVE = (
 )
 DINOV2_HUB, DEIT3 = "dinov2-hub", "deit3"
 
-# Layouts whose models classify from (or output the features of) the class token: their pooling is no guess.
+# Layouts whose models classify from (or output the features of) the class token: their pooling is no guess
+# (Hugging Face BEiT's pooler averages the patch tokens and normalises them, timm's fc_norm).
 CLASS_TOKEN_LAYOUTS = (
     *huggingface.HF_LAYOUTS,
     clip.OPENAI,
@@ -91,6 +92,13 @@ def block_count(keys: Iterable[str], blocks: str = "blocks") -> int:
             f"{blocks}.{gap} ({len(indices)} in all)"
         )
     return len(indices)
+
+
+def layout_pooling(layout: str, sd: Tensors) -> str | None:
+    """The pooling a layout's models use, where the layout decides it (None: a guess of the family)."""
+    if layout == huggingface.HF_BEIT and "fc_norm.weight" in sd:
+        return "avg"
+    return "token" if layout in CLASS_TOKEN_LAYOUTS and "cls_token" in sd else None
 
 
 def detect_layout(sd: Tensors) -> str:

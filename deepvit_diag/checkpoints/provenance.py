@@ -17,6 +17,7 @@ FORMAT_WORDS = {
     "hf-vit": "Hugging Face ViT checkpoint",
     "hf-deit": "Hugging Face DeiT checkpoint",
     "hf-dinov2": "Hugging Face DINOv2 checkpoint",
+    "hf-beit": "Hugging Face BEiT checkpoint",
     "hf-clip": "Hugging Face CLIP image tower",
     "hf-siglip": "Hugging Face SigLIP image tower",
     "openai-clip": "CLIP image tower (OpenAI / open_clip)",
