@@ -1,7 +1,7 @@
-"""Hugging Face ``transformers`` checkpoints (ViT, DeiT, DINOv2, BEiT, Data2VecVision) load without ``transformers`` at run time:
-tiny random models saved with ``save_pretrained`` (folder, file, ``.bin``) give the logits ``transformers``
-gives within 1e-5; their ``config.json`` says what the tensors cannot, and without one the guesses are
-announced; what does not convert is refused or announced in one line."""
+"""Hugging Face ``transformers`` checkpoints (ViT, DeiT, DINOv2, BEiT, Data2VecVision, ViTMAE, sharded) load
+without ``transformers`` at run time: tiny random models saved with ``save_pretrained`` (folder, file,
+``.bin``) give the logits ``transformers`` gives within 1e-5; their ``config.json`` says what the tensors
+cannot, and without one the guesses are announced; what does not convert is refused or announced in one line."""
 
 from __future__ import annotations
 
