@@ -140,3 +140,16 @@ def test_nested_entries(tmp_path, pair):
     model, _ = load(tmp_path, {"model": {"state_dict": teacher.state_dict()}, "optimizer": {}})
     same_logits(model, teacher)
     assert model.provenance["entry"] == "model.state_dict"
+
+
+def test_unilm_beit_index_buffers_are_dropped(tmp_path):
+    """microsoft/unilm's BEiT files hold timm's keys plus each block's relative_position_index buffer."""
+    beit = sharp_timm_model(
+        "beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5
+    )
+    state = dict(beit.state_dict())
+    for index, block in enumerate(beit.blocks):
+        state[f"blocks.{index}.attn.relative_position_index"] = block.attn.relative_position_index
+    model, note = load(tmp_path, {"model": state})
+    same_logits(model, beit)
+    assert "relative-position index buffers (timm computes them)" in note
