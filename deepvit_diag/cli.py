@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import warnings
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from .distributed import Shard, is_reporting_process, start_from_environment
 from .errors import INTERRUPTED_LINE, INTERRUPTED_STATUS, DiagError, failure_line
+from .hints import OPTIONS as HINT_OPTIONS
+from .hints import GuessWarning, Option, rendered
 from .labels import CLASS_MAP_HELP
 from .settings import Settings
 
@@ -265,34 +266,30 @@ def run_models(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
-# What load_model takes beyond arch= (timm's constructor names; checkpoints.inference.HINTS): what the loader
-# may guess, and what its messages name. Each is an option of import and analyze (--num-heads) and, per
-# model, of compare (--num-heads-a, --num-heads-b).
-ARCH_HINTS = {
-    "num_heads": dict(metavar="N", type=_int_at_least(1), help="number of attention heads per block"),
-    "embed_dim": dict(metavar="N", type=_int_at_least(1), help="width of the tokens (embed_dim)"),
-    "depth": dict(metavar="N", type=_int_at_least(1), help="number of transformer blocks"),
-    "mlp_ratio": dict(metavar="R", type=_positive_number, help="MLP hidden width divided by the token width"),
-    "img_size": dict(
-        metavar="PX",
-        type=_int_at_least(1),
-        help="input resolution in pixels (e.g. 384 for a model fine-tuned at 384 px); see --resample-pos-embed{suffix}",
-    ),
-    "patch_size": dict(metavar="PX", type=_int_at_least(1), help="side of one patch in pixels"),
-    "num_classes": dict(metavar="N", type=_int_at_least(0), help="classes of the head (0: no head)"),
-    "in_chans": dict(metavar="N", type=_int_at_least(1), help="channels of the input images"),
-    "global_pool": dict(choices=["token", "avg"], help="how tokens are pooled before the head"),
-    "norm_eps": dict(metavar="EPS", type=_positive_number, help="LayerNorm eps (1e-6 timm, 1e-5 CLIP and vit-pytorch)"),
-    "act_layer": dict(
-        choices=["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"], help="MLP activation (quick_gelu: OpenAI CLIP)"
-    ),
-    "dynamic_img_size": dict(
-        action=argparse.BooleanOptionalAction, help="accept any image size, interpolating the position embeddings"
-    ),
-    "transform_scale": dict(
-        action=argparse.BooleanOptionalAction, help="scale Re-attention's mixed maps (official DeepViT-S)"
-    ),
-}
+def _hint_option(option: Option) -> dict[str, Any]:
+    """argparse's arguments for one architecture hint (``checkpoints.hints.OPTIONS``)."""
+    spec: dict[str, Any] = {"help": option.help}
+    if option.kind == "flag":
+        spec["action"] = argparse.BooleanOptionalAction
+    elif option.kind == "choice":
+        spec["choices"] = list(option.choices)
+    else:
+        spec["metavar"] = option.metavar
+        spec["type"] = {"int": _int_at_least(option.minimum), "size": _image_size}.get(option.kind, _positive_number)
+    return spec
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    """``N`` or ``HxW`` pixels (a non-square image: height x width)."""
+    height, _, width = text.lower().partition("x")
+    side = _int_at_least(1)
+    return (side(height), side(width)) if width else side(height)
+
+
+# What load_model takes beyond arch= (checkpoints.hints.OPTIONS): what the loader may guess, and what its
+# messages name. Each is an option of import and analyze (--num-heads) and, per model, of compare
+# (--num-heads-a, --num-heads-b).
+ARCH_HINTS = {option.key: _hint_option(option) for option in HINT_OPTIONS}
 
 
 def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = "the model") -> None:
@@ -314,6 +311,13 @@ def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = 
             "--" + key.replace("_", "-") + suffix, dest=key + suffix.replace("-", "_"), help=text, **options
         )
     group.add_argument(
+        f"--key{suffix}",
+        dest=f"key{suffix.replace('-', '_')}",
+        metavar="PATH",
+        help="the entry of a nested training checkpoint to take (e.g. student, state_dict.model); by default the "
+        "teacher of a student/teacher pair, else state_dict_ema, model_ema, state_dict, model",
+    )
+    group.add_argument(
         f"--resample-pos-embed{suffix}",
         dest=f"resample_pos_embed{suffix.replace('-', '_')}",
         action="store_true",
@@ -326,6 +330,8 @@ def arch_options_from(args: argparse.Namespace, suffix: str = "") -> dict[str, A
     end = suffix.replace("-", "_")
     kwargs = {key: getattr(args, key + end) for key in ARCH_HINTS if getattr(args, key + end) is not None}
     kwargs["arch"] = getattr(args, "arch" + end)
+    if getattr(args, "key" + end) is not None:
+        kwargs["key"] = getattr(args, "key" + end)
     if getattr(args, "resample_pos_embed" + end):
         kwargs["resample_pos_embed"] = True
     return kwargs
@@ -585,24 +591,18 @@ def _written_by_analysis(path: Path) -> bool:
 
 
 def _load_for(load_model: Callable, spec: str, args: argparse.Namespace, suffix: str) -> Any:
-    """``load_model`` with the options ending in ``suffix``; its messages then name those options
-    (``--num-heads-a`` where the loader says ``--num-heads``)."""
-    if not suffix:
-        return load_model(spec, **arch_options_from(args))
-    options = ["arch", "resample-pos-embed", *(key.replace("_", "-") for key in ARCH_HINTS)]
-    pattern = re.compile(r"\(--(" + "|".join(map(re.escape, options)) + r")\b")
-
-    def per_model(text: str) -> str:
-        return pattern.sub(lambda match: f"(--{match.group(1)}{suffix}", text)
-
+    """``load_model`` with the options ending in ``suffix``; its messages' hints then name those options
+    (``--num-heads-a``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model = load_model(spec, **arch_options_from(args, suffix))
         except DiagError as err:
-            raise DiagError(per_model(str(err))) from None
+            raise DiagError(rendered(err, suffix)) from None
     for warning in caught:
-        warnings.warn(per_model(str(warning.message)), warning.category, stacklevel=2)
+        message = warning.message
+        text = message.render(suffix) if isinstance(message, GuessWarning) else str(message)
+        warnings.warn(text, warning.category, stacklevel=2)
     return model
 
 

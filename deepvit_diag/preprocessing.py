@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.transforms import Compose
 
 from .errors import DiagError
+from .hints import Hint, HintedError
 from .introspection import describe_model
 
 
@@ -59,9 +60,18 @@ def check_input_size(model: nn.Module, x: torch.Tensor) -> None:
         return
     expected = tuple(model_input_config(model)["input_size"])
     if tuple(x.shape[1:]) != expected:
-        raise DiagError(
-            f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
-        )
+        message = f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
+        if hasattr(model, "dynamic_img_size") and x.shape[1] == expected[0]:  # timm models that can take any size
+            raise HintedError(
+                message,
+                "; to run it at that size, load it with ",
+                Hint("dynamic_img_size", "True"),
+                " or resample its positions: ",
+                Hint("img_size", "N", "N"),
+                ", ",
+                Hint("resample_pos_embed", "True"),
+            )
+        raise DiagError(message)
 
 
 def model_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:

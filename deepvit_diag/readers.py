@@ -1,16 +1,16 @@
-"""Map readers: how the softmax maps of each attention family are read, fused paths left on.
+"""Map readers: how the softmax maps of each attention layout are read, fused paths left on.
 
 One reader per attention module class. A reader attaches forward hooks to one attention module
 and hands each forward's ``AttentionScores`` to a ``MapSink`` (``sink.scores``): the scaled
 queries and keys, any logit bias and the head mixing before and after the softmax, from which
-the softmax maps (B, H, T, T) and, in families that mix heads after the softmax, the maps that
+the softmax maps (B, H, T, T) and, in layouts that mix heads after the softmax, the maps that
 multiply V are recomputed, whole or a tile at a time (``deepvit_diag.metrics.scores``). Nothing is
 switched or replaced: where a fused kernel (``F.scaled_dot_product_attention``) never builds the
 maps, the scores give them with the same operations in the same order as the module's own
 non-fused path:
 
 ==========================  ===========================  ====================================================
-family                      module                       maps
+attention layout            module                       maps
 ==========================  ===========================  ====================================================
 multi-head attention        timm ``Attention``           ``softmax(q_norm(q) * scale @ k_norm(k)^T)``, from the
                                                          ``qkv`` projection's output (no second projection)
@@ -70,16 +70,16 @@ class MapSink(Protocol):
 
 @dataclass(frozen=True)
 class MapReader:
-    """How one attention family's maps are read.
+    """How the maps of one attention layout (one way of computing them) are read.
 
     Attributes:
-        family: the family's name in messages and the README's table.
+        layout: the attention layout's name in messages and the README's table.
         attach: ``attach(attn, sink)`` registers the hooks and returns their handles.
         mixing: ``mixing(attn)``: ``REATTENTION`` / ``TALKING_HEADS`` when this module mixes its maps
             across heads after the softmax (``post`` differs from ``pre``), else None.
     """
 
-    family: str
+    layout: str
     attach: Callable[[nn.Module, MapSink], Handles]
     mixing: Callable[[nn.Module], str | None] = lambda attn: None
 
