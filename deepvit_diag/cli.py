@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .distributed import Shard, is_reporting_process, start_from_environment
 from .errors import DiagError, failure_line, interrupted
@@ -239,10 +239,10 @@ def run_train(args: argparse.Namespace) -> None:
         )
         ship(model, card, final)
     accuracy, seconds = card["test_accuracy"], card["train_seconds"]
-    print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+    _say(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
     if snapshot_paths:
         paths = list(snapshot_paths.values())
-        print(f"saved {len(paths)} snapshots, one every {every} epochs: {paths[0]} to {paths[-1].name}")
+        _say(f"saved {len(paths)} snapshots, one every {every} epochs: {paths[0]} to {paths[-1].name}")
 
 
 def _reattention_flags(arch: dict[str, Any], last: int) -> list[bool]:
@@ -277,17 +277,17 @@ def add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from .checkpoints import list_models, store_dir
+    from .escaping import rich_text, terminal_console
 
-    table = Table(title=f"deepvit-diag models (weight store: {store_dir()})")
+    table = Table(title=f"deepvit-diag models (weight store: {rich_text(store_dir())})")
     for column in ("name", "kind", "weights", "description"):
         table.add_column(column, overflow="fold")
     for row in list_models():
-        table.add_row(row["name"], row["kind"], row["weights"], row["description"])
-    Console().print(table)
+        table.add_row(*(rich_text(row[column]) for column in ("name", "kind", "weights", "description")))
+    terminal_console().print(table)
 
 
 # What load_model takes beyond arch= (timm's constructor names; checkpoints.inference.HINTS): what the loader
@@ -385,10 +385,10 @@ def run_import(args: argparse.Namespace) -> None:
         path = import_checkpoint(args.source, args.name, overwrite=args.force, **arch_options_from(args))
     for warning in caught:
         if issubclass(warning.category, GuessWarning):
-            print(f"warning: {warning.message}", file=sys.stderr)
-    print(f"imported {args.source} as {args.name!r} -> {path}")
+            _say(f"warning: {warning.message}", sys.stderr)
+    _say(f"imported {args.source} as {args.name!r} -> {path}")
     stored = read_native_metadata(path)
-    print(describe(args.name, "store", "native", stored["arch"], stored["card"]))
+    _say(describe(args.name, "store", "native", stored["arch"], stored["card"]))
 
 
 # ----------------------------------------------------------------------------- compare / analyze
@@ -521,9 +521,7 @@ def _model_label(spec: str, side: str | None = None) -> str:
 def _warnings_as_lines(quiet: bool) -> Iterator[None]:
     """Library warnings (skipped images, guessed architecture, ...) as one ``warning: ...`` line each."""
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: (
-            None if quiet else print(f"warning: {message}", file=sys.stderr)
-        )
+        warnings.showwarning = lambda message, *_, **__: None if quiet else _say(f"warning: {message}", sys.stderr)
         yield
 
 
@@ -566,15 +564,14 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
         write(write_files)
     if result is None:
         if not args.quiet:
-            print(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
+            _say(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
         return
     _print_analysis(args, result, labels)
 
 
 def _print_analysis(args: argparse.Namespace, result: AnalysisResult | ComparisonResult, labels: list[str]) -> None:
     """The summary of ``analyze``, ``compare`` and ``merge``: JSON, or the table and findings."""
-    from rich.console import Console
-
+    from .escaping import terminal_console
     from .results import ComparisonResult
     from .summary import comparison_findings, model_findings, print_summary
 
@@ -584,7 +581,7 @@ def _print_analysis(args: argparse.Namespace, result: AnalysisResult | Compariso
         pair = isinstance(result, ComparisonResult)
         findings = comparison_findings(*labels, result) if pair else model_findings(labels[0], result)
         results = {labels[0]: result.a, labels[1]: result.b} if pair else {labels[0]: result}
-        print_summary(Console(), results, findings, out=str(args.out / "report.html"))
+        print_summary(terminal_console(), results, findings, out=str(args.out / "report.html"))
 
 
 @contextmanager
@@ -701,8 +698,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
+    from .escaping import terminal_console
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
     from .sweeps import SweepResult, sweep
@@ -735,7 +731,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
-        print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
+        print_sweep(terminal_console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
 
 
 def _written_by_sweep(path: Path) -> bool:
@@ -796,6 +792,14 @@ def run_merge(args: argparse.Namespace) -> None:
 COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
 
 
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Print ``text``, each line without control characters (``escaping.terminal_text``): file names,
+    labels and model cards cannot steer the terminal."""
+    from .escaping import terminal_text
+
+    print("\n".join(terminal_text(line) for line in str(text).split("\n")), file=file or sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepvit-diag",
@@ -820,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise
-        print(f"error: {failure_line(err)}", file=sys.stderr)
+        _say(f"error: {failure_line(err)}", sys.stderr)
         return 1
     return 0
 

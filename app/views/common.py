@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from deepvit_diag import catalogue, figures
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.report import PLOTLY_CONFIG
 
 from ..compute import Analysis
@@ -24,7 +25,7 @@ def show_drawn(drawn: list[figures.DrawnFigure]) -> None:
     """Catalogue figures as ``figures.draw`` made them, each with the report's caption."""
     for item in drawn:
         show_figure(item.figure, item.element_id)
-        st.caption(item.caption)
+        st.caption(markdown_text(item.caption))
 
 
 def show_section(section: str, analysis: Analysis, options: dict[str, dict] | None = None) -> None:
