@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .distributed import Shard, is_reporting_process, start_from_environment
-from .errors import DiagError, failure_line, interrupted
+from .errors import DiagError, failure_line, interrupted, sigterm_as_interrupt
 from .labels import CLASS_MAP_HELP
 from .settings import Settings
 
@@ -818,9 +818,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
-    except KeyboardInterrupt:
-        return interrupted()
+        with sigterm_as_interrupt():
+            args.run(args)
+    except KeyboardInterrupt as err:
+        return interrupted(err)
     except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise

@@ -6,7 +6,11 @@ uses it before torch has loaded.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 INTERRUPTED_STATUS = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
@@ -34,7 +38,31 @@ def failure_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def interrupted() -> int:
-    """What a command does on Ctrl-C: one line on stderr, and the exit status to end with."""
+def raise_interrupt(signum: int, frame: object) -> None:
+    """A signal handler: the signal ends the work as Ctrl-C does (a ``KeyboardInterrupt`` carrying its number)."""
+    raise KeyboardInterrupt(signum)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what schedulers, ``kill`` and ``torchrun`` send) handled like Ctrl-C inside the block: the
+    output is cleaned up and the earlier one kept. Only the main thread can install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(err: KeyboardInterrupt | None = None) -> int:
+    """What a command does on Ctrl-C or SIGTERM: one line on stderr, and the exit status to end with
+    (the shell's: 128 + the signal's number)."""
+    signum = err.args[0] if err is not None and err.args and isinstance(err.args[0], int) else signal.SIGINT
+    if signum == signal.SIGTERM:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print("interrupted", file=sys.stderr)
     return INTERRUPTED_STATUS

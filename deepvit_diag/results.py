@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .archives import read_npz
 from .catalogue import required_arrays
 from .errors import DiagError
 from .introspection import Geometry
@@ -149,8 +150,7 @@ def _read_folder(
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise DiagError(f"{folder} holds a {found!r} result, expected {expected_format!r}")
     try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = read_npz(npz_path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         reason = getattr(err, "strerror", None) or str(err).strip().split("\n")[0] or type(err).__name__
         raise DiagError(f"{npz_path} is damaged or not a numpy archive ({reason})") from None

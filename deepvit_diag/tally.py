@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .archives import read_npz
 from .distributed import Shard
 from .errors import DiagError
 from .introspection import Geometry
@@ -124,8 +125,7 @@ class Tally:
         """A tally, and each model's extra arrays, from ``folder/tally.npz`` and the counts
         ``save`` returned."""
         try:
-            with np.load(folder / TALLY_FILE, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
+            arrays = read_npz(folder / TALLY_FILE)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise DiagError(f"{folder / TALLY_FILE} is missing or damaged ({type(err).__name__}: {err})") from None
         models = [

@@ -17,6 +17,7 @@ import hashlib
 import re
 import stat
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from ..archives import largest_entry, stated_sizes
 from ..errors import DiagError
 from .native import parse_native_metadata
 
@@ -100,6 +102,8 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
 
 
 def _read_torch(path: Path, head: bytes) -> RawCheckpoint:
+    if head.startswith(_ZIP_MAGIC):
+        _check_zip_expansion(path)
     try:
         # torch warns about pickle protocols and the like; the outcome is all that is reported.
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
@@ -116,6 +120,23 @@ def _read_torch(path: Path, head: bytes) -> RawCheckpoint:
         model_name=_model_name(obj),
         epoch=_epoch(obj),
     )
+
+
+def _check_zip_expansion(path: Path) -> None:
+    """Refuse a PyTorch zip whose entries would inflate beyond what its tensors may take (``torch.save``
+    stores them uncompressed), from the sizes its central directory states, before anything inflates."""
+    try:
+        entries = stated_sizes(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load names what is wrong with the archive
+    file_size = path.stat().st_size
+    stated = sum(info.file_size for info in entries)
+    if entries and stated > _DATA_FACTOR * file_size + _DATA_SLACK:
+        largest = largest_entry(entries)
+        raise DiagError(
+            f"refused to load {path}: its entries would expand to {_size(stated)} from a {_size(file_size)} file "
+            f"(entry {largest.filename}: {_size(largest.file_size)}); PyTorch stores tensors uncompressed"
+        )
 
 
 def _torch_failure(path: Path, head: bytes, err: Exception) -> str:
