@@ -30,6 +30,7 @@ from .introspection import Geometry
 from .metrics import MIN_UNBIASED_EXAMPLES, Accuracy, cka_from_hsic
 from .results import AnalysisResult, ComparisonResult, is_zip_archive, jsonable
 from .settings import Settings
+from .shard_checks import check_arrays, check_counts
 
 TALLY_FILE = "tally.npz"
 CKA_KEYS = ("a", "b")  # the CKA of model 0 and model 1 with themselves; "ab" across them
@@ -292,12 +293,23 @@ def read_shard(folder: Path) -> SavedShard:
         raise DiagError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(document, dict) or document.get("format") != SHARD_FORMAT:
         raise DiagError(f"{path} is not a deepvit-diag shard record")
+    check_counts(path, document)
     try:
         tally, weight_arrays = Tally.load(folder, document["tally"])
         models = [
             ModelParts(entry["model"], Geometry.from_dict(entry["geometry"]), weight_arrays[index], entry["labels"])
             for index, entry in enumerate(document["models"])
         ]
+        if len(models) != len(tally.models):
+            raise DiagError(f"{path}: {len(models)} models, but tally counts for {len(tally.models)}")
+        check_arrays(
+            folder / TALLY_FILE,
+            tally.count,
+            [part.geometry for part in models],
+            [model.sums for model in tally.models],
+            [model.examples for model in tally.models],
+            tally.hsic,
+        )
         record = ShardRecord(
             Shard.parse(document["shard"]),
             document["images"],
