@@ -100,7 +100,9 @@ def max_pixels() -> int:
 
 def _open_capped(path: Path) -> Image.Image:
     """``Image.open`` with the pixel cap checked from the header and JPEG decoding reduced where it may be."""
-    img = Image.open(path)
+    with warnings.catch_warnings():  # PIL's own warning threshold is below the cap checked here
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
     limit, count = max_pixels(), img.width * img.height
     if count > limit:
         img.close()

@@ -1,0 +1,346 @@
+"""The fault matrix, second round: compressed-size bombs, huge images, SIGTERM, hidden folders, odd pixels,
+store names and shards whose numbers were changed.
+
+Same rules as ``test_faults.py``: exit status 1 (143 for SIGTERM) with one stderr line naming the file and
+the cause, no traceback, the earlier output byte-identical, nothing left behind; bombs are refused from
+their headers, with the peak memory of the process measured in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib import format as npy_format
+from PIL import Image
+from test_cli import run
+from test_faults import LAUNCH, ROOT, assert_one_line, leftovers, snapshot, write_png
+
+from deepvit_diag import DiagError
+from deepvit_diag.checkpoints.native import save_native
+from deepvit_diag.images import open_images
+from deepvit_diag.models import build_model
+from deepvit_diag.preprocessing import to_rgb, wide_to_uint8
+from deepvit_diag.results import load_result
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5)
+BOMB_BYTES = 600 << 20  # above archives.ENTRY_LIMIT
+
+
+def measured(*argv: str, env: dict | None = None) -> tuple[int, str, float]:
+    """``deepvit-diag *argv`` in a subprocess: exit status, stderr and its peak resident memory (MB)."""
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})},
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        return process.returncode, stderr.read().decode(), usage.ru_maxrss / 1024
+
+
+def zip_bomb(path: Path, entry: str, size: int = BOMB_BYTES) -> Path:
+    """An .npz whose one entry is a float64 .npy of ``size`` bytes of zeros, deflated to a few MB."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open(entry, "w", force_zip64=True) as f:
+            npy_format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (size // 8,)})
+            chunk = bytes(16 << 20)
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A tiny DeepViT, 8 images, its two shards (4 images each), an analysis output and a zip bomb."""
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    save_native(build_model({"family": "deepvit", "kwargs": TINY}), root / "deepvit.safetensors")
+    for index in range(8):
+        write_png(root / "images" / f"{index}.png", index)
+    common = ["--ckpt", str(root / "deepvit.safetensors"), "--images", str(root / "images"), "--device", "cpu"]
+    for index in range(2):
+        shard = [
+            "--shard",
+            f"{index}/2",
+            "--batch-size",
+            "2",
+            "--cka-chunk",
+            "4",
+            "--out",
+            str(root / f"s{index}"),
+            "--quiet",
+        ]
+        status, _, stderr = run(["analyze", *common, *shard])
+        assert status == 0, stderr
+    status, _, stderr = run(["analyze", *common, "--out", str(root / "out"), "--quiet"])
+    assert status == 0, stderr
+    zip_bomb(root / "bomb.npz", "hsic/a.npy")
+    return root
+
+
+@pytest.fixture(scope="module")
+def failing_peak(work, tmp_path_factory) -> float:
+    """The peak memory (MB) of an ``analyze`` that loads its model and finds no usable image: the baseline
+    that a refused bomb may not exceed by much (torch alone takes most of it)."""
+    folder = tmp_path_factory.mktemp("no-images")
+    (folder / "notes.txt").write_text("not an image")
+    argv = ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(folder), "--out", str(folder / "o")]
+    status, _, peak = measured(*argv)
+    assert status == 1
+    return peak
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+# ----------------------------------------------------------------------------- 2: compressed-size bombs
+
+
+@pytest.mark.slow
+def test_2_a_tally_bomb_is_refused_from_its_headers(work, tmp_path):
+    good_status, _, good_peak = measured("merge", str(work / "s0"), str(work / "s1"), "--out", str(tmp_path / "good"))
+    assert good_status == 0
+    shard = _copy(work / "s0", tmp_path / "s0")
+    shutil.copy(work / "bomb.npz", shard / "tally.npz")
+    out = tmp_path / "merged"
+    status, stderr, peak = measured("merge", str(shard), str(work / "s1"), "--out", str(out))
+    assert_one_line(status, stderr, 1, "tally.npz", "entry hsic/a.npy", "would expand to")
+    assert peak < good_peak + 150, (peak, good_peak)  # the entry alone would take 600 MB
+    assert not out.exists() and not leftovers(out)
+
+
+def test_2_an_arrays_bomb_is_refused_before_loading(work, tmp_path):
+    folder = _copy(work / "out", tmp_path / "out")
+    shutil.copy(work / "bomb.npz", folder / "arrays.npz")
+    with pytest.raises(DiagError, match=r"arrays\.npz: entry hsic/a\.npy would expand to 620\.8 MB"):
+        load_result(folder)
+
+
+@pytest.mark.slow
+def test_2_a_deflated_pth_is_refused_before_inflating(work, tmp_path, failing_peak):
+    plain = tmp_path / "plain.pth"
+    torch.save({"big": torch.zeros(64 << 18)}, plain)  # 64 MB of zeros
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info.filename))
+    assert bomb.stat().st_size < 1 << 20
+    status, stderr, peak = measured("analyze", "--ckpt", str(bomb), "--out", str(tmp_path / "out"))
+    assert_one_line(status, stderr, 1, str(bomb), "would expand to 67.1 MB", "entry")
+    assert not (tmp_path / "out").exists()
+    assert peak < failing_peak + 50, (peak, failing_peak)
+
+
+# ----------------------------------------------------------------------------- 3: huge images
+
+
+@pytest.mark.slow
+def test_3_a_huge_png_is_refused_from_its_header(work, tmp_path, failing_peak):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("1", (12000, 12000)).save(images / "huge.png")
+    assert (images / "huge.png").stat().st_size < 100_000
+    out = tmp_path / "out"
+    status, stderr, peak = measured(
+        "analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(images), "--out", str(out)
+    )
+    assert_one_line(status, stderr, 1, "no usable image", "144,000,000 pixels")
+    assert peak < failing_peak + 100, (peak, failing_peak)  # decoded as RGB it would take 432 MB
+    assert not out.exists()
+
+
+def test_3_the_pixel_cap_is_configurable(work, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPVIT_DIAG_MAX_PIXELS", "1000")
+    with pytest.raises(DiagError, match="1,600 pixels, more than 1,000"):
+        open_images(str(work / "images"))
+    monkeypatch.setenv("DEEPVIT_DIAG_MAX_PIXELS", "lots")
+    with pytest.raises(DiagError, match="DEEPVIT_DIAG_MAX_PIXELS must be a positive whole number"):
+        open_images(str(work / "images"))
+
+
+def test_3_large_jpegs_decode_at_a_reduced_scale(tmp_path):
+    from deepvit_diag.images import _load_path
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (4200, 4300, 3), dtype=np.uint8)).save(path)
+    loaded = _load_path(path)
+    assert loaded.mode == "RGB" and 2048 <= min(loaded.size) < 4200  # JPEG's draft scale, at least 2048 px
+
+
+# ----------------------------------------------------------------------------- 5: SIGTERM
+
+
+def test_5_sigterm_in_process_ends_like_ctrl_c(work, tmp_path, monkeypatch):
+    earlier = _copy(work / "out", tmp_path / "out")
+    before = snapshot(earlier)
+
+    def terminated(*args, **kwargs):
+        raise KeyboardInterrupt(signal.SIGTERM)
+
+    monkeypatch.setattr("deepvit_diag.analysis.run", terminated)
+    status, _, stderr = run(["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--out", str(earlier)])
+    assert status == 143 and stderr == "terminated\n"
+    assert snapshot(earlier) == before and not leftovers(earlier)
+
+
+@pytest.mark.slow
+def test_5_sigterm_during_the_analysis(work, tmp_path):
+    earlier = _copy(work / "out", tmp_path / "out")
+    before = snapshot(earlier)
+    argv = ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", "digits-test", "--batch-size", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, *argv, "--out", str(earlier), "--device", "cpu", "--quiet"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    lock = earlier / ".out.deepvit-diag-lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    assert process.poll() is None, "the analysis ended before it could be terminated"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and stderr.strip() == "terminated", stderr
+    assert snapshot(earlier) == before and not leftovers(earlier)
+
+
+# ----------------------------------------------------------------------------- 8: merge checks every number
+
+
+def _edit_counts(change):
+    def edit(folder: Path) -> None:
+        path = folder / "shard.json"
+        document = json.loads(path.read_text())
+        change(document)
+        path.write_text(json.dumps(document))
+
+    return edit
+
+
+def _edit_arrays(change):
+    def edit(folder: Path) -> None:
+        path = folder / "tally.npz"
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        change(arrays)
+        np.savez_compressed(path, **arrays)
+
+    return edit
+
+
+SHARD_DAMAGE = {
+    "count 4 -> 40": (_edit_counts(lambda d: d["tally"].update(count=40)), "does not count 40 images"),
+    "a (1,)-shaped sum": (
+        _edit_arrays(lambda a: a.update({"0/sums/ratio_pre": np.ones(1)})),
+        "0/sums/ratio_pre has shape (1,)",
+    ),
+    "a missing sum": (_edit_arrays(lambda a: a.pop("0/sums/entropy")), "lacks the sums entropy"),
+    "NaN sums": (
+        _edit_arrays(lambda a: a["0/sums/token_similarity"].__setitem__(0, np.nan)),
+        "0/sums/token_similarity holds NaN",
+    ),
+    "accuracy of 1667%": (
+        _edit_counts(lambda d: d["tally"]["models"][0]["correct"].update({"1": 50})),
+        "models[0].correct['1'] must be a whole number from 0 to the 4 images",
+    ),
+    "skipped = -100": (_edit_counts(lambda d: d["tally"].update(skipped=-100)), "'skipped' must be a whole number"),
+    "format version 99": (_edit_counts(lambda d: d.update(version=99)), "format version 99"),
+    "ratio above 1 per image": (
+        _edit_arrays(lambda a: a["0/sums/ratio_pre"].__setitem__(0, 9.0)),
+        "0/sums/ratio_pre is outside what 4 images",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SHARD_DAMAGE, ids=list(SHARD_DAMAGE))
+def test_8_merge_refuses_changed_numbers(case, work, tmp_path):
+    edit, fragment = SHARD_DAMAGE[case]
+    shard = _copy(work / "s0", tmp_path / "s0")
+    edit(shard)
+    out = tmp_path / "merged"
+    status, _, stderr = run(["merge", str(shard), str(work / "s1"), "--out", str(out)])
+    assert_one_line(status, stderr, 1, str(shard), fragment)
+    assert not out.exists() and not leftovers(out)
+
+
+def test_8_untouched_shards_merge(work, tmp_path):
+    status, _, stderr = run(["merge", str(work / "s0"), str(work / "s1"), "--out", str(tmp_path / "m"), "--quiet"])
+    assert status == 0, stderr
+
+
+# ----------------------------------------------------------------------------- 11: hidden folders
+
+
+def test_11_a_folder_under_a_hidden_folder_is_scanned(tmp_path):
+    images = tmp_path / ".cache" / "imgs"
+    write_png(images / "a.png", 0)
+    write_png(images / ".thumbs" / "b.png", 1)  # hidden inside the scanned folder: skipped
+    write_png(images / "sub" / ".c.png", 2)
+    assert open_images(str(images)).names == [str(images / "a.png")]
+    relative = os.path.relpath(images, Path.cwd())  # "../..": dotted parts above the folder
+    assert len(open_images(relative)) == 1
+
+
+# ----------------------------------------------------------------------------- 14: pixels
+
+
+def test_14_an_infinite_pixel_does_not_blacken_a_float_image():
+    data = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    data[0, 0] = np.inf
+    data[0, 1] = np.nan
+    rgb = np.asarray(to_rgb(Image.fromarray(data, mode="F")))
+    finite = data[np.isfinite(data)]
+    low, high = finite.min(), finite.max()
+    expected = np.round((np.clip(np.nan_to_num(data, nan=low, posinf=high), low, high) - low) / (high - low) * 255)
+    expected[0, 1] = 0  # NaN
+    assert np.array_equal(rgb[..., 0], expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "low, high, scaled",
+    [(0, 1_000_000, "stretch"), (-5000, 5000, "stretch"), (0, 40_000, "16-bit"), (3, 200, "kept")],
+)
+def test_14_wide_integer_images_are_rescaled(low, high, scaled):
+    data = np.linspace(low, high, 100).round().reshape(10, 10)
+    converted = np.asarray(to_rgb(Image.fromarray(data.astype(np.int32), mode="I")))[..., 0]
+    if scaled == "stretch":
+        expected = (data - low) / (high - low) * 255
+    elif scaled == "16-bit":
+        expected = data / 65535 * 255
+    else:
+        expected = data
+    assert np.array_equal(converted, np.round(expected).astype(np.uint8))
+    assert len(np.unique(converted)) > 2
+
+
+def test_14_an_image_with_no_finite_pixel_is_black():
+    assert not wide_to_uint8(np.full((2, 2), np.nan), floating=True).any()
+
+
+# ----------------------------------------------------------------------------- 15: store names
+
+
+@pytest.mark.parametrize("name", ["name\n", "na\x1bme", "name/", " name"])
+def test_15_store_names_must_be_printable(name, work, weight_store):
+    status, _, stderr = run(["import", str(work / "deepvit.safetensors"), "--as", name])
+    assert_one_line(status, stderr, 1, "invalid weight-store name")
+    assert not weight_store.store.exists() or not list(weight_store.store.iterdir())
