@@ -10,8 +10,9 @@ medium                helper
 ====================  ==========================================================================
 HTML (report pages)   ``html_text``: ``& < > " '`` as entities
 Plotly label markup   ``plotly_label``: ``& < >`` as entities (Plotly decodes them, builds no tags)
-Markdown (the app)    ``markdown_text``: every ASCII punctuation mark backslash-escaped, so no
-                      link, image, emphasis, directive or math is read; line breaks as spaces
+Markdown (the app)    ``markdown_text``: every mark Markdown, autolinks or Streamlit read is
+                      backslash-escaped, so no link, image, emphasis, directive or math is read;
+                      line breaks as spaces
 Rich markup           ``rich_text``: ``[`` escaped, control characters as below
 terminal              ``terminal_text``: control characters (C0, DEL, C1) as ``\\xNN``, names that
                       were not UTF-8 (surrogate escapes) with the replacement character;
@@ -23,13 +24,16 @@ from __future__ import annotations
 
 import html
 import re
-import string
 from collections.abc import Iterable
 from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_MARKDOWN_SPECIAL = re.compile("([" + re.escape(string.punctuation) + "])")
+# What Markdown, GitHub's autolinks and Streamlit's directives read within a line: emphasis, code, links
+# and images (brackets), HTML, math, strikethrough, emoji and colour directives (":red[...]", ":smile:"),
+# "http://", "www." and e-mail addresses. Parentheses, a colon before a space or a full stop elsewhere
+# read as text, so that messages stay as written.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>~$@]|:(?!\s|$)|(?<=www)\.)", re.IGNORECASE)
 REPLACEMENT = "\ufffd"
 
 

@@ -51,6 +51,7 @@ from .archives import read_npz
 from .catalogue import required_arrays
 from .errors import DiagError
 from .introspection import Geometry
+from .manifest import check_unit
 from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
 from .settings import MAP_KINDS, Settings
 
@@ -149,6 +150,7 @@ def _read_folder(
     if not isinstance(document, dict) or document.get("format") != expected_format:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise DiagError(f"{folder} holds a {found!r} result, expected {expected_format!r}")
+    check_unit(folder, (document_name, "arrays.npz"))
     try:
         arrays = read_npz(npz_path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -381,6 +383,7 @@ class AnalysisResult:
         missing = sorted(required_arrays() - arrays.keys())
         if missing:
             raise DiagError(f"saved analysis lacks the arrays {', '.join(missing)}")
+        _check_array_shapes(document.get("array_shapes"), arrays)
         try:
             return cls(
                 model=document["model"],
@@ -405,6 +408,21 @@ class AnalysisResult:
     def load(cls, folder: str | Path) -> AnalysisResult:
         document, arrays = _read_folder(folder, ANALYSIS_FORMAT)
         return _from_saved(folder, lambda: cls.from_document(document, arrays))
+
+
+def _check_array_shapes(recorded: Any, arrays: dict[str, np.ndarray]) -> None:
+    """The arrays' shapes as the document records them (``to_document``'s ``array_shapes``), when it does:
+    result.json and arrays.npz of different analyses do not make one."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise DiagError("its field 'array_shapes' is not an object")
+    for name, array in arrays.items():
+        if name in recorded and recorded[name] != list(array.shape):
+            raise DiagError(
+                f"array {name} has shape {list(array.shape)}, but result.json records {recorded[name]} "
+                "(result.json and arrays.npz of different analyses)"
+            )
 
 
 _VERSION_1_GEOMETRY = ("num_blocks", "num_heads", "num_prefix_tokens", "patch_size", "grid_size", "image_size")

@@ -27,6 +27,7 @@ from .archives import read_npz
 from .distributed import Shard
 from .errors import DiagError
 from .introspection import Geometry
+from .manifest import check_unit
 from .metrics import MIN_UNBIASED_EXAMPLES, Accuracy, cka_from_hsic
 from .results import AnalysisResult, ComparisonResult, is_zip_archive, jsonable
 from .settings import Settings
@@ -294,6 +295,7 @@ def read_shard(folder: Path) -> SavedShard:
     if not isinstance(document, dict) or document.get("format") != SHARD_FORMAT:
         raise DiagError(f"{path} is not a deepvit-diag shard record")
     check_counts(path, document)
+    check_unit(folder, (SHARD_FILE, TALLY_FILE))
     try:
         tally, weight_arrays = Tally.load(folder, document["tally"])
         models = [
