@@ -344,3 +344,104 @@ def test_15_store_names_must_be_printable(name, work, weight_store):
     status, _, stderr = run(["import", str(work / "deepvit.safetensors"), "--as", name])
     assert_one_line(status, stderr, 1, "invalid weight-store name")
     assert not weight_store.store.exists() or not list(weight_store.store.iterdir())
+
+
+# ----------------------------------------------------------------------------- 4: outputs as one unit
+
+
+def test_4_a_folder_mixing_two_runs_is_refused(work, tmp_path):
+    """A kill between the renames: arrays.npz of a new run next to the old result.json and marker."""
+    other = tmp_path / "other"
+    status, _, stderr = run(
+        ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(work / "images"), "--num-images",
+         "3", "--out", str(other), "--device", "cpu", "--quiet"]
+    )  # fmt: skip
+    assert status == 0, stderr
+    mixed = _copy(work / "out", tmp_path / "mixed")
+    shutil.copy(other / "arrays.npz", mixed / "arrays.npz")
+    with pytest.raises(DiagError, match=r"mixes files of different runs: arrays\.npz"):
+        load_result(mixed)
+    assert load_result(work / "out").num_images == 8
+
+
+def test_4_array_shapes_must_match_result_json_without_a_marker(work, tmp_path):
+    folder = _copy(work / "out", tmp_path / "out")
+    (folder / ".deepvit-diag.json").unlink()  # as AnalysisResult.save writes it
+    document = json.loads((folder / "result.json").read_text())
+    document["array_shapes"]["ratio_pre"] = [7]
+    (folder / "result.json").write_text(json.dumps(document))
+    with pytest.raises(DiagError, match=r"array ratio_pre has shape \[2\], but result.json records \[7\]"):
+        load_result(folder)
+
+
+def test_4_the_marker_is_renamed_last(work, tmp_path, monkeypatch):
+    """An interrupt after the first rename: the folder's files are refused as a mix, never loaded."""
+    earlier = _copy(work / "out", tmp_path / "out")
+    renames = []
+    real = os.replace
+
+    def replace_then_die(source, target):
+        renames.append(Path(target).name)
+        real(source, target)
+        if len(renames) == 1:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("deepvit_diag.outputs.os.replace", replace_then_die)
+    status, _, stderr = run(
+        ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(work / "images"), "--num-images",
+         "3", "--out", str(earlier), "--device", "cpu", "--quiet"]
+    )  # fmt: skip
+    assert_one_line(status, stderr, 1, "No space left on device")
+    assert renames == ["arrays.npz"]
+    with pytest.raises(DiagError, match="mixes files of different runs"):
+        load_result(earlier)
+
+
+# ----------------------------------------------------------------------------- 6: locks
+
+
+def test_6_a_lock_left_by_a_killed_run_on_another_host_is_taken_over(work, tmp_path):
+    earlier = _copy(work / "out", tmp_path / "out")
+    (earlier / ".out.deepvit-diag-lock").write_text(json.dumps({"pid": 1, "host": "another-host"}))
+    (earlier / ".out.deepvit-diag-abcd1234").mkdir()
+    (earlier / ".out.deepvit-diag-abcd1234" / "arrays.npz").write_bytes(b"half")
+    status, _, stderr = run(
+        ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(work / "images"), "--out",
+         str(earlier), "--device", "cpu", "--quiet"]
+    )  # fmt: skip
+    assert status == 0, stderr
+    assert not leftovers(earlier)
+
+
+def test_6_a_takeover_never_removes_a_live_runs_lock(tmp_path):
+    """Two runs racing for a free lock: exactly one holds it, and leaving removes only the holder's file."""
+    from deepvit_diag.outputs import OutputTarget
+
+    out = tmp_path / "out"
+    first = OutputTarget(out, folder=True, owned=lambda path: True).__enter__()
+    lock = out / ".out.deepvit-diag-lock"
+    with pytest.raises(DiagError, match=f"pid {os.getpid()} on "):
+        OutputTarget(out, folder=True, owned=lambda path: True).__enter__()
+    assert lock.exists()  # the refused run removed nothing
+    first.write(lambda folder: (folder / "result.json").write_text("{}"))
+    first.__exit__(None, None, None)
+    assert not lock.exists()
+    with OutputTarget(out, folder=True, owned=lambda path: True):  # free again
+        assert lock.exists()
+
+
+# ----------------------------------------------------------------------------- 7: a folder is ours by its marker
+
+
+def test_7_a_users_zip_named_like_ours_is_not_replaced(work, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("arrays.npz", "tally.npz"):
+        with zipfile.ZipFile(out / name, "w") as archive:
+            archive.writestr("mine.txt", "my data")
+    before = snapshot(out)
+    status, _, stderr = run(
+        ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(work / "images"), "--out", str(out)]
+    )
+    assert_one_line(status, stderr, 1, "did not write (arrays.npz, tally.npz)", "--force")
+    assert snapshot(out) == before and not leftovers(out)
