@@ -445,3 +445,50 @@ def test_7_a_users_zip_named_like_ours_is_not_replaced(work, tmp_path):
     )
     assert_one_line(status, stderr, 1, "did not write (arrays.npz, tally.npz)", "--force")
     assert snapshot(out) == before and not leftovers(out)
+
+
+# ----------------------------------------------------------------------------- 16: the metric API
+
+
+MAPS = torch.softmax(torch.randn(3, 1, 2, 5, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+
+
+@pytest.mark.parametrize("tau", [2, -0.1, float("nan"), "0.5", None, True])
+def test_16_similarity_ratio_checks_tau(tau):
+    from deepvit_diag import similarity_ratio
+
+    with pytest.raises(DiagError, match="tau must be a number from 0 to 1"):
+        similarity_ratio(MAPS, tau=tau)
+
+
+@pytest.mark.parametrize("rho", [float("nan"), 1.5, "0.9"])
+def test_16_similar_blocks_checks_rho(rho):
+    from deepvit_diag import similar_blocks
+
+    with pytest.raises(DiagError, match="rho must be a number from 0 to 1"):
+        similar_blocks(torch.tensor([0.95, 0.2]), rho=rho)
+
+
+@pytest.mark.parametrize(
+    "ratio, fragment",
+    [(None, "ratio must be"), ([[0.5]], "shape|ratio must be"), (torch.empty(3, device="meta"), "with values")],
+)
+def test_16_similar_blocks_checks_the_ratios(ratio, fragment):
+    from deepvit_diag import similar_blocks
+
+    with pytest.raises(DiagError, match=fragment):
+        similar_blocks(ratio)
+
+
+def test_16_meta_tensors_are_refused():
+    from deepvit_diag import cross_layer_similarity
+
+    with pytest.raises(DiagError, match="meta device"):
+        cross_layer_similarity(torch.empty(3, 1, 2, 5, 5, device="meta"))
+
+
+def test_16_valid_thresholds_still_give_the_independent_answer():
+    from deepvit_diag import similar_blocks
+
+    assert similar_blocks([0.95, 0.2, 0.91], rho=0.9).indices == [0, 2]
+    assert similar_blocks(np.array([0.95, 0.2]), rho=1).count == 0
