@@ -51,6 +51,7 @@ from .archives import read_npz
 from .catalogue import required_arrays
 from .errors import DiagError
 from .introspection import Geometry
+from .jsonfiles import check_depth
 from .manifest import check_unit
 from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
 from .settings import MAP_KINDS, Settings
@@ -142,7 +143,9 @@ def _read_folder(
     if not json_path.is_file() or not npz_path.is_file():
         raise DiagError(f"{folder} is not a saved deepvit-diag result (needs {document_name} and arrays.npz)")
     try:
-        document = json.loads(json_path.read_text(encoding="utf-8"))
+        text = json_path.read_text(encoding="utf-8")
+        check_depth(text, str(json_path))
+        document = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DiagError(f"{json_path} is not valid JSON: {err}") from None
     except OSError as err:

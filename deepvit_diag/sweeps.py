@@ -33,7 +33,9 @@ from torch import nn
 
 from .errors import DiagError
 from .images import ImageSource, default_image_set, is_path_spec, open_images
+from .jsonfiles import check_depth
 from .labels import ClassMap
+from .monitor_checks import check_monitor_record, check_same_settings
 from .progress import ProgressOption
 from .readers import REATTENTION
 from .results import AnalysisResult, _from_saved, _read_folder, _write_folder, jsonable, package_versions
@@ -224,6 +226,7 @@ class SweepResult:
         records = [_monitor_line(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
         if not records:
             raise DiagError(f"{path} holds no monitor measurement")
+        check_same_settings(records, path)
         entries = [
             SweepEntry.from_document(
                 record,
@@ -256,6 +259,7 @@ def monitor_record(entry: SweepEntry, settings: Settings, images: dict[str, Any]
 
 
 def _monitor_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    check_depth(line, f"{path}, line {number}")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
@@ -265,6 +269,7 @@ def _monitor_line(path: Path, number: int, line: str) -> dict[str, Any]:
     missing = [key for key in MONITOR_KEYS if key not in record]
     if missing:
         raise DiagError(f"{path}, line {number}: the measurement lacks {', '.join(missing)}")
+    check_monitor_record(record, f"{path}, line {number}")
     return record
 
 

@@ -27,6 +27,7 @@ from .archives import read_npz
 from .distributed import Shard
 from .errors import DiagError
 from .introspection import Geometry
+from .jsonfiles import check_depth
 from .manifest import check_unit
 from .metrics import MIN_UNBIASED_EXAMPLES, Accuracy, cka_from_hsic
 from .results import AnalysisResult, ComparisonResult, is_zip_archive, jsonable
@@ -287,7 +288,9 @@ class SavedShard:
 def read_shard(folder: Path) -> SavedShard:
     path = folder / SHARD_FILE
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        check_depth(text, str(path))
+        document = json.loads(text)
     except OSError as err:
         raise DiagError(f"{folder} is not a shard of an analysis (no readable {SHARD_FILE}: {err.strerror})") from None
     except ValueError as err:

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 
 from ..errors import DiagError
+from ..jsonfiles import check_depth
 
 Tensors = dict[str, torch.Tensor]
 
@@ -202,7 +203,9 @@ def folder_files(folder: Path) -> tuple[Path, Path | None]:
 def read_config(path: Path) -> dict[str, Any]:
     """The entries of ``config.json`` deepvit-diag reads, each checked (a config is metadata from a file)."""
     try:
-        config = json.loads(path.read_text())
+        text = path.read_text()
+        check_depth(text, str(path))
+        config = json.loads(text)
     except (OSError, ValueError) as err:
         raise DiagError(f"{path} is not a readable JSON file: {err}") from None
     if not isinstance(config, dict):
@@ -216,7 +219,7 @@ def read_config(path: Path) -> dict[str, Any]:
         ("patch_size", lambda v: _whole(v, 1, 1024), "a whole number of pixels"),
         ("num_channels", lambda v: _whole(v, 1, 64), "a whole number"),
         ("layer_norm_eps", lambda v: isinstance(v, float) and 0 < v < 1, "a number between 0 and 1"),
-        ("hidden_act", lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+        ("hidden_act", lambda v: isinstance(v, str) and v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
         ("qkv_bias", lambda v: isinstance(v, bool), "true or false"),
     ):
         if key in config:

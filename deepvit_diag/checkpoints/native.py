@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import DiagError
+from ..jsonfiles import check_depth
 from .validation import checked_arch
 
 FORMAT_KEY = "deepvit_diag.format"
@@ -93,6 +94,7 @@ def _json_entry(meta: dict[str, str], key: str, source: str, default: str | None
     text = meta.get(key, default)
     if text is None:
         raise DiagError(f"{source}: deepvit-diag metadata without {key}")
+    check_depth(text, f"{source}: its metadata {key}")
     try:
         return json.loads(text)
     except ValueError as err:
