@@ -492,3 +492,121 @@ def test_16_valid_thresholds_still_give_the_independent_answer():
 
     assert similar_blocks([0.95, 0.2, 0.91], rho=0.9).indices == [0, 2]
     assert similar_blocks(np.array([0.95, 0.2]), rho=1).count == 0
+
+
+# ----------------------------------------------------------------------------- 9: typed fields, deep JSON
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _native(path: Path, arch: dict | None = None, card: object = None, raw_card: str | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    from deepvit_diag.checkpoints.native import ARCH_KEY, CARD_KEY, FORMAT_KEY, FORMAT_VERSION
+
+    torch.manual_seed(0)
+    model = build_model({"family": "deepvit", "kwargs": TINY})
+    meta = {FORMAT_KEY: FORMAT_VERSION, ARCH_KEY: json.dumps(arch or model.arch)}
+    if card is not None or raw_card is not None:
+        meta[CARD_KEY] = raw_card if raw_card is not None else json.dumps(card)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p: _native(p, card={"epoch": "two"}), "field 'epoch' must be a whole number >= 0, got 'two'"),
+        (lambda p: _native(p, card={"test_accuracy": 16.67}), "field 'test_accuracy' must be a number from 0 to 1"),
+        (lambda p: _native(p, raw_card=DEEP), "nested 100000 levels deep"),
+        (
+            lambda p: _native(p, arch={"family": "deepvit", "kwargs": {**TINY, "num_heads": -4}}),
+            "num_heads",
+        ),
+    ],
+    ids=["card epoch text", "card accuracy 1667%", "deep card", "num_heads -4"],
+)
+def test_9_checkpoint_metadata_fields_are_typed(make, fragment, tmp_path):
+    path = make(tmp_path / "model.safetensors")
+    status, _, stderr = run(["analyze", "--ckpt", str(path), "--out", str(tmp_path / "out")])
+    line = assert_one_line(status, stderr, 1, fragment)
+    assert "Unexpected" not in line and str(path) in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "config, fragment",
+    [({"hidden_act": ["gelu"]}, "hidden_act ['gelu'] is not one of"), (DEEP, "nested 100000 levels deep")],
+    ids=["hidden_act list", "deep config"],
+)
+def test_9_hugging_face_configs_are_typed(config, fragment, tmp_path):
+    from deepvit_diag.checkpoints.huggingface import read_config
+
+    path = tmp_path / "config.json"
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    with pytest.raises(DiagError, match=re_escape(fragment)) as err:
+        read_config(path)
+    assert str(path) in str(err.value)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_9_a_deep_class_map_is_refused(work, tmp_path):
+    class_map = tmp_path / "classes.json"
+    class_map.write_text('{"a": ' + DEEP + "}")
+    status, _, stderr = run(
+        ["analyze", "--ckpt", str(work / "deepvit.safetensors"), "--images", str(work / "images"), "--class-map",
+         str(class_map), "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert_one_line(status, stderr, 1, f"class map {class_map}: JSON nested")
+
+
+def test_9_a_deep_shard_record_is_refused(work, tmp_path):
+    shard = _copy(work / "s0", tmp_path / "s0")
+    (shard / "shard.json").write_text(DEEP)
+    status, _, stderr = run(["merge", str(shard), str(work / "s1"), "--out", str(tmp_path / "m")])
+    assert_one_line(status, stderr, 1, f"{shard / 'shard.json'}: JSON nested")
+
+
+# ----------------------------------------------------------------------------- 10: monitor files
+
+
+@pytest.fixture(scope="module")
+def monitor_lines(work, tmp_path_factory) -> list[dict]:
+    from deepvit_diag import CollapseMonitor, load_model
+
+    path = tmp_path_factory.mktemp("monitor") / "run.jsonl"
+    monitor = CollapseMonitor(load_model(str(work / "deepvit.safetensors")), str(work / "images"), path=path)
+    for step in (0, 5):
+        monitor.measure(step)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+MONITOR_DAMAGE = {
+    "step text": (lambda r: r.update(step="abc"), "field 'step' must be a whole number >= 0"),
+    "collapse_start 99": (lambda r: r["summary"].update(collapse_start=99), "'collapse_start' is 99"),
+    "accuracy 500%": (lambda r: r["summary"].update(accuracy_top1=5.0), "'accuracy_top1' must be a number from 0"),
+    "-5 images": (lambda r: r["summary"].update(num_images=-5), "'num_images' must be a whole number >= 1"),
+    "curve too long": (lambda r: r["curves"]["ratio"].append(0.5), "curve 'ratio' has 3 values"),
+    "version 99": (lambda r: r.update(version=99), "format version 99"),
+    "mixed settings": (lambda r: r["settings"].update(tau=0.7), "other settings than the first"),
+    "deep line": (None, "JSON nested"),
+}
+
+
+@pytest.mark.parametrize("case", MONITOR_DAMAGE, ids=list(MONITOR_DAMAGE))
+def test_10_impossible_monitor_values_are_refused(case, monitor_lines, tmp_path):
+    change, fragment = MONITOR_DAMAGE[case]
+    first, second = (json.loads(json.dumps(line)) for line in monitor_lines)
+    if change is not None:
+        change(second)
+    path = tmp_path / "run.jsonl"
+    path.write_text(json.dumps(first) + "\n" + (DEEP if change is None else json.dumps(second)) + "\n")
+    out = tmp_path / "out"
+    status, _, stderr = run(["sweep", "--monitor", str(path), "--out", str(out)])
+    assert_one_line(status, stderr, 1, str(path), fragment)
+    assert not out.exists() and not leftovers(out)
