@@ -701,26 +701,30 @@ def run_sweep(args: argparse.Namespace) -> None:
     from .escaping import terminal_console
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
-    from .sweeps import SweepResult, sweep
+    from .sweeps import PartialSweep, SweepResult, sweep
 
+    failure: PartialSweep | None = None
     with _reporting_output(args, _written_by_sweep) as write:
         if args.monitor is not None:
             result = SweepResult.from_monitor(args.monitor)
         else:
             settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
             load_options = arch_options_from(args)
-            with _warnings_as_lines(args.quiet):
-                result = sweep(
-                    args.ckpt,
-                    args.images[0] if args.images and len(args.images) == 1 else args.images,
-                    settings,
-                    groups=args.group,
-                    x_axis=args.x_axis,
-                    arch=load_options.pop("arch"),
-                    load_options=load_options,
-                    class_map=args.class_map,
-                    progress=not args.quiet,
-                )
+            try:
+                with _warnings_as_lines(args.quiet):
+                    result = sweep(
+                        args.ckpt,
+                        args.images[0] if args.images and len(args.images) == 1 else args.images,
+                        settings,
+                        groups=args.group,
+                        x_axis=args.x_axis,
+                        arch=load_options.pop("arch"),
+                        load_options=load_options,
+                        class_map=args.class_map,
+                        progress=not args.quiet,
+                    )
+            except PartialSweep as partial:  # the finished checkpoints are written, then the failure is the error
+                failure, result = partial, partial.sweep
         command = _command_line()
 
         def write_files(folder: Path) -> None:
@@ -728,6 +732,8 @@ def run_sweep(args: argparse.Namespace) -> None:
             write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
 
         write(write_files)
+    if failure is not None:
+        raise DiagError(f"{failure}; written to {args.out}")
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:

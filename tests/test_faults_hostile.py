@@ -610,3 +610,42 @@ def test_10_impossible_monitor_values_are_refused(case, monitor_lines, tmp_path)
     status, _, stderr = run(["sweep", "--monitor", str(path), "--out", str(out)])
     assert_one_line(status, stderr, 1, str(path), fragment)
     assert not out.exists() and not leftovers(out)
+
+
+# ----------------------------------------------------------------------------- 13: sweep checks its inputs first
+
+
+@pytest.mark.parametrize("bad", ["notes.txt", "missing.safetensors"], ids=["broken file", "path typo"])
+def test_13_sweep_refuses_a_bad_checkpoint_before_the_first_analysis(bad, work, tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("not weights")
+    monkeypatch.setattr("deepvit_diag.analysis.analyze", lambda *a, **k: pytest.fail("an analysis started"))
+    good = str(work / "deepvit.safetensors")
+    out = tmp_path / "out"
+    argv = ["sweep", "--ckpt", good, good, str(tmp_path / bad), "--images", str(work / "images"), "--out", str(out)]
+    status, _, stderr = run([*argv, "--device", "cpu", "--quiet"])
+    assert_one_line(status, stderr, 1, bad)
+    assert not out.exists() and not leftovers(out)
+
+
+def test_13_a_later_failure_keeps_the_finished_checkpoints(work, tmp_path, monkeypatch):
+    from deepvit_diag import analysis
+    from deepvit_diag.sweeps import SweepResult
+
+    real, calls = analysis.analyze, []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DiagError("out of memory on the second model")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "analyze", fails_second)
+    good = str(work / "deepvit.safetensors")
+    out = tmp_path / "out"
+    argv = ["sweep", "--ckpt", good, good, "--images", str(work / "images"), "--out", str(out), "--device", "cpu"]
+    status, _, stderr = run([*argv, "--quiet"])
+    assert_one_line(
+        status, stderr, 1, "failed (out of memory on the second model)", "1 checkpoint(s) before it", str(out)
+    )
+    kept = SweepResult.load(out)
+    assert len(kept.entries) == 1 and not leftovers(out)
