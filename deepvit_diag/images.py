@@ -541,7 +541,8 @@ class ImageStream:
         """A hash of the whole (limited) image list: its names, or a tensor's bytes."""
         digest = hashlib.sha256()
         if self._image_set is not None:
-            digest.update("\n".join(self._image_set.names[: self.total]).encode())
+            # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+            digest.update("\n".join(self._image_set.names[: self.total]).encode("utf-8", "surrogateescape"))
         else:
             (item,) = self._tensors
             for part in item if _is_labelled_tensor(item) else (item,):

@@ -649,3 +649,23 @@ def test_13_a_later_failure_keeps_the_finished_checkpoints(work, tmp_path, monke
     )
     kept = SweepResult.load(out)
     assert len(kept.entries) == 1 and not leftovers(out)
+
+
+# ----------------------------------------------------------------------------- 12: names that are not UTF-8
+
+
+def test_12_names_that_are_not_utf8_are_analysed_and_shown_replaced(work, tmp_path):
+    root = os.fsencode(tmp_path)
+    checkpoint = os.fsdecode(root + b"/m\xff.safetensors")
+    shutil.copy(work / "deepvit.safetensors", checkpoint)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(work / "images" / "0.png", os.fsdecode(os.fsencode(images) + b"/a\xfe.png"))
+    shutil.copy(work / "images" / "1.png", images / "b.png")
+    common = ["--ckpt", checkpoint, "--images", str(images), "--device", "cpu"]
+    status, stdout, stderr = run(["analyze", *common, "--out", str(tmp_path / "out")])
+    assert status == 0, stderr
+    assert "m\ufffd.safetensors" in stdout and "\udcff" not in stdout
+    assert "m\udcff.safetensors" in load_result(tmp_path / "out").model["description"]  # the name as given
+    status, _, stderr = run(["analyze", *common, "--shard", "0/1", "--out", str(tmp_path / "shard"), "--quiet"])
+    assert status == 0, stderr

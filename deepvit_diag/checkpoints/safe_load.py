@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import stat
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +91,28 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     return raw
 
 
+@contextmanager
+def _utf8_path(path: Path) -> Iterator[str]:
+    """A name for ``path`` that safetensors (which takes UTF-8 paths only) can open: the path itself, or for
+    a file name that is not UTF-8, the file opened here under ``/proc/self/fd``."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{descriptor}"
+        finally:
+            os.close(descriptor)
+        return
+    yield str(path)
+
+
 def _read_safetensors(path: Path) -> RawCheckpoint:
     try:
-        state_dict = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        with _utf8_path(path) as name:
+            state_dict = load_file(name, device="cpu")
+            with safe_open(name, framework="pt") as f:
+                meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise DiagError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}"
