@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
 from typing import Any
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -71,11 +70,6 @@ def markdown_text(value: Any) -> str:
     """``value`` in Streamlit Markdown (captions, info boxes, errors) as plain text."""
     text = _CONTROL.sub(" ", _SURROGATE.sub(REPLACEMENT, str(value)))
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-
-
-def plotly_labels(labels: Iterable[str]) -> dict[str, str]:
-    """Each label and its Plotly-safe form."""
-    return {label: plotly_label(label) for label in labels}
 
 
 class _Sanitising:

@@ -2,14 +2,13 @@
 nesting limit and typed field access, every failure one line naming the file and the field.
 
 Python's parser recurses once per level: 100,000 nested brackets end in a ``RecursionError`` deep
-inside whatever reads the document next. ``parse`` refuses documents nested deeper than ``MAX_DEPTH``
-before parsing (no file deepvit-diag reads needs more than a few levels). ``field`` reads one entry
-as the type it must have.
+inside whatever reads the document next. ``check_depth`` refuses documents nested deeper than
+``MAX_DEPTH`` before they are parsed (no file deepvit-diag reads needs more than a few levels).
+``field`` reads one entry as the type it must have.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -40,16 +39,6 @@ def check_depth(text: str | bytes, source: str) -> None:
         raise DiagError(
             f"{source}: JSON nested {depth} levels deep (at most {MAX_DEPTH}); not a file deepvit-diag reads"
         )
-
-
-def parse(text: str, source: str) -> Any:
-    """``json.loads(text)``, refused (``DiagError`` naming ``source``) when invalid or nested deeper than
-    ``MAX_DEPTH``."""
-    check_depth(text, source)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise DiagError(f"{source} is not valid JSON: {err}") from None
 
 
 def _whole(value: Any) -> bool:
