@@ -669,3 +669,11 @@ def test_12_names_that_are_not_utf8_are_analysed_and_shown_replaced(work, tmp_pa
     assert "m\udcff.safetensors" in load_result(tmp_path / "out").model["description"]  # the name as given
     status, _, stderr = run(["analyze", *common, "--shard", "0/1", "--out", str(tmp_path / "shard"), "--quiet"])
     assert status == 0, stderr
+
+
+def test_9_a_meta_tensor_in_a_checkpoint_is_refused_by_name(tmp_path):
+    state = build_model({"family": "vit", "kwargs": TINY}).state_dict()
+    state["blocks.1.attn.qkv.weight"] = torch.empty(state["blocks.1.attn.qkv.weight"].shape, device="meta")
+    torch.save(state, tmp_path / "m.pth")
+    status, _, stderr = run(["analyze", "--ckpt", str(tmp_path / "m.pth"), "--num-heads", "4"])
+    assert_one_line(status, stderr, 1, "blocks.1.attn.qkv.weight is on the meta device")

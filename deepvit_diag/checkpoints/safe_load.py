@@ -233,6 +233,9 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
         raise DiagError(
             f"{path}: {where} is not a state dict ({not_tensor!r} is a {type(state_dict[not_tensor]).__name__})"
         )
+    shapeless = next((k for k, v in state_dict.items() if v.is_meta), None)
+    if shapeless is not None:
+        raise DiagError(f"{path}: tensor {shapeless} is on the meta device: it has a shape but no values")
     odd = next((k for k, v in state_dict.items() if v.layout != torch.strided or v.is_quantized), None)
     if odd is not None:
         kind = "quantised" if state_dict[odd].is_quantized else str(state_dict[odd].layout).removeprefix("torch.")
