@@ -514,7 +514,7 @@ def test_8_a_stray_block_key_builds_nothing(tmp_path, loads_refused_before_build
     ("kwargs", "fragment"),
     [
         (dict(depth=100_000_000), "does not fit the architecture (100000000 blocks): the file holds 2"),
-        (dict(depth="2"), "does not fit the architecture ('2' blocks)"),
+        (dict(depth="2"), "depth '2' is not a whole number >= 1"),
         (dict(embed_dim=100_000), "shape mismatch"),
         (dict(img_size=10_000_000), "img_size 10000000 is not a whole number from 1 to"),
         (dict(num_classes=10**12), "head.weight"),
