@@ -3,7 +3,7 @@
 A few megabytes of deflated zeros inflate to gigabytes. A zip's central directory states every
 entry's uncompressed size, and Python's ``zipfile`` (under ``np.load``) and PyTorch's reader never
 produce more than the stated size (a stream that inflates further fails its check), so checking the
-stated sizes first bounds the memory a file can take. ``read_npz`` refuses an entry above
+stated sizes first bounds the memory a file can take. ``check_expansion`` refuses an entry above
 ``ENTRY_LIMIT`` or a total above ``TOTAL_LIMIT`` with one line naming the entry.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-
-import numpy as np
 
 from .errors import DiagError
 
@@ -53,12 +51,3 @@ def check_expansion(path: str | Path, entry_limit: int = ENTRY_LIMIT, total_limi
             f"refused to read {path}: its entries would expand to {megabytes(total)} in all "
             f"(at most {megabytes(total_limit)}; the largest is {largest.filename})"
         )
-
-
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, no pickles, expansion capped (``check_expansion``). An archive
-    that cannot be read raises what ``zipfile`` or ``np.load`` raise (``OSError``, ``ValueError``,
-    ``EOFError``, ``zipfile.BadZipFile``)."""
-    check_expansion(path)
-    with np.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}

@@ -1,13 +1,12 @@
-"""The one exception type users see, and how a failure or an interrupt ends a command.
+"""The one exception type users see, and the words and status a failure or an interrupt
+ends a command with (the CLI and the app render them; nothing here prints).
 
-Nothing heavy is imported here: the command line's entry point (``deepvit_diag.__main__``)
-uses it before torch has loaded.
+Nothing heavy is imported here, so it stays cheap for any caller.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +37,10 @@ def failure_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+INTERRUPTED_LINE = "interrupted"  # what a command says on Ctrl-C, before exiting with INTERRUPTED_STATUS
+TERMINATED_LINE = "terminated"  # and on SIGTERM, before exiting with 128 + SIGTERM
+
+
 def raise_interrupt(signum: int, frame: object) -> None:
     """A signal handler: the signal ends the work as Ctrl-C does (a ``KeyboardInterrupt`` carrying its number)."""
     raise KeyboardInterrupt(signum)
@@ -57,12 +60,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def interrupted(err: KeyboardInterrupt | None = None) -> int:
-    """What a command does on Ctrl-C or SIGTERM: one line on stderr, and the exit status to end with
-    (the shell's: 128 + the signal's number)."""
-    signum = err.args[0] if err is not None and err.args and isinstance(err.args[0], int) else signal.SIGINT
-    if signum == signal.SIGTERM:
-        print("terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    print("interrupted", file=sys.stderr)
-    return INTERRUPTED_STATUS
+def interruption(err: KeyboardInterrupt) -> tuple[str, int]:
+    """The line and exit status of a command ended by Ctrl-C or (``raise_interrupt``) SIGTERM: the shell's
+    status, 128 + the signal's number."""
+    if err.args and err.args[0] == signal.SIGTERM:
+        return TERMINATED_LINE, 128 + signal.SIGTERM
+    return INTERRUPTED_LINE, INTERRUPTED_STATUS

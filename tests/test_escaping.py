@@ -12,6 +12,7 @@ from rich.console import Console
 from test_cli import run
 from test_report import CHROMIUM, comparison, render_in_chromium, synthetic  # noqa: F401  (a fixture)
 
+from deepvit_diag.catalogue import SWEEP_FIGURES
 from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.escaping import (
     REPLACEMENT,
@@ -22,7 +23,6 @@ from deepvit_diag.escaping import (
     terminal_console,
     terminal_text,
 )
-from deepvit_diag.figures import SWEEP_FIGURES
 from deepvit_diag.models import build_model
 from deepvit_diag.report import build_report, build_sweep_report, report_figures
 from deepvit_diag.summary import comparison_findings, print_summary, print_sweep, sweep_findings

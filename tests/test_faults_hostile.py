@@ -636,7 +636,7 @@ def test_10_impossible_monitor_values_are_refused(case, monitor_lines, tmp_path)
 @pytest.mark.parametrize("bad", ["notes.txt", "missing.safetensors"], ids=["broken file", "path typo"])
 def test_13_sweep_refuses_a_bad_checkpoint_before_the_first_analysis(bad, work, tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("not weights")
-    monkeypatch.setattr("deepvit_diag.analysis.analyze", lambda *a, **k: pytest.fail("an analysis started"))
+    monkeypatch.setattr("deepvit_diag.sweep_runner.analyze", lambda *a, **k: pytest.fail("an analysis started"))
     good = str(work / "deepvit.safetensors")
     out = tmp_path / "out"
     argv = ["sweep", "--ckpt", good, good, str(tmp_path / bad), "--images", str(work / "images"), "--out", str(out)]
@@ -646,10 +646,10 @@ def test_13_sweep_refuses_a_bad_checkpoint_before_the_first_analysis(bad, work, 
 
 
 def test_13_a_later_failure_keeps_the_finished_checkpoints(work, tmp_path, monkeypatch):
-    from deepvit_diag import analysis
+    from deepvit_diag import sweep_runner
     from deepvit_diag.sweeps import SweepResult
 
-    real, calls = analysis.analyze, []
+    real, calls = sweep_runner.analyze, []
 
     def fails_second(*args, **kwargs):
         calls.append(1)
@@ -657,7 +657,7 @@ def test_13_a_later_failure_keeps_the_finished_checkpoints(work, tmp_path, monke
             raise DiagError("out of memory on the second model")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(analysis, "analyze", fails_second)
+    monkeypatch.setattr(sweep_runner, "analyze", fails_second)
     good = str(work / "deepvit.safetensors")
     out = tmp_path / "out"
     argv = ["sweep", "--ckpt", good, good, "--images", str(work / "images"), "--out", str(out), "--device", "cpu"]
