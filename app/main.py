@@ -21,6 +21,7 @@ from app.compute import Analysis, AnalysisRequest, failure_message, run_analysis
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
 from app.views import export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
+from deepvit_diag.escaping import markdown_text  # noqa: E402
 
 VIEWS = {
     "Overview": overview.render,
@@ -54,7 +55,7 @@ def main() -> None:
                 "The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings."
             )
         for note in analysis.notes:
-            st.warning(note)
+            st.warning(markdown_text(note))
     names = [*VIEWS, SWEEP_VIEW]
     tabs = st.tabs(names, key="view", on_change="rerun")
     for tab, name in zip(tabs, names):
@@ -76,7 +77,7 @@ def _current_analysis() -> Analysis | None:
     try:
         analysis = _run_with_progress(request)
     except Exception as err:  # whatever a user's file does, the app must stay usable
-        st.error(failure_message(err, request))
+        st.error(markdown_text(failure_message(err, request)))
         _explain_missing_demo(request)
         previous: Analysis | None = st.session_state.get("shown_analysis")
         # Back to the analysis that worked, so that the next rerun does not retry the failing one.

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .distributed import Shard, is_reporting_process, start_from_environment
-from .errors import INTERRUPTED_LINE, INTERRUPTED_STATUS, DiagError, failure_line
+from .errors import DiagError, failure_line, interruption, sigterm_as_interrupt
 from .hints import OPTIONS as HINT_OPTIONS
 from .hints import GuessWarning, Option, rendered
 from .labels import CLASS_MAP_HELP
@@ -215,10 +215,10 @@ def run_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     accuracy, seconds = run.card["test_accuracy"], run.card["train_seconds"]
-    print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+    _say(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
     if run.snapshots:
         paths = run.snapshots
-        print(f"saved {len(paths)} snapshots, one every {args.save_every} epochs: {paths[0]} to {paths[-1].name}")
+        _say(f"saved {len(paths)} snapshots, one every {args.save_every} epochs: {paths[0]} to {paths[-1].name}")
 
 
 def _reattention_flags(arch: dict[str, Any], last: int) -> list[bool]:
@@ -253,17 +253,17 @@ def add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from .checkpoints import list_models, store_dir
+    from .escaping import rich_text, terminal_console
 
-    table = Table(title=f"deepvit-diag models (weight store: {store_dir()})")
+    table = Table(title=f"deepvit-diag models (weight store: {rich_text(store_dir())})")
     for column in ("name", "kind", "weights", "description"):
         table.add_column(column, overflow="fold")
     for row in list_models():
-        table.add_row(row["name"], row["kind"], row["weights"], row["description"])
-    Console().print(table)
+        table.add_row(*(rich_text(row[column]) for column in ("name", "kind", "weights", "description")))
+    terminal_console().print(table)
 
 
 def _hint_option(option: Option) -> dict[str, Any]:
@@ -366,10 +366,10 @@ def run_import(args: argparse.Namespace) -> None:
         path = import_checkpoint(args.source, args.name, overwrite=args.force, **arch_options_from(args))
     for warning in caught:
         if issubclass(warning.category, GuessWarning):
-            print(f"warning: {warning.message}", file=sys.stderr)
-    print(f"imported {args.source} as {args.name!r} -> {path}")
+            _say(f"warning: {warning.message}", sys.stderr)
+    _say(f"imported {args.source} as {args.name!r} -> {path}")
     stored = read_native_metadata(path)
-    print(describe(args.name, "store", "native", stored["arch"], stored["card"]))
+    _say(describe(args.name, "store", "native", stored["arch"], stored["card"]))
 
 
 # ----------------------------------------------------------------------------- compare / analyze
@@ -498,9 +498,7 @@ def _model_label(spec: str, side: str | None = None) -> str:
 def _warnings_as_lines(quiet: bool) -> Iterator[None]:
     """Library warnings (skipped images, guessed architecture, ...) as one ``warning: ...`` line each."""
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: (
-            None if quiet else print(f"warning: {message}", file=sys.stderr)
-        )
+        warnings.showwarning = lambda message, *_, **__: None if quiet else _say(f"warning: {message}", sys.stderr)
         yield
 
 
@@ -543,15 +541,14 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
         write(write_files)
     if result is None:
         if not args.quiet:
-            print(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
+            _say(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
         return
     _print_analysis(args, result, labels)
 
 
 def _print_analysis(args: argparse.Namespace, result: AnalysisResult | ComparisonResult, labels: list[str]) -> None:
     """The summary of ``analyze``, ``compare`` and ``merge``: JSON, or the table and findings."""
-    from rich.console import Console
-
+    from .escaping import terminal_console
     from .results import ComparisonResult
     from .summary import comparison_findings, model_findings, print_summary
 
@@ -561,7 +558,7 @@ def _print_analysis(args: argparse.Namespace, result: AnalysisResult | Compariso
         pair = isinstance(result, ComparisonResult)
         findings = comparison_findings(*labels, result) if pair else model_findings(labels[0], result)
         results = {labels[0]: result.a, labels[1]: result.b} if pair else {labels[0]: result}
-        print_summary(Console(), results, findings, out=str(args.out / "report.html"))
+        print_summary(terminal_console(), results, findings, out=str(args.out / "report.html"))
 
 
 @contextmanager
@@ -672,32 +669,35 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
+    from .escaping import terminal_console
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
-    from .sweep_runner import sweep
+    from .sweep_runner import PartialSweep, sweep
     from .sweeps import SweepResult
 
+    failure: PartialSweep | None = None
     with _reporting_output(args, _written_by_sweep) as write:
         if args.monitor is not None:
             result = SweepResult.from_monitor(args.monitor)
         else:
             settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
             load_options = arch_options_from(args)
-            with _warnings_as_lines(args.quiet):
-                result = sweep(
-                    args.ckpt,
-                    args.images[0] if args.images and len(args.images) == 1 else args.images,
-                    settings,
-                    groups=args.group,
-                    x_axis=args.x_axis,
-                    arch=load_options.pop("arch"),
-                    load_options=load_options,
-                    class_map=args.class_map,
-                    progress=not args.quiet,
-                    notice=(lambda line: None) if args.quiet else _stderr_line,
-                )
+            try:
+                with _warnings_as_lines(args.quiet):
+                    result = sweep(
+                        args.ckpt,
+                        args.images[0] if args.images and len(args.images) == 1 else args.images,
+                        settings,
+                        groups=args.group,
+                        x_axis=args.x_axis,
+                        arch=load_options.pop("arch"),
+                        load_options=load_options,
+                        class_map=args.class_map,
+                        progress=not args.quiet,
+                        notice=(lambda line: None) if args.quiet else _stderr_line,
+                    )
+            except PartialSweep as partial:  # the finished checkpoints are written, then the failure is the error
+                failure, result = partial, partial.sweep
         command = _command_line()
 
         def write_files(folder: Path) -> None:
@@ -705,17 +705,20 @@ def run_sweep(args: argparse.Namespace) -> None:
             write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
 
         write(write_files)
+    if failure is not None:
+        raise DiagError(f"{failure}; written to {args.out}")
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
-        print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
+        print_sweep(terminal_console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
 
 
 def _stderr_line(line: str) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True).print(Text(line))
+    from .escaping import terminal_console
+
+    terminal_console(stderr=True).print(Text(line))
 
 
 def _written_by_sweep(path: Path) -> bool:
@@ -775,6 +778,14 @@ def run_merge(args: argparse.Namespace) -> None:
 COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
 
 
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Print ``text``, each line without control characters (``escaping.terminal_text``): file names,
+    labels and model cards cannot steer the terminal."""
+    from .escaping import terminal_text
+
+    print("\n".join(terminal_text(line) for line in str(text).split("\n")), file=file or sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepvit-diag",
@@ -793,14 +804,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
-    except KeyboardInterrupt:
-        print(INTERRUPTED_LINE, file=sys.stderr)
-        return INTERRUPTED_STATUS
+        with sigterm_as_interrupt():
+            args.run(args)
+    except KeyboardInterrupt as err:
+        line, status = interruption(err)
+        print(line, file=sys.stderr)
+        return status
     except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise
-        print(f"error: {failure_line(err)}", file=sys.stderr)
+        _say(f"error: {failure_line(err)}", sys.stderr)
         return 1
     return 0
 

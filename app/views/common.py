@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from deepvit_diag import catalogue
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.report import PLOTLY_CONFIG
 
@@ -25,7 +26,7 @@ def show_drawn(drawn: list[drawing.DrawnFigure]) -> None:
     """Catalogue figures as ``drawing.draw`` made them, each with the report's caption."""
     for item in drawn:
         show_figure(item.figure, item.element_id)
-        st.caption(item.caption)
+        st.caption(markdown_text(item.caption))
 
 
 def show_section(section: str, analysis: Analysis, options: dict[str, dict] | None = None) -> None:

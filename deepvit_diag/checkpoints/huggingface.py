@@ -60,6 +60,7 @@ import torch
 
 from ..errors import DiagError
 from ..hints import Hint, Message
+from ..jsonfiles import check_depth
 from . import clip
 
 Tensors = dict[str, torch.Tensor]
@@ -268,7 +269,9 @@ def _shards(index: Path) -> list[Path]:
 def read_config(path: Path) -> dict[str, Any]:
     """The entries of ``config.json`` deepvit-diag reads, each checked (a config is metadata from a file)."""
     try:
-        config = json.loads(path.read_text())
+        text = path.read_text()
+        check_depth(text, str(path))
+        config = json.loads(text)
     except (OSError, ValueError) as err:
         raise DiagError(f"{path} is not a readable JSON file: {err}") from None
     if not isinstance(config, dict):
@@ -284,7 +287,7 @@ def read_config(path: Path) -> dict[str, Any]:
         ("patch_size", lambda v: _whole(v, 1, 1024), "a whole number of pixels"),
         ("num_channels", lambda v: _whole(v, 1, 64), "a whole number"),
         ("layer_norm_eps", lambda v: isinstance(v, float) and 0 < v < 1, "a number between 0 and 1"),
-        ("hidden_act", lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+        ("hidden_act", lambda v: isinstance(v, str) and v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
         ("qkv_bias", lambda v: isinstance(v, bool), "true or false"),
     ):
         if key in config:

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import stat
 import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from ..archives import largest_entry, stated_sizes
 from ..errors import DiagError
 from ..formats import ZIP_MAGIC
 from ..hints import Hint, Message
@@ -97,11 +102,28 @@ def read_checkpoint(path: str | Path, key: str | None = None) -> RawCheckpoint:
     return raw
 
 
+@contextmanager
+def _utf8_path(path: Path) -> Iterator[str]:
+    """A name for ``path`` that safetensors (which takes UTF-8 paths only) can open: the path itself, or for
+    a file name that is not UTF-8, the file opened here under ``/proc/self/fd``."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{descriptor}"
+        finally:
+            os.close(descriptor)
+        return
+    yield str(path)
+
+
 def _read_safetensors(path: Path) -> RawCheckpoint:
     try:
-        state_dict = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        with _utf8_path(path) as name:
+            state_dict = load_file(name, device="cpu")
+            with safe_open(name, framework="pt") as f:
+                meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise DiagError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}"
@@ -111,6 +133,8 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
 
 
 def _read_torch(path: Path, head: bytes, key: str | None) -> RawCheckpoint:
+    if head.startswith(ZIP_MAGIC):
+        _check_zip_expansion(path)
     try:
         # torch warns about pickle protocols and the like; the outcome is all that is reported.
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
@@ -131,6 +155,23 @@ def _read_torch(path: Path, head: bytes, key: str | None) -> RawCheckpoint:
         epoch=_epoch(obj),
         notes=notes,
     )
+
+
+def _check_zip_expansion(path: Path) -> None:
+    """Refuse a PyTorch zip whose entries would inflate beyond what its tensors may take (``torch.save``
+    stores them uncompressed), from the sizes its central directory states, before anything inflates."""
+    try:
+        entries = stated_sizes(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load names what is wrong with the archive
+    file_size = path.stat().st_size
+    stated = sum(info.file_size for info in entries)
+    if entries and stated > _DATA_FACTOR * file_size + _DATA_SLACK:
+        largest = largest_entry(entries)
+        raise DiagError(
+            f"refused to load {path}: its entries would expand to {_size(stated)} from a {_size(file_size)} file "
+            f"(entry {largest.filename}: {_size(largest.file_size)}); PyTorch stores tensors uncompressed"
+        )
 
 
 def _torch_failure(path: Path, head: bytes, err: Exception) -> str:
@@ -237,6 +278,9 @@ def _checked_state_dict(state_dict: Any, path: Path, entry: str | None) -> dict[
         raise DiagError(
             f"{path}: {where} is not a state dict ({not_tensor!r} is a {type(state_dict[not_tensor]).__name__})"
         )
+    shapeless = next((k for k, v in state_dict.items() if v.is_meta), None)
+    if shapeless is not None:
+        raise DiagError(f"{path}: tensor {shapeless} is on the meta device: it has a shape but no values")
     odd = next((k for k, v in state_dict.items() if v.layout != torch.strided or v.is_quantized), None)
     if odd is not None:
         kind = "quantised" if state_dict[odd].is_quantized else str(state_dict[odd].layout).removeprefix("torch.")

@@ -73,6 +73,9 @@ ARGUMENT_RULES = {
     "rope_type": (lambda v: v in ("cat", "mixed"), "one of cat, mixed"),
     "rel_pos_type": (lambda v: v in ("mlp", "mlp_swin", "bias"), "one of mlp, mlp_swin, bias"),
     "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max", "map"), "one of token, avg, avgmax, max, map"),
+    **{  # counts the tensors' shapes are checked against later, but which must first build a model at all
+        key: (lambda v: _ints([v], 1) and v >= 1, "a whole number >= 1") for key in ("num_heads", "embed_dim", "depth")
+    },
 }
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")

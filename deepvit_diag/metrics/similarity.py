@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import DiagError
-from ._checks import as_float32_maps, check_axis, check_neighbourhood, checked_maps
+from ._checks import as_float32_maps, check_axis, check_neighbourhood, check_threshold, checked_maps
 
 COSINE_EPS = 1e-12
 
@@ -113,6 +113,7 @@ def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str
     k and tau are this project's reading of the paper (it states neither). A mean with
     equal weight per image (every image has H * T vectors). NaN for a 1-block model.
     """
+    tau = check_threshold(tau, "tau")
     return share_above(neighbour_similarity(maps, k=k, axis=axis), tau)
 
 
@@ -123,9 +124,15 @@ def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
         ratio: (L,) similarity ratios (tensor, array or sequence); NaN never counts.
     Not a per-image mean: apply it to the dataset-level ratio, not per batch.
     """
-    ratio = torch.as_tensor(ratio)
-    if ratio.ndim != 1:
-        raise DiagError(f"ratio must have shape (L,), got {tuple(ratio.shape)}")
+    rho = check_threshold(rho, "rho")
+    try:
+        ratio = torch.as_tensor(ratio)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise DiagError(
+            f"ratio must be (L,) similarity ratios (a tensor, array or sequence of numbers): {err}"
+        ) from None
+    if ratio.ndim != 1 or ratio.is_meta or not (ratio.is_floating_point() or ratio.dtype == torch.int64):
+        raise DiagError(f"ratio must be (L,) similarity ratios with values, got {ratio.dtype} {tuple(ratio.shape)}")
     indices = torch.nonzero(ratio > rho).flatten().tolist()
     return SimilarBlocks(count=len(indices), indices=indices)
 
