@@ -103,8 +103,11 @@ def _run(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) 
         if total:
             bar.progress(min(1.0, done / total), text=f"Sweeping {len(request.checkpoints)} checkpoints")
 
+    def waiting(ahead: int) -> None:
+        bar.info(f"Waiting for the device: {ahead} job(s) ahead in the queue. The sweep starts by itself.")
+
     try:
-        run = run_sweep(request, report)
+        run = run_sweep(request, report, waiting)
     except Exception as err:  # a failing checkpoint must not break the app
         st.error(failure_message(err))
         st.session_state["sweep_request"] = None
