@@ -51,9 +51,11 @@ class ServerPaths:
     def confined(self) -> bool:
         return self.roots is not None
 
-    def refusal(self, text: str) -> str:
+    @property
+    def refusal(self) -> str:
+        """The one answer to every path outside the roots: it names neither the path nor its kind."""
         roots = ", ".join(str(root) for root in self.roots or ())
-        return f"{text.strip()!r} is not readable here: this server lets visitors read files only under {roots}"
+        return f"that path is not readable here: this server lets visitors read files only under {roots}"
 
     def allows(self, path: Path) -> bool:
         """Whether ``path``, with every link and ``..`` resolved, lies under a root."""
@@ -67,7 +69,7 @@ class ServerPaths:
         before anything about the file is looked up."""
         path = Path(os.path.expanduser(text.strip()))
         if not self.allows(path):
-            raise PathRefused(self.refusal(text))
+            raise PathRefused(self.refusal)
         return path
 
     def allows_tree(self, path: Path) -> bool:
@@ -90,7 +92,7 @@ class ServerPaths:
         if self.roots is not None:
             fixed = pattern[: min(pattern.index(ch) for ch in GLOB_CHARACTERS if ch in pattern)]
             if not self.allows(Path(os.path.dirname(fixed) or ".")):
-                raise PathRefused(self.refusal(pattern))
+                raise PathRefused(self.refusal)
         return sorted(
             Path(match)
             for match in glob.glob(pattern, recursive=True)

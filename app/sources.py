@@ -147,7 +147,7 @@ def images_from_folder(text: str) -> ImageChoice:
         return ImageChoice(tuple(str(file) for file in files), text, fingerprint=text)
     path = _server_path(text)
     if path.is_dir() and not _allows_tree(paths, str(path)):
-        raise InputError(paths.refusal(text))
+        raise InputError(paths.refusal)
     return ImageChoice(str(path), fingerprint=_file_fingerprint(path))
 
 
@@ -286,7 +286,7 @@ def sweep_from_path(text: str) -> tuple[str, str]:
     """A saved sweep folder or a monitor's .jsonl file on the server: its path and fingerprint."""
     path = _server_path(text)
     if not all(server_paths().allows(path / name) for name in SWEEP_FILES):
-        raise InputError(server_paths().refusal(text))
+        raise InputError(server_paths().refusal)
     if path.is_file():
         if path.suffix != ".jsonl":
             raise InputError(
