@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from deepvit_diag.serve import DEFAULT_MAX_UPLOAD_MB
+
 # The bundled demo pair: 32-block ViT and DeepViT trained on scikit-learn digits on cluttered canvases.
 DEMO_CHECKPOINTS = ("vit32", "deepvit32")
 # Enough images for stable numbers, few enough to open in seconds on a CPU.
@@ -28,7 +30,7 @@ DEFAULT_NUM_IMAGES = 64
 # Images kept per model for the attention overlays (Layer similarity and Heads views).
 NUM_EXAMPLE_IMAGES = 8
 # Must not exceed server.maxUploadSize in .streamlit/config.toml (Streamlit refuses larger files first).
-DEFAULT_MAX_CHECKPOINT_MB = 1024
+DEFAULT_MAX_CHECKPOINT_MB = DEFAULT_MAX_UPLOAD_MB
 DEFAULT_MAX_IMAGE_MB = 20
 DEFAULT_MAX_IMAGES = 10_000
 DEFAULT_MAX_RESULTS = 4

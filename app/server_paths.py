@@ -17,19 +17,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepvit_diag.serve import is_local
+
 ROOTS_VARIABLE = "DEEPVIT_DIAG_APP_ROOTS"
-LOCAL_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
 GLOB_CHARACTERS = "*?["
 
 
 class PathRefused(Exception):
     """A path outside the readable roots; the message never says whether it exists."""
-
-
-def is_local(address: str | None) -> bool:
-    """Whether a server bound to ``address`` is reachable from this machine only (Streamlit binds
-    every interface when no address is set)."""
-    return address is not None and address.strip() in LOCAL_ADDRESSES
 
 
 @dataclass(frozen=True)

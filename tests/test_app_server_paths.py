@@ -10,7 +10,8 @@ import tomllib
 from streamlit.testing.v1 import AppTest
 from test_app import APP, TIMEOUT, app_environment, write_app_files
 
-from app.server_paths import ROOTS_VARIABLE, PathRefused, ServerPaths, is_local
+from app.server_paths import ROOTS_VARIABLE, PathRefused, ServerPaths
+from deepvit_diag.serve import is_local
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -18,15 +19,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 def test_shipped_config_binds_to_this_machine_only():
     config = tomllib.loads((PROJECT / ".streamlit" / "config.toml").read_text())
     assert is_local(config["server"]["address"])
-
-
-@pytest.mark.parametrize(
-    ("address", "local"),
-    [("127.0.0.1", True), ("localhost", True), ("::1", True), ("0.0.0.0", False), ("10.1.2.3", False), (None, False)],
-)
-def test_only_loopback_addresses_are_local(address, local):
-    # No address: Streamlit binds every interface.
-    assert is_local(address) is local
 
 
 def test_local_server_reads_anything_hosted_one_the_working_folder_or_the_named_roots(tmp_path):
