@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -123,11 +124,7 @@ def start_server(app_env: dict[str, str], port: int, log: Path) -> subprocess.Po
 
 def stop_server(server: subprocess.Popen) -> None:
     server.terminate()
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    server.wait(timeout=60)
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -193,11 +190,11 @@ async def load(url: str, sessions: int, timeout_s: float) -> list[dict[str, Any]
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile (the value below which ``fraction`` of ``values`` lie)."""
+    """Nearest-rank percentile: the smallest value with at least ``fraction`` of ``values`` at or below it."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def run_load(app_env: dict[str, str], sessions: int, timeout_s: float, folder: Path) -> dict[str, Any]:
@@ -224,6 +221,7 @@ def run_load(app_env: dict[str, str], sessions: int, timeout_s: float, folder: P
         "switches": len(switches),
         "switch_p50_s": percentile(switches, 0.5),
         "switch_p95_s": percentile(switches, 0.95),
+        "switch_s": switches,
         "wall_s": wall_s,
         "server_idle_rss_mib": idle["rss_mib"],
         "server_peak_rss_mib": memory["peak_rss_mib"],

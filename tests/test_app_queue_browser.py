@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_app import app_environment, write_app_files
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, RENDER_TIMEOUT_MS, _free_port, _wait_until_healthy
+from test_app_browser import CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT_MS, ROOT, _free_port, _wait_until_healthy
 
 # Enough images that the first analysis is still running when the second visitor arrives.
 NUM_IMAGES = 3000

@@ -3,47 +3,40 @@ sees of another's work, and analyses started together."""
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
-from test_app import APP, TIMEOUT, _assert_fine, app_environment, write_app_files
+
+# The fixtures that open the app on tiny checkpoints with empty caches.
+from test_app import APP, TIMEOUT, _assert_fine, files, tiny_app  # noqa: F401
 
 import app.compute
 from deepvit_diag import Settings, compare
 
-
-@pytest.fixture
-def files(tmp_path, monkeypatch):
-    """The app opened on the tiny checkpoints and images, with empty caches (shared by every session)."""
-    root = write_app_files(tmp_path)
-    for name, value in app_environment(root).items():
-        monkeypatch.setenv(name, value)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield root
-    st.cache_data.clear()
-    st.cache_resource.clear()
+pytestmark = pytest.mark.usefixtures("tiny_app")
 
 
 def _open() -> AppTest:
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
-def _upload_pair(at: AppTest, files) -> AppTest:
+def _upload_pair(at: AppTest, folder: Path) -> AppTest:
     """Checkpoint A uploaded (the same bytes in every session), then analysed."""
     at.selectbox(key="a_source").set_value("upload").run()
-    at.file_uploader(key="a_upload").upload("mine.safetensors", (files / "vit.safetensors").read_bytes())
+    at.file_uploader(key="a_upload").upload("mine.safetensors", (folder / "vit.safetensors").read_bytes())
     at.button(key="run").click().run()
     _assert_fine(at)
     return at
 
 
-def test_a_session_never_sees_another_sessions_uploads_or_results(files, monkeypatch):
+def test_a_session_never_sees_another_sessions_uploads_or_results(monkeypatch):
+    folder = Path(os.environ["DEEPVIT_DIAG_APP_CKPT_B"]).parent
     analysed = []
     monkeypatch.setattr(app.compute, "compare", lambda *args, **kwargs: analysed.append(1) or compare(*args, **kwargs))
-    first, second = _upload_pair(_open().run(), files), _upload_pair(_open().run(), files)
+    first, second = _upload_pair(_open().run(), folder), _upload_pair(_open().run(), folder)
     ours, theirs = first.session_state["shown_analysis"], second.session_state["shown_analysis"]
     # The same bytes uploaded twice: two files, two analyses, neither served from the other session.
     assert ours.request.a.spec != theirs.request.a.spec
@@ -62,7 +55,7 @@ def _shared_specs() -> list[str]:
     return [analysis.request.a.spec for analysis in store._entries.values()]
 
 
-def test_two_sessions_starting_together_both_finish_the_second_after_waiting(files):
+def test_two_sessions_starting_together_both_finish_the_second_after_waiting():
     queue = app.compute.device_queue()
     device = app.compute.queue_name(Settings())
     sessions = [_open(), _open()]
