@@ -21,6 +21,7 @@ from app.compute import Analysis, AnalysisRequest, failure_message, queue_name, 
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
 from app.views import export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
+from app.views.common import CancelButton, jobs  # noqa: E402
 
 VIEWS = {
     "Overview": overview.render,
@@ -60,7 +61,7 @@ def main() -> None:
         if analysis.queued is not None and analysis.queued.ahead_on_arrival:
             st.caption(
                 f"This analysis waited {analysis.queued.waited_s:.0f} s in the queue for "
-                f"{_jobs(analysis.queued.ahead_on_arrival)} ahead of it on the same device."
+                f"{jobs(analysis.queued.ahead_on_arrival)} ahead of it on the same device."
             )
     names = [*VIEWS, SWEEP_VIEW]
     tabs = st.tabs(names, key="view", on_change="rerun")
@@ -98,35 +99,25 @@ def _current_analysis() -> Analysis | None:
 def _run_with_progress(request: AnalysisRequest) -> Analysis:
     """The analysis, with its progress (or its place in the device queue) and a Cancel button
     shown while it waits or runs. Cancel reruns the page, which stops the work at its next report."""
-    bar, cancel = st.empty(), st.empty()
-    offered = False
-
-    def offer_cancel() -> None:
-        nonlocal offered
-        if not offered:
-            offered = True
-            cancel.button("Cancel", key="cancel_analysis", on_click=_cancel)
+    bar = st.empty()
+    cancel = CancelButton("cancel_analysis", _cancel)
 
     def waiting(ahead: int) -> None:
-        offer_cancel()
+        cancel.offer()
         bar.info(
-            f"Waiting for the {queue_name(request.settings)}: {_jobs(ahead)} ahead in the queue "
+            f"Waiting for the {queue_name(request.settings)}: {jobs(ahead)} ahead in the queue "
             f"(this analysis is number {ahead + 1}). It starts by itself."
         )
 
     def report(done: int, total: int) -> None:
-        offer_cancel()
+        cancel.offer()
         bar.progress(done / total, text=f"Analysing images: {done} of {total} read")
 
     try:
         return run_analysis(request, report, waiting)
     finally:
         bar.empty()
-        cancel.empty()
-
-
-def _jobs(count: int) -> str:
-    return f"{count} job" if count == 1 else f"{count} jobs"
+        cancel.remove()
 
 
 def _cancel() -> None:

@@ -23,7 +23,7 @@ from ..sources import (
     sweep_from_path,
     sweep_from_uploads,
 )
-from .common import BLOCKS_FROM_ONE, show_drawn
+from .common import BLOCKS_FROM_ONE, CancelButton, jobs, show_drawn
 
 SOURCES = {
     "run": "Run a sweep",
@@ -98,13 +98,16 @@ def _run(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) 
         st.info("Choose checkpoints and press **Run sweep**.")
         return None
     bar = st.empty()
+    cancel = CancelButton("cancel_sweep", lambda: st.session_state.update(sweep_request=None))
 
     def report(done: int, total: int | None) -> None:
+        cancel.offer()
         if total:
             bar.progress(min(1.0, done / total), text=f"Sweeping {len(request.checkpoints)} checkpoints")
 
     def waiting(ahead: int) -> None:
-        bar.info(f"Waiting for the device: {ahead} job(s) ahead in the queue. The sweep starts by itself.")
+        cancel.offer()
+        bar.info(f"Waiting for the device: {jobs(ahead)} ahead in the queue. The sweep starts by itself.")
 
     try:
         run = run_sweep(request, report, waiting)
@@ -114,6 +117,7 @@ def _run(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) 
         return None
     finally:
         bar.empty()
+        cancel.remove()
     for note in run.notes:
         st.warning(note)
     return run.sweep
