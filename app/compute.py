@@ -43,7 +43,7 @@ from deepvit_diag.report import build_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.sweeps import SweepResult
 
-from .config import NUM_EXAMPLE_IMAGES, AppDefaults
+from .config import AppDefaults
 from .sources import ImageChoice, ModelChoice, session_key, shown_as
 from .work_queue import DeviceQueue, Turn
 
@@ -65,7 +65,7 @@ class AnalysisRequest:
         """The settings ``deepvit_diag.compare`` runs with. Images are decoded in the app's
         own process: forking loader workers from Streamlit's threads risks deadlocks (and
         warns from Python 3.12), and the app's image sets are small."""
-        return replace(self.settings, num_examples=NUM_EXAMPLE_IMAGES, num_workers=0)
+        return replace(self.settings, num_workers=0)
 
     @property
     def public(self) -> bool:

@@ -27,8 +27,6 @@ from deepvit_diag.serve import DEFAULT_MAX_UPLOAD_MB
 DEMO_CHECKPOINTS = ("vit32", "deepvit32")
 # Enough images for stable numbers, few enough to open in seconds on a CPU.
 DEFAULT_NUM_IMAGES = 64
-# Images kept per model for the attention overlays (Layer similarity and Heads views).
-NUM_EXAMPLE_IMAGES = 8
 # Must not exceed server.maxUploadSize in .streamlit/config.toml (Streamlit refuses larger files first).
 DEFAULT_MAX_CHECKPOINT_MB = DEFAULT_MAX_UPLOAD_MB
 DEFAULT_MAX_IMAGE_MB = 20

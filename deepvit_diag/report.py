@@ -20,9 +20,11 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from . import catalogue, figures
+from . import catalogue
+from .figures import drawing
+from .formats import package_versions
 from .readers import MIXING_BLOCKS
-from .results import AnalysisResult, ComparisonResult, package_versions
+from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
 from .summary import (
     comparison_findings,
@@ -89,7 +91,7 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
         ReportFigure(drawn.element_id, spec.section, drawn.caption, drawn.figure)
         for metric in catalogue.METRICS
         for spec in metric.figures
-        for drawn in figures.draw(spec, results, comparison)
+        for drawn in drawing.draw(spec, results, comparison)
     ]
 
 
@@ -128,7 +130,7 @@ def _model_card(label: str, result: AnalysisResult) -> str:
     model, geometry = result.model, result.geometry
     provenance = model.get("provenance") or {}
     card = provenance.get("card") or {}
-    reattention = geometry.reattention_blocks
+    reattention = geometry.mixing_blocks
     grid_h, grid_w = geometry.grid_size
     patch_h, patch_w = geometry.patch_size
     image_h, image_w = geometry.image_size
@@ -267,10 +269,10 @@ def write_report(
 
 
 def sweep_report_figures(sweep: SweepResult, relative_depth: bool = False) -> list[ReportFigure]:
-    """Every figure of sweep.html, in page order (``figures.draw_sweep``)."""
+    """Every figure of sweep.html, in page order (``drawing.draw_sweep``)."""
     return [
         ReportFigure(drawn.element_id, "Sweep", drawn.caption, drawn.figure)
-        for drawn in figures.draw_sweep(sweep, relative_depth=relative_depth)
+        for drawn in drawing.draw_sweep(sweep, relative_depth=relative_depth)
     ]
 
 

@@ -18,8 +18,8 @@ the metric of all N images at once (up to float rounding):
 ``rank_collapse``; ``topk_correct`` returns counts, which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
-a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
-``stacked_theta`` read weights.
+a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_matrices`` and
+``stacked_head_mixing`` read weights.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .similarity import (
     similar_blocks,
     similarity_ratio,
 )
-from .theta import ThetaInfo, stacked_theta, theta_from_arrays, theta_matrices
+from .theta import HeadMixing, head_mixing_from_arrays, head_mixing_matrices, stacked_head_mixing
 from .tokens import rank_collapse, token_similarity
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
     "MinibatchCKA",
     "SimilarBlocks",
     "TOP_K",
-    "ThetaInfo",
+    "HeadMixing",
     "attention_entropy",
     "collapse_statistics",
     "cross_head_similarity",
@@ -65,9 +65,9 @@ __all__ = [
     "similar_blocks",
     "similarity_ratio",
     "softmax_statistics",
-    "stacked_theta",
-    "theta_from_arrays",
-    "theta_matrices",
+    "stacked_head_mixing",
+    "head_mixing_from_arrays",
+    "head_mixing_matrices",
     "token_distances",
     "token_similarity",
     "topk_correct",
