@@ -123,8 +123,14 @@ def start_server(app_env: dict[str, str], port: int, log: Path) -> subprocess.Po
 
 
 def stop_server(server: subprocess.Popen) -> None:
+    """Ask the server to stop; end it if it has not within a minute (a loaded machine is slow to)."""
     server.terminate()
-    server.wait(timeout=60)
+    try:
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def memory_mib(pid: int) -> dict[str, float]:

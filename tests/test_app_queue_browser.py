@@ -50,8 +50,9 @@ def busy_app(tmp_path):
         _wait_until_healthy(url, server, log)
         yield url
     finally:
-        server.terminate()
-        server.wait(timeout=15)
+        # The test is over and nothing was uploaded: no clean exit is needed, and under load one can take minutes.
+        server.kill()
+        server.wait()
 
 
 def test_second_visitor_waits_is_told_its_place_and_can_cancel(busy_app):
