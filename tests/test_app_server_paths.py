@@ -21,7 +21,7 @@ def test_shipped_config_binds_to_this_machine_only():
     assert is_local(config["server"]["address"])
 
 
-def test_local_server_reads_anything_hosted_one_the_working_folder_or_the_named_roots(tmp_path):
+def test_a_local_server_reads_anything_a_served_one_only_the_working_folder_or_the_named_roots(tmp_path):
     assert ServerPaths.from_settings("127.0.0.1", None, tmp_path).roots is None
     assert ServerPaths.from_settings("0.0.0.0", None, tmp_path).roots == (tmp_path.resolve(),)
     assert ServerPaths.from_settings(None, "", tmp_path).roots == (tmp_path.resolve(),)
