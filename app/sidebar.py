@@ -69,8 +69,8 @@ def render_sidebar(defaults: AppDefaults) -> SidebarInput:
     num_images = st.number_input(
         "Number of images",
         min_value=1,
-        max_value=100_000,
-        value=defaults.num_images,
+        max_value=defaults.max_images,
+        value=min(defaults.num_images, defaults.max_images),
         step=16,
         key="num_images",
         help="The first N usable images of the source are analysed.",

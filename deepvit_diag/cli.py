@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -28,6 +29,15 @@ from .errors import DiagError, failure_line, interruption, sigterm_as_interrupt
 from .hints import OPTIONS as HINT_OPTIONS
 from .hints import GuessWarning, Option, rendered
 from .labels import CLASS_MAP_HELP
+from .serve import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+    ServerOptions,
+    app_environment,
+    app_script,
+    streamlit_command,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -60,6 +70,18 @@ def _positive_number(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (else a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        value = _int_at_least(low)(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    return parse
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -775,7 +797,86 @@ def run_merge(args: argparse.Namespace) -> None:
     _print_analysis(args, result, labels)
 
 
-COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
+APP_EPILOG = """\
+Private by default: the server listens on 127.0.0.1, so only this machine can open it
+(from elsewhere, through an SSH tunnel: ssh -L 8501:localhost:8501 HOST).
+
+To serve a group, either bind an address others reach and name what they may read:
+  deepvit-diag app --host 0.0.0.0 --port 8501 --root /data/checkpoints --root /data/images
+or keep 127.0.0.1 and put a reverse proxy with TLS and a login in front (nginx, Caddy;
+add --base-url-path diag to serve it under /diag; the proxy must pass websockets on),
+and name the --root folders too: on 127.0.0.1 without them the app reads any path the
+server can, as it does for its one local user.
+
+What that exposes: the app has no login, so everyone who reaches the port can
+  - read every checkpoint, image folder and saved sweep under the --root folders (by
+    default the folder the server starts in; other paths are refused, alike whether they
+    exist or not), and see the presets and the weight store;
+  - upload checkpoints and images (up to --max-upload-mb each; kept in a temporary folder,
+    seen by their own session only, removed when the server stops);
+  - run analyses and sweeps on this machine's CPU and GPUs, one at a time per device, the
+    others waiting in a queue (up to --max-images images each), and make the server
+    download timm weights if it has network access.
+Analyses of the presets and bundled images are shared between visitors; those of files a
+visitor named or uploaded are seen by that visitor's session only. See docs/serving.md.
+"""
+
+
+def add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="start the app in the browser (Streamlit), private to this machine by default",
+        description="Start the deepvit-diag app: a Streamlit server that opens in the browser.",
+        epilog=APP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0: every network)",
+    )
+    p.add_argument("--port", type=_int_between(1, 65535), default=DEFAULT_PORT, help="port (default %(default)s)")
+    p.add_argument(
+        "--root",
+        dest="roots",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder visitors may read checkpoints, images and saved sweeps from (repeat for several); "
+        "default: any path on 127.0.0.1, the current folder on any other address",
+    )
+    p.add_argument("--max-images", type=_int_at_least(1), metavar="N", help="most images one analysis may read")
+    p.add_argument(
+        "--max-upload-mb",
+        type=_positive_number,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="MB",
+        help="largest checkpoint upload (default %(default)s)",
+    )
+    p.add_argument("--max-results", type=_int_at_least(1), metavar="N", help="analyses each session keeps of its own")
+    p.add_argument("--base-url-path", metavar="PATH", help="serve under this path (behind a reverse proxy)")
+    p.set_defaults(run=run_app)
+
+
+def run_app(args: argparse.Namespace) -> None:
+    """Replace this process with the Streamlit server (its Ctrl-C and exit status are the command's)."""
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        roots=tuple(args.roots),
+        max_images=args.max_images,
+        max_upload_mb=args.max_upload_mb,
+        max_results=args.max_results,
+        base_url_path=args.base_url_path,
+    )
+    command = streamlit_command(options, app_script())
+    environment = {**os.environ, **app_environment(options)}
+    sys.stdout.flush()
+    os.execve(command[0], command, environment)
+
+
+COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import, add_app]
 
 
 def _say(text: str, file: TextIO | None = None) -> None:

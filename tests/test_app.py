@@ -242,7 +242,7 @@ def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, mon
     at.button(key="sweep_run").click().run()
     _assert_fine(at)
     assert _charts(at) == len(catalogue.SWEEP_FIGURES)
-    run = app.compute.sweep_store().get(at.session_state["sweep_request"].key)
+    run = at.session_state["sweeps"].get(at.session_state["sweep_request"].key)  # server paths: this session's
     assert [entry.label for entry in run.sweep.entries] == ["vit.safetensors", "deepvit.safetensors"]
     assert run.sweep.entries[0].summary["num_images"] == 5  # the sidebar's images and number
     assert _sweep_captions(run.sweep) <= {caption.value for caption in at.caption}

@@ -25,7 +25,7 @@ from ..sources import (
     sweep_from_path,
     sweep_from_uploads,
 )
-from .common import BLOCKS_FROM_ONE, show_drawn
+from .common import BLOCKS_FROM_ONE, CancelButton, jobs, show_drawn
 
 SOURCES = {
     "run": "Run a sweep",
@@ -100,19 +100,26 @@ def _run(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) 
         st.info("Choose checkpoints and press **Run sweep**.")
         return None
     bar = st.empty()
+    cancel = CancelButton("cancel_sweep", lambda: st.session_state.update(sweep_request=None))
 
     def report(done: int, total: int | None) -> None:
+        cancel.offer()
         if total:
             bar.progress(min(1.0, done / total), text=f"Sweeping {len(request.checkpoints)} checkpoints")
 
+    def waiting(ahead: int) -> None:
+        cancel.offer()
+        bar.info(f"Waiting for the device: {jobs(ahead)} ahead in the queue. The sweep starts by itself.")
+
     try:
-        run = run_sweep(request, report)
+        run = run_sweep(request, report, waiting)
     except Exception as err:  # a failing checkpoint must not break the app
         st.error(markdown_text(failure_message(err)))
         st.session_state["sweep_request"] = None
         return None
     finally:
         bar.empty()
+        cancel.remove()
     for note in run.notes:
         st.warning(markdown_text(note))
     return run.sweep
