@@ -30,7 +30,7 @@ from torch import nn
 
 from .capture import AttentionCapture
 from .introspection import Geometry
-from .metrics import collapse_statistics, rank_collapse, softmax_statistics, token_similarity
+from .metrics import block_influence, collapse_statistics, rank_collapse, softmax_statistics, token_similarity
 from .metrics.theta import THETA_ARRAYS, stacked_theta
 from .settings import MAP_KINDS, Settings
 
@@ -273,6 +273,26 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=lambda batch: {"rank_residual": rank_collapse(batch.capture.hidden)},
+    ),
+    Metric(
+        "Block Influence",
+        ("block_influence",),
+        (
+            Figure(
+                "block_curves",
+                "Attention statistics per block",
+                "1 minus the mean cosine between the tokens entering and leaving each block (Block Influence, "
+                "ShortGPT, Men et al. 2024): near 0 means the block barely changes its input, a cheap sign that it "
+                "could be removed (`deepvit-diag ablate` measures what removing it costs).",
+                arguments={
+                    "array": "block_influence",
+                    "y_title": "1 - cos(block input, block output)",
+                    "title": "Block Influence (lower: the block changes its tokens less)",
+                },
+                key="block_influence_curves",
+            ),
+        ),
+        measure=lambda batch: {"block_influence": block_influence(batch.capture.hidden, batch.capture.first_input)},
     ),
     Metric(
         "linear CKA",

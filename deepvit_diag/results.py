@@ -18,6 +18,7 @@ E examples, grid gh x gw):
 ``attention_distance``      (L, H)                  mean attention distance in pixels
 ``token_similarity``        (L,)                    token over-smoothing
 ``rank_residual``           (L,)                    rank-collapse residual
+``block_influence``         (L,)                    1 - cos(block input, block output)
 ``cka``                     (L, L)                  minibatch linear CKA of block outputs
 ``theta``                   (R, H, H)               Theta of each Re-attention block, with
 ``theta_blocks``            (R,)                    their 0-based block indices, and where the
