@@ -249,7 +249,6 @@ class AblationRun:
     def batches(self, update: Callable[[int], None], done: list[int]) -> Iterator[tuple[torch.Tensor, Any]]:
         """The images of one pass, on the device, with their labels; ``update`` after each batch."""
         stream = self.stream()
-        self.label_note = stream.label_notes[0]
         for batch in stream:
             x = batch.images[0].to(self.device, non_blocking=True)
             labels = batch.labels[0]
@@ -258,6 +257,7 @@ class AblationRun:
             update(done[0])
         self.skipped = stream.skipped + stream.open_skipped
         self.description = stream.description
+        self.label_note = stream.label_notes[0]  # known once the batches are read (tensor pairs)
 
     def intact(self, x: torch.Tensor) -> IntactPass:
         with self.autocast():
