@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ablation_result import AblationResult
+from .ablation_result import ORDERINGS, AblationResult
 from .analysis import ModelStatistics, _on_device
 from .capture import AttentionRecorder, eval_mode
 from .distributed import gather, is_reporting_process, local_device, process_group_shard
@@ -159,12 +159,45 @@ def pruning_families(orders: dict[str, np.ndarray]) -> dict[str, Family]:
     }
 
 
-def plan_cost(families: dict[str, Family], depth: int) -> dict[str, float]:
-    """Per image: ablated ``variants``, the blocks they run (``block_evaluations``) and
-    those in full forward passes of the model (``forward_equivalents``)."""
+def plan_cost(families: dict[str, Family], depth: int) -> dict[str, Any]:
+    """Per image: ablated forward passes per family (``variants``), the blocks they run in all
+    (``block_evaluations``) and those in full forward passes of the model (``forward_equivalents``)."""
     variants = [variant for family in families.values() for _, variant in family.entries]
     evaluations = sum(depth - variant.start for variant in variants)
-    return {"variants": len(variants), "block_evaluations": evaluations, "forward_equivalents": evaluations / depth}
+    return {
+        "variants": {name: len(family.entries) for name, family in families.items()},
+        "block_evaluations": evaluations,
+        "forward_equivalents": evaluations / depth,
+    }
+
+
+def planned_cost(model: nn.Module, studies: Sequence[str] = STUDIES, heads: str = "mean") -> dict[str, Any]:
+    """What ``ablate`` will run per image, before any image is read (``--dry-run``): ``plan_cost``
+    of the single studies, and of the pruning curves at most (their first removed block, where
+    the shared part ends, is known only after the measurements), plus the intact ``passes``."""
+    check_request(studies, heads)
+    runner = BlockRunner(model)
+    geometry = Geometry.of(model, model_input_config(model)["input_size"][1:])
+    depth = runner.num_blocks
+    cost = plan_cost(single_ablations(runner, geometry, studies, heads), depth)
+    if "pruning" in studies:
+        orderings = len(ORDERINGS) if "block" in studies else len(ORDERINGS) - 1
+        # The k most redundant blocks removed, k = 1..L; at worst the first of them is block 0.
+        cost["variants"]["pruning"] = orderings * depth
+        cost["block_evaluations"] += orderings * depth * (depth - 1)
+    cost["variants"]["similar"] = 1  # at most: when some block is similar
+    cost["block_evaluations"] += depth - 1
+    cost["forward_equivalents"] = cost["block_evaluations"] / depth
+    cost["passes"] = 3 if "pruning" in studies else 2
+    return cost
+
+
+def check_request(studies: Sequence[str], heads: str) -> None:
+    unknown = [study for study in studies if study not in STUDIES]
+    if unknown or not studies:
+        raise DiagError(f"unknown ablation studies {unknown or 'none'}; choose from {', '.join(STUDIES)}")
+    if heads not in HEAD_MODES:
+        raise DiagError(f"heads must be one of {', '.join(HEAD_MODES)}, got {heads!r}")
 
 
 # ----------------------------------------------------------------------------- sums
@@ -220,11 +253,7 @@ class AblationRun:
     """Runs the three passes (see the module docstring) and owns every accumulator."""
 
     def __init__(self, model: nn.Module, images: ImageSource, settings: Settings, studies: Sequence[str], heads: str):
-        unknown = [study for study in studies if study not in STUDIES]
-        if unknown or not studies:
-            raise DiagError(f"unknown ablation studies {unknown or 'none'}; choose from {', '.join(STUDIES)}")
-        if heads not in HEAD_MODES:
-            raise DiagError(f"heads must be one of {', '.join(HEAD_MODES)}, got {heads!r}")
+        check_request(studies, heads)
         self.model, self.images, self.studies, self.heads = model, images, tuple(studies), heads
         self.settings = replace(settings, device=local_device(settings.device)).resolved()
         self.device = self.settings.torch_device
@@ -255,7 +284,7 @@ class AblationRun:
             yield x, (labels.to(self.device) if labels is not None else None)
             done[0] += len(x)
             update(done[0])
-        self.skipped = stream.skipped + stream.open_skipped
+        self.skipped, self.open_skipped = stream.skipped, stream.open_skipped
         self.description = stream.description
         self.label_note = stream.label_notes[0]  # known once the batches are read (tensor pairs)
 
@@ -281,7 +310,7 @@ class AblationRun:
             if count == 0:
                 raise DiagError("no images to ablate")
             families = self.single_families()
-            similar = similar_blocks(torch.from_numpy(statistics["ratio"]), self.settings.rho).indices
+            similar = similar_blocks(torch.from_numpy(statistics["ratio"] / count), self.settings.rho).indices
             if similar:
                 families["similar"] = Family((1,), [((0,), removal(similar))])
             means = statistics.get("head_sums")
@@ -297,7 +326,8 @@ class AblationRun:
                 pruning_sums = self.ablation_pass(pruning, None, update, done)
                 families.update(pruning)
                 sums = {key: np.concatenate([sums[key], pruning_sums[key]]) for key in sums}
-        images = {"description": self.description, "count": count, "skipped": self.skipped}
+        skipped = sum(gather(self.skipped)) + self.open_skipped  # files refused at opening count once
+        images = {"description": self.description, "count": count, "skipped": skipped}
         computation = {
             "processes": 1 if self.shard is None else self.shard.count,
             "devices": [str(self.device)],

@@ -647,6 +647,89 @@ def run_analyze(args: argparse.Namespace) -> None:
     _run_analysis(args, [(args.ckpt, "")], [_model_label(args.ckpt)])
 
 
+# ----------------------------------------------------------------------------- ablate
+
+
+def add_ablate(sub: argparse._SubParsersAction) -> None:
+    from .ablation import HEAD_MODES, STUDIES
+
+    p = sub.add_parser(
+        "ablate",
+        help="measure what removing blocks, attention, heads or Re-attention costs a checkpoint",
+        description="Remove blocks, attention branches, single heads and Re-attention, swap in the previous block's "
+        "maps, and prune the most redundant blocks (by measured cost, similarity ratio and Block Influence); print "
+        "what each costs next to the similarity ratio and write result.json and arrays.npz.",
+    )
+    p.add_argument("--ckpt", required=True, metavar="SPEC", help="the model, as for analyze")
+    _add_analysis_options(p, "result.json, arrays.npz and report.html", Path("deepvit-diag-ablation"))
+    p.add_argument(
+        "--studies",
+        nargs="+",
+        choices=STUDIES,
+        default=list(STUDIES),
+        metavar="STUDY",
+        help=f"which ablations to run: {', '.join(STUDIES)} (default all)",
+    )
+    p.add_argument(
+        "--heads",
+        choices=HEAD_MODES,
+        default="mean",
+        help="replace an ablated head's output by its mean over the images (default) or by zero",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the number of forward passes the ablation will run, and run none",
+    )
+    add_arch_options(p)
+    p.set_defaults(run=run_ablate)
+
+
+def _written_by_ablation(path: Path) -> bool:
+    from .ablation_result import ABLATION_FORMAT
+    from .report import is_report_file
+    from .results import is_result_file
+
+    return is_result_file(path, {"result.json": (ABLATION_FORMAT,)}) or is_report_file(path)
+
+
+def run_ablate(args: argparse.Namespace) -> None:
+    from .ablation import ablate, planned_cost
+    from .ablation_summary import ablation_findings, ablation_table, cost_lines
+    from .checkpoints import load_model
+    from .images import default_image_set, open_images
+
+    label = _model_label(args.ckpt)
+    if args.dry_run:
+        settings = settings_from(args).resolved()
+        with _warnings_as_lines(args.quiet):
+            model = _load_for(load_model, args.ckpt, args, "")
+            images = open_images(args.images or [default_image_set([model])], limit=settings.num_images)
+        for line in cost_lines(label, planned_cost(model, args.studies, args.heads), len(images)):
+            print(line)
+        return
+    with _reporting_output(args, _written_by_ablation) as write:
+        settings = settings_from(args).resolved()
+        with _warnings_as_lines(args.quiet):
+            model = _load_for(load_model, args.ckpt, args, "")
+            sources = args.images or [default_image_set([model])]
+            images = open_images(
+                sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
+            )
+            result = ablate(model, images, settings, studies=args.studies, heads=args.heads, progress=not args.quiet)
+        write(result.save)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    elif not args.quiet:
+        from rich.console import Console
+
+        console = Console()
+        console.print(ablation_table(result))
+        for finding in ablation_findings(label, result):
+            console.print(f"- {finding}", highlight=False)
+        console.print(f"Written: {args.out}/result.json, arrays.npz", highlight=False)
+
+
 # ----------------------------------------------------------------------------- sweep
 
 
@@ -793,7 +876,7 @@ def run_merge(args: argparse.Namespace) -> None:
     _print_analysis(args, result, labels)
 
 
-COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
+COMMANDS = [add_compare, add_analyze, add_ablate, add_sweep, add_merge, add_train, add_models, add_import]
 
 
 def build_parser() -> argparse.ArgumentParser:

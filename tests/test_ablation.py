@@ -332,3 +332,33 @@ def test_models_whose_blocks_need_more_than_tokens_are_refused():
 
 def test_every_study_is_known():
     assert STUDIES == ("block", "attention", "transplant", "head", "reattention", "pruning")
+
+
+# ----------------------------------------------------------------------------- a process group
+
+
+def _ablate_in_group(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        # 11 images over 2 processes; the means of the head ablation and the pruning orders need all of them.
+        result = ablate(tiny_deepvit(), labelled(), batch_size=4, **OPTIONS)
+        result.save(f"{out}/rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_give_the_single_process_result(result, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ablate_in_group, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    for rank in range(2):  # every process ends with the numbers of all images
+        together = AblationResult.load(tmp_path / f"rank{rank}")
+        assert together.num_images == 11 and together.accuracy == result.accuracy
+        assert together.computation["processes"] == 2
+        assert set(together.arrays) == set(result.arrays)
+        for name, expected in result.arrays.items():
+            np.testing.assert_allclose(together.arrays[name], expected, rtol=1e-5, atol=1e-7, err_msg=name)
