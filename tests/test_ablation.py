@@ -15,6 +15,7 @@ from deepvit_diag.ablation import STUDIES, VariantSums, ablate, removal
 from deepvit_diag.ablation_result import AblationResult
 from deepvit_diag.errors import DiagError
 from deepvit_diag.interventions import BlockRunner, Variant
+from deepvit_diag.metrics import similar_blocks
 from deepvit_diag.models import build_model
 
 DEPTH = 4
@@ -219,6 +220,18 @@ def test_block_influence_and_similarity_match_the_analysis(model, result):
     np.testing.assert_allclose(result.arrays["ratio"], analysed.ratio(), atol=1e-6)
     np.testing.assert_allclose(result.arrays["cross_head"], analysed.cross_head(), atol=1e-6)
     assert result.accuracy == analysed.accuracy
+    assert result.similar_blocks == similar_blocks(analysed.ratio(), result.settings.rho).indices
+
+
+def test_the_similar_blocks_removed_together(model, result):
+    x, labels = labelled()
+    ratio = result.arrays["ratio"]
+    low, high = np.sort(ratio)[1:3]
+    assert high > low
+    rho = float(low + high) / 2  # the two blocks of highest ratio count as similar
+    similar = ablate(model, (x, labels), studies=["block"], rho=rho, batch_size=5, **OPTIONS)
+    assert similar.similar_blocks == [int(b) for b in np.nonzero(ratio > rho)[0]] and similar.similar_blocks
+    assert_effect(similar, "similar", 0, effect_of(without_blocks(model, similar.similar_blocks), model, x, labels))
 
 
 # ----------------------------------------------------------------------------- sanity
