@@ -3,6 +3,8 @@
 __version__ = "0.1.0"
 
 from . import models  # registers the presets with timm
+from .ablation import ablate
+from .ablation_result import AblationResult
 from .analysis import analyze, compare
 from .capture import AttentionCapture, AttentionRecorder, extract_attention
 from .checkpoints import load_model, save_native
@@ -16,6 +18,7 @@ from .settings import Settings
 from .sweeps import SweepResult, sweep
 
 __all__ = [
+    "AblationResult",
     "AnalysisResult",
     "AttentionCapture",
     "AttentionRecorder",
@@ -26,6 +29,7 @@ __all__ = [
     "ReAttention",
     "Settings",
     "SweepResult",
+    "ablate",
     "analyze",
     "build_model",
     "compare",
