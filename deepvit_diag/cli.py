@@ -700,22 +700,25 @@ def run_ablate(args: argparse.Namespace) -> None:
     from .images import default_image_set, open_images
 
     label = _model_label(args.ckpt)
-    if args.dry_run:
-        settings = settings_from(args).resolved()
-        with _warnings_as_lines(args.quiet):
-            model = _load_for(load_model, args.ckpt, args, "")
-            images = open_images(args.images or [default_image_set([model])], limit=settings.num_images)
-        for line in cost_lines(label, planned_cost(model, args.studies, args.heads), len(images)):
-            print(line)
-        return
-    with _reporting_output(args, _written_by_ablation) as write:
-        settings = settings_from(args).resolved()
+
+    def model_and_images() -> tuple[Any, Any, Settings]:
+        settings = settings_from(args).resolved()  # an unusable --device fails before the model is loaded
         with _warnings_as_lines(args.quiet):
             model = _load_for(load_model, args.ckpt, args, "")
             sources = args.images or [default_image_set([model])]
             images = open_images(
                 sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
             )
+        return model, images, settings
+
+    if args.dry_run:  # nothing is run and --out is not touched
+        model, images, _ = model_and_images()
+        for line in cost_lines(label, planned_cost(model, args.studies, args.heads), len(images)):
+            print(line)
+        return
+    with _reporting_output(args, _written_by_ablation) as write:
+        model, images, settings = model_and_images()
+        with _warnings_as_lines(args.quiet):
             result = ablate(model, images, settings, studies=args.studies, heads=args.heads, progress=not args.quiet)
         write(result.save)
     if args.json:
