@@ -80,6 +80,16 @@ class AblationResult:
             return self.arrays[f"{family}_accuracy"][..., 0] - self.accuracy.top(1)
         return self.arrays[f"{family}_{measure}"]
 
+    def head_redundancy(self) -> np.ndarray:
+        """(L, H): each head's mean cross-head similarity to the other heads of its block
+        (``cross_head`` without its diagonal); NaN with a single head."""
+        cross_head = self.arrays["cross_head"].astype(np.float64)
+        num_heads = cross_head.shape[-1]
+        if num_heads < 2:
+            return np.full(cross_head.shape[:2], np.nan)
+        others = cross_head.sum(axis=-1) - np.diagonal(cross_head, axis1=-2, axis2=-1)
+        return others / (num_heads - 1)
+
     def effect(self, family: str, index: int | tuple[int, ...] = 0) -> dict[str, float | None]:
         """One ablation's numbers: ``kl``, ``agreement``, ``cosine`` and, with labels, ``top1_change``."""
         numbers = {measure: _finite_or_none(self.values(family, measure)[index]) for measure in MEASURES}
