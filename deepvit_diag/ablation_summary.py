@@ -42,27 +42,19 @@ def _cost(effect: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def ablation_table(result: AblationResult) -> Table:
-    """One row per block: the collapse measures next to what removing parts of the block costs."""
-    table = Table(
-        title=f"Ablations on {result.num_images} images (KL of the predictive distribution from the intact model's)"
-    )
-    columns = ["block", "sim. ratio", "Block Infl."]
-    present = [family for family in ("block", "attention", "transplant", "reattention") if result.has(family)]
-    names = {
-        "block": "block removed",
-        "attention": "attention removed",
-        "transplant": "prev. maps",
-        "reattention": "no Re-attn.",
-    }
-    columns += [f"{names[family]}: KL" for family in present]
+def ablation_rows(result: AblationResult) -> tuple[list[str], list[list[str]]]:
+    """The per-block table (header, rows): the collapse measures next to what removing parts
+    of the block costs (KL of the predictive distribution from the intact model's)."""
+    names = {"block": "block removed", "attention": "attention removed", "transplant": "prev. maps"}
+    names["reattention"] = "no Re-attn."
+    present = [family for family in names if result.has(family)]
+    header = ["block", "sim. ratio", "Block Infl.", *(f"{names[family]}: KL" for family in present)]
     labelled = result.accuracy.available and result.has("block")
     if labelled:
-        columns.append("block removed: top-1 change (points)")
+        header.append("block removed: top-1 change (points)")
     if result.has("head"):
-        columns.append("costliest head: KL")
-    for column in columns:
-        table.add_column(column, justify="right")
+        header.append("costliest head: KL")
+    rows = []
     for block in range(result.geometry.num_blocks):
         row = [str(block + 1), f"{result.arrays['ratio'][block]:.3f}", f"{result.arrays['block_influence'][block]:.4f}"]
         for family in present:
@@ -73,6 +65,21 @@ def ablation_table(result: AblationResult) -> Table:
         if result.has("head"):
             kl = result.values("head", "kl")[block]
             row.append(f"{np.nanmax(kl):.3g} (h{int(np.nanargmax(kl)) + 1})")
+        rows.append(row)
+    return header, rows
+
+
+def ablation_title(result: AblationResult) -> str:
+    return f"Ablations on {result.num_images} images (KL of the predictive distribution from the intact model's)"
+
+
+def ablation_table(result: AblationResult) -> Table:
+    """``ablation_rows`` as a rich table for the terminal."""
+    header, rows = ablation_rows(result)
+    table = Table(title=ablation_title(result))
+    for column in header:
+        table.add_column(column, justify="right")
+    for row in rows:
         table.add_row(*row)
     return table
 

@@ -698,6 +698,7 @@ def run_ablate(args: argparse.Namespace) -> None:
     from .ablation_summary import ablation_findings, ablation_table, cost_lines
     from .checkpoints import load_model
     from .images import default_image_set, open_images
+    from .report import write_ablation_report
 
     label = _model_label(args.ckpt)
 
@@ -720,7 +721,13 @@ def run_ablate(args: argparse.Namespace) -> None:
         model, images, settings = model_and_images()
         with _warnings_as_lines(args.quiet):
             result = ablate(model, images, settings, studies=args.studies, heads=args.heads, progress=not args.quiet)
-        write(result.save)
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_ablation_report(folder / "report.html", result, label, command)
+
+        write(write_files)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
@@ -730,7 +737,7 @@ def run_ablate(args: argparse.Namespace) -> None:
         console.print(ablation_table(result))
         for finding in ablation_findings(label, result):
             console.print(f"- {finding}", highlight=False)
-        console.print(f"Written: {args.out}/result.json, arrays.npz", highlight=False)
+        console.print(f"Written: {args.out / 'report.html'} (with result.json and arrays.npz)", highlight=False)
 
 
 # ----------------------------------------------------------------------------- sweep

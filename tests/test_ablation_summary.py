@@ -76,3 +76,51 @@ def test_cli_ablate_writes_the_result_and_dry_run_runs_nothing(tmp_path, capsys)
     with pytest.raises(SystemExit) as usage:
         main([*common, "--studies", "blocks"])
     assert usage.value.code == 2
+
+
+def test_ablation_report_is_self_contained_with_every_figure(result):
+    import re
+
+    from deepvit_diag.ablation_figures import draw_ablation
+    from deepvit_diag.report import build_ablation_report
+
+    page = build_ablation_report(result, "tiny", command="deepvit-diag ablate ...")
+    drawn = draw_ablation(result)
+    assert [item.element_id for item in drawn] == ["fig-ablation-effect", "fig-head-importance", "fig-pruning-curves"]
+    for item in drawn:
+        assert f'id="{item.element_id}"' in page and item.caption.replace("'", "&#x27;") in page
+        assert item.figure.layout.title.text and all(axis.title.text for axis in item.figure.select_xaxes())
+    assert len(re.findall(r"<script\b", page)) == len(drawn) + 1  # plotly.js once, then one per figure
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)
+    for sentence in ablation_findings("tiny", result):
+        assert sentence.replace("'", "&#x27;") in page
+    assert page.startswith("<!DOCTYPE html>") and "<title>deepvit-diag: " in page[:4096]
+
+
+def test_figures_draw_what_the_result_holds(result):
+    from deepvit_diag.ablation_figures import ablation_effect, head_importance, pruning_curves
+
+    effect = ablation_effect(result)
+    kl = {trace.name: trace.y for trace in effect.data}
+    np.testing.assert_array_equal(kl["KL: block removed"], result.values("block", "kl"))
+    np.testing.assert_array_equal(kl["similarity ratio"], result.arrays["ratio"])
+    assert list(effect.data[0].x) == list(range(1, DEPTH + 1))  # blocks from 1
+    heads = head_importance(result)
+    np.testing.assert_array_equal(heads.data[0].z, result.values("head", "kl"))
+    np.testing.assert_allclose(heads.data[1].z, result.head_redundancy())
+    pruning = pruning_curves(result)
+    first = pruning.data[0]  # measured ordering, accuracy panel: k = 0 is the intact model
+    assert first.y[0] == pytest.approx(result.accuracy.top(1))
+    np.testing.assert_allclose(first.y[1:], result.arrays["pruning_measured_accuracy"][:, 0])
+
+
+def test_head_redundancy_is_the_mean_similarity_to_the_other_heads(result):
+    cross_head = result.arrays["cross_head"].astype(np.float64)
+    num_blocks, num_heads = cross_head.shape[:2]
+    expected = np.array(
+        [
+            [np.mean([cross_head[l, h, g] for g in range(num_heads) if g != h]) for h in range(num_heads)]
+            for l in range(num_blocks)
+        ]
+    )
+    np.testing.assert_allclose(result.head_redundancy(), expected, rtol=1e-6)
