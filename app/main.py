@@ -20,7 +20,7 @@ import streamlit as st  # noqa: E402
 from app.compute import Analysis, AnalysisRequest, failure_message, run_analysis  # noqa: E402
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
-from app.views import export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
+from app.views import ablation, export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
 
 VIEWS = {
     "Overview": overview.render,
@@ -29,6 +29,7 @@ VIEWS = {
     "Heads": heads.render,
     "Theta": theta.render,
     "More metrics": more.render,
+    "Ablation": ablation.render,
     "Export": export.render,
 }
 # Not a view of the comparison: it has its own inputs and works without one.
