@@ -275,15 +275,15 @@ class AblationRun:
     def stream(self) -> ImageStream:
         return ImageStream(self.images, [self.model], self.settings, self.shard)
 
-    def batches(self, update: Callable[[int], None], done: list[int]) -> Iterator[tuple[torch.Tensor, Any]]:
-        """The images of one pass, on the device, with their labels; ``update`` after each batch."""
+    def batches(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        """The images of one pass, on the device, with their labels; the progress advances after each batch."""
         stream = self.stream()
         for batch in stream:
             x = batch.images[0].to(self.device, non_blocking=True)
             labels = batch.labels[0]
             yield x, (labels.to(self.device) if labels is not None else None)
-            done[0] += len(x)
-            update(done[0])
+            self.passed += len(x)
+            self.update(self.passed)
         self.skipped, self.open_skipped = stream.skipped, stream.open_skipped
         self.description = stream.description
         self.label_note = stream.label_notes[0]  # known once the batches are read (tensor pairs)
@@ -304,9 +304,9 @@ class AblationRun:
             total = self.stream().total
             passes = 3 if "pruning" in self.studies else 2
             label = "ablating" + (f" (shard {self.shard})" if self.shard is not None else "")
-            update = stack.enter_context(reporting(progress, label, None if total is None else passes * total))
-            done = [0]
-            count, statistics, intact_correct = self.statistics_pass(update, done)
+            self.update = stack.enter_context(reporting(progress, label, None if total is None else passes * total))
+            self.passed = 0  # images through any pass so far, for the progress
+            count, statistics, intact_correct = self.statistics_pass()
             if count == 0:
                 raise DiagError("no images to ablate")
             families = self.single_families()
@@ -315,7 +315,7 @@ class AblationRun:
                 families["similar"] = Family((1,), [((0,), removal(similar))])
             means = statistics.get("head_sums")
             head_means = torch.from_numpy(means / count).float().to(self.device) if means is not None else None
-            sums = self.ablation_pass(families, head_means, update, done)
+            sums = self.ablation_pass(families, head_means)
             orders: dict[str, np.ndarray] = {}
             if "pruning" in self.studies:
                 block_kl = None
@@ -323,7 +323,7 @@ class AblationRun:
                     block_kl = _family_values(families, sums, "kl", "block") / count
                 orders = pruning_orders(block_kl, statistics["ratio"] / count, statistics["block_influence"] / count)
                 pruning = pruning_families(orders)
-                pruning_sums = self.ablation_pass(pruning, None, update, done)
+                pruning_sums = self.ablation_pass(pruning, None)
                 families.update(pruning)
                 sums = {key: np.concatenate([sums[key], pruning_sums[key]]) for key in sums}
         skipped = sum(gather(self.skipped)) + self.open_skipped  # files refused at opening count once
@@ -338,7 +338,7 @@ class AblationRun:
             orders, similar, computation, images,
         )  # fmt: skip
 
-    def statistics_pass(self, update: Callable, done: list[int]) -> tuple[int, dict[str, np.ndarray], np.ndarray]:
+    def statistics_pass(self) -> tuple[int, dict[str, np.ndarray], np.ndarray]:
         """Pass 1: sums of the similarity ratio (maps as ``settings.maps``), cross-head
         similarity, Block Influence and (for mean head ablation) each block's input of
         ``attn.proj``, and the intact top-k counts; of all processes' images."""
@@ -354,7 +354,7 @@ class AblationRun:
             if head_sums:
                 for index, attn in enumerate(self.runner.attns):
                     stack.callback(attn.proj.register_forward_pre_hook(_keeper(proj_inputs, index)).remove)
-            for x, labels in self.batches(update, done):
+            for x, labels in self.batches():
                 intact = self.intact(x)
                 capture = recorder.take()
                 maps = capture.post if settings.maps == "post" else capture.pre
@@ -381,14 +381,12 @@ class AblationRun:
         totals = _added(present) if present else {}
         return sum(part[0] for part in gathered), totals, sum(part[2] for part in gathered)
 
-    def ablation_pass(
-        self, families: dict[str, Family], head_means: torch.Tensor | None, update: Callable, done: list[int]
-    ) -> dict[str, np.ndarray]:
+    def ablation_pass(self, families: dict[str, Family], head_means: torch.Tensor | None) -> dict[str, np.ndarray]:
         """Every variant of ``families`` on every image; the sums of all processes, in planned order."""
         variants = [variant for family in families.values() for _, variant in family.entries]
         groups = _groups(variants)
         sums = VariantSums(len(variants), self.ks, self.device)
-        for x, labels in self.batches(update, done):
+        for x, labels in self.batches():
             intact = self.intact(x)
             for first, group in groups:
                 with self.autocast():

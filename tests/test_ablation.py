@@ -168,7 +168,10 @@ def test_mean_head_ablation_replaces_the_head_by_its_mean_over_the_images(model,
 
 def test_zero_head_ablation(model):
     x, labels = labelled(6)
-    zeroed = ablate(model, (x, labels), studies=["head"], heads="zero", batch_size=4, **OPTIONS)
+    calls = []
+    options = {**OPTIONS, "progress": lambda done, total: calls.append((done, total))}
+    zeroed = ablate(model, (x, labels), studies=["head"], heads="zero", batch_size=4, **options)
+    assert calls == [(4, 12), (6, 12), (10, 12), (12, 12)]  # two passes (no pruning) of 6 images, batches of 4
     assert_effect(zeroed, "head", (2, 1), reference_effect(model, x, labels, head=(2, 1, 0.0)))
 
 
