@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import sys
 
-# The same words and status as deepvit_diag.errors.interrupted(), which cannot be imported
+# The same words and status as deepvit_diag.errors.INTERRUPTED_LINE and INTERRUPTED_STATUS, which cannot be imported
 # before the package has loaded.
 INTERRUPTED_STATUS = 130
 

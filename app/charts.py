@@ -5,8 +5,6 @@ quantity shared by A and B. They only draw arrays the library computed.
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 
 import numpy as np
@@ -14,20 +12,10 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from deepvit_diag.figures import DIVERGING, TEMPLATE
+from deepvit_diag.figures.style import DIVERGING, TEMPLATE, png_data_uri
 
 QUERY_PANEL_PX = 180  # largest panel side
 QUERY_GRID_PX = 480  # width of all panels of a row together
-
-
-def _data_uri(pixels: np.ndarray, scale: int) -> str:
-    """The image as a PNG data URI, each pixel repeated ``scale`` times: the browser would
-    blur a small image (24 px digits) when it stretches it over a panel."""
-    image = Image.fromarray(pixels)
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def colour_range(*maps: np.ndarray) -> dict:
@@ -83,7 +71,7 @@ def query_attention(
         vertical_spacing=min(0.2, 28 / (panel * rows)),
     )
     scale = max(1, math.ceil(panel / max(height, width)))
-    source = _data_uri(image, scale)
+    source = png_data_uri(Image.fromarray(image), scale)
     # Upscaled pixels placed so that the image still spans [-0.5, width - 0.5], the original's pixel grid.
     offset = 0.5 / scale - 0.5
     cell_h, cell_w = height / grid_h, width / grid_w

@@ -38,7 +38,6 @@ from deepvit_diag.report import build_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.sweeps import SweepResult
 
-from .config import NUM_EXAMPLE_IMAGES
 from .sources import ImageChoice, ModelChoice, shown_as
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class AnalysisRequest:
         """The settings ``deepvit_diag.compare`` runs with. Images are decoded in the app's
         own process: forking loader workers from Streamlit's threads risks deadlocks (and
         warns from Python 3.12), and the app's image sets are small."""
-        return replace(self.settings, num_examples=NUM_EXAMPLE_IMAGES, num_workers=0)
+        return replace(self.settings, num_workers=0)
 
 
 @dataclass

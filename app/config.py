@@ -22,8 +22,6 @@ from dataclasses import dataclass
 DEMO_CHECKPOINTS = ("vit32", "deepvit32")
 # Enough images for stable numbers, few enough to open in seconds on a CPU.
 DEFAULT_NUM_IMAGES = 64
-# Images kept per model for the attention overlays (Layer similarity and Heads views).
-NUM_EXAMPLE_IMAGES = 8
 # Must not exceed server.maxUploadSize in .streamlit/config.toml (Streamlit refuses larger files first).
 DEFAULT_MAX_CHECKPOINT_MB = 1024
 DEFAULT_MAX_IMAGE_MB = 20

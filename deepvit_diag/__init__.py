@@ -1,6 +1,8 @@
 """deepvit-diag: find attention collapse in ViT and DeepViT checkpoints."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("deepvit-diag")
 
 from . import models  # registers the presets with timm
 from .ablation import ablate
@@ -15,7 +17,8 @@ from .models import DeepVisionTransformer, ReAttention, build_model
 from .monitor import CollapseMonitor
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
-from .sweeps import SweepResult, sweep
+from .sweep_runner import sweep
+from .sweeps import SweepResult
 
 __all__ = [
     "AblationResult",

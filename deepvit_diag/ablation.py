@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .ablation_result import ORDERINGS, AblationResult
-from .analysis import ModelStatistics, _on_device
+from .analysis import ModelStatistics, on_device
 from .capture import AttentionRecorder, eval_mode
 from .distributed import gather, is_reporting_process, local_device, process_group_shard
 from .errors import DiagError
@@ -298,7 +298,7 @@ class AblationRun:
 
     def run(self, progress: ProgressOption) -> Ablation:
         with ExitStack() as stack:
-            stack.enter_context(_on_device(self.model, self.device))
+            stack.enter_context(on_device(self.model, self.device))
             stack.enter_context(eval_mode(self.model))
             stack.enter_context(torch.inference_mode())
             total = self.stream().total

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .introspection import Geometry
 from .metrics import Accuracy, spearman
-from .results import _finite_or_none, _from_saved, _read_folder, _write_folder, jsonable, package_versions
+from .results import RESULT_FILE, finite_or_none
 from .settings import Settings
 
 ABLATION_FORMAT = "deepvit-diag ablation"
@@ -92,9 +93,9 @@ class AblationResult:
 
     def effect(self, family: str, index: int | tuple[int, ...] = 0) -> dict[str, float | None]:
         """One ablation's numbers: ``kl``, ``agreement``, ``cosine`` and, with labels, ``top1_change``."""
-        numbers = {measure: _finite_or_none(self.values(family, measure)[index]) for measure in MEASURES}
+        numbers = {measure: finite_or_none(self.values(family, measure)[index]) for measure in MEASURES}
         if self.accuracy.available:
-            numbers["top1_change"] = _finite_or_none(self.values(family, "accuracy_change")[index])
+            numbers["top1_change"] = finite_or_none(self.values(family, "accuracy_change")[index])
         return numbers
 
     def prunable(self, ordering: str) -> dict[str, Any]:
@@ -126,8 +127,8 @@ class AblationResult:
             kl = self.values("block", "kl")
             s["block_cheapest"] = int(np.nanargmin(kl))
             s["block_costliest"] = int(np.nanargmax(kl))
-            s["ratio_vs_block_kl_spearman"] = _finite_or_none(spearman(self.arrays["ratio"], kl))
-            s["influence_vs_block_kl_spearman"] = _finite_or_none(spearman(self.arrays["block_influence"], kl))
+            s["ratio_vs_block_kl_spearman"] = finite_or_none(spearman(self.arrays["ratio"], kl))
+            s["influence_vs_block_kl_spearman"] = finite_or_none(spearman(self.arrays["block_influence"], kl))
             s["block_removal"] = [self.effect("block", p) for p in range(len(kl))]
         if self.has("similar"):
             s["similar_removed"] = self.effect("similar")
@@ -136,7 +137,7 @@ class AblationResult:
             kl = self.values("reattention", "kl")
             s["reattention_most_reliant_block"] = int(np.nanargmax(kl))
         if self.has("transplant"):
-            s["transplant_mean_kl"] = _finite_or_none(np.nanmean(self.values("transplant", "kl")))
+            s["transplant_mean_kl"] = finite_or_none(np.nanmean(self.values("transplant", "kl")))
         if self.has("head"):
             kl = self.values("head", "kl")
             block, head = np.unravel_index(int(np.nanargmax(kl)), kl.shape)
@@ -168,11 +169,11 @@ class AblationResult:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/result.json`` and ``folder/arrays.npz``."""
-        return _write_folder(folder, self.to_document(), self.arrays)
+        return write_folder(folder, self.to_document(), self.arrays, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> AblationResult:
-        document, arrays = _read_folder(folder, ABLATION_FORMAT)
+        document, arrays = read_folder(folder, ABLATION_FORMAT, RESULT_FILE)
 
         def build() -> AblationResult:
             return cls(
@@ -189,4 +190,9 @@ class AblationResult:
                 computation=document["computation"],
             )
 
-        return _from_saved(folder, build)
+        return rebuild(folder, build)
+
+
+def is_ablation_file(path: Path) -> bool:
+    """Whether ``path`` is a result.json or arrays.npz ``AblationResult.save`` wrote (what ``--out`` may replace)."""
+    return written_by_us(path, {RESULT_FILE: (ABLATION_FORMAT,)}, (ARRAYS_FILE,))

@@ -47,7 +47,8 @@ from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
 from .settings import DTYPES, MAP_KINDS, Settings
-from .tally import ModelParts, ModelTally, ShardRecord, Tally, combined_computation, results
+from .shards import ShardRecord
+from .tally import ModelParts, ModelTally, Tally, build_results, combined_computation
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _cls_attention(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 
 
 @contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
+def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
     """``model`` moved to ``device`` for the analysis and back afterwards (no move, not
     even a walk over every parameter, when it is there already)."""
     original = model_device(model)
@@ -239,7 +240,7 @@ class StreamingAnalysis:
         with ExitStack() as stack:
             recorders = []
             for model in self.models:
-                stack.enter_context(_on_device(model, self.device))
+                stack.enter_context(on_device(model, self.device))
                 stack.enter_context(eval_mode(model))
                 recorder = AttentionRecorder(model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True)
                 recorders.append(stack.enter_context(recorder))
@@ -295,7 +296,9 @@ class StreamingAnalysis:
         for statistics, measurement in zip(self.statistics, measurements):
             statistics.add(measurement)
 
-    def results(self, stream: ImageStream, parts: list[ModelParts]) -> tuple[list[AnalysisResult], np.ndarray | None]:
+    def gather_results(
+        self, stream: ImageStream, parts: list[ModelParts]
+    ) -> tuple[list[AnalysisResult], np.ndarray | None]:
         """One result per model, and the cross-model CKA (L_A, L_B) when there are two; in a
         process group, of every process's images (the tallies are gathered and added in rank
         order, so every process gets the same results)."""
@@ -305,7 +308,7 @@ class StreamingAnalysis:
         if self.explicit_shard is not None:
             description += f"; {stream.held}"
         images = {"description": description, "count": total.count, "skipped": total.skipped + total.open_skipped}
-        return results(total, parts, self.settings, images, combined_computation([done for _, done in gathered]))
+        return build_results(total, parts, self.settings, images, combined_computation([done for _, done in gathered]))
 
     def tally(self, stream: ImageStream) -> Tally:
         """This process's sums (of its shard, in a process group or for ``--shard``)."""
@@ -348,7 +351,7 @@ def run(
     parts = [statistics.parts(labels) for statistics, labels in zip(analysis.statistics, stream.label_notes)]
     tally = analysis.tally(stream)
     if analysis.explicit_shard is None:
-        return Run(*analysis.results(stream, parts), tally, None)
+        return Run(*analysis.gather_results(stream, parts), tally, None)
     record = ShardRecord(
         shard=analysis.explicit_shard,
         images=stream.whole,
@@ -357,7 +360,7 @@ def run(
         weights=[weights_sha256(model) for model in models],
         computation=analysis.computation(),
     )
-    made, cka_ab = analysis.results(stream, parts) if tally.count else ([], None)
+    made, cka_ab = analysis.gather_results(stream, parts) if tally.count else ([], None)
     return Run(made, cka_ab, tally, record)
 
 
@@ -393,7 +396,7 @@ def analyze(
         overrides: fields of ``settings`` to replace, e.g. ``analyze(model, images, k=1)``.
     """
     settings = Settings.with_overrides(settings, overrides)
-    return run([model], images, settings, progress=progress, shard=shard).results[0]
+    return _results_of(run([model], images, settings, progress=progress, shard=shard))[0]
 
 
 def compare(
@@ -411,4 +414,12 @@ def compare(
     config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
     settings = Settings.with_overrides(settings, overrides)
     done = run([model_a, model_b], images, settings, progress=progress, shard=shard)
-    return ComparisonResult(*done.results, done.cka_ab)
+    return ComparisonResult(*_results_of(done), done.cka_ab)
+
+
+def _results_of(done: Run) -> list[AnalysisResult]:
+    """A run's results; a shard that holds none of the images has none to return (its sums,
+    ``run(...).tally``, still count in ``deepvit-diag merge``)."""
+    if not done.results:
+        raise DiagError(f"shard {done.shard.shard} holds none of the images, so it has no result of its own")
+    return done.results

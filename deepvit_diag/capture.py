@@ -54,7 +54,7 @@ class AttentionCapture:
         hidden: (L, B, T, D) output tokens of every captured block, or None if not recorded.
         logits: the model's output, or None when the caller ran the forward itself.
         blocks: 0-based block index of each of the L entries.
-        reattention_blocks: the captured blocks that mix heads after the softmax (0-based).
+        mixing_blocks: the captured blocks that mix heads after the softmax (0-based).
         class_attention: (C, B, H, 1 + T) maps of the class token's query in the C blocks that
             update only the class token (CaiT's ``blocks_token_only``; key 0 is the class token
             itself), or None for models without them.
@@ -67,7 +67,7 @@ class AttentionCapture:
     hidden: torch.Tensor | None
     logits: torch.Tensor | None
     blocks: list[int]
-    reattention_blocks: list[int]
+    mixing_blocks: list[int]
     class_attention: torch.Tensor | None = None
     first_input: torch.Tensor | None = None
 
@@ -189,11 +189,11 @@ class AttentionRecorder:
         # Resolved here so an unreadable model fails before any hook is attached.
         self._attns = [attention_module(model, index) for index in self.blocks]
         self._class_attns = class_attention_modules(model)
-        self.reattention_blocks = [b for b, attn in zip(self.blocks, self._attns) if head_mixing(attn)]
+        self.mixing_blocks = [b for b, attn in zip(self.blocks, self._attns) if head_mixing(attn)]
         self.record_hidden = hidden
         layout = {"blocks": self.blocks, "dtype": store_dtype, "reuse": reuse_buffers}
         self._pre = _StackedBuffer("attention maps", **layout)
-        self._post = _StackedBuffer("head-mixed maps", **layout) if self.reattention_blocks else None
+        self._post = _StackedBuffer("head-mixed maps", **layout) if self.mixing_blocks else None
         self._hidden = _StackedBuffer("block outputs", **layout) if hidden else None
         self._first_input = None
         if hidden:
@@ -224,7 +224,7 @@ class AttentionRecorder:
             hidden=self._hidden.collect() if self._hidden is not None else None,
             logits=None,
             blocks=list(self.blocks),
-            reattention_blocks=list(self.reattention_blocks),
+            mixing_blocks=list(self.mixing_blocks),
             class_attention=self._class.collect() if self._class is not None else None,
             first_input=self._first_input.collect()[0] if self._first_input is not None else None,
         )

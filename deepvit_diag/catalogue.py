@@ -3,7 +3,7 @@ figures that draw them and their captions, in one declarative table (``METRICS``
 
 The analysis runs each entry's ``measure`` on every batch, results check that a saved
 analysis holds each entry's arrays, and ``report.html`` and the app's views draw each
-entry's figures with the same captions (``figures.draw``). Adding a metric is a function in
+entry's figures with the same captions (``figures.drawing.draw``). Adding a metric is a function in
 ``deepvit_diag.metrics`` and one entry here (``docs/adding-a-metric.md``).
 
 A ``Metric`` gets its arrays in one of three ways:
@@ -29,9 +29,15 @@ import torch
 from torch import nn
 
 from .capture import AttentionCapture
+from .figures import ablation as ablation_figures
+from .figures import head_mixing as head_mixing_figures
+from .figures import overlays as overlay_figures
+from .figures import similarity as similarity_figures
+from .figures import sweep as sweep_figures
+from .figures.registry import FIGURE_FUNCTIONS
 from .introspection import Geometry
 from .metrics import block_influence, collapse_statistics, rank_collapse, softmax_statistics, token_similarity
-from .metrics.theta import THETA_ARRAYS, stacked_theta
+from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
 
 # Report sections and app views group figures by these headings, in page order.
@@ -44,9 +50,14 @@ SECTIONS = (
     "Representation similarity (CKA)",
     "Attention of the CLS token",
 )
+# sweep.html and the app's Sweep view.
+SWEEP_SECTION = "Sweep"
+# An ablation's report.html and the app's Ablation view.
+ABLATION_SECTION = "Ablation"
 # How many figures an entry draws: one for all models ("models"), one per model ("model"),
-# one per model and example image ("example"), or one for a comparison of two ("comparison").
-SCOPES = ("models", "model", "example", "comparison")
+# one per model and example image ("example"), one for a comparison of two ("comparison"),
+# one for a sweep ("sweep") or one for an ablation ("ablation").
+SCOPES = ("models", "model", "example", "comparison", "sweep", "ablation")
 
 
 @dataclass
@@ -71,17 +82,18 @@ class Figure:
     """A figure of the catalogue.
 
     Attributes:
-        name: its function in ``deepvit_diag.figures``.
-        section: the report section and app view it belongs to (``SECTIONS``).
+        function: the ``@figure`` function in ``deepvit_diag.figures`` that draws it.
+        section: the report section and app view it belongs to (``SECTIONS``, or
+            ``SWEEP_SECTION``, ``ABLATION_SECTION``).
         caption: the caption template (see the module docstring for its fields).
         scope: how many figures it draws (``SCOPES``).
         arguments: keyword arguments of the function, e.g. the array a generic
             ``block_curves`` draws.
-        key: what names the figure (element ids, ``figure_named``); default ``name``,
-            needed when two entries draw with the same function.
+        key: what names the figure (element ids, ``figure_named``); default the function's
+            name, needed when two entries draw with the same function.
     """
 
-    name: str
+    function: Callable[..., Any]
     section: str
     caption: str
     scope: str = "models"
@@ -89,10 +101,17 @@ class Figure:
     key: str = ""
 
     def __post_init__(self) -> None:
-        if self.section not in SECTIONS or self.scope not in SCOPES:
+        if self.section not in (*SECTIONS, SWEEP_SECTION, ABLATION_SECTION) or self.scope not in SCOPES:
             raise ValueError(f"figure {self.name}: unknown section {self.section!r} or scope {self.scope!r}")
+        if FIGURE_FUNCTIONS.get(getattr(self.function, "__name__", "")) is not self.function:
+            raise ValueError(f"figure {self.name}: not a registered @figure function")
         if not self.key:
             object.__setattr__(self, "key", self.name)
+
+    @property
+    def name(self) -> str:
+        """The name of its function."""
+        return self.function.__name__
 
     @property
     def element_id(self) -> str:
@@ -151,7 +170,7 @@ METRICS: tuple[Metric, ...] = (
         _both_kinds("similarity", "ratio", "cross_head"),
         (
             Figure(
-                "layer_similarity",
+                similarity_figures.layer_similarity,
                 "Cross-layer similarity",
                 "Cosine similarity between the attention maps of block p and block q (paper Eqn 2), averaged over "
                 "images, heads and tokens. A bright square block in the lower right means the deep blocks attend "
@@ -159,20 +178,20 @@ METRICS: tuple[Metric, ...] = (
                 "where B's blocks are less alike than A's.",
             ),
             Figure(
-                "similarity_ratio",
+                similarity_figures.similarity_ratio,
                 "Similarity ratio",
                 "Share of attention vectors of each block whose mean similarity to the blocks within k = {k} "
                 "exceeds tau = {tau:g} (paper Fig. 3a). Blocks above the dashed line rho = {rho:g} count as similar "
                 "(filled markers).",
             ),
             Figure(
-                "cross_head_curves",
+                similarity_figures.cross_head_curves,
                 "Heads",
                 "Mean similarity between the attention maps of different heads of the same block (paper Fig. 3c). "
                 "Low values mean the heads look at different things.",
             ),
             Figure(
-                "cross_head_matrices",
+                similarity_figures.cross_head_matrices,
                 "Heads",
                 "Head-by-head similarity inside one block of each model (the last unless another is chosen), "
                 "on one colour scale.",
@@ -186,41 +205,41 @@ METRICS: tuple[Metric, ...] = (
         ("theta", "theta_blocks"),
         (
             Figure(
-                "theta_heatmaps",
+                head_mixing_figures.theta_heatmaps,
                 "Re-attention matrices Θ",
                 "{label}: the learned head-mixing matrix of each Re-attention block. The identity (a red diagonal) "
                 "would mean no mixing; hover a cell for the block's distance from identity and from a permutation.",
                 scope="model",
             ),
             Figure(
-                "theta_distances",
+                head_mixing_figures.theta_distances,
                 "Re-attention matrices Θ",
                 "Distance of each block's Θ (columns scaled to unit maximum) from the identity and from the nearest "
                 "signed permutation, relative to the identity's norm: 0 means heads pass through unchanged "
                 "(resp. only reordered).",
             ),
             Figure(
-                "norm_gains",
+                head_mixing_figures.norm_gains,
                 "Re-attention matrices Θ",
                 "The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in "
                 "vit-pytorch) per output head; 1 (white) leaves the head's scale unchanged.",
             ),
         ),
-        reads_model=lambda model, geometry: stacked_theta(model, geometry.num_heads),
-        optional_arrays=tuple(name for name in THETA_ARRAYS if name not in ("theta", "theta_blocks")),
+        reads_model=lambda model, geometry: stacked_head_mixing(model, geometry.num_heads),
+        optional_arrays=tuple(name for name in HEAD_MIXING_ARRAYS if name not in ("theta", "theta_blocks")),
     ),
     Metric(
         "attention entropy and mean attention distance",
         ("entropy", "attention_distance"),
         (
             Figure(
-                "entropy_curves",
+                similarity_figures.entropy_curves,
                 "Attention statistics per block",
                 "Entropy of each head's softmax attention, averaged over queries and images; dots are single heads. "
                 "The dotted line is uniform attention.",
             ),
             Figure(
-                "head_curves",
+                similarity_figures.head_curves,
                 "Attention statistics per block",
                 "Mean distance in pixels between a query patch and the patches it attends to (ViT paper Fig. 7); "
                 "dots are single heads.",
@@ -239,7 +258,7 @@ METRICS: tuple[Metric, ...] = (
         ("token_similarity",),
         (
             Figure(
-                "block_curves",
+                similarity_figures.block_curves,
                 "Attention statistics per block",
                 "Mean cosine similarity between the patch tokens a block outputs (Gong et al. 2021): near 1 means "
                 "over-smoothed tokens.",
@@ -260,7 +279,7 @@ METRICS: tuple[Metric, ...] = (
         ("rank_residual",),
         (
             Figure(
-                "block_curves",
+                similarity_figures.block_curves,
                 "Attention statistics per block",
                 "Relative distance of each block's output from a rank-one matrix (Dong et al. 2021): near 0 means "
                 "rank collapse.",
@@ -279,7 +298,7 @@ METRICS: tuple[Metric, ...] = (
         ("block_influence",),
         (
             Figure(
-                "block_curves",
+                similarity_figures.block_curves,
                 "Attention statistics per block",
                 "1 minus the mean cosine between the tokens entering and leaving each block (Block Influence, "
                 "ShortGPT, Men et al. 2024): near 0 means the block barely changes its input, a cheap sign that it "
@@ -299,13 +318,13 @@ METRICS: tuple[Metric, ...] = (
         ("cka",),
         (
             Figure(
-                "cka_within",
+                similarity_figures.cka_within,
                 "Representation similarity (CKA)",
                 "Linear CKA between the outputs of two blocks of the same model (Kornblith et al. 2019): 1 means the "
                 "same representation up to rotation and scale. It needs at least 4 images.",
             ),
             Figure(
-                "cka_across",
+                similarity_figures.cka_across,
                 "Representation similarity (CKA)",
                 "Linear CKA between block i of {label_a} (rows) and block j of {label_b} (columns).",
                 scope="comparison",
@@ -317,7 +336,7 @@ METRICS: tuple[Metric, ...] = (
         ("example_images", *(f"example_cls_{kind}" for kind in MAP_KINDS)),
         (
             Figure(
-                "cls_attention",
+                overlay_figures.cls_attention,
                 "Attention of the CLS token",
                 "{label}, example image {example}: how much the CLS token attends to each patch, per head, drawn over "
                 "the image as the model saw it. Re-attention blocks show the softmax maps (pre-Θ) and the maps after "
@@ -325,6 +344,84 @@ METRICS: tuple[Metric, ...] = (
                 scope="example",
             ),
         ),
+    ),
+)
+
+
+# The figures of a sweep, in page order; captions are ``str.format`` templates with ``rho``,
+# ``k``, ``tau`` and ``x`` (the x axis' title).
+SWEEP_FIGURES = (
+    Figure(
+        sweep_figures.sweep_similar_blocks,
+        SWEEP_SECTION,
+        "Blocks whose similarity ratio exceeds rho = {rho:g}, by {x}, one line per group. The paper finds 5, 11 and "
+        "15 similar blocks in ViTs of 16, 24 and 32 blocks and none in DeepViTs. In a training series, the dotted "
+        "line marks the first checkpoint with a collapsed run at the end of the network.",
+        scope="sweep",
+    ),
+    Figure(
+        sweep_figures.sweep_collapse_start,
+        SWEEP_SECTION,
+        "The first block of the run of similar blocks that reaches the last block (blocks numbered from 1), by {x}; "
+        "a gap means no collapsed run.",
+        scope="sweep",
+    ),
+    Figure(
+        sweep_figures.sweep_accuracy,
+        SWEEP_SECTION,
+        "Top-1 and top-5 accuracy on the analysed images, from the same forward passes, by {x}; none where the "
+        "images carry no labels.",
+        scope="sweep",
+    ),
+    Figure(
+        sweep_figures.sweep_ratio_curves,
+        SWEEP_SECTION,
+        "The similarity ratio of every block (k = {k}, tau = {tau:g}) of every checkpoint, checkpoints of one group "
+        "in one hue from light to dark along {x}; blocks above the dashed line count as similar.",
+        scope="sweep",
+    ),
+    Figure(
+        sweep_figures.sweep_adjacent_curves,
+        SWEEP_SECTION,
+        "Cosine similarity of each block's attention maps with the previous block's (drawn at the later block), "
+        "for every checkpoint: near 1 means the block attends as the one before it.",
+        scope="sweep",
+    ),
+    Figure(
+        sweep_figures.sweep_entropy_curves,
+        SWEEP_SECTION,
+        "Entropy of the softmax attention of every block, averaged over heads, queries and images, for every "
+        "checkpoint: low values mean sharp attention.",
+        scope="sweep",
+    ),
+)
+
+# The figures of an ablation, in page order (those its studies give); captions are
+# ``str.format`` templates with ``rho``.
+ABLATION_FIGURES = (
+    Figure(
+        ablation_figures.ablation_effect,
+        ABLATION_SECTION,
+        "KL divergence of the predictive distribution from the intact model's when each block is removed, its "
+        "attention branch removed, its maps replaced by the previous block's, or its Re-attention off (left, log "
+        "scale), next to the block's similarity ratio (dashed; the grey line is rho = {rho:g}) and Block Influence "
+        "(dotted). If similar maps meant redundant blocks, the KL would be low where the ratio is high.",
+        scope="ablation",
+    ),
+    Figure(
+        ablation_figures.head_importance,
+        ABLATION_SECTION,
+        "Left: what replacing each head's output costs (KL). Right: how similar the head's maps are to those of the "
+        "other heads of its block. A head that attends like the others should cost little.",
+        scope="ablation",
+    ),
+    Figure(
+        ablation_figures.pruning_curves,
+        ABLATION_SECTION,
+        "The k most redundant blocks removed together, k = 0..L, in three orderings: by the measured cost of removing "
+        "each block alone, by similarity ratio and by Block Influence. The ordering whose curve stays high longest "
+        "finds the blocks that can go.",
+        scope="ablation",
     ),
 )
 

@@ -4,7 +4,10 @@ Each sub-command is an ``add_<name>(subparsers)`` function that registers its op
 and a ``run`` callback; ``main`` turns every failure into a one-line ``error: ...`` and
 exit status 1 (2 for usage errors, from argparse) and Ctrl-C into ``interrupted`` and 130.
 What a command writes goes through ``deepvit_diag.outputs`` (checked before the work,
-written whole or not at all). The console script starts in ``deepvit_diag.__main__``.
+written whole or not at all). The console script is ``_deepvit_diag_launcher.main``
+(outside the package, so that a Ctrl-C while torch loads ends cleanly too), which calls
+``main``; ``python -m deepvit_diag`` calls it through ``deepvit_diag.__main__``. This module
+only parses options, calls the library and renders what it returns.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .distributed import Shard, is_reporting_process, start_from_environment
-from .errors import DiagError, failure_line, interrupted
+from .errors import INTERRUPTED_LINE, INTERRUPTED_STATUS, DiagError, failure_line
 from .labels import CLASS_MAP_HELP
 from .settings import Settings
 
@@ -159,15 +162,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    import copy
-
     import torch
 
     from .checkpoints.loader import build_arch
-    from .checkpoints.native import is_native_file, save_native
     from .models import PRESETS, with_overrides
-    from .outputs import OutputTarget
-    from .train import TrainConfig, evaluate_accuracy, held_out_split, train_model
+    from .train import TrainConfig, train_to_files
 
     if args.preset not in PRESETS:
         raise DiagError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -201,48 +200,24 @@ def run_train(args: argparse.Namespace) -> None:
         drop_path_rate=args.drop_path,
     )
     command = "deepvit-diag " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("deepvit-diag") else None
-    every = args.save_every or 0
-    width = len(str(args.epochs))  # zero-padded, so that the snapshot files sort by epoch
-    snapshot_paths = (
-        {
-            epoch: args.out.with_name(f"{args.out.stem}-epoch{epoch:0{width}d}{args.out.suffix}")
-            for epoch in range(every, args.epochs + 1, every)
-        }
-        if every
-        else {}
+    run = train_to_files(
+        arch,
+        args.out,
+        data=args.data,
+        config=config,
+        device=args.device,
+        preset=args.preset,
+        command=command,
+        save_every=args.save_every or 0,
+        fp16=args.fp16,
+        force=args.force,
+        progress=not args.quiet,
     )
-
-    def ship(model: torch.nn.Module, card: dict[str, Any], target: OutputTarget) -> None:
-        """Write ``model`` with its card as the file holds it: with --fp16 the card's accuracy is
-        measured again on the rounded weights (a copy, so that training goes on unrounded)."""
-        if args.fp16:
-            model = copy.deepcopy(model).half().float()
-            card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(args.data, config))
-        card.update(preset=args.preset, command=command)
-        target.write(lambda path: save_native(model, path, card=card, dtype=torch.float16 if args.fp16 else None))
-
-    # Every file is checked and locked before training starts, and each is written whole when it is due.
-    with ExitStack() as stack:
-        final, *snapshots = (
-            stack.enter_context(OutputTarget(path, folder=False, owned=is_native_file, force=args.force))
-            for path in (args.out, *snapshot_paths.values())
-        )
-        by_epoch = dict(zip(snapshot_paths, snapshots))
-        model, card = train_model(
-            arch,
-            data=args.data,
-            config=config,
-            device=args.device,
-            progress=not args.quiet,
-            snapshot_every=every,
-            on_snapshot=lambda model, card: ship(model, card, by_epoch[card["epoch"]]),
-        )
-        ship(model, card, final)
-    accuracy, seconds = card["test_accuracy"], card["train_seconds"]
+    accuracy, seconds = run.card["test_accuracy"], run.card["train_seconds"]
     print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
-    if snapshot_paths:
-        paths = list(snapshot_paths.values())
-        print(f"saved {len(paths)} snapshots, one every {every} epochs: {paths[0]} to {paths[-1].name}")
+    if run.snapshots:
+        paths = run.snapshots
+        print(f"saved {len(paths)} snapshots, one every {args.save_every} epochs: {paths[0]} to {paths[-1].name}")
 
 
 def _reattention_flags(arch: dict[str, Any], last: int) -> list[bool]:
@@ -394,15 +369,11 @@ def run_import(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- compare / analyze
 
 
-# The report draws every example image once per head and block row: two keep report.html small.
-CLI_SETTING_DEFAULTS = {"num_examples": 2}
-
-
 def add_settings_options(p: argparse.ArgumentParser) -> None:
     """One option per ``Settings`` field, with its help text, allowed values and default."""
     for spec in fields(Settings):
         meta = spec.metadata
-        default = CLI_SETTING_DEFAULTS.get(spec.name, spec.default)
+        default = spec.default
         options: dict[str, Any] = {"dest": spec.name, "default": default, "metavar": meta["metavar"]}
         if meta["choices"] is not None:
             options["choices"] = meta["choices"]
@@ -539,7 +510,7 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
     from .images import default_image_set, open_images
     from .report import write_report
     from .results import ComparisonResult
-    from .tally import save_shard
+    from .shards import save_shard
 
     shard = Shard.parse(args.shard) if args.shard else None
     with _reporting_output(args, _written_by_analysis) as write:
@@ -608,7 +579,7 @@ def _written_by_analysis(path: Path) -> bool:
     """A file of an earlier ``compare`` / ``analyze`` / ``merge`` output, which ``--out`` may replace."""
     from .report import is_report_file
     from .results import is_result_file
-    from .tally import is_shard_file
+    from .shards import is_shard_file
 
     return is_result_file(path) or is_report_file(path) or is_shard_file(path)
 
@@ -686,11 +657,10 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
 
 
 def _written_by_ablation(path: Path) -> bool:
-    from .ablation_result import ABLATION_FORMAT
+    from .ablation_result import is_ablation_file
     from .report import is_report_file
-    from .results import is_result_file
 
-    return is_result_file(path, {"result.json": (ABLATION_FORMAT,)}) or is_report_file(path)
+    return is_ablation_file(path) or is_report_file(path)
 
 
 def run_ablate(args: argparse.Namespace) -> None:
@@ -798,7 +768,8 @@ def run_sweep(args: argparse.Namespace) -> None:
 
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
-    from .sweeps import SweepResult, sweep
+    from .sweep_runner import sweep
+    from .sweeps import SweepResult
 
     with _reporting_output(args, _written_by_sweep) as write:
         if args.monitor is not None:
@@ -817,6 +788,7 @@ def run_sweep(args: argparse.Namespace) -> None:
                     load_options=load_options,
                     class_map=args.class_map,
                     progress=not args.quiet,
+                    notice=(lambda line: None) if args.quiet else _stderr_line,
                 )
         command = _command_line()
 
@@ -831,13 +803,19 @@ def run_sweep(args: argparse.Namespace) -> None:
         print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
 
 
+def _stderr_line(line: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text(line))
+
+
 def _written_by_sweep(path: Path) -> bool:
     """A file of an earlier ``sweep`` output, which ``--out`` may replace."""
     from .report import is_report_file
-    from .results import is_result_file
-    from .sweeps import SWEEP_FORMAT
+    from .sweeps import is_sweep_file
 
-    return is_result_file(path, {"sweep.json": (SWEEP_FORMAT,)}) or is_report_file(path)
+    return is_sweep_file(path) or is_report_file(path)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -872,7 +850,7 @@ def add_merge(sub: argparse._SubParsersAction) -> None:
 
 def run_merge(args: argparse.Namespace) -> None:
     from .report import write_report
-    from .tally import merge_shards
+    from .shards import merge_shards
 
     with _reporting_output(args, _written_by_analysis) as write:
         result, labels = merge_shards(args.folders)
@@ -909,7 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except KeyboardInterrupt:
-        return interrupted()
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        return INTERRUPTED_STATUS
     except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise

@@ -1,12 +1,10 @@
-"""The one exception type users see, and how a failure or an interrupt ends a command.
+"""The one exception type users see, and the words and status a failure or an interrupt
+ends a command with (the CLI and the app render them; nothing here prints).
 
-Nothing heavy is imported here: the command line's entry point (``deepvit_diag.__main__``)
-uses it before torch has loaded.
+Nothing heavy is imported here, so it stays cheap for any caller.
 """
 
 from __future__ import annotations
-
-import sys
 
 INTERRUPTED_STATUS = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 
@@ -34,7 +32,4 @@ def failure_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def interrupted() -> int:
-    """What a command does on Ctrl-C: one line on stderr, and the exit status to end with."""
-    print("interrupted", file=sys.stderr)
-    return INTERRUPTED_STATUS
+INTERRUPTED_LINE = "interrupted"  # what a command says on Ctrl-C, before exiting with INTERRUPTED_STATUS

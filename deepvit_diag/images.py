@@ -524,9 +524,6 @@ class ImageStream:
         failed to decode, plus, for a whole source, those refused when it was opened."""
         return self._image_set.skipped if self._image_set is not None else 0
 
-    def provenance(self) -> dict[str, Any]:
-        return {"description": self.description, "count": self.count, "skipped": self.open_skipped + self.skipped}
-
     def __iter__(self) -> Iterator[StreamBatch]:
         source = self._image_batches() if self._image_set is not None else self._tensor_batches()
         for batch in source:

@@ -129,7 +129,7 @@ class Geometry:
         num_prefix_tokens: class/register/distillation tokens before the patches in the maps.
         patch_size, grid_size: one patch in pixels, the patch grid of the images analysed.
         image_size: the size of the images analysed (the model's own unless it takes any size).
-        reattention_blocks: blocks whose maps are mixed across heads after the softmax, so that the
+        mixing_blocks: blocks whose maps are mixed across heads after the softmax, so that the
             maps that multiply V ("post") differ from the softmax maps ("pre").
         head_mixing: how those blocks mix: ``"re-attention"`` (DeepViT's Θ, Norm and scale) or
             ``"talking-heads"`` (CaiT's learned H x H matrices before and after the softmax).
@@ -141,7 +141,7 @@ class Geometry:
     patch_size: tuple[int, int]
     grid_size: tuple[int, int]
     image_size: tuple[int, int]
-    reattention_blocks: tuple[int, ...] = ()
+    mixing_blocks: tuple[int, ...] = ()
     head_mixing: str = REATTENTION
 
     @classmethod
@@ -169,7 +169,7 @@ class Geometry:
             patch_size=_pair(patch_size),
             grid_size=_pair(grid_size),
             image_size=image_size,
-            reattention_blocks=tuple(index for index, kind in mixing.items() if kind),
+            mixing_blocks=tuple(index for index, kind in mixing.items() if kind),
             head_mixing=kinds.pop() if kinds else REATTENTION,
         )
 
@@ -194,7 +194,10 @@ class Geometry:
                 patch_size=_pair(values["patch_size"]),
                 grid_size=_pair(values["grid_size"]),
                 image_size=_pair(values["image_size"]),
-                reattention_blocks=tuple(int(block) for block in values.get("reattention_blocks", ())),
+                # "reattention_blocks": the name before analyses of CaiT's talking heads were read
+                mixing_blocks=tuple(
+                    int(block) for block in values.get("mixing_blocks", values.get("reattention_blocks", ()))
+                ),
                 head_mixing=str(values.get("head_mixing", REATTENTION)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:

@@ -20,12 +20,13 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from . import catalogue, figures
-from .ablation_figures import draw_ablation
+from . import catalogue
 from .ablation_result import AblationResult
 from .ablation_summary import ablation_findings, ablation_rows, ablation_title
+from .figures import drawing
+from .formats import package_versions
 from .readers import MIXING_BLOCKS
-from .results import AnalysisResult, ComparisonResult, package_versions
+from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
 from .summary import (
     comparison_findings,
@@ -92,7 +93,7 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
         ReportFigure(drawn.element_id, spec.section, drawn.caption, drawn.figure)
         for metric in catalogue.METRICS
         for spec in metric.figures
-        for drawn in figures.draw(spec, results, comparison)
+        for drawn in drawing.draw(spec, results, comparison)
     ]
 
 
@@ -131,7 +132,7 @@ def _model_card(label: str, result: AnalysisResult) -> str:
     model, geometry = result.model, result.geometry
     provenance = model.get("provenance") or {}
     card = provenance.get("card") or {}
-    reattention = geometry.reattention_blocks
+    reattention = geometry.mixing_blocks
     grid_h, grid_w = geometry.grid_size
     patch_h, patch_w = geometry.patch_size
     image_h, image_w = geometry.image_size
@@ -270,10 +271,10 @@ def write_report(
 
 
 def sweep_report_figures(sweep: SweepResult, relative_depth: bool = False) -> list[ReportFigure]:
-    """Every figure of sweep.html, in page order (``figures.draw_sweep``)."""
+    """Every figure of sweep.html, in page order (``drawing.draw_sweep``)."""
     return [
         ReportFigure(drawn.element_id, "Sweep", drawn.caption, drawn.figure)
-        for drawn in figures.draw_sweep(sweep, relative_depth=relative_depth)
+        for drawn in drawing.draw_sweep(sweep, relative_depth=relative_depth)
     ]
 
 
@@ -312,7 +313,7 @@ def write_sweep_report(
 
 def build_ablation_report(result: AblationResult, label: str, command: str | None = None) -> str:
     """report.html of ``deepvit-diag ablate``: the per-block table, the findings, the figures
-    (``ablation_figures``), the images and settings."""
+    (``figures.drawing.draw_ablation``), the images and settings."""
     header, rows = ablation_rows(result)
     parts = [
         "<h2>Per block</h2>",
@@ -321,8 +322,8 @@ def build_ablation_report(result: AblationResult, label: str, command: str | Non
         _findings_card(ablation_findings(label, result)),
         "<h2>Figures</h2>",
         *(
-            _figure_html(ReportFigure(drawn.element_id, "Ablations", drawn.caption, drawn.figure))
-            for drawn in draw_ablation(result)
+            _figure_html(ReportFigure(drawn.element_id, catalogue.ABLATION_SECTION, drawn.caption, drawn.figure))
+            for drawn in drawing.draw_ablation(result)
         ),
         "<h2>Images and parameters</h2>",
         _images_card(result.images),

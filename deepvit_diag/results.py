@@ -38,9 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-import zipfile
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,14 +47,24 @@ import torch
 
 from .catalogue import required_arrays
 from .errors import DiagError
+from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .introspection import Geometry
-from .metrics import TOP_K, Accuracy, SimilarBlocks, ThetaInfo, mean_off_diagonal, similar_blocks, theta_from_arrays
+from .metrics import (
+    TOP_K,
+    Accuracy,
+    HeadMixing,
+    SimilarBlocks,
+    head_mixing_from_arrays,
+    mean_off_diagonal,
+    similar_blocks,
+)
 from .settings import MAP_KINDS, Settings
 
 # Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
 # 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
 ENTROPY_LEVELS = (0.8, 0.9)
 
+RESULT_FILE = "result.json"
 ANALYSIS_FORMAT = "deepvit-diag analysis"
 COMPARISON_FORMAT = "deepvit-diag comparison"
 # 2: typed geometry, settings and computation; Theta stacked over the Re-attention blocks.
@@ -65,36 +72,8 @@ FORMAT_VERSION = 2
 ACCURACY_NOT_RECORDED = "not recorded (a result saved before deepvit-diag measured accuracy)"
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` as plain JSON types (tuples become lists, paths strings), so that a
-    metadata dict equals what ``json.load`` gives back."""
-    return json.loads(json.dumps(value, default=_builtin))
-
-
-def _builtin(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)  # Path, torch.dtype, torch.device, ...
-
-
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
-
-
-def package_versions() -> dict[str, str]:
-    import timm
-
-    from . import __version__
-
-    return {
-        "deepvit_diag": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> bool:
@@ -108,75 +87,9 @@ def _arrays_equal(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -
     )
 
 
-def is_result_file(path: Path, documents: Mapping[str, tuple[str, ...]] | None = None) -> bool:
-    """Whether ``path`` is a result.json or arrays.npz as ``save`` writes them (what ``--out`` may replace):
-    a result.json whose ``format`` is a deepvit-diag result, an arrays.npz that is a zip archive.
-    ``documents`` names other JSON documents and their formats (a sweep's ``sweep.json``)."""
-    documents = documents or {"result.json": (ANALYSIS_FORMAT, COMPARISON_FORMAT)}
-    try:
-        if path.name in documents:
-            document = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(document, dict) and document.get("format") in documents[path.name]
-        if path.name == "arrays.npz":
-            return is_zip_archive(path)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def is_zip_archive(path: Path) -> bool:
-    """Whether ``path`` starts like a zip archive (an ``.npz``; an empty one has no entries)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
-    except OSError:
-        return False
-
-
-def _read_folder(
-    folder: str | Path, expected_format: str, document_name: str = "result.json"
-) -> tuple[dict, dict[str, np.ndarray]]:
-    folder = Path(folder)
-    json_path, npz_path = folder / document_name, folder / "arrays.npz"
-    if not json_path.is_file() or not npz_path.is_file():
-        raise DiagError(f"{folder} is not a saved deepvit-diag result (needs {document_name} and arrays.npz)")
-    try:
-        document = json.loads(json_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DiagError(f"{json_path} is not valid JSON: {err}") from None
-    except OSError as err:
-        raise DiagError(f"cannot read {json_path}: {err.strerror or err}") from None
-    if not isinstance(document, dict) or document.get("format") != expected_format:
-        found = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise DiagError(f"{folder} holds a {found!r} result, expected {expected_format!r}")
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        reason = getattr(err, "strerror", None) or str(err).strip().split("\n")[0] or type(err).__name__
-        raise DiagError(f"{npz_path} is damaged or not a numpy archive ({reason})") from None
-    return document, arrays
-
-
-def _from_saved(folder: str | Path, build: Callable[[], Any]) -> Any:
-    """``build()`` from a folder's contents, a damaged one (entries missing or of the wrong type) as a ``DiagError``."""
-    try:
-        return build()
-    except DiagError as err:
-        raise DiagError(f"{folder} is a damaged deepvit-diag result ({err})") from None
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
-        detail = f"missing entry {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
-        raise DiagError(f"{folder} is a damaged deepvit-diag result ({detail})") from None
-
-
-def _write_folder(
-    folder: str | Path, document: dict, arrays: dict[str, np.ndarray], document_name: str = "result.json"
-) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / document_name).write_text(json.dumps(document, indent=2, allow_nan=False))
-    np.savez_compressed(folder / "arrays.npz", **arrays)
-    return folder
+def is_result_file(path: Path) -> bool:
+    """Whether ``path`` is a result.json or arrays.npz as ``save`` writes them (what ``--out`` may replace)."""
+    return written_by_us(path, {RESULT_FILE: (ANALYSIS_FORMAT, COMPARISON_FORMAT)}, (ARRAYS_FILE,))
 
 
 def _nanmean_or_none(values: np.ndarray) -> float | None:
@@ -189,7 +102,7 @@ def _trend(per_block: np.ndarray) -> float | None:
     """Least-squares slope of a per-block curve (change per block); None for one block."""
     if len(per_block) < 2:
         return None
-    return _finite_or_none(np.polyfit(np.arange(len(per_block)), per_block.astype(np.float64), 1)[0])
+    return finite_or_none(np.polyfit(np.arange(len(per_block)), per_block.astype(np.float64), 1)[0])
 
 
 def _thirds(values: np.ndarray) -> tuple[float | None, float | None]:
@@ -197,7 +110,7 @@ def _thirds(values: np.ndarray) -> tuple[float | None, float | None]:
     if len(values) == 0:
         return None, None
     size = max(1, round(len(values) / 3))
-    return _finite_or_none(values[:size].mean()), _finite_or_none(values[-size:].mean())
+    return finite_or_none(values[:size].mean()), finite_or_none(values[-size:].mean())
 
 
 @dataclass(eq=False)
@@ -299,9 +212,9 @@ class AnalysisResult:
         """Linear CKA between block outputs (L, L); NaN with fewer than 4 images."""
         return self.arrays["cka"]
 
-    def theta(self) -> dict[int, ThetaInfo]:
-        """Theta (with bias, Norm parameters and distances) of every Re-attention block."""
-        return theta_from_arrays(self.arrays)
+    def head_mixing(self) -> dict[int, HeadMixing]:
+        """How every head-mixing block mixes its heads: Θ or `proj_w` with bias, Norm and distances."""
+        return head_mixing_from_arrays(self.arrays)
 
     def _map_summary(self, maps: str) -> dict[str, Any]:
         similar = self.similar_blocks(maps)
@@ -335,22 +248,22 @@ class AnalysisResult:
         summary.update(per_kind[self._kind(None)])
         for name in ("entropy", "attention_distance"):
             per_block = self.arrays[name].mean(axis=1)
-            summary[f"{name}_first_block"] = _finite_or_none(per_block[0])
-            summary[f"{name}_last_block"] = _finite_or_none(per_block[-1])
+            summary[f"{name}_first_block"] = finite_or_none(per_block[0])
+            summary[f"{name}_last_block"] = finite_or_none(per_block[-1])
             summary[f"{name}_trend"] = _trend(per_block)
         # Entropy as a share of its maximum ln T, so that models with different token counts compare.
         relative_entropy = self.arrays["entropy"].mean(axis=1) / math.log(self.geometry.num_tokens)
-        summary["entropy_relative_median"] = _finite_or_none(np.median(relative_entropy))
+        summary["entropy_relative_median"] = finite_or_none(np.median(relative_entropy))
         for level in ENTROPY_LEVELS:
             summary[f"blocks_entropy_at_most_{level:g}"] = int(np.sum(relative_entropy <= level))
-        summary["token_similarity_last_block"] = _finite_or_none(self.token_similarity()[-1])
-        summary["rank_residual_last_block"] = _finite_or_none(self.rank_residual()[-1])
+        summary["token_similarity_last_block"] = finite_or_none(self.token_similarity()[-1])
+        summary["rank_residual_last_block"] = finite_or_none(self.rank_residual()[-1])
         adjacent_cka = np.diagonal(self.cka(), offset=1)
         summary["cka_adjacent_mean"] = _nanmean_or_none(adjacent_cka)
-        thetas = list(self.theta().values())
+        mixings = list(self.head_mixing().values())
         for distance in ("distance_from_identity", "distance_from_permutation"):
-            values = [getattr(info, distance) for info in thetas]
-            summary[f"theta_{distance}_mean"] = _finite_or_none(float(np.mean(values))) if values else None
+            values = [getattr(mixing, distance) for mixing in mixings]
+            summary[f"theta_{distance}_mean"] = finite_or_none(float(np.mean(values))) if values else None
         for k in TOP_K:
             summary[f"accuracy_top{k}"] = self.accuracy.top(k)
         summary["accuracy_images"] = self.accuracy.images
@@ -400,12 +313,12 @@ class AnalysisResult:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/result.json`` and ``folder/arrays.npz``; returns the folder."""
-        return _write_folder(folder, self.to_document(), self.arrays)
+        return write_folder(folder, self.to_document(), self.arrays, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> AnalysisResult:
-        document, arrays = _read_folder(folder, ANALYSIS_FORMAT)
-        return _from_saved(folder, lambda: cls.from_document(document, arrays))
+        document, arrays = read_folder(folder, ANALYSIS_FORMAT, RESULT_FILE)
+        return rebuild(folder, lambda: cls.from_document(document, arrays))
 
 
 _VERSION_1_GEOMETRY = ("num_blocks", "num_heads", "num_prefix_tokens", "patch_size", "grid_size", "image_size")
@@ -417,10 +330,11 @@ def _upgrade_version_1(document: dict[str, Any], arrays: dict[str, np.ndarray]) 
     per Re-attention block) in format 2."""
     try:
         model, params = dict(document["model"]), dict(document["params"])
-        geometry = {key: model.pop(key) for key in (*_VERSION_1_GEOMETRY, "reattention_blocks")}
+        geometry = {key: model.pop(key) for key in _VERSION_1_GEOMETRY}
+        geometry["mixing_blocks"] = model.pop("reattention_blocks")
         model.pop("num_tokens", None)
         computation = {"final_batch_size": params.pop("final_batch_size")}
-        blocks, heads = geometry["reattention_blocks"], int(geometry["num_heads"])
+        blocks, heads = geometry["mixing_blocks"], int(geometry["num_heads"])
         theta = [arrays[f"theta_{block}"] for block in blocks]
     except KeyError as err:
         raise DiagError(f"saved analysis (format 1) lacks the entry {err}") from None
@@ -478,7 +392,7 @@ class ComparisonResult:
             "b": self.b.summary(),
             "differences": self.differences(),
             "cka_ab_best_match": self.best_matching_blocks(),
-            "cka_ab_diagonal_mean": _finite_or_none(diagonal.mean()) if len(diagonal) else None,
+            "cka_ab_diagonal_mean": finite_or_none(diagonal.mean()) if len(diagonal) else None,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -496,11 +410,11 @@ class ComparisonResult:
             for side, result in (("a", self.a), ("b", self.b))
             for name, array in result.arrays.items()
         }
-        return _write_folder(folder, document, {**arrays, "cka_ab": self.cka_ab})
+        return write_folder(folder, document, {**arrays, "cka_ab": self.cka_ab}, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> ComparisonResult:
-        document, arrays = _read_folder(folder, COMPARISON_FORMAT)
+        document, arrays = read_folder(folder, COMPARISON_FORMAT, RESULT_FILE)
 
         def build() -> ComparisonResult:
             sides = {
@@ -512,12 +426,12 @@ class ComparisonResult:
             }
             return cls(sides["a"], sides["b"], arrays["cka_ab"])
 
-        return _from_saved(folder, build)
+        return rebuild(folder, build)
 
 
 def load_result(folder: str | Path) -> AnalysisResult | ComparisonResult:
     """A saved analysis or comparison, whichever the folder holds."""
-    path = Path(folder) / "result.json"
+    path = Path(folder) / RESULT_FILE
     try:
         kind = json.loads(path.read_text(encoding="utf-8")).get("format")
     except (OSError, ValueError, AttributeError):

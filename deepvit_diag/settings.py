@@ -37,8 +37,10 @@ def _parameter(
     choices: tuple[str, ...] | None = None,
     flag: str | None = None,
     metavar: str | None = None,
+    optional: bool = False,
 ) -> dict[str, Any]:
     return {
+        "optional": optional,
         "help": help,
         "label": label,
         "minimum": minimum,
@@ -110,7 +112,11 @@ class Settings:
     num_images: int | None = field(
         default=None,
         metadata=_parameter(
-            "analyse only the first N usable images (default: all)", "images requested", minimum=1, metavar="N"
+            "analyse only the first N usable images (default: all)",
+            "images requested",
+            minimum=1,
+            metavar="N",
+            optional=True,
         ),
     )
     device: str = field(
@@ -135,7 +141,8 @@ class Settings:
         ),
     )
     num_examples: int = field(
-        default=4,
+        # The report draws every example image once per head and block row: two keep report.html small.
+        default=2,
         metadata=_parameter(
             "first images whose per-head CLS attention maps are kept (and drawn in the report)",
             "example images kept",
@@ -153,14 +160,14 @@ class Settings:
             minimum=0,
             flag="--workers",
             metavar="N",
+            optional=True,
         ),
     )
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
-            # The annotations are strings here (postponed evaluation): "int | None" may be None.
-            if not (value is None and spec.type.endswith("| None")):
+            if not (value is None and spec.metadata["optional"]):
                 _validate(spec.name, value, spec.metadata)
         if isinstance(self.device, torch.device):
             object.__setattr__(self, "device", str(self.device))

@@ -153,7 +153,7 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
         findings.append(
             f"{label}: heads within a block are {kind} (mean cross-head similarity {_number(cross_head, 2)}; {note})."
         )
-    if result.geometry.reattention_blocks:
+    if result.geometry.mixing_blocks:
         findings.append(_reattention_finding(label, s, result.geometry.head_mixing))
     if s["accuracy_top1"] is not None:
         findings.append(f"{label}: top-1 accuracy {_accuracy_words(s)}.")
@@ -168,7 +168,7 @@ def _accuracy_words(s: dict[str, Any]) -> str:
 def _softmax_maps(result: AnalysisResult) -> bool:
     """Whether the summarised maps are softmax maps in every block, which the paper's ViT figures measure:
     the pre-Θ maps, or any maps of a model without Re-attention (not DeepViT's post-Θ maps)."""
-    return result.summary()["maps"] == "pre" or not result.geometry.reattention_blocks
+    return result.summary()["maps"] == "pre" or not result.geometry.mixing_blocks
 
 
 def _reattention_finding(label: str, s: dict[str, Any], mixing: str) -> str:
@@ -241,7 +241,7 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
             f"{label_a} and {label_b} (1 = same representation up to rotation and scale)."
         )
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
-        if result.geometry.reattention_blocks:
+        if result.geometry.mixing_blocks:
             findings.append(_reattention_finding(label, s, result.geometry.head_mixing))
     if a["accuracy_top1"] is not None and b["accuracy_top1"] is not None:
         findings.append(f"Top-1 accuracy: {label_a} {_accuracy_words(a)}; {label_b} {_accuracy_words(b)}.")

@@ -2,7 +2,7 @@
 recorded during training, as one ``SweepResult``: the paper's Figure 1 and its table.
 
 A sweep is a *depth sweep* (checkpoints of several depths: the x axis is the number of
-blocks, one line per family, ViT or DeepViT, or per group the user names) or a *training
+blocks, one line per group: ViT or DeepViT by default, or groups the user names) or a *training
 series* (checkpoints of one architecture from one run: the x axis is the epoch their
 files record, the monitor's step, or the order given), and then the report says when
 collapse appears. Each checkpoint keeps what the sweep's table and figures show:
@@ -19,26 +19,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.text import Text
-from torch import nn
 
 from .errors import DiagError
-from .images import ImageSource, default_image_set, is_path_spec, open_images
-from .labels import ClassMap
-from .progress import ProgressOption
+from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .readers import REATTENTION
-from .results import AnalysisResult, _from_saved, _read_folder, _write_folder, jsonable, package_versions
+from .results import AnalysisResult
 from .settings import Settings
 
+SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "deepvit-diag sweep"
 MONITOR_FORMAT = "deepvit-diag monitor"
 FORMAT_VERSION = 1
@@ -58,11 +52,12 @@ X_AXIS_CHOICES = ("auto", "depth", "epoch", "order")
 MONITOR_KEYS = ("label", "group", "step", "summary", "curves", "settings", "images")
 
 
-def family(result: AnalysisResult) -> str:
-    """The paper's two families: DeepViT where some block applies Re-attention, else ViT (CaiT's talking
-    heads mix heads too, but are no Re-attention)."""
+def default_group(result: AnalysisResult) -> str:
+    """A checkpoint's group when the user names none, the paper's two kinds of model: DeepViT
+    where some block applies Re-attention, else ViT (CaiT's talking heads mix heads too, but
+    are no Re-attention)."""
     geometry = result.geometry
-    return "DeepViT" if geometry.reattention_blocks and geometry.head_mixing == REATTENTION else "ViT"
+    return "DeepViT" if geometry.mixing_blocks and geometry.head_mixing == REATTENTION else "ViT"
 
 
 @dataclass(eq=False)
@@ -71,7 +66,7 @@ class SweepEntry:
 
     Attributes:
         label: its name in tables and figures.
-        group: its line in the figures (its family, or a name the user gave).
+        group: its line in the figures (``default_group``, or a name the user gave).
         step: the training epoch (or monitor step) it was taken at; None when unknown.
         summary: ``AnalysisResult.summary()`` of its analysis.
         curves: the per-block curves of ``CURVES``.
@@ -92,7 +87,7 @@ class SweepEntry:
             "adjacent_similarity": result.adjacent_similarity(),
             "entropy": result.entropy().mean(axis=1),
         }
-        return cls(label, group or family(result), step, result.summary(), curves, result.model)
+        return cls(label, group or default_group(result), step, result.summary(), curves, result.model)
 
     @property
     def num_blocks(self) -> int:
@@ -196,11 +191,11 @@ class SweepResult:
         arrays = {
             f"{index}/{name}": curve for index, entry in enumerate(self.entries) for name, curve in entry.curves.items()
         }
-        return _write_folder(folder, document, arrays, document_name="sweep.json")
+        return write_folder(folder, document, arrays, SWEEP_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> SweepResult:
-        document, arrays = _read_folder(folder, SWEEP_FORMAT, document_name="sweep.json")
+        document, arrays = read_folder(folder, SWEEP_FORMAT, SWEEP_FILE)
 
         def build() -> SweepResult:
             entries = [
@@ -211,7 +206,7 @@ class SweepResult:
             ]
             return cls(entries, document["x_axis"], Settings.from_dict(document["settings"]), document["images"])
 
-        return _from_saved(folder, build)
+        return rebuild(folder, build)
 
     @classmethod
     def from_monitor(cls, path: str | Path) -> SweepResult:
@@ -236,6 +231,11 @@ class SweepResult:
         ]
         first = records[0]
         return cls(entries, "step", Settings.from_dict(first["settings"]), first["images"])
+
+
+def is_sweep_file(path: Path) -> bool:
+    """A ``sweep.json`` or ``arrays.npz`` as ``SweepResult.save`` writes them (what ``--out`` may replace)."""
+    return written_by_us(path, {SWEEP_FILE: (SWEEP_FORMAT,)}, (ARRAYS_FILE,))
 
 
 def monitor_record(entry: SweepEntry, settings: Settings, images: dict[str, Any]) -> dict[str, Any]:
@@ -282,90 +282,3 @@ def choose_x_axis(entries: Sequence[SweepEntry], requested: str = "auto") -> str
     if len({(entry.group, entry.num_blocks) for entry in entries}) > 1:
         return "depth"
     return "order" if without_epoch else "epoch"
-
-
-def checkpoint_labels(checkpoints: Sequence[str | os.PathLike | nn.Module]) -> list[str]:
-    """Names for tables and figures: a file's name (its whole path where two names are the
-    same), a store, preset or timm name as given, ``model <i>`` for a model object."""
-    names = [
-        f"model {index}" if isinstance(spec, nn.Module) else Path(spec).name if Path(spec).exists() else str(spec)
-        for index, spec in enumerate(checkpoints, start=1)
-    ]
-    repeated = {name for name in names if names.count(name) > 1}
-    return [str(spec) if name in repeated else name for name, spec in zip(names, checkpoints)]
-
-
-def sweep(
-    checkpoints: Sequence[str | os.PathLike | nn.Module],
-    images: ImageSource | None = None,
-    settings: Settings | None = None,
-    *,
-    labels: Sequence[str] | None = None,
-    groups: Sequence[str] | None = None,
-    x_axis: str = "auto",
-    arch: str | None = None,
-    load_options: dict[str, Any] | None = None,
-    class_map: ClassMap | str | Path | None = None,
-    progress: ProgressOption = True,
-    **overrides: Any,
-) -> SweepResult:
-    """``analyze`` of every checkpoint on the same images, one model at a time.
-
-    Args:
-        checkpoints: what ``load_model`` reads (files, store, preset or timm names), loaded
-            one at a time and released before the next; or model objects.
-        images: as in ``analyze``, read again for every checkpoint (an iterable of batches
-            must be re-iterable, e.g. a DataLoader); a folder, file, glob or bundled set is
-            opened once. Default: the bundled set the first checkpoint's model card names,
-            else the photos.
-        settings: the analysis settings (with keyword ``overrides`` of its fields).
-        labels: a name per checkpoint (default: ``checkpoint_labels``).
-        groups: the figure line of each checkpoint (default: ViT or DeepViT).
-        x_axis: "auto", "depth", "epoch" or "order" (``choose_x_axis``).
-        arch: the architecture of checkpoints whose weights cannot say (as in ``load_model``).
-        load_options: ``load_model``'s other keyword arguments for every checkpoint (``num_heads``,
-            ``img_size``, ``resample_pos_embed``, ...).
-        class_map: which class index each image folder is (``open_images``).
-        progress: as in ``analyze``; a callable hears the images of all checkpoints as one count.
-    """
-    from .analysis import analyze
-    from .checkpoints import load_model
-
-    settings = Settings.with_overrides(settings, overrides).resolved()
-    labels = list(labels) if labels is not None else checkpoint_labels(checkpoints)
-    for name, given in (("labels", labels), ("groups", groups)):
-        if given is not None and len(given) != len(checkpoints):
-            raise DiagError(f"a sweep of {len(checkpoints)} checkpoints needs as many {name}, got {len(given)}")
-    if not checkpoints:
-        raise DiagError("a sweep needs at least one checkpoint")
-    if isinstance(images, Iterator):
-        raise DiagError("a sweep reads the images once per checkpoint: pass a DataLoader or a list, not an iterator")
-    opens_images = images is None or is_path_spec(images)
-    if class_map is not None and not opens_images:
-        raise DiagError("a class map applies to the image folders, files and bundled sets a sweep opens")
-    entries: list[SweepEntry] = []
-    read: dict[str, Any] = {}
-    for index, (checkpoint, label) in enumerate(zip(checkpoints, labels)):
-        if progress is True:
-            Console(stderr=True).print(Text(f"checkpoint {index + 1} of {len(checkpoints)}: {label}"))
-        if isinstance(checkpoint, nn.Module):
-            model = checkpoint
-        else:
-            model = load_model(checkpoint, arch=arch, **(load_options or {}))
-        if opens_images and index == 0:  # opened once, after the first model has named its default set
-            images = open_images(images or default_image_set([model]), limit=settings.num_images, class_map=class_map)
-        bar = partial(_overall, progress, index, len(checkpoints)) if callable(progress) else progress
-        result = analyze(model, images, settings, progress=bar)
-        step = (getattr(model, "provenance", None) or {}).get("epoch")
-        entries.append(SweepEntry.of(result, label, groups[index] if groups else None, step))
-        read = read or result.images
-        del model, result  # the next checkpoint loads into the memory this one leaves
-    return SweepResult(entries, choose_x_axis(entries, x_axis), settings, read)
-
-
-def _overall(progress: Callable[[int, int | None], None], index: int, count: int, done: int, total: int | None) -> None:
-    """Progress of checkpoint ``index`` of ``count`` as a share of the whole sweep."""
-    if total:
-        progress(index * total + done, count * total)
-    else:
-        progress(done, None)

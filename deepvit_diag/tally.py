@@ -14,23 +14,18 @@ analysis was: ``ShardRecord``) in its ``--out`` folder; ``merge_shards`` adds th
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .distributed import Shard
 from .errors import DiagError
 from .introspection import Geometry
 from .metrics import MIN_UNBIASED_EXAMPLES, Accuracy, cka_from_hsic
-from .results import AnalysisResult, ComparisonResult, is_zip_archive, jsonable
+from .results import AnalysisResult
 from .settings import Settings
 
-TALLY_FILE = "tally.npz"
 CKA_KEYS = ("a", "b")  # the CKA of model 0 and model 1 with themselves; "ab" across them
 
 
@@ -99,52 +94,6 @@ class Tally:
             max(self.open_skipped, other.open_skipped),
         )
 
-    # ----------------------------------------------------------------------------- files
-
-    def save(self, folder: Path, extra: dict[int, dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
-        """Write ``folder/tally.npz`` (with ``extra``: more arrays per model, e.g. those read
-        from its weights); returns the counts for a JSON record."""
-        arrays = {f"hsic/{key}": value for key, value in self.hsic.items()}
-        for index, model in enumerate(self.models):
-            arrays.update({f"{index}/sums/{name}": value for name, value in model.sums.items()})
-            arrays.update({f"{index}/examples/{name}": value for name, value in model.examples.items()})
-            arrays.update({f"{index}/extra/{name}": value for name, value in (extra or {}).get(index, {}).items()})
-        np.savez_compressed(folder / TALLY_FILE, **arrays)
-        return {
-            "count": self.count,
-            "skipped": self.skipped,
-            "open_skipped": self.open_skipped,
-            "models": [
-                {"correct": {str(k): n for k, n in m.correct.items()}, "problem": m.problem} for m in self.models
-            ],
-        }
-
-    @classmethod
-    def load(cls, folder: Path, counts: dict[str, Any]) -> tuple[Tally, list[dict[str, np.ndarray]]]:
-        """A tally, and each model's extra arrays, from ``folder/tally.npz`` and the counts
-        ``save`` returned."""
-        try:
-            with np.load(folder / TALLY_FILE, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise DiagError(f"{folder / TALLY_FILE} is missing or damaged ({type(err).__name__}: {err})") from None
-        models = [
-            ModelTally(
-                sums=_section(arrays, f"{index}/sums/"),
-                correct={int(k): int(n) for k, n in model["correct"].items()},
-                problem=model["problem"],
-                examples=_section(arrays, f"{index}/examples/"),
-            )
-            for index, model in enumerate(counts["models"])
-        ]
-        extra = [_section(arrays, f"{index}/extra/") for index in range(len(models))]
-        tally = cls(counts["count"], models, _section(arrays, "hsic/"), counts["skipped"], counts["open_skipped"])
-        return tally, extra
-
-
-def _section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
-
 
 @dataclass
 class ModelParts:
@@ -157,7 +106,7 @@ class ModelParts:
     labels: str
 
 
-def results(
+def build_results(
     tally: Tally, parts: list[ModelParts], settings: Settings, images: dict[str, Any], computation: dict[str, Any]
 ) -> tuple[list[AnalysisResult], np.ndarray | None]:
     """One result per model from a tally, and the cross-model CKA (L_A, L_B) for two."""
@@ -206,154 +155,3 @@ def combined_computation(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "processes": sum(part["processes"] for part in parts),
         "devices": [device for part in parts for device in part["devices"]],
     }
-
-
-# ----------------------------------------------------------------------------- shards on disk
-
-SHARD_FILE = "shard.json"
-SHARD_FORMAT = "deepvit-diag shard"
-SHARD_VERSION = 1
-# Settings that may differ between the shards of one analysis: they change how, not what, it computes.
-RUN_ONLY_SETTINGS = ("device", "num_workers", "batch_size")
-
-
-@dataclass
-class ShardRecord:
-    """Everything about a shard of an analysis besides its sums: with its ``Tally`` it is all
-    ``merge_shards`` needs (a shard that holds no images has no result of its own).
-
-    Attributes:
-        shard: which shard, e.g. ``1/4``.
-        images: the whole image list: ``description``, ``total`` (images before cutting)
-            and ``fingerprint`` (a hash of its names, or of a tensor's bytes).
-        settings: the analysis settings.
-        models: each model's ``ModelParts`` (identity, geometry, weight arrays, label source).
-        weights: the sha256 of each model's weights (``distributed.weights_sha256``).
-        computation: how the shard was computed (``combined_computation``'s form).
-    """
-
-    shard: Shard
-    images: dict[str, Any]
-    settings: Settings
-    models: list[ModelParts]
-    weights: list[str]
-    computation: dict[str, Any]
-
-
-def save_shard(folder: Path, tally: Tally, record: ShardRecord, report_labels: list[str]) -> None:
-    """Write ``shard.json`` (the record, the counts, the models' report labels) and
-    ``tally.npz`` (the sums and the arrays read from the weights)."""
-    counts = tally.save(folder, {index: part.weight_arrays for index, part in enumerate(record.models)})
-    document = {
-        "format": SHARD_FORMAT,
-        "version": SHARD_VERSION,
-        "shard": str(record.shard),
-        "images": record.images,
-        "settings": record.settings.to_dict(),
-        "models": [
-            {"model": part.model, "geometry": part.geometry.to_dict(), "labels": part.labels} for part in record.models
-        ],
-        "weights": record.weights,
-        "computation": record.computation,
-        "report_labels": report_labels,
-        "tally": counts,
-    }
-    (folder / SHARD_FILE).write_text(json.dumps(jsonable(document), indent=2), encoding="utf-8")
-
-
-def is_shard_file(path: Path) -> bool:
-    """A ``shard.json`` or ``tally.npz`` as ``save_shard`` writes them (what ``--out`` may replace)."""
-    if path.name == TALLY_FILE:
-        return is_zip_archive(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8")) if path.name == SHARD_FILE else None
-    except (OSError, ValueError):
-        return False
-    return isinstance(document, dict) and document.get("format") == SHARD_FORMAT
-
-
-@dataclass
-class SavedShard:
-    """A shard's folder as ``--shard`` wrote it."""
-
-    folder: Path
-    record: ShardRecord
-    report_labels: list[str]
-    tally: Tally
-
-
-def read_shard(folder: Path) -> SavedShard:
-    path = folder / SHARD_FILE
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DiagError(f"{folder} is not a shard of an analysis (no readable {SHARD_FILE}: {err.strerror})") from None
-    except ValueError as err:
-        raise DiagError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(document, dict) or document.get("format") != SHARD_FORMAT:
-        raise DiagError(f"{path} is not a deepvit-diag shard record")
-    try:
-        tally, weight_arrays = Tally.load(folder, document["tally"])
-        models = [
-            ModelParts(entry["model"], Geometry.from_dict(entry["geometry"]), weight_arrays[index], entry["labels"])
-            for index, entry in enumerate(document["models"])
-        ]
-        record = ShardRecord(
-            Shard.parse(document["shard"]),
-            document["images"],
-            Settings.from_dict(document["settings"]),
-            models,
-            document["weights"],
-            document["computation"],
-        )
-        return SavedShard(folder, record, document["report_labels"], tally)
-    except (KeyError, TypeError, IndexError) as err:
-        raise DiagError(f"{path} is incomplete or malformed ({type(err).__name__}: {err})") from None
-
-
-def merge_shards(folders: list[Path]) -> tuple[AnalysisResult | ComparisonResult, list[str]]:
-    """The result one run over all images gives, from the folders of its ``--shard i/n`` runs,
-    and the models' report labels. Refuses (``DiagError``) shards of different models,
-    settings or image lists, and missing or repeated shards."""
-    shards = [read_shard(Path(folder)) for folder in folders]
-    count = shards[0].record.shard.count
-    seen: dict[int, Path] = {}
-    for shard in shards:
-        _check_same_analysis(shards[0], shard)
-        index = shard.record.shard.index
-        if index in seen:
-            raise DiagError(f"shard {shard.record.shard} is given twice: {seen[index]} and {shard.folder}")
-        seen[index] = shard.folder
-    missing = [f"{index}/{count}" for index in range(count) if index not in seen]
-    if missing:
-        raise DiagError(f"shards {', '.join(missing)} are missing (give the --out folders of all {count} shards)")
-    shards.sort(key=lambda shard: shard.record.shard.index)
-    total = sum((shard.tally for shard in shards[1:]), shards[0].tally)
-    first = shards[0].record
-    images = {
-        "description": first.images["description"],
-        "count": total.count,
-        "skipped": total.skipped + total.open_skipped,
-    }
-    computation = {**combined_computation([shard.record.computation for shard in shards]), "shards": count}
-    made, cka_ab = results(total, first.models, first.settings, images, computation)
-    merged = ComparisonResult(*made, cka_ab) if len(made) == 2 else made[0]
-    return merged, shards[0].report_labels
-
-
-def _check_same_analysis(first: SavedShard, other: SavedShard) -> None:
-    """One line naming what differs between two shards that must belong to one analysis."""
-    mine, theirs = first.record, other.record
-    where = f"{other.folder} and {first.folder}"
-    if theirs.shard.count != mine.shard.count:
-        raise DiagError(f"{where} are shards of {theirs.shard.count} and of {mine.shard.count}")
-    if theirs.weights != mine.weights or [p.geometry for p in theirs.models] != [p.geometry for p in mine.models]:
-        raise DiagError(f"{where} are shards of different models (their weights differ)")
-    for key in ("total", "fingerprint"):
-        if theirs.images.get(key) != mine.images.get(key):
-            raise DiagError(f"{where} are shards of different image lists")
-    settings = {k: v for k, v in mine.settings.to_dict().items() if k not in RUN_ONLY_SETTINGS}
-    other_settings = {k: v for k, v in theirs.settings.to_dict().items() if k not in RUN_ONLY_SETTINGS}
-    if settings != other_settings:
-        differing = sorted(k for k in settings if settings[k] != other_settings[k])
-        raise DiagError(f"{where} were analysed with different settings ({', '.join(differing)})")

@@ -9,9 +9,11 @@ the pixels every analysis sees), so the test accuracy in the model card is exact
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .checkpoints.native import is_native_file, save_native
 from .datasets import (
     CLUTTER_DESCRIPTION,
     DIGITS_DESCRIPTION,
@@ -31,10 +34,11 @@ from .datasets import (
     held_out_set,
 )
 from .device import resolve_device
+from .formats import package_versions
 from .models import build_model
+from .outputs import OutputTarget
 from .preprocessing import preprocess
 from .progress import ProgressOption, reporting
-from .results import package_versions
 
 
 @dataclass
@@ -250,3 +254,70 @@ def train_model(
                 on_snapshot(model, card_at(epoch + 1))
     model.eval()
     return model, card_at(config.epochs)
+
+
+@dataclass
+class TrainingRun:
+    """What ``train_to_files`` wrote: the final model's card and the snapshot files, by epoch."""
+
+    card: dict[str, Any]
+    snapshots: list[Path]
+
+
+def train_to_files(
+    arch: dict[str, Any],
+    out: Path,
+    *,
+    data: str,
+    config: TrainConfig,
+    device: str = "auto",
+    preset: str | None = None,
+    command: str | None = None,
+    save_every: int = 0,
+    fp16: bool = False,
+    force: bool = False,
+    progress: ProgressOption = True,
+) -> TrainingRun:
+    """Train ``arch`` and write it to ``out`` in deepvit-diag's format, with a snapshot
+    ``<out>-epoch<N>`` every ``save_every`` epochs. Every file is checked and locked before
+    training starts (``OutputTarget``; ``force`` replaces files that are not ours) and
+    written whole when it is due. With ``fp16`` the weights are stored in half precision and
+    the card's accuracy is measured on the rounded weights."""
+    every = save_every
+    width = len(str(config.epochs))  # zero-padded, so that the snapshot files sort by epoch
+    snapshot_paths = (
+        {
+            epoch: out.with_name(f"{out.stem}-epoch{epoch:0{width}d}{out.suffix}")
+            for epoch in range(every, config.epochs + 1, every)
+        }
+        if every
+        else {}
+    )
+
+    def ship(model: torch.nn.Module, card: dict[str, Any], target: OutputTarget) -> None:
+        """Write ``model`` with its card as the file holds it: with ``fp16`` the card's accuracy is
+        measured again on the rounded weights (a copy, so that training goes on unrounded)."""
+        if fp16:
+            model = copy.deepcopy(model).half().float()
+            card["test_accuracy"] = evaluate_accuracy(model, *held_out_split(data, config))
+        card.update(preset=preset, command=command)
+        target.write(lambda path: save_native(model, path, card=card, dtype=torch.float16 if fp16 else None))
+
+    # Every file is checked and locked before training starts, and each is written whole when it is due.
+    with ExitStack() as stack:
+        final, *snapshots = (
+            stack.enter_context(OutputTarget(path, folder=False, owned=is_native_file, force=force))
+            for path in (out, *snapshot_paths.values())
+        )
+        by_epoch = dict(zip(snapshot_paths, snapshots))
+        model, card = train_model(
+            arch,
+            data=data,
+            config=config,
+            device=device,
+            progress=progress,
+            snapshot_every=every,
+            on_snapshot=lambda model, card: ship(model, card, by_epoch[card["epoch"]]),
+        )
+        ship(model, card, final)
+    return TrainingRun(card, list(snapshot_paths.values()))

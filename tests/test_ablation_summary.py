@@ -81,7 +81,7 @@ def test_cli_ablate_writes_the_result_and_dry_run_runs_nothing(tmp_path, capsys)
 def test_ablation_report_is_self_contained_with_every_figure(result):
     import re
 
-    from deepvit_diag.ablation_figures import draw_ablation
+    from deepvit_diag.figures.drawing import draw_ablation
     from deepvit_diag.report import build_ablation_report
 
     page = build_ablation_report(result, "tiny", command="deepvit-diag ablate ...")
@@ -98,7 +98,7 @@ def test_ablation_report_is_self_contained_with_every_figure(result):
 
 
 def test_figures_draw_what_the_result_holds(result):
-    from deepvit_diag.ablation_figures import ablation_effect, head_importance, pruning_curves
+    from deepvit_diag.figures.ablation import ablation_effect, head_importance, pruning_curves
 
     effect = ablation_effect(result)
     kl = {trace.name: trace.y for trace in effect.data}

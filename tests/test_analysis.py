@@ -25,10 +25,10 @@ from deepvit_diag.metrics import (
     attention_entropy,
     cross_head_similarity,
     cross_layer_similarity,
+    head_mixing_matrices,
     mean_attention_distance,
     rank_collapse,
     similarity_ratio,
-    theta_matrices,
     token_similarity,
 )
 from deepvit_diag.preprocessing import to_rgb
@@ -108,16 +108,16 @@ def assert_matches(result: AnalysisResult, expected: dict, num_images: int) -> N
 def test_streaming_equals_all_at_once(deepvit, x, batch_size):
     result = analyze(deepvit, x, batch_size=batch_size, **QUIET)
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
-    assert result.geometry.reattention_blocks == (1, 2)
+    assert result.geometry.mixing_blocks == (1, 2)
     assert result.settings.batch_size == batch_size and result.settings.dtype == "float32"
-    infos = theta_matrices(deepvit)
+    infos = head_mixing_matrices(deepvit)
     np.testing.assert_array_equal(result.arrays["theta_blocks"], [1, 2])
-    np.testing.assert_array_equal(result.arrays["theta"], np.stack([info.theta for info in infos.values()]))
+    np.testing.assert_array_equal(result.arrays["theta"], np.stack([info.matrix for info in infos.values()]))
     np.testing.assert_array_equal(
         result.arrays["theta_running_var"], np.stack([info.running_var for info in infos.values()])
     )
-    assert sorted(result.theta()) == [1, 2]
-    np.testing.assert_array_equal(result.theta()[2].theta, infos[2].theta)
+    assert sorted(result.head_mixing()) == [1, 2]
+    np.testing.assert_array_equal(result.head_mixing()[2].matrix, infos[2].matrix)
 
 
 def test_rows_axis_and_other_neighbourhood(vit, x):
@@ -129,7 +129,7 @@ def test_plain_vit_post_is_pre(vit, x):
     result = analyze(vit, x, batch_size=4, **QUIET)
     for name in ("similarity", "ratio", "cross_head"):
         np.testing.assert_array_equal(result.arrays[f"{name}_post"], result.arrays[f"{name}_pre"])
-    assert result.geometry.reattention_blocks == () and result.theta() == {}
+    assert result.geometry.mixing_blocks == () and result.head_mixing() == {}
     assert result.arrays["theta"].shape == (0, 4, 4) and result.arrays["theta_blocks"].shape == (0,)
 
 
@@ -291,7 +291,7 @@ def test_save_and_load_round_trip(deepvit, x, tmp_path):
     assert document["model"]["arch"]["family"] == "deepvit"
     assert set(document["versions"]) >= {"deepvit_diag", "torch", "timm", "numpy"}
     assert document["summary"]["similar_blocks_post"] == result.similar_blocks("post").count
-    assert document["settings"]["k"] == 2 and document["geometry"]["reattention_blocks"] == [1, 2]
+    assert document["settings"]["k"] == 2 and document["geometry"]["mixing_blocks"] == [1, 2]
     assert loaded != dataclasses.replace(result, settings=dataclasses.replace(result.settings, k=3))
     with pytest.raises(DiagError, match="not a saved deepvit-diag result"):
         AnalysisResult.load(tmp_path)
@@ -303,6 +303,7 @@ def test_results_saved_in_format_1_still_load(deepvit, x, tmp_path):
     result = analyze(deepvit, x, batch_size=4, **QUIET)
     document = result.to_document()
     geometry = {key: value for key, value in document.pop("geometry").items() if key != "head_mixing"}  # new in 2
+    geometry["reattention_blocks"] = geometry.pop("mixing_blocks")
     model = {**document.pop("model"), **geometry, "num_tokens": result.geometry.num_tokens}
     params = {**document.pop("settings"), "final_batch_size": document.pop("computation")["final_batch_size"]}
     del params["num_images"]
@@ -321,6 +322,20 @@ def test_results_saved_in_format_1_still_load(deepvit, x, tmp_path):
     np.savez(folder / "arrays.npz", **{name: value for name, value in arrays.items() if name != "entropy"})
     with pytest.raises(DiagError, match="lacks the arrays entropy"):
         AnalysisResult.load(folder)
+
+
+def test_results_saved_with_reattention_blocks_still_load(deepvit, x, tmp_path):
+    """Format-2 files written before head mixing was named for what it is call the mixing
+    blocks ``reattention_blocks``; they load with the same geometry."""
+    result = analyze(deepvit, x, batch_size=4, **QUIET)
+    result.save(tmp_path / "run")
+    path = tmp_path / "run" / "result.json"
+    document = json.loads(path.read_text())
+    document["geometry"]["reattention_blocks"] = document["geometry"].pop("mixing_blocks")
+    path.write_text(json.dumps(document))
+    loaded = AnalysisResult.load(tmp_path / "run")
+    assert loaded.geometry.mixing_blocks == (1, 2)
+    assert loaded == result
 
 
 def test_compare_two_depths(deepvit, vit, x, tmp_path):

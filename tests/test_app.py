@@ -22,9 +22,10 @@ from streamlit.testing.v1 import AppTest
 import app.compute
 from app.compute import AnalysisRequest, export_files, run_analysis
 from app.sources import ImageChoice, ModelChoice
-from deepvit_diag import CollapseMonitor, catalogue, figures, load_model, sweep
+from deepvit_diag import CollapseMonitor, catalogue, load_model, sweep
 from deepvit_diag.checkpoints import bundled_path
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION, save_native
+from deepvit_diag.figures import drawing
 from deepvit_diag.models import build_model
 from deepvit_diag.results import ComparisonResult
 from deepvit_diag.settings import Settings
@@ -155,7 +156,7 @@ def test_every_catalogue_figure_is_drawn_with_the_reports_caption(tiny_app):
         shown |= {caption.value for caption in at.caption}
     for metric in catalogue.METRICS:
         for spec in metric.figures:
-            report_captions = {drawn.caption for drawn in figures.draw(spec, analysis.results, analysis.comparison)}
+            report_captions = {drawn.caption for drawn in drawing.draw(spec, analysis.results, analysis.comparison)}
             assert report_captions & shown, f"{spec.key} is not in the app with the report's caption"
 
 
@@ -236,7 +237,7 @@ def test_uploaded_checkpoint_and_images_are_analysed(tiny_app, files):
 
 
 def _sweep_captions(result) -> set[str]:
-    return {drawn.caption for drawn in figures.draw_sweep(result)}
+    return {drawn.caption for drawn in drawing.draw_sweep(result)}
 
 
 def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, monkeypatch):
@@ -248,7 +249,7 @@ def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, mon
     at.text_area(key="sweep_paths").set_value(f"{files / 'vit.safetensors'}\n{files / 'deepvit.safetensors'}")
     at.button(key="sweep_run").click().run()
     _assert_fine(at)
-    assert _charts(at) == len(figures.SWEEP_FIGURES)
+    assert _charts(at) == len(catalogue.SWEEP_FIGURES)
     run = app.compute.sweep_store().get(at.session_state["sweep_request"].key)
     assert [entry.label for entry in run.sweep.entries] == ["vit.safetensors", "deepvit.safetensors"]
     assert run.sweep.entries[0].summary["num_images"] == 5  # the sidebar's images and number
@@ -269,7 +270,7 @@ def test_sweep_view_opens_a_saved_sweep_and_an_uploaded_monitor_file(tiny_app, f
     at.radio(key="sweep_source").set_value("path").run()
     at.text_input(key="sweep_path").set_value(str(tmp_path / "saved")).run()
     _assert_fine(at)
-    assert _charts(at) == len(figures.SWEEP_FIGURES)
+    assert _charts(at) == len(catalogue.SWEEP_FIGURES)
     assert _sweep_captions(saved) <= {caption.value for caption in at.caption}
     at.text_input(key="sweep_path").set_value(str(tmp_path)).run()
     assert any("is not a saved sweep" in error.value for error in at.error)
@@ -284,7 +285,7 @@ def test_sweep_view_opens_a_saved_sweep_and_an_uploaded_monitor_file(tiny_app, f
     )
     at.run()
     _assert_fine(at)
-    assert _charts(at) == len(figures.SWEEP_FIGURES)
+    assert _charts(at) == len(catalogue.SWEEP_FIGURES)
     assert any("at steps 0 and 5" in markdown.value for markdown in at.markdown)
     at.file_uploader(key="sweep_upload").set_value(
         [(name, (tmp_path / "saved" / name).read_bytes(), "application/octet-stream") for name in ("sweep.json",)]

@@ -75,7 +75,7 @@ def test_timm_vit_pre_maps_equal_attention_extract_with_fused_attention_on():
     torch.testing.assert_close(capture.pre, expected, rtol=1e-5, atol=1e-6)
     assert capture.post is capture.pre
     assert torch.equal(capture.logits, plain_logits)
-    assert capture.blocks == [0, 1, 2] and capture.reattention_blocks == []
+    assert capture.blocks == [0, 1, 2] and capture.mixing_blocks == []
     assert all(block.attn.fused_attn for block in model.blocks)
     assert module_snapshot(model) == before
     assert hook_count(model) == 0
@@ -132,7 +132,7 @@ def test_deepvit_post_equals_theta_norm_scale_applied_to_pre(transform_scale):
     with torch.no_grad():
         plain_logits = model(x)
     capture = extract_attention(model, x)
-    assert capture.reattention_blocks == [0, 1, 2]
+    assert capture.mixing_blocks == [0, 1, 2]
     assert torch.equal(capture.logits, plain_logits)
     with torch.no_grad():
         for index, block in enumerate(model.blocks):
@@ -148,7 +148,7 @@ def test_mixed_deepvit_plain_blocks_stay_fused_and_post_equals_pre_there():
     assert model.blocks[0].attn.fused_attn and model.blocks[2].attn.fused_attn
     capture = extract_attention(model, x)
     reference = extract_attention(unfused_copy(model), x)  # plain blocks through hook_pre instead
-    assert capture.reattention_blocks == [1]
+    assert capture.mixing_blocks == [1]
     torch.testing.assert_close(capture.pre, reference.pre, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(capture.post[[0, 2]], capture.pre[[0, 2]])
     with torch.no_grad():

@@ -11,10 +11,13 @@ import pytest
 import timm
 import torch
 
-from deepvit_diag import catalogue, figures
+from deepvit_diag import catalogue
 from deepvit_diag.analysis import analyze, compare
 from deepvit_diag.capture import extract_attention
 from deepvit_diag.catalogue import METRICS, SECTIONS, Batch
+from deepvit_diag.figures import drawing
+from deepvit_diag.figures import similarity as similarity_figures
+from deepvit_diag.figures.registry import FIGURE_FUNCTIONS
 from deepvit_diag.introspection import Geometry
 from deepvit_diag.metrics import token_distances
 from deepvit_diag.report import report_figures
@@ -65,11 +68,20 @@ def test_every_figure_is_a_function_with_a_caption_and_a_section():
     for metric in METRICS:
         assert metric.figures, metric.name
         for spec in metric.figures:
-            function = getattr(figures, spec.name, None)
-            assert inspect.isfunction(function), spec.name
-            assert set(spec.arguments) <= set(inspect.signature(function).parameters), spec.key
+            assert inspect.isfunction(spec.function), spec.name
+            assert set(spec.arguments) <= set(inspect.signature(spec.function).parameters), spec.key
             assert spec.caption and spec.section in SECTIONS
     assert [section for section in SECTIONS if catalogue.figures_in(section)] == list(SECTIONS)
+
+
+def test_every_registered_figure_is_in_the_catalogue_and_only_those():
+    """The ``@figure`` registry and the catalogue's specs (analyses and sweeps) name the same
+    functions, so no figure function is dead and no spec points at an unregistered one."""
+    specs = [spec for metric in METRICS for spec in metric.figures] + list(catalogue.SWEEP_FIGURES)
+    assert {spec.function for spec in specs} == set(FIGURE_FUNCTIONS.values())
+    assert all(spec.section == catalogue.SWEEP_SECTION for spec in catalogue.SWEEP_FIGURES)
+    with pytest.raises(ValueError, match="not a registered @figure function"):
+        catalogue.Figure(len, SECTIONS[0], "caption")
 
 
 def test_report_draws_the_catalogue_figures_with_their_captions(comparison):
@@ -78,7 +90,7 @@ def test_report_draws_the_catalogue_figures_with_their_captions(comparison):
         (drawn.element_id, drawn.caption)
         for metric in METRICS
         for spec in metric.figures
-        for drawn in figures.draw(spec, results, comparison)
+        for drawn in drawing.draw(spec, results, comparison)
     ]
     assert [(item.div_id, item.caption) for item in report_figures(comparison, LABELS)] == expected
     drawn_names = {element.removeprefix("fig-") for element, _ in expected}
@@ -91,12 +103,12 @@ def test_report_draws_the_catalogue_figures_with_their_captions(comparison):
 
 def test_captions_fill_in_the_settings_and_labels(comparison):
     results = dict(zip(LABELS, (comparison.a, comparison.b)))
-    (ratio,) = figures.draw(catalogue.figure_named("similarity_ratio"), results)
+    (ratio,) = drawing.draw(catalogue.figure_named("similarity_ratio"), results)
     assert "k = 2" in ratio.caption and "tau = 0.5" in ratio.caption and "rho = 0.9" in ratio.caption
-    (theta,) = figures.draw(catalogue.figure_named("theta_heatmaps"), results)  # the plain ViT has none
+    (theta,) = drawing.draw(catalogue.figure_named("theta_heatmaps"), results)  # the plain ViT has none
     assert theta.caption.startswith("deepvit (B):") and theta.element_id == "fig-theta-heatmaps-1"
-    assert figures.draw(catalogue.figure_named("cka_across"), results) == []  # needs a comparison
-    examples = figures.draw(catalogue.figure_named("cls_attention"), results, examples=[1])
+    assert drawing.draw(catalogue.figure_named("cka_across"), results) == []  # needs a comparison
+    examples = drawing.draw(catalogue.figure_named("cls_attention"), results, examples=[1])
     assert [item.element_id for item in examples] == ["fig-cls-attention-0-1", "fig-cls-attention-1-1"]
     assert "example image 2" in examples[0].caption
 
@@ -105,10 +117,10 @@ def test_theta_arrays_are_stacked_over_the_reattention_blocks(comparison):
     arrays = comparison.b.arrays
     assert arrays["theta"].shape == (3, 4, 4) and arrays["theta_blocks"].tolist() == [0, 1, 2]
     assert arrays["theta_running_var"].shape == (3, 4)
-    infos = comparison.b.theta()
-    np.testing.assert_array_equal(infos[1].theta, arrays["theta"][1])
-    assert infos[1].kind == "conv"
-    assert comparison.a.arrays["theta"].shape == (0, 4, 4) and comparison.a.theta() == {}
+    infos = comparison.b.head_mixing()
+    np.testing.assert_array_equal(infos[1].matrix, arrays["theta"][1])
+    assert infos[1].kind == "re-attention" and infos[1].norm == "batch-norm"
+    assert comparison.a.arrays["theta"].shape == (0, 4, 4) and comparison.a.head_mixing() == {}
 
 
 def prefix_attention(maps: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -125,7 +137,7 @@ def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
         ("prefix_attention",),
         (
             catalogue.Figure(
-                "head_curves",
+                similarity_figures.head_curves,
                 "Attention statistics per block",
                 "Share of each query's softmax attention that goes to the prefix tokens; dots are single heads.",
                 arguments={"array": "prefix_attention", "y_title": "share of attention", "title": "Prefix attention"},

@@ -97,6 +97,15 @@ def test_an_iterable_of_batches_cannot_be_sharded():
         analyze(tiny("vit", 0), iter([torch.randn(2, 3, 32, 32)]), shard="0/2", **OPTIONS)
 
 
+def test_an_empty_shard_is_a_clear_error_from_analyze_and_compare():
+    """Shard 0/4 of 2 images in one CKA minibatch holds none: one line, not IndexError/TypeError."""
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DiagError, match="shard 0/4 holds none of the images"):
+        analyze(tiny("vit", 0), images, shard="0/4", **OPTIONS)
+    with pytest.raises(DiagError, match="shard 0/4 holds none of the images"):
+        compare(tiny("vit", 0), tiny("deepvit", 1), images, shard="0/4", **OPTIONS)
+
+
 # ----------------------------------------------------------------------------- a process group
 
 

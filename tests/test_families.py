@@ -217,7 +217,7 @@ def test_a_saved_file_loads_back_without_arch(case, root):
 def test_talking_heads_and_class_attention_are_captured():
     case = next(case for case in CASES if case.name.startswith("cait"))
     capture = extract_attention(model_of(case), images(2))
-    assert capture.reattention_blocks == [0, 1] and not torch.allclose(capture.post, capture.pre)
+    assert capture.mixing_blocks == [0, 1] and not torch.allclose(capture.post, capture.pre)
     assert capture.pre.shape == (2, 2, 4, 16, 16)  # patches only: CaiT's class token joins later
     assert capture.class_attention.shape == (2, 2, 4, 17)  # the class token's query over itself and 16 patches
     torch.testing.assert_close(capture.class_attention.sum(-1), torch.ones(2, 2, 4))
@@ -227,13 +227,13 @@ def test_talking_heads_matrices_are_shown_where_theta_is_shown():
     case = next(case for case in CASES if case.name.startswith("cait"))
     model = model_of(case)
     result = analyze(model, images(), progress=False, num_examples=1)
-    infos = result.theta()
+    infos = result.head_mixing()
     assert list(infos) == [0, 1] and result.geometry.head_mixing == "talking-heads"
     attn = model.blocks[1].attn
     assert infos[1].kind == "talking-heads"
-    torch.testing.assert_close(torch.from_numpy(infos[1].theta), attn.proj_w.weight.T.detach())
+    torch.testing.assert_close(torch.from_numpy(infos[1].matrix), attn.proj_w.weight.T.detach())
     torch.testing.assert_close(torch.from_numpy(infos[1].pre_softmax), attn.proj_l.weight.T.detach())
-    from deepvit_diag.figures import theta_heatmaps
+    from deepvit_diag.figures.head_mixing import theta_heatmaps
 
     figure = theta_heatmaps(result)
     assert "Talking-heads matrices" in figure.layout.title.text

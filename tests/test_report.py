@@ -17,8 +17,11 @@ import timm
 import torch
 from PIL import Image
 
-from deepvit_diag import figures
 from deepvit_diag.analysis import compare
+from deepvit_diag.figures import head_mixing as head_mixing_figures
+from deepvit_diag.figures import overlays as overlay_figures
+from deepvit_diag.figures import similarity as similarity_figures
+from deepvit_diag.figures import style
 from deepvit_diag.introspection import Geometry
 from deepvit_diag.metrics import Accuracy
 from deepvit_diag.report import build_report, report_figures, write_report
@@ -57,12 +60,12 @@ def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) 
         "rank_residual": np.ones(blocks, np.float32),
         "cka": np.eye(blocks, dtype=np.float32),
     }
-    reattention_blocks = (0,) if reattention else ()
-    arrays["theta"] = np.tile(np.eye(heads, dtype=np.float32), (len(reattention_blocks), 1, 1))
-    arrays["theta_blocks"] = np.array(reattention_blocks, dtype=np.int64)
+    mixing_blocks = (0,) if reattention else ()
+    arrays["theta"] = np.tile(np.eye(heads, dtype=np.float32), (len(mixing_blocks), 1, 1))
+    arrays["theta_blocks"] = np.array(mixing_blocks, dtype=np.int64)
     if reattention:
         arrays["ratio_post"] = np.zeros(blocks, np.float32)
-    geometry = Geometry(blocks, heads, 1, (8, 8), (2, 2), (16, 16), reattention_blocks)
+    geometry = Geometry(blocks, heads, 1, (8, 8), (2, 2), (16, 16), mixing_blocks)
     images = {"description": "none", "count": 8, "skipped": 0}
     return AnalysisResult({"description": "synthetic"}, geometry, Settings(), images, 8, arrays)
 
@@ -137,13 +140,13 @@ def test_every_report_figure_has_a_title_and_axis_titles(comparison: ComparisonR
 
 def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: ComparisonResult) -> None:
     results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
-    fig = figures.layer_similarity(results)
+    fig = similarity_figures.layer_similarity(results)
     heatmaps = [trace for trace in fig.data if trace.type == "heatmap"]
     assert list(heatmaps[0].x) == [1, 2, 3]
     assert heatmaps[0].coloraxis == heatmaps[1].coloraxis == "coloraxis"
     assert heatmaps[2].coloraxis == "coloraxis2"  # B - A on its own diverging scale
     np.testing.assert_array_equal(np.asarray(heatmaps[2].z), comparison.b.similarity() - comparison.a.similarity())
-    ratio = figures.similarity_ratio(results)
+    ratio = similarity_figures.similarity_ratio(results)
     np.testing.assert_array_equal(np.asarray(ratio.data[0].y), comparison.a.ratio())
     assert any(shape.y0 == 0.9 for shape in ratio.layout.shapes)  # the rho line
     # Each colour bar says which panels it belongs to and stands right of them.
@@ -154,21 +157,21 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
     # Curves over blocks start at block 1, not 0.
     for curves in (
         ratio,
-        figures.cross_head_curves(results),
-        figures.entropy_curves(results),
-        figures.head_curves(results, "attention_distance", "pixels", "distance"),
-        figures.block_curves(results, "token_similarity", "cosine", "token similarity"),
-        figures.block_curves(results, "rank_residual", "residual", "rank residual"),
+        similarity_figures.cross_head_curves(results),
+        similarity_figures.entropy_curves(results),
+        similarity_figures.head_curves(results, "attention_distance", "pixels", "distance"),
+        similarity_figures.block_curves(results, "token_similarity", "cosine", "token similarity"),
+        similarity_figures.block_curves(results, "rank_residual", "residual", "rank residual"),
     ):
         assert curves.layout.xaxis.tick0 == 1 and curves.layout.xaxis.range == (0.5, 3.5), curves.layout.title.text
 
 
 def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
-    assert figures.theta_heatmaps(comparison.a) is None
-    theta = figures.theta_heatmaps(comparison.b)
-    assert len(theta.data) == len(comparison.b.geometry.reattention_blocks) == 3
+    assert head_mixing_figures.theta_heatmaps(comparison.a) is None
+    theta = head_mixing_figures.theta_heatmaps(comparison.b)
+    assert len(theta.data) == len(comparison.b.geometry.mixing_blocks) == 3
     np.testing.assert_array_equal(np.asarray(theta.data[0].z), comparison.b.arrays["theta"][0])
-    cls = figures.cls_attention(comparison.b, example=1)
+    cls = overlay_figures.cls_attention(comparison.b, example=1)
     # first, middle, last block, each with a pre and a post row, one panel per head
     assert len(cls.data) == 3 * 2 * 4
     assert len(cls.layout.images) == len(cls.data)
@@ -185,12 +188,12 @@ def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     assert source.startswith("data:image/png;base64,")
     image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
     scale = image.width // 32
-    assert image.size == (32 * scale, 32 * scale) and image.width >= figures.OVERLAY_UPSAMPLED_PIXELS
+    assert image.size == (32 * scale, 32 * scale) and image.width >= style.OVERLAY_UPSAMPLED_PIXELS
     np.testing.assert_array_equal(
         np.asarray(image.convert("RGB"))[::scale, ::scale], comparison.b.arrays["example_images"][1]
     )
     with pytest.raises(IndexError):
-        figures.cls_attention(comparison.b, example=5)
+        overlay_figures.cls_attention(comparison.b, example=5)
 
 
 # ----------------------------------------------------------------------------- report.html
@@ -282,8 +285,11 @@ def test_models_of_different_depth_get_no_difference_panel() -> None:
         tiny("vit16", depth=2), tiny("deepvit16", depth=3), images, device="cpu", num_examples=1, progress=False
     )
     results = {LABELS[0]: mixed.a, LABELS[1]: mixed.b}
-    assert [trace.coloraxis for trace in figures.layer_similarity(results).data] == ["coloraxis", "coloraxis"]
-    assert np.asarray(figures.cka_across(mixed, *LABELS).data[0].z).shape == (2, 3)
+    assert [trace.coloraxis for trace in similarity_figures.layer_similarity(results).data] == [
+        "coloraxis",
+        "coloraxis",
+    ]
+    assert np.asarray(similarity_figures.cka_across(mixed, *LABELS).data[0].z).shape == (2, 3)
     page = build_report(mixed, LABELS)
     assert f"{LABELS[1]} minus {LABELS[0]}" not in page and 'id="fig-cka-across"' in page
 

@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from deepvit_diag.cli import CLI_SETTING_DEFAULTS, add_settings_options, settings_from
+from deepvit_diag.cli import add_settings_options, settings_from
 from deepvit_diag.errors import DiagError
 from deepvit_diag.settings import Settings
 
@@ -30,6 +30,8 @@ from deepvit_diag.settings import Settings
         ({"maps": "both"}, "maps must be one of 'pre', 'post'"),
         ({"dtype": "float16"}, "dtype must be one of 'float32', 'bfloat16'"),
         ({"device": 3}, "device must be a string"),
+        ({"k": None}, "k must be an integer >= 1, got None"),
+        ({"num_examples": None}, "num_examples must be an integer >= 0, got None"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):
@@ -40,6 +42,19 @@ def test_bad_values_are_one_line_errors(overrides, message):
 def test_optional_fields_accept_none_and_torch_devices_become_strings():
     settings = Settings(num_images=None, num_workers=None, device=torch.device("cpu"))
     assert settings.device == "cpu" and settings.num_images is None
+
+
+def test_optional_is_declared_by_the_field_not_read_from_its_annotation():
+    """Exactly the fields whose default is None may be None (declared in their metadata)."""
+    optional = {spec.name for spec in fields(Settings) if spec.metadata["optional"]}
+    assert optional == {spec.name for spec in fields(Settings) if spec.default is None} == {"num_images", "num_workers"}
+
+
+def test_settings_hold_the_one_default_the_cli_uses():
+    """The CLI, the API and the app read every default from Settings (one place)."""
+    parser = argparse.ArgumentParser()
+    add_settings_options(parser)
+    assert settings_from(parser.parse_args([])).num_examples == Settings().num_examples == 2
 
 
 def test_resolved_makes_device_and_workers_concrete():
@@ -71,8 +86,8 @@ def test_cli_options_are_built_from_the_fields():
     for spec in fields(Settings):
         action = options[spec.name]
         assert spec.metadata["help"] in action.help
-        assert action.default == CLI_SETTING_DEFAULTS.get(spec.name, spec.default)
+        assert action.default == spec.default
         assert action.choices == spec.metadata["choices"]
-    assert settings_from(parser.parse_args([])) == Settings(**CLI_SETTING_DEFAULTS)
+    assert settings_from(parser.parse_args([])) == Settings()
     parsed = parser.parse_args(["--k", "3", "--tau", "0.2", "--axis", "rows", "--examples", "5", "--workers", "1"])
     assert settings_from(parsed) == Settings(k=3, tau=0.2, axis="rows", num_examples=5, num_workers=1)

@@ -14,14 +14,16 @@ import torch
 from test_cli import assert_clean_error, run
 from test_report import CHROMIUM, render_in_chromium
 
-from deepvit_diag import figures
+from deepvit_diag import catalogue
 from deepvit_diag.analysis import analyze
 from deepvit_diag.checkpoints import load_model
 from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.errors import DiagError
+from deepvit_diag.figures import sweep as sweep_figures
 from deepvit_diag.report import build_sweep_report, sweep_report_figures, write_sweep_report
 from deepvit_diag.summary import sweep_findings, sweep_rows
-from deepvit_diag.sweeps import SweepEntry, SweepResult, checkpoint_labels, choose_x_axis, sweep
+from deepvit_diag.sweep_runner import checkpoint_labels, sweep
+from deepvit_diag.sweeps import SweepEntry, SweepResult, choose_x_axis
 
 TINY = dict(embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
 DEPTHS = (2, 4, 6)
@@ -72,21 +74,32 @@ def test_a_depth_sweep_has_one_line_per_family(depth_sweep):
     groups = depth_sweep.groups()
     assert list(groups) == ["ViT", "DeepViT"]
     assert [depth_sweep.x(entry) for entry in groups["DeepViT"]] == list(DEPTHS)
-    similar = figures.sweep_similar_blocks(depth_sweep)
+    similar = sweep_figures.sweep_similar_blocks(depth_sweep)
     assert [trace.name for trace in similar.data] == ["ViT", "DeepViT"]
     assert list(similar.data[1].y) == [entry.summary["similar_blocks"] for entry in groups["DeepViT"]]
     assert similar.layout.xaxis.title.text == "depth (blocks)"
-    ratio = figures.sweep_ratio_curves(depth_sweep)
+    ratio = sweep_figures.sweep_ratio_curves(depth_sweep)
     assert len(ratio.data) == 6 and list(ratio.data[2].x) == list(range(1, 7))
-    relative = figures.sweep_ratio_curves(depth_sweep, relative_depth=True)
+    relative = sweep_figures.sweep_ratio_curves(depth_sweep, relative_depth=True)
     np.testing.assert_allclose(relative.data[2].x, np.arange(1, 7) / 6)
-    adjacent = figures.sweep_adjacent_curves(depth_sweep)
+    adjacent = sweep_figures.sweep_adjacent_curves(depth_sweep)
     assert list(adjacent.data[0].x) == [2]  # a 2-block model: block 2 against block 1
     header, rows = sweep_rows(depth_sweep)
     assert header[0] == "checkpoint" and len(rows) == 6 and rows[3][1] == "DeepViT"
     sentences = sweep_findings(depth_sweep)
     assert sentences[0].startswith("ViT: ") and sentences[0].endswith("similar blocks at depths 2, 4 and 6.")
     assert any(sentence.startswith("DeepViT: top-1 accuracy") for sentence in sentences)
+
+
+def test_each_checkpoint_is_announced_through_notice_or_logging(checkpoints, labelled_images, capsys, caplog):
+    """sweep() never prints: the line for each checkpoint goes to ``notice``, else to logging."""
+    heard = []
+    sweep(checkpoints[:2], labelled_images, labels=["a", "b"], notice=heard.append, batch_size=4, **QUIET)
+    assert heard == ["checkpoint 1 of 2: a", "checkpoint 2 of 2: b"]
+    with caplog.at_level("INFO", logger="deepvit_diag.sweep_runner"):
+        sweep(checkpoints[:1], labelled_images, labels=["a"], batch_size=4, **{**QUIET, "progress": True})
+    assert [record.getMessage() for record in caplog.records] == ["checkpoint 1 of 1: a"]
+    assert "checkpoint" not in capsys.readouterr().err
 
 
 def test_groups_and_labels_can_be_given(checkpoints, labelled_images):
@@ -144,12 +157,12 @@ def test_a_training_series_says_when_collapse_appears(depth_sweep):
     assert "ViT: collapse appears at epoch 20 (e20: every block from 4 to 4 is similar); no earlier checkpoint" in (
         " ".join(sweep_findings(series))
     )
-    similar = figures.sweep_similar_blocks(series)
+    similar = sweep_figures.sweep_similar_blocks(series)
     assert similar.layout.xaxis.title.text == "epoch"
     assert [shape.x0 for shape in similar.layout.shapes] == [20]  # the dotted line where collapse appears
     assert "collapse appears" in similar.layout.annotations[0].text
     assert sweep_rows(series)[0][2] == "epoch"
-    accuracy = figures.sweep_accuracy(series)
+    accuracy = sweep_figures.sweep_accuracy(series)
     assert "no accuracy: the images carry no labels" in accuracy.layout.annotations[0].text
 
 
@@ -177,7 +190,7 @@ def test_checkpoint_labels_are_file_names_unless_two_are_the_same(tmp_path):
 def test_sweep_page_is_self_contained(depth_sweep):
     page = build_sweep_report(depth_sweep, command="deepvit-diag sweep ...")
     ids = [item.div_id for item in sweep_report_figures(depth_sweep)]
-    assert ids == [spec.element_id for spec in figures.SWEEP_FIGURES]
+    assert ids == [spec.element_id for spec in catalogue.SWEEP_FIGURES]
     for div_id in ids:
         assert f'id="{div_id}"' in page
     assert page.count("<script") == len(ids) + 1 and "src=" not in page.split("</head>")[1]
@@ -190,7 +203,7 @@ def test_sweep_page_is_self_contained(depth_sweep):
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_sweep_page_renders_in_headless_chromium(depth_sweep, tmp_path):
     path = write_sweep_report(tmp_path / "sweep.html", depth_sweep, relative_depth=True)
-    expected = len(figures.SWEEP_FIGURES)
+    expected = len(catalogue.SWEEP_FIGURES)
     rendered, problems = render_in_chromium(path, expected, "/tmp/deepvit-diag-sweep.png")
     assert rendered == expected
     assert problems == []
@@ -249,7 +262,7 @@ def test_train_save_every_then_sweep_has_an_epoch_axis(tmp_path):
     assert result.entries[0].summary["accuracy_labels"].endswith("by the class names of its model card")
     page = (tmp_path / "series" / "sweep.html").read_text()
     assert "Training series by epoch" in page
-    assert figures.sweep_similar_blocks(result).layout.xaxis.title.text == "epoch"
+    assert sweep_figures.sweep_similar_blocks(result).layout.xaxis.title.text == "epoch"
 
 
 def test_save_every_refuses_a_foreign_snapshot_file_before_training(tmp_path):

@@ -8,9 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from deepvit_diag.ablation import HEAD_MODES, STUDIES, planned_cost
-from deepvit_diag.ablation_figures import draw_ablation
 from deepvit_diag.ablation_result import AblationResult
 from deepvit_diag.ablation_summary import ablation_findings, ablation_rows, ablation_title, cost_lines
+from deepvit_diag.figures.drawing import draw_ablation
 
 from ..compute import AblationRequest, Analysis, failure_message, load, open_ablation, run_ablation
 from ..sources import InputError, ablation_from_path

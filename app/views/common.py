@@ -6,7 +6,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from deepvit_diag import catalogue, figures
+from deepvit_diag import catalogue
+from deepvit_diag.figures import drawing
 from deepvit_diag.report import PLOTLY_CONFIG
 
 from ..compute import Analysis
@@ -20,8 +21,8 @@ def show_figure(fig: go.Figure, key: str) -> None:
     st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key, width="content" if fig.layout.width else "stretch")
 
 
-def show_drawn(drawn: list[figures.DrawnFigure]) -> None:
-    """Catalogue figures as ``figures.draw`` made them, each with the report's caption."""
+def show_drawn(drawn: list[drawing.DrawnFigure]) -> None:
+    """Catalogue figures as ``drawing.draw`` made them, each with the report's caption."""
     for item in drawn:
         show_figure(item.figure, item.element_id)
         st.caption(item.caption)
@@ -32,4 +33,4 @@ def show_section(section: str, analysis: Analysis, options: dict[str, dict] | No
     a figure's key to keyword arguments of its function (e.g. the ``block`` of
     ``cross_head_matrices``)."""
     for spec in catalogue.figures_in(section):
-        show_drawn(figures.draw(spec, analysis.results, analysis.comparison, **(options or {}).get(spec.key, {})))
+        show_drawn(drawing.draw(spec, analysis.results, analysis.comparison, **(options or {}).get(spec.key, {})))

@@ -38,7 +38,7 @@ def render(analysis: Analysis) -> None:
     post = [
         queried[side]["post"]
         for side, result in zip(("a", "b"), results.values())
-        if block - 1 in result.geometry.reattention_blocks
+        if block - 1 in result.geometry.mixing_blocks
     ]
     post_colours = charts.colour_range(*post) if post else None
     for side, (label, result) in zip(("a", "b"), results.items()):
@@ -104,7 +104,7 @@ def _model_maps(
         )
         show_figure(fig, f"heads_pre_{side}")
     with right:
-        if block - 1 in result.geometry.reattention_blocks:
+        if block - 1 in result.geometry.mixing_blocks:
             fig = charts.query_attention(
                 pixels, maps["post"], f"{label}: {query_name}, post-Θ", post_colours, "post-Θ<br>weight", query
             )

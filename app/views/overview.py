@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from deepvit_diag import catalogue, figures
+from deepvit_diag import catalogue
+from deepvit_diag.figures import drawing
 from deepvit_diag.results import AnalysisResult
 from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
 
@@ -16,7 +17,7 @@ from .common import BLOCKS_FROM_ONE, show_figure
 
 def render(analysis: Analysis) -> None:
     # People would rather look than read: the paper's Fig. 3(a) for both models comes first.
-    (ratio,) = figures.draw(catalogue.figure_named("similarity_ratio"), analysis.results, analysis.comparison)
+    (ratio,) = drawing.draw(catalogue.figure_named("similarity_ratio"), analysis.results, analysis.comparison)
     show_figure(ratio.figure, key="overview-" + ratio.element_id)
     st.caption(ratio.caption)
     first = analysis.comparison.a

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from deepvit_diag import figures
 from deepvit_diag.catalogue import figure_named
+from deepvit_diag.figures import drawing
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
@@ -39,7 +39,7 @@ def render(analysis: Analysis) -> None:
             value,
             help=None if label in drawn else f"{label} has only {result.geometry.num_blocks} blocks",
         )
-    overlays = figures.draw(figure_named("cls_attention"), drawn, examples=[example], blocks=blocks)
+    overlays = drawing.draw(figure_named("cls_attention"), drawn, examples=[example], blocks=blocks)
     for axis, kind in (("coloraxis", "pre"), ("coloraxis2", "post")):
         weights = (_drawn_weights(result, example, blocks, kind) for result in drawn.values())
         charts.share_colour_range([overlay.figure for overlay in overlays], axis, *weights)
@@ -48,8 +48,8 @@ def render(analysis: Analysis) -> None:
 
 
 def _drawn_weights(result: AnalysisResult, example: int, blocks: list[int], kind: str) -> np.ndarray:
-    """The CLS weights ``figures.cls_attention`` draws on the colour axis of ``kind``: pre-Θ
+    """The CLS weights ``overlay_figures.cls_attention`` draws on the colour axis of ``kind``: pre-Θ
     rows for every block, post-Θ rows only for Re-attention blocks."""
     if kind == "post":
-        blocks = [block for block in blocks if block in result.geometry.reattention_blocks]
+        blocks = [block for block in blocks if block in result.geometry.mixing_blocks]
     return result.arrays[f"example_cls_{kind}"][example, blocks]

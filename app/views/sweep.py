@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from deepvit_diag import Settings, figures
+from deepvit_diag import Settings
+from deepvit_diag.figures import drawing
 from deepvit_diag.summary import sweep_findings, sweep_rows, sweep_title
 from deepvit_diag.sweeps import SweepResult
 
@@ -34,7 +35,7 @@ SOURCES = {
 
 def render(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) -> None:
     st.caption(
-        "Attention collapse across checkpoints: models of several depths (one line per family, ViT or DeepViT), "
+        "Attention collapse across checkpoints: models of several depths (one line per group, ViT or DeepViT), "
         "or the checkpoints of one training run (by the epoch they record). Also opens what `deepvit-diag sweep` "
         f"saved (sweep.json and arrays.npz) or a CollapseMonitor's .jsonl file. {BLOCKS_FROM_ONE}"
     )
@@ -124,4 +125,4 @@ def _show(sweep: SweepResult) -> None:
     for sentence in sweep_findings(sweep):
         st.markdown(f"- {sentence}")
     relative = st.toggle("Per-block curves over relative depth (block / number of blocks)", key="sweep_relative")
-    show_drawn(figures.draw_sweep(sweep, relative_depth=relative))
+    show_drawn(drawing.draw_sweep(sweep, relative_depth=relative))

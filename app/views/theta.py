@@ -14,13 +14,13 @@ from .common import BLOCKS_FROM_ONE, show_section
 
 def render(analysis: Analysis) -> None:
     results = analysis.results
-    if not any(result.geometry.reattention_blocks for result in results.values()):
+    if not any(result.geometry.mixing_blocks for result in results.values()):
         st.info(
             "Neither model has Re-attention blocks, so there is no Θ to show: both use their softmax maps as they are."
         )
         return
     for label, result in results.items():
-        blocks = result.geometry.reattention_blocks
+        blocks = result.geometry.mixing_blocks
         st.caption(
             f"{label}: {MIXING_BLOCKS[result.geometry.head_mixing]} {block_list(blocks)}."
             if blocks

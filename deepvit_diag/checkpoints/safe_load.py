@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import DiagError
+from ..formats import ZIP_MAGIC
 from .native import parse_native_metadata
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".safetensors")
@@ -35,7 +36,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 # Tensors may take at most this much memory: twice the file (tied weights share stored data) plus 1 MiB.
 _DATA_FACTOR, _DATA_SLACK = 2, 1 << 20
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's old format: pickled magic number
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 @dataclass
@@ -133,7 +133,7 @@ def _torch_failure(path: Path, head: bytes, err: Exception) -> str:
             "holds; deepvit-diag never runs code from checkpoint files"
         )
     readable = f"{path} is not a readable PyTorch or safetensors checkpoint"
-    if head.startswith(_ZIP_MAGIC):
+    if head.startswith(ZIP_MAGIC):
         if "constants.pkl" in text or "TorchScript" in text:
             return f"{readable}: it is a TorchScript archive (a compiled model); save model.state_dict() instead"
         if "central directory" in text or "zip archive" in text:

@@ -15,11 +15,12 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``, ``block_influence``; ``topk_correct`` returns counts, which add up over batches directly.
+``rank_collapse``, ``block_influence``; ``topk_correct`` returns counts, which add up over batches
+directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
-a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``theta_matrices`` and
-``stacked_theta`` read weights.
+a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_matrices`` and
+``stacked_head_mixing`` read weights.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .similarity import (
     similar_blocks,
     similarity_ratio,
 )
-from .theta import ThetaInfo, stacked_theta, theta_from_arrays, theta_matrices
+from .theta import HeadMixing, head_mixing_from_arrays, head_mixing_matrices, stacked_head_mixing
 from .tokens import block_influence, rank_collapse, token_similarity
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "MinibatchCKA",
     "SimilarBlocks",
     "TOP_K",
-    "ThetaInfo",
+    "HeadMixing",
     "attention_entropy",
     "block_influence",
     "collapse_statistics",
@@ -70,9 +71,9 @@ __all__ = [
     "similarity_ratio",
     "softmax_statistics",
     "spearman",
-    "stacked_theta",
-    "theta_from_arrays",
-    "theta_matrices",
+    "stacked_head_mixing",
+    "head_mixing_from_arrays",
+    "head_mixing_matrices",
     "token_distances",
     "token_similarity",
     "top1_agreement",

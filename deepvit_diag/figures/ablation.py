@@ -1,20 +1,19 @@
-"""Plotly figures of an ``AblationResult``, shared by its report and the app's Ablation view.
-
-Each function draws only what the result holds (block and head numbers from 1, as in
-every figure of deepvit-diag): what removing each block costs next to its similarity
-ratio, head importance next to head redundancy, and the cumulative pruning curves.
-"""
+"""Figures of an ablation (``AblationResult``): what removing each block costs next to its
+similarity ratio, head importance next to head similarity, and the cumulative pruning curves."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .ablation_result import ORDERINGS, AblationResult
-from .figures import MODEL_COLOURS, SEQUENTIAL, _blocks, _finish
+from .registry import figure
+from .style import SEQUENTIAL, block_numbers, finish, model_colour
+
+if TYPE_CHECKING:
+    from ..ablation_result import AblationResult
 
 FAMILY_NAMES = {
     "block": "block removed",
@@ -22,6 +21,7 @@ FAMILY_NAMES = {
     "transplant": "previous block's maps",
     "reattention": "Re-attention off (Θ = I, no Norm)",
 }
+# The orderings of ``ablation_result.ORDERINGS``, in the same order.
 ORDERING_NAMES = {
     "measured": "by measured single-block cost",
     "similarity": "by similarity ratio (highest first)",
@@ -29,11 +29,12 @@ ORDERING_NAMES = {
 }
 
 
+@figure
 def ablation_effect(result: AblationResult) -> go.Figure:
     """Per block: the KL each ablation of the block costs (left axis, log scale) and the
     similarity ratio and Block Influence (right axis)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    blocks = _blocks(result.geometry.num_blocks)
+    blocks = block_numbers(result.geometry.num_blocks)
     for index, (family, name) in enumerate(FAMILY_NAMES.items()):
         if not result.has(family):
             continue
@@ -43,7 +44,7 @@ def ablation_effect(result: AblationResult) -> go.Figure:
                 y=result.values(family, "kl"),
                 mode="lines+markers",
                 name=f"KL: {name}",
-                line={"color": MODEL_COLOURS[index % len(MODEL_COLOURS)]},
+                line={"color": model_colour(index)},
                 hovertemplate="block %{x}: KL %{y:.3g}<extra>" + name + "</extra>",
             ),
             secondary_y=False,
@@ -67,9 +68,10 @@ def ablation_effect(result: AblationResult) -> go.Figure:
     fig.update_xaxes(title="block")
     fig.update_yaxes(title="KL(intact || ablated)", type="log", secondary_y=False)
     fig.update_yaxes(title="similarity ratio, Block Influence", secondary_y=True, rangemode="tozero")
-    return _finish(fig, "What removing each block costs, next to how similar it is", 460)
+    return finish(fig, "What removing each block costs, next to how similar it is", 460)
 
 
+@figure
 def head_importance(result: AblationResult) -> go.Figure | None:
     """Two heatmaps (blocks x heads): the KL of each head's ablation, and the head's mean
     similarity to the other heads of its block; None without the head study."""
@@ -90,7 +92,7 @@ def head_importance(result: AblationResult) -> go.Figure | None:
             go.Heatmap(
                 z=values,
                 x=heads,
-                y=_blocks(len(values)),
+                y=block_numbers(len(values)),
                 colorscale=SEQUENTIAL,
                 colorbar={"title": title, "x": 0.43 if column == 1 else 1.0},
                 hovertemplate="block %{y}, head %{x}: " + hover + "<extra></extra>",
@@ -100,13 +102,14 @@ def head_importance(result: AblationResult) -> go.Figure | None:
         )
         fig.update_xaxes(title="head", row=1, col=column, dtick=1)
         fig.update_yaxes(title="block", row=1, col=column, autorange="reversed")
-    return _finish(fig, "Head importance next to head similarity", max(360, 22 * len(importance) + 160))
+    return finish(fig, "Head importance next to head similarity", max(360, 22 * len(importance) + 160))
 
 
+@figure
 def pruning_curves(result: AblationResult) -> go.Figure | None:
     """Top-1 accuracy (with labels; else top-1 agreement with the intact model) and KL after
     removing the k most redundant blocks, k = 0..L, one line per ordering."""
-    orderings = [ordering for ordering in ORDERINGS if result.has(f"pruning_{ordering}")]
+    orderings = [ordering for ordering in ORDERING_NAMES if result.has(f"pruning_{ordering}")]
     if not orderings:
         return None
     labelled = result.accuracy.available
@@ -117,7 +120,7 @@ def pruning_curves(result: AblationResult) -> go.Figure | None:
         values = result.arrays[f"{family}_accuracy"][:, 0] if labelled else result.values(family, "agreement")
         order = result.arrays[f"{family}_order"] + 1
         removed = ["none"] + [", ".join(str(b) for b in sorted(order[:k])) for k in range(1, len(order) + 1)]
-        colour = MODEL_COLOURS[index % len(MODEL_COLOURS)]
+        colour = model_colour(index)
         for column, series in (
             (1, np.concatenate([[intact], values])),
             (2, np.concatenate([[0.0], result.values(family, "kl")])),
@@ -140,41 +143,4 @@ def pruning_curves(result: AblationResult) -> go.Figure | None:
     fig.update_xaxes(title="blocks removed (k)")
     fig.update_yaxes(title=measure, row=1, col=1)
     fig.update_yaxes(title="KL(intact || pruned)", row=1, col=2)
-    return _finish(fig, "Removing the k most redundant blocks", 440)
-
-
-@dataclass
-class AblationFigure:
-    """A drawn figure with its element id and caption."""
-
-    element_id: str
-    caption: str
-    figure: go.Figure
-
-
-CAPTIONS = {
-    "ablation_effect": "KL divergence of the predictive distribution from the intact model's when each block is "
-    "removed, its attention branch removed, its maps replaced by the previous block's, or its Re-attention off "
-    "(left, log scale), next to the block's similarity ratio (dashed; the grey line is rho = {rho:g}) and Block "
-    "Influence (dotted). If similar maps meant redundant blocks, the KL would be low where the ratio is high.",
-    "head_importance": "Left: what replacing each head's output costs (KL). Right: how similar the head's maps "
-    "are to those of the other heads of its block. A head that attends like the others should cost little.",
-    "pruning_curves": "The k most redundant blocks removed together, k = 0..L, in three orderings: by the measured "
-    "cost of removing each block alone, by similarity ratio and by Block Influence. The ordering whose curve stays "
-    "high longest finds the blocks that can go.",
-}
-
-
-def draw_ablation(result: AblationResult) -> list[AblationFigure]:
-    """Every figure of an ablation, with its caption, in page order (those that apply)."""
-    drawn = []
-    for name, function in (
-        ("ablation_effect", ablation_effect),
-        ("head_importance", head_importance),
-        ("pruning_curves", pruning_curves),
-    ):
-        figure = function(result)
-        if figure is not None:
-            caption = CAPTIONS[name].format(rho=result.settings.rho)
-            drawn.append(AblationFigure("fig-" + name.replace("_", "-"), caption, figure))
-    return drawn
+    return finish(fig, "Removing the k most redundant blocks", 440)

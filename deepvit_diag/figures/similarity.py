@@ -1,0 +1,277 @@
+"""Figures of how alike attention maps are, across blocks and heads, and of per-block
+statistics and CKA, for one or several models (``AnalysisResult``s keyed by label)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .registry import figure
+from .style import (
+    HEATMAP_PANEL_PX,
+    MAP_NAMES,
+    SEQUENTIAL,
+    block_axis,
+    block_numbers,
+    finish,
+    finite,
+    heatmap_panel,
+    map_kind,
+    model_colour,
+    no_data_note,
+    short_label,
+    similarity_scale,
+    square_heatmap_axes,
+    symmetric_scale,
+    titles_over_panels,
+)
+
+if TYPE_CHECKING:
+    from ..results import ComparisonResult
+    from .style import Results
+
+# ----------------------------------------------------------------------------- layer similarity
+
+
+@figure
+def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
+    """Cross-layer similarity S[p, q] (paper Eqn 2) of each model side by side, on one
+    colour scale; with two models of equal depth a third panel shows B - A on its own
+    diverging scale. Each colour bar stands right of the panels it belongs to and says
+    which they are (the similarity bar between B and B - A, the difference bar last)."""
+    labels = list(results)
+    matrices = [results[label].similarity(maps) for label in labels]
+    with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
+    titles = labels + ([f"{labels[1]} minus {labels[0]}"] if with_difference else [])
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.08)
+    for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
+        hover = "block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>"
+        heatmap_panel(fig, matrix, hover, col=column, name=label)
+    similarity_bar = {
+        "title": {
+            "text": "similarity"
+            + (f"<br>({short_label(labels[0])}, {short_label(labels[1])})" if len(labels) == 2 else "")
+        },
+        "len": 0.8,
+    }
+    if with_difference:
+        difference = matrices[1] - matrices[0]
+        hover = "block %{y} vs block %{x}<br>difference %{z:+.3f}<extra>" + titles[-1] + "</extra>"
+        heatmap_panel(fig, difference, hover, col=len(titles), coloraxis="coloraxis2", name="difference")
+        # Panels A and B close together, then room for their colour bar before B - A,
+        # whose own bar sits in the right margin.
+        gap, bar_gap = 0.04, 0.15
+        panel = (1.0 - gap - bar_gap) / 3
+        domains = [[0.0, panel], [panel + gap, 2 * panel + gap], [1.0 - panel, 1.0]]
+        for index, domain in enumerate(domains, start=1):
+            fig.layout[f"xaxis{'' if index == 1 else index}"].update(domain=domain, constraintoward="right")
+        similarity_bar.update(x=domains[1][1] + 0.01, xanchor="left")
+        difference_title = f"difference<br>{short_label(labels[1])} − {short_label(labels[0])}"
+        fig.update_layout(
+            coloraxis2={
+                **symmetric_scale([difference]),
+                "colorbar": {"title": {"text": difference_title}, "x": 1.01, "xanchor": "left", "len": 0.8},
+            }
+        )
+    fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": similarity_bar})
+    square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
+    titles_over_panels(fig)
+    kind = map_kind(results[labels[0]], maps)
+    fig = finish(fig, f"Cross-layer attention similarity S[p, q] ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 140)
+    return fig.update_layout(margin={"r": 110}) if with_difference else fig
+
+
+# ----------------------------------------------------------------------------- similarity ratio
+
+
+@figure
+def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
+    """Similarity ratio per block (paper Fig. 3a) with the rho threshold; similar blocks
+    (ratio above rho) are drawn as filled markers, the others as open ones."""
+    fig = go.Figure()
+    rhos = set()
+    for index, (label, result) in enumerate(results.items()):
+        ratio = result.ratio(maps)
+        similar = set(result.similar_blocks(maps).indices)
+        blocks = block_numbers(len(ratio))
+        fig.add_trace(
+            go.Scatter(
+                x=blocks,
+                y=ratio,
+                mode="lines+markers",
+                name=label,
+                line={"color": model_colour(index)},
+                marker={
+                    "size": 9,
+                    "symbol": ["circle" if block in similar else "circle-open" for block in range(len(ratio))],
+                },
+                customdata=["similar" if block in similar else "not similar" for block in range(len(ratio))],
+                hovertemplate="block %{x}: ratio %{y:.3f} (%{customdata})<extra>" + label + "</extra>",
+            )
+        )
+        rhos.add(result.settings.rho)
+    for rho in sorted(rhos):
+        fig.add_hline(
+            y=rho,
+            line={"dash": "dash", "color": "#c0392b"},
+            annotation_text=f"rho = {rho:g}",
+            annotation_position="top left",
+        )
+    kind = map_kind(next(iter(results.values())), maps)
+    block_axis(fig, results)
+    fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
+    return finish(fig, f"Similarity ratio per block ({MAP_NAMES[kind]}); filled markers: similar blocks", 420)
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def _line_per_model(curves: Mapping[str, np.ndarray]) -> go.Figure:
+    """One line per model (label -> its (L,) values) over its blocks, numbered from 1."""
+    fig = go.Figure()
+    for index, (label, values) in enumerate(curves.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=block_numbers(len(values)),
+                y=values,
+                mode="lines+markers",
+                name=label,
+                line={"color": model_colour(index)},
+                hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )
+    return fig
+
+
+@figure
+def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
+    """Mean cross-head similarity per block (paper Fig. 3c: below 0.3 means diverse heads)."""
+    fig = _line_per_model({label: result.cross_head_mean(maps) for label, result in results.items()})
+    kind = map_kind(next(iter(results.values())), maps)
+    block_axis(fig, results)
+    fig.update_yaxes(title="mean cross-head similarity")
+    return finish(fig, f"Cross-head similarity per block, mean over head pairs ({MAP_NAMES[kind]})", 400)
+
+
+@figure
+def cross_head_matrices(results: Results, block: int | None = None, maps: str | None = None) -> go.Figure:
+    """The H x H cross-head similarity of one block (0-based; default the last) per model."""
+    labels = list(results)
+    chosen = {label: (results[label].geometry.num_blocks - 1 if block is None else block) for label in labels}
+    matrices = [results[label].cross_head(maps)[chosen[label]] for label in labels]
+    titles = [f"{label}, block {chosen[label] + 1}" for label in labels]
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=titles, horizontal_spacing=0.1)
+    for column, (title, matrix) in enumerate(zip(titles, matrices), start=1):
+        hover = "head %{y} vs head %{x}<br>similarity %{z:.3f}<extra>" + title + "</extra>"
+        heatmap_panel(fig, matrix, hover, col=column)
+    fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": "similarity"}})
+    square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
+    kind = map_kind(results[labels[0]], maps)
+    return finish(fig, f"Cross-head similarity inside one block ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 120)
+
+
+# ----------------------------------------------------------------------------- per-block curves
+
+
+@figure
+def head_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+    """A per-block, per-head array (L, H) of each model: the mean over heads as a line, every
+    head as a faint dot (the ViT paper's Fig. 7 style)."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        values = result.arrays[array]
+        blocks = block_numbers(len(values))
+        heads = values.shape[1]
+        fig.add_trace(
+            go.Scatter(
+                x=np.repeat(blocks, heads),
+                y=values.reshape(-1),
+                mode="markers",
+                name=f"{label}, each head",
+                marker={"color": model_colour(index), "size": 5, "opacity": 0.35},
+                customdata=np.tile(np.arange(1, heads + 1), len(blocks)),
+                hovertemplate="block %{x}, head %{customdata}: %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=blocks,
+                y=values.mean(axis=1),
+                mode="lines+markers",
+                name=f"{label}, mean over heads",
+                line={"color": model_colour(index), "width": 2.5},
+                hovertemplate="block %{x}: mean %{y:.3f}<extra>" + label + "</extra>",
+            )
+        )
+    block_axis(fig, results)
+    fig.update_yaxes(title=y_title)
+    return finish(fig, title, 420)
+
+
+@figure
+def entropy_curves(results: Results) -> go.Figure:
+    """Attention entropy per block and head (softmax maps), with ln T, the entropy of
+    uniform attention over T tokens, as the upper reference line."""
+    fig = head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
+    for num_tokens in sorted({result.geometry.num_tokens for result in results.values()}):
+        fig.add_hline(
+            y=math.log(num_tokens),
+            line={"dash": "dot", "color": "#777"},
+            annotation_text=f"uniform attention over {num_tokens} tokens (ln T)",
+            annotation_position="bottom right",
+        )
+    return fig
+
+
+@figure
+def block_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
+    """A per-block array (L,) of each model as one line."""
+    fig = _line_per_model({label: result.arrays[array] for label, result in results.items()})
+    block_axis(fig, results)
+    fig.update_yaxes(title=y_title)
+    return finish(fig, title, 380)
+
+
+# ----------------------------------------------------------------------------- CKA
+
+
+def _cka_note(fig: go.Figure, matrices: list[np.ndarray]) -> None:
+    if not any(finite(matrix).size for matrix in matrices):
+        no_data_note(fig, "CKA is undefined with fewer than 4 images (unbiased HSIC estimator)")
+
+
+@figure
+def cka_within(results: Results) -> go.Figure:
+    """Linear CKA between the block outputs of each model (L x L), on one colour scale."""
+    labels = list(results)
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.1)
+    matrices = [results[label].cka() for label in labels]
+    for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
+        heatmap_panel(
+            fig, matrix, f"{label}: block %{{y}} vs block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=column
+        )
+    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    square_heatmap_axes(fig, len(labels), "block", "block", max(len(matrix) for matrix in matrices))
+    _cka_note(fig, matrices)
+    return finish(fig, "Linear CKA between block outputs within each model", HEATMAP_PANEL_PX + 120)
+
+
+@figure
+def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.Figure:
+    """Linear CKA between block i of A (rows) and block j of B (columns)."""
+    fig = make_subplots(rows=1, cols=1)
+    matrix = comparison.cka_ab
+    heatmap_panel(
+        fig, matrix, f"{label_a} block %{{y}} vs {label_b} block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=1
+    )
+    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
+    _cka_note(fig, [matrix])
+    fig = finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)
+    # One square panel: a fixed width keeps the colour bar next to it instead of at the page edge.
+    return fig.update_layout(width=HEATMAP_PANEL_PX + 360)

@@ -1,0 +1,195 @@
+"""The look every figure shares, in the report, sweep.html and the app: the template and
+model colours, layout finishing, block and head ticks, colour scales and embedded images.
+
+Conventions, for every figure:
+
+* block and head numbers are shown from 1, as in the paper (results store them 0-based);
+* every axis has a title, every heatmap shows its value on hover;
+* heatmaps of the same quantity for different models share one colour scale, so the
+  same colour means the same number in A and B;
+* a model keeps its colour across figures (first label blue, second orange, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ..results import AnalysisResult
+
+    Results = Mapping[str, AnalysisResult]
+
+TEMPLATE = "plotly_white"
+MODEL_COLOURS = ("#1f6fb4", "#e8710a", "#2ca02c", "#9467bd")
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"
+MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post-Θ)"}
+HEATMAP_PANEL_PX = 340
+# Example images are embedded once per head panel; this bounds the size of report.html.
+OVERLAY_MAX_PIXELS = 112
+# Images that fit OVERLAY_MAX_PIXELS are repeated pixel by pixel up to at least this side,
+# so that the browser's smoothing when it stretches them over a panel cannot blur them.
+OVERLAY_UPSAMPLED_PIXELS = 320
+# Colour scales of the CLS overlays: a different one per map kind, so that the colour bar
+# of the pre-Θ rows cannot be mistaken for that of the post-Θ rows.
+OVERLAY_SCALES = {"pre": "Inferno", "post": "Viridis"}
+# Row titles and colour bar titles of Re-attention overlays in a mid colour of their scale.
+OVERLAY_TITLE_COLOURS = {"pre": "#a52c60", "post": "#1f8a84"}
+
+
+def block_numbers(count: int) -> np.ndarray:
+    """Axis values for ``count`` blocks, numbered from 1 as in the paper."""
+    return np.arange(1, count + 1)
+
+
+def model_colour(index: int) -> str:
+    return MODEL_COLOURS[index % len(MODEL_COLOURS)]
+
+
+def map_kind(result: AnalysisResult, maps: str | None) -> str:
+    return maps or result.settings.maps
+
+
+def finish(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        height=height,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        font={"size": 13},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+    )
+    return fig
+
+
+def no_data_note(fig: go.Figure, text: str) -> None:
+    fig.add_annotation(
+        text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font={"size": 14, "color": "#666"}
+    )
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def tick_step(count: int, labels: int = 16) -> int:
+    """A tick step for a block or head axis that keeps at most ``labels`` integer labels."""
+    return max(1, math.ceil(count / labels))
+
+
+def square_heatmap_axes(
+    fig: go.Figure, count: int, x_title: str, y_title: str, size: int, columns: int | None = None, labels: int = 16
+) -> None:
+    """Square cells, row 1 at the top (matrix layout), at most ``labels`` integer ticks for
+    ``size`` rows. In a grid of ``columns`` panels per row, only the first column names the
+    y axis and only the lowest panel of each column the x axis, so titles do not crowd."""
+    columns = columns or count
+    ticks = {"tick0": 1, "dtick": tick_step(size, labels), "showgrid": False, "constrain": "domain"}
+    for index in range(1, count + 1):
+        suffix = "" if index == 1 else str(index)
+        fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **ticks)
+        fig.layout[f"yaxis{suffix}"].update(
+            title=y_title if (index - 1) % columns == 0 else None,
+            autorange="reversed",
+            scaleanchor=f"x{suffix}",
+            **ticks,
+        )
+
+
+def heatmap_panel(
+    fig: go.Figure,
+    matrix: np.ndarray,
+    hover: str,
+    *,
+    col: int,
+    row: int = 1,
+    coloraxis: str = "coloraxis",
+    name: str | None = None,
+    x: Sequence | None = None,
+    y: Sequence | None = None,
+) -> None:
+    """``matrix`` as a heatmap in panel (``row``, ``col``) on ``coloraxis``, its rows and
+    columns numbered from 1 unless ``x``/``y`` say otherwise; ``hover`` is its hover template."""
+    fig.add_trace(
+        go.Heatmap(
+            z=matrix,
+            x=block_numbers(matrix.shape[1]) if x is None else x,
+            y=block_numbers(matrix.shape[0]) if y is None else y,
+            coloraxis=coloraxis,
+            name=name,
+            hovertemplate=hover,
+        ),
+        row=row,
+        col=col,
+    )
+
+
+def similarity_scale(values: list[np.ndarray]) -> dict:
+    """Cosine similarities lie in [0, 1] for non-negative maps and in [-1, 1] otherwise
+    (Re-attention maps can be negative); a fixed range keeps reports comparable."""
+    lowest = min((float(finite(v).min()) for v in values if finite(v).size), default=0.0)
+    return {"colorscale": SEQUENTIAL, "cmin": 0.0 if lowest >= 0 else -1.0, "cmax": 1.0}
+
+
+def symmetric_scale(values: list[np.ndarray]) -> dict:
+    largest = max((float(np.abs(finite(v)).max()) for v in values if finite(v).size), default=1.0)
+    return {"colorscale": DIVERGING, "cmin": -(largest or 1.0), "cmax": largest or 1.0, "cmid": 0.0}
+
+
+def short_label(label: str) -> str:
+    """The letter of a report label such as ``"vit (A)"``, else the label itself."""
+    found = re.search(r"\(([A-Z])\)\s*$", label)
+    return found.group(1) if found else label
+
+
+def titles_over_panels(fig: go.Figure) -> None:
+    """Pin make_subplots' panel titles to their axes' drawn domains, so that they stay
+    centred over square panels that ``constrain="domain"`` shrinks or shifts."""
+    for index, annotation in enumerate(fig.layout.annotations, start=1):
+        suffix = "" if index == 1 else str(index)
+        annotation.update(xref=f"x{suffix} domain", x=0.5, yref=f"y{suffix} domain", y=1.0)
+
+
+def block_tick(results: Results) -> int:
+    return tick_step(max(result.geometry.num_blocks for result in results.values()))
+
+
+def block_axis(fig: go.Figure, results: Results) -> None:
+    """The x axis of a curve over blocks: from block 1 (not 0), integer ticks from 1."""
+    last = max(result.geometry.num_blocks for result in results.values())
+    fig.update_xaxes(title="block", tick0=1, dtick=block_tick(results), range=[0.5, last + 0.5])
+
+
+def image_source(pixels: np.ndarray) -> str:
+    """An (H, W, 3) uint8 image as a small data URI (it is repeated once per head panel).
+
+    An image that fits ``OVERLAY_MAX_PIXELS`` (24 px digits, 32 px CIFAR) becomes a PNG
+    with every pixel repeated up to ``OVERLAY_UPSAMPLED_PIXELS``: the browser smooths an
+    image it stretches, which would blur a few large pixels. A larger photo is downscaled
+    to a JPEG thumbnail instead (the attention grid is much coarser than the image)."""
+    image = Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    if max(image.size) <= OVERLAY_MAX_PIXELS:
+        return png_data_uri(image, math.ceil(OVERLAY_UPSAMPLED_PIXELS / max(image.size)))
+    image.thumbnail((OVERLAY_MAX_PIXELS, OVERLAY_MAX_PIXELS))
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def png_data_uri(image: Image.Image, scale: int) -> str:
+    """The image as a PNG data URI, each pixel repeated ``scale`` times: the browser would
+    blur a small image (24 px digits) when it stretches it over a panel."""
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
