@@ -394,7 +394,7 @@ def test_opens_on_the_demo_pair(monkeypatch):
     assert {metric.label for metric in at.metric} >= {"Collapse starts at block", "Mean cross-head similarity"}
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))
-        assert view in ("Export", "Sweep") or _charts(at) > 0, view
+        assert view in ("Export", "Sweep", "Ablation") or _charts(at) > 0, view
     _clear_caches()
 
 

@@ -84,9 +84,12 @@ def block_influence(hidden: torch.Tensor, first_input: torch.Tensor) -> torch.Te
         raise DiagError(
             f"first_input must have shape {tuple(hidden.shape[1:])} (B, T, D), got {tuple(first_input.shape)}"
         )
-    unit_out = F.normalize(hidden, dim=-1, eps=COSINE_EPS)
-    unit_first = F.normalize(first_input, dim=-1, eps=COSINE_EPS)
-    cosines = torch.empty(hidden.shape[:2], dtype=torch.float32, device=hidden.device)  # (L, B)
-    cosines[0] = (unit_first * unit_out[0]).sum(dim=-1).mean(dim=-1)
-    cosines[1:] = (unit_out[:-1] * unit_out[1:]).sum(dim=-1).mean(dim=-1)
-    return 1 - cosines.mean(dim=1)
+    # float64 one block at a time: 1 - cos of nearly parallel tokens cancels most float32 digits.
+    previous = first_input
+    influence = torch.empty(hidden.shape[:2], dtype=torch.float64, device=hidden.device)  # (L, B)
+    for block, output in enumerate(hidden):
+        unit_in = F.normalize(previous.double(), dim=-1, eps=COSINE_EPS)
+        unit_out = F.normalize(output.double(), dim=-1, eps=COSINE_EPS)
+        influence[block] = 1 - (unit_in * unit_out).sum(dim=-1).mean(dim=-1)
+        previous = output
+    return influence.mean(dim=1).float()
