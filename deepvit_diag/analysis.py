@@ -339,7 +339,7 @@ def run(
     images: ImageSource,
     settings: Settings,
     *,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     shard: Shard | str | None = None,
 ) -> Run:
     """``analyze`` / ``compare`` of one or two models, with the sums behind the results."""
@@ -369,7 +369,7 @@ def analyze(
     images: ImageSource,
     settings: Settings | None = None,
     *,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     shard: Shard | str | None = None,
     **overrides: Any,
 ) -> AnalysisResult:
@@ -387,7 +387,7 @@ def analyze(
             (class folders, the bundled digits, the pairs' labels) give ``result.accuracy``.
         settings: a ``Settings`` (default: the defaults): k, tau, rho, axis, maps,
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
-        progress: True for a progress bar on stderr, False for none, or a callable
+        progress: False (default) for none, True for a progress bar on stderr, or a callable
             ``progress(done, total)`` called after every batch (``deepvit_diag.progress``).
         shard: analyse only this shard of the images, e.g. ``"0/4"`` (``distributed.Shard``);
             ``deepvit-diag merge`` adds the shards' sums up. Inside an initialised
@@ -405,7 +405,7 @@ def compare(
     images: ImageSource,
     settings: Settings | None = None,
     *,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     shard: Shard | str | None = None,
     **overrides: Any,
 ) -> ComparisonResult:

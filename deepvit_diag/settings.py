@@ -23,6 +23,9 @@ from .device import resolve_device
 from .errors import DiagError
 from .metrics import AXES, MIN_UNBIASED_EXAMPLES
 
+# Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
+# 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
+ENTROPY_LEVELS = (0.8, 0.9)
 # "pre": the softmax maps; "post": what multiplies V (after Theta in Re-attention blocks).
 MAP_KINDS = ("pre", "post")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -47,7 +47,7 @@ def sweep(
     arch: str | None = None,
     load_options: dict[str, Any] | None = None,
     class_map: ClassMap | str | Path | None = None,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     notice: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> SweepResult:
