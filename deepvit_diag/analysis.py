@@ -19,6 +19,7 @@ so bad input still ends in a DiagError naming the first bad batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -34,8 +35,9 @@ from .catalogue import Batch
 from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
 from .images import ImageSource, ImageStream, StreamBatch
-from .introspection import Geometry, describe_model, model_device
+from .introspection import Geometry, describe_model, model_device, usable_model
 from .metrics import (
+    MIN_UNBIASED_EXAMPLES,
     DeferredChecks,
     MinibatchCKA,
     deferred_value_checks,
@@ -343,6 +345,7 @@ def run(
     shard: Shard | str | None = None,
 ) -> Run:
     """``analyze`` / ``compare`` of one or two models, with the sums behind the results."""
+    models = [usable_model(model) for model in models]
     analysis = StreamingAnalysis(models, settings, shard)
     stream = ImageStream(images, models, analysis.settings, analysis.shard)
     if not is_reporting_process():
@@ -378,11 +381,13 @@ def analyze(
     Args:
         model: a ViT/DeepViT (deepvit-diag or timm ``Attention`` blocks); used in eval
             mode on the settings' device and left exactly as it was (mode, device,
-            modules, flags).
+            modules, flags). A ``torch.compile``d model is analysed through its original
+            module (``_orig_mod``).
         images: a preprocessed (N, C, H, W) tensor, or an (images, labels) pair of it and
             its (N,) class indices; a list of PIL images; a folder, file, glob or
             bundled-set name, or an ``ImageSet`` (``deepvit_diag.images.open_images``); or an
-            iterable of (B, C, H, W) tensors or (images, labels) pairs (a DataLoader). PIL
+            iterable of (B, C, H, W) tensors, (images, labels, ...) tuples or dicts with
+            ``pixel_values`` (and ``labels``) (a DataLoader). PIL
             and disk images are preprocessed with the model's own timm data config. Labels
             (class folders, the bundled digits, the pairs' labels) give ``result.accuracy``.
         settings: a ``Settings`` (default: the defaults): k, tau, rho, axis, maps,
@@ -422,4 +427,11 @@ def _results_of(done: Run) -> list[AnalysisResult]:
     ``run(...).tally``, still count in ``deepvit-diag merge``)."""
     if not done.results:
         raise DiagError(f"shard {done.shard.shard} holds none of the images, so it has no result of its own")
+    count = done.results[0].num_images
+    if count < MIN_UNBIASED_EXAMPLES:
+        warnings.warn(
+            f"CKA is undefined with {count} image{'s' if count != 1 else ''}: its unbiased estimator needs at "
+            f"least {MIN_UNBIASED_EXAMPLES}, so the CKA matrices are NaN; analyse more images for CKA",
+            stacklevel=3,
+        )
     return done.results

@@ -12,7 +12,6 @@ The metric parameters (k, tau, rho, axis, maps) are defined in ``docs/metrics.md
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 
 from .device import resolve_device
 from .errors import DiagError
-from .metrics import AXES, MIN_UNBIASED_EXAMPLES
+from .metrics import AXES, MIN_UNBIASED_EXAMPLES, check_between, check_choice, check_integer
 
 # Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
 # 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
@@ -223,13 +222,8 @@ def default_num_workers(device: torch.device) -> int:
 
 def _validate(name: str, value: object, metadata: Any) -> None:
     if metadata["minimum"] is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < metadata["minimum"]:
-            raise DiagError(f"{name} must be an integer >= {metadata['minimum']}, got {value!r}")
+        check_integer(name, value, metadata["minimum"])
     elif metadata["interval"] is not None:
-        low, high = metadata["interval"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DiagError(f"{name} must be a finite number, got {value!r}")
-        if not low <= value <= high:
-            raise DiagError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    elif metadata["choices"] is not None and value not in metadata["choices"]:
-        raise DiagError(f"{name} must be one of {', '.join(map(repr, metadata['choices']))}, got {value!r}")
+        check_between(name, value, *metadata["interval"])
+    elif metadata["choices"] is not None:
+        check_choice(name, value, metadata["choices"])

@@ -24,7 +24,7 @@ a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_m
 
 from __future__ import annotations
 
-from ._checks import AXES, DeferredChecks, deferred_value_checks
+from ._checks import AXES, DeferredChecks, check_between, check_choice, check_integer, deferred_value_checks
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
@@ -51,6 +51,9 @@ __all__ = [
     "TOP_K",
     "HeadMixing",
     "attention_entropy",
+    "check_between",
+    "check_choice",
+    "check_integer",
     "collapse_statistics",
     "cross_head_similarity",
     "cka_from_hsic",

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import DiagError
-from ._checks import as_float32_maps, check_axis, check_neighbourhood, checked_maps
+from ._checks import as_float32_maps, check_axis, check_neighbourhood, check_threshold, checked_maps
 
 COSINE_EPS = 1e-12
 
@@ -104,6 +104,7 @@ def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str
     k and tau are this project's reading of the paper (it states neither). A mean with
     equal weight per image (every image has H * T vectors). NaN for a 1-block model.
     """
+    check_threshold("tau", tau)
     return _share_above(neighbour_similarity(maps, k=k, axis=axis), tau)
 
 
@@ -114,6 +115,7 @@ def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
         ratio: (L,) similarity ratios (tensor, array or sequence); NaN never counts.
     Not a per-image mean: apply it to the dataset-level ratio, not per batch.
     """
+    check_threshold("rho", rho)
     ratio = torch.as_tensor(ratio)
     if ratio.ndim != 1:
         raise DiagError(f"ratio must have shape (L,), got {tuple(ratio.shape)}")
@@ -181,6 +183,7 @@ def collapse_statistics(
     """
     check_axis(axis)
     check_neighbourhood(k)
+    check_threshold("tau", tau)
     maps = checked_maps(maps)
     dim = -2 if axis == "columns" else -1
     num_blocks, batch, num_heads, num_vectors = maps.shape[:4]
