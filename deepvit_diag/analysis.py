@@ -399,6 +399,11 @@ def analyze(
             ``torch.distributed`` process group every process analyses its own shard and
             every process gets the result of all images.
         overrides: fields of ``settings`` to replace, e.g. ``analyze(model, images, k=1)``.
+
+    Example:
+        >>> res = dd.analyze(timm.create_model("vit_tiny_patch16_224"), images)  # images (N, 3, 224, 224)
+        >>> res.ratio()  # (L,)
+        >>> res.plot("ratio")
     """
     settings = Settings.with_overrides(settings, overrides)
     return _results_of(run([model], images, settings, progress=progress, shard=shard))[0]
@@ -416,7 +421,13 @@ def compare(
 ) -> ComparisonResult:
     """``analyze`` of two models on the same images in one pass, plus CKA across their
     block outputs (L_A, L_B). Each model gets PIL/disk images through its own data
-    config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
+    config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``.
+
+    Example:
+        >>> cmp = dd.compare(vit, deepvit, "digits-test")
+        >>> cmp.cka_ab.shape  # (L_A, L_B)
+        >>> cmp.plot("cka")
+    """
     settings = Settings.with_overrides(settings, overrides)
     done = run([model_a, model_b], images, settings, progress=progress, shard=shard)
     return ComparisonResult(*_results_of(done), done.cka_ab)

@@ -178,6 +178,7 @@ class Settings:
 
     @property
     def torch_device(self) -> torch.device:
+        """The device as a ``torch.device`` ("auto" resolved to the best available)."""
         try:
             return resolve_device(self.device)
         except (ValueError, RuntimeError) as err:
@@ -190,6 +191,7 @@ class Settings:
         return replace(self, device=str(device), num_workers=workers)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (JSON-able; ``from_dict`` reads it back)."""
         return asdict(self)
 
     @classmethod

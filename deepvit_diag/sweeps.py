@@ -140,6 +140,7 @@ class SweepResult:
 
     @property
     def x_title(self) -> str:
+        """What the x axis shows, in words (e.g. "training step")."""
         return X_AXES[self.x_axis]
 
     @property
