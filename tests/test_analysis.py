@@ -421,9 +421,14 @@ def test_model_is_left_as_it_was(deepvit, x):
 
 
 def test_progress_bar_over_an_unknown_number_of_images(vit, x, capsys):
-    analyze(vit, (x[i : i + 3] for i in range(0, NUM_IMAGES, 3)), cka_chunk=4)
+    analyze(vit, (x[i : i + 3] for i in range(0, NUM_IMAGES, 3)), cka_chunk=4, progress=True)
     printed = capsys.readouterr()
     assert "analysing images" in printed.err and printed.out == ""  # stdout stays free for results
+
+
+def test_no_progress_unless_asked(vit, x, capsys):
+    analyze(vit, x, cka_chunk=4)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_progress_callback_hears_every_batch(vit, x):
@@ -452,7 +457,7 @@ def test_fewer_images_than_cka_needs_give_nan_cka(vit, x):
         ([], {}, "no images"),
         (42, {}, "images must be"),
         (iter([]), {}, "no images"),
-        (iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]), {}, "float tensor"),
+        (iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]), {}, "floating-point tensor, got dtype torch.uint8"),
         (torch.randn(2, 3, 32, 32), {"k": 0}, "k must be"),
         (torch.randn(2, 3, 32, 32), {"axis": "diagonal"}, "axis"),
         (torch.randn(2, 3, 32, 32), {"dtype": "float16"}, "dtype"),
