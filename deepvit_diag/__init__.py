@@ -11,7 +11,7 @@ __version__ = version("deepvit-diag")
 from . import figures, models  # models registers the presets with timm
 from .analysis import analyze, compare
 from .capture import AttentionCapture, AttentionRecorder, extract_attention
-from .checkpoints import load_model, save_native
+from .checkpoints import convert, load_model, save_native
 from .errors import DiagError
 from .metrics import (
     Accuracy,
@@ -58,6 +58,7 @@ __all__ = [
     "attention_entropy",
     "build_model",
     "compare",
+    "convert",
     "cross_head_similarity",
     "cross_layer_similarity",
     "extract_attention",

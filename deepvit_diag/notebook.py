@@ -8,12 +8,12 @@ renders a result as a table. Everything user-given that reaches HTML is escaped.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import catalogue
 from .errors import DiagError
+from .escaping import html_text
 from .figures.drawing import draw
 from .figures.style import model_label
 from .summary import comparison_findings, model_findings, summary_rows, sweep_findings, sweep_rows
@@ -101,17 +101,17 @@ def figure_names(kind: str) -> list[str]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{html_text(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _findings(findings: Sequence[str]) -> str:
-    return "<ul>" + "".join(f"<li>{html.escape(finding)}</li>" for finding in findings) + "</ul>"
+    return "<ul>" + "".join(f"<li>{html_text(finding)}</li>" for finding in findings) + "</ul>"
 
 
 def _page(title: str, table: str, findings: Sequence[str]) -> str:
-    return f"<div><strong>{html.escape(title)}</strong>{table}{_findings(findings)}</div>"
+    return f"<div><strong>{html_text(title)}</strong>{table}{_findings(findings)}</div>"
 
 
 def analysis_html(result: AnalysisResult) -> str:

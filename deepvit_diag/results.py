@@ -367,6 +367,7 @@ class AnalysisResult:
         missing = sorted(required_arrays() - arrays.keys())
         if missing:
             raise DiagError(f"saved analysis lacks the arrays {', '.join(missing)}")
+        _check_array_shapes(document.get("array_shapes"), arrays)
         try:
             return cls(
                 model=document["model"],
@@ -391,10 +392,13 @@ class AnalysisResult:
         Example:
             >>> res.save("runs/vit")  # doctest: +SKIP
         """
-        document = self.to_document()
-        return write_checked(
-            folder, is_result_file, lambda path: write_folder(path, document, self.arrays, RESULT_FILE), force=force
-        )
+        return write_checked(folder, is_result_file, self.write_files, force=force)
+
+    def write_files(self, folder: str | Path) -> Path:
+        """Write ``result.json`` and ``arrays.npz`` into ``folder`` as they are, without
+        ``save``'s checks: what a caller that stages its own output (the command line, the
+        app's downloads) uses. Returns the folder."""
+        return write_folder(folder, self.to_document(), self.arrays, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> AnalysisResult:
@@ -405,6 +409,21 @@ class AnalysisResult:
         """
         document, arrays = read_folder(folder, ANALYSIS_FORMAT, RESULT_FILE)
         return rebuild(folder, lambda: cls.from_document(document, arrays))
+
+
+def _check_array_shapes(recorded: Any, arrays: dict[str, np.ndarray]) -> None:
+    """The arrays' shapes as the document records them (``to_document``'s ``array_shapes``), when it does:
+    result.json and arrays.npz of different analyses do not make one."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise DiagError("its field 'array_shapes' is not an object")
+    for name, array in arrays.items():
+        if name in recorded and recorded[name] != list(array.shape):
+            raise DiagError(
+                f"array {name} has shape {list(array.shape)}, but result.json records {recorded[name]} "
+                "(result.json and arrays.npz of different analyses)"
+            )
 
 
 _VERSION_1_GEOMETRY = ("num_blocks", "num_heads", "num_prefix_tokens", "patch_size", "grid_size", "image_size")
@@ -555,6 +574,10 @@ class ComparisonResult:
     def save(self, folder: str | Path, *, force: bool = False) -> Path:
         """One ``result.json`` (both analyses) and one ``arrays.npz`` (``a/...``, ``b/...``,
         ``cka_ab``), by the rules of ``AnalysisResult.save`` (``force`` included)."""
+        return write_checked(folder, is_result_file, self.write_files, force=force)
+
+    def write_files(self, folder: str | Path) -> Path:
+        """``save``'s files written into ``folder`` without its checks (``AnalysisResult.write_files``)."""
         document = {
             "format": COMPARISON_FORMAT,
             "version": FORMAT_VERSION,
@@ -569,9 +592,7 @@ class ComparisonResult:
             for name, array in result.arrays.items()
         }
         arrays["cka_ab"] = self.cka_ab
-        return write_checked(
-            folder, is_result_file, lambda path: write_folder(path, document, arrays, RESULT_FILE), force=force
-        )
+        return write_folder(folder, document, arrays, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> ComparisonResult:

@@ -28,6 +28,8 @@ import numpy as np
 
 from .errors import DiagError
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
+from .jsonfiles import check_depth
+from .monitor_checks import check_monitor_record, check_same_settings
 from .notebook import plot_sweep, short_repr, sweep_html
 from .outputs import write_checked
 from .readers import REATTENTION
@@ -232,6 +234,10 @@ class SweepResult:
     def save(self, folder: str | Path, *, force: bool = False) -> Path:
         """``folder/sweep.json`` and ``folder/arrays.npz``, by the rules of
         ``AnalysisResult.save`` (``force`` included); returns the folder."""
+        return write_checked(folder, is_sweep_file, self.write_files, force=force)
+
+    def write_files(self, folder: str | Path) -> Path:
+        """``save``'s files written into ``folder`` without its checks (``AnalysisResult.write_files``)."""
         document = {
             "format": SWEEP_FORMAT,
             "version": FORMAT_VERSION,
@@ -245,9 +251,7 @@ class SweepResult:
         arrays = {
             f"{index}/{name}": curve for index, entry in enumerate(self.entries) for name, curve in entry.curves.items()
         }
-        return write_checked(
-            folder, is_sweep_file, lambda path: write_folder(path, document, arrays, SWEEP_FILE), force=force
-        )
+        return write_folder(folder, document, arrays, SWEEP_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> SweepResult:
@@ -276,6 +280,7 @@ class SweepResult:
         records = [_monitor_line(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
         if not records:
             raise DiagError(f"{path} holds no monitor measurement")
+        check_same_settings(records, path)
         entries = [
             SweepEntry.from_document(
                 record,
@@ -313,6 +318,7 @@ def monitor_record(entry: SweepEntry, settings: Settings, images: dict[str, Any]
 
 
 def _monitor_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    check_depth(line, f"{path}, line {number}")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
@@ -322,6 +328,7 @@ def _monitor_line(path: Path, number: int, line: str) -> dict[str, Any]:
     missing = [key for key in MONITOR_KEYS if key not in record]
     if missing:
         raise DiagError(f"{path}, line {number}: the measurement lacks {', '.join(missing)}")
+    check_monitor_record(record, f"{path}, line {number}")
     return record
 
 

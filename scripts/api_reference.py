@@ -41,6 +41,7 @@ SECTIONS = {
     ],
     "Models and weights": [
         "load_model",
+        "convert",
         "save_native",
         "build_model",
         "DeepVisionTransformer",

@@ -165,10 +165,10 @@ def test_bad_per_block_inputs_say_what_is_wrong():
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("tau", 1.5, "tau must be between 0 and 1, got 1.5"),
-        ("tau", float("nan"), "tau must be a finite number"),
-        ("rho", 1.5, "rho must be between 0 and 1, got 1.5"),
-        ("rho", "high", "rho must be a finite number"),
+        ("tau", 1.5, "tau must be a number from 0 to 1, got 1.5"),
+        ("tau", float("nan"), "tau must be a number from 0 to 1, got nan"),
+        ("rho", 1.5, "rho must be a number from 0 to 1, got 1.5"),
+        ("rho", "high", "rho must be a number from 0 to 1, got 'high'"),
         ("k", 0, "k must be an integer >= 1, got 0"),
         ("k", True, "k must be an integer >= 1, got True"),
     ],

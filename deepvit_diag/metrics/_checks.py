@@ -130,6 +130,8 @@ def checked(tensor: object, name: str, ndim: int, layout: str, nonnegative_for: 
     names the dims for the message, e.g. ``"(L, B, H, T, T)"``; ``nonnegative_for`` names a
     metric that needs weights >= 0."""
     tensor = as_tensor(tensor, name, ndim, layout)
+    if tensor.is_meta:
+        raise DiagError(f"{name} is on the meta device: it has a shape but no values to measure")
     if tensor.ndim != ndim:
         raise DiagError(f"{name} must have shape {layout}, got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
@@ -180,11 +182,14 @@ def check_integer(name: str, value: object, minimum: int) -> None:
 
 
 def check_between(name: str, value: object, low: float, high: float) -> None:
-    """A finite number (not a bool) in [low, high], else DiagError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DiagError(f"{name} must be a finite number, got {value!r}")
-    if not low <= value <= high:
-        raise DiagError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+    """A finite real number (not text, not a bool) in [low, high], else DiagError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise DiagError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
 
 
 def check_choice(name: str, value: object, choices: tuple) -> None:
@@ -201,9 +206,10 @@ def check_neighbourhood(k: int) -> None:
     check_integer("k", k, 1)
 
 
-def check_threshold(name: str, value: float) -> None:
-    """tau and rho: thresholds of a cosine similarity and of a share, in [0, 1]."""
+def check_threshold(value: object, name: str) -> float:
+    """A threshold (tau, rho) as a float: a real number (not text, not a bool) in [0, 1]."""
     check_between(name, value, 0.0, 1.0)
+    return float(value)
 
 
 def check_prefix_tokens(num_prefix_tokens: int, num_tokens: int, needed_patches: int) -> int:
