@@ -287,7 +287,7 @@ def test_no_labels_no_accuracy_and_the_result_says_why(vit, x, labels, tmp_path)
         analyze(vit, (x, labels + 10), **QUIET)
     # Saved and loaded with the result; results saved before accuracy existed say so.
     labelled = analyze(vit, (x, labels), **QUIET)
-    labelled.save(tmp_path / "run")
+    labelled.write_files(tmp_path / "run")  # as older versions wrote them: no output marker
     assert AnalysisResult.load(tmp_path / "run").accuracy == labelled.accuracy
     document = json.loads((tmp_path / "run" / "result.json").read_text())
     assert document["accuracy"]["correct"] == {str(k): v for k, v in labelled.accuracy.correct.items()}
@@ -363,7 +363,7 @@ def test_results_saved_with_reattention_blocks_still_load(deepvit, x, tmp_path):
     """Format-2 files written before head mixing was named for what it is call the mixing
     blocks ``reattention_blocks``; they load with the same geometry."""
     result = analyze(deepvit, x, batch_size=4, **QUIET)
-    result.save(tmp_path / "run")
+    result.write_files(tmp_path / "run")  # as older versions wrote them: no output marker
     path = tmp_path / "run" / "result.json"
     document = json.loads(path.read_text())
     document["geometry"]["reattention_blocks"] = document["geometry"].pop("mixing_blocks")
