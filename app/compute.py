@@ -302,7 +302,7 @@ def block_attention(
 def export_files(analysis_key: str, _analysis: Analysis) -> dict[str, bytes]:
     """``result.json`` and ``arrays.npz`` (the library's ``save``) and ``report.html``."""
     with tempfile.TemporaryDirectory(prefix="deepvit-diag-export-") as folder:
-        _analysis.comparison.save(folder)
+        _analysis.comparison.write_files(folder)
         files = {name: (Path(folder) / name).read_bytes() for name in ("result.json", "arrays.npz")}
     files["report.html"] = build_report(_analysis.comparison, _analysis.labels).encode("utf-8")
     return files

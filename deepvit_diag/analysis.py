@@ -23,6 +23,7 @@ so bad input still ends in a DiagError naming the first bad batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -39,8 +40,9 @@ from .catalogue import Batch
 from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
 from .images import ImageSource, ImageStream, StreamBatch
-from .introspection import Geometry, describe_model, model_device
+from .introspection import Geometry, describe_model, model_device, usable_model
 from .metrics import (
+    MIN_UNBIASED_EXAMPLES,
     AttentionScores,
     DeferredChecks,
     MinibatchCKA,
@@ -371,10 +373,11 @@ def run(
     images: ImageSource,
     settings: Settings,
     *,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     shard: Shard | str | None = None,
 ) -> Run:
     """``analyze`` / ``compare`` of one or two models, with the sums behind the results."""
+    models = [usable_model(model) for model in models]
     analysis = StreamingAnalysis(models, settings, shard)
     stream = ImageStream(images, models, analysis.settings, analysis.shard)
     if not is_reporting_process():
@@ -401,7 +404,7 @@ def analyze(
     images: ImageSource,
     settings: Settings | None = None,
     *,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     shard: Shard | str | None = None,
     **overrides: Any,
 ) -> AnalysisResult:
@@ -410,22 +413,29 @@ def analyze(
     Args:
         model: a ViT/DeepViT (deepvit-diag or timm ``Attention`` blocks); used in eval
             mode on the settings' device and left exactly as it was (mode, device,
-            modules, flags).
+            modules, flags). A ``torch.compile``d model is analysed through its original
+            module (``_orig_mod``).
         images: a preprocessed (N, C, H, W) tensor, or an (images, labels) pair of it and
             its (N,) class indices; a list of PIL images; a folder, file, glob or
             bundled-set name, or an ``ImageSet`` (``deepvit_diag.images.open_images``); or an
-            iterable of (B, C, H, W) tensors or (images, labels) pairs (a DataLoader). PIL
+            iterable of (B, C, H, W) tensors, (images, labels, ...) tuples or dicts with
+            ``pixel_values`` (and ``labels``) (a DataLoader). PIL
             and disk images are preprocessed with the model's own timm data config. Labels
             (class folders, the bundled digits, the pairs' labels) give ``result.accuracy``.
         settings: a ``Settings`` (default: the defaults): k, tau, rho, axis, maps,
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
-        progress: True for a progress bar on stderr, False for none, or a callable
+        progress: False (default) for none, True for a progress bar on stderr, or a callable
             ``progress(done, total)`` called after every batch (``deepvit_diag.progress``).
         shard: analyse only this shard of the images, e.g. ``"0/4"`` (``distributed.Shard``);
             ``deepvit-diag merge`` adds the shards' sums up. Inside an initialised
             ``torch.distributed`` process group every process analyses its own shard and
             every process gets the result of all images.
         overrides: fields of ``settings`` to replace, e.g. ``analyze(model, images, k=1)``.
+
+    Example:
+        >>> res = dd.analyze(timm.create_model("vit_tiny_patch16_224"), images)  # images (N, 3, 224, 224)
+        >>> res.ratio()  # (L,)
+        >>> res.plot("ratio")
     """
     settings = Settings.with_overrides(settings, overrides)
     return _results_of(run([model], images, settings, progress=progress, shard=shard))[0]
@@ -437,13 +447,19 @@ def compare(
     images: ImageSource,
     settings: Settings | None = None,
     *,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     shard: Shard | str | None = None,
     **overrides: Any,
 ) -> ComparisonResult:
     """``analyze`` of two models on the same images in one pass, plus CKA across their
     block outputs (L_A, L_B). Each model gets PIL/disk images through its own data
-    config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``."""
+    config; a tensor or tensor batches go to both unchanged. Arguments as in ``analyze``.
+
+    Example:
+        >>> cmp = dd.compare(vit, deepvit, "digits-test")
+        >>> cmp.cka_ab.shape  # (L_A, L_B)
+        >>> cmp.plot("cka")
+    """
     settings = Settings.with_overrides(settings, overrides)
     done = run([model_a, model_b], images, settings, progress=progress, shard=shard)
     return ComparisonResult(*_results_of(done), done.cka_ab)
@@ -454,4 +470,11 @@ def _results_of(done: Run) -> list[AnalysisResult]:
     ``run(...).tally``, still count in ``deepvit-diag merge``)."""
     if not done.results:
         raise DiagError(f"shard {done.shard.shard} holds none of the images, so it has no result of its own")
+    count = done.results[0].num_images
+    if count < MIN_UNBIASED_EXAMPLES:
+        warnings.warn(
+            f"CKA is undefined with {count} image{'s' if count != 1 else ''}: its unbiased estimator needs at "
+            f"least {MIN_UNBIASED_EXAMPLES}, so the CKA matrices are NaN; analyse more images for CKA",
+            stacklevel=3,
+        )
     return done.results

@@ -351,6 +351,10 @@ def extract_attention(
         blocks: 0-based block indices to capture (default all).
     Returns:
         ``AttentionCapture`` on the model's device, with the logits of the forward pass.
+
+    Example:
+        >>> capture = dd.extract_attention(model, images)  # images (B, 3, H, W)
+        >>> capture.pre.shape  # (L, B, H, T, T)
     """
     x = as_batch(model, images)
     with eval_mode(model), torch.no_grad(), AttentionRecorder(model, blocks=blocks) as recorder:

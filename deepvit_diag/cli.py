@@ -555,7 +555,7 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
 
         def write_files(folder: Path) -> None:
             if result is not None:
-                result.save(folder)
+                result.write_files(folder)
                 write_report(folder / "report.html", result, labels, command)
             if done.shard is not None:
                 save_shard(folder, done.tally, done.shard, labels)
@@ -815,7 +815,7 @@ def run_sweep(args: argparse.Namespace) -> None:
         command = _command_line()
 
         def write_files(folder: Path) -> None:
-            result.save(folder)
+            result.write_files(folder)
             write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
 
         write(write_files)
@@ -882,7 +882,7 @@ def run_merge(args: argparse.Namespace) -> None:
         command = _command_line()
 
         def write_files(folder: Path) -> None:
-            result.save(folder)
+            result.write_files(folder)
             write_report(folder / "report.html", result, labels, command)
 
         write(write_files)

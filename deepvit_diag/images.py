@@ -20,7 +20,7 @@ import glob
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain, zip_longest
@@ -495,6 +495,12 @@ class ImageStream:
             self._cut(shard, settings.cka_chunk)
 
     def _classify(self, images: ImageSource) -> None:
+        images = _unpacked(images)
+        if isinstance(images, (list, tuple)) and images and all(_is_image_tensor(item) for item in images):
+            raise DiagError(
+                f"images is a {type(images).__name__} of {len(images)} (C, H, W) tensors; stack them into one "
+                "(N, C, H, W) tensor: torch.stack(images)"
+            )
         if isinstance(images, torch.Tensor) or _is_labelled_tensor(images):
             x = images if isinstance(images, torch.Tensor) else images[0]
             self._tensors, self.total = [images], min(len(x), self.limit or len(x))
@@ -580,8 +586,18 @@ class ImageStream:
             raise DiagError(f"no images to analyse in {self.description}{reason}")
 
     def _tensor_batches(self) -> Iterator[StreamBatch]:
+        warned = False
         for item in self._tensors:
+            item = _unpacked(item)
             x = _batch_tensor(item)
+            if not warned and _looks_unnormalised(x):
+                warned = True
+                warnings.warn(
+                    f"the images hold values up to {float(x.max()):g}: they look like 0..255 pixels, not "
+                    "preprocessed input; divide by 255 and normalise with the model's mean and std "
+                    "(timm.data.resolve_data_config, or pass PIL images and deepvit-diag preprocesses them)",
+                    stacklevel=5,
+                )
             labels = self._batch_labels(item, len(x))
             for model in self.models:
                 check_input_size(model, x)
@@ -597,7 +613,7 @@ class ImageStream:
             if labels is not None:
                 note = "class indices from the (images, labels) batches"
             elif isinstance(item, (tuple, list)) and len(item) > 1:
-                note = "the second entry of the batches is not a (B,) tensor of class indices"
+                note = f"the second entry of the batches is {_described(item[1])}, not a (B,) tensor of class indices"
             else:
                 note = NO_TENSOR_LABELS
             self.label_notes = [note] * len(self.models)
@@ -620,10 +636,11 @@ class ImageStream:
 
 
 def _is_labelled_tensor(item: object) -> bool:
-    """An (images, labels) pair: a float tensor and a (B,) integer tensor of class indices."""
+    """An (images, labels, ...) tuple: a tensor and a (B,) integer tensor of class indices
+    (further entries, e.g. a dataset's sample indices, are ignored)."""
     return (
         isinstance(item, (tuple, list))
-        and len(item) == 2
+        and len(item) >= 2
         and isinstance(item[0], torch.Tensor)
         and isinstance(item[1], torch.Tensor)
         and item[1].ndim == 1
@@ -638,11 +655,52 @@ def is_path_spec(images: object) -> bool:
     return isinstance(images, (list, tuple)) and bool(images) and all(isinstance(item, (str, Path)) for item in images)
 
 
+def _unpacked(item: object) -> object:
+    """A batch as a tensor or an (images, labels) tuple: a mapping (a Hugging Face batch)
+    gives its ``pixel_values`` and, where it has them, its ``labels``."""
+    if not isinstance(item, Mapping):
+        return item
+    if "pixel_values" not in item:
+        keys = ", ".join(map(repr, list(item)[:6]))
+        raise DiagError(f"a dict batch must hold the images under 'pixel_values'; it holds {keys}")
+    labels = item.get("labels", item.get("label"))
+    return item["pixel_values"] if labels is None else (item["pixel_values"], labels)
+
+
+def _is_image_tensor(item: object) -> bool:
+    return isinstance(item, torch.Tensor) and item.ndim == 3
+
+
+def _described(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _looks_unnormalised(x: torch.Tensor) -> bool:
+    """Pixels in 0..255 rather than normalised input (which stays within a few units of 0)."""
+    low, high = torch.aminmax(x.detach())
+    return bool(low >= 0) and bool(high > 10)
+
+
 def _batch_tensor(item: object) -> torch.Tensor:
-    """A (B, C, H, W) float tensor from a batch, or from the first entry of an (images, labels) pair."""
+    """A (B, C, H, W) float tensor from a batch, or from the first entry of an (images, labels, ...) tuple."""
     if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
         item = item[0]
-    if not isinstance(item, torch.Tensor) or item.ndim != 4 or not item.is_floating_point():
-        shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-        raise DiagError(f"every batch of images must be a preprocessed float tensor (B, C, H, W), got {shape}")
+    if not isinstance(item, torch.Tensor):
+        raise DiagError(
+            f"every batch of images must be a preprocessed float tensor (B, C, H, W), got {type(item).__name__}"
+        )
+    if item.ndim == 3:
+        raise DiagError(
+            f"images of shape {tuple(item.shape)} are one image (C, H, W); add the batch dim: x[None] "
+            "(or x.unsqueeze(0))"
+        )
+    if item.ndim != 4:
+        raise DiagError(f"every batch of images must be a (B, C, H, W) tensor, got shape {tuple(item.shape)}")
+    if not item.is_floating_point():
+        raise DiagError(
+            f"images must be a preprocessed floating-point tensor, got dtype {item.dtype}; convert and normalise "
+            "them first (x.float() / 255, then the model's mean and std), or pass PIL images"
+        )
     return item

@@ -23,6 +23,28 @@ def model_name(model: nn.Module) -> str:
     return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
 
 
+def usable_model(model: object) -> nn.Module:
+    """The module to analyse: a ``torch.compile``d model's original module (``_orig_mod``,
+    which shares its weights; hooks see the eager forward pass), after checks that say what
+    is wrong and what to do: not a module, weights on the ``meta`` device, not a vision
+    transformer."""
+    if not isinstance(model, nn.Module):
+        raise DiagError(f"model must be a torch.nn.Module (e.g. from timm.create_model), got {type(model).__name__}")
+    model = getattr(model, "_orig_mod", model)
+    if any(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()]):
+        raise DiagError(
+            f"{model_name(model)} has its weights on the meta device (created without data): load real weights "
+            "first, e.g. model.to_empty(device='cpu') and then model.load_state_dict(...)"
+        )
+    if not hasattr(model, "blocks") and not hasattr(model, "patch_embed"):
+        raise DiagError(
+            refusal(model, model_name(model))
+            or f"{model_name(model)} is not a vision transformer: deepvit-diag reads the attention maps of "
+            "models with a patch embedding and a list of transformer blocks (timm ViT, DeepViT, DeiT, CaiT, ...)"
+        )
+    return model
+
+
 def transformer_blocks(model: nn.Module) -> Sequence[nn.Module]:
     """The model's list of transformer blocks (``model.blocks``), or a DiagError that says why not."""
     blocks = getattr(model, "blocks", None)

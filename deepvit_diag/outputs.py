@@ -259,3 +259,15 @@ def _interrupts_held() -> Iterator[None]:
 def _reason(err: OSError) -> str:
     """The operating system's words, e.g. "No space left on device" or "File too large"."""
     return err.strerror or str(err) or type(err).__name__
+
+
+def write_checked(
+    folder: str | os.PathLike, owned: Callable[[Path], bool], fill: Callable[[Path], object], *, force: bool = False
+) -> Path:
+    """``fill(path)`` writes a result's files, which land in ``folder`` by ``OutputTarget``'s
+    rules: whole or not at all, and never into a folder holding files deepvit-diag did not
+    write unless ``force`` (what ``save`` of a result does from Python)."""
+    with OutputTarget(
+        folder, folder=True, owned=owned, force=force, option="folder", force_hint="pass force=True"
+    ) as target:
+        return target.write(fill)

@@ -40,13 +40,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .catalogue import required_arrays
 from .errors import DiagError
+from .figures.style import model_label
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .introspection import Geometry
 from .metrics import (
@@ -58,11 +59,13 @@ from .metrics import (
     mean_off_diagonal,
     similar_blocks,
 )
-from .settings import MAP_KINDS, Settings
+from .notebook import analysis_html, comparison_html, plot_analysis, plot_comparison, short_repr
+from .outputs import write_checked
+from .settings import ENTROPY_LEVELS, MAP_KINDS, Settings
 
-# Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
-# 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
-ENTROPY_LEVELS = (0.8, 0.9)
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
 RESULT_FILE = "result.json"
 ANALYSIS_FORMAT = "deepvit-diag analysis"
@@ -203,9 +206,13 @@ class AnalysisResult:
         return self.arrays["attention_distance"]
 
     def token_similarity(self) -> np.ndarray:
+        """Token over-smoothing per block (L,): mean cosine similarity between the patch
+        tokens of a block's output (1 = all tokens alike)."""
         return self.arrays["token_similarity"]
 
     def rank_residual(self) -> np.ndarray:
+        """Rank-collapse residual per block (L,): relative distance of a block's output from
+        the nearest rank-1 matrix (0 = collapsed to one token)."""
         return self.arrays["rank_residual"]
 
     def cka(self) -> np.ndarray:
@@ -215,6 +222,72 @@ class AnalysisResult:
     def head_mixing(self) -> dict[int, HeadMixing]:
         """How every head-mixing block mixes its heads: Θ or `proj_w` with bias, Norm and distances."""
         return head_mixing_from_arrays(self.arrays)
+
+    def plot(self, name: str = "ratio", *, label: str | None = None, example: int = 0, **options: Any) -> go.Figure:
+        """A Plotly figure of this analysis, which a notebook renders.
+
+        Args:
+            name: ``"ratio"`` (similarity ratio per block), ``"similarity"`` (L x L cross-layer
+                similarity), ``"cross_head"``, ``"cross_head_matrices"``, ``"entropy"``,
+                ``"attention_distance"``, ``"token_similarity"``, ``"rank_residual"``,
+                ``"cka"``, ``"theta"``, ``"theta_distances"``, ``"norm_gains"``, ``"cls"``
+                (CLS-token attention per head over an example image), or a catalogue key.
+            label: the model's name in the figure (default its description).
+            example: the example image of ``"cls"`` (0-based).
+            options: keyword arguments of the figure function, e.g. ``maps="post"``,
+                ``blocks=[0, 5]`` (``"cls"``), ``block=3`` (``"cross_head_matrices"``).
+
+        Example:
+            >>> res.plot("ratio", maps="post")  # doctest: +SKIP
+        """
+        return plot_analysis(self, name, label, example, options)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The per-block metrics as a pandas DataFrame, one row per block (L rows).
+
+        The index ``block_0based`` numbers blocks from 0, as the arrays and ``summary()`` do
+        (figures and tables number them from 1). Columns: ``ratio_pre/_post``,
+        ``similar_pre/_post`` (ratio above ``settings.rho``), ``adjacent_similarity_pre/_post``
+        (with the next block; NaN for the last), ``cross_head_pre/_post`` (mean off-diagonal
+        cross-head similarity), ``entropy`` and ``attention_distance`` (means over heads),
+        ``token_similarity``, ``rank_residual`` and ``cka_next`` (CKA with the next block's
+        output; NaN for the last).
+
+        Example:
+            >>> res.to_frame()["ratio_pre"].idxmax()  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        blocks = self.geometry.num_blocks
+        columns: dict[str, np.ndarray] = {}
+        for kind in MAP_KINDS:
+            columns[f"ratio_{kind}"] = self.ratio(kind)
+            columns[f"similar_{kind}"] = np.isin(np.arange(blocks), self.similar_blocks(kind).indices)
+            columns[f"adjacent_similarity_{kind}"] = _pad_to(self.adjacent_similarity(kind), blocks)
+            columns[f"cross_head_{kind}"] = self.cross_head_mean(kind)
+        columns["entropy"] = self.entropy().mean(axis=1)
+        columns["attention_distance"] = self.attention_distance().mean(axis=1)
+        columns["token_similarity"] = self.token_similarity()
+        columns["rank_residual"] = self.rank_residual()
+        columns["cka_next"] = _pad_to(np.diagonal(self.cka(), offset=1), blocks)
+        return pd.DataFrame(columns, index=pd.RangeIndex(blocks, name="block_0based"))
+
+    def __repr__(self) -> str:
+        similar = self.similar_blocks()
+        return short_repr(
+            "AnalysisResult",
+            {
+                "model": self.model.get("description"),
+                "blocks": self.geometry.num_blocks,
+                "images": self.num_images,
+                "maps": self._kind(None),
+                "similar_blocks": similar.count,
+                "collapse_start_0based": self.collapse_start(),
+            },
+        )
+
+    def _repr_html_(self) -> str:
+        return analysis_html(self)
 
     def _map_summary(self, maps: str) -> dict[str, Any]:
         similar = self.similar_blocks(maps)
@@ -312,12 +385,29 @@ class AnalysisResult:
         except KeyError as err:
             raise DiagError(f"saved analysis lacks the entry {err}") from None
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``folder/result.json`` and ``folder/arrays.npz``; returns the folder."""
+    def save(self, folder: str | Path, *, force: bool = False) -> Path:
+        """Write ``folder/result.json`` and ``folder/arrays.npz``, whole or not at all; returns
+        the folder. Like the command line's ``--out``, a folder holding files deepvit-diag did
+        not write is refused (``DiagError``) unless ``force`` (those files are kept).
+
+        Example:
+            >>> res.save("runs/vit")  # doctest: +SKIP
+        """
+        return write_checked(folder, is_result_file, self.write_files, force=force)
+
+    def write_files(self, folder: str | Path) -> Path:
+        """Write ``result.json`` and ``arrays.npz`` into ``folder`` as they are, without
+        ``save``'s checks: what a caller that stages its own output (the command line, the
+        app's downloads) uses. Returns the folder."""
         return write_folder(folder, self.to_document(), self.arrays, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> AnalysisResult:
+        """The analysis ``save`` wrote into ``folder`` (``DiagError`` for anything else).
+
+        Example:
+            >>> AnalysisResult.load("runs/vit").ratio()  # doctest: +SKIP
+        """
         document, arrays = read_folder(folder, ANALYSIS_FORMAT, RESULT_FILE)
         return rebuild(folder, lambda: cls.from_document(document, arrays))
 
@@ -365,6 +455,16 @@ def _upgrade_version_1(document: dict[str, Any], arrays: dict[str, np.ndarray]) 
     return document, upgraded
 
 
+def _best_rows(matrix: np.ndarray) -> list[int | None]:
+    """For every row, the column of its largest finite entry (None if none is finite)."""
+    return [int(np.nanargmax(row)) if np.isfinite(row).any() else None for row in matrix]
+
+
+def _pad_to(values: np.ndarray, length: int) -> np.ndarray:
+    """``values`` extended with NaN to ``length`` entries (a per-pair curve as a per-block column)."""
+    return np.concatenate([values.astype(np.float64), np.full(length - len(values), np.nan)])
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -388,8 +488,14 @@ class ComparisonResult:
         return self.a == other.a and self.b == other.b and _arrays_equal({"ab": self.cka_ab}, {"ab": other.cka_ab})
 
     def best_matching_blocks(self) -> list[int | None]:
-        """For every block of A, the block of B whose output is most similar (max CKA)."""
-        return [int(np.nanargmax(row)) if np.isfinite(row).any() else None for row in self.cka_ab]
+        """For every block of A, the 0-based block of B whose output is most similar (max
+        CKA), None where CKA is undefined (fewer than 4 images); a list of L_A entries.
+
+        Example:
+            >>> cmp.best_matching_blocks()  # doctest: +SKIP
+            [0, 1, 2, 2]
+        """
+        return _best_rows(self.cka_ab)
 
     def differences(self) -> dict[str, float]:
         """``b - a`` for every numeric summary entry both results define."""
@@ -400,7 +506,62 @@ class ComparisonResult:
             if _is_number(value) and _is_number(summary_b.get(name))
         }
 
+    def labelled(self) -> dict[str, AnalysisResult]:
+        """``{label: result}`` of A and B, labelled by their descriptions (with " (A)" and
+        " (B)" when the two are described alike)."""
+        label_a, label_b = model_label(self.a, "A"), model_label(self.b, "B")
+        if label_a == label_b:
+            label_a, label_b = f"{label_a} (A)", f"{label_b} (B)"
+        return {label_a: self.a, label_b: self.b}
+
+    def plot(self, name: str = "cka", **options: Any) -> go.Figure:
+        """A Plotly figure of the comparison: ``"cka"`` (linear CKA between every block of A
+        and every block of B) or any figure of ``AnalysisResult.plot`` that draws several
+        models (``"ratio"``, ``"similarity"`` with a B - A panel, ``"entropy"``, ...), with both.
+
+        Example:
+            >>> cmp.plot("cka")  # doctest: +SKIP
+        """
+        return plot_comparison(self, name, options)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Both analyses' ``to_frame()`` in long format: one row per model and block, with the
+        columns ``model`` (its label), ``side`` (``"a"`` or ``"b"``) and ``block_0based``, then
+        the per-block metrics. ``best_match_0based`` is, for A's blocks, the block of B with
+        the highest CKA (``best_matching_blocks``), and for B's blocks the block of A.
+
+        Example:
+            >>> cmp.to_frame().pivot(index="block_0based", columns="model", values="ratio_pre")  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        best = {"a": self.best_matching_blocks(), "b": _best_rows(self.cka_ab.T)}
+        frames = []
+        for (label, result), side in zip(self.labelled().items(), ("a", "b")):
+            frame = result.to_frame().reset_index()
+            frame.insert(0, "side", side)
+            frame.insert(0, "model", label)
+            frame["best_match_0based"] = pd.array(best[side], dtype="Int64")
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+    def __repr__(self) -> str:
+        label_a, label_b = self.labelled()
+        return short_repr("ComparisonResult", {"a": label_a, "b": label_b, "images": self.a.num_images})
+
+    def _repr_html_(self) -> str:
+        return comparison_html(self)
+
     def summary(self) -> dict[str, Any]:
+        """``{"a": ..., "b": ...}`` (each ``AnalysisResult.summary()``), ``differences``
+        (B - A of every numeric entry), ``cka_ab_best_match`` (for each block of A, the
+        0-based block of B with the highest CKA; None where undefined) and
+        ``cka_ab_diagonal_mean`` (mean CKA of block i of A with block i of B; None for
+        models of different depth).
+
+        Example:
+            >>> cmp.summary()["differences"]["similar_blocks"]  # doctest: +SKIP
+        """
         same_depth = self.cka_ab.shape[0] == self.cka_ab.shape[1]
         diagonal = np.diagonal(self.cka_ab) if same_depth else np.array([])
         return {
@@ -411,8 +572,13 @@ class ComparisonResult:
             "cka_ab_diagonal_mean": finite_or_none(diagonal.mean()) if len(diagonal) else None,
         }
 
-    def save(self, folder: str | Path) -> Path:
-        """One ``result.json`` (both analyses) and one ``arrays.npz`` (``a/...``, ``b/...``, ``cka_ab``)."""
+    def save(self, folder: str | Path, *, force: bool = False) -> Path:
+        """One ``result.json`` (both analyses) and one ``arrays.npz`` (``a/...``, ``b/...``,
+        ``cka_ab``), by the rules of ``AnalysisResult.save`` (``force`` included)."""
+        return write_checked(folder, is_result_file, self.write_files, force=force)
+
+    def write_files(self, folder: str | Path) -> Path:
+        """``save``'s files written into ``folder`` without its checks (``AnalysisResult.write_files``)."""
         document = {
             "format": COMPARISON_FORMAT,
             "version": FORMAT_VERSION,
@@ -426,10 +592,16 @@ class ComparisonResult:
             for side, result in (("a", self.a), ("b", self.b))
             for name, array in result.arrays.items()
         }
-        return write_folder(folder, document, {**arrays, "cka_ab": self.cka_ab}, RESULT_FILE)
+        arrays["cka_ab"] = self.cka_ab
+        return write_folder(folder, document, arrays, RESULT_FILE)
 
     @classmethod
     def load(cls, folder: str | Path) -> ComparisonResult:
+        """The comparison ``save`` wrote into ``folder`` (``DiagError`` for anything else).
+
+        Example:
+            >>> ComparisonResult.load("runs/vit-vs-deepvit").cka_ab.shape  # doctest: +SKIP
+        """
         document, arrays = read_folder(folder, COMPARISON_FORMAT, RESULT_FILE)
 
         def build() -> ComparisonResult:

@@ -12,7 +12,6 @@ The metric parameters (k, tau, rho, axis, maps) are defined in ``docs/metrics.md
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -21,8 +20,11 @@ import torch
 
 from .device import resolve_device
 from .errors import DiagError
-from .metrics import AXES, MIN_UNBIASED_EXAMPLES
+from .metrics import AXES, MIN_UNBIASED_EXAMPLES, check_between, check_choice, check_integer
 
+# Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
+# 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
+ENTROPY_LEVELS = (0.8, 0.9)
 # "pre": the softmax maps; "post": what multiplies V (after Theta in Re-attention blocks).
 MAP_KINDS = ("pre", "post")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -187,6 +189,7 @@ class Settings:
 
     @property
     def torch_device(self) -> torch.device:
+        """The device as a ``torch.device`` ("auto" resolved to the best available)."""
         try:
             return resolve_device(self.device)
         except (ValueError, RuntimeError) as err:
@@ -199,6 +202,7 @@ class Settings:
         return replace(self, device=str(device), num_workers=workers)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (JSON-able; ``from_dict`` reads it back)."""
         return asdict(self)
 
     @classmethod
@@ -231,13 +235,8 @@ def default_num_workers(device: torch.device) -> int:
 
 def _validate(name: str, value: object, metadata: Any) -> None:
     if metadata["minimum"] is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < metadata["minimum"]:
-            raise DiagError(f"{name} must be an integer >= {metadata['minimum']}, got {value!r}")
+        check_integer(name, value, metadata["minimum"])
     elif metadata["interval"] is not None:
-        low, high = metadata["interval"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DiagError(f"{name} must be a finite number, got {value!r}")
-        if not low <= value <= high:
-            raise DiagError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    elif metadata["choices"] is not None and value not in metadata["choices"]:
-        raise DiagError(f"{name} must be one of {', '.join(map(repr, metadata['choices']))}, got {value!r}")
+        check_between(name, value, *metadata["interval"])
+    elif metadata["choices"] is not None:
+        check_choice(name, value, metadata["choices"])

@@ -9,7 +9,7 @@ measured here: this module only words and formats.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -17,8 +17,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .readers import TALKING_HEADS
-from .results import ENTROPY_LEVELS, AnalysisResult, ComparisonResult
-from .sweeps import SweepResult
+from .settings import ENTROPY_LEVELS
+
+if TYPE_CHECKING:
+    from .results import AnalysisResult, ComparisonResult
+    from .sweeps import SweepResult
 
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
 PAPER_CROSS_HEAD = 0.3

@@ -47,7 +47,7 @@ def sweep(
     arch: str | None = None,
     load_options: dict[str, Any] | None = None,
     class_map: ClassMap | str | Path | None = None,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     notice: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> SweepResult:
@@ -71,6 +71,10 @@ def sweep(
         progress: as in ``analyze``; a callable hears the images of all checkpoints as one count.
         notice: called with a line as each checkpoint starts ("checkpoint 2 of 3: vit24");
             default: the ``deepvit_diag.sweep_runner`` logger at INFO level.
+
+    Example:
+        >>> sw = dd.sweep(["vit32", "deepvit32"], "digits-test")
+        >>> sw.to_frame()  # one row per checkpoint and block
     """
     settings = Settings.with_overrides(settings, overrides).resolved()
     labels = list(labels) if labels is not None else checkpoint_labels(checkpoints)

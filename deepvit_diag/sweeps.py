@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,9 +30,15 @@ from .errors import DiagError
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .jsonfiles import check_depth
 from .monitor_checks import check_monitor_record, check_same_settings
+from .notebook import plot_sweep, short_repr, sweep_html
+from .outputs import write_checked
 from .readers import REATTENTION
 from .results import AnalysisResult
 from .settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "deepvit-diag sweep"
@@ -136,6 +142,7 @@ class SweepResult:
 
     @property
     def x_title(self) -> str:
+        """What the x axis shows, in words (e.g. "training step")."""
         return X_AXES[self.x_axis]
 
     @property
@@ -178,8 +185,59 @@ class SweepResult:
             ],
         }
 
-    def save(self, folder: str | Path) -> Path:
-        """``folder/sweep.json`` and ``folder/arrays.npz``; returns the folder."""
+    def plot(self, name: str = "ratio", **options: Any) -> go.Figure:
+        """A Plotly figure of the sweep: ``"similar_blocks"``, ``"collapse_start"``,
+        ``"accuracy"`` (along the x axis), or ``"ratio"``, ``"adjacent"``, ``"entropy"``
+        (every checkpoint's per-block curve; ``relative_depth=True`` puts blocks on 0..1).
+
+        Example:
+            >>> SweepResult.from_monitor("monitor.jsonl").plot("similar_blocks")  # doctest: +SKIP
+        """
+        return plot_sweep(self, name, options)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every checkpoint's per-block curves in long format: one row per checkpoint and
+        block, with the columns ``label``, ``group``, ``step``, ``x`` (its place on the x
+        axis), ``block_0based`` (blocks numbered from 0, as in the arrays), ``ratio``,
+        ``adjacent_similarity`` (with the next block; NaN for the last) and ``entropy``
+        (mean over heads), of the settings' map kind.
+
+        Example:
+            >>> sweep.to_frame().groupby("label")["ratio"].max()  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        rows = []
+        for entry in self.entries:
+            adjacent = entry.curves["adjacent_similarity"]
+            for block in range(len(entry.curves["ratio"])):
+                rows.append(
+                    {
+                        "label": entry.label,
+                        "group": entry.group,
+                        "step": entry.step,
+                        "x": self.x(entry),
+                        "block_0based": block,
+                        "ratio": float(entry.curves["ratio"][block]),
+                        "adjacent_similarity": float(adjacent[block]) if block < len(adjacent) else math.nan,
+                        "entropy": float(entry.curves["entropy"][block]),
+                    }
+                )
+        return pd.DataFrame(rows, columns=["label", "group", "step", "x", "block_0based", *CURVES])
+
+    def __repr__(self) -> str:
+        return short_repr("SweepResult", {"checkpoints": len(self.entries), "x_axis": self.x_axis})
+
+    def _repr_html_(self) -> str:
+        return sweep_html(self)
+
+    def save(self, folder: str | Path, *, force: bool = False) -> Path:
+        """``folder/sweep.json`` and ``folder/arrays.npz``, by the rules of
+        ``AnalysisResult.save`` (``force`` included); returns the folder."""
+        return write_checked(folder, is_sweep_file, self.write_files, force=force)
+
+    def write_files(self, folder: str | Path) -> Path:
+        """``save``'s files written into ``folder`` without its checks (``AnalysisResult.write_files``)."""
         document = {
             "format": SWEEP_FORMAT,
             "version": FORMAT_VERSION,
@@ -197,6 +255,7 @@ class SweepResult:
 
     @classmethod
     def load(cls, folder: str | Path) -> SweepResult:
+        """The sweep ``save`` wrote into ``folder`` (``DiagError`` for anything else)."""
         document, arrays = read_folder(folder, SWEEP_FORMAT, SWEEP_FILE)
 
         def build() -> SweepResult:

@@ -165,7 +165,7 @@ def train_model(
     data: str = "digits",
     config: TrainConfig | None = None,
     device: str = "auto",
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     snapshot_every: int = 0,
     on_snapshot: Callable[[nn.Module, dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -276,7 +276,7 @@ def train_to_files(
     save_every: int = 0,
     fp16: bool = False,
     force: bool = False,
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
 ) -> TrainingRun:
     """Train ``arch`` and write it to ``out`` in deepvit-diag's format, with a snapshot
     ``<out>-epoch<N>`` every ``save_every`` epochs. Every file is checked and locked before

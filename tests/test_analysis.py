@@ -287,7 +287,7 @@ def test_no_labels_no_accuracy_and_the_result_says_why(vit, x, labels, tmp_path)
         analyze(vit, (x, labels + 10), **QUIET)
     # Saved and loaded with the result; results saved before accuracy existed say so.
     labelled = analyze(vit, (x, labels), **QUIET)
-    labelled.save(tmp_path / "run")
+    labelled.write_files(tmp_path / "run")  # as older versions wrote them: no output marker
     assert AnalysisResult.load(tmp_path / "run").accuracy == labelled.accuracy
     document = json.loads((tmp_path / "run" / "result.json").read_text())
     assert document["accuracy"]["correct"] == {str(k): v for k, v in labelled.accuracy.correct.items()}
@@ -363,7 +363,7 @@ def test_results_saved_with_reattention_blocks_still_load(deepvit, x, tmp_path):
     """Format-2 files written before head mixing was named for what it is call the mixing
     blocks ``reattention_blocks``; they load with the same geometry."""
     result = analyze(deepvit, x, batch_size=4, **QUIET)
-    result.save(tmp_path / "run")
+    result.write_files(tmp_path / "run")  # as older versions wrote them: no output marker
     path = tmp_path / "run" / "result.json"
     document = json.loads(path.read_text())
     document["geometry"]["reattention_blocks"] = document["geometry"].pop("mixing_blocks")
@@ -456,9 +456,14 @@ def test_model_is_left_as_it_was(deepvit, x):
 
 
 def test_progress_bar_over_an_unknown_number_of_images(vit, x, capsys):
-    analyze(vit, (x[i : i + 3] for i in range(0, NUM_IMAGES, 3)), cka_chunk=4)
+    analyze(vit, (x[i : i + 3] for i in range(0, NUM_IMAGES, 3)), cka_chunk=4, progress=True)
     printed = capsys.readouterr()
     assert "analysing images" in printed.err and printed.out == ""  # stdout stays free for results
+
+
+def test_no_progress_unless_asked(vit, x, capsys):
+    analyze(vit, x, cka_chunk=4)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_progress_callback_hears_every_batch(vit, x):
@@ -487,7 +492,7 @@ def test_fewer_images_than_cka_needs_give_nan_cka(vit, x):
         ([], {}, "no images"),
         (42, {}, "images must be"),
         (iter([]), {}, "no images"),
-        (iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]), {}, "float tensor"),
+        (iter([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)]), {}, "floating-point tensor, got dtype torch.uint8"),
         (torch.randn(2, 3, 32, 32), {"k": 0}, "k must be"),
         (torch.randn(2, 3, 32, 32), {"axis": "diagonal"}, "axis"),
         (torch.randn(2, 3, 32, 32), {"dtype": "float16"}, "dtype"),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deepvit_diag.analysis import analyze
 from deepvit_diag.errors import DiagError
 from deepvit_diag.images import BUNDLED_SETS, ImageSet, _Transformed, default_image_set, open_images
 from deepvit_diag.preprocessing import to_rgb
@@ -198,3 +199,55 @@ def test_default_image_set_follows_model_cards():
     assert default_image_set([digits_model, digits_model]) == "digits-test"
     assert default_image_set([digits_model, timm_model]) == "photos"
     assert set(BUNDLED_SETS) == {"photos", "digits-test", "digits-clutter-test"}
+
+
+# ----------------------------------------------------------------------------- tensors and batches from a notebook
+
+
+@pytest.fixture
+def vit(tiny_model):
+    return tiny_model("vit")
+
+
+def test_dict_batches_give_pixel_values_and_labels(vit, images):
+    labels = torch.tensor([1, 3])
+    result = analyze(vit, [{"pixel_values": images, "labels": labels}])
+    assert result.accuracy.labels == "class indices from the (images, labels) batches"
+    assert result == analyze(vit, [(images, labels)])
+    with pytest.raises(DiagError, match="a dict batch must hold the images under 'pixel_values'; it holds 'image'"):
+        analyze(vit, [{"image": images}])
+
+
+def test_batches_with_more_entries_take_labels_from_the_second(vit, images):
+    labels = torch.tensor([1, 3])
+    result = analyze(vit, [(images, labels, torch.arange(2))])
+    assert result.accuracy.images == 2
+    one_hot = analyze(vit, [(images, torch.eye(2))])
+    assert one_hot.accuracy.labels == (
+        "the second entry of the batches is a torch.float32 tensor of shape (2, 2), not a (B,) tensor of class indices"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda x: x[0], r"images of shape \(3, 32, 32\) are one image \(C, H, W\); add the batch dim: x\[None\]"),
+        (lambda x: list(x), r"images is a list of 2 \(C, H, W\) tensors; stack them .*torch.stack\(images\)"),
+        (lambda x: (x * 60 + 120).clamp(0, 255).to(torch.uint8), r"floating-point tensor, got dtype torch.uint8"),
+        (lambda x: x[None], r"must be a \(B, C, H, W\) tensor, got shape \(1, 2, 3, 32, 32\)"),
+    ],
+)
+def test_tensor_shapes_and_dtypes_get_a_hint(vit, images, make, message):
+    with pytest.raises(DiagError, match=message):
+        analyze(vit, make(images))
+
+
+def test_unnormalised_float_images_warn(vit, images):
+    with pytest.warns(UserWarning, match="they look like 0..255 pixels, not preprocessed input"):
+        analyze(vit, (images * 60 + 120).clamp(0, 255))
+
+
+def test_fewer_than_four_images_warn_that_cka_is_undefined(vit, images):
+    with pytest.warns(UserWarning, match="CKA is undefined with 2 images: .* at least 4"):
+        result = analyze(vit, images)
+    assert np.isnan(result.cka()).all()

@@ -112,3 +112,80 @@ def test_nested_blocks_keep_their_own_failures():
         with deferred_value_checks(lambda p: "inner"):
             collapse_statistics(softmax_maps())
         collapse_statistics(with_value(softmax_maps(), float("nan")))
+
+
+# ----------------------------------------------------------------------------- numpy and per-block inputs
+
+
+def _maps(seed: int = 0) -> torch.Tensor:
+    logits = torch.randn(3, 2, 2, 5, 5, generator=torch.Generator().manual_seed(seed))
+    return logits.softmax(dim=-1)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["cross_layer_similarity", "similarity_ratio", "cross_head_similarity", "attention_entropy"],
+)
+def test_numpy_arrays_and_per_block_lists_equal_tensor_input(metric):
+    import numpy as np
+
+    import deepvit_diag as dd
+
+    maps = _maps()
+    function = getattr(dd, metric)
+    expected = function(maps)
+    for same in (maps.numpy(), list(maps), tuple(maps.numpy()), [block.numpy() for block in maps]):
+        torch.testing.assert_close(function(same), expected, equal_nan=True)
+    hidden = torch.randn(3, 4, 5, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(dd.token_similarity(np.asarray(hidden)), dd.token_similarity(hidden))
+    torch.testing.assert_close(dd.rank_collapse(list(hidden)), dd.rank_collapse(hidden))
+
+
+def test_bad_per_block_inputs_say_what_is_wrong():
+    import numpy as np
+
+    import deepvit_diag as dd
+
+    maps = _maps()
+    cases = [
+        ([maps[0], maps[1, :, :1]], r"the entries of maps must have one shape to stack into \(L, B, H, T, T\)"),
+        ([], "maps is an empty sequence"),
+        ("maps", r"maps must be a torch.Tensor or numpy array \(L, B, H, T, T\) or a list of per-block tensors"),
+        (np.array(["a"]), "maps must be a numeric array"),
+        (maps.numpy().astype(np.int64), "maps must be a floating-point tensor, got torch.int64"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(DiagError, match=message):
+            dd.cross_layer_similarity(bad)
+
+
+# ----------------------------------------------------------------------------- one validation of k, tau, rho
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("tau", 1.5, "tau must be a number from 0 to 1, got 1.5"),
+        ("tau", float("nan"), "tau must be a number from 0 to 1, got nan"),
+        ("rho", 1.5, "rho must be a number from 0 to 1, got 1.5"),
+        ("rho", "high", "rho must be a number from 0 to 1, got 'high'"),
+        ("k", 0, "k must be an integer >= 1, got 0"),
+        ("k", True, "k must be an integer >= 1, got True"),
+    ],
+)
+def test_settings_and_metric_functions_refuse_alike(name, value, message):
+    import deepvit_diag as dd
+
+    with pytest.raises(DiagError, match=message):
+        dd.Settings(**{name: value})
+    maps = _maps()
+    with pytest.raises(DiagError, match=message):
+        if name == "rho":
+            dd.similar_blocks(torch.tensor([0.5, 0.95]), rho=value)
+        else:
+            dd.similarity_ratio(maps, **{name: value})
+    if name != "rho":
+        from deepvit_diag.metrics import collapse_statistics
+
+        with pytest.raises(DiagError, match=message):
+            collapse_statistics(maps, **{name: value})

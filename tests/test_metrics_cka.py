@@ -183,7 +183,7 @@ def test_bad_feature_matrices_raise_diag_error():
     x = features(11, 8, 4)
     with_nan = x.clone()
     with_nan[0, 0] = float("nan")
-    for bad_x, bad_y in ((x[0], x), (x, x[:7]), (with_nan, x), (x[:3], x[:3]), (x.numpy(), x)):
+    for bad_x, bad_y in ((x[0], x), (x, x[:7]), (with_nan, x), (x[:3], x[:3]), (x.numpy().astype(bool), x)):
         with pytest.raises(DiagError):
             linear_cka(bad_x, bad_y)
     assert linear_cka(x[:3], x[:3], unbiased=False).item() == pytest.approx(1.0, abs=1e-5)  # biased: n >= 2

@@ -340,7 +340,7 @@ def test_bad_maps_raise_diag_error(call):
     good = softmax_maps(17)
     with_nan = good.clone()
     with_nan[0, 0, 0, 0, 0] = float("nan")
-    for bad in (good[0], good[..., :-1], with_nan, good.numpy(), good.to(torch.int64)):
+    for bad in (good[0], good[..., :-1], with_nan, good.to(torch.int64), [good[0], good[1, :, :-1]], "maps"):
         with pytest.raises(DiagError):
             call(bad)
     with pytest.raises(DiagError):

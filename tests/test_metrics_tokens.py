@@ -147,7 +147,7 @@ def test_bad_hidden_raises_diag_error(metric):
     good = random_hidden(9)
     with_nan = good.clone()
     with_nan[0, 0, 0, 0] = float("nan")
-    for bad in (good[0], good[None], with_nan, good.numpy(), torch.zeros(2, 0, 4, 8)):
+    for bad in (good[0], good[None], with_nan, good.numpy().astype(int), torch.zeros(2, 0, 4, 8)):
         with pytest.raises(DiagError):
             metric(bad)
 

@@ -104,6 +104,9 @@ def load_model(
         overrides: constructor arguments with timm's names (``num_heads``, ``embed_dim``, ``img_size``,
             ``num_classes``, ``norm_eps``, ``act_layer``, ``dynamic_img_size``, ...); for timm names also
             timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
+
+    Example:
+        >>> model = dd.load_model("vit32")  # a bundled demo model; or a checkpoint file or folder
     """
     if resample_pos_embed and "img_size" not in overrides:
         raise HintedError("resample_pos_embed=True needs ", Hint("img_size", "N", "N"), ": the size to resample to")

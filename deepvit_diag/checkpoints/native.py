@@ -37,6 +37,9 @@ def save_native(
 
     ``dtype`` casts floating-point tensors (e.g. ``torch.float16`` for small files);
     integer buffers such as BatchNorm's ``num_batches_tracked`` keep their type.
+
+    Example:
+        >>> dd.save_native(model, "vit.safetensors")
     """
     arch = getattr(model, "arch", None)
     if arch is None:

@@ -25,7 +25,11 @@ _VISION_PARTS = ("visual", "vision")
 
 def convert(model: nn.Module, **overrides: Any) -> nn.Module:
     """``model`` as a timm (or deepvit-diag) model with the same weights, ready for ``analyze``;
-    ``overrides`` as for ``load_model`` (``num_heads=``, ...) settle what neither says."""
+    ``overrides`` as for ``load_model`` (``num_heads=``, ...) settle what neither says.
+
+    Example:
+        >>> res = dd.analyze(dd.convert(hf_model), images)  # e.g. a transformers ViTModel
+    """
     if family_of_class(type(model)) is not None:
         check_readable(model)
         return model

@@ -18,6 +18,7 @@ from .style import (
     TEMPLATE,
     finish,
     heatmap_panel,
+    labelled,
     model_colour,
     square_heatmap_axes,
     symmetric_scale,
@@ -81,6 +82,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
 def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     """The Norm's affine weight per output head (rows) of every Re-attention block (columns),
     one panel per model with such blocks, one diverging scale around 1; None when no model has one."""
+    results = labelled(results)
     panels = {}
     for label, result in results.items():
         gains = {
@@ -121,6 +123,7 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
 def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     """Distance of each block's Θ from identity (solid) and from the nearest signed
     permutation (dashed); None when no model has Re-attention blocks."""
+    results = labelled(results)
     fig = go.Figure()
     for index, (label, result) in enumerate(results.items()):
         infos = result.head_mixing()

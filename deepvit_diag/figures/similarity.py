@@ -21,8 +21,10 @@ from .style import (
     finish,
     finite,
     heatmap_panel,
+    labelled,
     map_kind,
     model_colour,
+    model_label,
     no_data_note,
     short_label,
     similarity_scale,
@@ -44,6 +46,7 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
     colour scale; with two models of equal depth a third panel shows B - A on its own
     diverging scale. Each colour bar stands right of the panels it belongs to and says
     which they are (the similarity bar between B and B - A, the difference bar last)."""
+    results = labelled(results)
     labels = list(results)
     matrices = [results[label].similarity(maps) for label in labels]
     with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
@@ -93,6 +96,7 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
 def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
     """Similarity ratio per block (paper Fig. 3a) with the rho threshold; similar blocks
     (ratio above rho) are drawn as filled markers, the others as open ones."""
+    results = labelled(results)
     fig = go.Figure()
     rhos = set()
     for index, (label, result) in enumerate(results.items()):
@@ -151,6 +155,7 @@ def _line_per_model(curves: Mapping[str, np.ndarray]) -> go.Figure:
 @figure
 def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
     """Mean cross-head similarity per block (paper Fig. 3c: below 0.3 means diverse heads)."""
+    results = labelled(results)
     fig = _line_per_model({label: result.cross_head_mean(maps) for label, result in results.items()})
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
@@ -161,6 +166,7 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
 @figure
 def cross_head_matrices(results: Results, block: int | None = None, maps: str | None = None) -> go.Figure:
     """The H x H cross-head similarity of one block (0-based; default the last) per model."""
+    results = labelled(results)
     labels = list(results)
     chosen = {label: (results[label].geometry.num_blocks - 1 if block is None else block) for label in labels}
     matrices = [results[label].cross_head(maps)[chosen[label]] for label in labels]
@@ -182,6 +188,7 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
 def head_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
     """A per-block, per-head array (L, H) of each model: the mean over heads as a line, every
     head as a faint dot (the ViT paper's Fig. 7 style)."""
+    results = labelled(results)
     fig = go.Figure()
     for index, (label, result) in enumerate(results.items()):
         values = result.arrays[array]
@@ -217,6 +224,7 @@ def head_curves(results: Results, array: str, y_title: str, title: str) -> go.Fi
 def entropy_curves(results: Results) -> go.Figure:
     """Attention entropy per block and head (softmax maps), with ln T, the entropy of
     uniform attention over T tokens, as the upper reference line."""
+    results = labelled(results)
     fig = head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
     for num_tokens in sorted({result.geometry.num_tokens for result in results.values()}):
         fig.add_hline(
@@ -231,6 +239,7 @@ def entropy_curves(results: Results) -> go.Figure:
 @figure
 def block_curves(results: Results, array: str, y_title: str, title: str) -> go.Figure:
     """A per-block array (L,) of each model as one line."""
+    results = labelled(results)
     fig = _line_per_model({label: result.arrays[array] for label, result in results.items()})
     block_axis(fig, results)
     fig.update_yaxes(title=y_title)
@@ -248,6 +257,7 @@ def _cka_note(fig: go.Figure, matrices: list[np.ndarray]) -> None:
 @figure
 def cka_within(results: Results) -> go.Figure:
     """Linear CKA between the block outputs of each model (L x L), on one colour scale."""
+    results = labelled(results)
     labels = list(results)
     fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.1)
     matrices = [results[label].cka() for label in labels]
@@ -262,8 +272,10 @@ def cka_within(results: Results) -> go.Figure:
 
 
 @figure
-def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.Figure:
-    """Linear CKA between block i of A (rows) and block j of B (columns)."""
+def cka_across(comparison: ComparisonResult, label_a: str | None = None, label_b: str | None = None) -> go.Figure:
+    """Linear CKA between block i of A (rows) and block j of B (columns); the labels default
+    to the models' descriptions."""
+    label_a, label_b = label_a or model_label(comparison.a, "A"), label_b or model_label(comparison.b, "B")
     fig = make_subplots(rows=1, cols=1)
     matrix = comparison.cka_ab
     heatmap_panel(

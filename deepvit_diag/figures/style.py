@@ -16,6 +16,7 @@ import base64
 import io
 import math
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +24,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from ..results import AnalysisResult
 
@@ -45,6 +46,16 @@ OVERLAY_UPSAMPLED_PIXELS = 320
 OVERLAY_SCALES = {"pre": "Inferno", "post": "Viridis"}
 # Row titles and colour bar titles of Re-attention overlays in a mid colour of their scale.
 OVERLAY_TITLE_COLOURS = {"pre": "#a52c60", "post": "#1f8a84"}
+
+
+def model_label(result: AnalysisResult, fallback: str = "model") -> str:
+    """What a figure calls a result's model when no label is given: its description."""
+    return str(result.model.get("description") or fallback)
+
+
+def labelled(results: AnalysisResult | Results) -> Results:
+    """``results`` as label -> result: a mapping as it is, one result under its model's label."""
+    return results if isinstance(results, Mapping) else {model_label(results): results}
 
 
 def block_numbers(count: int) -> np.ndarray:

@@ -26,7 +26,7 @@ a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_m
 from __future__ import annotations
 
 from ..attention_scores import AttentionScores
-from ._checks import AXES, DeferredChecks, deferred_value_checks
+from ._checks import AXES, DeferredChecks, check_between, check_choice, check_integer, deferred_value_checks
 from .ablation import feature_cosine, prediction_divergence, spearman, top1_agreement
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
@@ -57,6 +57,9 @@ __all__ = [
     "HeadMixing",
     "attention_entropy",
     "block_influence",
+    "check_between",
+    "check_choice",
+    "check_integer",
     "collapse_statistics",
     "cross_head_similarity",
     "chunk_for_budget",

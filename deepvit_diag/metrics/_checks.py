@@ -10,10 +10,12 @@ raised when the block ends, so a streaming loop on a GPU never waits on a check.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import numpy as np
 import torch
 
 from ..errors import DiagError
@@ -98,12 +100,36 @@ def require(ok: torch.Tensor, message: str) -> None:
         raise DiagError(message)
 
 
+def as_tensor(values: object, name: str, ndim: int, layout: str) -> torch.Tensor:
+    """``values`` as a tensor: a tensor as it is, a numpy array without a copy, and a list or
+    tuple of per-block tensors or arrays (what hooks record, one entry per block) stacked
+    along a new first dim, like scikit-learn's ``check_array``."""
+    if isinstance(values, torch.Tensor):
+        return values
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "fiub":
+            raise DiagError(f"{name} must be a numeric array {layout}, got dtype {values.dtype}")
+        return torch.from_numpy(values)
+    if isinstance(values, (list, tuple)):
+        if not values:
+            raise DiagError(f"{name} is an empty sequence; give one {layout[3:].lstrip()} entry per block")
+        entries = [as_tensor(entry, f"{name}[{index}]", ndim - 1, "") for index, entry in enumerate(values)]
+        shapes = sorted({tuple(entry.shape) for entry in entries})
+        if len(shapes) > 1:
+            raise DiagError(f"the entries of {name} must have one shape to stack into {layout}, got {shapes}")
+        return torch.stack([entry.to(entries[0].device) for entry in entries])
+    raise DiagError(
+        f"{name} must be a torch.Tensor or numpy array {layout} or a list of per-block tensors, "
+        f"got {type(values).__name__}"
+    )
+
+
 def checked(tensor: object, name: str, ndim: int, layout: str, nonnegative_for: str | None = None) -> torch.Tensor:
-    """``tensor`` checked (torch tensor, ``ndim`` dims, none empty, float, finite) and
-    detached, in its own dtype. ``layout`` names the dims for the message, e.g.
-    ``"(L, B, H, T, T)"``; ``nonnegative_for`` names a metric that needs weights >= 0."""
-    if not isinstance(tensor, torch.Tensor):
-        raise DiagError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+    """``tensor`` (a tensor, numpy array or list of per-block tensors, ``as_tensor``) checked
+    (``ndim`` dims, none empty, float, finite) and detached, in its own dtype. ``layout``
+    names the dims for the message, e.g. ``"(L, B, H, T, T)"``; ``nonnegative_for`` names a
+    metric that needs weights >= 0."""
+    tensor = as_tensor(tensor, name, ndim, layout)
     if tensor.is_meta:
         raise DiagError(f"{name} is on the meta device: it has a shape but no values to measure")
     if tensor.ndim != ndim:
@@ -146,21 +172,44 @@ def as_float32_hidden(hidden: object) -> torch.Tensor:
     return as_float32(hidden, "hidden", 4, "(L, B, T, D)")
 
 
+# The one validation of parameters, shared by ``Settings`` and the metric functions.
+
+
+def check_integer(name: str, value: object, minimum: int) -> None:
+    """An ``int`` (not a bool) >= ``minimum``, else DiagError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DiagError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_between(name: str, value: object, low: float, high: float) -> None:
+    """A finite real number (not text, not a bool) in [low, high], else DiagError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise DiagError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """One of ``choices``, else DiagError."""
+    if value not in choices:
+        raise DiagError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
 def check_axis(axis: str) -> None:
-    if axis not in AXES:
-        raise DiagError(f"axis must be 'columns' or 'rows', got {axis!r}")
+    check_choice("axis", axis, AXES)
+
+
+def check_neighbourhood(k: int) -> None:
+    check_integer("k", k, 1)
 
 
 def check_threshold(value: object, name: str) -> float:
     """A threshold (tau, rho) as a float: a real number (not text, not a bool) in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise DiagError(f"{name} must be a number from 0 to 1, got {value!r}")
+    check_between(name, value, 0.0, 1.0)
     return float(value)
-
-
-def check_neighbourhood(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DiagError(f"k (neighbour blocks on each side) must be an integer >= 1, got {k!r}")
 
 
 def check_prefix_tokens(num_prefix_tokens: int, num_tokens: int, needed_patches: int) -> int:

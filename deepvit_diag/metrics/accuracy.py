@@ -42,6 +42,9 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     Returns:
         int64 (len(ks),) on the device of ``logits``: a count per k (a sum, not a mean, so
         batches add up exactly).
+
+    Example:
+        >>> dd.topk_correct(logits, labels)  # logits (B, classes), labels (B,)
     """
     logits = checked(logits, "logits", 2, "(B, C)")
     batch, num_classes = logits.shape
@@ -80,10 +83,12 @@ class Accuracy:
 
     @classmethod
     def unavailable(cls, reason: str) -> Accuracy:
+        """No accuracy, with the reason (e.g. the images carry no labels)."""
         return cls(0, {}, reason)
 
     @property
     def available(self) -> bool:
+        """Whether labelled images were counted."""
         return self.images > 0 and bool(self.correct)
 
     def top(self, k: int) -> float | None:
@@ -91,9 +96,11 @@ class Accuracy:
         return self.correct[k] / self.images if self.available and k in self.correct else None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (``from_dict`` reads it back)."""
         correct = {str(k): count for k, count in self.correct.items()}  # JSON keys are strings
         return {"images": self.images, "correct": correct, "labels": self.labels}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Accuracy:
+        """The accuracy ``to_dict`` wrote."""
         return cls(values["images"], {int(k): int(count) for k, count in values["correct"].items()}, values["labels"])

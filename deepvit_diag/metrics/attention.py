@@ -28,6 +28,9 @@ def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
         maps: softmax maps (L, B, H, T, T), any float dtype and device.
     Returns:
         float32 (L, H) on the device of ``maps``.
+
+    Example:
+        >>> dd.attention_entropy(capture.pre).shape  # (L, H)
     """
     maps = as_float32_softmax_maps(maps, "attention_entropy")
     row_entropy = -torch.special.xlogy(maps, maps).sum(dim=-1)  # (L, B, H, T)
@@ -92,6 +95,9 @@ def mean_attention_distance(
         grid_size: patch grid (rows, cols); default: square, inferred from T - prefix.
     Returns:
         float32 (L, H) on the device of ``maps``.
+
+    Example:
+        >>> dd.mean_attention_distance(capture.pre, patch_size=16).shape  # (L, H)
     """
     maps = as_float32_softmax_maps(maps, "mean_attention_distance")
     patch_shape = _patch_shape(patch_size)

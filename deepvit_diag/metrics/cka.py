@@ -75,6 +75,9 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch
         float32 0-dim tensor on x's device: 1 for y = x, invariant to orthogonal transforms
         and isotropic scaling of either input, symmetric; NaN when a self-HSIC estimate is
         not positive (e.g. constant features).
+
+    Example:
+        >>> dd.linear_cka(features_a, features_b)  # (N, D1), (N, D2) -> 0-dim tensor
     """
     x = as_float32(x, "x", 2, "(n, p)")
     y = as_float32(y, "y", 2, "(n, q)").to(x.device)

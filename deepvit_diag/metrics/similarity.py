@@ -73,6 +73,9 @@ def cross_layer_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.T
         axis: ``"columns"`` (paper) or ``"rows"``.
     Returns:
         float32 (L, L) on the device of ``maps``; symmetric, diagonal 1 unless a vector is zero.
+
+    Example:
+        >>> dd.cross_layer_similarity(capture.pre).shape  # (L, L)
     """
     check_axis(axis)
     vectors = _attention_vectors(as_float32_maps(maps), axis)
@@ -91,6 +94,9 @@ def neighbour_similarity(maps: torch.Tensor, k: int = 2, axis: str = "columns") 
     cos(A_p vec(b, h, t), A_q vec(b, h, t))`` (docs/metrics.md, similarity ratio). Blocks near the ends
     average over the neighbours that exist; with a single block there are none and the
     result is NaN.
+
+    Example:
+        >>> dd.neighbour_similarity(capture.pre, k=2).shape  # (L, B, H, T)
     """
     check_axis(axis)
     check_neighbourhood(k)
@@ -112,6 +118,10 @@ def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str
 
     k and tau are this project's reading of the paper (it states neither). A mean with
     equal weight per image (every image has H * T vectors). NaN for a 1-block model.
+
+    Example:
+        >>> ratio = dd.similarity_ratio(capture.pre, k=2, tau=0.5)  # (L,)
+        >>> dd.similarity_ratio(list_of_block_maps)  # a list of (B, H, T, T) maps or a numpy array works too
     """
     tau = check_threshold(tau, "tau")
     return share_above(neighbour_similarity(maps, k=k, axis=axis), tau)
@@ -123,6 +133,9 @@ def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
     Args:
         ratio: (L,) similarity ratios (tensor, array or sequence); NaN never counts.
     Not a per-image mean: apply it to the dataset-level ratio, not per batch.
+
+    Example:
+        >>> dd.similar_blocks(ratio, rho=0.9)  # SimilarBlocks(count=..., indices=[...])
     """
     rho = check_threshold(rho, "rho")
     try:
@@ -142,6 +155,9 @@ def cross_head_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Te
 
     ``C[l, g, h] = mean over b, t of cos(A_l[b, g] vec(t), A_l[b, h] vec(t))``
     (docs/metrics.md, cross-head similarity; paper Fig. 3c). A mean with equal weight per image.
+
+    Example:
+        >>> dd.cross_head_similarity(capture.pre).shape  # (L, H, H)
     """
     check_axis(axis)
     vectors = _attention_vectors(as_float32_maps(maps), axis)
@@ -162,6 +178,9 @@ def mean_off_diagonal(matrices: torch.Tensor) -> torch.Tensor:
     """Mean of the off-diagonal entries of square matrices: (..., H, H) -> (...).
 
     The scalar cross-head similarity (docs/metrics.md). NaN when H == 1 (no off-diagonal).
+
+    Example:
+        >>> dd.mean_off_diagonal(dd.cross_head_similarity(capture.pre)).shape  # (L,)
     """
     if not isinstance(matrices, torch.Tensor) or matrices.ndim < 2 or matrices.shape[-1] != matrices.shape[-2]:
         shape = tuple(matrices.shape) if isinstance(matrices, torch.Tensor) else type(matrices).__name__
@@ -197,6 +216,7 @@ def collapse_statistics(
     """
     check_axis(axis)
     check_neighbourhood(k)
+    tau = check_threshold(tau, "tau")
     maps = checked_maps(maps)
     dim = -2 if axis == "columns" else -1
     num_blocks, batch, num_heads, num_vectors = maps.shape[:4]

@@ -141,6 +141,9 @@ def head_mixing_matrices(model: nn.Module) -> dict[int, HeadMixing]:
         model: a model with ``model.blocks`` (DeepVisionTransformer, timm ViT, ...).
     Returns:
         ``{block index: HeadMixing}``; ``{}`` for a model without Re-attention blocks.
+
+    Example:
+        >>> dd.head_mixing_matrices(model)[0].matrix.shape  # (H, H): Θ of block 0
     """
     blocks = getattr(model, "blocks", None)
     if blocks is None:

@@ -29,6 +29,9 @@ def token_similarity(hidden: torch.Tensor, num_prefix_tokens: int = 1) -> torch.
         num_prefix_tokens: tokens before the patches (1 for a CLS token).
     Returns:
         float32 (L,) on the device of ``hidden``.
+
+    Example:
+        >>> dd.token_similarity(capture.hidden).shape  # (L,)
     """
     hidden = as_float32_hidden(hidden)
     num_patches = check_prefix_tokens(num_prefix_tokens, hidden.shape[2], needed_patches=2)
@@ -58,6 +61,9 @@ def rank_collapse(hidden: torch.Tensor) -> torch.Tensor:
         hidden: block outputs (L, B, T, D).
     Returns:
         float32 (L,) on the device of ``hidden``.
+
+    Example:
+        >>> dd.rank_collapse(capture.hidden).shape  # (L,)
     """
     hidden = as_float32_hidden(hidden)
     residual = hidden - hidden.mean(dim=2, keepdim=True)

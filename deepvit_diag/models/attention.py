@@ -111,6 +111,7 @@ class ReAttention(nn.Module):
         return self.reattn_norm(mixed) * self.reatten_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) -> tokens (B, T, D), with Θ mixing the heads' softmax maps."""
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

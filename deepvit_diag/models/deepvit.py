@@ -218,12 +218,15 @@ class DeepVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
+        """Parameters timm's optimisers exclude from weight decay."""
         return {"pos_embed", "cls_token"}
 
     def get_classifier(self) -> nn.Module:
+        """The classification head (timm's model interface)."""
         return self.head
 
     def reset_classifier(self, num_classes: int) -> None:
+        """A new head of ``num_classes`` outputs (0: identity), as timm models do."""
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -238,9 +241,11 @@ class DeepVisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, classes) from the tokens (B, T, D): the CLS token or the mean token, then the head."""
         x = x[:, 0] if self.global_pool == "token" else x.mean(dim=1)
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes) of images (B, 3, H, W)."""
         return self.forward_head(self.forward_features(x))

@@ -150,7 +150,11 @@ def create_timm(name: str, **kwargs: Any) -> nn.Module:
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
-    """Instantiate an arch dict (random weights); the model keeps it as ``model.arch``."""
+    """Instantiate an arch dict (random weights); the model keeps it as ``model.arch``.
+
+    Example:
+        >>> model = dd.build_model({"family": "deepvit", "kwargs": {"img_size": 32, "patch_size": 8, "depth": 4}})
+    """
     family = arch.get("family")
     if family not in FAMILY_CLASSES:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILY_CLASSES)}")
