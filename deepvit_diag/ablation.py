@@ -451,7 +451,7 @@ def ablate(
     *,
     studies: Sequence[str] = STUDIES,
     heads: str = "mean",
-    progress: ProgressOption = True,
+    progress: ProgressOption = False,
     **overrides: Any,
 ) -> AblationResult:
     """What removing blocks, attention, heads or Re-attention costs ``model`` on ``images``.
@@ -472,6 +472,10 @@ def ablate(
         overrides: fields of ``settings`` to replace.
     Inside an initialised ``torch.distributed`` process group every process ablates its
     shard of the images and every process gets the result of all images.
+
+    Example:
+        >>> abl = dd.ablate(dd.load_model("vit32"), "digits-clutter-test", studies=["block"], num_images=64)
+        >>> abl.values("block", "kl")  # (L,) mean KL of each block's removal from the intact model
     """
     settings = Settings.with_overrides(settings, overrides)
     run = AblationRun(model, images, settings, studies, heads)

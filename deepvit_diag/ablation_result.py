@@ -73,6 +73,7 @@ class AblationResult:
     computation: dict[str, Any] = field(default_factory=dict)
 
     def has(self, family: str) -> bool:
+        """Whether the study ``family`` (e.g. ``"block"``, ``"head"``, ``"reattention"``) was run."""
         return f"{family}_kl" in self.arrays
 
     def values(self, family: str, measure: str) -> np.ndarray:
@@ -148,6 +149,7 @@ class AblationResult:
     # ----------------------------------------------------------------------------- files
 
     def to_document(self) -> dict[str, Any]:
+        """The ``result.json`` document: model, settings, accuracy, similar blocks and the summary."""
         return jsonable(
             {
                 "format": ABLATION_FORMAT,
@@ -173,6 +175,7 @@ class AblationResult:
 
     @classmethod
     def load(cls, folder: str | Path) -> AblationResult:
+        """Read an ablation saved by ``save`` or ``deepvit-diag ablate --out``."""
         document, arrays = read_folder(folder, ABLATION_FORMAT, RESULT_FILE)
 
         def build() -> AblationResult:

@@ -21,6 +21,7 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 SECTIONS = {
     "Analysing": ["analyze", "compare", "sweep", "Settings", "CollapseMonitor", "DiagError"],
     "Results": ["AnalysisResult", "ComparisonResult", "SweepResult", "Accuracy", "SimilarBlocks", "HeadMixing"],
+    "Ablations": ["ablate", "AblationResult"],
     "Figures": ["figures"],
     "Attention maps": ["extract_attention", "AttentionCapture", "AttentionRecorder"],
     "Metrics": [
