@@ -35,9 +35,15 @@ from .figures import similarity as similarity_figures
 from .figures import sweep as sweep_figures
 from .figures.registry import FIGURE_FUNCTIONS
 from .introspection import Geometry
-from .metrics import collapse_statistics, rank_collapse, softmax_statistics, token_similarity
+from .metrics import collapse_statistics, rank_collapse, softmax_statistics, token_similarity, uniformity
 from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
+
+# A block is near-uniform above this head-averaged uniformity (docs/metrics.md, attention
+# regimes): its queries spread their weight over more than 80% of the tokens. Calibrated
+# between random-init timm ViTs (every block 0.98-0.997) and the trained bundled vit32
+# (every block 0.25-0.62).
+NEAR_UNIFORM_CUTOFF = 0.8
 
 # Report sections and app views group figures by these headings, in page order.
 SECTIONS = (
@@ -148,12 +154,27 @@ def _similarity_family(batch: Batch) -> dict[str, torch.Tensor]:
     settings, capture = batch.settings, batch.capture
 
     def statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
-        return collapse_statistics(maps, settings.k, settings.tau, settings.axis, overwrite=True)
+        return collapse_statistics(
+            maps,
+            settings.k,
+            settings.tau,
+            settings.axis,
+            overwrite=True,
+            grid_ks=settings.grid_ks,
+            grid_taus=settings.grid_taus,
+        )
 
     stats = {"post": statistics(capture.post)}
     # Without Re-attention blocks, post is pre (the same tensor): measure it once.
     stats["pre"] = stats["post"] if capture.pre is capture.post else statistics(capture.pre)
     return {f"{name}_{kind}": value for kind in MAP_KINDS for name, value in stats[kind].items()}
+
+
+def _uniformity(batch: Batch) -> dict[str, torch.Tensor]:
+    capture = batch.capture
+    post = uniformity(capture.post)
+    pre = post if capture.pre is capture.post else uniformity(capture.pre)
+    return {"uniformity_pre": pre, "uniformity_post": post}
 
 
 def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
@@ -164,7 +185,7 @@ def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
 METRICS: tuple[Metric, ...] = (
     Metric(
         "cross-layer similarity, similarity ratio and cross-head similarity",
-        _both_kinds("similarity", "ratio", "cross_head"),
+        _both_kinds("similarity", "ratio", "cross_head", "ratio_grid"),
         (
             Figure(
                 similarity_figures.layer_similarity,
@@ -196,6 +217,29 @@ METRICS: tuple[Metric, ...] = (
         ),
         measure=_similarity_family,
         consumes_maps=True,
+    ),
+    Metric(
+        "attention regimes",
+        _both_kinds("uniformity"),
+        (
+            Figure(
+                similarity_figures.attention_regimes,
+                "Similarity ratio",
+                "How close each block's maps are to uniform attention (1: every query spreads its weight evenly). "
+                "Blocks above the dotted line are near-uniform: such maps are alike whatever the depth, so their "
+                "similarity says nothing about collapse, and they never count as collapsed. Collapse is "
+                "reported only for selective blocks whose maps stop changing.",
+                arguments={"cutoff": NEAR_UNIFORM_CUTOFF},
+            ),
+            Figure(
+                similarity_figures.robustness_grid,
+                "Similarity ratio",
+                "How many blocks count as similar (colour) and where collapse starts (text; – for none) for tau and "
+                "rho around the chosen tau = {tau:g} and rho = {rho:g}, at k = {k}, from the same per-vector "
+                "similarities. A verdict that changes inside this grid depends on the thresholds.",
+            ),
+        ),
+        measure=_uniformity,
     ),
     Metric(
         "Theta",

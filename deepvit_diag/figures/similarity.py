@@ -24,6 +24,7 @@ from .style import (
     map_kind,
     model_colour,
     no_data_note,
+    sequential_scale,
     short_label,
     similarity_scale,
     square_heatmap_axes,
@@ -275,3 +276,77 @@ def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.F
     fig = finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)
     # One square panel: a fixed width keeps the colour bar next to it instead of at the page edge.
     return fig.update_layout(width=HEATMAP_PANEL_PX + 360)
+
+
+# ----------------------------------------------------------------------------- regimes and robustness
+
+_KIND_DASHES = {"pre": "solid", "post": "dash"}
+
+
+@figure
+def attention_regimes(results: Results, cutoff: float) -> go.Figure:
+    """Head-averaged uniformity per block (1: uniform maps) with the near-uniform cut-off;
+    models that mix heads show both kinds, the softmax maps solid and the post-Θ maps dashed."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        kinds = ("pre", "post") if result.geometry.mixing_blocks else ("pre",)
+        for kind in kinds:
+            values = result.uniformity(kind).mean(axis=1)
+            name = f"{label}, {'pre-Θ' if kind == 'pre' else 'post-Θ'}" if len(kinds) == 2 else label
+            fig.add_trace(
+                go.Scatter(
+                    x=block_numbers(len(values)),
+                    y=values,
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": model_colour(index), "dash": _KIND_DASHES[kind]},
+                    hovertemplate="block %{x}: uniformity %{y:.3f}<extra>" + name + "</extra>",
+                )
+            )
+    fig.add_hline(
+        y=cutoff,
+        line={"dash": "dot", "color": "#c0392b"},
+        annotation_text=f"near-uniform above {cutoff:g}",
+        annotation_position="bottom left",
+    )
+    block_axis(fig, results)
+    fig.update_yaxes(title="uniformity (1 = uniform maps)", range=[-0.03, 1.05])
+    return finish(fig, "Attention regime per block: near-uniform above the dotted line, selective below", 420)
+
+
+@figure
+def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
+    """Similar blocks over the (tau, rho) grid at the chosen k, one panel per model; each
+    cell's text is the block where collapse starts ("–": no collapsed run)."""
+    labels = list(results)
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.12)
+    counts = []
+    for column, label in enumerate(labels, start=1):
+        result = results[label]
+        settings = result.settings
+        grid = result.robustness(maps)
+        k_index = settings.grid_ks.index(settings.k)
+        count, start = grid["similar_blocks"][k_index].T, grid["collapse_start"][k_index].T  # (rho, tau)
+        counts.append(count)
+        text = np.where(start >= 0, (start + 1).astype(str), "–")
+        fig.add_trace(
+            go.Heatmap(
+                z=count,
+                x=[f"{tau:g}" for tau in settings.grid_taus],
+                y=[f"{rho:g}" for rho in settings.grid_rhos],
+                text=text,
+                texttemplate="%{text}",
+                coloraxis="coloraxis",
+                hovertemplate="tau %{x}, rho %{y}<br>%{z} similar blocks<br>collapse from block %{text}"
+                f"<extra>{label}</extra>",
+            ),
+            row=1,
+            col=column,
+        )
+        fig.update_xaxes(title="tau", type="category", row=1, col=column)
+        fig.update_yaxes(title="rho" if column == 1 else None, type="category", row=1, col=column)
+    largest = max(float(count.max()) for count in counts) or 1.0
+    fig.update_layout(coloraxis={**sequential_scale(largest), "colorbar": {"title": {"text": "similar<br>blocks"}}})
+    kind = map_kind(results[labels[0]], maps)
+    title = f"Robustness: similar blocks (colour) and collapse start (text) over tau and rho ({MAP_NAMES[kind]})"
+    return finish(fig, title, 380)

@@ -141,6 +141,11 @@ def similarity_scale(values: list[np.ndarray]) -> dict:
     return {"colorscale": SEQUENTIAL, "cmin": 0.0 if lowest >= 0 else -1.0, "cmax": 1.0}
 
 
+def sequential_scale(largest: float, smallest: float = 0.0) -> dict:
+    """The scale of every non-negative quantity: black at ``smallest`` (0), bright at ``largest``."""
+    return {"colorscale": SEQUENTIAL, "cmin": smallest, "cmax": largest}
+
+
 def symmetric_scale(values: list[np.ndarray]) -> dict:
     largest = max((float(np.abs(finite(v)).max()) for v in values if finite(v).size), default=1.0)
     return {"colorscale": DIVERGING, "cmin": -(largest or 1.0), "cmax": largest or 1.0, "cmid": 0.0}
