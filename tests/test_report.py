@@ -126,6 +126,19 @@ def test_near_uniform_similar_blocks_are_never_called_collapse() -> None:
     assert "do not reach the last block" in model_findings("M", broken)[0]
 
 
+def test_a_verdict_that_changes_near_the_defaults_gets_one_finding() -> None:
+    steady = synthetic([0.1, 0.5, 0.99, 0.99], cross_head=0.2)
+    assert not any("depends on the thresholds" in sentence for sentence in model_findings("M", steady))
+    fragile = synthetic([0.1, 0.5, 0.99, 0.99], cross_head=0.2)
+    fragile.arrays["ratio_grid_post"][0] = 0.0  # at k = 1 no block is similar
+    assert fragile.summary()["band_collapse_starts"] == [None, 2]
+    (sentence,) = [s for s in model_findings("M", fragile) if "depends on the thresholds" in s]
+    assert sentence == (
+        "M: the verdict depends on the thresholds: with k 1-3, tau 0.4-0.6 and rho 0.85-0.95, "
+        "0 to 2 blocks are similar and collapse starts at none and block 3."
+    )
+
+
 def test_headline_has_both_kinds_for_head_mixing_models() -> None:
     rows = dict(summary_rows({"D": synthetic([0.1, 0.95, 0.96, 0.97], 0.2, reattention=True)}))
     assert rows["similar blocks (ratio > 0.9), pre-Θ"] == ["3 of 4: 2-4"]
