@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
@@ -86,12 +87,16 @@ def sweep(
         raise DiagError("a class map applies to the image folders, files and bundled sets a sweep opens")
     entries: list[SweepEntry] = []
     read: dict[str, Any] = {}
+    defaulted, first_model = images is None, None
     for index, (checkpoint, label) in enumerate(zip(checkpoints, labels)):
         (notice or logger.info)(f"checkpoint {index + 1} of {len(checkpoints)}: {label}")
         if isinstance(checkpoint, nn.Module):
             model = checkpoint
         else:
             model = load_model(checkpoint, arch=arch, **(load_options or {}))
+        if defaulted:  # every model card must name the set the first one named (only its card is kept)
+            first_model = first_model or SimpleNamespace(provenance=getattr(model, "provenance", None))
+            default_image_set([first_model, model])
         if opens_images and index == 0:  # opened once, after the first model has named its default set
             images = open_images(images or default_image_set([model]), limit=settings.num_images, class_map=class_map)
         bar = partial(_overall, progress, index, len(checkpoints)) if callable(progress) else progress

@@ -82,6 +82,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_native(
         timm.create_model("deepvit16", **TINY), root / "digits_model.safetensors", card={"image_set": "digits-test"}
     )
+    save_native(
+        timm.create_model("vit16", **TINY),
+        root / "clutter_model.safetensors",
+        card={"image_set": "digits-clutter-test"},
+    )
     write_image(root / "images" / "cat" / "a.png", 0)
     write_image(root / "images" / "cat" / "b.jpg", 1, mode="L")
     write_image(root / "images" / "dog" / "c.png", 2, mode="RGBA")
@@ -350,6 +355,19 @@ def test_default_image_set_is_the_one_the_model_cards_name(workspace: Path) -> N
     document = json.loads((out / "result.json").read_text())
     assert "bundled set 'digits-test'" in document["a"]["images"]["description"]
     assert document["a"]["model"]["provenance"]["card"]["image_set"] == "digits-test"
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_checkpoints_whose_cards_name_different_image_sets_need_images(workspace: Path, command: str) -> None:
+    first, second = str(workspace / "digits_model.safetensors"), str(workspace / "clutter_model.safetensors")
+    models = ["--ckpt-a", first, "--ckpt-b", second] if command == "compare" else ["--ckpt", first, second]
+    out = workspace / f"mixed-{command}"
+    common = [command, *models, "--num-images", "2", "--quiet", "--out", str(out), "--device", "cpu"]
+    status, _, stderr = run(common)
+    assert_clean_error(status, stderr, 1, "different image sets (digits-clutter-test, digits-test)", "--images")
+    assert not out.exists()
+    status, _, stderr = run([*common, "--images", str(workspace / "images")])
+    assert status == 0, stderr
 
 
 def test_default_image_set_falls_back_to_photos(workspace: Path) -> None:
