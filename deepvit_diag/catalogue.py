@@ -263,7 +263,7 @@ METRICS: tuple[Metric, ...] = (
                 head_mixing_figures.norm_gains,
                 "Re-attention matrices Θ",
                 "The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in "
-                "vit-pytorch) per output head; 1 (white) leaves the head's scale unchanged.",
+                "vit-pytorch) per output head, drawn as weight − 1: 0 (white) leaves the head's scale unchanged.",
             ),
         ),
         reads_model=lambda model, geometry: stacked_head_mixing(model, geometry.num_heads),

@@ -12,16 +12,19 @@ import re
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import timm
 import torch
 from PIL import Image
 
+from deepvit_diag import catalogue
 from deepvit_diag.analysis import compare
 from deepvit_diag.figures import head_mixing as head_mixing_figures
 from deepvit_diag.figures import overlays as overlay_figures
 from deepvit_diag.figures import similarity as similarity_figures
 from deepvit_diag.figures import style
+from deepvit_diag.figures.drawing import draw
 from deepvit_diag.introspection import Geometry
 from deepvit_diag.metrics import Accuracy
 from deepvit_diag.report import build_report, report_figures, write_report
@@ -353,3 +356,60 @@ def test_entropy_levels_count_blocks_by_share_of_ln_t() -> None:
     assert summary["blocks_entropy_at_most_0.9"] == sum(share <= 0.9 for share in per_block) == 2
     assert summary["entropy_relative_median"] == pytest.approx(np.median(per_block), abs=1e-6)
     assert dict(summary_rows({"M": result}))["blocks with entropy ≤ 0.8 · 0.9 ln T"] == ["1 · 2 of 4"]
+
+
+# ----------------------------------------------------------------------------- colour scales
+
+
+def _resolved(scale: str) -> tuple:
+    return go.Figure(layout={"coloraxis": {"colorscale": scale}}).layout.coloraxis.colorscale
+
+
+def _colour_axes(fig: go.Figure) -> dict[str, dict]:
+    layout = fig.layout.to_plotly_json()
+    return {name: value for name, value in layout.items() if name.startswith("coloraxis")}
+
+
+def test_every_catalogue_figure_uses_the_one_sequential_or_the_one_diverging_scale(comparison) -> None:
+    results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
+    sequential, diverging = _resolved(style.SEQUENTIAL), _resolved(style.DIVERGING)
+    assert sequential[0][1] in ("#000004", "rgb(0, 0, 4)")  # black at 0
+    checked = 0
+    for metric in catalogue.METRICS:
+        for spec in metric.figures:
+            for drawn in draw(spec, results, comparison):
+                fig = drawn.figure
+                axes = _colour_axes(fig)
+                used = {trace.coloraxis for trace in fig.data if getattr(trace, "coloraxis", None)}
+                for trace in fig.data:
+                    if trace.type == "heatmap":  # every heatmap is on a named colour axis of the layout
+                        assert trace.coloraxis in axes, (spec.key, trace.name)
+                for name in used:
+                    axis = fig.layout[name]
+                    values = np.concatenate(
+                        [np.ravel(np.asarray(t.z, dtype=float)) for t in fig.data if t.coloraxis == name]
+                    )
+                    values = values[np.isfinite(values)]
+                    title = axis.colorbar.title.text
+                    assert title and title.strip(), (spec.key, name)  # every colour bar names its quantity
+                    if values.size and values.min() < 0:
+                        assert axis.colorscale == diverging, (spec.key, name)
+                        assert axis.cmid == 0 and axis.cmin == -axis.cmax, (spec.key, name)
+                    else:
+                        assert axis.colorscale in (sequential, diverging), (spec.key, name)
+                        if axis.colorscale == sequential:
+                            assert axis.cmin == 0 and axis.cmax >= values.max(initial=0) - 1e-6, (spec.key, name)
+                        else:  # a signed quantity that happens to be >= 0 here keeps its zero-centred scale
+                            assert axis.cmid == 0 and axis.cmin == -axis.cmax, (spec.key, name)
+                    checked += 1
+    assert checked >= 8
+
+
+def test_colour_scale_is_sequential_from_zero_for_non_negative_and_symmetric_for_signed() -> None:
+    assert style.colour_scale([np.array([0.0, 0.2]), np.array([0.5])]) == {
+        "colorscale": style.SEQUENTIAL,
+        "cmin": 0.0,
+        "cmax": 0.5,
+    }
+    signed = style.colour_scale([np.array([-0.3, 0.1]), np.array([2.0, np.nan])])
+    assert signed == {"colorscale": style.DIVERGING, "cmin": -2.0, "cmax": 2.0, "cmid": 0.0}

@@ -15,7 +15,6 @@ from .registry import figure
 from .style import (
     HEATMAP_PANEL_PX,
     MAP_NAMES,
-    SEQUENTIAL,
     block_axis,
     block_numbers,
     finish,
@@ -256,7 +255,7 @@ def cka_within(results: Results) -> go.Figure:
         heatmap_panel(
             fig, matrix, f"{label}: block %{{y}} vs block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=column
         )
-    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    fig.update_layout(coloraxis={**sequential_scale(1.0), "colorbar": {"title": "CKA"}})
     square_heatmap_axes(fig, len(labels), "block", "block", max(len(matrix) for matrix in matrices))
     _cka_note(fig, matrices)
     return finish(fig, "Linear CKA between block outputs within each model", HEATMAP_PANEL_PX + 120)
@@ -270,7 +269,7 @@ def cka_across(comparison: ComparisonResult, label_a: str, label_b: str) -> go.F
     heatmap_panel(
         fig, matrix, f"{label_a} block %{{y}} vs {label_b} block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=1
     )
-    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    fig.update_layout(coloraxis={**sequential_scale(1.0), "colorbar": {"title": "CKA"}})
     square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
     _cka_note(fig, [matrix])
     fig = finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)

@@ -7,7 +7,10 @@ Conventions, for every figure:
 * every axis has a title, every heatmap shows its value on hover;
 * heatmaps of the same quantity for different models share one colour scale, so the
   same colour means the same number in A and B;
-* a model keeps its colour across figures (first label blue, second orange, ...).
+* a model keeps its colour across figures (first label blue, second orange, ...);
+* colour scales come from here only (``colour_scale``): a quantity that is never negative
+  is drawn on ``SEQUENTIAL`` from black at 0, a signed one on ``DIVERGING``, white at 0 with a
+  symmetric range; every colour bar names its quantity.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import base64
 import io
 import math
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +27,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
 
     from ..results import AnalysisResult
 
@@ -31,7 +35,8 @@ if TYPE_CHECKING:
 
 TEMPLATE = "plotly_white"
 MODEL_COLOURS = ("#1f6fb4", "#e8710a", "#2ca02c", "#9467bd")
-SEQUENTIAL = "Viridis"
+# Black at 0, bright at the top: zero can never look brighter than weak attention.
+SEQUENTIAL = "Inferno"
 DIVERGING = "RdBu_r"
 MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post-Θ)"}
 HEATMAP_PANEL_PX = 340
@@ -40,9 +45,6 @@ OVERLAY_MAX_PIXELS = 112
 # Images that fit OVERLAY_MAX_PIXELS are repeated pixel by pixel up to at least this side,
 # so that the browser's smoothing when it stretches them over a panel cannot blur them.
 OVERLAY_UPSAMPLED_PIXELS = 320
-# Colour scales of the CLS overlays: a different one per map kind, so that the colour bar
-# of the pre-Θ rows cannot be mistaken for that of the post-Θ rows.
-OVERLAY_SCALES = {"pre": "Inferno", "post": "Viridis"}
 # Row titles and colour bar titles of Re-attention overlays in a mid colour of their scale.
 OVERLAY_TITLE_COLOURS = {"pre": "#a52c60", "post": "#1f8a84"}
 
@@ -135,10 +137,21 @@ def heatmap_panel(
 
 
 def similarity_scale(values: list[np.ndarray]) -> dict:
-    """Cosine similarities lie in [0, 1] for non-negative maps and in [-1, 1] otherwise
-    (Re-attention maps can be negative); a fixed range keeps reports comparable."""
+    """Cosine similarities lie in [0, 1] for non-negative maps (sequential from black) and in
+    [-1, 1] otherwise (post-Θ maps are signed: diverging, white at 0); a fixed range keeps
+    reports comparable."""
     lowest = min((float(finite(v).min()) for v in values if finite(v).size), default=0.0)
-    return {"colorscale": SEQUENTIAL, "cmin": 0.0 if lowest >= 0 else -1.0, "cmax": 1.0}
+    return sequential_scale(1.0) if lowest >= 0 else symmetric_scale([np.ones(1)])
+
+
+def colour_scale(values: Sequence[np.ndarray]) -> dict:
+    """The one scale of a quantity: sequential from black at 0 up to its largest value when
+    no finite value is negative, else diverging, white at 0, symmetric about it."""
+    present = [finite(np.asarray(v, dtype=float)) for v in values]
+    present = [v for v in present if v.size]
+    if all(float(v.min()) >= 0 for v in present):
+        return sequential_scale(max((float(v.max()) for v in present), default=1.0) or 1.0)
+    return symmetric_scale(present)
 
 
 def sequential_scale(largest: float, smallest: float = 0.0) -> dict:
@@ -147,6 +160,7 @@ def sequential_scale(largest: float, smallest: float = 0.0) -> dict:
 
 
 def symmetric_scale(values: list[np.ndarray]) -> dict:
+    """The scale of a signed quantity: diverging, white at 0, from -m to m (m: largest |value|)."""
     largest = max((float(np.abs(finite(v)).max()) for v in values if finite(v).size), default=1.0)
     return {"colorscale": DIVERGING, "cmin": -(largest or 1.0), "cmax": largest or 1.0, "cmid": 0.0}
 
