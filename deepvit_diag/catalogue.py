@@ -146,6 +146,15 @@ class Metric:
     consumes_maps: bool = False
 
 
+# The second figure of a similarity drawn for both map kinds of head-mixing models.
+OTHER_KIND_CAPTION = (
+    "The same from the other kind of maps of the same analysis (its title names the kind). Pre-Θ maps are the "
+    "softmax maps (non-negative, rows sum to 1): their cosines lie in [0, 1]. Post-Θ maps are what multiplies V "
+    "after Θ and the Norm (BatchNorm outputs, centred and signed): their cosines lie in [-1, 1]. The two kinds' "
+    "numbers are therefore not on the same scale: compare models within one kind."
+)
+
+
 def _both_kinds(*names: str) -> tuple[str, ...]:
     return tuple(f"{name}_{kind}" for name in names for kind in MAP_KINDS)
 
@@ -196,11 +205,25 @@ METRICS: tuple[Metric, ...] = (
                 "where B's blocks are less alike than A's.",
             ),
             Figure(
+                similarity_figures.layer_similarity,
+                "Cross-layer similarity",
+                OTHER_KIND_CAPTION,
+                arguments={"other_kind": True},
+                key="layer_similarity_other_kind",
+            ),
+            Figure(
                 similarity_figures.similarity_ratio,
                 "Similarity ratio",
                 "Share of attention vectors of each block whose mean similarity to the blocks within k = {k} "
                 "exceeds tau = {tau:g} (paper Fig. 3a). Blocks above the dashed line rho = {rho:g} count as similar "
                 "(filled markers).",
+            ),
+            Figure(
+                similarity_figures.similarity_ratio,
+                "Similarity ratio",
+                OTHER_KIND_CAPTION,
+                arguments={"other_kind": True},
+                key="similarity_ratio_other_kind",
             ),
             Figure(
                 similarity_figures.cross_head_curves,

@@ -413,3 +413,15 @@ def test_colour_scale_is_sequential_from_zero_for_non_negative_and_symmetric_for
     }
     signed = style.colour_scale([np.array([-0.3, 0.1]), np.array([2.0, np.nan])])
     assert signed == {"colorscale": style.DIVERGING, "cmin": -2.0, "cmax": 2.0, "cmid": 0.0}
+
+
+def test_head_mixing_models_get_both_map_kinds_without_a_rerun(comparison) -> None:
+    results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
+    for key in ("layer_similarity", "similarity_ratio"):
+        (chosen,) = draw(catalogue.figure_named(key), results)
+        (other,) = draw(catalogue.figure_named(f"{key}_other_kind"), results)
+        assert "post-Θ" in chosen.figure.layout.title.text and "pre-Θ" in other.figure.layout.title.text
+        assert "not on the same scale" in other.caption
+        assert draw(catalogue.figure_named(f"{key}_other_kind"), {LABELS[0]: comparison.a}) == []  # a plain ViT
+    (ratio,) = draw(catalogue.figure_named("similarity_ratio_other_kind"), results)
+    np.testing.assert_array_equal(ratio.figure.data[1].y, comparison.b.ratio("pre"))

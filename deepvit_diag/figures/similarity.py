@@ -23,6 +23,7 @@ from .style import (
     map_kind,
     model_colour,
     no_data_note,
+    other_map_kind,
     sequential_scale,
     short_label,
     similarity_scale,
@@ -39,11 +40,16 @@ if TYPE_CHECKING:
 
 
 @figure
-def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
+def layer_similarity(results: Results, maps: str | None = None, other_kind: bool = False) -> go.Figure | None:
     """Cross-layer similarity S[p, q] (paper Eqn 2) of each model side by side, on one
     colour scale; with two models of equal depth a third panel shows B - A on its own
     diverging scale. Each colour bar stands right of the panels it belongs to and says
-    which they are (the similarity bar between B and B - A, the difference bar last)."""
+    which they are (the similarity bar between B and B - A, the difference bar last).
+    ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
+    if other_kind:
+        maps = other_map_kind(results)
+        if maps is None:
+            return None
     labels = list(results)
     matrices = [results[label].similarity(maps) for label in labels]
     with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
@@ -90,9 +96,14 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
 
 
 @figure
-def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
+def similarity_ratio(results: Results, maps: str | None = None, other_kind: bool = False) -> go.Figure | None:
     """Similarity ratio per block (paper Fig. 3a) with the rho threshold; similar blocks
-    (ratio above rho) are drawn as filled markers, the others as open ones."""
+    (ratio above rho) are drawn as filled markers, the others as open ones.
+    ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
+    if other_kind:
+        maps = other_map_kind(results)
+        if maps is None:
+            return None
     fig = go.Figure()
     rhos = set()
     for index, (label, result) in enumerate(results.items()):

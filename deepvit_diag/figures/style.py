@@ -62,6 +62,15 @@ def map_kind(result: AnalysisResult, maps: str | None) -> str:
     return maps or result.settings.maps
 
 
+def other_map_kind(results: Results) -> str | None:
+    """The map kind the settings did not choose, for drawing both kinds side by side; None
+    when no model mixes heads (there pre and post are the same maps)."""
+    if not any(result.geometry.mixing_blocks for result in results.values()):
+        return None
+    chosen = next(iter(results.values())).settings.maps
+    return "pre" if chosen == "post" else "post"
+
+
 def finish(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
