@@ -382,6 +382,11 @@ def test_opens_on_the_demo_pair(monkeypatch):
     _assert_fine(at)
     assert any("digits-clutter-test" in caption.value for caption in at.caption)
     assert {metric.label for metric in at.metric} >= {"Collapse starts at block", "Mean cross-head similarity"}
+    # The CLI's defaults (every image of the set the cards name), hence the README's numbers.
+    assert any("(360 analysed" in caption.value for caption in at.caption)
+    similar = [metric.value for metric in at.metric if metric.label == "Similar blocks"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"{similar[0].split(' of ')[0]} of its blocks" in readme and similar[0] == "2 of 32", similar
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))
         assert view in ("Export", "Sweep") or _charts(at) > 0, view
