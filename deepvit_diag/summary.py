@@ -178,6 +178,15 @@ def _collapse_sentence(label: str, s: dict[str, Any], rho: float, maps: str) -> 
     )
 
 
+def _uniform_sentences(label: str, result: AnalysisResult) -> list[str]:
+    """The near-uniform blocks of the summarised kind, and of the softmax maps too when a
+    model mixes heads (its pre-Θ maps are often near-uniform where the post-Θ ones are not)."""
+    s = result.summary()
+    kinds = [s["maps"]] + (["pre"] if result.geometry.mixing_blocks and s["maps"] != "pre" else [])
+    sentences = [_uniform_sentence(label, {**s, **_kind_summary(s, kind)}, f"{kind}-Θ maps") for kind in kinds]
+    return [sentence for sentence in sentences if sentence]
+
+
 def _uniform_sentence(label: str, s: dict[str, Any], maps: str) -> str | None:
     uniform = s["near_uniform_block_indices"]
     if not uniform:
@@ -206,12 +215,9 @@ def model_findings(label: str, result: AnalysisResult) -> list[str]:
     """Plain sentences about one model."""
     s = result.summary()
     maps = f"{s['maps']}-Θ maps"
-    findings = [_collapse_sentence(label, s, result.settings.rho, maps)]
-    findings += [
-        sentence
-        for sentence in (_uniform_sentence(label, s, maps), _robustness_sentence(label, s, result.settings))
-        if sentence
-    ]
+    findings = [_collapse_sentence(label, s, result.settings.rho, maps), *_uniform_sentences(label, result)]
+    fragile = _robustness_sentence(label, s, result.settings)
+    findings += [fragile] if fragile else []
     first, last = s["adjacent_similarity_first_third"], s["adjacent_similarity_last_third"]
     if first is not None and last is not None:
         findings.append(
@@ -296,12 +302,9 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
         _starts(label_a, label_b, a, b),
     ]
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
-        maps = f"{s['maps']}-Θ maps"
-        findings += [
-            sentence
-            for sentence in (_uniform_sentence(label, s, maps), _robustness_sentence(label, s, result.settings))
-            if sentence
-        ]
+        findings += _uniform_sentences(label, result)
+        fragile = _robustness_sentence(label, s, result.settings)
+        findings += [fragile] if fragile else []
     if a["adjacent_similarity_last_third"] is not None and b["adjacent_similarity_last_third"] is not None:
         findings.append(
             f"In the last third of the network, adjacent blocks' attention maps have mean similarity "

@@ -125,7 +125,7 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["Collapse starts at block"] in {"none", "1", "2"}
     assert any("vit.safetensors (A)" in markdown.value for markdown in at.markdown)
-    expected_charts = {"Layer similarity": 3, "Similarity ratio": 1, "Heads": 5, "Theta": 3, "More metrics": 6}
+    expected_charts = {"Layer similarity": 4, "Similarity ratio": 4, "Heads": 5, "Theta": 3, "More metrics": 6}
     for view, count in expected_charts.items():
         at = _show(at, view)
         _assert_fine(at)
