@@ -346,6 +346,7 @@ def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
                 y=[f"{rho:g}" for rho in settings.grid_rhos],
                 text=text,
                 texttemplate="%{text}",
+                textfont={"color": "#8c8c8c", "size": 13},  # mid grey reads on black and on pale yellow
                 coloraxis="coloraxis",
                 hovertemplate="tau %{x}, rho %{y}<br>%{z} similar blocks<br>collapse from block %{text}"
                 f"<extra>{label}</extra>",
