@@ -203,11 +203,11 @@ def _robustness_sentence(label: str, s: dict[str, Any], settings: Any) -> str | 
     low, high = s["band_similar_blocks"]
     if len(starts) < 2:
         return None
-    words = _listed(["none" if start is None else f"block {start + 1}" for start in starts])
+    words = " or ".join("none" if start is None else f"block {start + 1}" for start in starts)
     return (
         f"{label}: the verdict depends on the thresholds: with k {settings.k - 1 or 1}-{settings.k + 1}, "
         f"tau {settings.tau - 0.1:g}-{settings.tau + 0.1:g} and rho {settings.rho - 0.05:g}-"
-        f"{min(settings.rho + 0.05, 1):g}, {low} to {high} blocks are similar and collapse starts at {words}."
+        f"{min(settings.rho + 0.05, 1):g}, {low} to {high} blocks are similar and the collapse start is {words}."
     )
 
 

@@ -138,7 +138,7 @@ def test_a_verdict_that_changes_near_the_defaults_gets_one_finding() -> None:
     (sentence,) = [s for s in model_findings("M", fragile) if "depends on the thresholds" in s]
     assert sentence == (
         "M: the verdict depends on the thresholds: with k 1-3, tau 0.4-0.6 and rho 0.85-0.95, "
-        "0 to 2 blocks are similar and collapse starts at none and block 3."
+        "0 to 2 blocks are similar and the collapse start is none or block 3."
     )
 
 
