@@ -142,20 +142,25 @@ def similarity_ratio(results: Results, maps: str | None = None, other_kind: bool
 # ----------------------------------------------------------------------------- heads
 
 
+def _block_line(fig: go.Figure, values: np.ndarray, name: str, index: int, dash: str = "solid", what: str = "") -> None:
+    """A model's (L,) values over its blocks, numbered from 1, in the model's colour."""
+    fig.add_trace(
+        go.Scatter(
+            x=block_numbers(len(values)),
+            y=values,
+            mode="lines+markers",
+            name=name,
+            line={"color": model_colour(index), "dash": dash},
+            hovertemplate=f"block %{{x}}: {what}%{{y:.3f}}<extra>{name}</extra>",
+        )
+    )
+
+
 def _line_per_model(curves: Mapping[str, np.ndarray]) -> go.Figure:
     """One line per model (label -> its (L,) values) over its blocks, numbered from 1."""
     fig = go.Figure()
     for index, (label, values) in enumerate(curves.items()):
-        fig.add_trace(
-            go.Scatter(
-                x=block_numbers(len(values)),
-                y=values,
-                mode="lines+markers",
-                name=label,
-                line={"color": model_colour(index)},
-                hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
-            )
-        )
+        _block_line(fig, values, label, index)
     return fig
 
 
@@ -303,16 +308,7 @@ def attention_regimes(results: Results, cutoff: float) -> go.Figure:
         for kind in kinds:
             values = result.uniformity(kind).mean(axis=1)
             name = f"{label}, {'pre-Θ' if kind == 'pre' else 'post-Θ'}" if len(kinds) == 2 else label
-            fig.add_trace(
-                go.Scatter(
-                    x=block_numbers(len(values)),
-                    y=values,
-                    mode="lines+markers",
-                    name=name,
-                    line={"color": model_colour(index), "dash": _KIND_DASHES[kind]},
-                    hovertemplate="block %{x}: uniformity %{y:.3f}<extra>" + name + "</extra>",
-                )
-            )
+            _block_line(fig, values, name, index, _KIND_DASHES[kind], "uniformity ")
     fig.add_hline(
         y=cutoff,
         line={"dash": "dot", "color": "#c0392b"},
