@@ -7,7 +7,7 @@ __version__ = version("deepvit-diag")
 from . import models  # registers the presets with timm
 from .analysis import analyze, compare
 from .capture import AttentionCapture, AttentionRecorder, extract_attention
-from .checkpoints import load_model, save_native
+from .checkpoints import convert, load_model, save_native
 from .errors import DiagError
 from .metrics import *  # noqa: F403  (the metrics' __all__)
 from .metrics import __all__ as _metrics_all
@@ -32,6 +32,7 @@ __all__ = [
     "analyze",
     "build_model",
     "compare",
+    "convert",
     "extract_attention",
     "load_model",
     "models",

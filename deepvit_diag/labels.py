@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import DiagError
+from .jsonfiles import check_depth
 
 CLASS_MAP_HELP = (
     "how the images' class folders map to the model's classes, for top-1/top-5 accuracy: a JSON object "
@@ -67,6 +68,7 @@ def read_class_map(path: str | Path) -> ClassMap:
     except (OSError, UnicodeDecodeError) as err:
         raise DiagError(f"cannot read the class map {path}: {getattr(err, 'strerror', None) or err}") from None
     if path.suffix.lower() == ".json":
+        check_depth(text, f"class map {path}")
         try:
             mapping = json.loads(text)
         except json.JSONDecodeError as err:
