@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
+from plotly.colors import get_colorscale, hex_to_rgb
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,8 +36,12 @@ if TYPE_CHECKING:
 
 TEMPLATE = "plotly_white"
 MODEL_COLOURS = ("#1f6fb4", "#e8710a", "#2ca02c", "#9467bd")
-# Black at 0, bright at the top: zero can never look brighter than weak attention.
-SEQUENTIAL = "Inferno"
+# Inferno: black at 0, bright at the top, so zero never looks brighter than weak attention.
+# Written as rgb() stops, not the scale's name or hex codes: the app's Plotly (Streamlit's
+# frontend) draws the hex stop #000004 of the named scale as lavender.
+SEQUENTIAL = [
+    [position, "rgb({}, {}, {})".format(*hex_to_rgb(colour))] for position, colour in get_colorscale("Inferno")
+]
 DIVERGING = "RdBu_r"
 MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post-Θ)"}
 HEATMAP_PANEL_PX = 340
