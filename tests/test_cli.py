@@ -26,7 +26,11 @@ TINY = dict(depth=2, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_c
 # The report's figure divs for a comparison of a ViT with a DeepViT (2 blocks each) and 2 example images.
 COMPARISON_FIGURES = [
     "fig-layer-similarity",
+    "fig-layer-similarity-other-kind",
     "fig-similarity-ratio",
+    "fig-similarity-ratio-other-kind",
+    "fig-attention-regimes",
+    "fig-robustness-grid",
     "fig-cross-head-curves",
     "fig-cross-head-matrices",
     "fig-theta-heatmaps-1",
