@@ -358,6 +358,23 @@ def test_unexpected_failure_is_an_error_not_a_crash(tiny_app, monkeypatch):
     _assert_error_and_still_working(at, "Unexpected RuntimeError: weights from the future")
 
 
+def test_checkpoints_whose_cards_name_different_image_sets_need_chosen_images(files, monkeypatch, tmp_path):
+    for model, image_set in (("vit", "digits-test"), ("deepvit", "digits-clutter-test")):
+        save_native(
+            load_model(str(files / f"{model}.safetensors")),
+            tmp_path / f"{model}.safetensors",
+            card={"image_set": image_set},
+        )
+    for name, value in app_environment(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEEPVIT_DIAG_APP_IMAGES", "")  # the set the model cards name
+    _clear_caches()
+    at = _open()
+    assert not at.exception
+    assert any("different image sets (digits-clutter-test, digits-test)" in error.value for error in at.error)
+    _clear_caches()
+
+
 def test_missing_demo_weights_say_so(monkeypatch, tmp_path):
     for side in ("A", "B"):
         monkeypatch.delenv(f"DEEPVIT_DIAG_APP_CKPT_{side}", raising=False)
