@@ -10,7 +10,9 @@
 * live attention of one image and the export files: ``st.cache_data`` keyed by the same keys;
 * sweeps: run by ``deepvit_diag.sweep`` (one checkpoint in memory at a time, none cached as
   a model) and kept in their own stores, shared or per session by the same rule; saved sweeps
-  and monitor files are read by ``SweepResult.load`` / ``SweepResult.from_monitor``.
+  and monitor files are read by ``SweepResult.load`` / ``SweepResult.from_monitor``;
+* ablations of model A or B: run by ``deepvit_diag.ablate`` and kept in their own
+  ``ResultStore``; saved ones read by ``AblationResult.load``.
 
 Analyses and sweeps run through ``DeviceQueue``: one at a time per device.
 
@@ -35,7 +37,7 @@ import streamlit as st
 import torch
 from torch import nn
 
-from deepvit_diag import DiagError, Settings, compare, extract_attention, load_model, sweep
+from deepvit_diag import AblationResult, DiagError, Settings, ablate, compare, extract_attention, load_model, sweep
 from deepvit_diag.device import resolve_device
 from deepvit_diag.errors import failure_line
 from deepvit_diag.images import ImageSet, default_image_set, open_images
@@ -383,3 +385,61 @@ def open_sweep(path: str, fingerprint: str) -> SweepResult:
     ``fingerprint`` changes when the files do."""
     del fingerprint  # part of the cache key only
     return SweepResult.from_monitor(path) if Path(path).is_file() else SweepResult.load(path)
+
+
+# ----------------------------------------------------------------------------- ablations
+
+
+@dataclass(frozen=True)
+class AblationRequest:
+    """An ablation of model A or B (``side``) of an analysis, on its first ``num_images`` images."""
+
+    analysis_key: str
+    side: str
+    num_images: int
+    studies: tuple[str, ...]
+    heads: str
+
+    @property
+    def key(self) -> str:
+        return repr(self)
+
+
+@dataclass
+class AblationRun:
+    """A finished ablation, with the request that made it."""
+
+    key: str
+    result: AblationResult
+
+
+@st.cache_resource(show_spinner=False)
+def ablation_store() -> ResultStore:
+    return ResultStore(max_entries=4)
+
+
+def run_ablation(
+    analysis: Analysis, request: AblationRequest, report: Callable[[int, int | None], None]
+) -> AblationRun:
+    """The ablation ``request`` asks for, from the store or computed now, with the analysis'
+    settings (k, tau, rho, maps, ...) on the analysis' images."""
+    if (stored := ablation_store().get(request.key)) is not None:
+        return stored
+    loaded = load(analysis.request.a if request.side == "a" else analysis.request.b, request.side)
+    settings = replace(analysis.request.analysis_settings(), num_images=request.num_images)
+    image_set, _ = open_image_set(analysis.images, request.num_images)
+    with loaded.lock, _announcements():
+        result = ablate(
+            loaded.model, image_set, settings, studies=request.studies, heads=request.heads, progress=report
+        )
+    run = AblationRun(request.key, result)
+    ablation_store().put(run)
+    return run
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading the ablation...")
+def open_ablation(path: str, fingerprint: str) -> AblationResult:
+    """An ablation ``deepvit-diag ablate`` saved (result.json and arrays.npz); ``fingerprint``
+    changes when the files do."""
+    del fingerprint  # part of the cache key only
+    return AblationResult.load(path)

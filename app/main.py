@@ -20,7 +20,7 @@ import streamlit as st  # noqa: E402
 from app.compute import Analysis, AnalysisRequest, failure_message, queue_name, run_analysis  # noqa: E402
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
-from app.views import export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
+from app.views import ablation, export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
 from app.views.common import CancelButton, jobs  # noqa: E402
 from deepvit_diag.escaping import markdown_text  # noqa: E402
 
@@ -31,6 +31,7 @@ VIEWS = {
     "Heads": heads.render,
     "Theta": theta.render,
     "More metrics": more.render,
+    "Ablation": ablation.render,
     "Export": export.render,
 }
 # Not a view of the comparison: it has its own inputs and works without one.

@@ -280,6 +280,7 @@ def _safe_name(name: str) -> str:
 # ----------------------------------------------------------------------------- saved sweeps
 
 SWEEP_FILES = ("sweep.json", "arrays.npz")
+RESULT_FILES = ("result.json", "arrays.npz")
 
 
 def sweep_from_path(text: str) -> tuple[str, str]:
@@ -297,6 +298,15 @@ def sweep_from_path(text: str) -> tuple[str, str]:
     if missing:
         raise InputError(f"{path} is not a saved sweep: it has no {' or '.join(missing)}")
     return str(path), ",".join(_file_fingerprint(path / name) for name in SWEEP_FILES)
+
+
+def ablation_from_path(text: str) -> tuple[str, str]:
+    """A folder `deepvit-diag ablate` wrote, on the server: its path and fingerprint."""
+    path = _server_path(text)
+    missing = [name for name in RESULT_FILES if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"{path} is not a saved ablation: it has no {' or '.join(missing)}")
+    return str(path), ",".join(_file_fingerprint(path / name) for name in RESULT_FILES)
 
 
 def sweep_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[str, str]:

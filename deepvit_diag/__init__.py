@@ -5,6 +5,8 @@ from importlib.metadata import version
 __version__ = version("deepvit-diag")
 
 from . import models  # registers the presets with timm
+from .ablation import ablate
+from .ablation_result import AblationResult
 from .analysis import analyze, compare
 from .capture import AttentionCapture, AttentionRecorder, extract_attention
 from .checkpoints import convert, load_model, save_native
@@ -19,6 +21,7 @@ from .sweep_runner import sweep
 from .sweeps import SweepResult
 
 __all__ = [
+    "AblationResult",
     "AnalysisResult",
     "AttentionCapture",
     "AttentionRecorder",
@@ -29,6 +32,7 @@ __all__ = [
     "ReAttention",
     "Settings",
     "SweepResult",
+    "ablate",
     "analyze",
     "build_model",
     "compare",

@@ -217,7 +217,7 @@ def _token_width(model: nn.Module, geometry: Geometry) -> int:
 
 
 @contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
+def on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
     """``model`` moved to ``device`` for the analysis and back afterwards (no move, not
     even a walk over every parameter, when it is there already)."""
     original = model_device(model)
@@ -254,7 +254,7 @@ class StreamingAnalysis:
         with ExitStack() as stack:
             recorders = []
             for model in self.models:
-                stack.enter_context(_on_device(model, self.device))
+                stack.enter_context(on_device(model, self.device))
                 stack.enter_context(eval_mode(model))
                 recorder = AttentionRecorder(
                     model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True, maps=False

@@ -67,6 +67,8 @@ class AttentionCapture:
             itself), or None for models without them.
         scores: what each captured block's maps are computed from (queries, keys, biases,
             head mixing; ``deepvit_diag.metrics.scores``), or None when the maps were kept.
+        first_input: (B, T, D) tokens entering the first captured block, recorded with ``hidden``
+            (with the block outputs they give every block's input, for Block Influence).
     """
 
     pre: torch.Tensor | None
@@ -77,6 +79,7 @@ class AttentionCapture:
     mixing_blocks: list[int]
     class_attention: torch.Tensor | None = None
     scores: list[AttentionScores] | None = None
+    first_input: torch.Tensor | None = None
 
 
 class _StackedBuffer:
@@ -230,6 +233,9 @@ class AttentionRecorder:
             self._post = _StackedBuffer("keys", **layout)
         self._scores: list[AttentionScores | None] = [None] * len(self.blocks)
         self._hidden = _StackedBuffer("block outputs", **layout) if hidden else None
+        self._first_input = None
+        if hidden:
+            self._first_input = _StackedBuffer("block inputs", self.blocks[:1], store_dtype, reuse_buffers)
         self._class = None
         if self._class_attns:
             class_blocks = list(range(len(self._class_attns)))
@@ -264,13 +270,15 @@ class AttentionRecorder:
             blocks=list(self.blocks),
             mixing_blocks=list(self.mixing_blocks),
             class_attention=self._class.collect() if self._class is not None else None,
+            first_input=self._first_input.collect()[0] if self._first_input is not None else None,
         )
         self._reset()
         return capture
 
     @property
     def _buffers(self) -> tuple[_StackedBuffer, ...]:
-        return tuple(buffer for buffer in (self._pre, self._post, self._hidden, self._class) if buffer is not None)
+        buffers = (self._pre, self._post, self._hidden, self._first_input, self._class)
+        return tuple(buffer for buffer in buffers if buffer is not None)
 
     def _reset(self, *_: object) -> None:
         for buffer in self._buffers:
@@ -287,6 +295,8 @@ class AttentionRecorder:
             self._handles.extend(reader_for(attn).attach(attn, sink))
             if self._hidden is not None:
                 self._handles.append(model_blocks[index].register_forward_hook(self._on_block_output(slot)))
+        if self._first_input is not None:
+            self._handles.append(model_blocks[self.blocks[0]].register_forward_pre_hook(self._on_first_input))
         for slot, attn in enumerate(self._class_attns):
             sink = _ClassSink(self._class, slot)
             self._handles.extend(reader_for(attn, CLASS_ATTENTION_READERS).attach(attn, sink))
@@ -297,6 +307,11 @@ class AttentionRecorder:
         self._handles.clear()
         for buffer in self._buffers:
             buffer.release()
+
+    def _on_first_input(self, module: nn.Module, args: tuple) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise DiagError(f"block {self.blocks[0]} was called without a token tensor (B, T, D) as its first argument")
+        self._first_input.write(0, args[0])
 
     def _on_block_output(self, slot: int) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:

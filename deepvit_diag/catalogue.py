@@ -30,13 +30,14 @@ import torch
 from torch import nn
 
 from .capture import AttentionCapture
+from .figures import ablation as ablation_figures
 from .figures import head_mixing as head_mixing_figures
 from .figures import overlays as overlay_figures
 from .figures import similarity as similarity_figures
 from .figures import sweep as sweep_figures
 from .figures.registry import FIGURE_FUNCTIONS
 from .introspection import Geometry
-from .metrics import rank_collapse, score_statistics, token_similarity
+from .metrics import block_influence, rank_collapse, score_statistics, token_similarity
 from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
 
@@ -58,10 +59,12 @@ SECTIONS = (
 )
 # sweep.html and the app's Sweep view.
 SWEEP_SECTION = "Sweep"
+# An ablation's report.html and the app's Ablation view.
+ABLATION_SECTION = "Ablation"
 # How many figures an entry draws: one for all models ("models"), one per model ("model"),
 # one per model and example image ("example"), one for a comparison of two ("comparison"),
-# or one for a sweep ("sweep").
-SCOPES = ("models", "model", "example", "comparison", "sweep")
+# one for a sweep ("sweep") or one for an ablation ("ablation").
+SCOPES = ("models", "model", "example", "comparison", "sweep", "ablation")
 
 
 @dataclass
@@ -118,7 +121,7 @@ class Figure:
     Attributes:
         function: the ``@figure`` function in ``deepvit_diag.figures`` that draws it.
         section: the report section and app view it belongs to (``SECTIONS``, or
-            ``SWEEP_SECTION``).
+            ``SWEEP_SECTION``, ``ABLATION_SECTION``).
         caption: the caption template (see the module docstring for its fields).
         scope: how many figures it draws (``SCOPES``).
         arguments: keyword arguments of the function, e.g. the array a generic
@@ -135,7 +138,7 @@ class Figure:
     key: str = ""
 
     def __post_init__(self) -> None:
-        if self.section not in (*SECTIONS, SWEEP_SECTION) or self.scope not in SCOPES:
+        if self.section not in (*SECTIONS, SWEEP_SECTION, ABLATION_SECTION) or self.scope not in SCOPES:
             raise ValueError(f"figure {self.name}: unknown section {self.section!r} or scope {self.scope!r}")
         if FIGURE_FUNCTIONS.get(getattr(self.function, "__name__", "")) is not self.function:
             raise ValueError(f"figure {self.name}: not a registered @figure function")
@@ -366,6 +369,26 @@ METRICS: tuple[Metric, ...] = (
         measure=lambda batch: {"rank_residual": rank_collapse(batch.capture.hidden)},
     ),
     Metric(
+        "Block Influence",
+        ("block_influence",),
+        (
+            Figure(
+                similarity_figures.block_curves,
+                "Attention statistics per block",
+                "1 minus the mean cosine between the tokens entering and leaving each block (Block Influence, "
+                "ShortGPT, Men et al. 2024): near 0 means the block barely changes its input, a cheap sign that it "
+                "could be removed (`deepvit-diag ablate` measures what removing it costs).",
+                arguments={
+                    "array": "block_influence",
+                    "y_title": "1 - cos(block input, block output)",
+                    "title": "Block Influence (lower: the block changes its tokens less)",
+                },
+                key="block_influence_curves",
+            ),
+        ),
+        measure=lambda batch: {"block_influence": block_influence(batch.capture.hidden, batch.capture.first_input)},
+    ),
+    Metric(
         "linear CKA",
         ("cka",),
         (
@@ -445,6 +468,35 @@ SWEEP_FIGURES = (
         "Entropy of the softmax attention of every block, averaged over heads, queries and images, for every "
         "checkpoint: low values mean sharp attention.",
         scope="sweep",
+    ),
+)
+
+# The figures of an ablation, in page order (those its studies give); captions are
+# ``str.format`` templates with ``rho``.
+ABLATION_FIGURES = (
+    Figure(
+        ablation_figures.ablation_effect,
+        ABLATION_SECTION,
+        "KL divergence of the predictive distribution from the intact model's when each block is removed, its "
+        "attention branch removed, its maps replaced by the previous block's, or its Re-attention off (left, log "
+        "scale), next to the block's similarity ratio (dashed; the grey line is rho = {rho:g}) and Block Influence "
+        "(dotted). If similar maps meant redundant blocks, the KL would be low where the ratio is high.",
+        scope="ablation",
+    ),
+    Figure(
+        ablation_figures.head_importance,
+        ABLATION_SECTION,
+        "Left: what replacing each head's output costs (KL). Right: how similar the head's maps are to those of the "
+        "other heads of its block. A head that attends like the others should cost little.",
+        scope="ablation",
+    ),
+    Figure(
+        ablation_figures.pruning_curves,
+        ABLATION_SECTION,
+        "The k most redundant blocks removed together, k = 0..L, in three orderings: by the measured cost of removing "
+        "each block alone, by similarity ratio and by Block Influence. The ordering whose curve stays high longest "
+        "finds the blocks that can go.",
+        scope="ablation",
     ),
 )
 

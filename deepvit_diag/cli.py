@@ -637,6 +637,98 @@ def run_analyze(args: argparse.Namespace) -> None:
     _run_analysis(args, [(args.ckpt, "")], [_model_label(args.ckpt)])
 
 
+# ----------------------------------------------------------------------------- ablate
+
+
+def add_ablate(sub: argparse._SubParsersAction) -> None:
+    from .ablation import HEAD_MODES, STUDIES
+
+    p = sub.add_parser(
+        "ablate",
+        help="measure what removing blocks, attention, heads or Re-attention costs a checkpoint",
+        description="Remove blocks, attention branches, single heads and Re-attention, swap in the previous block's "
+        "maps, and prune the most redundant blocks (by measured cost, similarity ratio and Block Influence); print "
+        "what each costs next to the similarity ratio and write result.json and arrays.npz.",
+    )
+    p.add_argument("--ckpt", required=True, metavar="SPEC", help="the model, as for analyze")
+    _add_analysis_options(p, "result.json, arrays.npz and report.html", Path("deepvit-diag-ablation"))
+    p.add_argument(
+        "--studies",
+        nargs="+",
+        choices=STUDIES,
+        default=list(STUDIES),
+        metavar="STUDY",
+        help=f"which ablations to run: {', '.join(STUDIES)} (default all)",
+    )
+    p.add_argument(
+        "--heads",
+        choices=HEAD_MODES,
+        default="mean",
+        help="replace an ablated head's output by its mean over the images (default) or by zero",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the number of forward passes the ablation will run, and run none",
+    )
+    add_arch_options(p)
+    p.set_defaults(run=run_ablate)
+
+
+def _written_by_ablation(path: Path) -> bool:
+    from .ablation_result import is_ablation_file
+    from .report import is_report_file
+
+    return is_ablation_file(path) or is_report_file(path)
+
+
+def run_ablate(args: argparse.Namespace) -> None:
+    from .ablation import ablate, planned_cost
+    from .ablation_summary import ablation_findings, ablation_table, cost_lines
+    from .checkpoints import load_model
+    from .images import default_image_set, open_images
+    from .report import write_ablation_report
+
+    label = _model_label(args.ckpt)
+
+    def model_and_images() -> tuple[Any, Any, Settings]:
+        settings = settings_from(args).resolved()  # an unusable --device fails before the model is loaded
+        with _warnings_as_lines(args.quiet):
+            model = _load_for(load_model, args.ckpt, args, "")
+            sources = args.images or [default_image_set([model])]
+            images = open_images(
+                sources[0] if len(sources) == 1 else sources, limit=settings.num_images, class_map=args.class_map
+            )
+        return model, images, settings
+
+    if args.dry_run:  # nothing is run and --out is not touched
+        model, images, _ = model_and_images()
+        for line in cost_lines(label, planned_cost(model, args.studies, args.heads), len(images)):
+            print(line)
+        return
+    with _reporting_output(args, _written_by_ablation) as write:
+        model, images, settings = model_and_images()
+        with _warnings_as_lines(args.quiet):
+            result = ablate(model, images, settings, studies=args.studies, heads=args.heads, progress=not args.quiet)
+        command = _command_line()
+
+        def write_files(folder: Path) -> None:
+            result.save(folder)
+            write_ablation_report(folder / "report.html", result, label, command)
+
+        write(write_files)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    elif not args.quiet:
+        from rich.console import Console
+
+        console = Console()
+        console.print(ablation_table(result))
+        for finding in ablation_findings(label, result):
+            console.print(f"- {finding}", highlight=False)
+        console.print(f"Written: {args.out / 'report.html'} (with result.json and arrays.npz)", highlight=False)
+
+
 # ----------------------------------------------------------------------------- sweep
 
 
@@ -876,7 +968,7 @@ def run_app(args: argparse.Namespace) -> None:
     os.execve(command[0], command, environment)
 
 
-COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import, add_app]
+COMMANDS = [add_compare, add_analyze, add_ablate, add_sweep, add_merge, add_train, add_models, add_import, add_app]
 
 
 def _say(text: str, file: TextIO | None = None) -> None:

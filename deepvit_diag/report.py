@@ -20,6 +20,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import catalogue
+from .ablation_result import AblationResult
+from .ablation_summary import ablation_findings, ablation_rows, ablation_title
 from .escaping import html_text
 from .figures import drawing
 from .formats import package_versions
@@ -303,4 +305,40 @@ def write_sweep_report(
 ) -> Path:
     path = Path(path)
     path.write_text(build_sweep_report(sweep, command, relative_depth), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- an ablation's report.html
+
+
+def build_ablation_report(result: AblationResult, label: str, command: str | None = None) -> str:
+    """report.html of ``deepvit-diag ablate``: the per-block table, the findings, the figures
+    (``figures.drawing.draw_ablation``), the images and settings."""
+    header, rows = ablation_rows(result)
+    parts = [
+        "<h2>Per block</h2>",
+        f'<section class="card"><p>{_e(ablation_title(result))}</p>{_table(header, rows)}</section>',
+        "<h2>Findings</h2>",
+        _findings_card(ablation_findings(label, result)),
+        "<h2>Figures</h2>",
+        *(
+            _figure_html(ReportFigure(drawn.element_id, catalogue.ABLATION_SECTION, drawn.caption, drawn.figure))
+            for drawn in drawing.draw_ablation(result)
+        ),
+        "<h2>Images and parameters</h2>",
+        _images_card(result.images),
+        f'<section class="card">{_definition_list(_labelled_settings(result.settings))}</section>',
+        _versions_card(command),
+    ]
+    return _page(
+        f"ablation of {label}",
+        f"From similar to redundant: ablations of {label}",
+        "deepvit-diag ablation report",
+        parts,
+    )
+
+
+def write_ablation_report(path: str | Path, result: AblationResult, label: str, command: str | None = None) -> Path:
+    path = Path(path)
+    path.write_text(build_ablation_report(result, label, command), encoding="utf-8")
     return path

@@ -22,6 +22,7 @@ E examples, grid gh x gw):
 ``attention_distance``      (L, H)                  mean attention distance in pixels
 ``token_similarity``        (L,)                    token over-smoothing
 ``rank_residual``           (L,)                    rank-collapse residual
+``block_influence``         (L,)                    1 - cos(block input, block output)
 ``cka``                     (L, L)                  minibatch linear CKA of block outputs
 ``theta``                   (R, H, H)               Theta of each Re-attention block, with
 ``theta_blocks``            (R,)                    their 0-based block indices, and where the
@@ -78,7 +79,7 @@ FORMAT_VERSION = 2
 ACCURACY_NOT_RECORDED = "not recorded (a result saved before deepvit-diag measured accuracy)"
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
@@ -108,7 +109,7 @@ def _trend(per_block: np.ndarray) -> float | None:
     """Least-squares slope of a per-block curve (change per block); None for one block."""
     if len(per_block) < 2:
         return None
-    return _finite_or_none(np.polyfit(np.arange(len(per_block)), per_block.astype(np.float64), 1)[0])
+    return finite_or_none(np.polyfit(np.arange(len(per_block)), per_block.astype(np.float64), 1)[0])
 
 
 def _thirds(values: np.ndarray) -> tuple[float | None, float | None]:
@@ -116,7 +117,7 @@ def _thirds(values: np.ndarray) -> tuple[float | None, float | None]:
     if len(values) == 0:
         return None, None
     size = max(1, round(len(values) / 3))
-    return _finite_or_none(values[:size].mean()), _finite_or_none(values[-size:].mean())
+    return finite_or_none(values[:size].mean()), finite_or_none(values[-size:].mean())
 
 
 def trailing_run(blocks: list[int], num_blocks: int) -> int | None:
@@ -316,22 +317,22 @@ class AnalysisResult:
         summary.update(per_kind[self._kind(None)])
         for name in ("entropy", "attention_distance"):
             per_block = self.arrays[name].mean(axis=1)
-            summary[f"{name}_first_block"] = _finite_or_none(per_block[0])
-            summary[f"{name}_last_block"] = _finite_or_none(per_block[-1])
+            summary[f"{name}_first_block"] = finite_or_none(per_block[0])
+            summary[f"{name}_last_block"] = finite_or_none(per_block[-1])
             summary[f"{name}_trend"] = _trend(per_block)
         # Entropy as a share of its maximum ln T, so that models with different token counts compare.
         relative_entropy = self.arrays["entropy"].mean(axis=1) / math.log(self.geometry.num_tokens)
-        summary["entropy_relative_median"] = _finite_or_none(np.median(relative_entropy))
+        summary["entropy_relative_median"] = finite_or_none(np.median(relative_entropy))
         for level in ENTROPY_LEVELS:
             summary[f"blocks_entropy_at_most_{level:g}"] = int(np.sum(relative_entropy <= level))
-        summary["token_similarity_last_block"] = _finite_or_none(self.token_similarity()[-1])
-        summary["rank_residual_last_block"] = _finite_or_none(self.rank_residual()[-1])
+        summary["token_similarity_last_block"] = finite_or_none(self.token_similarity()[-1])
+        summary["rank_residual_last_block"] = finite_or_none(self.rank_residual()[-1])
         adjacent_cka = np.diagonal(self.cka(), offset=1)
         summary["cka_adjacent_mean"] = _nanmean_or_none(adjacent_cka)
         mixings = list(self.head_mixing().values())
         for distance in ("distance_from_identity", "distance_from_permutation"):
             values = [getattr(mixing, distance) for mixing in mixings]
-            summary[f"theta_{distance}_mean"] = _finite_or_none(float(np.mean(values))) if values else None
+            summary[f"theta_{distance}_mean"] = finite_or_none(float(np.mean(values))) if values else None
         for k in TOP_K:
             summary[f"accuracy_top{k}"] = self.accuracy.top(k)
         summary["accuracy_images"] = self.accuracy.images
@@ -476,7 +477,7 @@ class ComparisonResult:
             "b": self.b.summary(),
             "differences": self.differences(),
             "cka_ab_best_match": self.best_matching_blocks(),
-            "cka_ab_diagonal_mean": _finite_or_none(diagonal.mean()) if len(diagonal) else None,
+            "cka_ab_diagonal_mean": finite_or_none(diagonal.mean()) if len(diagonal) else None,
         }
 
     def save(self, folder: str | Path) -> Path:

@@ -33,7 +33,17 @@ from deepvit_diag.settings import Settings
 
 APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 TIMEOUT = 180  # seconds per script run; the first run imports torch and timm on a busy machine
-VIEWS = ["Overview", "Layer similarity", "Similarity ratio", "Heads", "Theta", "More metrics", "Export", "Sweep"]
+VIEWS = [
+    "Overview",
+    "Layer similarity",
+    "Similarity ratio",
+    "Heads",
+    "Theta",
+    "More metrics",
+    "Ablation",
+    "Export",
+    "Sweep",
+]
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5)
 
 
@@ -126,7 +136,7 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["Collapse starts at block"] in {"none", "1", "2"}
     assert any("vit.safetensors (A)" in markdown.value for markdown in at.markdown)
-    expected_charts = {"Layer similarity": 4, "Similarity ratio": 4, "Heads": 5, "Theta": 3, "More metrics": 6}
+    expected_charts = {"Layer similarity": 4, "Similarity ratio": 4, "Heads": 5, "Theta": 3, "More metrics": 7}
     for view, count in expected_charts.items():
         at = _show(at, view)
         _assert_fine(at)
@@ -408,5 +418,37 @@ def test_opens_on_the_demo_pair(monkeypatch):
     assert f"{similar[0].split(' of ')[0]} of its blocks" in readme and similar[0] == "2 of 32", similar
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))
-        assert view in ("Export", "Sweep") or _charts(at) > 0, view
+        assert view in ("Export", "Sweep", "Ablation") or _charts(at) > 0, view
     _clear_caches()
+
+
+# ----------------------------------------------------------------------------- ablation
+
+
+def test_ablation_view_runs_model_b_and_opens_a_saved_ablation(tiny_app, files, tmp_path):
+    from deepvit_diag import ablate
+    from deepvit_diag.ablation_summary import ablation_findings
+
+    at = _show(_open(), "Ablation")
+    _assert_fine(at)
+    assert any("Run ablation" in info.value for info in at.info)
+    assert any("ablated forward passes" in caption.value for caption in at.caption)  # the cost, up front
+    at.radio(key="ablation_side").set_value("b")
+    at.number_input(key="ablation_images").set_value(3)
+    at.multiselect(key="ablation_studies").set_value(["block", "pruning"])
+    at.button(key="ablation_run").click().run()
+    _assert_fine(at)
+    run = app.compute.ablation_store().get(at.session_state["ablation_request"].key)
+    assert run.result.num_images == 3 and run.result.has("block") and not run.result.has("head")
+    assert _charts(at) == 2  # cost next to similarity, pruning curves
+    shown = {markdown.value for markdown in at.markdown}
+    assert {f"- {sentence}" for sentence in ablation_findings("deepvit.safetensors (B)", run.result)} <= shown
+
+    saved = ablate(load_model(files / "vit.safetensors"), files / "images", studies=["block"], progress=False)
+    saved.save(tmp_path / "saved")
+    at.radio(key="ablation_source").set_value("path").run()
+    at.text_input(key="ablation_path").set_value(str(tmp_path / "saved")).run()
+    _assert_fine(at)
+    assert _charts(at) == 1
+    at.text_input(key="ablation_path").set_value(str(tmp_path)).run()
+    assert any("is not a saved ablation" in error.value for error in at.error)

@@ -171,7 +171,14 @@ def test_app_renders_in_chromium(served_app, tmp_path):
             _assert_no_exception_box(page)
             _screenshot(page, "4_heads.png", tmp_path, case)
 
-            views = ((3, "Similarity ratio"), (5, "Theta"), (6, "More metrics"), (7, "Export"), (8, "Sweep"))
+            views = (
+                (3, "Similarity ratio"),
+                (5, "Theta"),
+                (6, "More metrics"),
+                (7, "Export"),
+                (8, "Sweep"),
+                (9, "Ablation"),
+            )
             for number, view in views:
                 _open_view(page, view)
                 _assert_no_exception_box(page)

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from test_app import APP, TIMEOUT, app_environment, write_app_files
 
 from app.server_paths import ROOTS_VARIABLE, PathRefused, ServerPaths
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.serve import is_local
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -125,7 +126,7 @@ def test_hosted_app_refuses_server_paths_outside_its_roots_alike(hosted_app):
     root, private = hosted_app
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception and not at.error  # the defaults lie inside the root
-    refusal = ServerPaths((root,)).refusal
+    refusal = markdown_text(ServerPaths((root,)).refusal)  # the app shows text from paths escaped
     at.selectbox(key="a_source").set_value("path").run()
     for text in (str(private / "secret.safetensors"), str(private / "missing.safetensors"), "~/x.safetensors"):
         at.text_input(key="a_path").set_value(text).run()

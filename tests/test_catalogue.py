@@ -77,11 +77,13 @@ def test_every_figure_is_a_function_with_a_caption_and_a_section():
 
 
 def test_every_registered_figure_is_in_the_catalogue_and_only_those():
-    """The ``@figure`` registry and the catalogue's specs (analyses and sweeps) name the same
-    functions, so no figure function is dead and no spec points at an unregistered one."""
-    specs = [spec for metric in METRICS for spec in metric.figures] + list(catalogue.SWEEP_FIGURES)
+    """The ``@figure`` registry and the catalogue's specs (analyses, sweeps and ablations) name the
+    same functions, so no figure function is dead and no spec points at an unregistered one."""
+    specs = [spec for metric in METRICS for spec in metric.figures]
+    specs += [*catalogue.SWEEP_FIGURES, *catalogue.ABLATION_FIGURES]
     assert {spec.function for spec in specs} == set(FIGURE_FUNCTIONS.values())
     assert all(spec.section == catalogue.SWEEP_SECTION for spec in catalogue.SWEEP_FIGURES)
+    assert all(spec.section == catalogue.ABLATION_SECTION for spec in catalogue.ABLATION_FIGURES)
     with pytest.raises(ValueError, match="not a registered @figure function"):
         catalogue.Figure(len, SECTIONS[0], "caption")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepvit_diag.errors import DiagError
-from deepvit_diag.metrics import rank_collapse, token_similarity
+from deepvit_diag.metrics import block_influence, rank_collapse, token_similarity
 
 EPS = 1e-12
 
@@ -158,3 +158,45 @@ def test_too_few_patch_tokens_raise_diag_error():
         token_similarity(hidden, num_prefix_tokens=2)  # one patch token: no pairs
     with pytest.raises(DiagError):
         token_similarity(hidden, num_prefix_tokens=-1)
+
+
+# ---- Block Influence ----
+
+
+def brute_block_influence(hidden: torch.Tensor, first_input: torch.Tensor) -> np.ndarray:
+    outputs = hidden.double().numpy()
+    inputs = np.concatenate([first_input.double().numpy()[None], outputs[:-1]])
+    num_blocks, batch, tokens = outputs.shape[:3]
+    out = np.zeros(num_blocks)
+    for l in range(num_blocks):
+        cosines = []
+        for b in range(batch):
+            for t in range(tokens):
+                u, v = inputs[l, b, t], outputs[l, b, t]
+                cosines.append(u @ v / (max(np.linalg.norm(u), EPS) * max(np.linalg.norm(v), EPS)))
+        out[l] = 1 - np.mean(cosines)
+    return out
+
+
+def test_block_influence_matches_a_loop():
+    hidden = random_hidden(3)
+    first_input = torch.randn(hidden.shape[1:], generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(
+        block_influence(hidden, first_input).numpy(), brute_block_influence(hidden, first_input), atol=1e-6
+    )
+
+
+def test_block_influence_is_zero_for_a_block_that_passes_its_input_on_and_a_mean_per_image():
+    hidden = random_hidden(5)
+    first_input = hidden[0].clone()
+    hidden[2] = hidden[1]  # block 2 outputs its input
+    influence = block_influence(hidden, first_input)
+    assert influence[0] == pytest.approx(0, abs=1e-6) and influence[2] == pytest.approx(0, abs=1e-6)
+    assert influence[1] > 0.1
+    halves = [block_influence(hidden[:, part], first_input[part]) for part in (slice(0, 1), slice(1, 3))]
+    torch.testing.assert_close((halves[0] * 1 + halves[1] * 2) / 3, influence)
+
+
+def test_block_influence_refuses_mismatched_input():
+    with pytest.raises(DiagError, match="first_input must have shape"):
+        block_influence(random_hidden(0), torch.randn(3, 6, 7))

@@ -15,6 +15,7 @@ from .. import catalogue
 from ..escaping import plotly_label
 
 if TYPE_CHECKING:
+    from ..ablation_result import AblationResult
     from ..results import AnalysisResult, ComparisonResult
     from ..sweeps import SweepResult
 
@@ -92,4 +93,15 @@ def draw_sweep(sweep: SweepResult, *, relative_depth: bool = False) -> list[Draw
         takes_depth = "relative_depth" in inspect.signature(spec.function).parameters
         figure = spec.function(sweep, **({"relative_depth": relative_depth} if takes_depth else {}))
         drawn.append(DrawnFigure(spec.element_id, spec.caption.format(**fields), figure))
+    return drawn
+
+
+def draw_ablation(result: AblationResult) -> list[DrawnFigure]:
+    """Every figure of an ablation (``catalogue.ABLATION_FIGURES``) its studies give, with its
+    caption and element id, in page order."""
+    drawn = []
+    for spec in catalogue.ABLATION_FIGURES:
+        figure = spec.function(result)
+        if figure is not None:
+            drawn.append(DrawnFigure(spec.element_id, spec.caption.format(rho=result.settings.rho), figure))
     return drawn

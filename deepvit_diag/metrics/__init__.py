@@ -15,8 +15,8 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``, ``score_statistics`` (each entry), ``uniformity``, ``ratio_grid``; ``topk_correct`` returns counts,
-which add up over batches directly.
+``rank_collapse``, ``block_influence``, ``score_statistics`` (each entry), ``uniformity``,
+``ratio_grid``; ``topk_correct`` returns counts, which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_matrices`` and
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from ..attention_scores import AttentionScores
 from ._checks import AXES, DeferredChecks, deferred_value_checks
+from .ablation import feature_cosine, prediction_divergence, spearman, top1_agreement
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
@@ -45,7 +46,7 @@ from .similarity import (
     uniformity,
 )
 from .theta import HeadMixing, head_mixing_from_arrays, head_mixing_matrices, stacked_head_mixing
-from .tokens import rank_collapse, token_similarity
+from .tokens import block_influence, rank_collapse, token_similarity
 
 __all__ = [
     "AXES",
@@ -58,12 +59,14 @@ __all__ = [
     "TOP_K",
     "HeadMixing",
     "attention_entropy",
+    "block_influence",
     "collapse_statistics",
     "cross_head_similarity",
     "chunk_for_budget",
     "cka_from_hsic",
     "cross_layer_similarity",
     "deferred_value_checks",
+    "feature_cosine",
     "linear_cka",
     "mean_attention_distance",
     "near_uniform_blocks",
@@ -71,16 +74,19 @@ __all__ = [
     "uniformity",
     "mean_off_diagonal",
     "neighbour_similarity",
+    "prediction_divergence",
     "rank_collapse",
     "reported_ks",
     "similar_blocks",
     "score_statistics",
     "similarity_ratio",
     "softmax_statistics",
+    "spearman",
     "stacked_head_mixing",
     "head_mixing_from_arrays",
     "head_mixing_matrices",
     "token_distances",
     "token_similarity",
+    "top1_agreement",
     "topk_correct",
 ]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_float32_hidden, check_prefix_tokens
+from ..errors import DiagError
+from ._checks import as_float32, as_float32_hidden, check_prefix_tokens
 from .similarity import COSINE_EPS
 
 # Keeps an all-zero X from dividing 0 by 0 in the rank residual.
@@ -62,3 +63,33 @@ def rank_collapse(hidden: torch.Tensor) -> torch.Tensor:
     residual = hidden - hidden.mean(dim=2, keepdim=True)
     ratio = _norm_1_inf(residual) / _norm_1_inf(hidden).clamp_min(NORM_EPS)  # (L, B)
     return ratio.mean(dim=1)
+
+
+def block_influence(hidden: torch.Tensor, first_input: torch.Tensor) -> torch.Tensor:
+    """Block Influence per block (L,) (ShortGPT, Men et al. 2024; docs/metrics.md, Block Influence).
+
+    ``BI[l] = 1 - mean over b, t of cos(X_in[l, b, t], X_out[l, b, t])``: how much block l turns
+    its input tokens, all tokens included; 0 for a block whose output is its input. Block l's
+    input is block l-1's output, block 0's is ``first_input``; cosines use ``eps = COSINE_EPS``.
+
+    Args:
+        hidden: block outputs (L, B, T, D) of consecutive blocks.
+        first_input: the tokens entering the first of them (B, T, D).
+    Returns:
+        float32 (L,) on the device of ``hidden``.
+    """
+    hidden = as_float32_hidden(hidden)
+    first_input = as_float32(first_input, "first_input", 3, "(B, T, D)")
+    if first_input.shape != hidden.shape[1:]:
+        raise DiagError(
+            f"first_input must have shape {tuple(hidden.shape[1:])} (B, T, D), got {tuple(first_input.shape)}"
+        )
+    # float64 one block at a time: 1 - cos of nearly parallel tokens cancels most float32 digits.
+    previous = first_input
+    influence = torch.empty(hidden.shape[:2], dtype=torch.float64, device=hidden.device)  # (L, B)
+    for block, output in enumerate(hidden):
+        unit_in = F.normalize(previous.double(), dim=-1, eps=COSINE_EPS)
+        unit_out = F.normalize(output.double(), dim=-1, eps=COSINE_EPS)
+        influence[block] = 1 - (unit_in * unit_out).sum(dim=-1).mean(dim=-1)
+        previous = output
+    return influence.mean(dim=1).float()
