@@ -12,33 +12,27 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from deepvit_diag.figures.style import DIVERGING, TEMPLATE, png_data_uri
+from deepvit_diag.figures.style import TEMPLATE, colour_scale, png_data_uri
 
 QUERY_PANEL_PX = 180  # largest panel side
 QUERY_GRID_PX = 480  # width of all panels of a row together
 
 
 def colour_range(*maps: np.ndarray) -> dict:
-    """One colour scale for maps that should read alike: sequential from 0 for weights that
-    are never negative (softmax), diverging around 0 otherwise (Re-attention output)."""
-    lowest = min(float(np.min(m)) for m in maps)
-    highest = max(float(np.max(m)) for m in maps)
-    if lowest >= 0:
-        return {"colorscale": "Inferno", "cmin": 0.0, "cmax": highest or 1.0}
-    largest = max(abs(lowest), abs(highest)) or 1.0
-    return {"colorscale": DIVERGING, "cmin": -largest, "cmax": largest, "cmid": 0.0}
+    """One colour scale for maps that should read alike (``figures.style.colour_scale``):
+    sequential from black at 0 for softmax weights, diverging around 0 for signed post-Θ maps."""
+    return colour_scale(maps)
 
 
 def share_colour_range(figures: list[go.Figure], axis: str, *values: np.ndarray) -> None:
-    """Set colour axis ``axis`` of every figure that has it to the range of all ``values``, so
-    that one colour means one number in figures drawn separately (A and B)."""
-    finite = [v[np.isfinite(v)] for v in values if np.isfinite(v).any()]
-    if not finite:
+    """Set colour axis ``axis`` of every figure that has it to the scale of all ``values``
+    together, so that one colour means one number in figures drawn separately (A and B)."""
+    if not any(np.isfinite(v).any() for v in values):
         return
-    low, high = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
+    scale = colour_scale(values)
     for fig in figures:
         if axis in fig.layout.to_plotly_json():
-            fig.update_layout({axis: {"cmin": low, "cmax": high}})
+            fig.update_layout({axis: scale})
 
 
 def query_attention(

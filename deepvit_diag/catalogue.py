@@ -41,6 +41,12 @@ from .metrics import block_influence, rank_collapse, score_statistics, token_sim
 from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
 
+# A block is near-uniform above this head-averaged uniformity (docs/metrics.md, attention
+# regimes): its queries spread their weight over more than 80% of the tokens. Calibrated
+# between random-init timm ViTs (every block 0.98-0.997) and the trained bundled vit32
+# (every block 0.25-0.62).
+NEAR_UNIFORM_CUTOFF = 0.8
+
 # Report sections and app views group figures by these headings, in page order.
 SECTIONS = (
     "Cross-layer similarity",
@@ -92,6 +98,8 @@ class Batch:
             settings.tau,
             settings.axis,
             self.chunk,
+            settings.grid_ks,
+            settings.grid_taus,
         )
 
     def maps(self, kind: str) -> torch.Tensor:
@@ -169,13 +177,26 @@ class Metric:
     optional_arrays: tuple[str, ...] = ()
 
 
+# The second figure of a similarity drawn for both map kinds of head-mixing models.
+OTHER_KIND_CAPTION = (
+    "The same from the other kind of maps of the same analysis (its title names the kind). Pre-Θ maps are the "
+    "softmax maps (non-negative, rows sum to 1): their cosines lie in [0, 1]. Post-Θ maps are what multiplies V "
+    "after Θ and the Norm (BatchNorm outputs, centred and signed): their cosines lie in [-1, 1]. The two kinds' "
+    "numbers are therefore not on the same scale: compare models within one kind."
+)
+
+
 def _both_kinds(*names: str) -> tuple[str, ...]:
     return tuple(f"{name}_{kind}" for name in names for kind in MAP_KINDS)
 
 
 def _similarity_family(batch: Batch) -> dict[str, torch.Tensor]:
-    names = _both_kinds("similarity", "ratio", "cross_head")
+    names = _both_kinds("similarity", "ratio", "cross_head", "ratio_grid")
     return {name: batch.attention[name] for name in names}
+
+
+def _uniformity(batch: Batch) -> dict[str, torch.Tensor]:
+    return {name: batch.attention[name] for name in _both_kinds("uniformity")}
 
 
 def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
@@ -185,7 +206,7 @@ def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
 METRICS: tuple[Metric, ...] = (
     Metric(
         "cross-layer similarity, similarity ratio and cross-head similarity",
-        _both_kinds("similarity", "ratio", "cross_head"),
+        _both_kinds("similarity", "ratio", "cross_head", "ratio_grid"),
         (
             Figure(
                 similarity_figures.layer_similarity,
@@ -196,11 +217,25 @@ METRICS: tuple[Metric, ...] = (
                 "where B's blocks are less alike than A's.",
             ),
             Figure(
+                similarity_figures.layer_similarity,
+                "Cross-layer similarity",
+                OTHER_KIND_CAPTION,
+                arguments={"other_kind": True},
+                key="layer_similarity_other_kind",
+            ),
+            Figure(
                 similarity_figures.similarity_ratio,
                 "Similarity ratio",
                 "Share of attention vectors of each block whose mean similarity to the blocks within k = {k} "
                 "exceeds tau = {tau:g} (paper Fig. 3a). Blocks above the dashed line rho = {rho:g} count as similar "
                 "(filled markers).",
+            ),
+            Figure(
+                similarity_figures.similarity_ratio,
+                "Similarity ratio",
+                OTHER_KIND_CAPTION,
+                arguments={"other_kind": True},
+                key="similarity_ratio_other_kind",
             ),
             Figure(
                 similarity_figures.cross_head_curves,
@@ -216,6 +251,29 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=_similarity_family,
+    ),
+    Metric(
+        "attention regimes",
+        _both_kinds("uniformity"),
+        (
+            Figure(
+                similarity_figures.attention_regimes,
+                "Similarity ratio",
+                "How close each block's maps are to uniform attention (1: every query spreads its weight evenly). "
+                "Blocks above the dotted line are near-uniform: such maps are alike whatever the depth, so their "
+                "similarity says nothing about collapse, and they never count as collapsed. Collapse is "
+                "reported only for selective blocks whose maps stop changing.",
+                arguments={"cutoff": NEAR_UNIFORM_CUTOFF},
+            ),
+            Figure(
+                similarity_figures.robustness_grid,
+                "Similarity ratio",
+                "How many blocks count as similar (colour) and where collapse starts (text; – for none) for tau and "
+                "rho around the chosen tau = {tau:g} and rho = {rho:g}, at k = {k}, from the same per-vector "
+                "similarities. A verdict that changes inside this grid depends on the thresholds.",
+            ),
+        ),
+        measure=_uniformity,
     ),
     Metric(
         "Theta",
@@ -239,7 +297,7 @@ METRICS: tuple[Metric, ...] = (
                 head_mixing_figures.norm_gains,
                 "Re-attention matrices Θ",
                 "The learned affine weight of the Norm after Θ (BatchNorm in the official model, LayerNorm in "
-                "vit-pytorch) per output head; 1 (white) leaves the head's scale unchanged.",
+                "vit-pytorch) per output head, drawn as weight − 1: 0 (white) leaves the head's scale unchanged.",
             ),
         ),
         reads_model=lambda model, geometry: stacked_head_mixing(model, geometry.num_heads),

@@ -412,8 +412,18 @@ def _bundled(name: str, limit: int | None) -> ImageSet:
 
 
 def default_image_set(models: Sequence[object]) -> str:
-    """The bundled set that fits the models: the one all their model cards name, else 'photos'."""
+    """The bundled set that fits the models: the one all their model cards name, else 'photos'.
+
+    Models whose cards name different sets are refused (``DiagError``): evaluating them all on
+    one of those sets would give the others' accuracy and maps on images they were not meant for.
+    """
     named = {((getattr(m, "provenance", None) or {}).get("card") or {}).get("image_set") for m in models}
+    different = sorted(name for name in named if name)
+    if len(different) > 1:
+        raise DiagError(
+            f"the model cards name different image sets ({', '.join(different)}): choose the images with --images "
+            "(images= in Python)"
+        )
     if len(named) == 1 and (only := named.pop()) in BUNDLED_SETS:
         return only
     return "photos"

@@ -91,8 +91,8 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
     comparison = result if isinstance(result, ComparisonResult) else None
     return [
         ReportFigure(drawn.element_id, spec.section, drawn.caption, drawn.figure)
-        for metric in catalogue.METRICS
-        for spec in metric.figures
+        for section in catalogue.SECTIONS
+        for spec in catalogue.figures_in(section)
         for drawn in drawing.draw(spec, results, comparison)
     ]
 

@@ -14,6 +14,10 @@ E examples, grid gh x gw):
 ``similarity_pre/_post``    (L, L)                  cross-layer similarity
 ``ratio_pre/_post``         (L,)                    similarity ratio
 ``cross_head_pre/_post``    (L, H, H)               cross-head similarity
+``uniformity_pre/_post``    (L, H)                  closeness to the uniform map (regimes)
+``ratio_grid_pre/_post``    (K, U, L)               similarity ratio at every (k, tau) of the
+                                                    robustness grid (``Settings.grid_ks``,
+                                                    ``Settings.grid_taus``)
 ``entropy``                 (L, H)                  attention entropy of softmax maps
 ``attention_distance``      (L, H)                  mean attention distance in pixels
 ``token_similarity``        (L,)                    token over-smoothing
@@ -45,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .catalogue import required_arrays
+from .catalogue import NEAR_UNIFORM_CUTOFF, required_arrays
 from .errors import DiagError
 from .figures.style import model_label
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
@@ -57,6 +61,7 @@ from .metrics import (
     SimilarBlocks,
     head_mixing_from_arrays,
     mean_off_diagonal,
+    near_uniform_blocks,
     similar_blocks,
 )
 from .notebook import analysis_html, comparison_html, plot_analysis, plot_comparison, short_repr
@@ -66,6 +71,8 @@ from .settings import ENTROPY_LEVELS, MAP_KINDS, Settings
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
+
+REGIMES = ("near-uniform", "selective")
 
 RESULT_FILE = "result.json"
 ANALYSIS_FORMAT = "deepvit-diag analysis"
@@ -114,6 +121,16 @@ def _thirds(values: np.ndarray) -> tuple[float | None, float | None]:
         return None, None
     size = max(1, round(len(values) / 3))
     return finite_or_none(values[:size].mean()), finite_or_none(values[-size:].mean())
+
+
+def trailing_run(blocks: list[int], num_blocks: int) -> int | None:
+    """First block of the run of ``blocks`` (0-based) that ends at the last block, or None."""
+    chosen, start = set(blocks), None
+    for block in reversed(range(num_blocks)):
+        if block not in chosen:
+            break
+        start = block
+    return start
 
 
 @dataclass(eq=False)
@@ -182,16 +199,50 @@ class AnalysisResult:
         """Blocks whose dataset-level similarity ratio exceeds rho (default settings.rho)."""
         return similar_blocks(torch.from_numpy(self.ratio(maps)), self.settings.rho if rho is None else rho)
 
+    def uniformity(self, maps: str | None = None) -> np.ndarray:
+        """Closeness of each head's maps to the uniform map (L, H), in [0, 1]."""
+        return self.arrays[f"uniformity_{self._kind(maps)}"]
+
+    def near_uniform_blocks(self, maps: str | None = None) -> list[int]:
+        """0-based blocks whose maps are near-uniform (head-averaged uniformity above
+        ``NEAR_UNIFORM_CUTOFF``): alike because they barely select, not collapse."""
+        return near_uniform_blocks(torch.from_numpy(self.uniformity(maps)), NEAR_UNIFORM_CUTOFF)
+
+    def regimes(self, maps: str | None = None) -> list[str]:
+        """Each block's regime, ``"near-uniform"`` or ``"selective"`` (``REGIMES``)."""
+        uniform = set(self.near_uniform_blocks(maps))
+        return [REGIMES[0] if block in uniform else REGIMES[1] for block in range(self.geometry.num_blocks)]
+
+    def collapsed_blocks(self, maps: str | None = None, rho: float | None = None) -> list[int]:
+        """Similar blocks whose maps are selective: the paper's collapse (selective maps
+        that stop changing with depth), 0-based."""
+        uniform = set(self.near_uniform_blocks(maps))
+        return [block for block in self.similar_blocks(maps, rho).indices if block not in uniform]
+
     def collapse_start(self, maps: str | None = None) -> int | None:
-        """First block of the run of similar blocks that reaches the last block (the paper's
-        "every block after the 17th"); None when the last block is not similar."""
-        similar = set(self.similar_blocks(maps).indices)
-        start = None
-        for block in reversed(range(len(self.ratio(maps)))):
-            if block not in similar:
-                break
-            start = block
-        return start
+        """First block of the run of collapsed blocks (similar and selective) that reaches
+        the last block (the paper's "every block after the 17th"); None when the last block
+        is not collapsed (not similar, or near-uniform)."""
+        return trailing_run(self.collapsed_blocks(maps), self.geometry.num_blocks)
+
+    def robustness(self, maps: str | None = None) -> dict[str, np.ndarray]:
+        """The verdict over the robustness grid (docs/metrics.md), from the ratios of the same pass.
+
+        Returns ``similar_blocks`` and ``collapse_start`` (K, U, R) over ``settings.grid_ks``,
+        ``grid_taus`` and ``grid_rhos`` (collapse start 0-based, -1 for none).
+        """
+        grid = self.arrays[f"ratio_grid_{self._kind(maps)}"]
+        uniform = set(self.near_uniform_blocks(maps))
+        rhos = self.settings.grid_rhos
+        counts = np.zeros((*grid.shape[:2], len(rhos)), dtype=np.int64)
+        starts = np.full_like(counts, -1)
+        for index in np.ndindex(*grid.shape[:2]):
+            for r, rho in enumerate(rhos):
+                similar = similar_blocks(torch.from_numpy(grid[index]), rho).indices
+                counts[(*index, r)] = len(similar)
+                start = trailing_run([block for block in similar if block not in uniform], len(grid[index]))
+                starts[(*index, r)] = -1 if start is None else start
+        return {"similar_blocks": counts, "collapse_start": starts}
 
     def adjacent_similarity(self, maps: str | None = None) -> np.ndarray:
         """Similarity of each block with the next, (L - 1,)."""
@@ -289,14 +340,32 @@ class AnalysisResult:
     def _repr_html_(self) -> str:
         return analysis_html(self)
 
+    def _band_verdicts(self, counts: np.ndarray, starts: np.ndarray) -> dict[str, Any]:
+        """The verdict inside the band of the grid next to the settings (k -/+ 1, tau -/+ 0.1,
+        rho -/+ 0.05): the range of similar-block counts and of collapse starts (None: no run)."""
+        settings = self.settings
+        near_tau = [abs(tau - settings.tau) <= 0.1 + 1e-9 for tau in settings.grid_taus]
+        near_rho = [abs(rho - settings.rho) <= 0.05 + 1e-9 for rho in settings.grid_rhos]
+        band = np.ix_(range(counts.shape[0]), np.flatnonzero(near_tau), np.flatnonzero(near_rho))
+        band_starts = sorted({int(start) for start in starts[band].flat})
+        return {
+            "band_similar_blocks": [int(counts[band].min()), int(counts[band].max())],
+            "band_collapse_starts": [None if start < 0 else start for start in band_starts],
+        }
+
     def _map_summary(self, maps: str) -> dict[str, Any]:
         similar = self.similar_blocks(maps)
         first_third, last_third = _thirds(self.adjacent_similarity(maps))
         cross_head = self.cross_head_mean(maps)
+        robustness = self.robustness(maps)
+        counts, starts = robustness["similar_blocks"], robustness["collapse_start"]
         return {
             "similar_blocks": similar.count,
             "similar_block_indices": similar.indices,
+            "near_uniform_block_indices": self.near_uniform_blocks(maps),
+            "collapsed_block_indices": self.collapsed_blocks(maps),
             "collapse_start": self.collapse_start(maps),
+            **self._band_verdicts(counts, starts),
             "adjacent_similarity_first_third": first_third,
             "adjacent_similarity_last_third": last_third,
             "cross_head_similarity": _nanmean_or_none(cross_head),

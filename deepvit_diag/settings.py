@@ -201,6 +201,21 @@ class Settings:
         workers = default_num_workers(device) if self.num_workers is None else self.num_workers
         return replace(self, device=str(device), num_workers=workers)
 
+    @property
+    def grid_ks(self) -> tuple[int, ...]:
+        """The k of the robustness grid (docs/metrics.md): k - 1 (when >= 1), k and k + 1."""
+        return tuple(value for value in (self.k - 1, self.k, self.k + 1) if value >= 1)
+
+    @property
+    def grid_taus(self) -> tuple[float, ...]:
+        """The tau of the robustness grid: tau and tau -/+ 0.1, 0.2, inside (0, 1)."""
+        return _band(self.tau, GRID_TAU_STEPS)
+
+    @property
+    def grid_rhos(self) -> tuple[float, ...]:
+        """The rho of the robustness grid: rho and rho -/+ 0.05, 0.1, inside (0, 1)."""
+        return _band(self.rho, GRID_RHO_STEPS)
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name (JSON-able; ``from_dict`` reads it back)."""
         return asdict(self)
@@ -222,6 +237,16 @@ class Settings:
         if unknown:
             raise DiagError(f"unknown analysis settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return replace(settings or cls(), **overrides)
+
+
+# Offsets of the robustness grid around tau and rho; the findings call a verdict fragile
+# when it changes inside it.
+GRID_TAU_STEPS = (-0.2, -0.1, 0.0, 0.1, 0.2)
+GRID_RHO_STEPS = (-0.1, -0.05, 0.0, 0.05, 0.1)
+
+
+def _band(value: float, steps: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(round(value + step, 6) for step in steps if 0.0 < round(value + step, 6) < 1.0 or step == 0.0)
 
 
 def default_num_workers(device: torch.device) -> int:

@@ -33,8 +33,17 @@ SUM_SHAPES = {
     "attention_distance": "LH",
     "token_similarity": "L",
     "rank_residual": "L",
+    "uniformity": "LH",
+    # The robustness grid: K values of k and U of tau (``Settings.grid_ks``, ``grid_taus``) by block.
+    "ratio_grid": "KUL",
 }
-SUM_RANGES = {"ratio": (0.0, 1.0), "entropy": (0.0, "ln T"), "attention_distance": (0.0, None)}
+SUM_RANGES = {
+    "ratio": (0.0, 1.0),
+    "ratio_grid": (0.0, 1.0),
+    "uniformity": (0.0, 1.0),
+    "entropy": (0.0, "ln T"),
+    "attention_distance": (0.0, None),
+}
 _SLACK = 1e-4  # float32 per-image values summed in float64
 
 
@@ -114,6 +123,8 @@ def _check_sum(path: Path, entry: str, name: str, values: np.ndarray, count: int
     if metric not in SUM_SHAPES:
         raise DiagError(f"{path}: {entry} is not a sum deepvit-diag writes")
     sizes = {"L": geometry.num_blocks, "H": geometry.num_heads}
+    # The grid's own sizes come from the settings, which every shard of one analysis shares (checked on merge).
+    sizes.update(zip("KU", values.shape[:2] if values.ndim == 3 else (-1, -1)))
     shape = tuple(sizes[letter] for letter in SUM_SHAPES[metric])
     if values.shape != shape or values.dtype.kind != "f":
         raise DiagError(

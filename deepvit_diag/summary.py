@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from .results import AnalysisResult, ComparisonResult
     from .sweeps import SweepResult
 
+KIND_WORDS = {"pre": "pre-Θ", "post": "post-Θ"}
+# Why pre-Θ and post-Θ numbers are not compared directly, said wherever both appear.
+KIND_SCALES = (
+    "pre-Θ maps are the softmax maps (non-negative, rows sum to 1), so their cosine similarities lie in [0, 1]; "
+    "post-Θ maps are what multiplies V after Θ and the Norm (BatchNorm outputs, centred and signed), so theirs "
+    "lie in [-1, 1] and are not on the same scale: compare counts within one kind, not across kinds"
+)
+
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
 PAPER_CROSS_HEAD = 0.3
 PAPER_CROSS_HEAD_NOTE = f"the paper finds below {PAPER_CROSS_HEAD:.2f} for ViT"
@@ -83,14 +91,40 @@ def accuracy_cell(summary: dict[str, Any]) -> str:
     )
 
 
+def _near_uniform(summary: dict[str, Any]) -> str:
+    indices = summary.get("near_uniform_block_indices", [])
+    return f"{len(indices)} of {summary['num_blocks']}" + (f": {block_list(indices)}" if indices else "")
+
+
+def _per_kind(name: str, cell: Any, kind: str | None) -> tuple[str, Any]:
+    """A headline row of one map kind (``kind``; None: the default kind, no suffix)."""
+    if kind is None:
+        return name, cell
+    return f"{name}, {KIND_WORDS[kind]}", lambda s: cell({**s, **_kind_summary(s, kind)})
+
+
+def _kind_summary(summary: dict[str, Any], kind: str) -> dict[str, Any]:
+    suffix = f"_{kind}"
+    return {key[: -len(suffix)]: value for key, value in summary.items() if key.endswith(suffix)}
+
+
 def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
-    """The headline table: (row label, one cell per model), in the order of ``results``."""
+    """The headline table: (row label, one cell per model), in the order of ``results``.
+
+    When a model mixes heads, the verdict rows come for both map kinds (pre-Θ and post-Θ),
+    read from the same analysis."""
     summaries = [result.summary() for result in results.values()]
     rho = next(iter(results.values())).settings.rho
+    mixing = any(result.geometry.mixing_blocks for result in results.values())
+    kinds: tuple[str | None, ...] = ("pre", "post") if mixing else (None,)
+    verdict = [
+        (f"similar blocks (ratio > {rho:g})", _similar),
+        ("near-uniform blocks (not collapse)", _near_uniform),
+        ("collapse starts at block", _collapse_start),
+    ]
     rows: list[tuple[str, Any]] = [
         ("images", lambda s: str(s["num_images"])),
-        (f"similar blocks (ratio > {rho:g})", _similar),
-        ("collapse starts at block", _collapse_start),
+        *(_per_kind(name, cell, kind) for name, cell in verdict for kind in kinds),
         ("adjacent similarity, first third", lambda s: _number(s["adjacent_similarity_first_third"])),
         ("adjacent similarity, last third", lambda s: _number(s["adjacent_similarity_last_third"])),
         ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
@@ -104,7 +138,10 @@ def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[
 
 def summary_title(results: Mapping[str, AnalysisResult]) -> str:
     maps = next(iter(results.values())).summary()["maps"]
-    return f"Attention-collapse summary ({maps}-Θ maps in Re-attention blocks; blocks numbered from 1)"
+    return (
+        f"Attention-collapse summary ({maps}-Θ maps in Re-attention blocks unless a row names its kind; "
+        "blocks numbered from 1)"
+    )
 
 
 def summary_table(results: Mapping[str, AnalysisResult]) -> Table:
@@ -120,29 +157,70 @@ def summary_table(results: Mapping[str, AnalysisResult]) -> Table:
 # ----------------------------------------------------------------------------- findings
 
 
+def _collapse_sentence(label: str, s: dict[str, Any], rho: float, maps: str) -> str:
+    total = s["num_blocks"]
+    similar, collapsed = s["similar_block_indices"], s["collapsed_block_indices"]
+    if not similar:
+        return f"{label}: no block has a similarity ratio above rho = {rho:g} ({maps}), so no block counts as similar."
+    if s["collapse_start"] is not None:
+        start = s["collapse_start"] + 1
+        run = f"block {start}" if start == total else f"every block from {start} to {total}"
+        return (
+            f"{label}: {len(similar)} of {total} blocks are similar (ratio above {rho:g}, {maps}); "
+            f"attention collapses from block {start} on: {run} attends selectively and like its neighbours."
+        )
+    if not collapsed:
+        return (
+            f"{label}: {len(similar)} of {total} blocks are similar (blocks {block_list(similar)}, {maps}), "
+            "but every one of them is near-uniform, so none is collapse."
+        )
+    return (
+        f"{label}: {len(similar)} of {total} blocks are similar (blocks {block_list(similar)}, {maps}); "
+        f"the selective ones among them (blocks {block_list(collapsed)}) do not reach the last block, "
+        "so there is no collapsed run at the end."
+    )
+
+
+def _uniform_sentences(label: str, result: AnalysisResult) -> list[str]:
+    """The near-uniform blocks of the summarised kind, and of the softmax maps too when a
+    model mixes heads (its pre-Θ maps are often near-uniform where the post-Θ ones are not)."""
+    s = result.summary()
+    kinds = [s["maps"]] + (["pre"] if result.geometry.mixing_blocks and s["maps"] != "pre" else [])
+    sentences = [_uniform_sentence(label, {**s, **_kind_summary(s, kind)}, f"{kind}-Θ maps") for kind in kinds]
+    return [sentence for sentence in sentences if sentence]
+
+
+def _uniform_sentence(label: str, s: dict[str, Any], maps: str) -> str | None:
+    uniform = s["near_uniform_block_indices"]
+    if not uniform:
+        return None
+    where = "every block" if len(uniform) == s["num_blocks"] else f"blocks {block_list(uniform)}"
+    return (
+        f"{label}: attention is near-uniform in {where} ({maps}): their similarity says nothing about "
+        "collapse, and they are never counted as collapsed."
+    )
+
+
+def _robustness_sentence(label: str, s: dict[str, Any], settings: Any) -> str | None:
+    starts = s["band_collapse_starts"]
+    low, high = s["band_similar_blocks"]
+    if len(starts) < 2:
+        return None
+    words = " or ".join("none" if start is None else f"block {start + 1}" for start in starts)
+    return (
+        f"{label}: the verdict depends on the thresholds: with k {settings.k - 1 or 1}-{settings.k + 1}, "
+        f"tau {settings.tau - 0.1:g}-{settings.tau + 0.1:g} and rho {settings.rho - 0.05:g}-"
+        f"{min(settings.rho + 0.05, 1):g}, {low} to {high} blocks are similar and the collapse start is {words}."
+    )
+
+
 def model_findings(label: str, result: AnalysisResult) -> list[str]:
     """Plain sentences about one model."""
     s = result.summary()
-    rho, total = result.settings.rho, s["num_blocks"]
     maps = f"{s['maps']}-Θ maps"
-    if s["similar_blocks"] == 0:
-        collapse = (
-            f"{label}: no block has a similarity ratio above rho = {rho:g} ({maps}), so no block counts as similar."
-        )
-    elif s["collapse_start"] is not None:
-        start = s["collapse_start"] + 1
-        run = f"block {start}" if start == total else f"every block from {start} to {total}"
-        collapse = (
-            f"{label}: {s['similar_blocks']} of {total} blocks are similar (ratio above {rho:g}, {maps}); "
-            f"attention collapses from block {start} on: {run} is similar to its neighbours."
-        )
-    else:
-        collapse = (
-            f"{label}: {s['similar_blocks']} of {total} blocks are similar "
-            f"(blocks {block_list(s['similar_block_indices'])}), "
-            "but the last block is not, so there is no collapsed run at the end."
-        )
-    findings = [collapse]
+    findings = [_collapse_sentence(label, s, result.settings.rho, maps), *_uniform_sentences(label, result)]
+    fragile = _robustness_sentence(label, s, result.settings)
+    findings += [fragile] if fragile else []
     first, last = s["adjacent_similarity_first_third"], s["adjacent_similarity_last_third"]
     if first is not None and last is not None:
         findings.append(
@@ -175,16 +253,19 @@ def _softmax_maps(result: AnalysisResult) -> bool:
 
 
 def _reattention_finding(label: str, s: dict[str, Any], mixing: str) -> str:
+    uniform_pre = len(s["near_uniform_block_indices_pre"])
+    pre = f"{s['similar_blocks_pre']} similar blocks ({uniform_pre} near-uniform)"
     if mixing == TALKING_HEADS:
         return (
-            f"{label}: talking heads (CaiT) mix the maps across heads: {s['similar_blocks_pre']} similar blocks "
-            f"in the softmax maps, {s['similar_blocks_post']} after the mixing matrix W; W is on average "
-            f"{_number(s['theta_distance_from_identity_mean'], 2)} from identity (0 = no mixing)."
+            f"{label}: talking heads (CaiT) mix the maps across heads: {pre} in the softmax maps, "
+            f"{s['similar_blocks_post']} after the mixing matrix W; W is on average "
+            f"{_number(s['theta_distance_from_identity_mean'], 2)} from identity (0 = no mixing). "
+            f"{KIND_SCALES[0].upper()}{KIND_SCALES[1:]}."
         )
     return (
-        f"{label}: Re-attention changes the maps: {s['similar_blocks_pre']} similar blocks before Θ (softmax maps), "
+        f"{label}: Re-attention changes the maps: {pre} before Θ (softmax maps), "
         f"{s['similar_blocks_post']} after Θ; Θ is on average {_number(s['theta_distance_from_identity_mean'], 2)} "
-        "from identity (0 = no mixing)."
+        f"from identity (0 = no mixing). {KIND_SCALES[0].upper()}{KIND_SCALES[1:]}."
     )
 
 
@@ -211,7 +292,7 @@ def _starts(label_a: str, label_b: str, a: dict[str, Any], b: dict[str, Any]) ->
         f"from block {start + 1} in {label}" if start is not None else f"none in {label}"
         for label, start in starts.items()
     ]
-    return f"Collapsed run (similar blocks up to the last): {parts[0]}; {parts[1]}."
+    return f"Collapsed run (selective similar blocks up to the last): {parts[0]}; {parts[1]}."
 
 
 def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult) -> list[str]:
@@ -223,6 +304,10 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
         _count_comparison(label_a, label_b, a, b),
         _starts(label_a, label_b, a, b),
     ]
+    for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
+        findings += _uniform_sentences(label, result)
+        fragile = _robustness_sentence(label, s, result.settings)
+        findings += [fragile] if fragile else []
     if a["adjacent_similarity_last_third"] is not None and b["adjacent_similarity_last_third"] is not None:
         findings.append(
             f"In the last third of the network, adjacent blocks' attention maps have mean similarity "
@@ -297,6 +382,7 @@ def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
         "group",
         *([_X_WORDS[sweep.x_axis][0]] if timed else []),
         "similar blocks",
+        "near-uniform",
         "collapse from block",
         "adjacent sim. (last third)",
         "top-1 / top-5",
@@ -310,6 +396,7 @@ def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
                 entry.group,
                 *([str(entry.step)] if timed else []),
                 _similar(s),
+                _near_uniform(s),
                 _collapse_start(s),
                 _number(s["adjacent_similarity_last_third"]),
                 f"{percent(s['accuracy_top1'])} / {percent(s['accuracy_top5'])}",
@@ -356,12 +443,23 @@ def sweep_findings(sweep: SweepResult) -> list[str]:
         where = f"at {one if len(entries) == 1 else several} {_listed(positions)}"
         counts = [str(entry.summary["similar_blocks"]) for entry in entries]
         findings.append(f"{group}: {_listed(counts)} similar blocks {where}.")
+        uniform = [entry for entry in entries if entry.summary.get("near_uniform_block_indices")]
+        if uniform:
+            named = _listed(
+                [f"{entry.label} ({block_list(entry.summary['near_uniform_block_indices'])})" for entry in uniform]
+            )
+            findings.append(
+                f"{group}: attention is near-uniform in blocks of {named}: their similarity says nothing about "
+                "collapse, and they are never counted as collapsed."
+            )
         appears = sweep.collapse_appears(group)
         if appears is None:
-            findings.append(f"{group}: no checkpoint has a collapsed run of similar blocks at the end of the network.")
+            findings.append(
+                f"{group}: no checkpoint has a collapsed run (selective similar blocks) at the end of the network."
+            )
         else:
             start, blocks = appears.summary["collapse_start"] + 1, appears.num_blocks
-            run = f"{appears.label}: every block from {start} to {blocks} is similar"
+            run = f"{appears.label}: every block from {start} to {blocks} attends selectively and is similar"
             earlier = entries.index(appears)
             after = "; no earlier checkpoint has one" if earlier else ", the first checkpoint"
             findings.append(

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
@@ -98,8 +99,10 @@ def sweep(
 
     # Every checkpoint is read once before the first analysis (and released): a typo or a broken file
     # among them is reported before hours of work, not after.
-    for checkpoint in checkpoints:
-        load(checkpoint)  # the model is dropped at once
+    # Only the provenance (model card) of each is kept: without --images, every card must name one image set.
+    cards = [SimpleNamespace(provenance=getattr(load(checkpoint), "provenance", None)) for checkpoint in checkpoints]
+    if images is None:
+        default_image_set(cards)
     entries: list[SweepEntry] = []
     read: dict[str, Any] = {}
     for index, (checkpoint, label) in enumerate(zip(checkpoints, labels)):

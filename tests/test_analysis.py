@@ -607,6 +607,9 @@ def _fabricated(ratio: list[float], adjacent: list[float]) -> AnalysisResult:
         **{f"similarity_{kind}": similarity for kind in ("pre", "post")},
         **{f"ratio_{kind}": np.array(ratio, dtype=np.float32) for kind in ("pre", "post")},
         **{f"cross_head_{kind}": cross_head for kind in ("pre", "post")},
+        # Selective maps, and the same ratio at every (k, tau) of the robustness grid.
+        **{f"uniformity_{kind}": np.full((num_blocks, 2), 0.3, np.float32) for kind in ("pre", "post")},
+        **{f"ratio_grid_{kind}": np.tile(np.float32(ratio), (3, 5, 1)) for kind in ("pre", "post")},
         "entropy": np.stack([2.0 - 0.25 * per_block] * 2, axis=1),
         "attention_distance": np.stack([10.0 + 2.0 * per_block] * 2, axis=1),
         "token_similarity": per_block / 10,

@@ -136,7 +136,7 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["Collapse starts at block"] in {"none", "1", "2"}
     assert any("vit.safetensors (A)" in markdown.value for markdown in at.markdown)
-    expected_charts = {"Layer similarity": 3, "Similarity ratio": 1, "Heads": 5, "Theta": 3, "More metrics": 7}
+    expected_charts = {"Layer similarity": 4, "Similarity ratio": 4, "Heads": 5, "Theta": 3, "More metrics": 7}
     for view, count in expected_charts.items():
         at = _show(at, view)
         _assert_fine(at)
@@ -368,6 +368,23 @@ def test_unexpected_failure_is_an_error_not_a_crash(tiny_app, monkeypatch):
     _assert_error_and_still_working(at, "Unexpected RuntimeError: weights from the future")
 
 
+def test_checkpoints_whose_cards_name_different_image_sets_need_chosen_images(files, monkeypatch, tmp_path):
+    for model, image_set in (("vit", "digits-test"), ("deepvit", "digits-clutter-test")):
+        save_native(
+            load_model(str(files / f"{model}.safetensors")),
+            tmp_path / f"{model}.safetensors",
+            card={"image_set": image_set},
+        )
+    for name, value in app_environment(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEEPVIT_DIAG_APP_IMAGES", "")  # the set the model cards name
+    _clear_caches()
+    at = _open()
+    assert not at.exception
+    assert any("different image sets (digits-clutter-test, digits-test)" in error.value for error in at.error)
+    _clear_caches()
+
+
 def test_missing_demo_weights_say_so(monkeypatch, tmp_path):
     for side in ("A", "B"):
         monkeypatch.delenv(f"DEEPVIT_DIAG_APP_CKPT_{side}", raising=False)
@@ -394,6 +411,11 @@ def test_opens_on_the_demo_pair(monkeypatch):
     _assert_fine(at)
     assert any("digits-clutter-test" in caption.value for caption in at.caption)
     assert {metric.label for metric in at.metric} >= {"Collapse starts at block", "Mean cross-head similarity"}
+    # The CLI's defaults (every image of the set the cards name), hence the README's numbers.
+    assert any("(360 analysed" in caption.value for caption in at.caption)
+    similar = [metric.value for metric in at.metric if metric.label == "Similar blocks"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"{similar[0].split(' of ')[0]} of its blocks" in readme and similar[0] == "2 of 32", similar
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))
         assert view in ("Export", "Sweep", "Ablation") or _charts(at) > 0, view

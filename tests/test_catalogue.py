@@ -92,8 +92,8 @@ def test_report_draws_the_catalogue_figures_with_their_captions(comparison):
     results = dict(zip(LABELS, (comparison.a, comparison.b)))
     expected = [
         (drawn.element_id, drawn.caption)
-        for metric in METRICS
-        for spec in metric.figures
+        for section in SECTIONS
+        for spec in catalogue.figures_in(section)
         for drawn in drawing.draw(spec, results, comparison)
     ]
     assert [(item.div_id, item.caption) for item in report_figures(comparison, LABELS)] == expected

@@ -485,6 +485,28 @@ def test_preset_names_resolve_store_then_bundled_then_error(weight_store, tiny_m
     assert {r["name"]: r["weights"] for r in list_models()}["vit16"] == "store"
 
 
+def test_import_as_a_preset_name_refuses_another_architecture_without_force(weight_store, tiny_model, tmp_path):
+    save_native(tiny_model("vit", seed=1), weight_store.bundled / "vit32-digits.safetensors")
+    shallower = tiny_model("vit", seed=2, depth=2)
+    save_native(shallower, tmp_path / "shallow.safetensors")
+    with pytest.raises(
+        DiagError,
+        match=r"'vit32' loads the bundled weights \(3 blocks, width 32, 4 heads\), but these "
+        r"weights have depth 2 instead of 3: import them under another name, or pass --force",
+    ):
+        import_checkpoint(tmp_path / "shallow.safetensors", "vit32")
+    assert load_model("vit32").provenance["source"] == "bundled"
+    wider = tiny_model("vit", seed=2, embed_dim=64, num_heads=8)
+    save_native(wider, tmp_path / "wide.safetensors")
+    with pytest.raises(DiagError, match="width 64 instead of 32, heads 8 instead of 4"):
+        import_checkpoint(tmp_path / "wide.safetensors", "vit32")
+    same = tiny_model("vit", seed=3)
+    save_native(same, tmp_path / "same.safetensors")
+    import_checkpoint(tmp_path / "same.safetensors", "vit32")  # the same architecture is accepted
+    import_checkpoint(tmp_path / "shallow.safetensors", "vit32", overwrite=True)
+    assert load_model("vit32").arch["kwargs"]["depth"] == 2
+
+
 def test_random_weights_only_when_asked_and_loudly(weight_store):
     with pytest.warns(UserWarning, match="RANDOM"):
         model = load_model("deepvit_l", pretrained=False, depth=4, embed_dim=32, num_heads=4, img_size=32, patch_size=8)

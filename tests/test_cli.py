@@ -26,7 +26,11 @@ TINY = dict(depth=2, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_c
 # The report's figure divs for a comparison of a ViT with a DeepViT (2 blocks each) and 2 example images.
 COMPARISON_FIGURES = [
     "fig-layer-similarity",
+    "fig-layer-similarity-other-kind",
     "fig-similarity-ratio",
+    "fig-similarity-ratio-other-kind",
+    "fig-attention-regimes",
+    "fig-robustness-grid",
     "fig-cross-head-curves",
     "fig-cross-head-matrices",
     "fig-theta-heatmaps-1",
@@ -82,6 +86,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_native(timm.create_model("deepvit16", **TINY), root / "deepvit.safetensors")
     save_native(
         timm.create_model("deepvit16", **TINY), root / "digits_model.safetensors", card={"image_set": "digits-test"}
+    )
+    save_native(
+        timm.create_model("vit16", **TINY),
+        root / "clutter_model.safetensors",
+        card={"image_set": "digits-clutter-test"},
     )
     write_image(root / "images" / "cat" / "a.png", 0)
     write_image(root / "images" / "cat" / "b.jpg", 1, mode="L")
@@ -352,6 +361,19 @@ def test_default_image_set_is_the_one_the_model_cards_name(workspace: Path) -> N
     document = json.loads((out / "result.json").read_text())
     assert "bundled set 'digits-test'" in document["a"]["images"]["description"]
     assert document["a"]["model"]["provenance"]["card"]["image_set"] == "digits-test"
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_checkpoints_whose_cards_name_different_image_sets_need_images(workspace: Path, command: str) -> None:
+    first, second = str(workspace / "digits_model.safetensors"), str(workspace / "clutter_model.safetensors")
+    models = ["--ckpt-a", first, "--ckpt-b", second] if command == "compare" else ["--ckpt", first, second]
+    out = workspace / f"mixed-{command}"
+    common = [command, *models, "--num-images", "2", "--quiet", "--out", str(out), "--device", "cpu"]
+    status, _, stderr = run(common)
+    assert_clean_error(status, stderr, 1, "different image sets (digits-clutter-test, digits-test)", "--images")
+    assert not out.exists()
+    status, _, stderr = run([*common, "--images", str(workspace / "images")])
+    assert status == 0, stderr
 
 
 def test_default_image_set_falls_back_to_photos(workspace: Path) -> None:

@@ -802,7 +802,7 @@ def test_13_train_out_never_replaces_a_file_it_did_not_write(existing, tmp_path,
 
 def test_13_import_may_not_change_what_a_preset_name_loads(files, weight_store):
     status, _, stderr = run(["import", str(files / "deepvit.safetensors"), "--as", "vit32"])
-    assert_one_line(status, stderr, 1, "'vit32' is the preset", "deepvit model")
+    assert_one_line(status, stderr, 1, "'vit32' loads the preset", "family deepvit instead of vit", "--force")
     assert not weight_store.store.exists() or list(weight_store.store.iterdir()) == []
     status, _, stderr = run(["import", str(files / "deepvit.safetensors"), "--as", "vit32", "--force"])
     assert status == 0, stderr

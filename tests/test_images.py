@@ -199,6 +199,13 @@ def test_default_image_set_follows_model_cards():
     assert default_image_set([digits_model, digits_model]) == "digits-test"
     assert default_image_set([digits_model, timm_model]) == "photos"
     assert set(BUNDLED_SETS) == {"photos", "digits-test", "digits-clutter-test"}
+    clutter_model = types.SimpleNamespace(provenance={"card": {"image_set": "digits-clutter-test"}})
+    with pytest.raises(
+        DiagError,
+        match=r"^the model cards name different image sets \(digits-clutter-test, "
+        r"digits-test\): choose the images with --images \(images= in Python\)$",
+    ):
+        default_image_set([digits_model, timm_model, clutter_model])
 
 
 # ----------------------------------------------------------------------------- tensors and batches from a notebook

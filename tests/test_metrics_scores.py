@@ -18,9 +18,11 @@ from deepvit_diag.metrics import (
     cross_layer_similarity,
     deferred_value_checks,
     mean_attention_distance,
+    ratio_grid,
     score_statistics,
     similarity_ratio,
     token_distances,
+    uniformity,
 )
 from deepvit_diag.metrics.scores import query_weights
 from deepvit_diag.models.attention import ReAttention
@@ -66,13 +68,18 @@ def whole_maps(blocks: list[AttentionScores]) -> dict[str, torch.Tensor]:
     return {"pre": torch.stack(pre), "post": torch.stack(post)}
 
 
-def reference(blocks: list[AttentionScores], k: int, tau: float, axis: str) -> dict[str, torch.Tensor]:
+def reference(
+    blocks: list[AttentionScores], k: int, tau: float, axis: str, grid: tuple[tuple, tuple] = ((), ())
+) -> dict[str, torch.Tensor]:
     maps = whole_maps(blocks)
     expected = {}
     for kind, stacked in maps.items():
         expected[f"similarity_{kind}"] = cross_layer_similarity(stacked, axis)
         expected[f"ratio_{kind}"] = similarity_ratio(stacked, k, tau, axis)
         expected[f"cross_head_{kind}"] = cross_head_similarity(stacked, axis)
+        expected[f"uniformity_{kind}"] = uniformity(stacked)
+        if grid[0]:
+            expected[f"ratio_grid_{kind}"] = ratio_grid(stacked, *grid, axis)
     expected["entropy"] = attention_entropy(maps["pre"])
     expected["attention_distance"] = mean_attention_distance(maps["pre"], 8, 1, GRID)
     return expected
@@ -96,6 +103,28 @@ def test_equals_the_reference_at_every_chunk_size(mixing, axis, chunk):
     assert_close(actual, reference(blocks, 2, 0.4, axis), vectors=2 * HEADS * TOKENS)
     if mixing is None:
         assert actual["similarity_post"] is actual["similarity_pre"]
+
+
+@pytest.mark.parametrize("mixing", [None, "reattention"])
+@pytest.mark.parametrize("axis", ["columns", "rows"])
+@pytest.mark.parametrize("chunk", [1, 4, None])
+def test_regimes_and_robustness_grid_equal_the_reference_at_every_chunk_size(mixing, axis, chunk):
+    blocks = random_scores(num_blocks=5, batch=2, mixing=mixing)
+    grid = ((1, 2, 3), (0.3, 0.4, 0.5, 0.6))
+    with torch.no_grad():
+        actual = score_statistics(
+            blocks,
+            token_distances(GRID, 8),
+            1,
+            k=2,
+            tau=0.4,
+            axis=axis,
+            chunk=chunk,
+            grid_ks=grid[0],
+            grid_taus=grid[1],
+        )
+    assert_close(actual, reference(blocks, 2, 0.4, axis, grid), vectors=2 * HEADS * TOKENS)
+    np.testing.assert_array_equal(actual["ratio_grid_pre"][1, 1].numpy(), actual["ratio_pre"].numpy())
 
 
 @pytest.mark.parametrize("batch", [1, 3])

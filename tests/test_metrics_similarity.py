@@ -13,9 +13,12 @@ from deepvit_diag.metrics import (
     cross_head_similarity,
     cross_layer_similarity,
     mean_off_diagonal,
+    near_uniform_blocks,
     neighbour_similarity,
+    ratio_grid,
     similar_blocks,
     similarity_ratio,
+    uniformity,
 )
 
 EPS = 1e-12
@@ -358,3 +361,63 @@ def test_bad_parameters_raise_diag_error():
         similar_blocks(torch.ones(2, 2))
     with pytest.raises(DiagError):
         mean_off_diagonal(torch.ones(2, 3))
+
+
+# ---- attention regimes and the robustness grid ----
+
+
+def brute_uniformity(maps: torch.Tensor) -> np.ndarray:
+    """U[l, h]: mean over b, i of the squared cosine of row i with the all-ones row, one row at a time."""
+    a = maps.double().numpy()
+    num_blocks, batch, heads, tokens = a.shape[:4]
+    out = np.zeros((num_blocks, heads))
+    for l in range(num_blocks):
+        for h in range(heads):
+            out[l, h] = np.mean(
+                [np_cosine(a[l, b, h, i], np.ones(tokens)) ** 2 for b in range(batch) for i in range(tokens)]
+            )
+    return out
+
+
+@pytest.mark.parametrize("make_maps", [correlated_maps, softmax_maps])
+def test_uniformity_matches_brute_force(make_maps):
+    maps = make_maps(3)
+    np.testing.assert_allclose(uniformity(maps).numpy(), brute_uniformity(maps), atol=1e-6)
+
+
+def test_uniformity_is_one_for_uniform_maps_and_one_over_t_for_one_hot_rows():
+    tokens = 6
+    uniform = torch.full((2, 3, 4, tokens, tokens), 1 / tokens)
+    torch.testing.assert_close(uniformity(uniform), torch.ones(2, 4))
+    one_hot = torch.eye(tokens).expand(2, 3, 4, tokens, tokens)
+    torch.testing.assert_close(uniformity(one_hot), torch.full((2, 4), 1 / tokens))
+    # A softmax row's value is its inverse Simpson index over T: 1 / (T sum p^2).
+    row = torch.tensor([0.5, 0.25, 0.25, 0.0])
+    maps = row.expand(1, 1, 1, 4, 4)
+    assert uniformity(maps).item() == pytest.approx(1 / (4 * float((row**2).sum())))
+    # Signed constant rows (a post-Θ map of uniform attention) are uniform too; zero rows are not.
+    assert uniformity(-3 * torch.ones(1, 1, 1, 4, 4)).item() == pytest.approx(1.0)
+    assert uniformity(torch.zeros(1, 1, 1, 4, 4)).item() == 0.0
+
+
+def test_near_uniform_blocks_threshold_the_head_average():
+    values = torch.tensor([[0.9, 0.9], [0.95, 0.5], [0.6, 0.7]])
+    assert near_uniform_blocks(values, 0.8) == [0]
+    assert near_uniform_blocks(values, 0.7) == [0, 1]
+    with pytest.raises(DiagError, match="shape"):
+        near_uniform_blocks(torch.ones(3), 0.8)
+
+
+@pytest.mark.parametrize("axis", AXES)
+@pytest.mark.parametrize("make_maps", [correlated_maps, softmax_maps])
+def test_ratio_grid_equals_separate_runs_at_each_k_and_tau(axis, make_maps):
+    maps = make_maps(11, shape=(5, 2, 3, 5))
+    ks, taus = (1, 2, 3), (0.3, 0.4, 0.5, 0.6, 0.7)
+    fast = collapse_statistics(maps.clone(), k=2, tau=0.5, axis=axis, grid_ks=ks, grid_taus=taus)["ratio_grid"]
+    assert fast.shape == (3, 5, 5)
+    for i, k in enumerate(ks):
+        for j, tau in enumerate(taus):
+            separate = collapse_statistics(maps.clone(), k=k, tau=tau, axis=axis)["ratio"]
+            torch.testing.assert_close(fast[i, j], separate, atol=0, rtol=0)
+            torch.testing.assert_close(fast[i, j], similarity_ratio(maps, k=k, tau=tau, axis=axis), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ratio_grid(maps, ks, taus, axis), fast, atol=1e-5, rtol=0)

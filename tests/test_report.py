@@ -12,16 +12,19 @@ import re
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import timm
 import torch
 from PIL import Image
 
+from deepvit_diag import catalogue
 from deepvit_diag.analysis import compare
 from deepvit_diag.figures import head_mixing as head_mixing_figures
 from deepvit_diag.figures import overlays as overlay_figures
 from deepvit_diag.figures import similarity as similarity_figures
 from deepvit_diag.figures import style
+from deepvit_diag.figures.drawing import draw
 from deepvit_diag.introspection import Geometry
 from deepvit_diag.metrics import Accuracy
 from deepvit_diag.report import build_report, report_figures, write_report
@@ -44,9 +47,15 @@ def comparison() -> ComparisonResult:
     return compare(tiny("vit16"), tiny("deepvit16"), images, device="cpu", num_examples=2, progress=False)
 
 
-def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) -> AnalysisResult:
-    """A result with chosen similarity ratios and cross-head similarity (other arrays flat)."""
+def synthetic(
+    ratio: list[float], cross_head: float, reattention: bool = False, uniformity: list[float] | None = None
+) -> AnalysisResult:
+    """A result with chosen similarity ratios, cross-head similarity and head-averaged
+    uniformity (default 0.3 everywhere: selective maps; other arrays flat)."""
     blocks, heads = len(ratio), 2
+    settings = Settings()
+    uniform = np.repeat(np.asarray(uniformity or [0.3] * blocks, dtype=np.float32)[:, None], heads, axis=1)
+    grid = np.broadcast_to(np.asarray(ratio, np.float32), (len(settings.grid_ks), len(settings.grid_taus), blocks))
     similarity = np.full((blocks, blocks), 0.5, dtype=np.float32)
     np.fill_diagonal(similarity, 1.0)
     cross = np.full((blocks, heads, heads), cross_head, dtype=np.float32)
@@ -54,6 +63,8 @@ def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) 
         **{f"similarity_{kind}": similarity for kind in ("pre", "post")},
         **{f"ratio_{kind}": np.asarray(ratio, dtype=np.float32) for kind in ("pre", "post")},
         **{f"cross_head_{kind}": cross for kind in ("pre", "post")},
+        **{f"uniformity_{kind}": uniform for kind in ("pre", "post")},
+        **{f"ratio_grid_{kind}": grid.copy() for kind in ("pre", "post")},
         "entropy": np.ones((blocks, heads), np.float32),
         "attention_distance": np.ones((blocks, heads), np.float32),
         "token_similarity": np.zeros(blocks, np.float32),
@@ -65,9 +76,10 @@ def synthetic(ratio: list[float], cross_head: float, reattention: bool = False) 
     arrays["theta_blocks"] = np.array(mixing_blocks, dtype=np.int64)
     if reattention:
         arrays["ratio_post"] = np.zeros(blocks, np.float32)
+        arrays["ratio_grid_post"] = np.zeros_like(grid)
     geometry = Geometry(blocks, heads, 1, (8, 8), (2, 2), (16, 16), mixing_blocks)
     images = {"description": "none", "count": 8, "skipped": 0}
-    return AnalysisResult({"description": "synthetic"}, geometry, Settings(), images, 8, arrays)
+    return AnalysisResult({"description": "synthetic"}, geometry, settings, images, 8, arrays)
 
 
 # ----------------------------------------------------------------------------- summary wording
@@ -82,7 +94,7 @@ def test_findings_state_the_collapsed_run_from_summary_numbers() -> None:
     collapsed = synthetic([0.1, 0.5, 0.95, 0.97], cross_head=0.2)
     sentences = model_findings("M", collapsed)
     assert "2 of 4 blocks are similar" in sentences[0]
-    assert "collapses from block 3 on: every block from 3 to 4" in sentences[0]
+    assert "collapses from block 3 on: every block from 3 to 4 attends selectively" in sentences[0]
     assert "heads within a block are dissimilar (mean cross-head similarity 0.20" in " ".join(sentences)
     healthy = synthetic([0.1, 0.2, 0.3, 0.1], cross_head=0.6)
     assert "no block has a similarity ratio above rho = 0.9" in model_findings("M", healthy)[0]
@@ -94,11 +106,49 @@ def test_comparison_findings_name_the_model_with_fewer_similar_blocks() -> None:
     cka_ab = np.eye(4, dtype=np.float32)
     sentences = comparison_findings("A", "B", ComparisonResult(a, b, cka_ab))
     assert sentences[0] == "B has fewer similar blocks than A (0 of 4 against 3 of 4)."
-    assert sentences[1] == "Collapsed run (similar blocks up to the last): from block 2 in A; none in B."
+    assert sentences[1] == "Collapsed run (selective similar blocks up to the last): from block 2 in A; none in B."
     neither = comparison_findings("vit32 (A)", "b", ComparisonResult(b, b, cka_ab))
     assert neither[1] == "Neither vit32 (A) nor b has a collapsed run."  # a label keeps its case
     assert any("mean linear CKA 1.00" in s for s in sentences)
     assert any(s.startswith("B: Re-attention changes the maps") for s in sentences)
+
+
+def test_near_uniform_similar_blocks_are_never_called_collapse() -> None:
+    uniform = synthetic([0.1, 0.5, 0.95, 0.97], cross_head=0.9, uniformity=[0.3, 0.3, 0.95, 0.99])
+    summary = uniform.summary()
+    assert summary["similar_block_indices"] == [2, 3] and summary["near_uniform_block_indices"] == [2, 3]
+    assert summary["collapsed_block_indices"] == [] and summary["collapse_start"] is None
+    sentences = model_findings("M", uniform)
+    assert "but every one of them is near-uniform, so none is collapse" in sentences[0]
+    assert "M: attention is near-uniform in blocks 3-4 (post-Θ maps): their similarity says nothing" in sentences[1]
+    assert not any("collapses from" in sentence for sentence in sentences)
+    assert dict(summary_rows({"M": uniform}))["near-uniform blocks (not collapse)"] == ["2 of 4: 3-4"]
+    # Only the selective tail counts: block 4 near-uniform breaks the run at the end.
+    broken = synthetic([0.1, 0.5, 0.95, 0.97], cross_head=0.2, uniformity=[0.3, 0.3, 0.3, 0.99])
+    assert broken.summary()["collapsed_block_indices"] == [2] and broken.collapse_start() is None
+    assert "do not reach the last block" in model_findings("M", broken)[0]
+
+
+def test_a_verdict_that_changes_near_the_defaults_gets_one_finding() -> None:
+    steady = synthetic([0.1, 0.5, 0.99, 0.99], cross_head=0.2)
+    assert not any("depends on the thresholds" in sentence for sentence in model_findings("M", steady))
+    fragile = synthetic([0.1, 0.5, 0.99, 0.99], cross_head=0.2)
+    fragile.arrays["ratio_grid_post"][0] = 0.0  # at k = 1 no block is similar
+    assert fragile.summary()["band_collapse_starts"] == [None, 2]
+    (sentence,) = [s for s in model_findings("M", fragile) if "depends on the thresholds" in s]
+    assert sentence == (
+        "M: the verdict depends on the thresholds: with k 1-3, tau 0.4-0.6 and rho 0.85-0.95, "
+        "0 to 2 blocks are similar and the collapse start is none or block 3."
+    )
+
+
+def test_headline_has_both_kinds_for_head_mixing_models() -> None:
+    rows = dict(summary_rows({"D": synthetic([0.1, 0.95, 0.96, 0.97], 0.2, reattention=True)}))
+    assert rows["similar blocks (ratio > 0.9), pre-Θ"] == ["3 of 4: 2-4"]
+    assert rows["similar blocks (ratio > 0.9), post-Θ"] == ["0 of 4"]
+    assert rows["collapse starts at block, pre-Θ"] == ["2"] and rows["collapse starts at block, post-Θ"] == ["none"]
+    (finding,) = [s for s in model_findings("D", synthetic([0.1] * 4, 0.2, reattention=True)) if "Re-attention" in s]
+    assert "not on the same scale" in finding and "BatchNorm outputs, centred and signed" in finding
 
 
 def test_summary_rows_show_blocks_from_one() -> None:
@@ -306,3 +356,74 @@ def test_entropy_levels_count_blocks_by_share_of_ln_t() -> None:
     assert summary["blocks_entropy_at_most_0.9"] == sum(share <= 0.9 for share in per_block) == 2
     assert summary["entropy_relative_median"] == pytest.approx(np.median(per_block), abs=1e-6)
     assert dict(summary_rows({"M": result}))["blocks with entropy ≤ 0.8 · 0.9 ln T"] == ["1 · 2 of 4"]
+
+
+# ----------------------------------------------------------------------------- colour scales
+
+
+def _resolved(scale: str) -> tuple:
+    return go.Figure(layout={"coloraxis": {"colorscale": scale}}).layout.coloraxis.colorscale
+
+
+def _colour_axes(fig: go.Figure) -> dict[str, dict]:
+    layout = fig.layout.to_plotly_json()
+    return {name: value for name, value in layout.items() if name.startswith("coloraxis")}
+
+
+def test_every_catalogue_figure_uses_the_one_sequential_or_the_one_diverging_scale(comparison) -> None:
+    results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
+    sequential, diverging = _resolved(style.SEQUENTIAL), _resolved(style.DIVERGING)
+    assert sequential[0][1] == "rgb(0, 0, 4)"  # black at 0
+    # rgb() stops: the app's Plotly draws the hex stop #000004 of the named scale as lavender
+    assert all(colour.startswith("rgb(") for _, colour in style.SEQUENTIAL)
+    checked = 0
+    for metric in catalogue.METRICS:
+        for spec in metric.figures:
+            for drawn in draw(spec, results, comparison):
+                fig = drawn.figure
+                axes = _colour_axes(fig)
+                used = {trace.coloraxis for trace in fig.data if getattr(trace, "coloraxis", None)}
+                for trace in fig.data:
+                    if trace.type == "heatmap":  # every heatmap is on a named colour axis of the layout
+                        assert trace.coloraxis in axes, (spec.key, trace.name)
+                for name in used:
+                    axis = fig.layout[name]
+                    values = np.concatenate(
+                        [np.ravel(np.asarray(t.z, dtype=float)) for t in fig.data if t.coloraxis == name]
+                    )
+                    values = values[np.isfinite(values)]
+                    title = axis.colorbar.title.text
+                    assert title and title.strip(), (spec.key, name)  # every colour bar names its quantity
+                    if values.size and values.min() < 0:
+                        assert axis.colorscale == diverging, (spec.key, name)
+                        assert axis.cmid == 0 and axis.cmin == -axis.cmax, (spec.key, name)
+                    else:
+                        assert axis.colorscale in (sequential, diverging), (spec.key, name)
+                        if axis.colorscale == sequential:
+                            assert axis.cmin == 0 and axis.cmax >= values.max(initial=0) - 1e-6, (spec.key, name)
+                        else:  # a signed quantity that happens to be >= 0 here keeps its zero-centred scale
+                            assert axis.cmid == 0 and axis.cmin == -axis.cmax, (spec.key, name)
+                    checked += 1
+    assert checked >= 8
+
+
+def test_colour_scale_is_sequential_from_zero_for_non_negative_and_symmetric_for_signed() -> None:
+    assert style.colour_scale([np.array([0.0, 0.2]), np.array([0.5])]) == {
+        "colorscale": style.SEQUENTIAL,
+        "cmin": 0.0,
+        "cmax": 0.5,
+    }
+    signed = style.colour_scale([np.array([-0.3, 0.1]), np.array([2.0, np.nan])])
+    assert signed == {"colorscale": style.DIVERGING, "cmin": -2.0, "cmax": 2.0, "cmid": 0.0}
+
+
+def test_head_mixing_models_get_both_map_kinds_without_a_rerun(comparison) -> None:
+    results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
+    for key in ("layer_similarity", "similarity_ratio"):
+        (chosen,) = draw(catalogue.figure_named(key), results)
+        (other,) = draw(catalogue.figure_named(f"{key}_other_kind"), results)
+        assert "post-Θ" in chosen.figure.layout.title.text and "pre-Θ" in other.figure.layout.title.text
+        assert "not on the same scale" in other.caption
+        assert draw(catalogue.figure_named(f"{key}_other_kind"), {LABELS[0]: comparison.a}) == []  # a plain ViT
+    (ratio,) = draw(catalogue.figure_named("similarity_ratio_other_kind"), results)
+    np.testing.assert_array_equal(ratio.figure.data[1].y, comparison.b.ratio("pre"))

@@ -154,7 +154,7 @@ def test_a_training_series_says_when_collapse_appears(depth_sweep):
     series = SweepResult(entries, "epoch", depth_sweep.settings, {"description": "d", "count": 8, "skipped": 0})
     assert [series.x(entry) for entry in series.groups()["ViT"]] == [10, 20, 30]
     assert series.collapse_appears("ViT").label == "e20"
-    assert "ViT: collapse appears at epoch 20 (e20: every block from 4 to 4 is similar); no earlier checkpoint" in (
+    assert "ViT: collapse appears at epoch 20 (e20: every block from 4 to 4 attends selectively and is similar)" in (
         " ".join(sweep_findings(series))
     )
     similar = sweep_figures.sweep_similar_blocks(series)

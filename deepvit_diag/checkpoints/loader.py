@@ -59,7 +59,7 @@ from . import huggingface
 from .inference import infer_arch
 from .layouts import NATIVE, detect_layout, to_our_keys
 from .native import is_native_file, read_native_metadata, save_native
-from .provenance import arch_summary, describe
+from .provenance import arch_kwarg, arch_summary, describe
 from .resample import resample_positions
 from .safe_load import CHECKPOINT_SUFFIXES, RawCheckpoint, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
@@ -174,12 +174,25 @@ def import_checkpoint(spec: str | os.PathLike, name: str, *, overwrite: bool = F
 
 
 def _check_preset_meaning(name: str, arch: dict[str, Any]) -> None:
-    """A store entry named like a preset is what that name loads: it must be of the preset's family (a ViT
-    for vit16/24/32, a DeepViT for the deepvit presets); sizes may differ, as in the bundled digits demos."""
-    if name in PRESETS and arch["family"] != PRESETS[name]["family"]:
+    """A store entry named like a preset is what that name loads: the weights must have the architecture the
+    name resolves to now (its bundled weights, else the preset): family, depth, width and heads."""
+    if name not in PRESETS:
+        return
+    bundled = bundled_path(name)
+    current = read_native_metadata(bundled)["arch"] if bundled.is_file() else PRESETS[name]
+    where = "the bundled weights" if bundled.is_file() else f"the preset {PRESET_DESCRIPTIONS[name]}"
+    if arch["family"] != current["family"]:
+        differences = [f"family {arch['family']} instead of {current['family']}"]
+    else:
+        differences = [
+            f"{words} {arch_kwarg(arch, key)} instead of {arch_kwarg(current, key)}"
+            for key, words in (("depth", "depth"), ("embed_dim", "width"), ("num_heads", "heads"))
+            if arch["family"] != "timm" and arch_kwarg(arch, key) != arch_kwarg(current, key)
+        ]
+    if differences:
         raise DiagError(
-            f"{name!r} is the preset {PRESET_DESCRIPTIONS[name]}, but these weights are a {arch['family']} model "
-            f"({arch_summary(arch)}): import them under another name, or overwrite to make {name!r} load them"
+            f"{name!r} loads {where} ({arch_summary(current)}), but these weights have {', '.join(differences)}: "
+            f"import them under another name, or pass --force (overwrite=True) to make {name!r} load them"
         )
 
 

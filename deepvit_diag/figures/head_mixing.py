@@ -14,7 +14,6 @@ from plotly.subplots import make_subplots
 from ..metrics import HeadMixing
 from .registry import figure
 from .style import (
-    DIVERGING,
     TEMPLATE,
     finish,
     heatmap_panel,
@@ -81,7 +80,8 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
 @figure
 def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     """The Norm's affine weight per output head (rows) of every Re-attention block (columns),
-    one panel per model with such blocks, one diverging scale around 1; None when no model has one."""
+    one panel per model with such blocks, drawn as the change ``weight - 1`` on the signed
+    scale (white: a gain of 1, the head unchanged); None when no model has one."""
     results = labelled(results)
     panels = {}
     for label, result in results.items():
@@ -93,11 +93,12 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     if not panels:
         return None
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=list(panels), vertical_spacing=0.25 / len(panels))
-    # Centred at 1, a gain that leaves its head unchanged, so that trained gains near 1 still show.
-    spread = max(float(np.abs(gain - 1).max()) for gains in panels.values() for gain in gains.values()) or 1.0
+    # Minus 1, a gain that leaves its head unchanged, so that trained gains near 1 still show.
+    changes = []
     for row, (label, gains) in enumerate(panels.items(), start=1):
-        matrix = np.stack(list(gains.values()), axis=1)  # (heads, blocks)
-        hover = "block %{x}, output head %{y}<br>Norm weight %{z:.3f}<extra>" + label + "</extra>"
+        matrix = np.stack(list(gains.values()), axis=1) - 1.0  # (heads, blocks)
+        changes.append(matrix)
+        hover = "block %{x}, output head %{y}<br>Norm weight − 1: %{z:+.3f}<extra>" + label + "</extra>"
         heatmap_panel(fig, matrix, hover, row=row, col=1, x=[str(block + 1) for block in gains])
         fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
         fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
@@ -106,13 +107,7 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
         template=TEMPLATE,
         font={"size": 13},
         title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
-        coloraxis={
-            "colorscale": DIVERGING,
-            "cmin": 1 - spread,
-            "cmax": 1 + spread,
-            "cmid": 1.0,
-            "colorbar": {"title": "weight"},
-        },
+        coloraxis={**symmetric_scale(changes), "colorbar": {"title": {"text": "Norm weight − 1"}}},
         height=110 + len(panels) * (90 + 26 * heads),
         margin={"l": 70, "r": 30, "t": 80, "b": 60},
     )

@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 
 from .registry import figure
 from .style import (
-    OVERLAY_SCALES,
     OVERLAY_TITLE_COLOURS,
+    colour_scale,
     finish,
     image_source,
 )
@@ -43,7 +43,8 @@ def cls_attention(
     Re-attention blocks get two rows, the softmax maps (pre-Θ) and the maps that
     multiply V (post-Θ); other blocks one row (there pre and post are the same). Each
     map kind has its own colour axis (``coloraxis`` pre-Θ, ``coloraxis2`` post-Θ), shared
-    by all its panels, in its own colours (``OVERLAY_SCALES``); the row titles and the
+    by all its panels (``colour_scale``: the softmax weights sequential from black at 0, the
+    signed post-Θ weights diverging around 0); the row titles and the
     colour bar titles name the kind, so the bar of each row is unambiguous.
     """
     images = result.arrays["example_images"]
@@ -128,10 +129,14 @@ def cls_attention(
     pre_title = {"text": "softmax<br>weight"}
     if has_post:
         pre_title = {"text": "pre-Θ rows:<br>softmax<br>weight", "font": {"color": OVERLAY_TITLE_COLOURS["pre"]}}
-    layout["coloraxis"] = {"colorscale": OVERLAY_SCALES["pre"], "colorbar": {**bar, "title": pre_title}}
+    drawn = {
+        kind: [result.arrays[f"example_cls_{kind}"][example, block] for block, k in rows if k == kind]
+        for kind in ("pre", "post")
+    }
+    layout["coloraxis"] = {**colour_scale(drawn["pre"]), "colorbar": {**bar, "title": pre_title}}
     if has_post:
         layout["coloraxis2"] = {
-            "colorscale": OVERLAY_SCALES["post"],
+            **colour_scale(drawn["post"]),
             "colorbar": {
                 **bar,
                 "title": {

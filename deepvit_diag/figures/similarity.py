@@ -15,7 +15,6 @@ from .registry import figure
 from .style import (
     HEATMAP_PANEL_PX,
     MAP_NAMES,
-    SEQUENTIAL,
     block_axis,
     block_numbers,
     finish,
@@ -26,6 +25,8 @@ from .style import (
     model_colour,
     model_label,
     no_data_note,
+    other_map_kind,
+    sequential_scale,
     short_label,
     similarity_scale,
     square_heatmap_axes,
@@ -41,12 +42,17 @@ if TYPE_CHECKING:
 
 
 @figure
-def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
+def layer_similarity(results: Results, maps: str | None = None, other_kind: bool = False) -> go.Figure | None:
     """Cross-layer similarity S[p, q] (paper Eqn 2) of each model side by side, on one
     colour scale; with two models of equal depth a third panel shows B - A on its own
     diverging scale. Each colour bar stands right of the panels it belongs to and says
-    which they are (the similarity bar between B and B - A, the difference bar last)."""
+    which they are (the similarity bar between B and B - A, the difference bar last).
+    ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
     results = labelled(results)
+    if other_kind:
+        maps = other_map_kind(results)
+        if maps is None:
+            return None
     labels = list(results)
     matrices = [results[label].similarity(maps) for label in labels]
     with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
@@ -93,10 +99,15 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
 
 
 @figure
-def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
+def similarity_ratio(results: Results, maps: str | None = None, other_kind: bool = False) -> go.Figure | None:
     """Similarity ratio per block (paper Fig. 3a) with the rho threshold; similar blocks
-    (ratio above rho) are drawn as filled markers, the others as open ones."""
+    (ratio above rho) are drawn as filled markers, the others as open ones.
+    ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
     results = labelled(results)
+    if other_kind:
+        maps = other_map_kind(results)
+        if maps is None:
+            return None
     fig = go.Figure()
     rhos = set()
     for index, (label, result) in enumerate(results.items()):
@@ -135,20 +146,25 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
 # ----------------------------------------------------------------------------- heads
 
 
+def _block_line(fig: go.Figure, values: np.ndarray, name: str, index: int, dash: str = "solid", what: str = "") -> None:
+    """A model's (L,) values over its blocks, numbered from 1, in the model's colour."""
+    fig.add_trace(
+        go.Scatter(
+            x=block_numbers(len(values)),
+            y=values,
+            mode="lines+markers",
+            name=name,
+            line={"color": model_colour(index), "dash": dash},
+            hovertemplate=f"block %{{x}}: {what}%{{y:.3f}}<extra>{name}</extra>",
+        )
+    )
+
+
 def _line_per_model(curves: Mapping[str, np.ndarray]) -> go.Figure:
     """One line per model (label -> its (L,) values) over its blocks, numbered from 1."""
     fig = go.Figure()
     for index, (label, values) in enumerate(curves.items()):
-        fig.add_trace(
-            go.Scatter(
-                x=block_numbers(len(values)),
-                y=values,
-                mode="lines+markers",
-                name=label,
-                line={"color": model_colour(index)},
-                hovertemplate="block %{x}: %{y:.3f}<extra>" + label + "</extra>",
-            )
-        )
+        _block_line(fig, values, label, index)
     return fig
 
 
@@ -265,7 +281,7 @@ def cka_within(results: Results) -> go.Figure:
         heatmap_panel(
             fig, matrix, f"{label}: block %{{y}} vs block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=column
         )
-    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    fig.update_layout(coloraxis={**sequential_scale(1.0), "colorbar": {"title": "CKA"}})
     square_heatmap_axes(fig, len(labels), "block", "block", max(len(matrix) for matrix in matrices))
     _cka_note(fig, matrices)
     return finish(fig, "Linear CKA between block outputs within each model", HEATMAP_PANEL_PX + 120)
@@ -281,9 +297,75 @@ def cka_across(comparison: ComparisonResult, label_a: str | None = None, label_b
     heatmap_panel(
         fig, matrix, f"{label_a} block %{{y}} vs {label_b} block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=1
     )
-    fig.update_layout(coloraxis={"colorscale": SEQUENTIAL, "cmin": 0.0, "cmax": 1.0, "colorbar": {"title": "CKA"}})
+    fig.update_layout(coloraxis={**sequential_scale(1.0), "colorbar": {"title": "CKA"}})
     square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
     _cka_note(fig, [matrix])
     fig = finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)
     # One square panel: a fixed width keeps the colour bar next to it instead of at the page edge.
     return fig.update_layout(width=HEATMAP_PANEL_PX + 360)
+
+
+# ----------------------------------------------------------------------------- regimes and robustness
+
+_KIND_DASHES = {"pre": "solid", "post": "dash"}
+
+
+@figure
+def attention_regimes(results: Results, cutoff: float) -> go.Figure:
+    """Head-averaged uniformity per block (1: uniform maps) with the near-uniform cut-off;
+    models that mix heads show both kinds, the softmax maps solid and the post-Θ maps dashed."""
+    fig = go.Figure()
+    for index, (label, result) in enumerate(results.items()):
+        kinds = ("pre", "post") if result.geometry.mixing_blocks else ("pre",)
+        for kind in kinds:
+            values = result.uniformity(kind).mean(axis=1)
+            name = f"{label}, {'pre-Θ' if kind == 'pre' else 'post-Θ'}" if len(kinds) == 2 else label
+            _block_line(fig, values, name, index, _KIND_DASHES[kind], "uniformity ")
+    fig.add_hline(
+        y=cutoff,
+        line={"dash": "dot", "color": "#c0392b"},
+        annotation_text=f"near-uniform above {cutoff:g}",
+        annotation_position="bottom left",
+    )
+    block_axis(fig, results)
+    fig.update_yaxes(title="uniformity (1 = uniform maps)", range=[-0.03, 1.05])
+    return finish(fig, "Attention regime per block: near-uniform above the dotted line, selective below", 420)
+
+
+@figure
+def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
+    """Similar blocks over the (tau, rho) grid at the chosen k, one panel per model; each
+    cell's text is the block where collapse starts ("–": no collapsed run)."""
+    labels = list(results)
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.12)
+    counts = []
+    for column, label in enumerate(labels, start=1):
+        result = results[label]
+        settings = result.settings
+        grid = result.robustness(maps)
+        k_index = settings.grid_ks.index(settings.k)
+        count, start = grid["similar_blocks"][k_index].T, grid["collapse_start"][k_index].T  # (rho, tau)
+        counts.append(count)
+        text = np.where(start >= 0, (start + 1).astype(str), "–")
+        fig.add_trace(
+            go.Heatmap(
+                z=count,
+                x=[f"{tau:g}" for tau in settings.grid_taus],
+                y=[f"{rho:g}" for rho in settings.grid_rhos],
+                text=text,
+                texttemplate="%{text}",
+                textfont={"color": "#8c8c8c", "size": 13},  # mid grey reads on black and on pale yellow
+                coloraxis="coloraxis",
+                hovertemplate="tau %{x}, rho %{y}<br>%{z} similar blocks<br>collapse from block %{text}"
+                f"<extra>{label}</extra>",
+            ),
+            row=1,
+            col=column,
+        )
+        fig.update_xaxes(title="tau", type="category", row=1, col=column)
+        fig.update_yaxes(title="rho" if column == 1 else None, type="category", row=1, col=column)
+    largest = max(float(count.max()) for count in counts) or 1.0
+    fig.update_layout(coloraxis={**sequential_scale(largest), "colorbar": {"title": {"text": "similar<br>blocks"}}})
+    kind = map_kind(results[labels[0]], maps)
+    title = f"Robustness: similar blocks (colour) and collapse start (text) over tau and rho ({MAP_NAMES[kind]})"
+    return finish(fig, title, 380)

@@ -7,7 +7,10 @@ Conventions, for every figure:
 * every axis has a title, every heatmap shows its value on hover;
 * heatmaps of the same quantity for different models share one colour scale, so the
   same colour means the same number in A and B;
-* a model keeps its colour across figures (first label blue, second orange, ...).
+* a model keeps its colour across figures (first label blue, second orange, ...);
+* colour scales come from here only (``colour_scale``): a quantity that is never negative
+  is drawn on ``SEQUENTIAL`` from black at 0, a signed one on ``DIVERGING``, white at 0 with a
+  symmetric range; every colour bar names its quantity.
 """
 
 from __future__ import annotations
@@ -16,23 +19,27 @@ import base64
 import io
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
+from plotly.colors import get_colorscale, hex_to_rgb
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from ..results import AnalysisResult
 
     Results = Mapping[str, AnalysisResult]
 
 TEMPLATE = "plotly_white"
 MODEL_COLOURS = ("#1f6fb4", "#e8710a", "#2ca02c", "#9467bd")
-SEQUENTIAL = "Viridis"
+# Inferno: black at 0, bright at the top, so zero never looks brighter than weak attention.
+# Written as rgb() stops, not the scale's name or hex codes: the app's Plotly (Streamlit's
+# frontend) draws the hex stop #000004 of the named scale as lavender.
+SEQUENTIAL = [
+    [position, "rgb({}, {}, {})".format(*hex_to_rgb(colour))] for position, colour in get_colorscale("Inferno")
+]
 DIVERGING = "RdBu_r"
 MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post-Θ)"}
 HEATMAP_PANEL_PX = 340
@@ -41,9 +48,6 @@ OVERLAY_MAX_PIXELS = 112
 # Images that fit OVERLAY_MAX_PIXELS are repeated pixel by pixel up to at least this side,
 # so that the browser's smoothing when it stretches them over a panel cannot blur them.
 OVERLAY_UPSAMPLED_PIXELS = 320
-# Colour scales of the CLS overlays: a different one per map kind, so that the colour bar
-# of the pre-Θ rows cannot be mistaken for that of the post-Θ rows.
-OVERLAY_SCALES = {"pre": "Inferno", "post": "Viridis"}
 # Row titles and colour bar titles of Re-attention overlays in a mid colour of their scale.
 OVERLAY_TITLE_COLOURS = {"pre": "#a52c60", "post": "#1f8a84"}
 
@@ -69,6 +73,15 @@ def model_colour(index: int) -> str:
 
 def map_kind(result: AnalysisResult, maps: str | None) -> str:
     return maps or result.settings.maps
+
+
+def other_map_kind(results: Results) -> str | None:
+    """The map kind the settings did not choose, for drawing both kinds side by side; None
+    when no model mixes heads (there pre and post are the same maps)."""
+    if not any(result.geometry.mixing_blocks for result in results.values()):
+        return None
+    chosen = next(iter(results.values())).settings.maps
+    return "pre" if chosen == "post" else "post"
 
 
 def finish(fig: go.Figure, title: str, height: int) -> go.Figure:
@@ -146,13 +159,30 @@ def heatmap_panel(
 
 
 def similarity_scale(values: list[np.ndarray]) -> dict:
-    """Cosine similarities lie in [0, 1] for non-negative maps and in [-1, 1] otherwise
-    (Re-attention maps can be negative); a fixed range keeps reports comparable."""
+    """Cosine similarities lie in [0, 1] for non-negative maps (sequential from black) and in
+    [-1, 1] otherwise (post-Θ maps are signed: diverging, white at 0); a fixed range keeps
+    reports comparable."""
     lowest = min((float(finite(v).min()) for v in values if finite(v).size), default=0.0)
-    return {"colorscale": SEQUENTIAL, "cmin": 0.0 if lowest >= 0 else -1.0, "cmax": 1.0}
+    return sequential_scale(1.0) if lowest >= 0 else symmetric_scale([np.ones(1)])
+
+
+def colour_scale(values: Sequence[np.ndarray]) -> dict:
+    """The one scale of a quantity: sequential from black at 0 up to its largest value when
+    no finite value is negative, else diverging, white at 0, symmetric about it."""
+    present = [finite(np.asarray(v, dtype=float)) for v in values]
+    present = [v for v in present if v.size]
+    if all(float(v.min()) >= 0 for v in present):
+        return sequential_scale(max((float(v.max()) for v in present), default=1.0) or 1.0)
+    return symmetric_scale(present)
+
+
+def sequential_scale(largest: float, smallest: float = 0.0) -> dict:
+    """The scale of every non-negative quantity: black at ``smallest`` (0), bright at ``largest``."""
+    return {"colorscale": SEQUENTIAL, "cmin": smallest, "cmax": largest}
 
 
 def symmetric_scale(values: list[np.ndarray]) -> dict:
+    """The scale of a signed quantity: diverging, white at 0, from -m to m (m: largest |value|)."""
     largest = max((float(np.abs(finite(v)).max()) for v in values if finite(v).size), default=1.0)
     return {"colorscale": DIVERGING, "cmin": -(largest or 1.0), "cmax": largest or 1.0, "cmid": 0.0}
 

@@ -15,8 +15,8 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``, ``block_influence``, ``score_statistics`` (each entry); ``topk_correct`` returns
-counts, which add up over batches directly.
+``rank_collapse``, ``block_influence``, ``score_statistics`` (each entry), ``uniformity``,
+``ratio_grid``; ``topk_correct`` returns counts, which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_matrices`` and
@@ -38,9 +38,12 @@ from .similarity import (
     cross_head_similarity,
     cross_layer_similarity,
     mean_off_diagonal,
+    near_uniform_blocks,
     neighbour_similarity,
+    ratio_grid,
     similar_blocks,
     similarity_ratio,
+    uniformity,
 )
 from .theta import HeadMixing, head_mixing_from_arrays, head_mixing_matrices, stacked_head_mixing
 from .tokens import block_influence, rank_collapse, token_similarity
@@ -69,6 +72,9 @@ __all__ = [
     "feature_cosine",
     "linear_cka",
     "mean_attention_distance",
+    "near_uniform_blocks",
+    "ratio_grid",
+    "uniformity",
     "mean_off_diagonal",
     "neighbour_similarity",
     "prediction_divergence",

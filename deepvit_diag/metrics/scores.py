@@ -68,6 +68,8 @@ def score_statistics(
     tau: float = 0.5,
     axis: str = "columns",
     chunk: int | None = None,
+    grid_ks: tuple[int, ...] = (),
+    grid_taus: tuple[float, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Every per-batch attention metric of one forward from its blocks' scores, chunk by chunk.
 
@@ -75,7 +77,9 @@ def score_statistics(
     (L, H, H) for kind ``pre`` and ``post`` (the same tensors when no block mixes heads),
     and ``entropy`` and ``attention_distance`` (L, H) of the softmax maps: the numbers of
     ``collapse_statistics`` and ``softmax_statistics`` on the stacked maps (docs/metrics.md),
-    each a mean with equal weight per image.
+    each a mean with equal weight per image. Also ``uniformity_{kind}`` (L, H) (``uniformity``)
+    and, with ``grid_ks`` and ``grid_taus``, ``ratio_grid_{kind}`` (len(grid_ks), len(grid_taus), L),
+    the ratio at every (k, tau) of the robustness grid (``ratio_grid``'s numbers).
 
     Args:
         blocks: the L blocks' scores, all of one shape (B, H, T, d).
@@ -105,7 +109,13 @@ def score_statistics(
     device = blocks[0].q.device
     similarity = {kind: torch.zeros(num_blocks, num_blocks, device=device) for kind in kinds}
     cross_head = {kind: torch.zeros(num_blocks, num_heads, num_heads, device=device) for kind in kinds}
-    neighbour_sum = {kind: torch.zeros(num_blocks, batch, num_heads, num_tokens, device=device) for kind in kinds}
+    # Neighbour cosine sums per block offset (1 .. the largest k): each k of the grid adds a prefix of them.
+    largest_k = max((k, *grid_ks))
+    neighbour_sum = {
+        kind: torch.zeros(largest_k, num_blocks, batch, num_heads, num_tokens, device=device) for kind in kinds
+    }
+    # Each row's sum and sum of squares (a chunk of columns holds part of every row): the uniformity.
+    row_sums = {kind: torch.zeros(2, num_blocks, batch, num_heads, num_tokens, device=device) for kind in kinds}
     entropy = torch.zeros(num_blocks, num_heads, device=device)
     distance = torch.zeros(num_blocks, num_heads, device=device)
     # One allocation per kind for every chunk's tiles (fresh ones cost page faults on the CPU).
@@ -135,18 +145,23 @@ def score_statistics(
                 tiles["post"][index] = block.post(pre)
             # Each block is normalised and compared with its head and neighbours while its tile is fresh.
             for kind, stack in tiles.items():
-                _add_block(stack, index, vector_dim, k, scratch, cross_head[kind], neighbour_sum[kind], vectors)
+                _add_rows(stack[index], row_sums[kind][:, index], vectors, columns)
+                _add_block(stack, index, vector_dim, largest_k, scratch, cross_head[kind], neighbour_sum[kind], vectors)
         for kind, stack in tiles.items():
             # One Gram product per (image, head), summed: each adds up r * c terms, which keeps
             # float32 rounding ~1e-7 where one product over whole blocks would be off by ~1e-4.
             per_image_head = stack.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
             similarity[kind] += (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0)
-    counts = neighbour_counts(num_blocks, k, device).view(-1, 1, 1, 1)
     results = {}
     for kind in kinds:
         results[f"similarity_{kind}"] = similarity[kind] / (batch * num_heads * num_tokens)
-        results[f"ratio_{kind}"] = share_above(neighbour_sum[kind] / counts, tau)
+        results[f"ratio_{kind}"] = _ratios(neighbour_sum[kind], k, (tau,))[0]
         results[f"cross_head_{kind}"] = cross_head[kind] / (batch * num_tokens)
+        sums, squares = row_sums[kind]
+        cos_squared = sums.square() / (num_tokens * squares.clamp_min(COSINE_EPS**2))
+        results[f"uniformity_{kind}"] = cos_squared.mean(dim=(1, 3))
+        if grid_ks and grid_taus:
+            results[f"ratio_grid_{kind}"] = torch.stack([_ratios(neighbour_sum[kind], g, grid_taus) for g in grid_ks])
     if "post" not in kinds:
         results.update({name.replace("_pre", "_post"): value for name, value in list(results.items())})
     results["entropy"] = entropy.neg_() / (batch * num_tokens)
@@ -156,6 +171,22 @@ def score_statistics(
     finite = torch.stack([value.isfinite().all() for name, value in results.items() if not name.startswith("ratio")])
     require(finite.all(), "maps contains NaN or Inf values")
     return results
+
+
+def _ratios(neighbour_sum: torch.Tensor, k: int, taus: Sequence[float]) -> torch.Tensor:
+    """(len(taus), L) similarity ratios at k from per-offset neighbour sums (K, L, B, H, T)."""
+    num_blocks = neighbour_sum.shape[1]
+    counts = neighbour_counts(num_blocks, k, neighbour_sum.device).view(-1, 1, 1, 1)
+    averages = neighbour_sum[:k].sum(dim=0) / counts
+    return torch.stack([share_above(averages, tau) for tau in taus])
+
+
+def _add_rows(tile: torch.Tensor, sums: torch.Tensor, vectors: slice, columns: bool) -> None:
+    """Add a block's tile (B, H, r, c) to each row's sum and sum of squares (``sums``: (2, B, H, T)):
+    a chunk of columns adds a part to every row, a chunk of rows gives whole rows."""
+    rows = slice(None) if columns else vectors
+    sums[0][..., rows] += tile.sum(dim=-1)
+    sums[1][..., rows] += tile.square().sum(dim=-1)
 
 
 def _add_block(
@@ -170,7 +201,7 @@ def _add_block(
 ) -> None:
     """Normalise block ``index``'s tile of ``stack`` (L, B, H, r, c) to unit vectors in place, add
     its Gram products across heads (per image) to ``cross_head``, and its cosines with the
-    blocks up to k before it (already unit vectors) to both blocks' ``neighbour_sum``
+    blocks up to k before it (already unit vectors) to both blocks' ``neighbour_sum`` (per offset)
     (``scratch``: room for one tile)."""
     batch, num_heads = stack.shape[1:3]
     tile = stack[index]
@@ -182,8 +213,8 @@ def _add_block(
     cross_head[index] += (per_image @ per_image.transpose(1, 2)).sum(dim=0)
     for earlier in range(max(0, index - k), index):
         cosines = torch.mul(stack[earlier], tile, out=products).sum(dim=vector_dim)
-        neighbour_sum[earlier, ..., vectors] += cosines
-        neighbour_sum[index, ..., vectors] += cosines
+        neighbour_sum[index - earlier - 1, earlier, ..., vectors] += cosines
+        neighbour_sum[index - earlier - 1, index, ..., vectors] += cosines
 
 
 @torch.no_grad()

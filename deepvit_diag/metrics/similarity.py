@@ -191,8 +191,59 @@ def mean_off_diagonal(matrices: torch.Tensor) -> torch.Tensor:
     return off_diagonal_sum / (size * (size - 1))
 
 
+def uniformity(maps: torch.Tensor) -> torch.Tensor:
+    """How close each head's maps are to the uniform map, (L, H), in [0, 1].
+
+    ``U[l, h] = mean over b, i of cos^2(A_l[b, h, i, :], 1) = mean of (sum_j A_ij)^2 / (T sum_j A_ij^2)``
+    (docs/metrics.md, attention regimes), 0 for a zero row. For a softmax row this is the
+    inverse Simpson index over T: the share of the T tokens the query effectively spreads
+    its weight over (1 for uniform attention, 1/T for one-hot). For signed (post-Θ) maps it
+    is the squared cosine with a constant row, 1 when Θ and the Norm leave constant rows.
+    Rows are used whatever the similarity axis: near-uniform rows make every column
+    constant, so both axes see trivially similar maps. A mean with equal weight per image.
+
+    Args:
+        maps: (L, B, H, T, T), any float dtype and device.
+    Returns:
+        float32 (L, H) on the device of ``maps``.
+    """
+    maps = checked_maps(maps)
+    num_tokens = maps.shape[-1]
+    per_block = []
+    for block in maps:  # one block at a time: no maps-sized temporary
+        block = block.float()
+        sums, squares = block.sum(dim=-1), block.square().sum(dim=-1)
+        cos_squared = sums.square() / (num_tokens * squares.clamp_min(COSINE_EPS**2))
+        per_block.append(cos_squared.mean(dim=(0, 2)))
+    return torch.stack(per_block)
+
+
+def near_uniform_blocks(block_uniformity: torch.Tensor, cutoff: float) -> list[int]:
+    """0-based blocks whose head-averaged ``uniformity`` (L, H) exceeds ``cutoff``."""
+    block_uniformity = torch.as_tensor(block_uniformity)
+    if block_uniformity.ndim != 2:
+        raise DiagError(f"uniformity must have shape (L, H), got {tuple(block_uniformity.shape)}")
+    return torch.nonzero(block_uniformity.float().mean(dim=1) > cutoff).flatten().tolist()
+
+
+def ratio_grid(maps: torch.Tensor, ks: tuple[int, ...], taus: tuple[float, ...], axis: str = "columns") -> torch.Tensor:
+    """Similarity ratios at every (k, tau) of a grid, (len(ks), len(taus), L): the reference.
+
+    ``out[i, j] = similarity_ratio(maps, ks[i], taus[j], axis)``; ``collapse_statistics``
+    computes the same grid from its one normalisation (docs/metrics.md, robustness grid).
+    """
+    return torch.stack([torch.stack([similarity_ratio(maps, k=k, tau=tau, axis=axis) for tau in taus]) for k in ks])
+
+
 def collapse_statistics(
-    maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns", *, overwrite: bool = False
+    maps: torch.Tensor,
+    k: int = 2,
+    tau: float = 0.5,
+    axis: str = "columns",
+    *,
+    overwrite: bool = False,
+    grid_ks: tuple[int, ...] = (),
+    grid_taus: tuple[float, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """The similarity metrics of one batch at once, fast path.
 
@@ -213,6 +264,10 @@ def collapse_statistics(
 
     ``overwrite=True`` lets float32 maps be normalised in place, saving a maps-sized
     buffer; the maps hold unit vectors afterwards. Other dtypes are never overwritten.
+
+    With ``grid_ks`` and ``grid_taus`` it adds ``"ratio_grid"`` (len(grid_ks), len(grid_taus), L),
+    the ratio at every (k, tau) of the grid (``ratio_grid``'s numbers), from the same
+    per-offset cosines: each k is a prefix of the offsets, each tau one more threshold.
     """
     check_axis(axis)
     check_neighbourhood(k)
@@ -239,16 +294,29 @@ def collapse_statistics(
 
     # cos(block p, block p + offset) serves both blocks as a neighbour.
     neighbour_sum = unit.new_zeros(unit.shape[:4])
-    for offset in range(1, min(k, num_blocks - 1) + 1):
-        for p in range(num_blocks - offset):
-            cosines = torch.mul(unit[p], unit[p + offset], out=scratch).sum(dim=dim)
-            neighbour_sum[p] += cosines
-            neighbour_sum[p + offset] += cosines
-    # A block without neighbours divides 0 by 0: NaN, as in neighbour_similarity.
-    ratio = share_above(neighbour_sum / neighbour_counts(num_blocks, k, unit.device).view(-1, 1, 1, 1), tau)
+    neighbour_count = unit.new_zeros(num_blocks)
+    grid = {}
+    largest_k = max((k, *grid_ks))
+    for offset in range(0, largest_k + 1):
+        if 0 < offset < num_blocks:
+            for p in range(num_blocks - offset):
+                cosines = torch.mul(unit[p], unit[p + offset], out=scratch).sum(dim=dim)
+                neighbour_sum[p] += cosines
+                neighbour_sum[p + offset] += cosines
+            neighbour_count[:-offset] += 1
+            neighbour_count[offset:] += 1
+        # A block without neighbours divides 0 by 0: NaN, as in neighbour_similarity.
+        if offset == k:
+            ratio = share_above(neighbour_sum / neighbour_count.view(-1, 1, 1, 1), tau)
+        if offset in grid_ks:
+            averages = neighbour_sum / neighbour_count.view(-1, 1, 1, 1)
+            grid[offset] = torch.stack([share_above(averages, threshold) for threshold in grid_taus])
 
     per_block_image = unit.view(num_blocks * batch, num_heads, -1)
     cross_head = (
         (per_block_image @ per_block_image.transpose(1, 2)).view(num_blocks, batch, num_heads, num_heads).sum(dim=1)
     )
-    return {"similarity": similarity, "ratio": ratio, "cross_head": cross_head / (batch * num_vectors)}
+    statistics = {"similarity": similarity, "ratio": ratio, "cross_head": cross_head / (batch * num_vectors)}
+    if grid_ks and grid_taus:
+        statistics["ratio_grid"] = torch.stack([grid[grid_k] for grid_k in grid_ks])
+    return statistics
