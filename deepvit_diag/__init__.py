@@ -1,41 +1,53 @@
-"""deepvit-diag: find attention collapse in ViT and DeepViT checkpoints."""
+"""deepvit-diag: find attention collapse in ViT and DeepViT checkpoints.
 
+The public names load on first use (PEP 562): ``import deepvit_diag`` alone does not load
+torch or timm, so that the command line answers ``--help`` and usage errors at once. The
+first name used loads what it needs; ``deepvit_diag.models`` (imported by any of them)
+registers the presets with timm.
+"""
+
+from importlib import import_module
 from importlib.metadata import version
 
 __version__ = version("deepvit-diag")
 
-from . import models  # registers the presets with timm
-from .analysis import analyze, compare
-from .capture import AttentionCapture, AttentionRecorder, extract_attention
-from .checkpoints import load_model, save_native
-from .errors import DiagError
-from .metrics import *  # noqa: F403  (the metrics' __all__)
-from .metrics import __all__ as _metrics_all
-from .models import DeepVisionTransformer, ReAttention, build_model
-from .monitor import CollapseMonitor
-from .results import AnalysisResult, ComparisonResult
-from .settings import Settings
-from .sweep_runner import sweep
-from .sweeps import SweepResult
+# Public name -> the module that defines it.
+_HOMES = {
+    "AnalysisResult": ".results",
+    "AttentionCapture": ".capture",
+    "AttentionRecorder": ".capture",
+    "CollapseMonitor": ".monitor",
+    "ComparisonResult": ".results",
+    "DeepVisionTransformer": ".models",
+    "DiagError": ".errors",
+    "ReAttention": ".models",
+    "Settings": ".settings",
+    "SweepResult": ".sweeps",
+    "analyze": ".analysis",
+    "build_model": ".models",
+    "compare": ".analysis",
+    "extract_attention": ".capture",
+    "load_model": ".checkpoints",
+    "save_native": ".checkpoints",
+    "sweep": ".sweep_runner",
+}
 
-__all__ = [
-    "AnalysisResult",
-    "AttentionCapture",
-    "AttentionRecorder",
-    "CollapseMonitor",
-    "ComparisonResult",
-    "DeepVisionTransformer",
-    "DiagError",
-    "ReAttention",
-    "Settings",
-    "SweepResult",
-    "analyze",
-    "build_model",
-    "compare",
-    "extract_attention",
-    "load_model",
-    "models",
-    "save_native",
-    "sweep",
-    *_metrics_all,
-]
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(import_module(_HOMES[name], __name__), name)
+    elif name == "models":
+        value = import_module(".models", __name__)
+    elif name == "__all__":
+        value = [*sorted(_HOMES), "models", *import_module(".metrics", __name__).__all__]
+    else:
+        metrics = import_module(".metrics", __name__)
+        if name not in metrics.__all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(metrics, name)
+    globals()[name] = value  # the next look-up is an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__getattr__("__all__")})

@@ -24,7 +24,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .distributed import Shard, is_reporting_process, start_from_environment
 from .errors import INTERRUPTED_LINE, INTERRUPTED_STATUS, DiagError, failure_line
 from .labels import CLASS_MAP_HELP
 from .settings import Settings
@@ -507,6 +506,7 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
     """``specs``: (checkpoint, option suffix: "" for analyze, "-a" / "-b" for compare) per model."""
     from .analysis import run
     from .checkpoints import load_model
+    from .distributed import Shard
     from .images import default_image_set, open_images
     from .report import write_report
     from .results import ComparisonResult
@@ -564,6 +564,7 @@ def _reporting_output(args: argparse.Namespace, owned: Callable[[Path], bool]) -
 
     Under a launcher such as ``torchrun`` the process joins its process group first; then
     only rank 0 prints and writes, and the other processes only compute."""
+    from .distributed import is_reporting_process, start_from_environment
     from .outputs import OutputTarget
 
     start_from_environment(args.device)
@@ -622,7 +623,7 @@ def run_analyze(args: argparse.Namespace) -> None:
 
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .sweeps import X_AXIS_CHOICES
+    from .choices import X_AXIS_CHOICES
 
     p = sub.add_parser(
         "sweep",

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .device import resolve_device
+from .choices import AXES, DTYPE_NAMES, MIN_UNBIASED_EXAMPLES
 from .errors import DiagError
-from .metrics import AXES, MIN_UNBIASED_EXAMPLES
+
+if TYPE_CHECKING:
+    import torch
 
 # "pre": the softmax maps; "post": what multiplies V (after Theta in Re-attention blocks).
 MAP_KINDS = ("pre", "post")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _parameter(
@@ -128,7 +128,7 @@ class Settings:
         metadata=_parameter(
             "compute dtype of the forward passes (metrics are always accumulated in float32)",
             "compute dtype",
-            choices=tuple(DTYPES),
+            choices=DTYPE_NAMES,
         ),
     )
     cka_chunk: int = field(
@@ -169,13 +169,17 @@ class Settings:
             value = getattr(self, spec.name)
             if not (value is None and spec.metadata["optional"]):
                 _validate(spec.name, value, spec.metadata)
-        if isinstance(self.device, torch.device):
+        # A torch.device can only exist once torch is loaded; settings are built without loading it.
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(self.device, torch.device):
             object.__setattr__(self, "device", str(self.device))
         if not isinstance(self.device, str):
             raise DiagError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {self.device!r}")
 
     @property
     def torch_device(self) -> torch.device:
+        from .device import resolve_device
+
         try:
             return resolve_device(self.device)
         except (ValueError, RuntimeError) as err:

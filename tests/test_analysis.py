@@ -14,7 +14,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-import deepvit_diag  # noqa: F401  (registers the presets)
+import deepvit_diag.models  # noqa: F401  (registers the presets)
 from deepvit_diag import analysis as analysis_module
 from deepvit_diag.analysis import analyze, compare
 from deepvit_diag.capture import extract_attention

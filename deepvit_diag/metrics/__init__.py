@@ -24,7 +24,8 @@ a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_m
 
 from __future__ import annotations
 
-from ._checks import AXES, DeferredChecks, deferred_value_checks
+from ..choices import AXES
+from ._checks import DeferredChecks, deferred_value_checks
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka

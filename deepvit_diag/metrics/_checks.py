@@ -16,9 +16,8 @@ from contextvars import ContextVar
 
 import torch
 
+from ..choices import AXES
 from ..errors import DiagError
-
-AXES = ("columns", "rows")
 
 
 class DeferredChecks:
