@@ -392,7 +392,7 @@ def analyze(
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
         progress: True for a progress bar on stderr, False for none, or a callable
             ``progress(done, total)`` called after every batch (``deepvit_diag.progress``).
-        shard: analyse only this shard of the images, e.g. ``"0/4"`` (``distributed.Shard``);
+        shard: analyse only this shard of the images, e.g. ``"1/4"`` for the first of 4 (``distributed.Shard``);
             ``deepvit-diag merge`` adds the shards' sums up. Inside an initialised
             ``torch.distributed`` process group every process analyses its own shard and
             every process gets the result of all images.

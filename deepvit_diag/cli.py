@@ -153,7 +153,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--save-every",
         type=_int_at_least(1),
         metavar="N",
-        help="also save the weights every N epochs, as OUT's name plus -epochNNN next to OUT, each model card "
+        help="also save the weights every N epochs next to OUT, as OUT's name plus -epoch and the epoch zero-padded to "
+        "the width of --epochs (runs/a.safetensors, --epochs 30: runs/a-epoch05.safetensors, ...), each model card "
         "recording its epoch: a training series for `deepvit-diag sweep`",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -213,10 +214,17 @@ def run_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     accuracy, seconds = run.card["test_accuracy"], run.card["train_seconds"]
-    print(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+    print(f"saved {args.out}: test accuracy {accuracy:.1%} after {_count(args.epochs, 'epoch')} ({seconds:.0f} s)")
     if run.snapshots:
         paths = run.snapshots
-        print(f"saved {len(paths)} snapshots, one every {args.save_every} epochs: {paths[0]} to {paths[-1].name}")
+        print(
+            f"saved {len(paths)} snapshots, one every {_count(args.save_every, 'epoch')}: {paths[0]} to {paths[-1].name}"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    """``"1 epoch"``, ``"5 epochs"``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _reattention_flags(arch: dict[str, Any], last: int) -> list[bool]:
@@ -475,7 +483,7 @@ def _add_shard_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard",
         metavar="I/N",
-        help="analyse only shard I (from 0) of N contiguous shards of the images (cut at whole CKA minibatches) "
+        help="analyse only shard I (from 1 to N, e.g. 1/4 for the first of 4) of N contiguous shards of the images (cut at whole CKA minibatches) "
         "and save its sums with the result; `deepvit-diag merge` adds the N --out folders up into the result of "
         "all images (e.g. one Slurm array task per shard). Under torchrun every process takes its shard itself.",
     )

@@ -158,6 +158,10 @@ class OutputTarget:
         try:
             fill(self.staging if self.folder else self.staging / self.target.name)
             staged = sorted(self.staging.iterdir())
+            mode = _new_file_mode()
+            for path in staged:
+                if path.is_file():
+                    path.chmod(mode)
             with _interrupts_held():
                 for path in staged:
                     os.replace(path, self.target / path.name if self.folder else self.target)
@@ -191,6 +195,14 @@ class OutputTarget:
                 except OSError:
                     break
         self._created = []
+
+
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file under the current umask (0o644 under the usual 022):
+    every output gets it, also those whose writer creates files 0o600 (safetensors does)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _make_folders(folder: Path, created: list[Path]) -> None:
