@@ -218,7 +218,8 @@ def run_train(args: argparse.Namespace) -> None:
     if run.snapshots:
         paths = run.snapshots
         print(
-            f"saved {len(paths)} snapshots, one every {_count(args.save_every, 'epoch')}: {paths[0]} to {paths[-1].name}"
+            f"saved {len(paths)} snapshots, one every {_count(args.save_every, 'epoch')}: "
+            f"{paths[0]} to {paths[-1].name}"
         )
 
 
@@ -483,7 +484,8 @@ def _add_shard_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard",
         metavar="I/N",
-        help="analyse only shard I (from 1 to N, e.g. 1/4 for the first of 4) of N contiguous shards of the images (cut at whole CKA minibatches) "
+        help="analyse only shard I (from 1 to N, e.g. 1/4 for the first of 4) of N contiguous shards of the images "
+        "(cut at whole CKA minibatches) "
         "and save its sums with the result; `deepvit-diag merge` adds the N --out folders up into the result of "
         "all images (e.g. one Slurm array task per shard). Under torchrun every process takes its shard itself.",
     )
