@@ -17,16 +17,23 @@ import sys
 INTERRUPTED_STATUS = 130
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)  # deepvit_diag.errors.raise_interrupt, before the package can be imported
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends a run like Ctrl-C, also while importing
     try:
         from deepvit_diag.cli import main as run_command
 
         status = run_command()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = INTERRUPTED_STATUS
-    # What is left is shutting down (image-loading workers, atexit hooks): a Ctrl-C there changes nothing.
+    except KeyboardInterrupt as err:
+        terminated = bool(err.args) and err.args[0] == signal.SIGTERM
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        status = 128 + signal.SIGTERM if terminated else INTERRUPTED_STATUS
+    # What is left is shutting down (image-loading workers, atexit hooks): a signal there changes nothing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return status
 
 

@@ -1,12 +1,18 @@
 """Loading, analysing and exporting, each cached so that switching views never recomputes.
 
-* checkpoints: ``st.cache_resource`` keyed by (spec, arch, fingerprint, side);
-* analyses: a ``ResultStore`` shared by all sessions, keyed by both checkpoints, the image
-  set and every parameter (see ``ResultStore`` for why not ``st.cache_data``);
+* checkpoints: ``st.cache_resource`` keyed by (spec, arch, fingerprint, side), shared by all
+  sessions (a model holds nothing a visitor gave beyond what its key names);
+* analyses: a ``ResultStore`` keyed by both checkpoints, the image set and every parameter
+  (see ``ResultStore`` for why not ``st.cache_data``): one shared by all sessions for
+  analyses of public inputs only (presets, store entries, timm names, bundled images), and
+  one per session, of at most ``AppDefaults.max_results`` entries, for anything a visitor
+  gave (uploads, server paths), whose keys also name the session;
 * live attention of one image and the export files: ``st.cache_data`` keyed by the same keys;
 * sweeps: run by ``deepvit_diag.sweep`` (one checkpoint in memory at a time, none cached as
-  a model) and kept in their own ``ResultStore``; saved sweeps and monitor files are read
-  by ``SweepResult.load`` / ``SweepResult.from_monitor``.
+  a model) and kept in their own stores, shared or per session by the same rule; saved sweeps
+  and monitor files are read by ``SweepResult.load`` / ``SweepResult.from_monitor``.
+
+Analyses and sweeps run through ``DeviceQueue``: one at a time per device.
 
 Every number comes from ``deepvit_diag``: this module only calls it.
 """
@@ -30,13 +36,16 @@ import torch
 from torch import nn
 
 from deepvit_diag import DiagError, Settings, compare, extract_attention, load_model, sweep
+from deepvit_diag.device import resolve_device
 from deepvit_diag.errors import failure_line
 from deepvit_diag.images import ImageSet, default_image_set, open_images
 from deepvit_diag.report import build_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
 from deepvit_diag.sweeps import SweepResult
 
-from .sources import ImageChoice, ModelChoice, shown_as
+from .config import AppDefaults
+from .sources import ImageChoice, ModelChoice, session_key, shown_as
+from .work_queue import DeviceQueue, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,11 @@ class AnalysisRequest:
         warns from Python 3.12), and the app's image sets are small."""
         return replace(self.settings, num_workers=0)
 
+    @property
+    def public(self) -> bool:
+        """Nothing in it that a visitor gave: its result may be shown to every session."""
+        return self.a.public and self.b.public and self.images.public
+
 
 @dataclass
 class LoadedModel:
@@ -78,6 +92,7 @@ class Analysis:
     images: ImageChoice  # resolved: never the "model cards' set" placeholder
     comparison: ComparisonResult
     notes: list[str]  # warnings worth showing (guessed architecture, skipped images)
+    queued: Turn | None = None  # its time in the device queue
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -159,7 +174,37 @@ class ResultStore:
 
 @st.cache_resource(show_spinner=False)
 def result_store() -> ResultStore:
+    """Analyses of public inputs, shared by every session."""
     return ResultStore(max_entries=8)
+
+
+def _session_store(name: str) -> ResultStore:
+    """This session's own store ``name``: what it made from inputs it gave, seen by no other session."""
+    if name not in st.session_state:
+        st.session_state[name] = ResultStore(max_entries=AppDefaults.from_env().max_results)
+    return st.session_state[name]
+
+
+def _owner(public: bool) -> str:
+    """Who may see a result: everyone, or this session only."""
+    return "shared" if public else session_key()
+
+
+@st.cache_resource(show_spinner=False)
+def device_queue() -> DeviceQueue:
+    """The queue every session's heavy work waits in."""
+    return DeviceQueue()
+
+
+def queue_name(settings: Settings) -> str:
+    """The device ``settings`` run on, as the queue names it (``"auto"`` resolved; one queue per GPU)."""
+    try:
+        device = resolve_device(settings.device)
+    except ValueError:  # the analysis itself says what is wrong with the device
+        return settings.device
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 def resolve_images(request: AnalysisRequest, models: tuple[LoadedModel, LoadedModel]) -> ImageChoice:
@@ -179,31 +224,51 @@ def open_image_set(images: ImageChoice, limit: int) -> tuple[ImageSet, list[str]
 
 
 def analysis_key(request: AnalysisRequest, images: ImageChoice) -> str:
-    return repr((request.a.key, request.b.key, images, request.analysis_settings()))
+    """Names the session for a private analysis: the caches of one image's maps and of the
+    export files are keyed by it too, and must not serve one session what another made."""
+    return repr((_owner(request.public), request.a.key, request.b.key, images, request.analysis_settings()))
 
 
-def run_analysis(request: AnalysisRequest, report: Callable[[int, int], None]) -> Analysis:
+def _store_for(public: bool, shared: Callable[[], ResultStore], name: str) -> ResultStore:
+    """Where a result of public inputs, or of this session's own, is kept."""
+    return shared() if public else _session_store(name)
+
+
+def _check_image_limit(settings: Settings) -> None:
+    """The sidebar offers no more than the limit; this holds for any client of the server too."""
+    limit = AppDefaults.from_env().max_images
+    if settings.num_images is not None and settings.num_images > limit:
+        raise DiagError(f"this server analyses at most {limit} images at a time, not {settings.num_images}")
+
+
+def run_analysis(
+    request: AnalysisRequest, report: Callable[[int, int], None], waiting: Callable[[int], None] = lambda ahead: None
+) -> Analysis:
     """The comparison ``request`` asks for, from the store or computed now.
 
-    ``report(done, total)`` is called as images are read. Raises ``DiagError`` for any
-    input the library refuses (unreadable checkpoint, mismatched weights, no usable image);
-    see ``failure_message`` for what else can come from untrusted files.
+    ``report(done, total)`` is called as images are read; ``waiting(ahead)`` while other
+    work holds the device (see ``DeviceQueue.turn``). Raises ``DiagError`` for any input the
+    library refuses (unreadable checkpoint, mismatched weights, no usable image); see
+    ``failure_message`` for what else can come from untrusted files.
     """
+    store = _store_for(request.public, result_store, "analyses")
     models = (load(request.a, "a"), load(request.b, "b"))
     images = resolve_images(request, models)
     key = analysis_key(request, images)
-    if (stored := result_store().get(key)) is not None:
+    if (stored := store.get(key)) is not None:
         return stored
     settings = request.analysis_settings()
-    image_set, image_notes = open_image_set(images, settings.num_images)
-    # Always in the same order, so two sessions locking the same pair cannot deadlock.
-    first, second = sorted(models, key=id)
-    with first.lock, second.lock, _announcements() as caught:
-        comparison = compare(models[0].model, models[1].model, image_set, settings, progress=report)
+    _check_image_limit(settings)
+    with device_queue().turn(queue_name(settings), waiting) as turn:
+        image_set, image_notes = open_image_set(images, settings.num_images)
+        # Always in the same order, so two sessions locking the same pair cannot deadlock.
+        first, second = sorted(models, key=id)
+        with first.lock, second.lock, _announcements() as caught:
+            comparison = compare(models[0].model, models[1].model, image_set, settings, progress=report)
     notes = [*models[0].notes, *models[1].notes, *image_notes, *(str(warning.message) for warning in caught)]
     notes = [shown_as(note, request.a, request.b, images) for note in notes]
-    analysis = Analysis(key, request, images, comparison, list(dict.fromkeys(notes)))
-    result_store().put(analysis)
+    analysis = Analysis(key, request, images, comparison, list(dict.fromkeys(notes)), turn)
+    store.put(analysis)
     return analysis
 
 
@@ -258,7 +323,13 @@ class SweepRequest:
         return replace(self.settings, num_workers=0, num_examples=0)
 
     @property
+    def public(self) -> bool:
+        """Nothing in it that a visitor gave: its result may be shown to every session."""
+        return all(choice.public for choice in self.checkpoints) and self.images.public
+
+    @property
     def key(self) -> str:
+        """Unique within a store (a session's own sweeps are kept in that session)."""
         return repr((tuple(choice.key for choice in self.checkpoints), self.images, self.analysis_settings()))
 
 
@@ -273,26 +344,36 @@ class SweepRun:
 
 @st.cache_resource(show_spinner=False)
 def sweep_store() -> ResultStore:
+    """Sweeps of public inputs, shared by every session."""
     return ResultStore(max_entries=4)
 
 
-def run_sweep(request: SweepRequest, report: Callable[[int, int | None], None]) -> SweepRun:
+def run_sweep(
+    request: SweepRequest,
+    report: Callable[[int, int | None], None],
+    waiting: Callable[[int], None] = lambda ahead: None,
+) -> SweepRun:
     """The sweep ``request`` asks for, from the store or computed now (one model at a time,
-    images decoded in the app's own process, as for a comparison)."""
-    if (stored := sweep_store().get(request.key)) is not None:
+    images decoded in the app's own process, as for a comparison), in the device queue."""
+    store = _store_for(request.public, sweep_store, "sweeps")
+    if (stored := store.get(request.key)) is not None:
         return stored
     settings = request.analysis_settings()
-    images, notes = (None, []) if request.images.spec is None else open_image_set(request.images, settings.num_images)
-    with _announcements() as caught:
-        result = sweep(
-            [choice.spec for choice in request.checkpoints],
-            images,
-            settings,
-            labels=[choice.name for choice in request.checkpoints],
-            progress=report,
+    _check_image_limit(settings)
+    with device_queue().turn(queue_name(settings), waiting):
+        images, notes = (
+            (None, []) if request.images.spec is None else open_image_set(request.images, settings.num_images)
         )
+        with _announcements() as caught:
+            result = sweep(
+                [choice.spec for choice in request.checkpoints],
+                images,
+                settings,
+                labels=[choice.name for choice in request.checkpoints],
+                progress=report,
+            )
     run = SweepRun(request.key, result, list(dict.fromkeys([*notes, *(str(warning.message) for warning in caught)])))
-    sweep_store().put(run)
+    store.put(run)
     return run
 
 

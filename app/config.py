@@ -10,6 +10,9 @@ at other checkpoints or images without touching code:
 ``DEEPVIT_DIAG_APP_NUM_IMAGES``        images analysed when the app opens
 ``DEEPVIT_DIAG_APP_MAX_CHECKPOINT_MB`` largest checkpoint upload accepted
 ``DEEPVIT_DIAG_APP_MAX_IMAGE_MB``      largest single image upload accepted
+``DEEPVIT_DIAG_APP_MAX_IMAGES``        most images one analysis may read
+``DEEPVIT_DIAG_APP_MAX_RESULTS``       analyses (and sweeps) each session keeps of its own
+``DEEPVIT_DIAG_APP_ROOTS``             folders visitors may read (see ``app/server_paths.py``)
 =====================================  =======================================================
 """
 
@@ -18,13 +21,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from deepvit_diag.serve import DEFAULT_MAX_UPLOAD_MB
+
 # The bundled demo pair: 32-block ViT and DeepViT trained on scikit-learn digits on cluttered canvases.
 DEMO_CHECKPOINTS = ("vit32", "deepvit32")
 # Enough images for stable numbers, few enough to open in seconds on a CPU.
 DEFAULT_NUM_IMAGES = 64
 # Must not exceed server.maxUploadSize in .streamlit/config.toml (Streamlit refuses larger files first).
-DEFAULT_MAX_CHECKPOINT_MB = 1024
+DEFAULT_MAX_CHECKPOINT_MB = DEFAULT_MAX_UPLOAD_MB
 DEFAULT_MAX_IMAGE_MB = 20
+DEFAULT_MAX_IMAGES = 10_000
+DEFAULT_MAX_RESULTS = 4
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class AppDefaults:
     num_images: int
     max_checkpoint_mb: float
     max_image_mb: float
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_results: int = DEFAULT_MAX_RESULTS
 
     @classmethod
     def from_env(cls) -> AppDefaults:
@@ -46,6 +55,8 @@ class AppDefaults:
             num_images=_positive(env("DEEPVIT_DIAG_APP_NUM_IMAGES"), int, DEFAULT_NUM_IMAGES),
             max_checkpoint_mb=_positive(env("DEEPVIT_DIAG_APP_MAX_CHECKPOINT_MB"), float, DEFAULT_MAX_CHECKPOINT_MB),
             max_image_mb=_positive(env("DEEPVIT_DIAG_APP_MAX_IMAGE_MB"), float, DEFAULT_MAX_IMAGE_MB),
+            max_images=_positive(env("DEEPVIT_DIAG_APP_MAX_IMAGES"), int, DEFAULT_MAX_IMAGES),
+            max_results=_positive(env("DEEPVIT_DIAG_APP_MAX_RESULTS"), int, DEFAULT_MAX_RESULTS),
         )
 
 

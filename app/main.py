@@ -17,10 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st  # noqa: E402
 
-from app.compute import Analysis, AnalysisRequest, failure_message, run_analysis  # noqa: E402
+from app.compute import Analysis, AnalysisRequest, failure_message, queue_name, run_analysis  # noqa: E402
 from app.config import DEMO_CHECKPOINTS, AppDefaults  # noqa: E402
 from app.sidebar import render_sidebar  # noqa: E402
 from app.views import export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
+from app.views.common import CancelButton, jobs  # noqa: E402
+from deepvit_diag.escaping import markdown_text  # noqa: E402
 
 VIEWS = {
     "Overview": overview.render,
@@ -47,6 +49,8 @@ def main() -> None:
     # The first visit runs the defaults; later, only Run starts an analysis.
     if chosen.request is not None and (chosen.run_clicked or "request" not in st.session_state):
         st.session_state["request"] = chosen.request
+    if st.session_state.pop("cancelled", False):
+        st.info("Analysis cancelled.")
     analysis = _current_analysis()
     if analysis is not None:
         if chosen.request is not None and chosen.request != analysis.request:
@@ -54,7 +58,12 @@ def main() -> None:
                 "The sidebar differs from the analysis shown below: press **Run analysis** to analyse the new settings."
             )
         for note in analysis.notes:
-            st.warning(note)
+            st.warning(markdown_text(note))
+        if analysis.queued is not None and analysis.queued.ahead_on_arrival:
+            st.caption(
+                f"This analysis waited {analysis.queued.waited_s:.0f} s in the queue for "
+                f"{jobs(analysis.queued.ahead_on_arrival)} ahead of it on the same device."
+            )
     names = [*VIEWS, SWEEP_VIEW]
     tabs = st.tabs(names, key="view", on_change="rerun")
     for tab, name in zip(tabs, names):
@@ -76,7 +85,7 @@ def _current_analysis() -> Analysis | None:
     try:
         analysis = _run_with_progress(request)
     except Exception as err:  # whatever a user's file does, the app must stay usable
-        st.error(failure_message(err, request))
+        st.error(markdown_text(failure_message(err, request)))
         _explain_missing_demo(request)
         previous: Analysis | None = st.session_state.get("shown_analysis")
         # Back to the analysis that worked, so that the next rerun does not retry the failing one.
@@ -89,15 +98,34 @@ def _current_analysis() -> Analysis | None:
 
 
 def _run_with_progress(request: AnalysisRequest) -> Analysis:
+    """The analysis, with its progress (or its place in the device queue) and a Cancel button
+    shown while it waits or runs. Cancel reruns the page, which stops the work at its next report."""
     bar = st.empty()
+    cancel = CancelButton("cancel_analysis", _cancel)
+
+    def waiting(ahead: int) -> None:
+        cancel.offer()
+        bar.info(
+            f"Waiting for the {queue_name(request.settings)}: {jobs(ahead)} ahead in the queue "
+            f"(this analysis is number {ahead + 1}). It starts by itself."
+        )
 
     def report(done: int, total: int) -> None:
+        cancel.offer()
         bar.progress(done / total, text=f"Analysing images: {done} of {total} read")
 
     try:
-        return run_analysis(request, report)
+        return run_analysis(request, report, waiting)
     finally:
         bar.empty()
+        cancel.remove()
+
+
+def _cancel() -> None:
+    """Leave the queue (or stop the analysis): back to the analysis shown before, if any."""
+    previous: Analysis | None = st.session_state.get("shown_analysis")
+    st.session_state["request"] = previous.request if previous else None
+    st.session_state["cancelled"] = True
 
 
 def _explain_missing_demo(request: AnalysisRequest) -> None:

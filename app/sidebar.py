@@ -17,6 +17,7 @@ import torch
 
 from deepvit_diag import Settings
 from deepvit_diag.checkpoints import list_models
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.images import BUNDLED_SETS
 
 from .compute import AnalysisRequest
@@ -68,8 +69,8 @@ def render_sidebar(defaults: AppDefaults) -> SidebarInput:
     num_images = st.number_input(
         "Number of images",
         min_value=1,
-        max_value=100_000,
-        value=defaults.num_images,
+        max_value=defaults.max_images,
+        value=min(defaults.num_images, defaults.max_images),
         step=16,
         key="num_images",
         help="The first N usable images of the source are analysed.",
@@ -87,10 +88,10 @@ def _checked(make: Callable[[], T]) -> T | None:
     try:
         return make()
     except InputMissing as missing:
-        st.info(str(missing))
+        st.info(markdown_text(missing))
         return None
     except InputError as err:
-        st.error(str(err))
+        st.error(markdown_text(err))
         return None
 
 
@@ -130,7 +131,7 @@ def _model_input(side: str, default_spec: str, max_mb: float) -> ModelChoice:
             key=f"{side}_name",
             format_func=lambda n: f"{n} ({WEIGHT_WORDS.get(rows[n]['weights'], rows[n]['weights'])})",
         )
-        st.caption(rows[name]["description"])
+        st.caption(markdown_text(rows[name]["description"]))
         return model_from_name(name)
     if source == "timm":
         text = st.text_input(
@@ -216,7 +217,7 @@ def _image_input(defaults: AppDefaults) -> ImageChoice:
         raise InputMissing("upload at least one image")
     choice, errors = images_from_uploads(files, defaults.max_image_mb)
     for error in errors:
-        st.error(error)  # one error per bad upload, and no other
+        st.error(markdown_text(error))  # one error per bad upload, and no other
     if choice is None:
         raise InputMissing("upload at least one image that can be decoded")
     return choice

@@ -3,8 +3,9 @@
 Checkpoints come from preset/store names, timm names, paths on the server or uploads;
 images from bundled sets, server folders or uploads. Every choice carries a
 ``fingerprint`` that changes when its content changes, so caches keyed by it never serve
-stale results. Uploads are written to one temporary folder per server process, under
-their sha256 (a re-upload costs nothing); server paths are only ever read.
+stale results. Uploads are written to one temporary folder per session, under their
+sha256 (a re-upload costs nothing); server paths are only ever read, and only where
+``server_paths`` allows (see ``app/server_paths.py``).
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ import atexit
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+import timm
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from deepvit_diag.checkpoints import bundled_path, store_path
 from deepvit_diag.checkpoints.safe_load import CHECKPOINT_SUFFIXES
 from deepvit_diag.images import BUNDLED_SETS, why_unusable
+
+from .server_paths import GLOB_CHARACTERS, ROOTS_VARIABLE, PathRefused, ServerPaths
 
 MEGABYTE = 1 << 20
 
@@ -45,6 +50,7 @@ class ModelChoice:
     fingerprint: str
     arch: str | None = None
     aliases: tuple[tuple[str, str], ...] = ()  # (server path, the name the user knows it by) of uploads
+    public: bool = False  # a name any visitor can pick (preset, store entry, timm model), not a file they gave
 
     @property
     def key(self) -> str:
@@ -59,6 +65,11 @@ class ImageChoice:
     description: str | None = None  # replaces the library's wording (uploads live in a temp folder)
     fingerprint: str = ""
     aliases: tuple[tuple[str, str], ...] = ()  # (server path, the name the user knows it by) of uploads
+
+    @property
+    def public(self) -> bool:
+        """A bundled set (or the one the model cards name): nothing a visitor gave."""
+        return self.spec is None or (isinstance(self.spec, str) and self.spec in BUNDLED_SETS)
 
 
 def shown_as(text: str, *choices: ModelChoice | ImageChoice) -> str:
@@ -77,7 +88,10 @@ def model_from_name(name: str) -> ModelChoice:
     """A preset or weight-store name; the fingerprint follows the file behind it."""
     candidates = [store_path(name), bundled_path(name)]
     return ModelChoice(
-        name, name, next((_file_fingerprint(path) for path in candidates if path.is_file()), "no-weights")
+        name,
+        name,
+        next((_file_fingerprint(path) for path in candidates if path.is_file()), "no-weights"),
+        public=True,
     )
 
 
@@ -85,7 +99,10 @@ def model_from_timm(name: str) -> ModelChoice:
     name = name.strip()
     if not name:
         raise InputMissing("enter a timm model name, e.g. vit_tiny_patch16_224")
-    return ModelChoice(name, name, name)
+    is_timm_name = timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:"))
+    if server_paths().confined and not is_timm_name:
+        _server_path(name)  # the loader reads a name that is no timm model as a path
+    return ModelChoice(name, name, name, public=is_timm_name)
 
 
 def model_from_path(text: str, arch: str | None) -> ModelChoice:
@@ -119,10 +136,25 @@ def images_from_bundled(name: str) -> ImageChoice:
 def images_from_folder(text: str) -> ImageChoice:
     """A folder, image file or glob on the server (read by ``open_images`` at run time)."""
     text = text.strip()
-    if any(ch in text for ch in "*?["):
-        return ImageChoice(text, fingerprint=text)
+    paths = server_paths()
+    if any(ch in text for ch in GLOB_CHARACTERS):
+        if not paths.confined:
+            return ImageChoice(text, fingerprint=text)
+        # The files themselves, each checked: the library would follow links out of the roots.
+        files = _confined(lambda: paths.glob(text))
+        if not files:
+            raise InputError(f"no file matches {text}")
+        return ImageChoice(tuple(str(file) for file in files), text, fingerprint=text)
     path = _server_path(text)
+    if path.is_dir() and not _allows_tree(paths, str(path)):
+        raise InputError(paths.refusal)
     return ImageChoice(str(path), fingerprint=_file_fingerprint(path))
+
+
+@st.cache_data(ttl=60, max_entries=64, show_spinner="Checking the folder...")
+def _allows_tree(paths: ServerPaths, folder: str) -> bool:
+    """``ServerPaths.allows_tree``, walked at most once a minute per folder (not on every rerun)."""
+    return paths.allows_tree(Path(folder))
 
 
 def images_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[ImageChoice | None, list[str]]:
@@ -160,11 +192,27 @@ def _require_decodable(path: Path, name: str) -> None:
 # ----------------------------------------------------------------------------- files
 
 
+def server_paths() -> ServerPaths:
+    """What visitors of this server may read: set by ``DEEPVIT_DIAG_APP_ROOTS`` and the address the
+    server is bound to (``server.address``)."""
+    return ServerPaths.from_settings(st.get_option("server.address"), os.environ.get(ROOTS_VARIABLE), Path.cwd())
+
+
+def _confined(read):
+    """``read()``, with a refused path turned into the sidebar's input error."""
+    try:
+        return read()
+    except PathRefused as refused:
+        raise InputError(str(refused)) from None
+
+
 def _server_path(text: str) -> Path:
+    """``text`` as a path the server may read and that exists; outside the readable roots the
+    same refusal whether it exists or not."""
     text = text.strip()
     if not text:
         raise InputMissing("enter a path on the server")
-    path = Path(os.path.expanduser(text))
+    path = _confined(lambda: server_paths().check(text))
     if not path.exists():
         raise InputError(f"no such file or folder on the server: {path}")
     return path
@@ -177,10 +225,23 @@ def _file_fingerprint(path: Path) -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def upload_folder() -> Path:
-    """One temporary folder per server process for every session's uploads, removed at exit."""
+def _server_upload_folder() -> Path:
+    """One temporary folder per server process, removed at exit."""
     folder = Path(tempfile.mkdtemp(prefix="deepvit-diag-uploads-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def session_key() -> str:
+    """A random name for this browser session, never shown: what keeps one session's uploads and
+    results from another's (Streamlit's own session id is not unique under ``AppTest``)."""
+    return st.session_state.setdefault("session_key", secrets.token_hex(16))
+
+
+def upload_folder() -> Path:
+    """This session's folder for uploads; no other session names it (see ``session_key``)."""
+    folder = _server_upload_folder() / session_key()
+    folder.mkdir(exist_ok=True)
     return folder
 
 
@@ -224,6 +285,8 @@ SWEEP_FILES = ("sweep.json", "arrays.npz")
 def sweep_from_path(text: str) -> tuple[str, str]:
     """A saved sweep folder or a monitor's .jsonl file on the server: its path and fingerprint."""
     path = _server_path(text)
+    if not all(server_paths().allows(path / name) for name in SWEEP_FILES):
+        raise InputError(server_paths().refusal)
     if path.is_file():
         if path.suffix != ".jsonl":
             raise InputError(

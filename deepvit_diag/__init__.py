@@ -26,6 +26,7 @@ _HOMES = {
     "analyze": ".analysis",
     "build_model": ".models",
     "compare": ".analysis",
+    "convert": ".checkpoints",
     "extract_attention": ".capture",
     "load_model": ".checkpoints",
     "save_native": ".checkpoints",

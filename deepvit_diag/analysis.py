@@ -1,11 +1,15 @@
 """Streaming attention-collapse analysis of one model (``analyze``) or two (``compare``).
 
-Images flow through the model batch by batch; each batch's maps are reduced on the
-device to per-batch metric sums (every ``measure`` of the catalogue,
-``deepvit_diag.catalogue.METRICS``) and dropped before the next batch, so peak memory is one
-batch of maps whatever the number of images. Every measured metric is a mean with equal
-weight per image, so ``sum_b metric(batch) * B / N`` is the exact dataset mean and the
-result does not depend on the batch size; CKA streams through ``MinibatchCKA``, whose
+Images flow through the model batch by batch; of each batch only every block's queries and
+keys are kept (``AttentionRecorder(maps=False)``), and its maps are recomputed from them a
+chunk of attention vectors at a time and reduced on the device to per-batch metric sums
+(every ``measure`` of the catalogue, ``deepvit_diag.catalogue.METRICS``;
+``metrics.score_statistics``), so peak memory is one batch of queries, keys and block
+outputs plus one chunk of maps (``budget``), linear in the token count and the same whatever
+the number of images. The batch size and the chunk are chosen up front to fit the memory
+budget (``Settings.memory_budget``); on CUDA an out-of-memory error still halves the batch.
+Every measured metric is a mean with equal weight per image, so ``sum_b metric(batch) * B / N``
+is the exact dataset mean and the result does not depend on the batch size; CKA streams through ``MinibatchCKA``, whose
 chunks do not depend on the batches either.
 
 When the images carry labels, the logits of the same forward passes give the top-1/top-5
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from . import catalogue
+from .budget import MIB, ModelShape, available_bytes, plan
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
 from .catalogue import Batch
 from .choices import DTYPE_NAMES
@@ -37,6 +42,7 @@ from .errors import DiagError
 from .images import ImageSource, ImageStream, StreamBatch
 from .introspection import Geometry, describe_model, model_device
 from .metrics import (
+    AttentionScores,
     DeferredChecks,
     MinibatchCKA,
     deferred_value_checks,
@@ -44,6 +50,7 @@ from .metrics import (
     token_distances,
     topk_correct,
 )
+from .metrics.scores import query_weights
 from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
@@ -85,8 +92,8 @@ class ModelStatistics:
         self.ks: tuple[int, ...] = ()
         # Why labels given with the images cannot be counted for this model, once known.
         self.accuracy_problem = "the model has no classifier head" if getattr(model, "num_classes", None) == 0 else None
-        # Measures that overwrite the maps run last (False sorts before True).
-        self._measured = sorted((m for m in catalogue.METRICS if m.measure is not None), key=lambda m: m.consumes_maps)
+        self._measured = [metric for metric in catalogue.METRICS if metric.measure is not None]
+        self.chunk: int | None = None  # attention vectors per chunk of maps, set by the plan
 
     @property
     def examples_needed(self) -> int:
@@ -104,24 +111,19 @@ class ModelStatistics:
     def measure(
         self, capture: AttentionCapture, x: torch.Tensor, logits: object, labels: torch.Tensor | None
     ) -> BatchMeasurement:
-        """Reduce one batch's capture to sums, and its logits to top-k counts when the
-        batch has ``labels`` (nothing is added until ``add``).
-
-        The capture is used up: measures that consume the maps run last (see
-        ``catalogue.Metric.consumes_maps``), after the examples have been read.
-        """
-        self._follow_input_size(tuple(x.shape[-2:]))
-        size = capture.pre.shape[1]
+        """Reduce one batch's capture (scores, not maps) to sums, and its logits to top-k
+        counts when the batch has ``labels`` (nothing is added until ``add``)."""
+        self.follow_input_size(tuple(x.shape[-2:]))
+        size = capture.hidden.shape[1]
         num_examples = min(self.examples_needed, size)
         # Once enough examples are kept, later batches add none (and launch nothing for them).
         keep_examples = num_examples > 0 or not self.example_images
         example_images = example_cls = None
         if keep_examples:
             example_images = to_uint8_images(x[:num_examples], self.mean, self.std)
-            example_cls = {
-                kind: _cls_attention(getattr(capture, kind)[:, :num_examples], self.geometry) for kind in MAP_KINDS
-            }
-        batch = Batch(capture, self.geometry, self.settings, self.token_distances(capture.pre.device))
+            example_cls = _cls_attention(capture.scores, num_examples, self.geometry, self.chunk)
+        distances = self.token_distances(capture.hidden.device)
+        batch = Batch(capture, self.geometry, self.settings, distances, self.chunk)
         sums = {name: value * size for metric in self._measured for name, value in metric.measure(batch).items()}
         correct = self._correct(logits, labels, size)
         return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls, correct)
@@ -139,7 +141,7 @@ class ModelStatistics:
             return None
         return topk_correct(logits, labels, self.ks)
 
-    def _follow_input_size(self, image_size: tuple[int, int]) -> None:
+    def follow_input_size(self, image_size: tuple[int, int]) -> None:
         """A model that takes any image size (``dynamic_img_size``) has the patch grid of the images it is
         given, which may not be its data config's size; all images of one analysis share one size."""
         if self.geometry.image_size == image_size:
@@ -192,15 +194,26 @@ class ModelStatistics:
         }
 
 
-def _cls_attention(maps: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """(L, E, H, T, T) -> float32 (E, L, H, gh, gw): the CLS query's weight on every patch;
-    a model without prefix tokens gets the mean weight of all queries."""
+def _cls_attention(
+    scores: list[AttentionScores], num_examples: int, geometry: Geometry, chunk: int | None
+) -> dict[str, torch.Tensor]:
+    """Map kind -> float32 (E, L, H, gh, gw): the CLS query's weight on every patch in the first
+    ``num_examples`` images; a model without prefix tokens gets the mean weight of all queries."""
     prefix = geometry.num_prefix_tokens
-    weights = maps[..., 0, prefix:] if prefix else maps[..., prefix:].float().mean(dim=-2)
-    num_blocks, num_examples, num_heads, _ = weights.shape
-    # A copy, so the example does not keep the whole batch's maps alive.
-    weights = weights.to(torch.float32, copy=True).transpose(0, 1)
-    return weights.reshape(num_examples, num_blocks, num_heads, *geometry.grid_size)
+    weights = [query_weights(block, 0 if prefix else None, chunk) for block in scores]
+    cls = {}
+    for kind, per_block in zip(MAP_KINDS, zip(*weights)):
+        stacked = torch.stack([block[:num_examples, :, prefix:] for block in per_block]).transpose(0, 1)
+        cls[kind] = stacked.reshape(num_examples, len(scores), geometry.num_heads, *geometry.grid_size)
+    return cls
+
+
+def _token_width(model: nn.Module, geometry: Geometry) -> int:
+    """The model's token width D (``embed_dim``), or a guess from the parameter count."""
+    width = getattr(model, "embed_dim", None) or getattr(model, "num_features", None)
+    if isinstance(width, int) and width > 0:
+        return width
+    return max(1, int((sum(p.numel() for p in model.parameters()) / (12 * geometry.num_blocks)) ** 0.5))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -238,6 +251,7 @@ class StreamingAnalysis:
         self.batch_size = self.settings.batch_size
         self.store_dtype = TORCH_DTYPES[self.settings.dtype] if self.settings.dtype != "float32" else None
         self.checks: DeferredChecks | None = None  # set by run()
+        self.planned = False
 
     def run(self, stream: ImageStream, progress: ProgressOption) -> None:
         with ExitStack() as stack:
@@ -245,7 +259,9 @@ class StreamingAnalysis:
             for model in self.models:
                 stack.enter_context(_on_device(model, self.device))
                 stack.enter_context(eval_mode(model))
-                recorder = AttentionRecorder(model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True)
+                recorder = AttentionRecorder(
+                    model, hidden=True, store_dtype=self.store_dtype, reuse_buffers=True, maps=False
+                )
                 recorders.append(stack.enter_context(recorder))
             stack.enter_context(torch.inference_mode())
             label = "analysing images" + (f" (shard {self.shard})" if self.shard is not None else "")
@@ -259,6 +275,8 @@ class StreamingAnalysis:
 
     def _process(self, batch: StreamBatch, recorders: list[AttentionRecorder], advance: Callable[[], None]) -> None:
         """Measure a batch in parts of the current batch size, halving it on CUDA OOM."""
+        if not self.planned:
+            self._plan(batch)
         start, total = 0, len(batch)
         while start < total:
             size = min(self.batch_size, total - start)
@@ -280,6 +298,20 @@ class StreamingAnalysis:
             # Outside the except block, so the failed attempt's tensors are already released.
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _plan(self, batch: StreamBatch) -> None:
+        """Batch size and chunks for the memory budget, from the first batch's image size."""
+        shapes = []
+        for statistics, images in zip(self.statistics, batch.images):
+            statistics.follow_input_size(tuple(images.shape[-2:]))
+            shapes.append(ModelShape(statistics.geometry, _token_width(statistics.model, statistics.geometry)))
+        budget = self.settings.memory_budget
+        budget_bytes = budget * MIB if budget is not None else available_bytes(self.device)
+        chosen = plan(shapes, budget_bytes, self.batch_size, self.device)
+        self.batch_size = chosen.batch_size
+        for statistics, chunk in zip(self.statistics, chosen.chunks):
+            statistics.chunk = chunk
+        self.planned = True
 
     def _measure(self, parts: StreamBatch, recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
         dtype = self.settings.dtype

@@ -15,7 +15,11 @@ When no captured block mixes heads, ``post`` *is* ``pre`` (the same tensor, no c
 
 Each forward writes straight into per-forward buffers of shape (L, B, H, T, T) and
 (L, B, T, D) (or, with ``reuse_buffers``, into the previous forward's), so no per-block
-list is stacked afterwards and nothing leaves the device.
+list is stacked afterwards and nothing leaves the device. With ``maps=False`` the maps are
+not built at all: each block's queries and keys go into (L, B, H, T, d) buffers, with the
+rest of its ``AttentionScores`` (biases, head mixing), and ``metrics.score_statistics``
+recomputes the maps from them a chunk at a time (what the analysis does: O(T) memory per
+head and block instead of O(T^2)).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .attention_scores import AttentionScores
 from .errors import DiagError
 from .introspection import (
     attention_module,
@@ -47,10 +52,12 @@ class AttentionCapture:
     """Everything one forward pass recorded, stacked over the captured blocks.
 
     Attributes:
-        pre: (L, B, H, T, T) softmax maps, ``pre[l, b, h, i, j]`` = weight of query i on key j.
+        pre: (L, B, H, T, T) softmax maps, ``pre[l, b, h, i, j]`` = weight of query i on key j;
+            None when recorded without maps (``AttentionRecorder(maps=False)``).
         post: (L, B, H, T, T) maps that multiply V (after Theta, Norm and scale in
             Re-attention blocks, after ``proj_w`` in talking-heads blocks, equal to ``pre``
-            elsewhere; the same tensor as ``pre`` when no captured block mixes heads).
+            elsewhere; the same tensor as ``pre`` when no captured block mixes heads);
+            None when recorded without maps.
         hidden: (L, B, T, D) output tokens of every captured block, or None if not recorded.
         logits: the model's output, or None when the caller ran the forward itself.
         blocks: 0-based block index of each of the L entries.
@@ -58,15 +65,18 @@ class AttentionCapture:
         class_attention: (C, B, H, 1 + T) maps of the class token's query in the C blocks that
             update only the class token (CaiT's ``blocks_token_only``; key 0 is the class token
             itself), or None for models without them.
+        scores: what each captured block's maps are computed from (queries, keys, biases,
+            head mixing; ``deepvit_diag.metrics.scores``), or None when the maps were kept.
     """
 
-    pre: torch.Tensor
-    post: torch.Tensor
+    pre: torch.Tensor | None
+    post: torch.Tensor | None
     hidden: torch.Tensor | None
     logits: torch.Tensor | None
     blocks: list[int]
     mixing_blocks: list[int]
     class_attention: torch.Tensor | None = None
+    scores: list[AttentionScores] | None = None
 
 
 class _StackedBuffer:
@@ -121,19 +131,37 @@ class _StackedBuffer:
 
 
 class _BlockSink:
-    """Where a block's reader puts its maps: slot ``slot`` of the pre buffer, and of the post buffer
-    too (``also_post``) for a block that does not mix heads in a model whose other blocks do."""
+    """Where a block's reader puts its scores: the maps computed from them, in slot ``slot`` of the pre
+    buffer and of the post buffer (when one is kept: some block of the model mixes heads)."""
 
-    def __init__(self, pre: _StackedBuffer, post: _StackedBuffer | None, slot: int, also_post: bool):
-        self._pre, self._post, self._slot, self._also_post = pre, post, slot, also_post
+    def __init__(self, pre: _StackedBuffer, post: _StackedBuffer | None, slot: int):
+        self._pre, self._post, self._slot = pre, post, slot
+
+    def scores(self, scores: AttentionScores) -> None:
+        pre = scores.pre()
+        self._pre.write(self._slot, pre)
+        if self._post is not None:
+            self._post.write(self._slot, scores.post(pre))
 
     def pre(self, maps: torch.Tensor) -> None:
-        self._pre.write(self._slot, maps)
-        if self._also_post:
-            self._post.write(self._slot, maps)
+        raise AssertionError("block readers hand over scores")
 
-    def post(self, maps: torch.Tensor) -> None:
-        self._post.write(self._slot, maps)
+
+class _ScoresSink:
+    """Where a block's reader puts its scores when no map is kept: queries and keys in slot ``slot`` of
+    the stacked (L, B, H, T, d) buffers, the rest (biases, head mixing) in ``rest[slot]``."""
+
+    def __init__(self, queries: _StackedBuffer, keys: _StackedBuffer, rest: list, slot: int):
+        self._queries, self._keys, self._rest, self._slot = queries, keys, rest, slot
+
+    def scores(self, scores: AttentionScores) -> None:
+        self._queries.write(self._slot, scores.q)
+        self._keys.write(self._slot, scores.k)
+        # Without q and k, so that the projections' outputs they view are not kept alive.
+        self._rest[self._slot] = replace(scores, q=None, k=None)
+
+    def pre(self, maps: torch.Tensor) -> None:
+        raise AssertionError("block readers hand over scores")
 
 
 class _ClassSink:
@@ -142,11 +170,11 @@ class _ClassSink:
     def __init__(self, buffer: _StackedBuffer, slot: int):
         self._buffer, self._slot = buffer, slot
 
+    def scores(self, scores: AttentionScores) -> None:
+        raise AssertionError("class attention readers hand over maps")
+
     def pre(self, maps: torch.Tensor) -> None:
         self._buffer.write(self._slot, maps[:, :, 0])
-
-    def post(self, maps: torch.Tensor) -> None:
-        raise AssertionError("class attention does not mix heads")
 
 
 class AttentionRecorder:
@@ -171,6 +199,9 @@ class AttentionRecorder:
         hidden: also record each captured block's output tokens.
         store_dtype: dtype of the recorded tensors (default: as computed).
         reuse_buffers: let every forward overwrite the previous capture's tensors.
+        maps: record the maps (L, B, H, T, T); with False, record each block's scores
+            (queries and keys, O(T) memory per head instead of O(T^2)) and leave pre and
+            post None.
     """
 
     def __init__(
@@ -180,6 +211,7 @@ class AttentionRecorder:
         hidden: bool = True,
         store_dtype: torch.dtype | None = None,
         reuse_buffers: bool = False,
+        maps: bool = True,
     ):
         self.model = model
         self.blocks = resolve_blocks(model, blocks)
@@ -189,8 +221,14 @@ class AttentionRecorder:
         self.mixing_blocks = [b for b, attn in zip(self.blocks, self._attns) if head_mixing(attn)]
         self.record_hidden = hidden
         layout = {"blocks": self.blocks, "dtype": store_dtype, "reuse": reuse_buffers}
-        self._pre = _StackedBuffer("attention maps", **layout)
-        self._post = _StackedBuffer("head-mixed maps", **layout) if self.mixing_blocks else None
+        self.record_maps = maps
+        if maps:
+            self._pre = _StackedBuffer("attention maps", **layout)
+            self._post = _StackedBuffer("head-mixed maps", **layout) if self.mixing_blocks else None
+        else:
+            self._pre = _StackedBuffer("queries", **layout)
+            self._post = _StackedBuffer("keys", **layout)
+        self._scores: list[AttentionScores | None] = [None] * len(self.blocks)
         self._hidden = _StackedBuffer("block outputs", **layout) if hidden else None
         self._class = None
         if self._class_attns:
@@ -212,9 +250,15 @@ class AttentionRecorder:
     def take(self) -> AttentionCapture:
         """The last forward's recordings (logits=None); the recorder starts afresh."""
         pre = self._pre.collect()
+        post = self._post.collect() if self._post is not None else pre
+        scores = None
+        if not self.record_maps:
+            scores = [replace(rest, q=q, k=k) for rest, q, k in zip(self._scores, pre, post)]
+            pre = post = None
         capture = AttentionCapture(
             pre=pre,
-            post=self._post.collect() if self._post is not None else pre,
+            post=post,
+            scores=scores,
             hidden=self._hidden.collect() if self._hidden is not None else None,
             logits=None,
             blocks=list(self.blocks),
@@ -236,8 +280,10 @@ class AttentionRecorder:
         self._handles.append(self.model.register_forward_pre_hook(self._reset))
         model_blocks = transformer_blocks(self.model)
         for slot, (index, attn) in enumerate(zip(self.blocks, self._attns)):
-            mixes = head_mixing(attn) is not None
-            sink = _BlockSink(self._pre, self._post, slot, also_post=self._post is not None and not mixes)
+            if self.record_maps:
+                sink = _BlockSink(self._pre, self._post, slot)
+            else:
+                sink = _ScoresSink(self._pre, self._post, self._scores, slot)
             self._handles.extend(reader_for(attn).attach(attn, sink))
             if self._hidden is not None:
                 self._handles.append(model_blocks[index].register_forward_hook(self._on_block_output(slot)))

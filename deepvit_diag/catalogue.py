@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ from .figures import similarity as similarity_figures
 from .figures import sweep as sweep_figures
 from .figures.registry import FIGURE_FUNCTIONS
 from .introspection import Geometry
-from .metrics import collapse_statistics, rank_collapse, softmax_statistics, token_similarity
+from .metrics import rank_collapse, score_statistics, token_similarity
 from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
 
@@ -62,16 +63,44 @@ class Batch:
     """One forward pass as a metric's ``measure`` sees it.
 
     Attributes:
-        capture: the recorded maps (L, B, H, T, T) and block outputs (L, B, T, D).
+        capture: the recorded scores of every block (``capture.scores``, from which the maps
+            are recomputed) and block outputs (L, B, T, D).
         geometry: the model's token layout.
         settings: the analysis settings (k, tau, axis, ...).
         token_distances: (T, T) pixel distances between token centres, on the maps' device.
+        chunk: attention vectors per chunk of maps (``budget.plan``; None: all at once).
     """
 
     capture: AttentionCapture
     geometry: Geometry
     settings: Settings
     token_distances: torch.Tensor
+    chunk: int | None = None
+
+    @cached_property
+    def attention(self) -> dict[str, torch.Tensor]:
+        """Every map metric of the batch (``metrics.score_statistics``), computed once, chunk by chunk."""
+        settings = self.settings
+        return score_statistics(
+            self.capture.scores,
+            self.token_distances,
+            self.geometry.num_prefix_tokens,
+            settings.k,
+            settings.tau,
+            settings.axis,
+            self.chunk,
+        )
+
+    def maps(self, kind: str) -> torch.Tensor:
+        """The whole (L, B, H, T, T) maps of ``kind`` ("pre" or "post"), built from the scores:
+        O(L B H T^2) memory, for a metric that needs every map at once."""
+        blocks = []
+        for scores in self.capture.scores:
+            scores = scores.float()
+            with torch.no_grad():
+                pre = scores.pre()
+                blocks.append(pre if kind == "pre" else scores.post(pre))
+        return torch.stack(blocks)
 
 
 @dataclass(frozen=True)
@@ -127,8 +156,6 @@ class Metric:
         measure: per-image means of one batch, keyed by array name (see the module docstring).
         reads_model: arrays read from the weights once.
         optional_arrays: arrays only some models have (Theta's bias exists only in Conv2d Theta).
-        consumes_maps: ``measure`` may overwrite the maps (in-place normalisation), so it
-            runs after every other measure of the batch.
     """
 
     name: str
@@ -137,7 +164,6 @@ class Metric:
     measure: Callable[[Batch], dict[str, torch.Tensor]] | None = None
     reads_model: Callable[[nn.Module, Geometry], dict[str, np.ndarray]] | None = None
     optional_arrays: tuple[str, ...] = ()
-    consumes_maps: bool = False
 
 
 def _both_kinds(*names: str) -> tuple[str, ...]:
@@ -145,20 +171,12 @@ def _both_kinds(*names: str) -> tuple[str, ...]:
 
 
 def _similarity_family(batch: Batch) -> dict[str, torch.Tensor]:
-    settings, capture = batch.settings, batch.capture
-
-    def statistics(maps: torch.Tensor) -> dict[str, torch.Tensor]:
-        return collapse_statistics(maps, settings.k, settings.tau, settings.axis, overwrite=True)
-
-    stats = {"post": statistics(capture.post)}
-    # Without Re-attention blocks, post is pre (the same tensor): measure it once.
-    stats["pre"] = stats["post"] if capture.pre is capture.post else statistics(capture.pre)
-    return {f"{name}_{kind}": value for kind in MAP_KINDS for name, value in stats[kind].items()}
+    names = _both_kinds("similarity", "ratio", "cross_head")
+    return {name: batch.attention[name] for name in names}
 
 
 def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
-    entropy, distance = softmax_statistics(batch.capture.pre, batch.token_distances, batch.geometry.num_prefix_tokens)
-    return {"entropy": entropy, "attention_distance": distance}
+    return {name: batch.attention[name] for name in ("entropy", "attention_distance")}
 
 
 METRICS: tuple[Metric, ...] = (
@@ -195,7 +213,6 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=_similarity_family,
-        consumes_maps=True,
     ),
     Metric(
         "Theta",

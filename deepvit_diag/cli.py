@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import shlex
 import sys
 import warnings
@@ -22,10 +22,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import INTERRUPTED_LINE, INTERRUPTED_STATUS, DiagError, failure_line
+from .errors import DiagError, failure_line, interruption, sigterm_as_interrupt
+from .hints import OPTIONS as HINT_OPTIONS
+from .hints import GuessWarning, Option, rendered
 from .labels import CLASS_MAP_HELP
+from .serve import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+    ServerOptions,
+    app_environment,
+    app_script,
+    streamlit_command,
+)
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +69,18 @@ def _positive_number(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (else a usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        value = _int_at_least(low)(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    return parse
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -214,10 +237,10 @@ def run_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     accuracy, seconds = run.card["test_accuracy"], run.card["train_seconds"]
-    print(f"saved {args.out}: test accuracy {accuracy:.1%} after {_count(args.epochs, 'epoch')} ({seconds:.0f} s)")
+    _say(f"saved {args.out}: test accuracy {accuracy:.1%} after {_count(args.epochs, 'epoch')} ({seconds:.0f} s)")
     if run.snapshots:
         paths = run.snapshots
-        print(
+        _say(
             f"saved {len(paths)} snapshots, one every {_count(args.save_every, 'epoch')}: "
             f"{paths[0]} to {paths[-1].name}"
         )
@@ -260,47 +283,43 @@ def add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from .checkpoints import list_models, store_dir
+    from .escaping import rich_text, terminal_console
 
-    table = Table(title=f"deepvit-diag models (weight store: {store_dir()})")
+    table = Table(title=f"deepvit-diag models (weight store: {rich_text(store_dir())})")
     for column in ("name", "kind", "weights", "description"):
         table.add_column(column, overflow="fold")
     for row in list_models():
-        table.add_row(row["name"], row["kind"], row["weights"], row["description"])
-    Console().print(table)
+        table.add_row(*(rich_text(row[column]) for column in ("name", "kind", "weights", "description")))
+    terminal_console().print(table)
 
 
-# What load_model takes beyond arch= (timm's constructor names; checkpoints.inference.HINTS): what the loader
-# may guess, and what its messages name. Each is an option of import and analyze (--num-heads) and, per
-# model, of compare (--num-heads-a, --num-heads-b).
-ARCH_HINTS = {
-    "num_heads": dict(metavar="N", type=_int_at_least(1), help="number of attention heads per block"),
-    "embed_dim": dict(metavar="N", type=_int_at_least(1), help="width of the tokens (embed_dim)"),
-    "depth": dict(metavar="N", type=_int_at_least(1), help="number of transformer blocks"),
-    "mlp_ratio": dict(metavar="R", type=_positive_number, help="MLP hidden width divided by the token width"),
-    "img_size": dict(
-        metavar="PX",
-        type=_int_at_least(1),
-        help="input resolution in pixels (e.g. 384 for a model fine-tuned at 384 px); see --resample-pos-embed{suffix}",
-    ),
-    "patch_size": dict(metavar="PX", type=_int_at_least(1), help="side of one patch in pixels"),
-    "num_classes": dict(metavar="N", type=_int_at_least(0), help="classes of the head (0: no head)"),
-    "in_chans": dict(metavar="N", type=_int_at_least(1), help="channels of the input images"),
-    "global_pool": dict(choices=["token", "avg"], help="how tokens are pooled before the head"),
-    "norm_eps": dict(metavar="EPS", type=_positive_number, help="LayerNorm eps (1e-6 timm, 1e-5 CLIP and vit-pytorch)"),
-    "act_layer": dict(
-        choices=["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"], help="MLP activation (quick_gelu: OpenAI CLIP)"
-    ),
-    "dynamic_img_size": dict(
-        action=argparse.BooleanOptionalAction, help="accept any image size, interpolating the position embeddings"
-    ),
-    "transform_scale": dict(
-        action=argparse.BooleanOptionalAction, help="scale Re-attention's mixed maps (official DeepViT-S)"
-    ),
-}
+def _hint_option(option: Option) -> dict[str, Any]:
+    """argparse's arguments for one architecture hint (``checkpoints.hints.OPTIONS``)."""
+    spec: dict[str, Any] = {"help": option.help}
+    if option.kind == "flag":
+        spec["action"] = argparse.BooleanOptionalAction
+    elif option.kind == "choice":
+        spec["choices"] = list(option.choices)
+    else:
+        spec["metavar"] = option.metavar
+        spec["type"] = {"int": _int_at_least(option.minimum), "size": _image_size}.get(option.kind, _positive_number)
+    return spec
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    """``N`` or ``HxW`` pixels (a non-square image: height x width)."""
+    height, _, width = text.lower().partition("x")
+    side = _int_at_least(1)
+    return (side(height), side(width)) if width else side(height)
+
+
+# What load_model takes beyond arch= (checkpoints.hints.OPTIONS): what the loader may guess, and what its
+# messages name. Each is an option of import and analyze (--num-heads) and, per model, of compare
+# (--num-heads-a, --num-heads-b).
+ARCH_HINTS = {option.key: _hint_option(option) for option in HINT_OPTIONS}
 
 
 def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = "the model") -> None:
@@ -322,6 +341,13 @@ def add_arch_options(p: argparse.ArgumentParser, suffix: str = "", model: str = 
             "--" + key.replace("_", "-") + suffix, dest=key + suffix.replace("-", "_"), help=text, **options
         )
     group.add_argument(
+        f"--key{suffix}",
+        dest=f"key{suffix.replace('-', '_')}",
+        metavar="PATH",
+        help="the entry of a nested training checkpoint to take (e.g. student, state_dict.model); by default the "
+        "teacher of a student/teacher pair, else state_dict_ema, model_ema, state_dict, model",
+    )
+    group.add_argument(
         f"--resample-pos-embed{suffix}",
         dest=f"resample_pos_embed{suffix.replace('-', '_')}",
         action="store_true",
@@ -334,6 +360,8 @@ def arch_options_from(args: argparse.Namespace, suffix: str = "") -> dict[str, A
     end = suffix.replace("-", "_")
     kwargs = {key: getattr(args, key + end) for key in ARCH_HINTS if getattr(args, key + end) is not None}
     kwargs["arch"] = getattr(args, "arch" + end)
+    if getattr(args, "key" + end) is not None:
+        kwargs["key"] = getattr(args, "key" + end)
     if getattr(args, "resample_pos_embed" + end):
         kwargs["resample_pos_embed"] = True
     return kwargs
@@ -368,10 +396,10 @@ def run_import(args: argparse.Namespace) -> None:
         path = import_checkpoint(args.source, args.name, overwrite=args.force, **arch_options_from(args))
     for warning in caught:
         if issubclass(warning.category, GuessWarning):
-            print(f"warning: {warning.message}", file=sys.stderr)
-    print(f"imported {args.source} as {args.name!r} -> {path}")
+            _say(f"warning: {warning.message}", sys.stderr)
+    _say(f"imported {args.source} as {args.name!r} -> {path}")
     stored = read_native_metadata(path)
-    print(describe(args.name, "store", "native", stored["arch"], stored["card"]))
+    _say(describe(args.name, "store", "native", stored["arch"], stored["card"]))
 
 
 # ----------------------------------------------------------------------------- compare / analyze
@@ -501,9 +529,7 @@ def _model_label(spec: str, side: str | None = None) -> str:
 def _warnings_as_lines(quiet: bool) -> Iterator[None]:
     """Library warnings (skipped images, guessed architecture, ...) as one ``warning: ...`` line each."""
     with warnings.catch_warnings():
-        warnings.showwarning = lambda message, *_, **__: (
-            None if quiet else print(f"warning: {message}", file=sys.stderr)
-        )
+        warnings.showwarning = lambda message, *_, **__: None if quiet else _say(f"warning: {message}", sys.stderr)
         yield
 
 
@@ -547,15 +573,14 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
         write(write_files)
     if result is None:
         if not args.quiet:
-            print(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
+            _say(f"shard {shard} holds no images; its empty sums are in {args.out} for `deepvit-diag merge`")
         return
     _print_analysis(args, result, labels)
 
 
 def _print_analysis(args: argparse.Namespace, result: AnalysisResult | ComparisonResult, labels: list[str]) -> None:
     """The summary of ``analyze``, ``compare`` and ``merge``: JSON, or the table and findings."""
-    from rich.console import Console
-
+    from .escaping import terminal_console
     from .results import ComparisonResult
     from .summary import comparison_findings, model_findings, print_summary
 
@@ -565,7 +590,7 @@ def _print_analysis(args: argparse.Namespace, result: AnalysisResult | Compariso
         pair = isinstance(result, ComparisonResult)
         findings = comparison_findings(*labels, result) if pair else model_findings(labels[0], result)
         results = {labels[0]: result.a, labels[1]: result.b} if pair else {labels[0]: result}
-        print_summary(Console(), results, findings, out=str(args.out / "report.html"))
+        print_summary(terminal_console(), results, findings, out=str(args.out / "report.html"))
 
 
 @contextmanager
@@ -596,24 +621,18 @@ def _written_by_analysis(path: Path) -> bool:
 
 
 def _load_for(load_model: Callable, spec: str, args: argparse.Namespace, suffix: str) -> Any:
-    """``load_model`` with the options ending in ``suffix``; its messages then name those options
-    (``--num-heads-a`` where the loader says ``--num-heads``)."""
-    if not suffix:
-        return load_model(spec, **arch_options_from(args))
-    options = ["arch", "resample-pos-embed", *(key.replace("_", "-") for key in ARCH_HINTS)]
-    pattern = re.compile(r"\(--(" + "|".join(map(re.escape, options)) + r")\b")
-
-    def per_model(text: str) -> str:
-        return pattern.sub(lambda match: f"(--{match.group(1)}{suffix}", text)
-
+    """``load_model`` with the options ending in ``suffix``; its messages' hints then name those options
+    (``--num-heads-a``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             model = load_model(spec, **arch_options_from(args, suffix))
         except DiagError as err:
-            raise DiagError(per_model(str(err))) from None
+            raise DiagError(rendered(err, suffix)) from None
     for warning in caught:
-        warnings.warn(per_model(str(warning.message)), warning.category, stacklevel=2)
+        message = warning.message
+        text = message.render(suffix) if isinstance(message, GuessWarning) else str(message)
+        warnings.warn(text, warning.category, stacklevel=2)
     return model
 
 
@@ -683,32 +702,35 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
+    from .escaping import terminal_console
     from .report import write_sweep_report
     from .summary import print_sweep, sweep_findings
-    from .sweep_runner import sweep
+    from .sweep_runner import PartialSweep, sweep
     from .sweeps import SweepResult
 
+    failure: PartialSweep | None = None
     with _reporting_output(args, _written_by_sweep) as write:
         if args.monitor is not None:
             result = SweepResult.from_monitor(args.monitor)
         else:
             settings = settings_from(args).resolved()  # an unusable --device fails before any model is loaded
             load_options = arch_options_from(args)
-            with _warnings_as_lines(args.quiet):
-                result = sweep(
-                    args.ckpt,
-                    args.images[0] if args.images and len(args.images) == 1 else args.images,
-                    settings,
-                    groups=args.group,
-                    x_axis=args.x_axis,
-                    arch=load_options.pop("arch"),
-                    load_options=load_options,
-                    class_map=args.class_map,
-                    progress=not args.quiet,
-                    notice=(lambda line: None) if args.quiet else _stderr_line,
-                )
+            try:
+                with _warnings_as_lines(args.quiet):
+                    result = sweep(
+                        args.ckpt,
+                        args.images[0] if args.images and len(args.images) == 1 else args.images,
+                        settings,
+                        groups=args.group,
+                        x_axis=args.x_axis,
+                        arch=load_options.pop("arch"),
+                        load_options=load_options,
+                        class_map=args.class_map,
+                        progress=not args.quiet,
+                        notice=(lambda line: None) if args.quiet else _stderr_line,
+                    )
+            except PartialSweep as partial:  # the finished checkpoints are written, then the failure is the error
+                failure, result = partial, partial.sweep
         command = _command_line()
 
         def write_files(folder: Path) -> None:
@@ -716,17 +738,20 @@ def run_sweep(args: argparse.Namespace) -> None:
             write_sweep_report(folder / "sweep.html", result, command, relative_depth=args.relative_depth)
 
         write(write_files)
+    if failure is not None:
+        raise DiagError(f"{failure}; written to {args.out}")
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
-        print_sweep(Console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
+        print_sweep(terminal_console(), result, sweep_findings(result), out=str(args.out / "sweep.html"))
 
 
 def _stderr_line(line: str) -> None:
-    from rich.console import Console
     from rich.text import Text
 
-    Console(stderr=True).print(Text(line))
+    from .escaping import terminal_console
+
+    terminal_console(stderr=True).print(Text(line))
 
 
 def _written_by_sweep(path: Path) -> bool:
@@ -783,7 +808,94 @@ def run_merge(args: argparse.Namespace) -> None:
     _print_analysis(args, result, labels)
 
 
-COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import]
+APP_EPILOG = """\
+Private by default: the server listens on 127.0.0.1, so only this machine can open it
+(from elsewhere, through an SSH tunnel: ssh -L 8501:localhost:8501 HOST).
+
+To serve a group, either bind an address others reach and name what they may read:
+  deepvit-diag app --host 0.0.0.0 --port 8501 --root /data/checkpoints --root /data/images
+or keep 127.0.0.1 and put a reverse proxy with TLS and a login in front (nginx, Caddy;
+add --base-url-path diag to serve it under /diag; the proxy must pass websockets on),
+and name the --root folders too: on 127.0.0.1 without them the app reads any path the
+server can, as it does for its one local user.
+
+What that exposes: the app has no login, so everyone who reaches the port can
+  - read every checkpoint, image folder and saved sweep under the --root folders (by
+    default the folder the server starts in; other paths are refused, alike whether they
+    exist or not), and see the presets and the weight store;
+  - upload checkpoints and images (up to --max-upload-mb each; kept in a temporary folder,
+    seen by their own session only, removed when the server stops);
+  - run analyses and sweeps on this machine's CPU and GPUs, one at a time per device, the
+    others waiting in a queue (up to --max-images images each), and make the server
+    download timm weights if it has network access.
+Analyses of the presets and bundled images are shared between visitors; those of files a
+visitor named or uploaded are seen by that visitor's session only. See docs/serving.md.
+"""
+
+
+def add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="start the app in the browser (Streamlit), private to this machine by default",
+        description="Start the deepvit-diag app: a Streamlit server that opens in the browser.",
+        epilog=APP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0: every network)",
+    )
+    p.add_argument("--port", type=_int_between(1, 65535), default=DEFAULT_PORT, help="port (default %(default)s)")
+    p.add_argument(
+        "--root",
+        dest="roots",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder visitors may read checkpoints, images and saved sweeps from (repeat for several); "
+        "default: any path on 127.0.0.1, the current folder on any other address",
+    )
+    p.add_argument("--max-images", type=_int_at_least(1), metavar="N", help="most images one analysis may read")
+    p.add_argument(
+        "--max-upload-mb",
+        type=_positive_number,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="MB",
+        help="largest checkpoint upload (default %(default)s)",
+    )
+    p.add_argument("--max-results", type=_int_at_least(1), metavar="N", help="analyses each session keeps of its own")
+    p.add_argument("--base-url-path", metavar="PATH", help="serve under this path (behind a reverse proxy)")
+    p.set_defaults(run=run_app)
+
+
+def run_app(args: argparse.Namespace) -> None:
+    """Replace this process with the Streamlit server (its Ctrl-C and exit status are the command's)."""
+    options = ServerOptions(
+        host=args.host,
+        port=args.port,
+        roots=tuple(args.roots),
+        max_images=args.max_images,
+        max_upload_mb=args.max_upload_mb,
+        max_results=args.max_results,
+        base_url_path=args.base_url_path,
+    )
+    command = streamlit_command(options, app_script())
+    environment = {**os.environ, **app_environment(options)}
+    sys.stdout.flush()
+    os.execve(command[0], command, environment)
+
+
+COMMANDS = [add_compare, add_analyze, add_sweep, add_merge, add_train, add_models, add_import, add_app]
+
+
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Print ``text``, each line without control characters (``escaping.terminal_text``): file names,
+    labels and model cards cannot steer the terminal."""
+    from .escaping import terminal_text
+
+    print("\n".join(terminal_text(line) for line in str(text).split("\n")), file=file or sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -804,14 +916,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
-    except KeyboardInterrupt:
-        print(INTERRUPTED_LINE, file=sys.stderr)
-        return INTERRUPTED_STATUS
+        with sigterm_as_interrupt():
+            args.run(args)
+    except KeyboardInterrupt as err:
+        line, status = interruption(err)
+        print(line, file=sys.stderr)
+        return status
     except Exception as err:  # every failure ends in one line; --debug shows where it came from
         if args.debug:
             raise
-        print(f"error: {failure_line(err)}", file=sys.stderr)
+        _say(f"error: {failure_line(err)}", sys.stderr)
         return 1
     return 0
 

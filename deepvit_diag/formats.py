@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from .archives import check_expansion
 from .errors import DiagError
+from .jsonfiles import check_depth
+from .manifest import check_unit
 
 ARRAYS_FILE = "arrays.npz"
 # The first bytes of a zip archive (an .npz, a torch.save file); an empty archive starts with
@@ -81,7 +84,9 @@ def read_document(path: Path, expected_format: str, missing: str) -> dict[str, A
     """The JSON document at ``path``, which must name ``expected_format``; ``missing`` is what
     to say when it cannot be read (e.g. "is not a saved deepvit-diag result")."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        check_depth(text, str(path))
+        document = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DiagError(f"{path} is not valid JSON: {err}") from None
     except OSError as err:
@@ -98,8 +103,9 @@ def write_document(path: Path, document: dict[str, Any]) -> None:
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` archive (pickles refused)."""
+    """Every array of an ``.npz`` archive (pickles refused; expansion capped, ``archives.check_expansion``)."""
     try:
+        check_expansion(path)
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -113,7 +119,9 @@ def read_folder(folder: str | Path, expected_format: str, document_name: str) ->
     json_path, npz_path = folder / document_name, folder / ARRAYS_FILE
     if not json_path.is_file() or not npz_path.is_file():
         raise DiagError(f"{folder} is not a saved deepvit-diag result (needs {document_name} and {ARRAYS_FILE})")
-    return read_document(json_path, expected_format, "is not a saved deepvit-diag result"), read_arrays(npz_path)
+    document = read_document(json_path, expected_format, "is not a saved deepvit-diag result")
+    check_unit(folder, (document_name, ARRAYS_FILE))
+    return document, read_arrays(npz_path)
 
 
 def write_folder(folder: str | Path, document: dict, arrays: dict[str, np.ndarray], document_name: str) -> Path:

@@ -79,11 +79,46 @@ BUNDLED_SETS: dict[str, str] = {
 }
 
 
+# Images with more pixels are refused from their header, before decoding: far above real photos (a
+# 100-megapixel camera), below what exhausts memory (PIL itself only refuses above ~179 million).
+MAX_PIXELS_ENV = "DEEPVIT_DIAG_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 120_000_000
+# JPEGs at least twice this size on both sides are decoded at a reduced scale (PIL's ``draft``): every
+# model resizes to a few hundred pixels, so the full-size decode would only cost memory.
+DRAFT_SIZE = (2048, 2048)
+
+
+def max_pixels() -> int:
+    """The pixel-count cap: ``$DEEPVIT_DIAG_MAX_PIXELS`` when set to a positive whole number, else the default."""
+    text = os.environ.get(MAX_PIXELS_ENV, "")
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise DiagError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def _open_capped(path: Path) -> Image.Image:
+    """``Image.open`` with the pixel cap checked from the header and JPEG decoding reduced where it may be."""
+    with warnings.catch_warnings():  # PIL's own warning threshold is below the cap checked here
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    limit, count = max_pixels(), img.width * img.height
+    if count > limit:
+        img.close()
+        raise Image.DecompressionBombError(
+            f"{img.width} x {img.height} = {count:,} pixels, more than {limit:,} (${MAX_PIXELS_ENV})"
+        )
+    if img.format == "JPEG":
+        img.draft("RGB", DRAFT_SIZE)
+    return img
+
+
 def why_unusable(path: Path, *, decode: bool = False) -> str | None:
     """None for a file PIL can identify as an image (from its header; with ``decode``, by decoding
     all of it), else the reason in one line."""
     try:
-        with Image.open(path) as img:
+        with _open_capped(path) as img:
             if decode:
                 img.load()
             else:
@@ -98,7 +133,7 @@ def why_unusable(path: Path, *, decode: bool = False) -> str | None:
 
 
 def _load_path(path: Path) -> Image.Image:
-    with Image.open(path) as img:
+    with _open_capped(path) as img:
         img.load()
         return to_rgb(img)
 
@@ -254,7 +289,12 @@ def _expand(spec: str | Path) -> list[Path]:
         return sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
     path = Path(os.path.expanduser(text))
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts))
+        # Hidden entries inside the folder are skipped (.git, .DS_Store); a hidden folder above it is the user's choice.
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         return _interleave_by_folder(files)
     if path.is_file():
         return [path]
@@ -512,7 +552,8 @@ class ImageStream:
         """A hash of the whole (limited) image list: its names, or a tensor's bytes."""
         digest = hashlib.sha256()
         if self._image_set is not None:
-            digest.update("\n".join(self._image_set.names[: self.total]).encode())
+            # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+            digest.update("\n".join(self._image_set.names[: self.total]).encode("utf-8", "surrogateescape"))
         else:
             (item,) = self._tensors
             for part in item if _is_labelled_tensor(item) else (item,):

@@ -58,9 +58,9 @@ def attention_module(model: nn.Module, index: int) -> nn.Module:
     reason = refusal(model, model_name(model))
     if reason is None:
         what = f"blocks.{index}.attn is {qualified_name(attn)}" if attn is not None else f"blocks.{index} has no attn"
-        families = ", ".join(f"{cls.__name__} ({reader.family})" for cls, reader in READERS.items())
+        layouts = ", ".join(f"{cls.__name__} ({reader.layout})" for cls, reader in READERS.items())
         reason = (
-            f"cannot read attention maps of {model_name(model)}: {what}, which has no map reader (readers: {families})"
+            f"cannot read attention maps of {model_name(model)}: {what}, which has no map reader (readers: {layouts})"
         )
     raise DiagError(reason)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DiagError
+from .jsonfiles import check_depth
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +70,7 @@ def read_class_map(path: str | Path) -> ClassMap:
     except (OSError, UnicodeDecodeError) as err:
         raise DiagError(f"cannot read the class map {path}: {getattr(err, 'strerror', None) or err}") from None
     if path.suffix.lower() == ".json":
+        check_depth(text, f"class map {path}")
         try:
             mapping = json.loads(text)
         except json.JSONDecodeError as err:

@@ -7,29 +7,34 @@ context manager around the whole command:
 1. On entry, before any work, it refuses a target it may not write, unless ``force``:
 
    * a folder that holds a file deepvit-diag did not write, or an existing file it did not write
-     ("wrote" is decided per file by the caller's ``owned(path)``: a result.json whose ``format`` is a
-     deepvit-diag result, a report.html with deepvit-diag's title, a safetensors file with deepvit-diag
-     metadata);
-   * a target another run is writing (its lock holds a process that is still running).
+     (in a folder, a file is deepvit-diag's when the folder's marker lists it, ``manifest.MARKER``,
+     and the caller's ``owned(path)`` agrees; a target file when ``owned(path)`` says so: a result.json
+     whose ``format`` is a deepvit-diag result, a safetensors file with deepvit-diag metadata);
+   * a target another run is writing (it holds the lock).
 
    It then takes the lock and creates the staging folder, which proves the place is writable (an
    ``--out`` under a file, in /proc or on a read-only disk fails here, not after an hour of work).
-2. ``write(fill)``: ``fill(path)`` writes every file into the staging folder. Only when it has
-   returned are the files renamed into place, one ``os.replace`` each, with Ctrl-C held back until
-   the last: a full disk, a file-size limit or an interrupt hits the staging folder, never the target.
-   With ``force``, files of other names in a target folder are kept.
+2. ``write(fill)``: ``fill(path)`` writes every file into the staging folder, and a folder's marker
+   (the manifest of those files) is written after them. Only then are the files renamed into place,
+   one ``os.replace`` each, the marker last, with Ctrl-C and SIGTERM held back until the last: a full
+   disk, a file-size limit or an interrupt hits the staging folder, never the target, and a folder
+   whose renames were cut short (a kill) is refused on load (``manifest.check_unit``). With ``force``,
+   files of other names in a target folder are kept.
 3. On leaving, also after a failure or an interrupt: the staging folder is removed, so is a target
    folder (or parent folders) that entry created and nothing was written to, and the lock is released.
 
 The lock and the staging folder live where the files go (in the target folder; next to a target
-file), named ``.<target name>.deepvit-diag-lock`` (the pid and host of the run) and
-``.<target name>.deepvit-diag-XXXXXXXX/``. A lock whose process no longer runs (a killed run) is
-stale: it is taken over and that run's staging folders are removed.
+file), named ``.<target name>.deepvit-diag-lock`` and ``.<target name>.deepvit-diag-XXXXXXXX/``. The
+lock is an ``fcntl.flock`` on that file, held for the whole run (the file records the run's pid and
+host for messages). The system releases it when its process ends however it ends, so a killed run's
+lock is free: the next run takes it and removes that run's staging folders. Taking it is race-free:
+two runs can never both hold it, and a run removes the lock file only while it still holds it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -43,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import DiagError
+from .manifest import MARKER, listed, write_marker
 
 
 class OutputTarget:
@@ -77,7 +83,7 @@ class OutputTarget:
         self.lock = self.home / f"{self.prefix}lock"
         self.staging: Path | None = None
         self._created: list[Path] = []
-        self._locked = False
+        self._lock_descriptor: int | None = None
         self._written = False
 
     # ------------------------------------------------------------------ entry: refuse, lock, stage
@@ -105,8 +111,11 @@ class OutputTarget:
         if self.force:
             return
         if self.folder and target.is_dir():
+            ours = listed(target)
             foreign = sorted(
-                p.name for p in target.iterdir() if not p.name.startswith(self.prefix) and not self._ours(p)
+                p.name
+                for p in target.iterdir()
+                if not p.name.startswith(self.prefix) and p.name != MARKER and not (p.name in ours and self._ours(p))
             )
             if foreign:
                 shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -124,29 +133,33 @@ class OutputTarget:
         return path.is_file() and not path.is_symlink() and self.owned(path)
 
     def _take_lock(self) -> None:
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-        for _ in range(2):
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        for _ in range(5):
+            descriptor = os.open(self.lock, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                descriptor = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _lock_holder(self.lock)
-                running = _still_running(holder)
-                if running and not self.force:
-                    who = f"pid {holder['pid']}" if holder else f"lock file {self.lock}"
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                if not self.force:
+                    holder = _lock_holder(self.lock)
+                    who = f"pid {holder['pid']} on {holder.get('host')}" if holder else f"lock file {self.lock}"
                     raise DiagError(
                         f"another deepvit-diag run ({who}) is writing {self.option} {self.target}; wait for it "
                         f"to finish, or {self.force_hint} if it is not running"
                     ) from None
-                self.lock.unlink(missing_ok=True)
-                if not running:  # a killed run's leftovers
-                    for stale in self.home.glob(f"{self.prefix}*"):
-                        shutil.rmtree(stale, ignore_errors=True)
+                self.lock.unlink(missing_ok=True)  # the other run keeps its lock on the file it opened
                 continue
-            with os.fdopen(descriptor, "w") as f:
-                f.write(record)
-            self._locked = True
+            if not _same_file(descriptor, self.lock):  # its holder removed it between our open and our lock
+                os.close(descriptor)
+                continue
+            self._lock_descriptor = descriptor
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, record)
+            for stale in self.home.glob(f"{self.prefix}*"):  # a killed run's staging folders
+                if stale != self.lock:
+                    shutil.rmtree(stale, ignore_errors=True)
             return
-        raise DiagError(f"cannot lock {self.option} {self.target}: {self.lock} keeps reappearing")
+        raise DiagError(f"cannot lock {self.option} {self.target}: {self.lock} keeps changing")
 
     # ------------------------------------------------------------------ writing
 
@@ -158,6 +171,10 @@ class OutputTarget:
         try:
             fill(self.staging if self.folder else self.staging / self.target.name)
             staged = sorted(self.staging.iterdir())
+            if self.folder:  # the marker is renamed last: until then, the folder's files are not one unit
+                names = {path.name for path in staged}
+                kept = [name for name in listed(self.target) if name not in names and (self.target / name).is_file()]
+                staged.append(write_marker(self.staging, staged, kept))
             mode = _new_file_mode()
             for path in staged:
                 if path.is_file():
@@ -181,11 +198,11 @@ class OutputTarget:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
-        if self._locked:
-            holder = _lock_holder(self.lock)
-            if holder is not None and holder.get("pid") == os.getpid():  # not a lock another run took over
+        if self._lock_descriptor is not None:
+            if _same_file(self._lock_descriptor, self.lock):  # not a lock file another run made since (--force)
                 self.lock.unlink(missing_ok=True)
-            self._locked = False
+            os.close(self._lock_descriptor)  # releases the lock
+            self._lock_descriptor = None
         if not self._written:
             for folder in reversed(self._created):  # deepest first; only while empty
                 try:
@@ -214,6 +231,16 @@ def _make_folders(folder: Path, created: list[Path]) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
 
 
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor``."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def _lock_holder(lock: Path) -> dict | None:
     """The lock's ``{"pid", "host"}``, or None when it cannot be read (e.g. being written)."""
     try:
@@ -223,33 +250,22 @@ def _lock_holder(lock: Path) -> dict | None:
     return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
 
 
-def _still_running(holder: dict | None) -> bool:
-    """Whether the run holding a lock may still be running (assumed for unreadable locks and other hosts)."""
-    if holder is None or holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
-
-
 @contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Ctrl-C waits until the block is done (only the main thread receives signals)."""
+    """Ctrl-C and SIGTERM wait until the block is done (only the main thread receives signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if received:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(received[0])
 
 
 def _reason(err: OSError) -> str:

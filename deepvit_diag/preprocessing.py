@@ -17,26 +17,36 @@ from torch import nn
 from torchvision.transforms import Compose
 
 from .errors import DiagError
+from .hints import Hint, HintedError
 from .introspection import describe_model
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: EXIF orientation applied, alpha composited on white,
-    16-bit and float data rescaled to 0..255 rather than clipped."""
+    wide data rescaled to 0..255 rather than clipped (``wide_to_uint8``)."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        data = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
-            data = (data - lo) / (hi - lo or 1.0) * 255.0
-        elif data.max() > 255:
-            data = data / 65535.0 * 255.0
-        img = Image.fromarray(np.clip(np.round(np.nan_to_num(data)), 0, 255).astype(np.uint8))
+        img = Image.fromarray(wide_to_uint8(np.asarray(img, dtype=np.float64), floating=img.mode == "F"))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB")
+
+
+def wide_to_uint8(data: np.ndarray, floating: bool) -> np.ndarray:
+    """Pixels of a float or wide-integer image as uint8: float data and integers outside 0..65535 (32-bit
+    images) stretched from their finite minimum and maximum to 0..255, +inf/-inf as the maximum/minimum and
+    NaN as 0; 16-bit data (above 255) scaled from 0..65535; 8-bit values kept."""
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros(data.shape, np.uint8)
+    lo, hi = float(data[finite].min()), float(data[finite].max())
+    if floating or lo < 0 or hi > 65535:
+        data = (np.clip(data, lo, hi) - lo) / (hi - lo or 1.0) * 255.0
+    elif hi > 255:
+        data = data / 65535.0 * 255.0
+    return np.clip(np.round(np.nan_to_num(data, nan=0.0)), 0, 255).astype(np.uint8)
 
 
 def model_input_config(model: nn.Module) -> dict:
@@ -59,9 +69,18 @@ def check_input_size(model: nn.Module, x: torch.Tensor) -> None:
         return
     expected = tuple(model_input_config(model)["input_size"])
     if tuple(x.shape[1:]) != expected:
-        raise DiagError(
-            f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
-        )
+        message = f"images have shape (C, H, W) = {tuple(x.shape[1:])}, but {describe_model(model)} expects {expected}"
+        if hasattr(model, "dynamic_img_size") and x.shape[1] == expected[0]:  # timm models that can take any size
+            raise HintedError(
+                message,
+                "; to run it at that size, load it with ",
+                Hint("dynamic_img_size", "True"),
+                " or resample its positions: ",
+                Hint("img_size", "N", "N"),
+                ", ",
+                Hint("resample_pos_embed", "True"),
+            )
+        raise DiagError(message)
 
 
 def model_transform(model: nn.Module) -> Callable[[Image.Image], torch.Tensor]:

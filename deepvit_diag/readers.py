@@ -1,19 +1,21 @@
-"""Map readers: how the softmax maps of each attention family are read, fused paths left on.
+"""Map readers: how the softmax maps of each attention layout are read, fused paths left on.
 
 One reader per attention module class. A reader attaches forward hooks to one attention module
-and hands each forward's maps to a ``MapSink``: ``sink.pre(maps)`` the softmax maps (B, H, T, T),
-and, in families that mix heads after the softmax, ``sink.post(maps)`` the maps that multiply V.
-Nothing is switched or replaced: where a fused kernel (``F.scaled_dot_product_attention``) never
-builds the maps, the reader recomputes them from what the module was given, with the same
-operations in the same order as the module's own non-fused path:
+and hands each forward's ``AttentionScores`` to a ``MapSink`` (``sink.scores``): the scaled
+queries and keys, any logit bias and the head mixing before and after the softmax, from which
+the softmax maps (B, H, T, T) and, in layouts that mix heads after the softmax, the maps that
+multiply V are recomputed, whole or a tile at a time (``deepvit_diag.metrics.scores``). Nothing is
+switched or replaced: where a fused kernel (``F.scaled_dot_product_attention``) never builds the
+maps, the scores give them with the same operations in the same order as the module's own
+non-fused path:
 
 ==========================  ===========================  ====================================================
-family                      module                       maps
+attention layout            module                       maps
 ==========================  ===========================  ====================================================
 multi-head attention        timm ``Attention``           ``softmax(q_norm(q) * scale @ k_norm(k)^T)``, from the
                                                          ``qkv`` projection's output (no second projection)
-Re-attention (DeepViT)      ``ReAttention``              ``hook_pre`` (softmax) and ``hook_post`` (after Θ, Norm
-                                                         and scale); plain fused blocks as timm ``Attention``
+Re-attention (DeepViT)      ``ReAttention``              as timm ``Attention``; post: ``mix_heads`` (Θ, Norm and
+                                                         scale) of the softmax maps
 rotary attention (EVA)      ``EvaAttention``,            q, k from the module input (``q_bias``/``k_bias``/
                             ``AttentionRope``            ``v_bias`` or separate projections), q/k norm, rotary
                                                          embedding on the patch tokens (the ``rope`` argument)
@@ -22,9 +24,9 @@ relative position bias      BEiT ``Attention``           q, k from the module in
 relative position           ``RelPosAttention``          q, k from the module input, plus ``rel_pos`` (MLP or
 (timm ``vit_relpos``)                                    table) or the shared bias
 talking heads (CaiT)        ``TalkingHeadAttn``          pre: the softmax of the ``proj_l``-mixed logits (what
-                                                         enters ``proj_w``); post: after ``proj_w`` (no fused
-                                                         path exists, the maps are always built)
-class attention (CaiT)      ``ClassAttn``                the class token's query over every token: (B, H, 1, T)
+                                                         enters ``proj_w``); post: after ``proj_w``
+class attention (CaiT)      ``ClassAttn``                the class token's query over every token: (B, H, 1, T),
+                                                         handed over as maps (``sink.pre``)
 ==========================  ===========================  ====================================================
 
 Attention masks are not part of ViT classification; a reader that sees one refuses rather than
@@ -49,6 +51,7 @@ from timm.models.vision_transformer_relpos import RelPosAttention
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .attention_scores import AttentionScores, affine_head_mixing
 from .errors import DiagError
 from .models.attention import ReAttention
 
@@ -60,33 +63,25 @@ MIXING_BLOCKS = {REATTENTION: "Re-attention blocks", TALKING_HEADS: "talking-hea
 
 
 class MapSink(Protocol):
-    def pre(self, maps: torch.Tensor) -> None: ...
+    def scores(self, scores: AttentionScores) -> None: ...
 
-    def post(self, maps: torch.Tensor) -> None: ...
+    def pre(self, maps: torch.Tensor) -> None: ...
 
 
 @dataclass(frozen=True)
 class MapReader:
-    """How one attention family's maps are read.
+    """How the maps of one attention layout (one way of computing them) are read.
 
     Attributes:
-        family: the family's name in messages and the README's table.
+        layout: the attention layout's name in messages and the README's table.
         attach: ``attach(attn, sink)`` registers the hooks and returns their handles.
         mixing: ``mixing(attn)``: ``REATTENTION`` / ``TALKING_HEADS`` when this module mixes its maps
             across heads after the softmax (``post`` differs from ``pre``), else None.
     """
 
-    family: str
+    layout: str
     attach: Callable[[nn.Module, MapSink], Handles]
     mixing: Callable[[nn.Module], str | None] = lambda attn: None
-
-
-def softmax_maps(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``softmax(q * scale @ k^T (+ bias))`` for (B, H, T, d) queries and keys -> (B, H, T, T)."""
-    logits = (q * scale) @ k.transpose(-2, -1)
-    if bias is not None:
-        logits = logits + bias
-    return logits.softmax(dim=-1)
 
 
 def _argument(args: tuple, kwargs: dict[str, Any], index: int, name: str) -> Any:
@@ -138,25 +133,57 @@ def _qkv_with_split_bias(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the readers
 
 
-def _attach_timm(attn: nn.Module, sink: MapSink) -> Handles:
-    if not attn.fused_attn:  # the non-fused path passes its softmax maps through attn_drop
-        return [attn.attn_drop.register_forward_hook(lambda module, args, output: sink.pre(args[0]))]
+def _on_qkv(attn: nn.Module, scores: Callable[[torch.Tensor], AttentionScores], sink: MapSink) -> Handles:
+    """A hook on the fused ``qkv`` projection that hands ``scores(its output)`` to the sink."""
 
-    def on_qkv(module: nn.Module, args: tuple, qkv: torch.Tensor) -> None:
+    def hook(module: nn.Module, args: tuple, qkv: torch.Tensor) -> None:
         with torch.no_grad():
-            q, k = _fused_qk(qkv, attn.num_heads)
-            sink.pre(softmax_maps(attn.q_norm(q), attn.k_norm(k), attn.scale))
+            sink.scores(scores(qkv))
 
-    return [attn.qkv.register_forward_hook(on_qkv)]
+    return [attn.qkv.register_forward_hook(hook)]
+
+
+def _attach_timm(attn: nn.Module, sink: MapSink) -> Handles:
+    def scores(qkv: torch.Tensor) -> AttentionScores:
+        q, k = _fused_qk(qkv, attn.num_heads)
+        return AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k))
+
+    return _on_qkv(attn, scores, sink)
+
+
+def _reattention_mixing(attn: ReAttention) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Θ, Norm and scale as one affine map over heads where they are one (Conv2d Θ with BatchNorm
+    on its running statistics), else the module's own ``mix_heads``."""
+    if not attn.apply_transform:
+        return None
+    norm = getattr(attn, "var_norm", None)
+    if attn.theta_kind != "conv" or norm.training or not norm.track_running_stats:
+        return attn.mix_heads
+    gain = torch.rsqrt(norm.running_var + norm.eps) * attn.reatten_scale
+    if norm.affine:
+        gain = gain * norm.weight
+    shift = (attn.reatten_matrix.bias - norm.running_mean) * gain
+    if norm.affine:
+        shift = shift + norm.bias * attn.reatten_scale
+    return affine_head_mixing(attn.reatten_matrix.weight[:, :, 0, 0] * gain[:, None], shift)
 
 
 def _attach_reattention(attn: ReAttention, sink: MapSink) -> Handles:
-    if not attn.apply_transform and attn.fused_attn:
-        return _attach_timm(attn, sink)  # a plain block computes exactly what timm's Attention does
-    handles = [attn.hook_pre.register_forward_hook(lambda module, args, output: sink.pre(output))]
-    if attn.apply_transform:
-        handles.append(attn.hook_post.register_forward_hook(lambda module, args, output: sink.post(output)))
-    return handles
+    folded: dict[str, Any] = {}
+
+    def mixing() -> Callable[[torch.Tensor], torch.Tensor] | None:
+        # Folded again only when a weight, a statistic or the mode has changed since the last forward.
+        modes = tuple(module.training for module in attn.modules())
+        state = (modes, *((t.data_ptr(), t._version) for t in (*attn.parameters(), *attn.buffers())))
+        if folded.get("state") != state:
+            folded.update(state=state, mix=_reattention_mixing(attn))
+        return folded["mix"]
+
+    def scores(qkv: torch.Tensor) -> AttentionScores:
+        q, k = _fused_qk(qkv, attn.num_heads)
+        return AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k), mix_maps=mixing())
+
+    return _on_qkv(attn, scores, sink)
 
 
 def _attach_rotary(attn: nn.Module, sink: MapSink) -> Handles:
@@ -179,7 +206,7 @@ def _attach_rotary(attn: nn.Module, sink: MapSink) -> Handles:
         groups = getattr(attn, "num_kv_groups", 1)
         if groups > 1:  # grouped-query attention: head h uses key head h // groups
             k = k.repeat_interleave(groups, dim=1)
-        sink.pre(softmax_maps(q, k, attn.scale))
+        sink.scores(AttentionScores(q * attn.scale, k))
 
     return _on_input(attn, read)
 
@@ -188,12 +215,8 @@ def _attach_beit(attn: BeitAttention, sink: MapSink) -> Handles:
     def read(args: tuple, kwargs: dict[str, Any]) -> None:
         x, shared = _argument(args, kwargs, 0, "x"), _argument(args, kwargs, 1, "shared_rel_pos_bias")
         q, k = _fused_qk(_qkv_with_split_bias(attn, x), attn.num_heads)
-        logits = (q * attn.scale) @ k.transpose(-2, -1)
-        if attn.relative_position_bias_table is not None:
-            logits = logits + attn._get_rel_pos_bias()
-        if shared is not None:
-            logits = logits + shared
-        sink.pre(logits.softmax(dim=-1))
+        biases = (attn._get_rel_pos_bias(),) if attn.relative_position_bias_table is not None else ()
+        sink.scores(AttentionScores(q * attn.scale, k, biases + ((shared,) if shared is not None else ())))
 
     return _on_input(attn, read)
 
@@ -202,22 +225,23 @@ def _attach_relpos(attn: RelPosAttention, sink: MapSink) -> Handles:
     def read(args: tuple, kwargs: dict[str, Any]) -> None:
         x, shared = _argument(args, kwargs, 0, "x"), _argument(args, kwargs, 1, "shared_rel_pos")
         q, k = _fused_qk(attn.qkv(x), attn.num_heads)
-        logits = (attn.q_norm(q) * attn.scale) @ attn.k_norm(k).transpose(-2, -1)
-        if attn.rel_pos is not None:
-            logits = attn.rel_pos(logits, shared_rel_pos=shared)
-        elif shared is not None:
-            logits = logits + shared
-        sink.pre(logits.softmax(dim=-1))
+        # rel_pos adds its bias (get_bias()) to the logits; without it the shared bias is added.
+        bias = attn.rel_pos.get_bias() if attn.rel_pos is not None else shared
+        sink.scores(AttentionScores(attn.q_norm(q) * attn.scale, attn.k_norm(k), () if bias is None else (bias,)))
 
     return _on_input(attn, read)
 
 
 def _attach_talking_heads(attn: TalkingHeadAttn, sink: MapSink) -> Handles:
-    # proj_w works on (B, T, T, H): its input is the softmax of the proj_l-mixed logits.
-    return [
-        attn.proj_w.register_forward_hook(lambda module, args, output: sink.pre(args[0].permute(0, 3, 1, 2))),
-        attn.attn_drop.register_forward_hook(lambda module, args, output: sink.post(args[0])),
-    ]
+    # proj_l and proj_w are Linear layers over the head axis.
+    def scores(qkv: torch.Tensor) -> AttentionScores:
+        q, k = _fused_qk(qkv, attn.num_heads)
+        mix_logits = affine_head_mixing(attn.proj_l.weight, attn.proj_l.bias)
+        return AttentionScores(
+            q * attn.scale, k, mix_logits=mix_logits, mix_maps=affine_head_mixing(attn.proj_w.weight, attn.proj_w.bias)
+        )
+
+    return _on_qkv(attn, scores, sink)
 
 
 def _attach_class_attention(attn: ClassAttn, sink: MapSink) -> Handles:
@@ -225,7 +249,7 @@ def _attach_class_attention(attn: ClassAttn, sink: MapSink) -> Handles:
         x = _argument(args, kwargs, 0, "x")
         q = _split_heads(attn.q(x[:, :1]), attn.num_heads)
         k = _split_heads(attn.k(x), attn.num_heads)
-        sink.pre(softmax_maps(q, k, attn.scale))
+        sink.pre(AttentionScores(q * attn.scale, k).pre())
 
     return _on_input(attn, read)
 

@@ -10,7 +10,6 @@ is a ``<div>`` plus a short inline script, and nothing is loaded from anywhere e
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -21,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from . import catalogue
+from .escaping import html_text
 from .figures import drawing
 from .formats import package_versions
 from .readers import MIXING_BLOCKS
@@ -99,7 +99,7 @@ def report_figures(result: AnalysisResult | ComparisonResult, labels: Sequence[s
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value))
+    return html_text(value)
 
 
 def _definition_list(entries: Mapping[str, Any]) -> str:

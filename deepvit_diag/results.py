@@ -294,6 +294,7 @@ class AnalysisResult:
         missing = sorted(required_arrays() - arrays.keys())
         if missing:
             raise DiagError(f"saved analysis lacks the arrays {', '.join(missing)}")
+        _check_array_shapes(document.get("array_shapes"), arrays)
         try:
             return cls(
                 model=document["model"],
@@ -318,6 +319,21 @@ class AnalysisResult:
     def load(cls, folder: str | Path) -> AnalysisResult:
         document, arrays = read_folder(folder, ANALYSIS_FORMAT, RESULT_FILE)
         return rebuild(folder, lambda: cls.from_document(document, arrays))
+
+
+def _check_array_shapes(recorded: Any, arrays: dict[str, np.ndarray]) -> None:
+    """The arrays' shapes as the document records them (``to_document``'s ``array_shapes``), when it does:
+    result.json and arrays.npz of different analyses do not make one."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise DiagError("its field 'array_shapes' is not an object")
+    for name, array in arrays.items():
+        if name in recorded and recorded[name] != list(array.shape):
+            raise DiagError(
+                f"array {name} has shape {list(array.shape)}, but result.json records {recorded[name]} "
+                "(result.json and arrays.npz of different analyses)"
+            )
 
 
 _VERSION_1_GEOMETRY = ("num_blocks", "num_heads", "num_prefix_tokens", "patch_size", "grid_size", "image_size")

@@ -103,10 +103,21 @@ class Settings:
     batch_size: int = field(
         default=32,
         metadata=_parameter(
-            "images per forward pass (halved automatically on CUDA out-of-memory)",
+            "most images per forward pass (fewer when the memory budget needs it; halved on CUDA out-of-memory)",
             "batch size requested",
             minimum=1,
             metavar="B",
+        ),
+    )
+    memory_budget: int | None = field(
+        default=None,
+        metadata=_parameter(
+            "memory in MiB the analysis may use beside the model's weights; it picks the batch size and the chunk "
+            "of attention vectors to fit (default: the device's free memory, on the CPU half the available memory)",
+            "memory budget (MiB)",
+            minimum=1,
+            metavar="MIB",
+            optional=True,
         ),
     )
     num_images: int | None = field(

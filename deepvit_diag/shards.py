@@ -14,8 +14,10 @@ from .distributed import Shard
 from .errors import DiagError
 from .formats import read_arrays, read_document, write_document, written_by_us
 from .introspection import Geometry
+from .manifest import check_unit
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
+from .shard_checks import check_arrays, check_counts
 from .tally import ModelParts, ModelTally, Tally, build_results, combined_computation
 
 TALLY_FILE = "tally.npz"
@@ -23,7 +25,7 @@ SHARD_FILE = "shard.json"
 SHARD_FORMAT = "deepvit-diag shard"
 SHARD_VERSION = 1
 # Settings that may differ between the shards of one analysis: they change how, not what, it computes.
-RUN_ONLY_SETTINGS = ("device", "num_workers", "batch_size")
+RUN_ONLY_SETTINGS = ("device", "num_workers", "batch_size", "memory_budget")
 
 
 @dataclass
@@ -88,12 +90,24 @@ class SavedShard:
 def read_shard(folder: Path) -> SavedShard:
     path = folder / SHARD_FILE
     document = read_document(path, SHARD_FORMAT, "is not a shard of an analysis")
+    check_counts(path, document)
+    check_unit(folder, (SHARD_FILE, TALLY_FILE))
     try:
         tally, weight_arrays = load_tally(folder, document["tally"])
         models = [
             ModelParts(entry["model"], Geometry.from_dict(entry["geometry"]), weight_arrays[index], entry["labels"])
             for index, entry in enumerate(document["models"])
         ]
+        if len(models) != len(tally.models):
+            raise DiagError(f"{path}: {len(models)} models, but tally counts for {len(tally.models)}")
+        check_arrays(
+            folder / TALLY_FILE,
+            tally.count,
+            [part.geometry for part in models],
+            [model.sums for model in tally.models],
+            [model.examples for model in tally.models],
+            tally.hsic,
+        )
         record = ShardRecord(
             Shard.parse(document["shard"]),
             document["images"],

@@ -328,11 +328,11 @@ def sweep_table(sweep: SweepResult) -> Table:
     header, rows = sweep_rows(sweep)
     # A compact box: a sweep's table has many columns.
     table = Table(title=sweep_title(sweep), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column(header[0], overflow="fold", style="bold")
+    table.add_column(Text(header[0]), overflow="fold", style="bold")
     for index, title in enumerate(header[1:], start=1):
         # The numbers keep their width and the headers wrap to it, so that the labels keep the rest.
         widest = max(len(row[index]) for row in rows)
-        table.add_column(title, overflow="fold", min_width=widest, max_width=max(widest, 8))
+        table.add_column(Text(title), overflow="fold", min_width=widest, max_width=max(widest, 8))
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table

@@ -15,12 +15,12 @@ from torch import nn
 
 from .analysis import analyze
 from .checkpoints import load_model
-from .errors import DiagError
+from .errors import DiagError, failure_line
 from .images import ImageSource, default_image_set, is_path_spec, open_images
 from .labels import ClassMap
 from .progress import ProgressOption
 from .settings import Settings
-from .sweeps import SweepEntry, SweepResult, choose_x_axis
+from .sweeps import X_AXIS_CHOICES, SweepEntry, SweepResult, choose_x_axis
 
 logger = logging.getLogger(__name__)
 
@@ -84,23 +84,52 @@ def sweep(
     opens_images = images is None or is_path_spec(images)
     if class_map is not None and not opens_images:
         raise DiagError("a class map applies to the image folders, files and bundled sets a sweep opens")
+    if x_axis not in X_AXIS_CHOICES:
+        raise DiagError(f"the x axis must be one of {', '.join(X_AXIS_CHOICES)}, got {x_axis!r}")
+
+    def load(checkpoint: str | os.PathLike | nn.Module) -> nn.Module:
+        if isinstance(checkpoint, nn.Module):
+            return checkpoint
+        return load_model(checkpoint, arch=arch, **(load_options or {}))
+
+    # Every checkpoint is read once before the first analysis (and released): a typo or a broken file
+    # among them is reported before hours of work, not after.
+    for checkpoint in checkpoints:
+        load(checkpoint)  # the model is dropped at once
     entries: list[SweepEntry] = []
     read: dict[str, Any] = {}
     for index, (checkpoint, label) in enumerate(zip(checkpoints, labels)):
         (notice or logger.info)(f"checkpoint {index + 1} of {len(checkpoints)}: {label}")
-        if isinstance(checkpoint, nn.Module):
-            model = checkpoint
-        else:
-            model = load_model(checkpoint, arch=arch, **(load_options or {}))
-        if opens_images and index == 0:  # opened once, after the first model has named its default set
-            images = open_images(images or default_image_set([model]), limit=settings.num_images, class_map=class_map)
-        bar = partial(_overall, progress, index, len(checkpoints)) if callable(progress) else progress
-        result = analyze(model, images, settings, progress=bar)
+        try:
+            model = load(checkpoint)
+            if opens_images and index == 0:  # opened once, after the first model has named its default set
+                images = open_images(
+                    images or default_image_set([model]), limit=settings.num_images, class_map=class_map
+                )
+            bar = partial(_overall, progress, index, len(checkpoints)) if callable(progress) else progress
+            result = analyze(model, images, settings, progress=bar)
+        except Exception as err:  # the checkpoints finished so far are kept
+            if not entries:
+                raise
+            raise PartialSweep(
+                SweepResult(entries, choose_x_axis(entries, x_axis), settings, read), label, err
+            ) from err
         step = (getattr(model, "provenance", None) or {}).get("epoch")
         entries.append(SweepEntry.of(result, label, groups[index] if groups else None, step))
         read = read or result.images
         del model, result  # the next checkpoint loads into the memory this one leaves
     return SweepResult(entries, choose_x_axis(entries, x_axis), settings, read)
+
+
+class PartialSweep(DiagError):
+    """A sweep that failed at a checkpoint after others finished: ``sweep`` holds those (the CLI saves them)."""
+
+    def __init__(self, finished: SweepResult, label: str, error: BaseException):
+        super().__init__(
+            f"checkpoint {label} failed ({failure_line(error)}); the {len(finished.entries)} checkpoint(s) "
+            "before it are kept"
+        )
+        self.sweep = finished
 
 
 def _overall(progress: Callable[[int, int | None], None], index: int, count: int, done: int, total: int | None) -> None:

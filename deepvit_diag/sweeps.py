@@ -29,6 +29,8 @@ import numpy as np
 from .choices import X_AXES, X_AXIS_CHOICES
 from .errors import DiagError
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
+from .jsonfiles import check_depth
+from .monitor_checks import check_monitor_record, check_same_settings
 from .readers import REATTENTION
 from .results import AnalysisResult
 from .settings import Settings
@@ -212,6 +214,7 @@ class SweepResult:
         records = [_monitor_line(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
         if not records:
             raise DiagError(f"{path} holds no monitor measurement")
+        check_same_settings(records, path)
         entries = [
             SweepEntry.from_document(
                 record,
@@ -249,6 +252,7 @@ def monitor_record(entry: SweepEntry, settings: Settings, images: dict[str, Any]
 
 
 def _monitor_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    check_depth(line, f"{path}, line {number}")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
@@ -258,6 +262,7 @@ def _monitor_line(path: Path, number: int, line: str) -> dict[str, Any]:
     missing = [key for key in MONITOR_KEYS if key not in record]
     if missing:
         raise DiagError(f"{path}, line {number}: the measurement lacks {', '.join(missing)}")
+    check_monitor_record(record, f"{path}, line {number}")
     return record
 
 

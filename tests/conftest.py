@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -90,3 +92,22 @@ def weight_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPVIT_DIAG_HOME", str(home))
     monkeypatch.setattr("deepvit_diag.checkpoints.store.BUNDLED_DIR", bundled)
     return SimpleNamespace(store=home / "weights", bundled=bundled)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def check_readme_table(name: str, table: str, test_file: str) -> None:
+    """README.md's table between ``<!-- NAME-table:start -->`` and ``<!-- NAME-table:end -->`` must be ``table``
+    (what the tests measured); ``DEEPVIT_DIAG_WRITE_README=1`` rewrites it instead."""
+    start, end = f"<!-- {name}-table:start -->", f"<!-- {name}-table:end -->"
+    text = README.read_text()
+    match = re.compile(re.escape(start) + r"\n(.*?)" + re.escape(end), re.S).search(text)
+    assert match, f"README.md lacks the {start} ... {end} markers"
+    if os.environ.get("DEEPVIT_DIAG_WRITE_README") == "1":
+        README.write_text(text[: match.start(1)] + table + "\n" + text[match.end(1) :])
+        return
+    assert match.group(1) == table + "\n", (
+        f"README.md's {name} table differs from what the tests measure; rewrite it with "
+        f"DEEPVIT_DIAG_WRITE_README=1 python -m pytest {test_file} -k readme"
+    )

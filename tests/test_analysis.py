@@ -17,9 +17,10 @@ from torch import nn
 import deepvit_diag.models  # noqa: F401  (registers the presets)
 from deepvit_diag import analysis as analysis_module
 from deepvit_diag.analysis import analyze, compare
+from deepvit_diag.budget import Plan, plan
 from deepvit_diag.capture import extract_attention
 from deepvit_diag.errors import DiagError
-from deepvit_diag.introspection import Geometry
+from deepvit_diag.introspection import Geometry, num_prefix_tokens
 from deepvit_diag.metrics import (
     MinibatchCKA,
     attention_entropy,
@@ -78,7 +79,7 @@ def reference_tensor(model: nn.Module, pictures: list[Image.Image]) -> torch.Ten
 def expected_arrays(model: nn.Module, x: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str = "columns") -> dict:
     """All images in one capture, metrics from the literal reference functions."""
     capture = extract_attention(model, x)
-    prefix = model.num_prefix_tokens
+    prefix = num_prefix_tokens(model)
     arrays = {}
     for kind in ("pre", "post"):
         maps = getattr(capture, kind)
@@ -118,6 +119,40 @@ def test_streaming_equals_all_at_once(deepvit, x, batch_size):
     )
     assert sorted(result.head_mixing()) == [1, 2]
     np.testing.assert_array_equal(result.head_mixing()[2].matrix, infos[2].matrix)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "chunk", "axis"), [(1, 1, "columns"), (3, 5, "columns"), (2, 16, "rows"), (3, 7, "rows")]
+)
+def test_any_batch_and_chunk_of_vectors_gives_the_reference_numbers(deepvit, x, monkeypatch, batch_size, chunk, axis):
+    """Maps rebuilt from queries and keys a chunk at a time (``score_statistics``), with Re-attention
+    in part of the model, equal the literal reference functions on the whole maps."""
+    monkeypatch.setattr(analysis_module, "plan", lambda shapes, budget, requested, device: Plan(batch_size, (chunk,)))
+    result = analyze(deepvit, x, batch_size=4, axis=axis, **QUIET)
+    assert result.computation["final_batch_size"] == batch_size
+    assert_matches(result, expected_arrays(deepvit, x, axis=axis), NUM_IMAGES)
+
+
+def test_talking_heads_numbers_equal_the_reference():
+    model = sharp_timm_model("cait_xxs24_224", depth=2, depth_token_only=1, **TINY)
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    result = analyze(model, x, batch_size=2, num_examples=2, **QUIET)
+    assert result.geometry.head_mixing == "talking-heads" and result.geometry.num_prefix_tokens == 0
+    assert_matches(result, expected_arrays(model, x), 5)
+    capture = extract_attention(model, x[:2])
+    for kind in ("pre", "post"):  # no class token among the patches: the mean weight of all queries
+        expected = getattr(capture, kind).mean(dim=-2).transpose(0, 1).reshape(2, 2, 4, 4, 4)
+        np.testing.assert_allclose(result.arrays[f"example_cls_{kind}"], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_memory_budget_chooses_the_batch_and_the_chunk(deepvit, x, monkeypatch):
+    chosen = []
+    monkeypatch.setattr(analysis_module, "plan", lambda *args: chosen.append(plan(*args)) or chosen[-1])
+    result = analyze(deepvit, x, batch_size=4, memory_budget=1, **QUIET)
+    (made,) = chosen
+    assert made.batch_size == result.computation["final_batch_size"] <= 4 and made.chunks[0] <= 17
+    assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
+    assert result.settings.memory_budget == 1
 
 
 def test_rows_axis_and_other_neighbourhood(vit, x):

@@ -25,6 +25,7 @@ from app.sources import ImageChoice, ModelChoice
 from deepvit_diag import CollapseMonitor, catalogue, load_model, sweep
 from deepvit_diag.checkpoints import bundled_path
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION, save_native
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.models import build_model
 from deepvit_diag.results import ComparisonResult
@@ -146,7 +147,8 @@ def test_every_catalogue_figure_is_drawn_with_the_reports_caption(tiny_app):
         shown |= {caption.value for caption in at.caption}
     for metric in catalogue.METRICS:
         for spec in metric.figures:
-            report_captions = {drawn.caption for drawn in drawing.draw(spec, analysis.results, analysis.comparison)}
+            drawn = drawing.draw(spec, analysis.results, analysis.comparison)
+            report_captions = {markdown_text(item.caption) for item in drawn}  # shown as text
             assert report_captions & shown, f"{spec.key} is not in the app with the report's caption"
 
 
@@ -219,7 +221,7 @@ def test_uploaded_checkpoint_and_images_are_analysed(tiny_app, files):
     at.file_uploader(key="images_upload").set_value([(f"{i}.png", _png(i), "image/png") for i in range(4)])
     at.button(key="run").click().run()
     _assert_fine(at)
-    assert any("my_deepvit.safetensors (B)" in markdown.value for markdown in at.markdown)
+    assert any(markdown_text("my_deepvit.safetensors (B)") in markdown.value for markdown in at.markdown)
     assert any("4 uploaded image(s)" in caption.value for caption in at.caption)
 
 
@@ -227,7 +229,7 @@ def test_uploaded_checkpoint_and_images_are_analysed(tiny_app, files):
 
 
 def _sweep_captions(result) -> set[str]:
-    return {drawn.caption for drawn in drawing.draw_sweep(result)}
+    return {markdown_text(drawn.caption) for drawn in drawing.draw_sweep(result)}  # shown as text
 
 
 def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, monkeypatch):
@@ -240,7 +242,7 @@ def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, mon
     at.button(key="sweep_run").click().run()
     _assert_fine(at)
     assert _charts(at) == len(catalogue.SWEEP_FIGURES)
-    run = app.compute.sweep_store().get(at.session_state["sweep_request"].key)
+    run = at.session_state["sweeps"].get(at.session_state["sweep_request"].key)  # server paths: this session's
     assert [entry.label for entry in run.sweep.entries] == ["vit.safetensors", "deepvit.safetensors"]
     assert run.sweep.entries[0].summary["num_images"] == 5  # the sidebar's images and number
     assert _sweep_captions(run.sweep) <= {caption.value for caption in at.caption}

@@ -13,7 +13,7 @@ import torch
 
 from deepvit_diag import catalogue
 from deepvit_diag.analysis import analyze, compare
-from deepvit_diag.capture import extract_attention
+from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.catalogue import METRICS, SECTIONS, Batch
 from deepvit_diag.figures import drawing
 from deepvit_diag.figures import similarity as similarity_figures
@@ -53,10 +53,12 @@ def test_every_entry_has_its_arrays_in_results(comparison):
 
 def test_measures_return_exactly_their_arrays():
     model = tiny("deepvit16")
-    capture = extract_attention(model, torch.rand(2, 3, 32, 32))
+    with torch.no_grad(), AttentionRecorder(model, maps=False) as recorder:
+        model.eval()(torch.rand(2, 3, 32, 32))
+        capture = recorder.take()
     geometry = Geometry(3, 4, 1, (8, 8), (4, 4), (32, 32), (0, 1, 2))
     batch = Batch(capture, geometry, Settings(), token_distances((4, 4), 8))
-    for metric in sorted((m for m in METRICS if m.measure), key=lambda m: m.consumes_maps):
+    for metric in (m for m in METRICS if m.measure):
         values = metric.measure(batch)
         assert set(values) == set(metric.arrays), metric.name
         assert all(isinstance(value, torch.Tensor) for value in values.values())
@@ -145,7 +147,7 @@ def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
             ),
         ),
         measure=lambda batch: {
-            "prefix_attention": prefix_attention(batch.capture.pre, batch.geometry.num_prefix_tokens)
+            "prefix_attention": prefix_attention(batch.maps("pre"), batch.geometry.num_prefix_tokens)
         },
     )
     monkeypatch.setattr(catalogue, "METRICS", (*METRICS, entry))

@@ -145,11 +145,11 @@ def test_plain_timm_state_dict_round_trip(suffix, tiny_model, images, tmp_path):
     path = tmp_path / f"vit{suffix}"
     torch.save(model.state_dict(), path)
     with no_guesses():
-        loaded = load_model(path, num_heads=4)
+        loaded = load_model(path, num_heads=4, global_pool="token")
     assert torch.equal(logits(loaded, images), logits(model, images))
     assert loaded.provenance["format"] == "timm" and loaded.arch["family"] == "vit"
     with no_guesses():
-        from_dict = load_model(path, arch={"family": "vit", "kwargs": {"num_heads": 4}})
+        from_dict = load_model(path, arch={"family": "vit", "kwargs": {"num_heads": 4, "global_pool": "token"}})
     assert torch.equal(logits(from_dict, images), logits(model, images))
 
 
@@ -568,3 +568,22 @@ def test_a_hanging_name_lookup_does_not_hold_the_connection_check(monkeypatch):
     monkeypatch.setattr(loader.socket, "create_connection", hang)
     assert loader._reachable("huggingface.co", 443, timeout=0.05) is False
     release.set()
+
+
+def test_refusals_name_the_real_cause(tmp_path):
+    simple = {
+        "to_patch_embedding.2.weight": torch.zeros(64, 192),
+        "transformer.layers.0.0.to_qkv.weight": torch.zeros(192, 64),
+        "linear_head.weight": torch.zeros(5, 64),
+    }
+    torch.save(simple, tmp_path / "simple.pth")
+    with pytest.raises(DiagError, match=r"simple.pth: a vit-pytorch SimpleViT: its 2-D sine-cosine position embedding"):
+        load_model(tmp_path / "simple.pth")
+    hybrid = {
+        "vit.embeddings.patch_embeddings.backbone.bit.embedder.convolution.weight": torch.zeros(8, 3, 7, 7),
+        "vit.embeddings.patch_embeddings.projection.weight": torch.zeros(32, 8, 1, 1),
+        "vit.encoder.layer.0.layernorm_before.weight": torch.zeros(32),
+    }
+    torch.save(hybrid, tmp_path / "hybrid.pth")
+    with pytest.raises(DiagError, match=r"hybrid.pth: a Hugging Face ViT-hybrid: a convolutional backbone"):
+        load_model(tmp_path / "hybrid.pth")

@@ -596,7 +596,7 @@ def test_entry_point_compare_json_and_exit_codes(workspace: Path) -> None:
     summary = json.loads(done.stdout)
     assert set(summary) >= {"a", "b", "differences", "cka_ab_diagonal_mean"}
     assert "warning: skipped 2 file(s)" in done.stderr and "Traceback" not in done.stderr
-    assert {path.name for path in out.iterdir()} == {"result.json", "arrays.npz", "report.html"}
+    assert {path.name for path in out.iterdir()} == {"result.json", "arrays.npz", "report.html", ".deepvit-diag.json"}
 
     failed = subprocess.run(
         [*_entry_point(), "analyze", "--ckpt", str(workspace / "notes.txt"), "--out", str(workspace / "never")],

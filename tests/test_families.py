@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 import timm
 import torch
-from conftest import randomize_norms, sharp_timm_model
+from conftest import check_readme_table, randomize_norms, sharp_timm_model
 from timm.utils import AttentionExtract
 
 from deepvit_diag import analyze, extract_attention, load_model
@@ -37,8 +36,6 @@ from deepvit_diag.checkpoints import GuessWarning
 from deepvit_diag.errors import DiagError
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=5)
-README = Path(__file__).resolve().parent.parent / "README.md"
-TABLE_START, TABLE_END = "<!-- models-table:start -->", "<!-- models-table:end -->"
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: each case is measured once
@@ -74,6 +71,9 @@ CASES = [
     Case("FlexiViT", "flexivit_small"),
     Case("EVA", "eva_giant_patch14_224", announced=("use_rot_pos_emb=False", "pre-norm blocks")),
     Case("EVA-02 (rotary)", "eva02_tiny_patch14_224", announced=("use_rot_pos_emb=True",)),
+    Case("RoPE-ViT (rotary, no pos_embed)", "vit_small_patch16_rope_224", hints={"img_size": 32}),
+    Case("RoPE-ViT, mixed (learned frequencies)", "vit_small_patch16_rope_mixed_ape_224"),
+    Case("SigLIP image tower (attention pooling)", "vit_base_patch16_siglip_224"),
     Case("BEiT", "beit_base_patch16_224", dict(num_heads=4)),
     Case("BEiT v2", "beitv2_base_patch16_224", dict(num_heads=4)),
     Case("CaiT (talking heads)", "cait_xxs24_224", dict(num_heads=4)),
@@ -294,15 +294,4 @@ def _option(key: str, value: Any) -> str:
 
 @pytest.mark.slow
 def test_readme_table_is_what_the_tests_measure(root):
-    table = readme_table(root)
-    text = README.read_text()
-    pattern = re.compile(re.escape(TABLE_START) + r"\n(.*?)" + re.escape(TABLE_END), re.S)
-    match = pattern.search(text)
-    assert match, f"README.md lacks the {TABLE_START} ... {TABLE_END} markers"
-    if os.environ.get("DEEPVIT_DIAG_WRITE_README") == "1":
-        README.write_text(text[: match.start(1)] + table + "\n" + text[match.end(1) :])
-        return
-    assert match.group(1) == table + "\n", (
-        "README.md's models table differs from what the tests measure; rewrite it with "
-        "DEEPVIT_DIAG_WRITE_README=1 python -m pytest tests/test_families.py -k readme"
-    )
+    check_readme_table("models", readme_table(root), "tests/test_families.py")

@@ -32,6 +32,7 @@ from test_cli import run  # main(argv) in-process: (status, stdout, stderr)
 from deepvit_diag import DiagError, analyze, extract_attention, load_model
 from deepvit_diag.checkpoints import GuessWarning, loader
 from deepvit_diag.checkpoints.native import ARCH_KEY, CARD_KEY, FORMAT_KEY, FORMAT_VERSION, save_native
+from deepvit_diag.manifest import MARKER
 from deepvit_diag.models import build_model
 from deepvit_diag.results import ComparisonResult
 from deepvit_diag.summary import comparison_findings, model_findings
@@ -513,7 +514,7 @@ def test_8_a_stray_block_key_builds_nothing(tmp_path, loads_refused_before_build
     ("kwargs", "fragment"),
     [
         (dict(depth=100_000_000), "does not fit the architecture (100000000 blocks): the file holds 2"),
-        (dict(depth="2"), "does not fit the architecture ('2' blocks)"),
+        (dict(depth="2"), "depth '2' is not a whole number >= 1"),
         (dict(embed_dim=100_000), "shape mismatch"),
         (dict(img_size=10_000_000), "img_size 10000000 is not a whole number from 1 to"),
         (dict(num_classes=10**12), "head.weight"),
@@ -718,7 +719,7 @@ def test_12_a_new_output_replaces_all_three_files(files, earlier_output):
     status, _, stderr = run(["analyze", *analyze_options(files, earlier_output, "deepvit.safetensors"), "--quiet"])
     assert status == 0, stderr
     after = snapshot(earlier_output)
-    assert set(after) == {"result.json", "arrays.npz", "report.html"} and not leftovers(earlier_output)
+    assert set(after) == {"result.json", "arrays.npz", "report.html", MARKER} and not leftovers(earlier_output)
     assert all(after[name] != before[name] for name in after)
 
 
@@ -759,18 +760,23 @@ def test_13_force_writes_next_to_other_files(files, tmp_path):
     (out / "notes.txt").write_text("kept")
     status, _, stderr = run(["analyze", *analyze_options(files, out), "--quiet", "--force"])
     assert status == 0, stderr
-    assert set(snapshot(out)) == {"notes.txt", "result.json", "arrays.npz", "report.html"}
+    assert set(snapshot(out)) == {"notes.txt", "result.json", "arrays.npz", "report.html", MARKER}
     assert (out / "notes.txt").read_text() == "kept" and not leftovers(out)
 
 
 def test_13_a_running_writer_locks_the_output(files, earlier_output, monkeypatch):
-    runner = subprocess.Popen(["sleep", "60"])
+    lock = earlier_output / ".out.deepvit-diag-lock"
+    holds = (  # what a run does: holds an flock on the lock file, its pid and host written in it
+        "import fcntl, json, os, socket, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.truncate(0); f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname()})); f.flush(); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", holds, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        lock = earlier_output / ".out.deepvit-diag-lock"
-        lock.write_text(json.dumps({"pid": runner.pid, "host": socket.gethostname()}))
+        assert runner.stdout.readline().strip() == "locked"
         before = snapshot(earlier_output)
         status, _, stderr = run(["analyze", *analyze_options(files, earlier_output)])
-        assert_one_line(status, stderr, 1, f"another deepvit-diag run (pid {runner.pid}) is writing")
+        assert_one_line(status, stderr, 1, f"another deepvit-diag run (pid {runner.pid} on ")
         assert snapshot(earlier_output) == before
     finally:
         runner.kill()

@@ -1,7 +1,7 @@
-"""Hugging Face ``transformers`` checkpoints (ViT, DeiT, DINOv2) load without ``transformers`` at run time:
-tiny random models saved with ``save_pretrained`` (folder, file, ``.bin``) give the logits ``transformers``
-gives within 1e-5; their ``config.json`` says what the tensors cannot, and without one the guesses are
-announced; what does not convert is refused or announced in one line."""
+"""Hugging Face ``transformers`` checkpoints (ViT, DeiT, DINOv2, BEiT, Data2VecVision, ViTMAE, sharded) load
+without ``transformers`` at run time: tiny random models saved with ``save_pretrained`` (folder, file,
+``.bin``) give the logits ``transformers`` gives within 1e-5; their ``config.json`` says what the tensors
+cannot, and without one the guesses are announced; what does not convert is refused or announced in one line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import warnings
 
 import pytest
+import safetensors.torch
 import torch
 import transformers
 
@@ -75,6 +76,29 @@ CASES = {
         "hf-deit",
     ),
     "Dinov2Model": (dinov2, lambda out: out.pooler_output, "hf-dinov2"),
+    "BeitForImageClassification": (
+        lambda: transformers.BeitForImageClassification(
+            transformers.BeitConfig(intermediate_size=64, use_relative_position_bias=True, **SIZES)
+        ),
+        lambda out: out.logits,
+        "hf-beit",
+    ),
+    "Data2VecVisionForImageClassification": (
+        lambda: transformers.Data2VecVisionForImageClassification(
+            transformers.Data2VecVisionConfig(
+                intermediate_size=64, use_shared_relative_position_bias=True, use_mean_pooling=False, **SIZES
+            )
+        ),
+        lambda out: out.logits,
+        "hf-beit",
+    ),
+    "Dinov2WithRegistersModel": (
+        lambda: transformers.Dinov2WithRegistersModel(
+            transformers.Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=4, **SIZES)
+        ),
+        lambda out: out.pooler_output,
+        "hf-dinov2",
+    ),
 }
 
 
@@ -94,6 +118,8 @@ def test_hugging_face_folders_give_the_logits_transformers_gives(case, tmp_path)
     # The maps are transformers' own attention probabilities.
     with torch.no_grad():
         probabilities = theirs(pixel_values=x, output_attentions=True).attentions
+    if probabilities and probabilities[0] is None:  # transformers' Data2VecVision returns none; BEiT is the same
+        return
     torch.testing.assert_close(extract_attention(ours, x).pre, torch.stack(probabilities), rtol=0, atol=1e-5)
 
 
@@ -169,3 +195,51 @@ def test_the_cli_analyzes_a_hugging_face_folder(tmp_path, capsys):
     )
     assert status == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_a_sharded_folder_is_read_shard_by_shard(tmp_path):
+    """transformers 5 writes safetensors shards; transformers 4 wrote ``pytorch_model-0000i-of-0000n.bin`` and
+    ``pytorch_model.bin.index.json`` (rebuilt here from the same shards)."""
+    torch.manual_seed(0)
+    theirs = vit()
+    theirs.eval().save_pretrained(tmp_path / "model", max_shard_size="20KB")
+    index = json.loads((tmp_path / "model" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    (tmp_path / "bin").mkdir()
+    shutil.copy(tmp_path / "model" / "config.json", tmp_path / "bin")
+    for number, shard in enumerate(shards, 1):
+        name = f"pytorch_model-{number:05d}-of-{len(shards):05d}.bin"
+        torch.save(safetensors.torch.load_file(tmp_path / "model" / shard), tmp_path / "bin" / name)
+        index["weight_map"] = {k: (name if v == shard else v) for k, v in index["weight_map"].items()}
+    (tmp_path / "bin" / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    for folder in ("model", "bin"):
+        ours, warning = load_announced(tmp_path / folder)
+        assert "guessed" not in warning
+        with torch.no_grad():
+            torch.testing.assert_close(ours(images()), theirs(pixel_values=images()).logits, rtol=0, atol=1e-5)
+    (tmp_path / "bin" / "pytorch_model.bin.index.json").write_text('{"weight_map": {"a": "../x.bin"}}')
+    with pytest.raises(DiagError, match=r"names a shard '../x.bin' outside its folder"):
+        load_model(tmp_path / "bin")
+
+
+def test_mae_pretraining_loads_its_encoder_and_drops_the_decoder(tmp_path):
+    config = transformers.ViTMAEConfig(
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        mask_ratio=0.0,
+        **SIZES,
+    )
+    torch.manual_seed(0)
+    theirs = saved(transformers.ViTMAEForPreTraining(config), tmp_path / "mae")
+    ours, warning = load_announced(tmp_path / "mae")
+    assert "MAE's decoder" in warning and "guessed" not in warning
+    x = images()
+    in_order = torch.arange(16, dtype=torch.float32).expand(2, 16)  # noise that keeps every patch, in order
+    with torch.no_grad():
+        out = theirs.vit(pixel_values=x, noise=in_order, output_attentions=True)
+        torch.testing.assert_close(ours(x), out.last_hidden_state[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(extract_attention(ours, x).pre, torch.stack(out.attentions), rtol=0, atol=1e-5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -18,10 +19,10 @@ from timm.models import beit, vision_transformer
 
 from deepvit_diag import analyze, extract_attention, load_model, save_native
 from deepvit_diag.checkpoints import GuessWarning
-from deepvit_diag.checkpoints.inference import HINTS
 from deepvit_diag.checkpoints.native import ARCH_KEY, FORMAT_KEY, FORMAT_VERSION
 from deepvit_diag.cli import ARCH_HINTS
 from deepvit_diag.errors import DiagError
+from deepvit_diag.hints import HINTS
 
 SMALL = dict(depth=2, img_size=32, num_classes=5)
 
@@ -92,7 +93,7 @@ def test_timm_files_get_64_wide_heads(name, heads, tmp_path):
     assert loaded.blocks[0].attn.num_heads == heads
     assert f"guessed num_heads={heads} (timm's convention of 64-wide heads)" in warning
     torch.testing.assert_close(logits(loaded, images()), logits(model, images()), rtol=0, atol=1e-5)
-    assert loaded.provenance["warnings"] == [warning.split(": ", 1)[1]]
+    assert "; ".join(loaded.provenance["warnings"]) == warning.split(": ", 1)[1]
 
 
 def test_clip_style_pre_norm_files_get_eps_1e_5_and_say_so(tmp_path):
@@ -125,7 +126,7 @@ def test_register_and_qk_norm_files_read_their_tokens_and_head_width(tmp_path):
     qk_norm = tiny("vit_tiny_patch16_224", embed_dim=48, num_heads=4, patch_size=8, qk_norm=True)
     torch.save(qk_norm.state_dict(), tmp_path / "qk.pth")
     loaded, warning = load_announced(tmp_path / "qk.pth")  # 48 fits neither 64-wide heads nor 12: q_norm says 4
-    assert loaded.blocks[0].attn.num_heads == 4 and warning == ""
+    assert loaded.blocks[0].attn.num_heads == 4 and "num_heads" not in warning
     torch.testing.assert_close(logits(loaded, images()), logits(qk_norm, images()), rtol=0, atol=1e-6)
 
 
@@ -163,7 +164,7 @@ def test_beit_with_a_shared_relative_position_bias(tmp_path):
     )
     torch.save(model.state_dict(), tmp_path / "beit.pth")
     loaded, warning = load_announced(tmp_path / "beit.pth")
-    assert warning == "" and loaded.rel_pos_bias is not None
+    assert "num_heads" not in warning and loaded.rel_pos_bias is not None
     torch.testing.assert_close(logits(loaded, images()), logits(model, images()), rtol=0, atol=1e-5)
 
 
@@ -287,3 +288,97 @@ def test_pooling_the_weights_cannot_show_comes_from_the_base(tmp_path):
     loaded, _ = load_announced(tmp_path / "avg.pth", arch={"family": "vit", "kwargs": {"global_pool": "avg"}})
     assert loaded.global_pool == "avg"
     torch.testing.assert_close(logits(loaded, images()), logits(model, images()), rtol=0, atol=1e-6)
+
+
+def test_every_familys_attention_has_a_map_reader():
+    from deepvit_diag.checkpoints.families import FAMILIES
+    from deepvit_diag.readers import CLASS_ATTENTION_READERS, READERS
+
+    for family in FAMILIES:
+        for cls in family.attention:
+            assert cls in READERS or cls in CLASS_ATTENTION_READERS, (family.name, cls)
+
+
+def test_inference_asks_the_families_instead_of_naming_them():
+    from deepvit_diag.checkpoints import inference
+    from deepvit_diag.checkpoints.families import FAMILIES
+
+    source = Path(inference.__file__).read_text()
+    named = [family.name for family in FAMILIES if f'"{family.name}"' in source]
+    assert named == []
+
+
+def test_a_hint_renders_for_the_api_and_per_model_for_the_cli():
+    from deepvit_diag.hints import Hint, HintedError, Message, rendered
+
+    err = HintedError("cannot tell the heads; pass ", Hint("num_heads"), " or ", Hint("arch", "NAME", "NAME"))
+    assert str(err) == "cannot tell the heads; pass num_heads=... (--num-heads) or arch=NAME (--arch NAME)"
+    assert (
+        rendered(err, "-b") == "cannot tell the heads; pass num_heads=... (--num-heads-b) or arch=NAME (--arch-b NAME)"
+    )
+    assert (
+        Message("a ", Message("b ", Hint("img_size", "(H, W)", "HxW"))).render("-a")
+        == "a b img_size=(H, W) (--img-size-a HxW)"
+    )
+
+
+# ----------------------------------------------------------------------------- no silent wrong model
+
+
+def test_a_non_square_grid_is_announced_and_settled_by_img_size_hxw(tmp_path):
+    model = tiny("vit_tiny_patch16_224", img_size=(32, 48), patch_size=8, embed_dim=64, num_heads=1)
+    path = tmp_path / "wide.pth"
+    torch.save(model.state_dict(), path)
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+    _, note = load_announced(path)  # 1 + 24 positions also fit a 5 x 5 grid without the class token's
+    assert "5 x 5 patch grid" in note and "24 = 4 x 6 patches would also fit" in note
+    assert "img_size=(H, W) (--img-size HxW)" in note
+    reloaded, _ = load_announced(path, img_size=(32, 48))
+    torch.testing.assert_close(logits(reloaded, x), logits(model, x), atol=1e-5, rtol=0)
+    assert tuple(reloaded.arch["pretrained_cfg"]["input_size"]) == (3, 32, 48)
+
+
+def test_a_grid_no_square_fits_is_refused_naming_img_size_hxw(tmp_path):
+    model = tiny(
+        "vit_tiny_patch16_224",
+        img_size=(32, 56),
+        patch_size=8,
+        embed_dim=64,
+        num_heads=1,
+        class_token=False,
+        global_pool="avg",
+    )
+    path = tmp_path / "wide.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(DiagError, match=r"28 positions: not a square patch grid.*img_size=HxW \(--img-size HxW\)"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "announced"),
+    [
+        ({"global_pool": "token"}, "global_pool='token' (timm's rule for a class token without fc_norm)"),
+        ({"global_pool": "avg", "fc_norm": True}, "global_pool='avg' (timm's rule for a norm after pooling (fc_norm))"),
+    ],
+)
+def test_pooling_guesses_are_announced(kwargs, announced, tmp_path):
+    model = tiny("vit_tiny_patch16_224", patch_size=8, embed_dim=64, num_heads=1, **kwargs)
+    path = tmp_path / "pool.pth"
+    torch.save(model.state_dict(), path)
+    reloaded, note = load_announced(path)
+    assert announced in note and "(--global-pool)" in note
+    torch.testing.assert_close(logits(reloaded, images()), logits(model, images()), atol=1e-5, rtol=0)
+
+
+def test_vit_huge_widths_get_timm_s_16_heads(tmp_path):
+    model = tiny("vit_huge_patch14_224", patch_size=8, depth=1, num_classes=0)
+    path = tmp_path / "huge.pth"
+    torch.save(model.state_dict(), path)
+    reloaded, note = load_announced(path)
+    assert reloaded.blocks[0].attn.num_heads == 16 and "timm's ViT of width 1280 has 16 heads" in note
+
+
+def test_a_refusal_at_another_image_size_names_dynamic_img_size(tmp_path):
+    model = tiny("vit_tiny_patch16_224", patch_size=8, embed_dim=64, num_heads=1)
+    with pytest.raises(DiagError, match=r"expects \(3, 32, 32\); .*dynamic_img_size=True \(--dynamic-img-size\)"):
+        analyze(model, images(size=48), progress=False, num_examples=1)

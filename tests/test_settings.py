@@ -47,7 +47,8 @@ def test_optional_fields_accept_none_and_torch_devices_become_strings():
 def test_optional_is_declared_by_the_field_not_read_from_its_annotation():
     """Exactly the fields whose default is None may be None (declared in their metadata)."""
     optional = {spec.name for spec in fields(Settings) if spec.metadata["optional"]}
-    assert optional == {spec.name for spec in fields(Settings) if spec.default is None} == {"num_images", "num_workers"}
+    expected = {"num_images", "num_workers", "memory_budget"}
+    assert optional == {spec.name for spec in fields(Settings) if spec.default is None} == expected
 
 
 def test_settings_hold_the_one_default_the_cli_uses():
@@ -91,3 +92,9 @@ def test_cli_options_are_built_from_the_fields():
     assert settings_from(parser.parse_args([])) == Settings()
     parsed = parser.parse_args(["--k", "3", "--tau", "0.2", "--axis", "rows", "--examples", "5", "--workers", "1"])
     assert settings_from(parsed) == Settings(k=3, tau=0.2, axis="rows", num_examples=5, num_workers=1)
+
+
+def test_memory_budget_is_a_positive_number_of_mib_or_none():
+    assert Settings(memory_budget=512).memory_budget == 512 and Settings().memory_budget is None
+    with pytest.raises(DiagError, match="memory_budget must be an integer >= 1"):
+        Settings(memory_budget=0)

@@ -217,7 +217,7 @@ def test_sweep_command_writes_its_files_and_prints_a_table(checkpoints, tmp_path
     argv = ["sweep", "--ckpt", *map(str, checkpoints[:3]), "--images", "digits-test", "--num-images", "5"]
     status, stdout, stderr = run([*argv, "--device", "cpu", "--out", str(out)])
     assert status == 0, stderr
-    assert {path.name for path in out.iterdir()} == {"sweep.json", "arrays.npz", "sweep.html"}
+    assert {path.name for path in out.iterdir()} == {"sweep.json", "arrays.npz", "sweep.html", ".deepvit-diag.json"}
     assert "Depth sweep on 5 images" in stdout and "vit6.safetensors" in stdout
     assert "ViT: " in stdout and "similar blocks at depths 2, 4 and 6." in stdout
     # The tiny models name no classes: the digits are taken as class indices.

@@ -1,12 +1,15 @@
 """What every view shares: how a figure (a catalogue figure with its caption) is put on the
-page, and the block-numbering note."""
+page, the block-numbering note, and the Cancel button and queue wording of heavy work."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from deepvit_diag import catalogue
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.report import PLOTLY_CONFIG
 
@@ -25,7 +28,7 @@ def show_drawn(drawn: list[drawing.DrawnFigure]) -> None:
     """Catalogue figures as ``drawing.draw`` made them, each with the report's caption."""
     for item in drawn:
         show_figure(item.figure, item.element_id)
-        st.caption(item.caption)
+        st.caption(markdown_text(item.caption))
 
 
 def show_section(section: str, analysis: Analysis, options: dict[str, dict] | None = None) -> None:
@@ -34,3 +37,27 @@ def show_section(section: str, analysis: Analysis, options: dict[str, dict] | No
     ``cross_head_matrices``)."""
     for spec in catalogue.figures_in(section):
         show_drawn(drawing.draw(spec, analysis.results, analysis.comparison, **(options or {}).get(spec.key, {})))
+
+
+class CancelButton:
+    """A Cancel button for heavy work, drawn once, when the work first reports (waiting in the
+    device queue, or progress). Pressing it reruns the page, which ends the work at its next
+    report (see ``app/work_queue.py``); ``on_click`` says what the page shows instead."""
+
+    def __init__(self, key: str, on_click: Callable[[], None]):
+        self.key, self.on_click = key, on_click
+        self._slot = st.empty()
+        self._drawn = False
+
+    def offer(self) -> None:
+        if not self._drawn:
+            self._drawn = True
+            self._slot.button("Cancel", key=self.key, on_click=self.on_click)
+
+    def remove(self) -> None:
+        self._slot.empty()
+
+
+def jobs(count: int) -> str:
+    """``count`` jobs in words: "1 job", "2 jobs"."""
+    return f"{count} job" if count == 1 else f"{count} jobs"

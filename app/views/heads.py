@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from deepvit_diag.escaping import markdown_text, plotly_label
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
@@ -31,7 +32,7 @@ def render(analysis: Analysis) -> None:
     try:
         maps = {side: block_attention(analysis.key, side, image, block - 1, _analysis=analysis) for side in ("a", "b")}
     except Exception as err:  # the image is read again from its source, which may have changed
-        st.error(failure_message(err, analysis.request))
+        st.error(markdown_text(failure_message(err, analysis.request)))
         return
     queried = {side: _query_maps(result, maps[side], query) for side, result in zip(("a", "b"), results.values())}
     pre_colours = charts.colour_range(*(kinds["pre"] for kinds in queried.values()))
@@ -100,17 +101,27 @@ def _model_maps(
     left, right = st.columns(2, gap="medium")
     with left:
         fig = charts.query_attention(
-            pixels, maps["pre"], f"{label}: {query_name}, pre-Θ (softmax)", pre_colours, "softmax<br>weight", query
+            pixels,
+            maps["pre"],
+            f"{plotly_label(label)}: {query_name}, pre-Θ (softmax)",
+            pre_colours,
+            "softmax<br>weight",
+            query,
         )
         show_figure(fig, f"heads_pre_{side}")
     with right:
         if block - 1 in result.geometry.mixing_blocks:
             fig = charts.query_attention(
-                pixels, maps["post"], f"{label}: {query_name}, post-Θ", post_colours, "post-Θ<br>weight", query
+                pixels,
+                maps["post"],
+                f"{plotly_label(label)}: {query_name}, post-Θ",
+                post_colours,
+                "post-Θ<br>weight",
+                query,
             )
             show_figure(fig, f"heads_post_{side}")
         else:
             st.info(
-                f"Block {block} of {label} has no Re-attention: "
+                f"Block {block} of {markdown_text(label)} has no Re-attention: "
                 "the maps that multiply V are the softmax maps on the left."
             )

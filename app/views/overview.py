@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from deepvit_diag import catalogue
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.results import AnalysisResult
 from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
@@ -19,11 +20,13 @@ def render(analysis: Analysis) -> None:
     # People would rather look than read: the paper's Fig. 3(a) for both models comes first.
     (ratio,) = drawing.draw(catalogue.figure_named("similarity_ratio"), analysis.results, analysis.comparison)
     show_figure(ratio.figure, key="overview-" + ratio.element_id)
-    st.caption(ratio.caption)
+    st.caption(markdown_text(ratio.caption))
     first = analysis.comparison.a
     images = first.images
     skipped = f"; {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""
-    st.caption(f"Images: {images['description']} ({first.num_images} analysed{skipped}). {BLOCKS_FROM_ONE}")
+    st.caption(
+        markdown_text(f"Images: {images['description']} ({first.num_images} analysed{skipped}). {BLOCKS_FROM_ONE}")
+    )
     shown: set[str] = set()
     differences = analysis.comparison.differences()
     for column, (label, result), side in zip(st.columns(2, gap="large"), analysis.results.items(), "ab"):
@@ -33,11 +36,13 @@ def render(analysis: Analysis) -> None:
     label_a, label_b = analysis.labels
     for sentence in comparison_findings(label_a, label_b, analysis.comparison):
         if sentence not in shown:  # the Re-attention sentences already stand under their model
-            st.markdown(f"- {sentence}")
+            st.markdown(f"- {markdown_text(sentence)}")
     st.subheader("Headline numbers")
     rows = summary_rows(analysis.results)
     table = pd.DataFrame(
-        [cells for _, cells in rows], index=[label for label, _ in rows], columns=list(analysis.results)
+        [[markdown_text(cell) for cell in cells] for _, cells in rows],
+        index=[markdown_text(label) for label, _ in rows],
+        columns=[markdown_text(label) for label in analysis.results],
     )
     st.table(table)
 
@@ -46,8 +51,8 @@ def _model_column(label: str, result: AnalysisResult, differences: dict[str, flo
     """Key numbers and findings of one model; ``differences`` (B - A) add the change against A.
     Returns the sentences shown."""
     summary = result.summary()
-    st.subheader(label)
-    st.caption(result.model["description"])
+    st.subheader(markdown_text(label))
+    st.caption(markdown_text(result.model["description"]))
     similar, start, heads = st.columns(3)
     similar.metric(
         "Similar blocks",
@@ -64,7 +69,7 @@ def _model_column(label: str, result: AnalysisResult, differences: dict[str, flo
     heads.metric("Mean cross-head similarity", _decimal(summary["cross_head_similarity"]))
     findings = model_findings(label, result)
     for sentence in findings:
-        st.markdown(f"- {sentence}")
+        st.markdown(f"- {markdown_text(sentence)}")
     return findings
 
 

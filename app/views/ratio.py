@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.summary import block_list
 
 from ..compute import Analysis
@@ -16,4 +17,5 @@ def render(analysis: Analysis) -> None:
     for label, result in analysis.results.items():
         similar = result.similar_blocks()
         blocks = f"blocks {block_list(similar.indices)}" if similar.count else "none"
-        st.markdown(f"**{label}**: {similar.count} of {result.geometry.num_blocks} blocks are similar ({blocks}).")
+        count = f"{similar.count} of {result.geometry.num_blocks}"
+        st.markdown(f"**{markdown_text(label)}**: {count} blocks are similar ({blocks}).")

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from deepvit_diag import Settings
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.summary import sweep_findings, sweep_rows, sweep_title
 from deepvit_diag.sweeps import SweepResult
@@ -24,7 +25,7 @@ from ..sources import (
     sweep_from_path,
     sweep_from_uploads,
 )
-from .common import BLOCKS_FROM_ONE, show_drawn
+from .common import BLOCKS_FROM_ONE, CancelButton, jobs, show_drawn
 
 SOURCES = {
     "run": "Run a sweep",
@@ -54,7 +55,7 @@ def render(images: ImageChoice | None, settings: Settings, defaults: AppDefaults
             )
             shown = _opened(*sweep_from_uploads(files, defaults.max_checkpoint_mb)) if files else None
     except InputError as err:
-        st.error(str(err))
+        st.error(markdown_text(err))
         return
     if shown is not None:
         _show(shown)
@@ -64,7 +65,7 @@ def _opened(path: str, fingerprint: str) -> SweepResult | None:
     try:
         return open_sweep(path, fingerprint)
     except Exception as err:  # whatever a user's file holds, the app must stay usable
-        st.error(failure_message(err))
+        st.error(markdown_text(failure_message(err)))
         return None
 
 
@@ -99,30 +100,40 @@ def _run(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) 
         st.info("Choose checkpoints and press **Run sweep**.")
         return None
     bar = st.empty()
+    cancel = CancelButton("cancel_sweep", lambda: st.session_state.update(sweep_request=None))
 
     def report(done: int, total: int | None) -> None:
+        cancel.offer()
         if total:
             bar.progress(min(1.0, done / total), text=f"Sweeping {len(request.checkpoints)} checkpoints")
 
+    def waiting(ahead: int) -> None:
+        cancel.offer()
+        bar.info(f"Waiting for the device: {jobs(ahead)} ahead in the queue. The sweep starts by itself.")
+
     try:
-        run = run_sweep(request, report)
+        run = run_sweep(request, report, waiting)
     except Exception as err:  # a failing checkpoint must not break the app
-        st.error(failure_message(err))
+        st.error(markdown_text(failure_message(err)))
         st.session_state["sweep_request"] = None
         return None
     finally:
         bar.empty()
+        cancel.remove()
     for note in run.notes:
-        st.warning(note)
+        st.warning(markdown_text(note))
     return run.sweep
 
 
 def _show(sweep: SweepResult) -> None:
     header, rows = sweep_rows(sweep)
     st.subheader("Checkpoints")
-    st.caption(sweep_title(sweep))
-    st.table(pd.DataFrame(rows, columns=header).set_index(header[0]))
+    st.caption(markdown_text(sweep_title(sweep)))
+    cells = [[markdown_text(cell) for cell in row] for row in rows]
+    st.table(
+        pd.DataFrame(cells, columns=[markdown_text(title) for title in header]).set_index(markdown_text(header[0]))
+    )
     for sentence in sweep_findings(sweep):
-        st.markdown(f"- {sentence}")
+        st.markdown(f"- {markdown_text(sentence)}")
     relative = st.toggle("Per-block curves over relative depth (block / number of blocks)", key="sweep_relative")
     show_drawn(drawing.draw_sweep(sweep, relative_depth=relative))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.readers import MIXING_BLOCKS
 from deepvit_diag.summary import block_list
 
@@ -22,9 +23,9 @@ def render(analysis: Analysis) -> None:
     for label, result in results.items():
         blocks = result.geometry.mixing_blocks
         st.caption(
-            f"{label}: {MIXING_BLOCKS[result.geometry.head_mixing]} {block_list(blocks)}."
+            markdown_text(f"{label}: {MIXING_BLOCKS[result.geometry.head_mixing]} {block_list(blocks)}.")
             if blocks
-            else f"{label} has no Re-attention blocks: its attention maps are used as they are."
+            else f"{markdown_text(label)} has no Re-attention blocks: its attention maps are used as they are."
         )
     show_section("Re-attention matrices Θ", analysis)
     st.caption(BLOCKS_FROM_ONE)

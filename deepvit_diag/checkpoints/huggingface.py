@@ -1,4 +1,5 @@
-"""Hugging Face ``transformers`` ViT, DeiT and DINOv2 checkpoints, converted to timm's keys without
+"""Hugging Face ``transformers`` ViT, DeiT, DINOv2 (with registers) and BEiT / Data2VecVision checkpoints,
+converted to timm's keys without
 ``transformers`` (docs/checkpoints.md, "Hugging Face layouts").
 
 A checkpoint is a folder with ``model.safetensors`` (or ``pytorch_model.bin``) and usually a
@@ -27,6 +28,13 @@ Hugging Face                                                       timm
 ``cls_classifier.*`` / ``distillation_classifier.*`` (DeiT)         ``head.*`` / ``head_dist.*``
 ``pooler.dense.*`` (``ViTModel``)                                  dropped (announced): timm has no pooler
 ``classifier.*`` (DINOv2: on the class token and the mean patch)   dropped (announced): no timm head does that
+``embeddings.register_tokens`` (Dinov2WithRegisters)                ``reg_token``; the class token's position is
+                                                                   added to ``cls_token`` (timm's ``no_embed_class``)
+``encoder.layer.N.lambda_1`` / ``lambda_2`` (BEiT)                 ``blocks.N.gamma_1`` / ``gamma_2``
+``...attention.attention.{query,value}.bias`` (BEiT: no key bias)  ``blocks.N.attn.q_bias`` / ``v_bias``
+``...relative_position_bias.relative_position_bias_table``         ``blocks.N.attn.relative_position_bias_table``
+``encoder.relative_position_bias.*`` (shared)                      ``rel_pos_bias.*``
+``pooler.layernorm.*`` (BEiT: mean pooling, then a LayerNorm)      ``fc_norm.*`` (average pooling)
 =================================================================  ============================================
 
 The in-memory names of ``transformers`` 5 (``layers.N.attention.{q,k,v,o}_proj``,
@@ -51,14 +59,19 @@ from typing import Any
 import torch
 
 from ..errors import DiagError
+from ..hints import Hint, Message
+from ..jsonfiles import check_depth
+from . import clip
 
 Tensors = dict[str, torch.Tensor]
 
-HF_VIT, HF_DEIT, HF_DINOV2 = "hf-vit", "hf-deit", "hf-dinov2"
-HF_LAYOUTS = (HF_VIT, HF_DEIT, HF_DINOV2)
+HF_VIT, HF_DEIT, HF_DINOV2, HF_BEIT = "hf-vit", "hf-deit", "hf-dinov2", "hf-beit"
+HF_LAYOUTS = (HF_VIT, HF_DEIT, HF_DINOV2, HF_BEIT)
+# Layouts whose config.json is read (CLIP's image tower converts in ``clip``).
+CONFIG_LAYOUTS = (*HF_LAYOUTS, clip.HF_CLIP, clip.HF_SIGLIP)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_FILE = "config.json"
-DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6}
+DEFAULT_EPS = {HF_VIT: 1e-12, HF_DEIT: 1e-12, HF_DINOV2: 1e-6, HF_BEIT: 1e-12, clip.HF_CLIP: 1e-5, clip.HF_SIGLIP: 1e-6}
 # transformers' hidden_act names -> timm's act_layer names.
 ACTIVATIONS = {
     "gelu": "gelu",
@@ -69,7 +82,7 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-_BACKBONES = ("vit.", "deit.", "dinov2.")
+_BACKBONES = ("vit.", "deit.", "dinov2_with_registers.", "dinov2.", "beit.", "data2vec_vision.")
 _PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
 
 # Per-block key (after the backbone prefix and "encoder.layer.N." / "layers.N.") -> timm's.
@@ -86,9 +99,18 @@ _BLOCK_RENAMES = {
     "mlp.fc2.": "mlp.fc2.",
     "layer_scale1.lambda1": "ls1.gamma",
     "layer_scale2.lambda1": "ls2.gamma",
+    "lambda_1": "gamma_1",  # BEiT
+    "lambda_2": "gamma_2",
+    "attention.attention.relative_position_bias.": "attn.",
+    "relative_position_bias.": "attn.",
 }
 _QKV = {"attention.attention.query.": 0, "attention.attention.key.": 1, "attention.attention.value.": 2}
 _QKV.update({"attention.q_proj.": 0, "attention.k_proj.": 1, "attention.v_proj.": 2})
+_DINOV2_CLASSIFIER = (
+    "dropped the classifier (DINOv2's head reads the class token and the mean patch token, which no timm head "
+    "does): the model's output is its class-token features"
+)
+_POOLER = "dropped the pooler (dense + tanh on the class token), which timm's ViT does not have"
 _BLOCK = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
 _OTHER_RENAMES = {
     "embeddings.cls_token": "cls_token",
@@ -97,26 +119,36 @@ _OTHER_RENAMES = {
     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
+    "pooler.layernorm.weight": "fc_norm.weight",  # BEiT's mean pooling, then a LayerNorm
+    "pooler.layernorm.bias": "fc_norm.bias",
+    "encoder.relative_position_bias.relative_position_bias_table": "rel_pos_bias.relative_position_bias_table",
 }
 
 
 def detect(sd: Tensors) -> str | None:
     """The Hugging Face layout of ``sd``'s keys, or None."""
     backbone = {_strip(key) for key in sd}
+    if any(key.startswith("embeddings.patch_embeddings.backbone.") for key in backbone):
+        raise DiagError(
+            "a Hugging Face ViT-hybrid: a convolutional backbone (BiT) makes its patch tokens, which no layout "
+            "deepvit-diag reads converts; timm's vit_base_r50_s16_384 is that model with timm's keys"
+        )
     if _PATCH_KEY not in backbone:
         return None
     if "embeddings.distillation_token" in backbone:
         return HF_DEIT
+    if any(key.endswith(".lambda_1") or "relative_position_bias" in key for key in backbone):
+        return HF_BEIT
     if "embeddings.mask_token" in backbone or any(".layer_scale1." in key or ".norm1." in key for key in backbone):
         return HF_DINOV2
     return HF_VIT
 
 
-def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[str]]:
+def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
     """``sd`` in timm's keys, and notes on what was dropped."""
     out: Tensors = {}
     qkv: dict[tuple[int, str], list[torch.Tensor | None]] = {}
-    notes: list[str] = []
+    dropped: set[str] = set()
     with_teacher = "distillation_classifier.weight" in sd
     for key, tensor in sd.items():
         name = _strip(key)
@@ -134,38 +166,47 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[str]]:
             out[_OTHER_RENAMES[name]] = tensor
         elif name == "embeddings.distillation_token":
             out["dist_token" if with_teacher else "reg_token"] = tensor
-        elif name == "embeddings.mask_token":
+        elif name == "embeddings.mask_token" or name.endswith("relative_position_index"):
             continue
+        elif name == "embeddings.register_tokens":
+            out["reg_token"] = tensor
         elif key.startswith(("cls_classifier.", "classifier.")) and layout != HF_DINOV2:
             out["head." + key.split(".", 1)[1]] = tensor
         elif key.startswith("distillation_classifier."):
             out["head_dist." + key.split(".", 1)[1]] = tensor
         elif key.startswith("classifier."):
-            if "dropped the classifier" not in " ".join(notes):
-                notes.append(
-                    "dropped the classifier (DINOv2's head reads the class token and the mean patch token, which "
-                    "no timm head does): the model's output is its class-token features"
-                )
+            dropped.add(_DINOV2_CLASSIFIER)
         elif name.startswith("pooler."):
-            if "dropped the pooler" not in " ".join(notes):
-                notes.append("dropped the pooler (dense + tanh on the class token), which timm's ViT does not have")
+            dropped.add(_POOLER)
         else:
             out[key] = tensor  # unknown keys stay; the strict fit names them
     for (index, suffix), parts in sorted(qkv.items()):
+        if layout == HF_BEIT and suffix == "bias":  # BEiT: q and v biases, no k bias (timm's q_bias, v_bias)
+            out[f"blocks.{index}.attn.q_bias"], out[f"blocks.{index}.attn.v_bias"] = parts[0], parts[2]
+            continue
         if any(part is None for part in parts):
             raise DiagError(f"block {index} lacks its query, key or value {suffix} (a damaged Hugging Face file?)")
         out[f"blocks.{index}.attn.qkv.{suffix}"] = torch.cat(parts)
-    return out, notes
+    if layout == HF_DINOV2 and "reg_token" in out and "cls_token" in out and "pos_embed" in out:
+        # DINOv2 with registers adds the class token's position before inserting the registers, which carry none:
+        # timm's no_embed_class layout once that position is added to the class token.
+        out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+        out["pos_embed"] = out["pos_embed"][:, 1:]
+    return out, [Message(note) for note in (_DINOV2_CLASSIFIER, _POOLER) if note in dropped]
 
 
-def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[str]]:
+def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, Any], str, list[Message]]:
     """What ``config.json`` (or, without one, ``transformers``' defaults) says, as timm's constructor
     arguments for ``inference.infer_arch``'s hints; their label in notes; the guesses made without a config."""
     if config is None:
         eps = DEFAULT_EPS[layout]
         guesses = [
-            f"guessed norm_eps={eps!r} (transformers' default for {layout.removeprefix('hf-')}; no config.json "
-            "beside the weights); pass norm_eps=... (--norm-eps) if that is wrong"
+            Message(
+                f"guessed norm_eps={eps!r} (transformers' default for {layout.removeprefix('hf-')}; no config.json "
+                "beside the weights); pass ",
+                Hint("norm_eps"),
+                " if that is wrong",
+            )
         ]
         return {"norm_eps": eps}, "transformers' defaults", guesses
     kwargs: dict[str, Any] = {}
@@ -188,25 +229,55 @@ def config_hints(layout: str, config: dict[str, Any] | None) -> tuple[dict[str, 
     return kwargs, "its config.json", []
 
 
-def folder_files(folder: Path) -> tuple[Path, Path | None]:
-    """The weights file of a Hugging Face model folder and its ``config.json`` (None when absent)."""
+def folder_files(folder: Path) -> tuple[list[Path], Path | None]:
+    """The weights files of a Hugging Face model folder (one, or the shards its index names) and its
+    ``config.json`` (None when absent)."""
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-    if weights is None:
-        if (folder / "model.safetensors.index.json").is_file():
-            raise DiagError(f"{folder} holds a sharded checkpoint; deepvit-diag reads one weights file")
-        raise DiagError(f"{folder} is a folder without {' or '.join(WEIGHT_FILES)}: not a Hugging Face model folder")
     config = folder / CONFIG_FILE
-    return weights, config if config.is_file() else None
+    config_path = config if config.is_file() else None
+    if weights is not None:
+        return [weights], config_path
+    index = next(
+        (folder / f"{name}.index.json" for name in WEIGHT_FILES if (folder / f"{name}.index.json").is_file()), None
+    )
+    if index is None:
+        raise DiagError(
+            f"{folder} is a folder without {' or '.join(WEIGHT_FILES)} or a sharded index of them: not a Hugging Face "
+            "model folder"
+        )
+    return _shards(index), config_path
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` maps tensors to: plain names in its own folder, each present."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError) as err:
+        raise DiagError(f"{index} is not a readable shard index: {err}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise DiagError(f"{index} has no weight_map of tensor names to shard files")
+    names = sorted(set(weight_map.values()), key=str)
+    bad = next((n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")), None)
+    if bad is not None:
+        raise DiagError(f"{index} names a shard {bad!r} outside its folder")
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise DiagError(f"{index} names shards that are not in the folder: {', '.join(missing[:3])}")
+    return [index.parent / n for n in names]
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """The entries of ``config.json`` deepvit-diag reads, each checked (a config is metadata from a file)."""
     try:
-        config = json.loads(path.read_text())
+        text = path.read_text()
+        check_depth(text, str(path))
+        config = json.loads(text)
     except (OSError, ValueError) as err:
         raise DiagError(f"{path} is not a readable JSON file: {err}") from None
     if not isinstance(config, dict):
         raise DiagError(f"{path} holds no JSON object")
+    if isinstance(config.get("vision_config"), dict):  # CLIPModel: the image tower's own config
+        config = config["vision_config"]
     checked: dict[str, Any] = {}
     for key, check, rule in (
         ("num_attention_heads", lambda v: _whole(v, 1, 4096), "a whole number from 1 to 4096"),
@@ -216,7 +287,7 @@ def read_config(path: Path) -> dict[str, Any]:
         ("patch_size", lambda v: _whole(v, 1, 1024), "a whole number of pixels"),
         ("num_channels", lambda v: _whole(v, 1, 64), "a whole number"),
         ("layer_norm_eps", lambda v: isinstance(v, float) and 0 < v < 1, "a number between 0 and 1"),
-        ("hidden_act", lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+        ("hidden_act", lambda v: isinstance(v, str) and v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
         ("qkv_bias", lambda v: isinstance(v, bool), "true or false"),
     ):
         if key in config:

@@ -24,6 +24,7 @@ what else is read.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import socket
 import threading
@@ -42,6 +43,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import DiagError
+from ..hints import Hint, HintedError, Message, as_strings, prefixed, warn_guesses
 from ..introspection import check_readable
 from ..models.presets import (
     PRESET_DESCRIPTIONS,
@@ -62,6 +64,7 @@ from .resample import resample_positions
 from .safe_load import CHECKPOINT_SUFFIXES, RawCheckpoint, file_sha256, read_checkpoint
 from .store import bundled_path, is_store_name, store_path
 from .validation import check_depth, check_fit, checked_arch
+from .wrappers import model_tensors
 
 # The official repository's registry names (zhoudaquan/dvit_repo) -> our presets.
 OFFICIAL_NAMES = {
@@ -73,12 +76,8 @@ OFFICIAL_NAMES = {
 }
 # timm.create_model options about where weights come from, not about the network.
 TIMM_LOADING_OPTIONS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+RESAMPLE_HINT = Hint("resample_pos_embed", "True")
 HUB_CONNECT_TIMEOUT = 3.0  # seconds: without network, find out at once rather than after the hub's retries
-
-
-class GuessWarning(UserWarning):
-    """Architecture values the weights do not determine were guessed, or a recorded name contradicts the
-    weights; the one message of a load names each."""
 
 
 def load_model(
@@ -87,6 +86,7 @@ def load_model(
     arch: str | dict[str, Any] | None = None,
     pretrained: bool = True,
     resample_pos_embed: bool = False,
+    key: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load ``spec`` as an eval-mode model carrying ``.arch`` and ``.provenance``.
@@ -99,18 +99,22 @@ def load_model(
         pretrained: ``False`` gives random weights for preset, store and timm names (announced loudly).
         resample_pos_embed: with ``img_size=N``, resample a file's position embeddings to that size the
             way timm does (``deepvit_diag.checkpoints.resample``), instead of refusing the mismatch.
+        key: the entry of a nested training checkpoint to take (``"student"``, ``"state_dict.model"``);
+            by default the teacher of a student/teacher pair, else timm's rule (``state_dict_ema``, ...).
         overrides: constructor arguments with timm's names (``num_heads``, ``embed_dim``, ``img_size``,
             ``num_classes``, ``norm_eps``, ``act_layer``, ``dynamic_img_size``, ...); for timm names also
             timm's ``pretrained_cfg_overlay`` / ``cache_dir``.
     """
     if resample_pos_embed and "img_size" not in overrides:
-        raise DiagError("resample_pos_embed=True needs img_size=N (--img-size N): the size to resample to")
+        raise HintedError("resample_pos_embed=True needs ", Hint("img_size", "N", "N"), ": the size to resample to")
     if isinstance(spec, os.PathLike) or _looks_like_path(spec):
         if not pretrained:
             raise DiagError("pretrained=False gives random weights for preset, store or timm names, not for files")
-        return _load_file(Path(spec), str(spec), "file", arch, overrides, resample_pos_embed)
+        return _load_file(Path(spec), str(spec), "file", arch, overrides, resample_pos_embed, key)
     if not isinstance(spec, str):
         raise DiagError(f"cannot load a {type(spec).__name__}: pass a file path, store name, preset or timm model name")
+    if key is not None:
+        raise DiagError(f"key={key!r} chooses an entry of a checkpoint file; {spec!r} is not a file")
     if spec in PRESETS and not pretrained:
         return _random(with_overrides(PRESETS[spec], **overrides), spec, None)
     if is_store_name(spec) and store_path(spec).is_file():
@@ -127,7 +131,7 @@ def load_model(
     if timm.is_model(spec):
         return _load_timm(spec, pretrained, overrides)
     if os.path.lexists(spec):  # reading it says what is wrong with it (a directory, a link loop, ...)
-        return _load_file(Path(spec), spec, "file", arch, overrides, resample_pos_embed)
+        return _load_file(Path(spec), spec, "file", arch, overrides, resample_pos_embed, key)
     raise DiagError(
         f"unknown model {spec!r}: not a file, weight-store entry, preset or timm model name (see `deepvit-diag models`)"
     )
@@ -206,17 +210,18 @@ def build_arch(arch: dict[str, Any]) -> nn.Module:
 
 
 def build_checked(
-    arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: str = "", resample: bool = False
+    arch: dict[str, Any], state_dict: dict[str, Any], what: str, hint: Message | str = "", resample: bool = False
 ) -> nn.Module:
     """The model of ``arch`` holding ``state_dict``, built only after the validation steps
     (``deepvit_diag.checkpoints.validation``) found that the tensors fit it exactly; with ``resample``,
     position embeddings of another grid are resampled to the arch's first."""
     arch = checked_arch(arch, what)
     check_depth(arch, state_dict, what)
-    with torch.device("meta"):
+    with _naming(what), torch.device("meta"):
         skeleton = build_arch(arch)
     if resample:
-        state_dict = resample_positions(skeleton, state_dict)
+        with _naming(what):
+            state_dict = resample_positions(skeleton, state_dict)
     check_fit(skeleton, state_dict, what, hint)
     model = build_arch(arch)
     model.load_state_dict(state_dict, strict=True)
@@ -249,12 +254,19 @@ def _load_file(
     arch: str | dict[str, Any] | None,
     overrides: dict[str, Any],
     resample: bool = False,
+    key: str | None = None,
 ) -> nn.Module:
+    return _load_checked_file(path, label, source, arch, overrides, resample, key)
+
+
+@contextmanager
+def _naming(label: str) -> Iterator[None]:
+    """Every refusal names the file as the user named it: those of steps whose messages do not (reading
+    the file, its config and fitting its tensors do) get ``label: `` before them."""
     try:
-        return _load_checked_file(path, label, source, arch, overrides, resample)
+        yield
     except DiagError as err:
-        # Every refusal names the file as the user named it.
-        raise err if label in str(err) or str(path) in str(err) else DiagError(f"{label}: {err}") from None
+        raise prefixed(err, label) from None
 
 
 def _load_checked_file(
@@ -264,29 +276,36 @@ def _load_checked_file(
     arch: str | dict[str, Any] | None,
     overrides: dict[str, Any],
     resample: bool,
+    key: str | None,
 ) -> nn.Module:
     config_path = None
     if path.is_dir():  # a Hugging Face model folder
-        path, config_path = huggingface.folder_files(path)
-    raw = read_checkpoint(path)
+        shards, config_path = huggingface.folder_files(path)
+        raw = _read_shards(path, shards, key) if len(shards) > 1 else read_checkpoint(shards[0], key)
+        path = shards[0] if len(shards) == 1 else path
+    else:
+        raw = read_checkpoint(path, key)
     if raw.native and arch is not None:
         warnings.warn(
             f"{label}: ignoring arch={arch!r}: the file records its own architecture", UserWarning, stacklevel=4
         )
         arch = None
-    hint_text = "" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})"
+    hint_text = Message("" if arch is None else f" (arch={arch if isinstance(arch, str) else 'dict'})")
     if raw.native:
-        arch_dict, state_dict, fmt, notes = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE, []
+        with _naming(label):
+            arch_dict, state_dict, fmt = with_overrides(raw.native["arch"], **overrides), raw.state_dict, NATIVE
+        notes: list[Message] = []
     else:
-        arch_dict, state_dict, fmt, notes = _architecture_of(raw, config_path, arch, overrides)
+        arch_dict, state_dict, fmt, notes = _architecture_of(raw, config_path, arch, overrides, label)
     if "img_size" in overrides and not resample:
-        hint_text += (
-            f"; to run these weights at img_size={overrides['img_size']}, resample their position embeddings: "
-            "resample_pos_embed=True (--resample-pos-embed)"
+        hint_text = Message(
+            hint_text,
+            f"; to run these weights at img_size={overrides['img_size']}, resample their position embeddings: ",
+            RESAMPLE_HINT,
         )
     model = build_checked(arch_dict, state_dict, f"{label} ({fmt} layout)", hint_text, resample)
     if notes:
-        warnings.warn(f"{label}: {'; '.join(notes)}", GuessWarning, stacklevel=4)
+        warn_guesses(label, notes, stacklevel=4)
     card = raw.native["card"] if raw.native else None
     description = describe(
         label if source != "file" else Path(label).name, source, fmt, model.arch, card, raw.entry, model
@@ -302,31 +321,82 @@ def _load_checked_file(
         entry=raw.entry,
         card=card,
         description=description,
-        warnings=notes,
+        warnings=as_strings(notes),
         epoch=epoch,
     )
 
 
 def _architecture_of(
-    raw: RawCheckpoint, config_path: Path | None, arch: str | dict[str, Any] | None, overrides: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    raw: RawCheckpoint,
+    config_path: Path | None,
+    arch: str | dict[str, Any] | None,
+    overrides: dict[str, Any],
+    label: str,
+) -> tuple[dict[str, Any], dict[str, Any], str, list[Message]]:
     """A foreign file's arch (``inference.infer_arch``), its tensors in our keys, its layout and the notes to
     announce. What the tensors cannot say comes from ``arch=``, else the recorded model name, and for
     Hugging Face files from their ``config.json``."""
-    fmt = detect_layout(raw.state_dict)
-    state_dict, notes = to_our_keys(fmt, raw.state_dict)
-    base, hints, stated_by = None, None, ""
-    if arch is not None:
-        base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
-    elif raw.model_name and (base := _named_arch(raw.model_name)):
-        stated_by = f"the checkpoint's model name {raw.model_name!r}"
-    if fmt in huggingface.HF_LAYOUTS:
+    with _naming(label):
+        tensors, dropped = model_tensors(raw.state_dict, detect_layout)
+        fmt = detect_layout(tensors)
+        state_dict, notes = to_our_keys(fmt, tensors)
+        notes = raw.notes + dropped + notes
+        base, hints, stated_by = None, None, ""
+        if arch is not None:
+            base, stated_by = resolve_arch(arch), f"arch={arch!r}" if isinstance(arch, str) else "the arch dict"
+        elif raw.model_name and (base := _named_arch(raw.model_name)):
+            stated_by = f"the checkpoint's model name {raw.model_name!r}"
+    if fmt in huggingface.CONFIG_LAYOUTS:
         config_path = config_path or _beside(raw.path, huggingface.CONFIG_FILE)
         config = huggingface.read_config(config_path) if config_path else None
         hints, config_label, config_notes = huggingface.config_hints(fmt, config)
         notes, stated_by = notes + config_notes, stated_by or config_label
-    inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=stated_by, overrides=overrides)
+    with _naming(label):
+        inference = infer_arch(state_dict, fmt, base=base, hints=hints, label=stated_by, overrides=overrides)
     return inference.arch, state_dict, fmt, notes + inference.notes
+
+
+def load_tensors(
+    state_dict: dict[str, Any], label: str, *, stated: dict[str, Any] | None = None, **overrides: Any
+) -> nn.Module:
+    """The model of a state dict in any layout ``load_model`` reads, as an eval-mode model with ``.arch`` and
+    ``.provenance`` (source ``"object"``); ``stated`` holds what the caller knows beyond the tensors (heads,
+    activation, eps), used as a Hugging Face config is."""
+    with _naming(label):
+        tensors, dropped = model_tensors(state_dict, detect_layout)
+        fmt = detect_layout(tensors)
+        converted, notes = to_our_keys(fmt, tensors)
+        inference = infer_arch(converted, fmt, hints=stated, label="the model object", overrides=overrides)
+    model = build_checked(inference.arch, converted, f"{label} ({fmt} layout)")
+    notes = dropped + notes + inference.notes
+    if notes:
+        warn_guesses(label, notes, stacklevel=3)
+    return _finish(
+        model,
+        spec=label,
+        source="object",
+        format=fmt,
+        path=None,
+        sha256=None,
+        entry=None,
+        card=None,
+        description=describe(label, "object", fmt, model.arch, None, model=model),
+        warnings=as_strings(notes),
+    )
+
+
+def _read_shards(folder: Path, shards: list[Path], key: str | None) -> RawCheckpoint:
+    """The tensors of a sharded Hugging Face checkpoint, merged; its digest is that of the shards' digests."""
+    merged: dict[str, Any] = {}
+    digests = []
+    for shard in shards:
+        raw = read_checkpoint(shard, key)
+        clash = next((k for k in raw.state_dict if k in merged), None)
+        if clash is not None:
+            raise DiagError(f"{folder}: tensor {clash} is in more than one shard")
+        merged.update(raw.state_dict)
+        digests.append(raw.sha256)
+    return RawCheckpoint(folder, hashlib.sha256("".join(digests).encode()).hexdigest(), merged)
 
 
 def _beside(path: Path, name: str) -> Path | None:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import DiagError
+from ..jsonfiles import check_depth, field
 from .validation import checked_arch
 
 FORMAT_KEY = "deepvit_diag.format"
@@ -55,6 +56,10 @@ def save_native(
     return path
 
 
+# Model-card fields deepvit-diag reads, and what each must be (``jsonfiles.KINDS``).
+CARD_FIELDS = {"epoch": "count", "test_accuracy": "share", "dataset": "text", "imported_from": "text"}
+
+
 def read_native_metadata(path: str | Path) -> dict[str, Any] | None:
     """``{"arch": ..., "card": ...}`` from a native file, or None if it is another safetensors file.
 
@@ -77,6 +82,9 @@ def parse_native_metadata(meta: dict[str, str], source: str) -> dict[str, Any] |
     card = _json_entry(meta, CARD_KEY, source, "null")
     if card is not None and not isinstance(card, dict):
         raise DiagError(f"{source}: its model card ({CARD_KEY}) is not a JSON object")
+    for name, kind in CARD_FIELDS.items():  # the card fields deepvit-diag reads, where the card has them
+        if card is not None:
+            field(card, name, kind, f"{source}: its model card", optional=True)
     return {"arch": checked_arch(_json_entry(meta, ARCH_KEY, source), source), "card": card}
 
 
@@ -93,6 +101,7 @@ def _json_entry(meta: dict[str, str], key: str, source: str, default: str | None
     text = meta.get(key, default)
     if text is None:
         raise DiagError(f"{source}: deepvit-diag metadata without {key}")
+    check_depth(text, f"{source}: its metadata {key}")
     try:
         return json.loads(text)
     except ValueError as err:

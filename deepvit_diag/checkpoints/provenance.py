@@ -17,6 +17,13 @@ FORMAT_WORDS = {
     "hf-vit": "Hugging Face ViT checkpoint",
     "hf-deit": "Hugging Face DeiT checkpoint",
     "hf-dinov2": "Hugging Face DINOv2 checkpoint",
+    "hf-beit": "Hugging Face BEiT checkpoint",
+    "hf-clip": "Hugging Face CLIP image tower",
+    "hf-siglip": "Hugging Face SigLIP image tower",
+    "openai-clip": "CLIP image tower (OpenAI / open_clip)",
+    "torchvision": "torchvision ViT checkpoint",
+    "dinov2-hub": "DINOv2 hub checkpoint",
+    "deit3": "official DeiT III checkpoint",
     "native": "deepvit-diag file",
 }
 
@@ -79,9 +86,12 @@ def describe(
     summary = arch_summary(arch, model)
     if source == "random":
         return f"{label}: RANDOM WEIGHTS, untrained (pretrained=False) - {summary}; results describe no trained model"
-    origin = {"bundled": "bundled demo weights", "store": "weight store", "timm-hub": "timm pretrained weights"}.get(
-        source
-    ) or FORMAT_WORDS.get(fmt or "", "checkpoint")
+    origin = {
+        "bundled": "bundled demo weights",
+        "store": "weight store",
+        "timm-hub": "timm pretrained weights",
+        "object": "converted model object",
+    }.get(source) or FORMAT_WORDS.get(fmt or "", "checkpoint")
     if entry:
         origin += f" ({entry})"
     details = ", ".join(p for p in (summary, card_summary(card)) if p)

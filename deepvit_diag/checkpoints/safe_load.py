@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import stat
 import warnings
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +29,21 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from ..archives import largest_entry, stated_sizes
 from ..errors import DiagError
 from ..formats import ZIP_MAGIC
+from ..hints import Hint, Message
 from .native import parse_native_metadata
 
 CHECKPOINT_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".safetensors")
 # timm's rule for training checkpoints (timm.models.load_state_dict with use_ema=True).
 STATE_DICT_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model")
+# Entries that hold a model's weights one level further down (nested training dicts, wrappers).
+NESTED_ENTRIES = (*STATE_DICT_ENTRIES, "module")
+# DINO / iBOT training checkpoints hold both networks; the teacher (an average of the student) is the one
+# their authors evaluate and release.
+TEACHER, STUDENT = "teacher", "student"
+_MAX_NESTING = 4
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 # Tensors may take at most this much memory: twice the file (tied weights share stored data) plus 1 MiB.
 _DATA_FACTOR, _DATA_SLACK = 2, 1 << 20
@@ -49,6 +61,7 @@ class RawCheckpoint:
     entry: str | None = None  # the training-checkpoint entry the weights came from, e.g. "state_dict_ema"
     model_name: str | None = None  # the model name a training script recorded (args.model / arch)
     epoch: int | None = None  # the epoch a training script recorded (CheckpointSaver's "epoch")
+    notes: list[Message] = field(default_factory=list)  # what was chosen among a training checkpoint's entries
 
 
 def file_sha256(path: str | Path) -> str:
@@ -59,8 +72,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: str | Path) -> RawCheckpoint:
-    """The tensors of a checkpoint file, unwrapped from training dicts and ``module.`` prefixes."""
+def read_checkpoint(path: str | Path, key: str | None = None) -> RawCheckpoint:
+    """The tensors of a checkpoint file, unwrapped from training dicts and ``module.`` prefixes; ``key``
+    (``"student"``, ``"state_dict.model"``) names the entry of a nested checkpoint to take."""
     path = Path(path)
     try:
         info = path.stat()
@@ -79,18 +93,37 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     except OSError as err:
         raise DiagError(f"cannot read {path}: {err.strerror or err}") from None
     safetensors = path.suffix == ".safetensors" or head[8:9] == b"{"  # an 8-byte header length, then JSON
-    raw = _read_safetensors(path) if safetensors else _read_torch(path, head)
+    if safetensors and key is not None:
+        raise DiagError(f"{path} is a safetensors file: it has no entries to choose with key={key!r}")
+    raw = _read_safetensors(path) if safetensors else _read_torch(path, head, key)
     if not raw.state_dict:
         raise DiagError(f"{path} holds no tensors")
     _check_data_size(path, raw.state_dict, info.st_size)
     return raw
 
 
+@contextmanager
+def _utf8_path(path: Path) -> Iterator[str]:
+    """A name for ``path`` that safetensors (which takes UTF-8 paths only) can open: the path itself, or for
+    a file name that is not UTF-8, the file opened here under ``/proc/self/fd``."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{descriptor}"
+        finally:
+            os.close(descriptor)
+        return
+    yield str(path)
+
+
 def _read_safetensors(path: Path) -> RawCheckpoint:
     try:
-        state_dict = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        with _utf8_path(path) as name:
+            state_dict = load_file(name, device="cpu")
+            with safe_open(name, framework="pt") as f:
+                meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise DiagError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {_first_line(err)}"
@@ -99,7 +132,9 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
     return RawCheckpoint(path, file_sha256(path), _strip_wrappers(state_dict), native=native)
 
 
-def _read_torch(path: Path, head: bytes) -> RawCheckpoint:
+def _read_torch(path: Path, head: bytes, key: str | None) -> RawCheckpoint:
+    if head.startswith(ZIP_MAGIC):
+        _check_zip_expansion(path)
     try:
         # torch warns about pickle protocols and the like; the outcome is all that is reported.
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
@@ -107,7 +142,10 @@ def _read_torch(path: Path, head: bytes) -> RawCheckpoint:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # an untrusted file can fail in any way; each is explained below
         raise DiagError(_torch_failure(path, head, err)) from None
-    state_dict, entry = _unwrap(obj, path)
+    if not isinstance(obj, dict):
+        raise DiagError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    chosen, entry, notes = _chosen_entry(obj, path, key)
+    state_dict = _checked_state_dict(chosen, path, entry)
     return RawCheckpoint(
         path,
         file_sha256(path),
@@ -115,7 +153,25 @@ def _read_torch(path: Path, head: bytes) -> RawCheckpoint:
         entry=entry,
         model_name=_model_name(obj),
         epoch=_epoch(obj),
+        notes=notes,
     )
+
+
+def _check_zip_expansion(path: Path) -> None:
+    """Refuse a PyTorch zip whose entries would inflate beyond what its tensors may take (``torch.save``
+    stores them uncompressed), from the sizes its central directory states, before anything inflates."""
+    try:
+        entries = stated_sizes(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load names what is wrong with the archive
+    file_size = path.stat().st_size
+    stated = sum(info.file_size for info in entries)
+    if entries and stated > _DATA_FACTOR * file_size + _DATA_SLACK:
+        largest = largest_entry(entries)
+        raise DiagError(
+            f"refused to load {path}: its entries would expand to {_size(stated)} from a {_size(file_size)} file "
+            f"(entry {largest.filename}: {_size(largest.file_size)}); PyTorch stores tensors uncompressed"
+        )
 
 
 def _torch_failure(path: Path, head: bytes, err: Exception) -> str:
@@ -174,11 +230,41 @@ def _size(count: int) -> str:
     return ""
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    if not isinstance(obj, dict):
-        raise DiagError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    entry = next((k for k in STATE_DICT_ENTRIES if isinstance(obj.get(k), dict) and obj[k]), None)
-    state_dict = obj[entry] if entry else obj
+def _chosen_entry(obj: dict[str, Any], path: Path, key: str | None) -> tuple[Any, str | None, list[Message]]:
+    """The entry of a training checkpoint that holds the model: ``key`` where given (dots or slashes between
+    nested names), else the teacher of a student/teacher pair (announced), else timm's entries
+    (``state_dict_ema``, ``model_ema``, ``state_dict``, ``model``) and ``module``, as deep as they nest."""
+    if key is not None:
+        node: Any = obj
+        for name in re.split(r"[./]", key):
+            if not isinstance(node, dict) or name not in node:
+                held = ", ".join(map(str, node)) if isinstance(node, dict) else type(node).__name__
+                raise DiagError(f"{path} has no entry {key!r} ({name!r} is not among: {held})")
+            node = node[name]
+        return node, key, []
+    node, names, notes = obj, [], []
+    for _ in range(_MAX_NESTING):
+        if node and all(isinstance(value, torch.Tensor) for value in node.values()):
+            break
+        if isinstance(node.get(TEACHER), dict) and isinstance(node.get(STUDENT), dict):
+            name = TEACHER
+            notes.append(
+                Message(
+                    "took the teacher's weights of a student/teacher checkpoint (DINO, iBOT); for the student's pass ",
+                    Hint("key", repr(STUDENT), STUDENT),
+                )
+            )
+        else:
+            name = next((k for k in NESTED_ENTRIES if isinstance(node.get(k), dict) and node[k]), None)
+            if name is None:
+                break
+        node, names = node[name], [*names, name]
+    return node, ".".join(names) or None, notes
+
+
+def _checked_state_dict(state_dict: Any, path: Path, entry: str | None) -> dict[str, torch.Tensor]:
+    if not isinstance(state_dict, dict):
+        raise DiagError(f"{path}: entry {entry!r} holds a {type(state_dict).__name__}, not a state dict")
     where = f"entry {entry!r}" if entry else "the file"
     not_named = [k for k in state_dict if not isinstance(k, str)]  # a list: None itself may be the key
     if not_named:
@@ -192,11 +278,14 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
         raise DiagError(
             f"{path}: {where} is not a state dict ({not_tensor!r} is a {type(state_dict[not_tensor]).__name__})"
         )
+    shapeless = next((k for k, v in state_dict.items() if v.is_meta), None)
+    if shapeless is not None:
+        raise DiagError(f"{path}: tensor {shapeless} is on the meta device: it has a shape but no values")
     odd = next((k for k, v in state_dict.items() if v.layout != torch.strided or v.is_quantized), None)
     if odd is not None:
         kind = "quantised" if state_dict[odd].is_quantized else str(state_dict[odd].layout).removeprefix("torch.")
         raise DiagError(f"{path}: tensor {odd} is {kind}; deepvit-diag reads dense floating-point weights")
-    return dict(state_dict), entry
+    return dict(state_dict)
 
 
 def _model_name(obj: dict[str, Any]) -> str | None:

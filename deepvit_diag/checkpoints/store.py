@@ -33,7 +33,7 @@ def store_dir() -> Path:
 
 
 def is_store_name(name: str) -> bool:
-    return bool(_NAME.match(name)) and not name.endswith(CHECKPOINT_SUFFIXES)
+    return bool(_NAME.fullmatch(name)) and not name.endswith(CHECKPOINT_SUFFIXES)  # fullmatch: no trailing newline
 
 
 def store_path(name: str) -> Path:

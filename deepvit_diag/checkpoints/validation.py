@@ -34,15 +34,16 @@ import torch
 from torch import nn
 
 from ..errors import DiagError
+from ..hints import HintedError, Message
 from ..models.presets import DATA_CONFIG_KEYS
-from .inference import FAMILY_KEYS
+from .inference import FAMILY_ARGUMENTS
 from .layouts import block_count
 from .provenance import arch_summary
 
 ARCH_FAMILIES = ("vit", "deepvit", "timm")
 # Constructor arguments an architecture read from a file may set: the shape of the network (what
-# deepvit-diag itself writes, see inference.FAMILY_KEYS) and dropout rates, which do nothing in eval mode.
-ARCH_ARGUMENTS = frozenset(key for keys in FAMILY_KEYS.values() for key in keys) | {
+# deepvit-diag itself writes, see inference.FAMILY_ARGUMENTS) and dropout rates, which do nothing in eval mode.
+ARCH_ARGUMENTS = frozenset(key for keys in FAMILY_ARGUMENTS.values() for key in keys) | {
     "drop_rate",
     "pos_drop_rate",
     "patch_drop_rate",
@@ -58,13 +59,23 @@ ARGUMENT_RULES = {
         "one of gelu, gelu_tanh, quick_gelu, relu, silu",
     ),
     "norm_eps": (lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
-    "img_size": (lambda v: _ints([v], 1) and 1 <= v <= MAX_IMAGE_SIZE, f"a whole number from 1 to {MAX_IMAGE_SIZE}"),
+    "img_size": (
+        lambda v: (
+            (_ints([v], 1) and 1 <= v <= MAX_IMAGE_SIZE) or (_ints(v, 2) and 1 <= min(v) and max(v) <= MAX_IMAGE_SIZE)
+        ),
+        f"a whole number from 1 to {MAX_IMAGE_SIZE}, or two (height, width)",
+    ),
     "ref_feat_shape": (
         lambda v: v is None or (_ints(v, 2) and 1 <= min(v) and max(v) <= 1024),
         "two whole numbers up to 1024",
     ),
+    "attn_type": (lambda v: v in ("eva", "rope"), "one of eva, rope"),
+    "rope_type": (lambda v: v in ("cat", "mixed"), "one of cat, mixed"),
     "rel_pos_type": (lambda v: v in ("mlp", "mlp_swin", "bias"), "one of mlp, mlp_swin, bias"),
-    "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max"), "one of token, avg, avgmax, max"),
+    "global_pool": (lambda v: v in ("", "token", "avg", "avgmax", "max", "map"), "one of token, avg, avgmax, max, map"),
+    **{  # counts the tensors' shapes are checked against later, but which must first build a model at all
+        key: (lambda v: _ints([v], 1) and v >= 1, "a whole number >= 1") for key in ("num_heads", "embed_dim", "depth")
+    },
 }
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")
@@ -156,7 +167,7 @@ def check_depth(arch: dict[str, Any], keys: Iterable[str], what: str) -> None:
             raise DiagError(f"{what} does not fit the architecture ({depth!r} {blocks_name}): the file holds {held}")
 
 
-def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, hint: str = "") -> None:
+def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, hint: Message | str = "") -> None:
     """``state_dict`` must have exactly ``model``'s keys and shapes (``model`` may live on the meta device),
     floating-point tensors where the model has them, and no NaN or infinity in them."""
     expected = model.state_dict()
@@ -173,8 +184,8 @@ def check_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str, 
         if items
     ]
     if problems:
-        raise DiagError(
-            f"{what} does not fit the architecture ({arch_summary(model.arch, model)}): {'; '.join(problems)}{hint}"
+        raise HintedError(
+            f"{what} does not fit the architecture ({arch_summary(model.arch, model)}): {'; '.join(problems)}", hint
         )
     for key, reference in expected.items():
         tensor = state_dict[key]

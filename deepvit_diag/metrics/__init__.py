@@ -15,7 +15,8 @@ the metric of all N images at once (up to float rounding):
 ``cross_layer_similarity``, ``similarity_ratio``, ``cross_head_similarity`` (and its
 ``mean_off_diagonal``), ``collapse_statistics`` (each entry), ``attention_entropy``,
 ``mean_attention_distance``, ``softmax_statistics`` (each entry), ``token_similarity``,
-``rank_collapse``; ``topk_correct`` returns counts, which add up over batches directly.
+``rank_collapse``, ``score_statistics`` (each entry); ``topk_correct`` returns counts,
+which add up over batches directly.
 Not per-image means: ``neighbour_similarity`` keeps the batch axis (concatenate it),
 ``similar_blocks`` thresholds a ratio (apply it to the dataset ratio), ``linear_cka`` is
 a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_matrices`` and
@@ -24,11 +25,13 @@ a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_m
 
 from __future__ import annotations
 
+from ..attention_scores import AttentionScores
 from ..choices import AXES
 from ._checks import DeferredChecks, deferred_value_checks
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
 from .cka import MIN_UNBIASED_EXAMPLES, MinibatchCKA, cka_from_hsic, linear_cka
+from .scores import chunk_for_budget, score_statistics
 from .similarity import (
     SimilarBlocks,
     collapse_statistics,
@@ -45,6 +48,7 @@ from .tokens import rank_collapse, token_similarity
 __all__ = [
     "AXES",
     "Accuracy",
+    "AttentionScores",
     "DeferredChecks",
     "MIN_UNBIASED_EXAMPLES",
     "MinibatchCKA",
@@ -54,6 +58,7 @@ __all__ = [
     "attention_entropy",
     "collapse_statistics",
     "cross_head_similarity",
+    "chunk_for_budget",
     "cka_from_hsic",
     "cross_layer_similarity",
     "deferred_value_checks",
@@ -64,6 +69,7 @@ __all__ = [
     "rank_collapse",
     "reported_ks",
     "similar_blocks",
+    "score_statistics",
     "similarity_ratio",
     "softmax_statistics",
     "stacked_head_mixing",

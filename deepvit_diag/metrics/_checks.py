@@ -103,6 +103,8 @@ def checked(tensor: object, name: str, ndim: int, layout: str, nonnegative_for: 
     ``"(L, B, H, T, T)"``; ``nonnegative_for`` names a metric that needs weights >= 0."""
     if not isinstance(tensor, torch.Tensor):
         raise DiagError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+    if tensor.is_meta:
+        raise DiagError(f"{name} is on the meta device: it has a shape but no values to measure")
     if tensor.ndim != ndim:
         raise DiagError(f"{name} must have shape {layout}, got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
@@ -146,6 +148,13 @@ def as_float32_hidden(hidden: object) -> torch.Tensor:
 def check_axis(axis: str) -> None:
     if axis not in AXES:
         raise DiagError(f"axis must be 'columns' or 'rows', got {axis!r}")
+
+
+def check_threshold(value: object, name: str) -> float:
+    """A threshold (tau, rho) as a float: a real number (not text, not a bool) in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise DiagError(f"{name} must be a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def check_neighbourhood(k: int) -> None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import DiagError
-from ._checks import as_float32_maps, check_axis, check_neighbourhood, checked_maps
+from ._checks import as_float32_maps, check_axis, check_neighbourhood, check_threshold, checked_maps
 
 COSINE_EPS = 1e-12
 
@@ -43,7 +43,7 @@ def _cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u * v).sum(dim=-1) / norms
 
 
-def _share_above(neighbour_averages: torch.Tensor, tau: float) -> torch.Tensor:
+def share_above(neighbour_averages: torch.Tensor, tau: float) -> torch.Tensor:
     """(L, B, H, T) -> (L,): share of vectors whose neighbour average exceeds tau.
 
     A block without neighbours (NaN averages, a 1-block model) gets NaN rather than 0:
@@ -51,6 +51,15 @@ def _share_above(neighbour_averages: torch.Tensor, tau: float) -> torch.Tensor:
     """
     above = (neighbour_averages > tau).float().masked_fill(neighbour_averages.isnan(), float("nan"))
     return above.mean(dim=(1, 2, 3))
+
+
+def neighbour_counts(num_blocks: int, k: int, device: torch.device | None = None) -> torch.Tensor:
+    """(L,) float32: how many blocks lie within k of each block (0 for a 1-block model)."""
+    counts = torch.zeros(num_blocks, device=device)
+    for offset in range(1, min(k, num_blocks - 1) + 1):
+        counts[:-offset] += 1
+        counts[offset:] += 1
+    return counts
 
 
 def cross_layer_similarity(maps: torch.Tensor, axis: str = "columns") -> torch.Tensor:
@@ -104,7 +113,8 @@ def similarity_ratio(maps: torch.Tensor, k: int = 2, tau: float = 0.5, axis: str
     k and tau are this project's reading of the paper (it states neither). A mean with
     equal weight per image (every image has H * T vectors). NaN for a 1-block model.
     """
-    return _share_above(neighbour_similarity(maps, k=k, axis=axis), tau)
+    tau = check_threshold(tau, "tau")
+    return share_above(neighbour_similarity(maps, k=k, axis=axis), tau)
 
 
 def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
@@ -114,9 +124,15 @@ def similar_blocks(ratio: torch.Tensor, rho: float = 0.9) -> SimilarBlocks:
         ratio: (L,) similarity ratios (tensor, array or sequence); NaN never counts.
     Not a per-image mean: apply it to the dataset-level ratio, not per batch.
     """
-    ratio = torch.as_tensor(ratio)
-    if ratio.ndim != 1:
-        raise DiagError(f"ratio must have shape (L,), got {tuple(ratio.shape)}")
+    rho = check_threshold(rho, "rho")
+    try:
+        ratio = torch.as_tensor(ratio)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise DiagError(
+            f"ratio must be (L,) similarity ratios (a tensor, array or sequence of numbers): {err}"
+        ) from None
+    if ratio.ndim != 1 or ratio.is_meta or not (ratio.is_floating_point() or ratio.dtype == torch.int64):
+        raise DiagError(f"ratio must be (L,) similarity ratios with values, got {ratio.dtype} {tuple(ratio.shape)}")
     indices = torch.nonzero(ratio > rho).flatten().tolist()
     return SimilarBlocks(count=len(indices), indices=indices)
 
@@ -203,16 +219,13 @@ def collapse_statistics(
 
     # cos(block p, block p + offset) serves both blocks as a neighbour.
     neighbour_sum = unit.new_zeros(unit.shape[:4])
-    neighbour_count = unit.new_zeros(num_blocks)
     for offset in range(1, min(k, num_blocks - 1) + 1):
         for p in range(num_blocks - offset):
             cosines = torch.mul(unit[p], unit[p + offset], out=scratch).sum(dim=dim)
             neighbour_sum[p] += cosines
             neighbour_sum[p + offset] += cosines
-        neighbour_count[:-offset] += 1
-        neighbour_count[offset:] += 1
     # A block without neighbours divides 0 by 0: NaN, as in neighbour_similarity.
-    ratio = _share_above(neighbour_sum / neighbour_count.view(-1, 1, 1, 1), tau)
+    ratio = share_above(neighbour_sum / neighbour_counts(num_blocks, k, unit.device).view(-1, 1, 1, 1), tau)
 
     per_block_image = unit.view(num_blocks * batch, num_heads, -1)
     cross_head = (

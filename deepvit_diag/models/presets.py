@@ -124,8 +124,9 @@ def with_overrides(arch: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         kwargs["apply_transform"] = flags
     kwargs.update(overrides)
     if "img_size" in overrides and "pretrained_cfg" in arch:
-        size = int(overrides["img_size"])
-        arch["pretrained_cfg"]["input_size"] = (kwargs.get("in_chans", 3), size, size)
+        size = overrides["img_size"]
+        height, width = (size, size) if isinstance(size, int) else size  # (height, width): a non-square grid
+        arch["pretrained_cfg"]["input_size"] = (kwargs.get("in_chans", 3), int(height), int(width))
     if "num_classes" in overrides and "pretrained_cfg" in arch:
         arch["pretrained_cfg"]["num_classes"] = kwargs["num_classes"]
     return arch
