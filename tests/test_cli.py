@@ -643,3 +643,12 @@ def test_architecture_hints_are_options_per_model_and_messages_name_them(workspa
     )
     assert status == 0, err
     assert json.loads((tmp_path / "out48" / "result.json").read_text())["geometry"]["grid_size"] == [6, 6]
+
+
+def test_offline_hub_error_names_the_command_line_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    status, out, err = run(["analyze", "--ckpt", "deit_tiny_patch16_224", "--out", str(tmp_path / "never")])
+    assert status == 1 and err.startswith("error: could not download the pretrained weights of deit_tiny_patch16_224")
+    assert "(--ckpt PATH)" in err and "(--arch deit_tiny_patch16_224)" in err
+    assert "load_model(" not in err and len(err.strip().splitlines()) == 1
