@@ -259,8 +259,24 @@ def print_summary(
     for label, result in results.items():
         console.print(Text.assemble((label, "bold"), "\n  ", result.model["description"]), soft_wrap=True)
     _print_images(console, next(iter(results.values())).images)
-    console.print(summary_table(results))
+    rows = summary_rows(results)
+    records = [(label, [(row, cells[index]) for row, cells in rows]) for index, label in enumerate(results)]
+    _print_fitted(console, summary_table(results), records)
     _print_findings(console, findings, out)
+
+
+def _print_fitted(console: Console, table: Table, records: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+    """``table`` when it fits the console's width unfolded, else the same cells as lines (a
+    narrow terminal, or 80 columns when piped): each record's name, then ``field: value``."""
+    if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
+        console.print(table)
+        return
+    # Wrapped by Rich at the spaces, not by the terminal inside a word.
+    console.print(Text(str(table.title), style="italic"))
+    for name, cells in records:
+        console.print(Text(name, style="bold"))
+        for field, value in cells:
+            console.print(Text.assemble("  ", (field, "bold"), f": {value}"))
 
 
 def _print_images(console: Console, images: dict[str, Any]) -> None:
@@ -295,7 +311,7 @@ def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
         *([_X_WORDS[sweep.x_axis][0]] if timed else []),
         "similar blocks",
         "collapse from block",
-        "adjacent sim. (last third)",
+        "adjacent similarity, last third",
         "top-1 / top-5",
     ]
     rows = []
@@ -329,10 +345,9 @@ def sweep_table(sweep: SweepResult) -> Table:
     # A compact box: a sweep's table has many columns.
     table = Table(title=sweep_title(sweep), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column(Text(header[0]), overflow="fold", style="bold")
-    for index, title in enumerate(header[1:], start=1):
-        # The numbers keep their width and the headers wrap to it, so that the labels keep the rest.
-        widest = max(len(row[index]) for row in rows)
-        table.add_column(Text(title), overflow="fold", min_width=widest, max_width=max(widest, 8))
+    for title in header[1:]:
+        # Numbers are never cut; a header wraps at its spaces only when the console is narrow.
+        table.add_column(Text(title), no_wrap=True)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table
@@ -373,5 +388,7 @@ def sweep_findings(sweep: SweepResult) -> list[str]:
 def print_sweep(console: Console, sweep: SweepResult, findings: Sequence[str], out: str | None = None) -> None:
     """The images, the sweep's table and its findings, as the CLI prints them."""
     _print_images(console, sweep.images)
-    console.print(sweep_table(sweep))
+    header, rows = sweep_rows(sweep)
+    records = [(row[0], list(zip(header[1:], row[1:]))) for row in rows]
+    _print_fitted(console, sweep_table(sweep), records)
     _print_findings(console, findings, out)
