@@ -30,8 +30,11 @@ def _number(value: float | None, digits: int = 3, sign: str = "") -> str:
     return "n/a" if value is None else f"{round(value, digits) + 0.0:{sign}.{digits}f}"
 
 
-def block_list(indices: Sequence[int]) -> str:
-    """0-based indices as 1-based block numbers with runs joined: [0, 2, 3, 4] -> '1, 3-5'."""
+def block_list(indices: Sequence[int], num_blocks: int | None = None) -> str:
+    """0-based indices as 1-based block numbers with runs joined: [0, 2, 3, 4] -> '1, 3-5';
+    every one of ``num_blocks`` blocks -> 'all 32'."""
+    if num_blocks is not None and num_blocks > 1 and sorted(set(indices)) == list(range(num_blocks)):
+        return f"all {num_blocks}"
     numbers = sorted(index + 1 for index in indices)
     runs: list[list[int]] = []
     for number in numbers:
@@ -100,8 +103,11 @@ def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[
 
 
 def summary_title(results: Mapping[str, AnalysisResult]) -> str:
-    maps = next(iter(results.values())).summary()["maps"]
-    return f"Attention-collapse summary ({maps}-Θ maps in Re-attention blocks; blocks numbered from 1)"
+    first = next(iter(results.values()))
+    if not any(result.geometry.mixing_blocks for result in results.values()):
+        return "Attention-collapse summary (blocks numbered from 1)"
+    maps = first.summary()["maps"]
+    return f"Attention-collapse summary ({maps}-Θ maps in head-mixing blocks; blocks numbered from 1)"
 
 
 def summary_table(results: Mapping[str, AnalysisResult]) -> Table:

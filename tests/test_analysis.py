@@ -165,6 +165,7 @@ def test_plain_vit_post_is_pre(vit, x):
     for name in ("similarity", "ratio", "cross_head"):
         np.testing.assert_array_equal(result.arrays[f"{name}_post"], result.arrays[f"{name}_pre"])
     assert result.geometry.mixing_blocks == () and result.head_mixing() == {}
+    assert result.geometry.head_mixing is None and result.to_document()["geometry"]["head_mixing"] is None
     assert result.arrays["theta"].shape == (0, 4, 4) and result.arrays["theta_blocks"].shape == (0,)
 
 

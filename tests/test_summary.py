@@ -61,3 +61,20 @@ def test_a_wide_console_gets_the_table_with_one_line_of_headers(models, images):
     narrow = printed(lambda console: print_sweep(console, series, []), 60)
     assert f"  {header[-1]}: {rows[0][-1]}" in narrow and "…" not in "".join(narrow)
     assert all(len(line) <= 60 for line in narrow[narrow.index("vit") :])
+
+
+def test_block_lists_are_compact():
+    from deepvit_diag.summary import block_list
+
+    assert block_list(range(32), 32) == "all 32"
+    assert block_list([0, 1, 2, 3, 4, 5, 6, 7, 11], 32) == "1-8, 12"
+    assert block_list([4], 1 + 4) == "5" and block_list([0], 1) == "1"
+
+
+def test_a_plain_vit_summary_names_no_theta(models, images):
+    from deepvit_diag.summary import summary_title
+
+    plain = analyze(models[0], images, **OPTIONS)
+    assert plain.geometry.head_mixing is None and "Θ" not in summary_title({"vit": plain})
+    deep = analyze(models[1], images, **OPTIONS)
+    assert deep.geometry.head_mixing == "re-attention" and "post-Θ" in summary_title({"vit": plain, "deepvit": deep})
