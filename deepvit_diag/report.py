@@ -30,6 +30,7 @@ from .summary import (
     block_list,
     comparison_findings,
     model_findings,
+    summary_row_meanings,
     summary_rows,
     summary_title,
     sweep_findings,
@@ -114,7 +115,18 @@ def _definition_list(entries: Mapping[str, Any]) -> str:
 
 
 def _headline_table(results: Mapping[str, AnalysisResult]) -> str:
-    return _table(["", *results], [[label, *cells] for label, cells in summary_rows(results)])
+    """The headline rows, each label with its meaning as a tooltip and as a numbered note below."""
+    meanings = summary_row_meanings(results)
+    rows = summary_rows(results)
+    head = "<tr>" + "".join(f"<th>{_e(title)}</th>" for title in ["", *results]) + "</tr>"
+    body = "".join(
+        f'<tr><th title="{_e(meanings[label])}">{_e(label)}<sup>{number}</sup></th>'
+        + "".join(f'<td class="num">{_e(cell)}</td>' for cell in cells)
+        + "</tr>"
+        for number, (label, cells) in enumerate(rows, start=1)
+    )
+    notes = "".join(f"<li>{_e(meanings[label])}</li>" for label, _ in rows)
+    return f'<table>{head}{body}</table><ol class="notes">{notes}</ol>'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

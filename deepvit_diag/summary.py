@@ -47,7 +47,7 @@ def block_list(indices: Sequence[int], num_blocks: int | None = None) -> str:
 
 def _trend(summary: dict[str, Any], name: str, unit: str) -> str:
     first, last, slope = summary[f"{name}_first_block"], summary[f"{name}_last_block"], summary[f"{name}_trend"]
-    return f"{_number(first, 2)} → {_number(last, 2)} {unit} ({_number(slope, 3, '+')}/block)"
+    return f"{_number(first, 2)} → {_number(last, 2)} {unit} (fit {_number(slope, 3, '+')}/block)"
 
 
 def _collapse_start(summary: dict[str, Any]) -> str:
@@ -57,10 +57,6 @@ def _collapse_start(summary: dict[str, Any]) -> str:
 def _similar(summary: dict[str, Any]) -> str:
     text = f"{summary['similar_blocks']} of {summary['num_blocks']}"
     return f"{text}: {block_list(summary['similar_block_indices'])}" if summary["similar_blocks"] else text
-
-
-def _entropy_levels_label() -> str:
-    return "blocks with entropy ≤ " + " · ".join(f"{level:g}" for level in ENTROPY_LEVELS) + " ln T"
 
 
 def _entropy_levels(summary: dict[str, Any]) -> str:
@@ -83,23 +79,70 @@ def accuracy_cell(summary: dict[str, Any]) -> str:
     )
 
 
+def _headline_rows(rho: float) -> list[tuple[str, Any, str]]:
+    """(row label, cell of one summary, what the row means) of the headline table."""
+    levels = " and ".join(f"{level:.0%}" for level in ENTROPY_LEVELS)
+    return [
+        ("images", lambda s: str(s["num_images"]), "images analysed"),
+        (
+            f"similar blocks (ratio > {rho:g})",
+            _similar,
+            "blocks whose similarity ratio (the share of their attention vectors whose mean cosine similarity "
+            f"with the same vectors in the k blocks on each side exceeds tau; paper Fig. 3) is above rho = {rho:g}",
+        ),
+        (
+            "collapse starts at block",
+            _collapse_start,
+            "the first block of the run of similar blocks that lasts to the end of the network",
+        ),
+        *(
+            (
+                f"adjacent similarity, {part} third",
+                lambda s, part=part: _number(s[f"adjacent_similarity_{part}_third"]),
+                f"cross-layer similarity of each block's attention maps with the next block's (paper Eqn 2), mean "
+                f"over the {part} third of the blocks (1 = identical maps)",
+            )
+            for part in ("first", "last")
+        ),
+        (
+            "cross-head similarity",
+            lambda s: _number(s["cross_head_similarity"]),
+            "mean cosine similarity between the attention maps of two heads of the same block (1 = heads alike)",
+        ),
+        (
+            "entropy, first → last block",
+            lambda s: _trend(s, "entropy", "nats"),
+            "attention entropy of the first and the last block; in brackets the slope of a straight line fitted "
+            "to all blocks, which may differ in sign from last minus first",
+        ),
+        (
+            "focused blocks (entropy ≤ " + " · ".join(f"{level:.0%}" for level in ENTROPY_LEVELS) + " of uniform)",
+            _entropy_levels,
+            f"blocks whose attention entropy is at most {levels} of that of uniform attention (ln T for T "
+            "tokens): how many blocks attend to few tokens",
+        ),
+        (
+            "attention distance, first → last",
+            lambda s: _trend(s, "attention_distance", "px"),
+            "mean image distance between a query patch and the patches it attends to, first and last block; in "
+            "brackets the slope of a straight line fitted to all blocks, which may differ in sign from last minus "
+            "first",
+        ),
+        ("top-1 / top-5 accuracy", accuracy_cell, "top-1 and top-5 accuracy on the labelled images"),
+    ]
+
+
 def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
     """The headline table: (row label, one cell per model), in the order of ``results``."""
     summaries = [result.summary() for result in results.values()]
     rho = next(iter(results.values())).settings.rho
-    rows: list[tuple[str, Any]] = [
-        ("images", lambda s: str(s["num_images"])),
-        (f"similar blocks (ratio > {rho:g})", _similar),
-        ("collapse starts at block", _collapse_start),
-        ("adjacent similarity, first third", lambda s: _number(s["adjacent_similarity_first_third"])),
-        ("adjacent similarity, last third", lambda s: _number(s["adjacent_similarity_last_third"])),
-        ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
-        ("entropy, first → last block", lambda s: _trend(s, "entropy", "nats")),
-        (_entropy_levels_label(), _entropy_levels),
-        ("attention distance, first → last", lambda s: _trend(s, "attention_distance", "px")),
-        ("top-1 / top-5 accuracy", accuracy_cell),
-    ]
-    return [(label, [cell(summary) for summary in summaries]) for label, cell in rows]
+    return [(label, [cell(summary) for summary in summaries]) for label, cell, _ in _headline_rows(rho)]
+
+
+def summary_row_meanings(results: Mapping[str, AnalysisResult]) -> dict[str, str]:
+    """What each row of ``summary_rows`` means, by its label: a report's tooltips and footnotes."""
+    rho = next(iter(results.values())).settings.rho
+    return {label: meaning for label, _, meaning in _headline_rows(rho)}
 
 
 def summary_title(results: Mapping[str, AnalysisResult]) -> str:
