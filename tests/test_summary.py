@@ -78,3 +78,13 @@ def test_a_plain_vit_summary_names_no_theta(models, images):
     assert plain.geometry.head_mixing is None and "Θ" not in summary_title({"vit": plain})
     deep = analyze(models[1], images, **OPTIONS)
     assert deep.geometry.head_mixing == "re-attention" and "post-Θ" in summary_title({"vit": plain, "deepvit": deep})
+
+
+def test_figures_of_plain_vits_name_no_theta(models, images):
+    from deepvit_diag.figures.similarity import cross_head_curves, similarity_ratio
+
+    plain = {"vit": analyze(models[0], images, **OPTIONS)}
+    both = {**plain, "deepvit": analyze(models[1], images, **OPTIONS)}
+    for draw in (cross_head_curves, similarity_ratio):
+        assert "Θ" not in draw(plain).layout.title.text and "attention maps" in draw(plain).layout.title.text
+        assert "post-Θ" in draw(both).layout.title.text

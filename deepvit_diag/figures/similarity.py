@@ -14,7 +14,6 @@ from plotly.subplots import make_subplots
 from .registry import figure
 from .style import (
     HEATMAP_PANEL_PX,
-    MAP_NAMES,
     SEQUENTIAL,
     block_axis,
     block_numbers,
@@ -22,6 +21,7 @@ from .style import (
     finite,
     heatmap_panel,
     map_kind,
+    maps_name,
     model_colour,
     no_data_note,
     short_label,
@@ -82,7 +82,7 @@ def layer_similarity(results: Results, maps: str | None = None) -> go.Figure:
     square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
     titles_over_panels(fig)
     kind = map_kind(results[labels[0]], maps)
-    fig = finish(fig, f"Cross-layer attention similarity S[p, q] ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 140)
+    fig = finish(fig, f"Cross-layer attention similarity S[p, q] ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 140)
     return fig.update_layout(margin={"r": 110}) if with_difference else fig
 
 
@@ -125,7 +125,7 @@ def similarity_ratio(results: Results, maps: str | None = None) -> go.Figure:
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
     fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
-    return finish(fig, f"Similarity ratio per block ({MAP_NAMES[kind]}); filled markers: similar blocks", 420)
+    return finish(fig, f"Similarity ratio per block ({maps_name(results, kind)}); filled markers: similar blocks", 420)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -155,7 +155,7 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
     fig.update_yaxes(title="mean cross-head similarity")
-    return finish(fig, f"Cross-head similarity per block, mean over head pairs ({MAP_NAMES[kind]})", 400)
+    return finish(fig, f"Cross-head similarity per block, mean over head pairs ({maps_name(results, kind)})", 400)
 
 
 @figure
@@ -172,7 +172,7 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
     fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": "similarity"}})
     square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
     kind = map_kind(results[labels[0]], maps)
-    return finish(fig, f"Cross-head similarity inside one block ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 120)
+    return finish(fig, f"Cross-head similarity inside one block ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 120)
 
 
 # ----------------------------------------------------------------------------- per-block curves
