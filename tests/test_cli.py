@@ -549,7 +549,14 @@ def test_importing_the_cli_and_the_package_loads_no_torch() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["analyze", "--help"], ["sweep", "--help"], ["train", "--help"], ["analyze", "--tau", "2"]],
+    [
+        ["--help"],
+        ["analyze", "--help"],
+        ["sweep", "--help"],
+        ["train", "--help"],
+        ["app", "--help"],
+        ["analyze", "--tau", "2"],
+    ],
 )
 def test_help_and_usage_errors_load_no_torch(argv: list[str]) -> None:
     code = f"from deepvit_diag.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
