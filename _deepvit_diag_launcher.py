@@ -1,8 +1,8 @@
 """The ``deepvit-diag`` console script.
 
-It lives outside the ``deepvit_diag`` package on purpose: importing the package imports
-torch and timm (and registers the presets with timm) for several seconds, and a Ctrl-C in
-that time must end like one during the work, with the line ``interrupted`` and exit status
+It lives outside the ``deepvit_diag`` package on purpose: a command imports torch and timm
+(and registers the presets with timm) for several seconds, and a Ctrl-C in that time must
+end like one during the work, with the line ``interrupted`` and exit status
 130, not a traceback. Python runs a package's ``__init__`` before any module inside it, so
 only a module outside the package can catch that interrupt.
 """

@@ -34,12 +34,20 @@ VIEWS = {
     "Ablation": ablation.render,
     "Export": export.render,
 }
+# Streamlit cuts a metric's label and value that do not fit its column ("3 o..."); at laptop widths
+# they wrap onto a second line instead.
+METRICS_WRAP_CSS = """<style>
+[data-testid="stMetricLabel"] *, [data-testid="stMetricValue"], [data-testid="stMetricValue"] * {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+}
+</style>"""
 # Not a view of the comparison: it has its own inputs and works without one.
 SWEEP_VIEW = "Sweep"
 
 
 def main() -> None:
     st.set_page_config(page_title="deepvit-diag", layout="wide")
+    st.markdown(METRICS_WRAP_CSS, unsafe_allow_html=True)
     defaults = AppDefaults.from_env()
     with st.sidebar:
         chosen = render_sidebar(defaults)

@@ -2,83 +2,73 @@
 
 The names here are what a user calls (reference: docs/api.md); everything else stays
 importable from its module (e.g. ``deepvit_diag.metrics.TOP_K``).
+
+The public names load on first use (PEP 562): ``import deepvit_diag`` alone does not load
+torch or timm, so that the command line answers ``--help`` and usage errors at once. The
+first name used loads what it needs; ``deepvit_diag.models`` (imported by any of them)
+registers the presets with timm.
 """
 
+from importlib import import_module
 from importlib.metadata import version
 
 __version__ = version("deepvit-diag")
 
-from . import figures, models  # models registers the presets with timm
-from .ablation import ablate
-from .ablation_result import AblationResult
-from .analysis import analyze, compare
-from .capture import AttentionCapture, AttentionRecorder, extract_attention
-from .checkpoints import convert, load_model, save_native
-from .errors import DiagError
-from .metrics import (
-    Accuracy,
-    HeadMixing,
-    MinibatchCKA,
-    SimilarBlocks,
-    attention_entropy,
-    cross_head_similarity,
-    cross_layer_similarity,
-    head_mixing_matrices,
-    linear_cka,
-    mean_attention_distance,
-    mean_off_diagonal,
-    neighbour_similarity,
-    rank_collapse,
-    similar_blocks,
-    similarity_ratio,
-    token_similarity,
-    topk_correct,
-)
-from .models import DeepVisionTransformer, ReAttention, build_model
-from .monitor import CollapseMonitor
-from .results import AnalysisResult, ComparisonResult
-from .settings import Settings
-from .sweep_runner import sweep
-from .sweeps import SweepResult
+# Public name -> the module that defines it.
+_HOMES = {
+    "AblationResult": ".ablation_result",
+    "Accuracy": ".metrics",
+    "AnalysisResult": ".results",
+    "AttentionCapture": ".capture",
+    "AttentionRecorder": ".capture",
+    "CollapseMonitor": ".monitor",
+    "ComparisonResult": ".results",
+    "DeepVisionTransformer": ".models",
+    "DiagError": ".errors",
+    "HeadMixing": ".metrics",
+    "MinibatchCKA": ".metrics",
+    "ReAttention": ".models",
+    "Settings": ".settings",
+    "SimilarBlocks": ".metrics",
+    "SweepResult": ".sweeps",
+    "ablate": ".ablation",
+    "analyze": ".analysis",
+    "attention_entropy": ".metrics",
+    "build_model": ".models",
+    "compare": ".analysis",
+    "convert": ".checkpoints",
+    "cross_head_similarity": ".metrics",
+    "cross_layer_similarity": ".metrics",
+    "extract_attention": ".capture",
+    "head_mixing_matrices": ".metrics",
+    "linear_cka": ".metrics",
+    "load_model": ".checkpoints",
+    "mean_attention_distance": ".metrics",
+    "mean_off_diagonal": ".metrics",
+    "neighbour_similarity": ".metrics",
+    "rank_collapse": ".metrics",
+    "save_native": ".checkpoints",
+    "similar_blocks": ".metrics",
+    "similarity_ratio": ".metrics",
+    "sweep": ".sweep_runner",
+    "token_similarity": ".metrics",
+    "topk_correct": ".metrics",
+}
+_MODULES = ("figures", "models")
 
-__all__ = [
-    "AblationResult",
-    "Accuracy",
-    "AnalysisResult",
-    "AttentionCapture",
-    "AttentionRecorder",
-    "CollapseMonitor",
-    "ComparisonResult",
-    "DeepVisionTransformer",
-    "DiagError",
-    "HeadMixing",
-    "MinibatchCKA",
-    "ReAttention",
-    "Settings",
-    "SimilarBlocks",
-    "SweepResult",
-    "ablate",
-    "analyze",
-    "attention_entropy",
-    "build_model",
-    "compare",
-    "convert",
-    "cross_head_similarity",
-    "cross_layer_similarity",
-    "extract_attention",
-    "figures",
-    "head_mixing_matrices",
-    "linear_cka",
-    "load_model",
-    "mean_attention_distance",
-    "mean_off_diagonal",
-    "models",
-    "neighbour_similarity",
-    "rank_collapse",
-    "save_native",
-    "similar_blocks",
-    "similarity_ratio",
-    "sweep",
-    "token_similarity",
-    "topk_correct",
-]
+__all__ = sorted([*_HOMES, *_MODULES])
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(import_module(_HOMES[name], __name__), name)
+    elif name in _MODULES:
+        value = import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # the next look-up is an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -37,6 +37,7 @@ from . import catalogue
 from .budget import MIB, ModelShape, available_bytes, plan
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
 from .catalogue import Batch
+from .choices import DTYPE_NAMES
 from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
 from .images import ImageSource, ImageStream, StreamBatch
@@ -55,9 +56,11 @@ from .metrics.scores import query_weights
 from .preprocessing import model_input_config, to_uint8_images
 from .progress import ProgressOption, reporting
 from .results import AnalysisResult, ComparisonResult
-from .settings import DTYPES, MAP_KINDS, Settings
+from .settings import MAP_KINDS, Settings
 from .shards import ShardRecord
 from .tally import ModelParts, ModelTally, Tally, build_results, combined_computation
+
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass
@@ -248,7 +251,7 @@ class StreamingAnalysis:
         self.statistics = [ModelStatistics(model, self.settings) for model in models]
         self.cka = MinibatchCKA(chunk_size=self.settings.cka_chunk)
         self.batch_size = self.settings.batch_size
-        self.store_dtype = DTYPES[self.settings.dtype] if self.settings.dtype != "float32" else None
+        self.store_dtype = TORCH_DTYPES[self.settings.dtype] if self.settings.dtype != "float32" else None
         self.checks: DeferredChecks | None = None  # set by run()
         self.planned = False
 
@@ -314,7 +317,7 @@ class StreamingAnalysis:
 
     def _measure(self, parts: StreamBatch, recorders: list[AttentionRecorder]) -> list[BatchMeasurement]:
         dtype = self.settings.dtype
-        autocast = torch.autocast(self.device.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
+        autocast = torch.autocast(self.device.type, dtype=TORCH_DTYPES[dtype]) if dtype != "float32" else nullcontext()
         measurements = []
         for model, recorder, statistics, x, labels in zip(
             self.models, recorders, self.statistics, parts.images, parts.labels
@@ -426,7 +429,7 @@ def analyze(
             batch_size, num_images, device, dtype, cka_chunk, num_examples, num_workers.
         progress: False (default) for none, True for a progress bar on stderr, or a callable
             ``progress(done, total)`` called after every batch (``deepvit_diag.progress``).
-        shard: analyse only this shard of the images, e.g. ``"0/4"`` (``distributed.Shard``);
+        shard: analyse only this shard of the images, e.g. ``"1/4"`` for the first of 4 (``distributed.Shard``);
             ``deepvit-diag merge`` adds the shards' sums up. Inside an initialised
             ``torch.distributed`` process group every process analyses its own shard and
             every process gets the result of all images.

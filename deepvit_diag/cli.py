@@ -24,7 +24,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .distributed import Shard, is_reporting_process, start_from_environment
 from .errors import DiagError, failure_line, interruption, sigterm_as_interrupt
 from .hints import OPTIONS as HINT_OPTIONS
 from .hints import GuessWarning, Option, rendered
@@ -177,7 +176,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--save-every",
         type=_int_at_least(1),
         metavar="N",
-        help="also save the weights every N epochs, as OUT's name plus -epochNNN next to OUT, each model card "
+        help="also save the weights every N epochs next to OUT, as OUT's name plus -epoch and the epoch zero-padded to "
+        "the width of --epochs (runs/a.safetensors, --epochs 30: runs/a-epoch05.safetensors, ...), each model card "
         "recording its epoch: a training series for `deepvit-diag sweep`",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -237,10 +237,18 @@ def run_train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     accuracy, seconds = run.card["test_accuracy"], run.card["train_seconds"]
-    _say(f"saved {args.out}: test accuracy {accuracy:.1%} after {args.epochs} epochs ({seconds:.0f} s)")
+    _say(f"saved {args.out}: test accuracy {accuracy:.1%} after {_count(args.epochs, 'epoch')} ({seconds:.0f} s)")
     if run.snapshots:
         paths = run.snapshots
-        _say(f"saved {len(paths)} snapshots, one every {args.save_every} epochs: {paths[0]} to {paths[-1].name}")
+        _say(
+            f"saved {len(paths)} snapshots, one every {_count(args.save_every, 'epoch')}: "
+            f"{paths[0]} to {paths[-1].name}"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    """``"1 epoch"``, ``"5 epochs"``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _reattention_flags(arch: dict[str, Any], last: int) -> list[bool]:
@@ -504,7 +512,8 @@ def _add_shard_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shard",
         metavar="I/N",
-        help="analyse only shard I (from 0) of N contiguous shards of the images (cut at whole CKA minibatches) "
+        help="analyse only shard I (from 1 to N, e.g. 1/4 for the first of 4) of N contiguous shards of the images "
+        "(cut at whole CKA minibatches) "
         "and save its sums with the result; `deepvit-diag merge` adds the N --out folders up into the result of "
         "all images (e.g. one Slurm array task per shard). Under torchrun every process takes its shard itself.",
     )
@@ -533,6 +542,7 @@ def _run_analysis(args: argparse.Namespace, specs: list[tuple[str, str]], labels
     """``specs``: (checkpoint, option suffix: "" for analyze, "-a" / "-b" for compare) per model."""
     from .analysis import run
     from .checkpoints import load_model
+    from .distributed import Shard
     from .images import default_image_set, open_images
     from .report import write_report
     from .results import ComparisonResult
@@ -589,6 +599,7 @@ def _reporting_output(args: argparse.Namespace, owned: Callable[[Path], bool]) -
 
     Under a launcher such as ``torchrun`` the process joins its process group first; then
     only rank 0 prints and writes, and the other processes only compute."""
+    from .distributed import is_reporting_process, start_from_environment
     from .outputs import OutputTarget
 
     start_from_environment(args.device)
@@ -733,7 +744,7 @@ def run_ablate(args: argparse.Namespace) -> None:
 
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .sweeps import X_AXIS_CHOICES
+    from .choices import X_AXIS_CHOICES
 
     p = sub.add_parser(
         "sweep",

@@ -33,22 +33,24 @@ from .errors import DiagError
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard ``index`` (0-based) of ``count`` contiguous shards of the image list."""
+    """Shard ``index`` (0-based, as process ranks are) of ``count`` contiguous shards of the
+    image list. People count shards from 1, as pytest-split, Jest and Playwright do: the
+    text form (``parse``, ``str``) is ``"i/n"`` with i from 1 to n."""
 
     index: int
     count: int
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.count:
-            raise DiagError(f"shard {self.index}/{self.count}: the index must be from 0 to {self.count - 1}")
+            raise DiagError(f"shard {self.index + 1}/{self.count}: the shard number must be from 1 to {self.count}")
 
     @classmethod
     def parse(cls, text: str) -> Shard:
-        """``"i/n"``: shard i (from 0) of n."""
+        """``"i/n"``: shard i (from 1 to n) of n."""
         found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-        if not found or int(found.group(2)) < 1:
-            raise DiagError(f"a shard is written i/n, e.g. 0/4 for the first of 4 (i from 0 to n-1), got {text!r}")
-        return cls(int(found.group(1)), int(found.group(2)))
+        if not found or int(found.group(2)) < 1 or int(found.group(1)) < 1:
+            raise DiagError(f"a shard is written i/n with i from 1 to n, e.g. 1/4 for the first of 4, got {text!r}")
+        return cls(int(found.group(1)) - 1, int(found.group(2)))
 
     def bounds(self, num_images: int, chunk: int) -> tuple[int, int]:
         """The images ``[start, stop)`` of this shard of ``num_images``: whole minibatches of
@@ -58,7 +60,7 @@ class Shard:
         return min(first * chunk, num_images), min(last * chunk, num_images)
 
     def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+        return f"{self.index + 1}/{self.count}"
 
 
 def process_group_shard() -> Shard | None:

@@ -303,6 +303,17 @@ def _expand(spec: str | Path) -> list[Path]:
     )
 
 
+def _bundled_name(spec: object) -> str | None:
+    """The bundled set ``spec`` names: its name, or its name with a trailing slash (``photos/``)
+    when no such folder exists here."""
+    if not isinstance(spec, str):
+        return None
+    if spec in BUNDLED_SETS:
+        return spec
+    name = spec.rstrip("/")
+    return name if name in BUNDLED_SETS and not Path(spec).is_dir() else None
+
+
 def _interleave_by_folder(files: list[Path]) -> list[Path]:
     """Round-robin over sub-folders, so the first N images of an ImageFolder cover every class."""
     groups: dict[Path, list[Path]] = {}
@@ -332,8 +343,8 @@ def open_images(
         raise DiagError(f"the number of images must be at least 1, got {limit}")
     if class_map is not None and not isinstance(class_map, ClassMap):
         class_map = read_class_map(class_map)
-    if isinstance(spec, str) and spec in BUNDLED_SETS:
-        return replace(_bundled(spec, limit), class_map=class_map)
+    if bundled := _bundled_name(spec):
+        return replace(_bundled(bundled, limit), class_map=class_map)
     specs = [spec] if isinstance(spec, (str, Path)) else list(spec)
     if not specs:
         raise DiagError("no image source given")
@@ -378,8 +389,8 @@ def _candidates(
 ) -> list[tuple[str, Callable[[], Image.Image], Path | None, str | None]]:
     """(name, loader, file to check or None, label or None) for each image a source names;
     bundled images need no check."""
-    if isinstance(source, str) and source in BUNDLED_SETS:
-        bundled = _bundled(source, limit)
+    if name := _bundled_name(source):
+        bundled = _bundled(name, limit)
         labels = bundled.labels or [None] * len(bundled)
         return [(name, loader, None, label) for name, loader, label in zip(bundled.names, bundled.loaders, labels)]
     return [(str(path), partial(_load_path, path), path, _class_folder(path, source)) for path in _expand(source)]

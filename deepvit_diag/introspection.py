@@ -164,7 +164,7 @@ class Geometry:
     grid_size: tuple[int, int]
     image_size: tuple[int, int]
     mixing_blocks: tuple[int, ...] = ()
-    head_mixing: str = REATTENTION
+    head_mixing: str | None = None
 
     @classmethod
     def of(cls, model: nn.Module, image_size: Sequence[int]) -> Geometry:
@@ -192,7 +192,7 @@ class Geometry:
             grid_size=_pair(grid_size),
             image_size=image_size,
             mixing_blocks=tuple(index for index, kind in mixing.items() if kind),
-            head_mixing=kinds.pop() if kinds else REATTENTION,
+            head_mixing=kinds.pop() if kinds else None,
         )
 
     @property
@@ -209,6 +209,8 @@ class Geometry:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Geometry:
         try:
+            # "reattention_blocks": the name before analyses of CaiT's talking heads were read
+            mixing = tuple(int(block) for block in values.get("mixing_blocks", values.get("reattention_blocks", ())))
             return cls(
                 num_blocks=int(values["num_blocks"]),
                 num_heads=int(values["num_heads"]),
@@ -216,11 +218,9 @@ class Geometry:
                 patch_size=_pair(values["patch_size"]),
                 grid_size=_pair(values["grid_size"]),
                 image_size=_pair(values["image_size"]),
-                # "reattention_blocks": the name before analyses of CaiT's talking heads were read
-                mixing_blocks=tuple(
-                    int(block) for block in values.get("mixing_blocks", values.get("reattention_blocks", ()))
-                ),
-                head_mixing=str(values.get("head_mixing", REATTENTION)),
+                mixing_blocks=mixing,
+                # Files written before said "re-attention" also for models that mix no heads.
+                head_mixing=str(values.get("head_mixing") or REATTENTION) if mixing else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise DiagError(f"a saved model geometry is malformed ({type(err).__name__}: {err})") from None

@@ -23,12 +23,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import DiagError
 from .jsonfiles import check_depth
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CLASS_MAP_HELP = (
     "how the images' class folders map to the model's classes, for top-1/top-5 accuracy: a JSON object "
@@ -145,6 +147,8 @@ def class_indices(labels: Sequence[str | None] | None, model: nn.Module, class_m
         return ModelLabels(
             None, f"labels {_some(outside)} map to indices outside the model's {num_classes} classes ({source})"
         )
+    import torch  # here, so that the command line's help text (CLASS_MAP_HELP) comes without torch
+
     indices = torch.tensor([mapping[label] for label in labels], dtype=torch.int64)
     return ModelLabels(indices, f"labels of {len(names)} classes, mapped to the model's classes by {source}")
 

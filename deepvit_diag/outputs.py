@@ -175,6 +175,10 @@ class OutputTarget:
                 names = {path.name for path in staged}
                 kept = [name for name in listed(self.target) if name not in names and (self.target / name).is_file()]
                 staged.append(write_marker(self.staging, staged, kept))
+            mode = _new_file_mode()
+            for path in staged:
+                if path.is_file():
+                    path.chmod(mode)
             with _interrupts_held():
                 for path in staged:
                     os.replace(path, self.target / path.name if self.folder else self.target)
@@ -208,6 +212,14 @@ class OutputTarget:
                 except OSError:
                     break
         self._created = []
+
+
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file under the current umask (0o644 under the usual 022):
+    every output gets it, also those whose writer creates files 0o600 (safetensors does)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _make_folders(folder: Path, created: list[Path]) -> None:

@@ -29,8 +29,10 @@ from .readers import MIXING_BLOCKS
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
 from .summary import (
+    block_list,
     comparison_findings,
     model_findings,
+    summary_row_meanings,
     summary_rows,
     summary_title,
     sweep_findings,
@@ -115,7 +117,18 @@ def _definition_list(entries: Mapping[str, Any]) -> str:
 
 
 def _headline_table(results: Mapping[str, AnalysisResult]) -> str:
-    return _table(["", *results], [[label, *cells] for label, cells in summary_rows(results)])
+    """The headline rows, each label with its meaning as a tooltip and as a numbered note below."""
+    meanings = summary_row_meanings(results)
+    rows = summary_rows(results)
+    head = "<tr>" + "".join(f"<th>{_e(title)}</th>" for title in ["", *results]) + "</tr>"
+    body = "".join(
+        f'<tr><th title="{_e(meanings[label])}">{_e(label)}<sup>{number}</sup></th>'
+        + "".join(f'<td class="num">{_e(cell)}</td>' for cell in cells)
+        + "</tr>"
+        for number, (label, cells) in enumerate(rows, start=1)
+    )
+    notes = "".join(f"<li>{_e(meanings[label])}</li>" for label, _ in rows)
+    return f'<table>{head}{body}</table><ol class="notes">{notes}</ol>'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -147,13 +160,24 @@ def _model_card(label: str, result: AnalysisResult) -> str:
         "blocks / heads": f"{geometry.num_blocks} blocks, {geometry.num_heads} heads",
         "tokens": f"{geometry.num_tokens} ({geometry.num_prefix_tokens} prefix + {grid_h} x {grid_w} patches "
         f"of {patch_h} x {patch_w} px, image {image_h} x {image_w} px)",
-        MIXING_BLOCKS[geometry.head_mixing]: ", ".join(str(block + 1) for block in reattention)
-        if reattention
-        else "none",
+        **(
+            {MIXING_BLOCKS[geometry.head_mixing]: block_list(reattention, geometry.num_blocks)}
+            if reattention
+            else {"head mixing": "none (plain attention in every block)"}
+        ),
         "labels (accuracy)": result.accuracy.labels,
-        "model card": json.dumps(card, sort_keys=True) if card else None,
     }
-    return f'<section class="card"><h3>{_e(label)}</h3>{_definition_list(entries)}</section>'
+    card_table = (
+        "<h4>model card</h4>" + _table(["field", "value"], [[key, _card_value(card[key])] for key in sorted(card)])
+        if card
+        else ""
+    )
+    return f'<section class="card"><h3>{_e(label)}</h3>{_definition_list(entries)}{card_table}</section>'
+
+
+def _card_value(value: Any) -> str:
+    """A model card's value as text: numbers and words as they are, lists and objects as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _settings_entries(result: AnalysisResult) -> dict[str, Any]:

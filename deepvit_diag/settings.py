@@ -13,21 +13,21 @@ The metric parameters (k, tau, rho, axis, maps) are defined in ``docs/metrics.md
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .device import resolve_device
+from .choices import AXES, DTYPE_NAMES, MIN_UNBIASED_EXAMPLES, check_between, check_choice, check_integer
 from .errors import DiagError
-from .metrics import AXES, MIN_UNBIASED_EXAMPLES, check_between, check_choice, check_integer
+
+if TYPE_CHECKING:
+    import torch
 
 # Shares of the maximum entropy ln T that the summary counts blocks at or below: a block at
 # 0.8 ln T attends selectively, one at 1.0 ln T spreads its attention evenly.
 ENTROPY_LEVELS = (0.8, 0.9)
 # "pre": the softmax maps; "post": what multiplies V (after Theta in Re-attention blocks).
 MAP_KINDS = ("pre", "post")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _parameter(
@@ -141,7 +141,7 @@ class Settings:
         metadata=_parameter(
             "compute dtype of the forward passes (metrics are always accumulated in float32)",
             "compute dtype",
-            choices=tuple(DTYPES),
+            choices=DTYPE_NAMES,
         ),
     )
     cka_chunk: int = field(
@@ -182,7 +182,9 @@ class Settings:
             value = getattr(self, spec.name)
             if not (value is None and spec.metadata["optional"]):
                 _validate(spec.name, value, spec.metadata)
-        if isinstance(self.device, torch.device):
+        # A torch.device can only exist once torch is loaded; settings are built without loading it.
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(self.device, torch.device):
             object.__setattr__(self, "device", str(self.device))
         if not isinstance(self.device, str):
             raise DiagError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {self.device!r}")
@@ -190,6 +192,8 @@ class Settings:
     @property
     def torch_device(self) -> torch.device:
         """The device as a ``torch.device`` ("auto" resolved to the best available)."""
+        from .device import resolve_device
+
         try:
             return resolve_device(self.device)
         except (ValueError, RuntimeError) as err:

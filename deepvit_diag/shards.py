@@ -134,7 +134,7 @@ def merge_shards(folders: list[Path]) -> tuple[AnalysisResult | ComparisonResult
         if index in seen:
             raise DiagError(f"shard {shard.record.shard} is given twice: {seen[index]} and {shard.folder}")
         seen[index] = shard.folder
-    missing = [f"{index}/{count}" for index in range(count) if index not in seen]
+    missing = [str(Shard(index, count)) for index in range(count) if index not in seen]
     if missing:
         raise DiagError(f"shards {', '.join(missing)} are missing (give the --out folders of all {count} shards)")
     shards.sort(key=lambda shard: shard.record.shard.index)

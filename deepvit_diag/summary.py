@@ -41,8 +41,11 @@ def _number(value: float | None, digits: int = 3, sign: str = "") -> str:
     return "n/a" if value is None else f"{round(value, digits) + 0.0:{sign}.{digits}f}"
 
 
-def block_list(indices: Sequence[int]) -> str:
-    """0-based indices as 1-based block numbers with runs joined: [0, 2, 3, 4] -> '1, 3-5'."""
+def block_list(indices: Sequence[int], num_blocks: int | None = None) -> str:
+    """0-based indices as 1-based block numbers with runs joined: [0, 2, 3, 4] -> '1, 3-5';
+    every one of ``num_blocks`` blocks -> 'all 32'."""
+    if num_blocks is not None and num_blocks > 1 and sorted(set(indices)) == list(range(num_blocks)):
+        return f"all {num_blocks}"
     numbers = sorted(index + 1 for index in indices)
     runs: list[list[int]] = []
     for number in numbers:
@@ -55,7 +58,7 @@ def block_list(indices: Sequence[int]) -> str:
 
 def _trend(summary: dict[str, Any], name: str, unit: str) -> str:
     first, last, slope = summary[f"{name}_first_block"], summary[f"{name}_last_block"], summary[f"{name}_trend"]
-    return f"{_number(first, 2)} → {_number(last, 2)} {unit} ({_number(slope, 3, '+')}/block)"
+    return f"{_number(first, 2)} → {_number(last, 2)} {unit} (fit {_number(slope, 3, '+')}/block)"
 
 
 def _collapse_start(summary: dict[str, Any]) -> str:
@@ -65,10 +68,6 @@ def _collapse_start(summary: dict[str, Any]) -> str:
 def _similar(summary: dict[str, Any]) -> str:
     text = f"{summary['similar_blocks']} of {summary['num_blocks']}"
     return f"{text}: {block_list(summary['similar_block_indices'])}" if summary["similar_blocks"] else text
-
-
-def _entropy_levels_label() -> str:
-    return "blocks with entropy ≤ " + " · ".join(f"{level:g}" for level in ENTROPY_LEVELS) + " ln T"
 
 
 def _entropy_levels(summary: dict[str, Any]) -> str:
@@ -96,16 +95,83 @@ def _near_uniform(summary: dict[str, Any]) -> str:
     return f"{len(indices)} of {summary['num_blocks']}" + (f": {block_list(indices)}" if indices else "")
 
 
-def _per_kind(name: str, cell: Any, kind: str | None) -> tuple[str, Any]:
+def _per_kind(name: str, cell: Any, meaning: str, kind: str | None) -> tuple[str, Any, str]:
     """A headline row of one map kind (``kind``; None: the default kind, no suffix)."""
     if kind is None:
-        return name, cell
-    return f"{name}, {KIND_WORDS[kind]}", lambda s: cell({**s, **_kind_summary(s, kind)})
+        return name, cell, meaning
+    return (
+        f"{name}, {KIND_WORDS[kind]}",
+        lambda s: cell({**s, **_kind_summary(s, kind)}),
+        f"{meaning}; of the {KIND_WORDS[kind]} maps",
+    )
 
 
 def _kind_summary(summary: dict[str, Any], kind: str) -> dict[str, Any]:
     suffix = f"_{kind}"
     return {key[: -len(suffix)]: value for key, value in summary.items() if key.endswith(suffix)}
+
+
+def _headline_rows(rho: float, kinds: tuple[str | None, ...] = (None,)) -> list[tuple[str, Any, str]]:
+    """(row label, cell of one summary, what the row means) of the headline table; the verdict rows
+    once per map kind of ``kinds`` (None: the settings' kind, no suffix)."""
+    levels = " and ".join(f"{level:.0%}" for level in ENTROPY_LEVELS)
+    verdict = [
+        (
+            f"similar blocks (ratio > {rho:g})",
+            _similar,
+            "blocks whose similarity ratio (the share of their attention vectors whose mean cosine similarity "
+            f"with the same vectors in the k blocks on each side exceeds tau; paper Fig. 3) is above rho = {rho:g}",
+        ),
+        (
+            "near-uniform blocks (not collapse)",
+            _near_uniform,
+            "blocks whose attention is spread almost evenly over the tokens: maps that alike are similar to each "
+            "other whatever the depth, so their similarity says nothing about collapse",
+        ),
+        (
+            "collapse starts at block",
+            _collapse_start,
+            "the first block of the run of similar, selective blocks that lasts to the end of the network",
+        ),
+    ]
+    return [
+        ("images", lambda s: str(s["num_images"]), "images analysed"),
+        *(_per_kind(name, cell, meaning, kind) for name, cell, meaning in verdict for kind in kinds),
+        *(
+            (
+                f"adjacent similarity, {part} third",
+                lambda s, part=part: _number(s[f"adjacent_similarity_{part}_third"]),
+                f"cross-layer similarity of each block's attention maps with the next block's (paper Eqn 2), mean "
+                f"over the {part} third of the blocks (1 = identical maps)",
+            )
+            for part in ("first", "last")
+        ),
+        (
+            "cross-head similarity",
+            lambda s: _number(s["cross_head_similarity"]),
+            "mean cosine similarity between the attention maps of two heads of the same block (1 = heads alike)",
+        ),
+        (
+            "entropy, first → last block",
+            lambda s: _trend(s, "entropy", "nats"),
+            "attention entropy of the first and the last block; in brackets the slope of a straight line fitted "
+            "to all blocks, which may differ in sign from last minus first",
+        ),
+        (
+            "focused blocks (entropy ≤ " + " · ".join(f"{level:.0%}" for level in ENTROPY_LEVELS) + " of uniform)",
+            _entropy_levels,
+            f"blocks whose attention entropy is at most {levels} of that of uniform attention (ln T for T "
+            "tokens): how many blocks attend to few tokens",
+        ),
+        (
+            "attention distance, first → last",
+            lambda s: _trend(s, "attention_distance", "px"),
+            "mean image distance between a query patch and the patches it attends to, first and last block; in "
+            "brackets the slope of a straight line fitted to all blocks, which may differ in sign from last minus "
+            "first",
+        ),
+        ("top-1 / top-5 accuracy", accuracy_cell, "top-1 and top-5 accuracy on the labelled images"),
+    ]
 
 
 def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[str]]]:
@@ -115,31 +181,29 @@ def summary_rows(results: Mapping[str, AnalysisResult]) -> list[tuple[str, list[
     read from the same analysis."""
     summaries = [result.summary() for result in results.values()]
     rho = next(iter(results.values())).settings.rho
-    mixing = any(result.geometry.mixing_blocks for result in results.values())
-    kinds: tuple[str | None, ...] = ("pre", "post") if mixing else (None,)
-    verdict = [
-        (f"similar blocks (ratio > {rho:g})", _similar),
-        ("near-uniform blocks (not collapse)", _near_uniform),
-        ("collapse starts at block", _collapse_start),
+    return [
+        (label, [cell(summary) for summary in summaries]) for label, cell, _ in _headline_rows(rho, _kinds(results))
     ]
-    rows: list[tuple[str, Any]] = [
-        ("images", lambda s: str(s["num_images"])),
-        *(_per_kind(name, cell, kind) for name, cell in verdict for kind in kinds),
-        ("adjacent similarity, first third", lambda s: _number(s["adjacent_similarity_first_third"])),
-        ("adjacent similarity, last third", lambda s: _number(s["adjacent_similarity_last_third"])),
-        ("cross-head similarity", lambda s: _number(s["cross_head_similarity"])),
-        ("entropy, first → last block", lambda s: _trend(s, "entropy", "nats")),
-        (_entropy_levels_label(), _entropy_levels),
-        ("attention distance, first → last", lambda s: _trend(s, "attention_distance", "px")),
-        ("top-1 / top-5 accuracy", accuracy_cell),
-    ]
-    return [(label, [cell(summary) for summary in summaries]) for label, cell in rows]
+
+
+def summary_row_meanings(results: Mapping[str, AnalysisResult]) -> dict[str, str]:
+    """What each row of ``summary_rows`` means, by its label: a report's tooltips and footnotes."""
+    rho = next(iter(results.values())).settings.rho
+    return {label: meaning for label, _, meaning in _headline_rows(rho, _kinds(results))}
+
+
+def _kinds(results: Mapping[str, AnalysisResult]) -> tuple[str | None, ...]:
+    """Both map kinds when a model mixes heads, else the one kind (no suffix)."""
+    return ("pre", "post") if any(result.geometry.mixing_blocks for result in results.values()) else (None,)
 
 
 def summary_title(results: Mapping[str, AnalysisResult]) -> str:
-    maps = next(iter(results.values())).summary()["maps"]
+    first = next(iter(results.values()))
+    if not any(result.geometry.mixing_blocks for result in results.values()):
+        return "Attention-collapse summary (blocks numbered from 1)"
+    maps = first.summary()["maps"]
     return (
-        f"Attention-collapse summary ({maps}-Θ maps in Re-attention blocks unless a row names its kind; "
+        f"Attention-collapse summary ({maps}-Θ maps in head-mixing blocks unless a row names its kind; "
         "blocks numbered from 1)"
     )
 
@@ -347,8 +411,24 @@ def print_summary(
     for label, result in results.items():
         console.print(Text.assemble((label, "bold"), "\n  ", result.model["description"]), soft_wrap=True)
     _print_images(console, next(iter(results.values())).images)
-    console.print(summary_table(results))
+    rows = summary_rows(results)
+    records = [(label, [(row, cells[index]) for row, cells in rows]) for index, label in enumerate(results)]
+    _print_fitted(console, summary_table(results), records)
     _print_findings(console, findings, out)
+
+
+def _print_fitted(console: Console, table: Table, records: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+    """``table`` when it fits the console's width unfolded, else the same cells as lines (a
+    narrow terminal, or 80 columns when piped): each record's name, then ``field: value``."""
+    if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
+        console.print(table)
+        return
+    # Wrapped by Rich at the spaces, not by the terminal inside a word.
+    console.print(Text(str(table.title), style="italic"))
+    for name, cells in records:
+        console.print(Text(name, style="bold"))
+        for field, value in cells:
+            console.print(Text.assemble("  ", (field, "bold"), f": {value}"))
 
 
 def _print_images(console: Console, images: dict[str, Any]) -> None:
@@ -384,7 +464,7 @@ def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
         "similar blocks",
         "near-uniform",
         "collapse from block",
-        "adjacent sim. (last third)",
+        "adjacent similarity, last third",
         "top-1 / top-5",
     ]
     rows = []
@@ -419,10 +499,9 @@ def sweep_table(sweep: SweepResult) -> Table:
     # A compact box: a sweep's table has many columns.
     table = Table(title=sweep_title(sweep), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column(Text(header[0]), overflow="fold", style="bold")
-    for index, title in enumerate(header[1:], start=1):
-        # The numbers keep their width and the headers wrap to it, so that the labels keep the rest.
-        widest = max(len(row[index]) for row in rows)
-        table.add_column(Text(title), overflow="fold", min_width=widest, max_width=max(widest, 8))
+    for title in header[1:]:
+        # Numbers are never cut; a header wraps at its spaces only when the console is narrow.
+        table.add_column(Text(title), no_wrap=True)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table
@@ -474,5 +553,7 @@ def sweep_findings(sweep: SweepResult) -> list[str]:
 def print_sweep(console: Console, sweep: SweepResult, findings: Sequence[str], out: str | None = None) -> None:
     """The images, the sweep's table and its findings, as the CLI prints them."""
     _print_images(console, sweep.images)
-    console.print(sweep_table(sweep))
+    header, rows = sweep_rows(sweep)
+    records = [(row[0], list(zip(header[1:], row[1:]))) for row in rows]
+    _print_fitted(console, sweep_table(sweep), records)
     _print_findings(console, findings, out)

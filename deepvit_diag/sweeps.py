@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .choices import X_AXES, X_AXIS_CHOICES
 from .errors import DiagError
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .jsonfiles import check_depth
@@ -48,14 +49,6 @@ FORMAT_VERSION = 1
 # similarity ratio (L,), similarity of each block with the previous one (L - 1,), and
 # attention entropy averaged over heads (L,).
 CURVES = ("ratio", "adjacent_similarity", "entropy")
-# What the x axis of a sweep is, and how the figures and tables name it.
-X_AXES = {
-    "depth": "depth (blocks)",
-    "epoch": "epoch",
-    "step": "training step",
-    "order": "checkpoint (in the order given)",
-}
-X_AXIS_CHOICES = ("auto", "depth", "epoch", "order")
 # What every line of a monitor file holds.
 MONITOR_KEYS = ("label", "group", "step", "summary", "curves", "settings", "images")
 

@@ -14,7 +14,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-import deepvit_diag  # noqa: F401  (registers the presets)
+import deepvit_diag.models  # noqa: F401  (registers the presets)
 from deepvit_diag import analysis as analysis_module
 from deepvit_diag.analysis import analyze, compare
 from deepvit_diag.budget import Plan, plan
@@ -165,6 +165,7 @@ def test_plain_vit_post_is_pre(vit, x):
     for name in ("similarity", "ratio", "cross_head"):
         np.testing.assert_array_equal(result.arrays[f"{name}_post"], result.arrays[f"{name}_pre"])
     assert result.geometry.mixing_blocks == () and result.head_mixing() == {}
+    assert result.geometry.head_mixing is None and result.to_document()["geometry"]["head_mixing"] is None
     assert result.arrays["theta"].shape == (0, 4, 4) and result.arrays["theta_blocks"].shape == (0,)
 
 

@@ -14,7 +14,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.utils import AttentionExtract
 from torch import nn
 
-import deepvit_diag  # noqa: F401  (registers the presets)
+import deepvit_diag.models  # noqa: F401  (registers the presets)
 from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.errors import DiagError
 

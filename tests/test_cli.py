@@ -551,6 +551,53 @@ def _entry_point() -> list[str]:
     return [script] if script else [sys.executable, "-m", "deepvit_diag.cli"]
 
 
+HEAVY_MODULES = ("torch", "timm", "plotly", "streamlit")
+
+
+def _modules_loaded_by(code: str) -> list[str]:
+    """The heavy modules a fresh interpreter has loaded after running ``code``."""
+    loaded = f"','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules)"
+    probe = f"import sys\n{code}\nprint('loaded:' + {loaded}, file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return [name for name in done.stderr.rpartition("loaded:")[2].strip().split(",") if name]
+
+
+def test_importing_the_cli_and_the_package_loads_no_torch() -> None:
+    assert _modules_loaded_by("import deepvit_diag.cli, deepvit_diag") == []
+    # A public name loads what it needs on first use, and registers the presets with timm.
+    assert "torch" in _modules_loaded_by(
+        "import deepvit_diag, timm\ndeepvit_diag.analyze\ntimm.create_model('deepvit16', depth=2)"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["analyze", "--help"],
+        ["sweep", "--help"],
+        ["train", "--help"],
+        ["app", "--help"],
+        ["analyze", "--tau", "2"],
+    ],
+)
+def test_help_and_usage_errors_load_no_torch(argv: list[str]) -> None:
+    code = f"from deepvit_diag.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
+    assert _modules_loaded_by(code) == []
+
+
+def test_star_import_and_dir_list_every_public_name() -> None:
+    import deepvit_diag
+
+    names = deepvit_diag.__all__
+    assert {"analyze", "load_model", "similarity_ratio", "models", "Settings"} <= set(names)
+    assert all(hasattr(deepvit_diag, name) for name in names)
+    assert set(names) <= set(dir(deepvit_diag))
+    with pytest.raises(AttributeError):
+        deepvit_diag.no_such_name  # noqa: B018
+
+
 @pytest.mark.slow
 def test_entry_point_compare_json_and_exit_codes(workspace: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -627,3 +674,12 @@ def test_architecture_hints_are_options_per_model_and_messages_name_them(workspa
     )
     assert status == 0, err
     assert json.loads((tmp_path / "out48" / "result.json").read_text())["geometry"]["grid_size"] == [6, 6]
+
+
+def test_offline_hub_error_names_the_command_line_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    status, out, err = run(["analyze", "--ckpt", "deit_tiny_patch16_224", "--out", str(tmp_path / "never")])
+    assert status == 1 and err.startswith("error: could not download the pretrained weights of deit_tiny_patch16_224")
+    assert "(--ckpt PATH)" in err and "(--arch deit_tiny_patch16_224)" in err
+    assert "load_model(" not in err and len(err.strip().splitlines()) == 1

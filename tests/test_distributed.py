@@ -86,7 +86,15 @@ def test_shards_cover_every_image_once_at_minibatch_boundaries(num_images, count
         assert stop % chunk == 0 or stop == num_images
 
 
-@pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2", "0/0"])
+def test_shards_are_counted_from_one_in_text_and_from_zero_inside():
+    first, last = Shard.parse("1/4"), Shard.parse(" 4 / 4 ")
+    assert (first.index, first.count, str(first)) == (0, 4, "1/4")
+    assert (last.index, str(last)) == (3, "4/4")
+    assert first.bounds(16, 4) == (0, 4) and last.bounds(16, 4) == (12, 16)
+    assert Shard.parse(str(Shard(2, 5))) == Shard(2, 5)
+
+
+@pytest.mark.parametrize("text", ["4/3", "0/3", "1", "a/b", "-1/2", "0/0"])
 def test_bad_shards_are_one_line_errors(text):
     with pytest.raises(DiagError, match="shard"):
         Shard.parse(text)
@@ -94,16 +102,16 @@ def test_bad_shards_are_one_line_errors(text):
 
 def test_an_iterable_of_batches_cannot_be_sharded():
     with pytest.raises(DiagError, match="cannot be cut into shards"):
-        analyze(tiny("vit", 0), iter([torch.randn(2, 3, 32, 32)]), shard="0/2", **OPTIONS)
+        analyze(tiny("vit", 0), iter([torch.randn(2, 3, 32, 32)]), shard="1/2", **OPTIONS)
 
 
 def test_an_empty_shard_is_a_clear_error_from_analyze_and_compare():
-    """Shard 0/4 of 2 images in one CKA minibatch holds none: one line, not IndexError/TypeError."""
+    """Shard 1/4 of 2 images in one CKA minibatch holds none: one line, not IndexError/TypeError."""
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(DiagError, match="shard 0/4 holds none of the images"):
-        analyze(tiny("vit", 0), images, shard="0/4", **OPTIONS)
-    with pytest.raises(DiagError, match="shard 0/4 holds none of the images"):
-        compare(tiny("vit", 0), tiny("deepvit", 1), images, shard="0/4", **OPTIONS)
+    with pytest.raises(DiagError, match="shard 1/4 holds none of the images"):
+        analyze(tiny("vit", 0), images, shard="1/4", **OPTIONS)
+    with pytest.raises(DiagError, match="shard 1/4 holds none of the images"):
+        compare(tiny("vit", 0), tiny("deepvit", 1), images, shard="1/4", **OPTIONS)
 
 
 # ----------------------------------------------------------------------------- a process group
@@ -176,10 +184,10 @@ def test_three_shards_merge_into_the_single_run(workspace):
     ]
     assert cli(*pair, *common(workspace), "--out", str(workspace / "single")) == 0
     for index in range(3):
-        assert cli(*pair, *common(workspace, "--shard", f"{index}/3"), "--out", str(workspace / f"s{index}")) == 0
+        assert cli(*pair, *common(workspace, "--shard", f"{index + 1}/3"), "--out", str(workspace / f"s{index}")) == 0
     shard = json.loads((workspace / "s1" / "shard.json").read_text())
-    assert shard["shard"] == "1/3" and shard["images"]["total"] == 12 and len(shard["weights"]) == 2
-    assert load_result(workspace / "s1").a.images["description"].endswith("shard 1/3: images 5-8 of 12")
+    assert shard["shard"] == "2/3" and shard["images"]["total"] == 12 and len(shard["weights"]) == 2
+    assert load_result(workspace / "s1").a.images["description"].endswith("shard 2/3: images 5-8 of 12")
     merged_folder = workspace / "merged"
     assert (
         cli("merge", str(workspace / "s2"), str(workspace / "s0"), str(workspace / "s1"), "--out", str(merged_folder))
@@ -197,7 +205,8 @@ def test_more_shards_than_minibatches_leave_some_empty(workspace):
     for index in range(3):  # 5 images are 2 minibatches of 4: one shard has none
         folder = workspace / f"few{index}"
         assert (
-            cli(*analysis, *common(workspace, "--num-images", "5", "--shard", f"{index}/3"), "--out", str(folder)) == 0
+            cli(*analysis, *common(workspace, "--num-images", "5", "--shard", f"{index + 1}/3"), "--out", str(folder))
+            == 0
         )
     assert cli("merge", *(str(workspace / f"few{index}") for index in range(3)), "--out", str(workspace / "few-m")) == 0
     assert_same_result(AnalysisResult.load(workspace / "few-m"), AnalysisResult.load(workspace / "few"))
@@ -207,14 +216,16 @@ def test_more_shards_than_minibatches_leave_some_empty(workspace):
 def shards(workspace) -> Path:
     analysis = ["analyze", "--ckpt", str(workspace / "vit.safetensors")]
     for index in range(2):
-        assert cli(*analysis, *common(workspace, "--shard", f"{index}/2"), "--out", str(workspace / f"h{index}")) == 0
+        assert (
+            cli(*analysis, *common(workspace, "--shard", f"{index + 1}/2"), "--out", str(workspace / f"h{index}")) == 0
+        )
     other = ["analyze", "--ckpt", str(workspace / "deepvit.safetensors")]
-    assert cli(*other, *common(workspace, "--shard", "1/2"), "--out", str(workspace / "other-model")) == 0
-    assert cli(*analysis, *common(workspace, "--shard", "1/2", "--k", "1"), "--out", str(workspace / "other-k")) == 0
+    assert cli(*other, *common(workspace, "--shard", "2/2"), "--out", str(workspace / "other-model")) == 0
+    assert cli(*analysis, *common(workspace, "--shard", "2/2", "--k", "1"), "--out", str(workspace / "other-k")) == 0
     assert (
         cli(
             *analysis,
-            *common(workspace, "--shard", "1/2", "--num-images", "8"),
+            *common(workspace, "--shard", "2/2", "--num-images", "8"),
             "--out",
             str(workspace / "other-images"),
         )
@@ -227,8 +238,8 @@ def shards(workspace) -> Path:
 @pytest.mark.parametrize(
     ("folders", "message"),
     [
-        (["h0"], "shards 1/2 are missing"),
-        (["h0", "h1", "h1"], "shard 1/2 is given twice"),
+        (["h0"], "shards 2/2 are missing"),
+        (["h0", "h1", "h1"], "shard 2/2 is given twice"),
         (["h0", "other-model"], "different models"),
         (["h0", "other-k"], r"different settings \(k\)"),
         (["h0", "other-images"], "different image lists"),

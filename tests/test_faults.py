@@ -1003,3 +1003,21 @@ def test_16_paper_vit_figure_is_not_attached_to_post_theta_maps():
         comparison = compare(vit, deepvit, images, maps=maps, progress=False)
         cross_head = next(s for s in comparison_findings("V", "D", comparison) if s.startswith("Mean cross-head"))
         assert (PAPER_NOTE in cross_head) is attached, cross_head
+
+
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_get_the_mode_of_a_new_file_under_the_umask(tmp_path, umask, expected):
+    """safetensors creates its files 0o600; a checkpoint gets the same mode as a report."""
+    from deepvit_diag.outputs import OutputTarget
+
+    before = os.umask(umask)
+    try:
+        model = build_model(vit_arch())
+        with OutputTarget(tmp_path / "m.safetensors", folder=False, owned=lambda path: True) as target:
+            target.write(lambda path: save_native(model, path))
+        with OutputTarget(tmp_path / "folder", folder=True, owned=lambda path: True) as target:
+            target.write(lambda path: (path / "report.html").write_text("x"))
+    finally:
+        os.umask(before)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == expected
+    assert (tmp_path / "folder" / "report.html").stat().st_mode & 0o777 == expected

@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,15 @@ def test_image_that_fails_late_is_skipped_during_iteration(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         loaded = list(images)
     assert len(loaded) + images.skipped == 2 and images.skipped >= 1
+
+
+def test_a_bundled_set_may_be_written_as_a_folder_unless_that_folder_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert open_images("photos/", limit=2).names == open_images("photos", limit=2).names
+    assert open_images(["digits-test/", "photos/"], limit=3).names[0].startswith("digits-test")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "photos" / "mine.png")
+    assert open_images("photos/").names == [str(Path("photos/mine.png"))]
 
 
 def test_bundled_sets_mix_with_paths_in_the_order_given(image_folder):

@@ -355,7 +355,23 @@ def test_entropy_levels_count_blocks_by_share_of_ln_t() -> None:
     assert summary["blocks_entropy_at_most_0.8"] == sum(share <= 0.8 for share in per_block) == 1
     assert summary["blocks_entropy_at_most_0.9"] == sum(share <= 0.9 for share in per_block) == 2
     assert summary["entropy_relative_median"] == pytest.approx(np.median(per_block), abs=1e-6)
-    assert dict(summary_rows({"M": result}))["blocks with entropy ≤ 0.8 · 0.9 ln T"] == ["1 · 2 of 4"]
+    assert dict(summary_rows({"M": result}))["focused blocks (entropy ≤ 80% · 90% of uniform)"] == ["1 · 2 of 4"]
+
+
+def test_every_headline_row_carries_its_meaning(comparison: ComparisonResult, tmp_path: Path) -> None:
+    import html
+
+    from deepvit_diag.summary import summary_row_meanings
+
+    results = {"A": comparison.a, "B": comparison.b}
+    meanings = summary_row_meanings(results)
+    assert [label for label, _ in summary_rows(results)] == list(meanings)
+    page = write_report(tmp_path / "report.html", comparison, LABELS).read_text(encoding="utf-8")
+    for label, meaning in meanings.items():
+        assert f'title="{html.escape(meaning, quote=True)}">{html.escape(label)}<sup>' in page
+        assert f"<li>{html.escape(meaning)}</li>" in page
+    assert "may differ in sign from last minus first" in meanings["attention distance, first → last"]
+    assert "model card" not in page or "<h4>model card</h4>" in page
 
 
 # ----------------------------------------------------------------------------- colour scales

@@ -10,7 +10,7 @@ from deepvit_diag import catalogue
 from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.results import AnalysisResult
-from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
+from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_row_meanings, summary_rows
 
 from ..compute import Analysis
 from .common import BLOCKS_FROM_ONE, show_figure
@@ -45,6 +45,9 @@ def render(analysis: Analysis) -> None:
         columns=[markdown_text(label) for label in analysis.results],
     )
     st.table(table)
+    with st.expander("What the rows mean"):
+        for label, meaning in summary_row_meanings(analysis.results).items():
+            st.markdown(f"- **{markdown_text(label)}**: {markdown_text(meaning)}")
 
 
 def _model_column(label: str, result: AnalysisResult, differences: dict[str, float] | None) -> list[str]:
@@ -66,7 +69,11 @@ def _model_column(label: str, result: AnalysisResult, differences: dict[str, flo
     start.metric(
         "Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1
     )
-    heads.metric("Mean cross-head similarity", _decimal(summary["cross_head_similarity"]))
+    heads.metric(
+        "Cross-head similarity",
+        _decimal(summary["cross_head_similarity"]),
+        help="Mean cosine similarity between the attention maps of two heads of the same block (1 = heads alike)",
+    )
     findings = model_findings(label, result)
     for sentence in findings:
         st.markdown(f"- {markdown_text(sentence)}")

@@ -23,7 +23,10 @@ def render(analysis: Analysis) -> None:
     for label, result in results.items():
         blocks = result.geometry.mixing_blocks
         st.caption(
-            markdown_text(f"{label}: {MIXING_BLOCKS[result.geometry.head_mixing]} {block_list(blocks)}.")
+            markdown_text(
+                f"{label}: {MIXING_BLOCKS[result.geometry.head_mixing]} "
+                f"{block_list(blocks, result.geometry.num_blocks)}."
+            )
             if blocks
             else f"{markdown_text(label)} has no Re-attention blocks: its attention maps are used as they are."
         )

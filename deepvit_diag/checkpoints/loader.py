@@ -452,9 +452,10 @@ def _load_timm(name: str, pretrained: bool, overrides: dict[str, Any]) -> nn.Mod
             reason = "HF_HUB_OFFLINE is set and they are not in the local cache"
         else:
             reason = f"{_hub_host()} cannot be reached (no network?) and they are not in the local cache"
-        raise DiagError(
-            f"could not download the pretrained weights of {name}: {reason}; "
-            f"to use a local copy: load_model(PATH, arch={name!r}) or --ckpt PATH"
+        raise HintedError(
+            f"could not download the pretrained weights of {name}: {reason}; to use a local copy, "
+            "load its file (--ckpt PATH) with ",
+            Hint("arch", repr(name), name),
         ) from None
     except (TypeError, ValueError, RuntimeError) as err:
         raise DiagError(f"timm could not create {name}: {err}") from None

@@ -22,6 +22,7 @@ from .style import (
     heatmap_panel,
     labelled,
     map_kind,
+    maps_name,
     model_colour,
     model_label,
     no_data_note,
@@ -91,7 +92,7 @@ def layer_similarity(results: Results, maps: str | None = None, other_kind: bool
     square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
     titles_over_panels(fig)
     kind = map_kind(results[labels[0]], maps)
-    fig = finish(fig, f"Cross-layer attention similarity S[p, q] ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 140)
+    fig = finish(fig, f"Cross-layer attention similarity S[p, q] ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 140)
     return fig.update_layout(margin={"r": 110}) if with_difference else fig
 
 
@@ -140,7 +141,7 @@ def similarity_ratio(results: Results, maps: str | None = None, other_kind: bool
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
     fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
-    return finish(fig, f"Similarity ratio per block ({MAP_NAMES[kind]}); filled markers: similar blocks", 420)
+    return finish(fig, f"Similarity ratio per block ({maps_name(results, kind)}); filled markers: similar blocks", 420)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -176,7 +177,7 @@ def cross_head_curves(results: Results, maps: str | None = None) -> go.Figure:
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
     fig.update_yaxes(title="mean cross-head similarity")
-    return finish(fig, f"Cross-head similarity per block, mean over head pairs ({MAP_NAMES[kind]})", 400)
+    return finish(fig, f"Cross-head similarity per block, mean over head pairs ({maps_name(results, kind)})", 400)
 
 
 @figure
@@ -194,7 +195,7 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
     fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": "similarity"}})
     square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
     kind = map_kind(results[labels[0]], maps)
-    return finish(fig, f"Cross-head similarity inside one block ({MAP_NAMES[kind]})", HEATMAP_PANEL_PX + 120)
+    return finish(fig, f"Cross-head similarity inside one block ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 120)
 
 
 # ----------------------------------------------------------------------------- per-block curves

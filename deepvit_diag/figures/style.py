@@ -234,3 +234,11 @@ def png_data_uri(image: Image.Image, scale: int) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def maps_name(results: Results, kind: str) -> str:
+    """How a figure's title names the maps of ``kind``: pre-/post-Θ only when some model mixes
+    heads (a plain ViT has one kind of map)."""
+    if any(result.geometry.mixing_blocks for result in results.values()):
+        return MAP_NAMES[kind]
+    return "attention maps"

@@ -10,7 +10,6 @@ raised when the block ends, so a streaming loop on a GPU never waits on a check.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,9 +17,8 @@ from contextvars import ContextVar
 import numpy as np
 import torch
 
+from ..choices import AXES, check_choice, check_integer
 from ..errors import DiagError
-
-AXES = ("columns", "rows")
 
 
 class DeferredChecks:
@@ -175,41 +173,12 @@ def as_float32_hidden(hidden: object) -> torch.Tensor:
 # The one validation of parameters, shared by ``Settings`` and the metric functions.
 
 
-def check_integer(name: str, value: object, minimum: int) -> None:
-    """An ``int`` (not a bool) >= ``minimum``, else DiagError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DiagError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_between(name: str, value: object, low: float, high: float) -> None:
-    """A finite real number (not text, not a bool) in [low, high], else DiagError."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise DiagError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-
-
-def check_choice(name: str, value: object, choices: tuple) -> None:
-    """One of ``choices``, else DiagError."""
-    if value not in choices:
-        raise DiagError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
 def check_axis(axis: str) -> None:
     check_choice("axis", axis, AXES)
 
 
 def check_neighbourhood(k: int) -> None:
     check_integer("k", k, 1)
-
-
-def check_threshold(value: object, name: str) -> float:
-    """A threshold (tau, rho) as a float: a real number (not text, not a bool) in [0, 1]."""
-    check_between(name, value, 0.0, 1.0)
-    return float(value)
 
 
 def check_prefix_tokens(num_prefix_tokens: int, num_tokens: int, needed_patches: int) -> int:

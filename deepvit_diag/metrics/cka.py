@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch
 
+from ..choices import MIN_UNBIASED_EXAMPLES
 from ..errors import DiagError
 from ._checks import as_float32
-
-MIN_UNBIASED_EXAMPLES = 4
 
 
 def _centre_features(features: torch.Tensor) -> torch.Tensor:
