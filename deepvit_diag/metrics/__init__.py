@@ -26,8 +26,8 @@ a whole-sample statistic (stream with ``MinibatchCKA`` instead), ``head_mixing_m
 from __future__ import annotations
 
 from ..attention_scores import AttentionScores
-from ..choices import AXES
-from ._checks import DeferredChecks, check_between, check_choice, check_integer, deferred_value_checks
+from ..choices import AXES, check_between, check_choice, check_integer
+from ._checks import DeferredChecks, deferred_value_checks
 from .ablation import feature_cosine, prediction_divergence, spearman, top1_agreement
 from .accuracy import TOP_K, Accuracy, reported_ks, topk_correct
 from .attention import attention_entropy, mean_attention_distance, softmax_statistics, token_distances
