@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import torch
 
+from ..choices import check_threshold
 from ..errors import DiagError
-from ._checks import as_float32_maps, check_axis, check_neighbourhood, check_threshold, checked_maps
+from ._checks import as_float32_maps, check_axis, check_neighbourhood, checked_maps
 
 COSINE_EPS = 1e-12
 
