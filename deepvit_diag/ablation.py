@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .ablation_result import ORDERINGS, AblationResult
-from .analysis import ModelStatistics, on_device
+from .analysis import TORCH_DTYPES, ModelStatistics, on_device
 from .capture import AttentionRecorder, eval_mode
 from .distributed import gather, is_reporting_process, local_device, process_group_shard
 from .errors import DiagError
@@ -76,7 +76,7 @@ from .metrics import (
 )
 from .preprocessing import model_input_config
 from .progress import ProgressOption, reporting
-from .settings import DTYPES, Settings
+from .settings import Settings
 
 STUDIES = ("block", "attention", "transplant", "head", "reattention", "pruning")
 HEAD_MODES = ("mean", "zero")
@@ -266,7 +266,7 @@ class AblationRun:
         self.checked = False
         dtype = self.settings.dtype
         self.autocast = (
-            (lambda: torch.autocast(self.device.type, dtype=DTYPES[dtype])) if dtype != "float32" else nullcontext
+            (lambda: torch.autocast(self.device.type, dtype=TORCH_DTYPES[dtype])) if dtype != "float32" else nullcontext
         )
 
     def single_families(self) -> dict[str, Family]:
