@@ -34,6 +34,7 @@ SUM_SHAPES = {
     "token_similarity": "L",
     "rank_residual": "L",
     "uniformity": "LH",
+    "block_influence": "L",
     # The robustness grid: K values of k and U of tau (``Settings.grid_ks``, ``grid_taus``) by block.
     "ratio_grid": "KUL",
 }
@@ -41,6 +42,7 @@ SUM_RANGES = {
     "ratio": (0.0, 1.0),
     "ratio_grid": (0.0, 1.0),
     "uniformity": (0.0, 1.0),
+    "block_influence": (0.0, 2.0),  # 1 - cosine
     "entropy": (0.0, "ln T"),
     "attention_distance": (0.0, None),
 }

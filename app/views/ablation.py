@@ -10,6 +10,7 @@ import streamlit as st
 from deepvit_diag.ablation import HEAD_MODES, STUDIES, planned_cost
 from deepvit_diag.ablation_result import AblationResult
 from deepvit_diag.ablation_summary import ablation_findings, ablation_rows, ablation_title, cost_lines
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures.drawing import draw_ablation
 
 from ..compute import AblationRequest, Analysis, failure_message, load, open_ablation, run_ablation
@@ -36,7 +37,7 @@ def render(analysis: Analysis) -> None:
             path, fingerprint = ablation_from_path(st.text_input("Folder on the server", key="ablation_path"))
             shown = _opened(path, fingerprint)
     except InputError as err:
-        st.error(str(err))
+        st.error(markdown_text(str(err)))
         return
     if shown is not None:
         label, result = shown
@@ -47,7 +48,7 @@ def _opened(path: str, fingerprint: str) -> tuple[str, AblationResult] | None:
     try:
         result = open_ablation(path, fingerprint)
     except Exception as err:  # whatever a user's file holds, the app must stay usable
-        st.error(failure_message(err))
+        st.error(markdown_text(failure_message(err)))
         return None
     return result.model.get("description", path), result
 
@@ -65,7 +66,8 @@ def _run(analysis: Analysis) -> tuple[str, AblationResult] | None:
     if not studies:
         raise InputError("choose at least one study")
     model = load(analysis.request.a if side == "a" else analysis.request.b, side).model
-    st.caption(" ".join(cost_lines(label_a if side == "a" else label_b, planned_cost(model, studies, heads), None)))
+    cost = cost_lines(label_a if side == "a" else label_b, planned_cost(model, studies, heads), None)
+    st.caption(markdown_text(" ".join(cost)))
     request = AblationRequest(analysis.key, side, int(num_images), tuple(studies), heads)
     if st.button("Run ablation", type="primary", key="ablation_run"):
         st.session_state["ablation_request"] = request
@@ -82,7 +84,7 @@ def _run(analysis: Analysis) -> tuple[str, AblationResult] | None:
     try:
         run = run_ablation(analysis, chosen, report)
     except Exception as err:  # a model that cannot be ablated must not break the app
-        st.error(failure_message(err, analysis.request))
+        st.error(markdown_text(failure_message(err, analysis.request)))
         st.session_state["ablation_request"] = None
         return None
     finally:
@@ -93,10 +95,10 @@ def _run(analysis: Analysis) -> tuple[str, AblationResult] | None:
 def _show(label: str, result: AblationResult) -> None:
     header, rows = ablation_rows(result)
     st.subheader("Per block")
-    st.caption(ablation_title(result))
+    st.caption(markdown_text(ablation_title(result)))
     st.table(pd.DataFrame(rows, columns=header).set_index(header[0]))
     for sentence in ablation_findings(label, result):
-        st.markdown(f"- {sentence}")
+        st.markdown(f"- {markdown_text(sentence)}")
     for item in draw_ablation(result):
         show_figure(item.figure, item.element_id)
         st.caption(item.caption)
