@@ -350,3 +350,18 @@ def test_convert_takes_model_objects_without_guessing(make):
 def test_convert_returns_a_timm_model_as_it_is():
     model = timm_fixture("vit_tiny_patch16_224")
     assert convert(model) is model
+
+
+def test_an_open_clip_tower_with_attention_pooling_is_refused_not_built_as_a_class_token_tower():
+    from deepvit_diag.checkpoints import clip
+    from deepvit_diag.errors import DiagError
+
+    sd = {
+        "visual.conv1.weight": torch.zeros(8, 3, 4, 4),
+        "visual.class_embedding": torch.zeros(8),
+        "visual.positional_embedding": torch.zeros(5, 8),
+        "visual.attn_pool.query": torch.zeros(4, 8),
+    }
+    assert clip.detect(sd) == clip.OPENAI
+    with pytest.raises(DiagError, match=r"pools its tokens with attention \(attn_pool"):
+        clip.convert(sd, clip.OPENAI)

@@ -99,6 +99,11 @@ def convert(sd: Tensors, layout: str) -> tuple[Tensors, list[Message]]:
     tower = {key[len(prefix) :]: tensor for key, tensor in sd.items() if key.startswith(prefix)}
     projection = sd.get("visual_projection.weight") if layout == HF_CLIP else tower.pop("proj", None)
     if layout == OPENAI:
+        if any(key.startswith("attn_pool.") for key in tower):  # built as a class-token tower, it would be wrong
+            raise DiagError(
+                "this open_clip image tower pools its tokens with attention (attn_pool, as in CoCa), which "
+                "deepvit-diag does not convert yet; only class-token CLIP towers load"
+            )
         out = renamed(tower, _OPENAI_RENAMES)
         cls, positions = out.pop("class_embedding"), out.pop("positional_embedding")
         if projection is not None:
