@@ -50,10 +50,9 @@ def layer_similarity(results: Results, maps: str | None = None, other_kind: bool
     which they are (the similarity bar between B and B - A, the difference bar last).
     ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
     results = labelled(results)
-    if other_kind:
-        maps = other_map_kind(results)
-        if maps is None:
-            return None
+    maps = other_map_kind(results) if other_kind else maps
+    if other_kind and maps is None:
+        return None
     labels = list(results)
     matrices = [results[label].similarity(maps) for label in labels]
     with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
@@ -105,10 +104,9 @@ def similarity_ratio(results: Results, maps: str | None = None, other_kind: bool
     (ratio above rho) are drawn as filled markers, the others as open ones.
     ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
     results = labelled(results)
-    if other_kind:
-        maps = other_map_kind(results)
-        if maps is None:
-            return None
+    maps = other_map_kind(results) if other_kind else maps
+    if other_kind and maps is None:
+        return None
     fig = go.Figure()
     rhos = set()
     for index, (label, result) in enumerate(results.items()):
