@@ -43,6 +43,7 @@ from torch import nn
 from .ablation_result import ORDERINGS, AblationResult
 from .analysis import TORCH_DTYPES, ModelStatistics, on_device
 from .capture import AttentionRecorder, eval_mode
+from .choices import HEAD_MODES, STUDIES
 from .distributed import gather, is_reporting_process, local_device, process_group_shard
 from .errors import DiagError
 from .images import ImageSource, ImageStream
@@ -78,8 +79,6 @@ from .preprocessing import model_input_config
 from .progress import ProgressOption, reporting
 from .settings import Settings
 
-STUDIES = ("block", "attention", "transplant", "head", "reattention", "pruning")
-HEAD_MODES = ("mean", "zero")
 # Variants stacked in one batched pass at most (V x batch size rows).
 VARIANTS_PER_PASS = 16
 

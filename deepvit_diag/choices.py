@@ -28,6 +28,9 @@ X_AXES = {
     "order": "checkpoint (in the order given)",
 }
 X_AXIS_CHOICES = ("auto", "depth", "epoch", "order")
+# The studies of an ablation (``deepvit_diag.ablate``) and how a head is ablated.
+STUDIES = ("block", "attention", "transplant", "head", "reattention", "pruning")
+HEAD_MODES = ("mean", "zero")
 
 
 def check_integer(name: str, value: object, minimum: int) -> None:

@@ -652,7 +652,7 @@ def run_analyze(args: argparse.Namespace) -> None:
 
 
 def add_ablate(sub: argparse._SubParsersAction) -> None:
-    from .ablation import HEAD_MODES, STUDIES
+    from .choices import HEAD_MODES, STUDIES
 
     p = sub.add_parser(
         "ablate",

@@ -87,7 +87,7 @@ def work(tmp_path_factory) -> Path:
     for index in range(2):
         shard = [
             "--shard",
-            f"{index}/2",
+            f"{index + 1}/2",
             "--batch-size",
             "2",
             "--cka-chunk",
@@ -685,7 +685,7 @@ def test_12_names_that_are_not_utf8_are_analysed_and_shown_replaced(work, tmp_pa
     assert status == 0, stderr
     assert "m\ufffd.safetensors" in stdout and "\udcff" not in stdout
     assert "m\udcff.safetensors" in load_result(tmp_path / "out").model["description"]  # the name as given
-    status, _, stderr = run(["analyze", *common, "--shard", "0/1", "--out", str(tmp_path / "shard"), "--quiet"])
+    status, _, stderr = run(["analyze", *common, "--shard", "1/1", "--out", str(tmp_path / "shard"), "--quiet"])
     assert status == 0, stderr
 
 
