@@ -750,9 +750,10 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         "sweep",
         help="attention collapse and accuracy across many checkpoints: depths, or the epochs of one run",
         description="Analyse every checkpoint on the same images, one model at a time, and show similar blocks, "
-        "collapse start and accuracy against depth (one line per family, ViT or DeepViT) or, for the checkpoints of "
-        "one training run, against the epoch they record; print a table and write sweep.json, arrays.npz and a "
-        "self-contained sweep.html. With --monitor, draw what a CollapseMonitor recorded during training instead.",
+        "collapse start and accuracy against depth (one line per group: ViT or DeepViT, or --group) or, for the "
+        "checkpoints of one training run, against the epoch they record; print a table and write sweep.json, "
+        "arrays.npz and a self-contained sweep.html. With --monitor, draw what a CollapseMonitor recorded during "
+        "training instead.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
