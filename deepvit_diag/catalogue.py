@@ -46,6 +46,8 @@ from .settings import MAP_KINDS, Settings
 # between random-init timm ViTs (every block 0.98-0.997) and the trained bundled vit32
 # (every block 0.25-0.62).
 NEAR_UNIFORM_CUTOFF = 0.8
+# The metric whose arrays classify the blocks and hold the verdict over the robustness grid.
+REGIMES_AND_GRID = "attention regimes and robustness grid"
 
 # Report sections and app views group figures by these headings, in page order.
 SECTIONS = (
@@ -191,12 +193,11 @@ def _both_kinds(*names: str) -> tuple[str, ...]:
 
 
 def _similarity_family(batch: Batch) -> dict[str, torch.Tensor]:
-    names = _both_kinds("similarity", "ratio", "cross_head", "ratio_grid")
-    return {name: batch.attention[name] for name in names}
+    return {name: batch.attention[name] for name in _both_kinds("similarity", "ratio", "cross_head")}
 
 
-def _uniformity(batch: Batch) -> dict[str, torch.Tensor]:
-    return {name: batch.attention[name] for name in _both_kinds("uniformity")}
+def _regimes_and_grid(batch: Batch) -> dict[str, torch.Tensor]:
+    return {name: batch.attention[name] for name in _both_kinds("uniformity", "ratio_grid")}
 
 
 def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
@@ -206,7 +207,7 @@ def _softmax_statistics(batch: Batch) -> dict[str, torch.Tensor]:
 METRICS: tuple[Metric, ...] = (
     Metric(
         "cross-layer similarity, similarity ratio and cross-head similarity",
-        _both_kinds("similarity", "ratio", "cross_head", "ratio_grid"),
+        _both_kinds("similarity", "ratio", "cross_head"),
         (
             Figure(
                 similarity_figures.layer_similarity,
@@ -253,8 +254,8 @@ METRICS: tuple[Metric, ...] = (
         measure=_similarity_family,
     ),
     Metric(
-        "attention regimes",
-        _both_kinds("uniformity"),
+        REGIMES_AND_GRID,
+        _both_kinds("uniformity", "ratio_grid"),
         (
             Figure(
                 similarity_figures.attention_regimes,
@@ -268,12 +269,12 @@ METRICS: tuple[Metric, ...] = (
             Figure(
                 similarity_figures.robustness_grid,
                 "Similarity ratio",
-                "How many blocks count as similar (colour) and where collapse starts (text; – for none) for tau and "
-                "rho around the chosen tau = {tau:g} and rho = {rho:g}, at k = {k}, from the same per-vector "
-                "similarities. A verdict that changes inside this grid depends on the thresholds.",
+                "How many blocks count as similar (colour) and where collapse starts (text; – for none) for k, tau "
+                "and rho around the chosen k = {k}, tau = {tau:g} and rho = {rho:g}, one panel per k, all from the "
+                "same per-vector similarities. A verdict that changes inside this grid depends on the thresholds.",
             ),
         ),
-        measure=_uniformity,
+        measure=_regimes_and_grid,
     ),
     Metric(
         "Theta",
@@ -504,6 +505,16 @@ ABLATION_FIGURES = (
 def required_arrays() -> set[str]:
     """The arrays every analysis result holds."""
     return {name for metric in METRICS for name in metric.arrays}
+
+
+def metric_of(spec: Figure) -> Metric | None:
+    """The metric that draws ``spec`` (None for the figures of sweeps and ablations)."""
+    return next((metric for metric in METRICS if any(spec is figure for figure in metric.figures)), None)
+
+
+def metric_named(name: str) -> Metric:
+    """The catalogue metric called ``name``."""
+    return next(metric for metric in METRICS if metric.name == name)
 
 
 def figures_in(section: str) -> list[Figure]:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .catalogue import NEAR_UNIFORM_CUTOFF, required_arrays
+from .catalogue import NEAR_UNIFORM_CUTOFF, REGIMES_AND_GRID, metric_named, required_arrays
 from .errors import DiagError
 from .figures.style import model_label
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
@@ -67,6 +67,7 @@ from .metrics import (
 from .notebook import analysis_html, comparison_html, plot_analysis, plot_comparison, short_repr
 from .outputs import write_checked
 from .settings import ENTROPY_LEVELS, MAP_KINDS, Settings
+from .summary import NOT_IN_RESULT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,7 +79,14 @@ RESULT_FILE = "result.json"
 ANALYSIS_FORMAT = "deepvit-diag analysis"
 COMPARISON_FORMAT = "deepvit-diag comparison"
 # 2: typed geometry, settings and computation; Theta stacked over the Re-attention blocks.
-FORMAT_VERSION = 2
+# 3: every result holds the attention regimes, the robustness grid and Block Influence.
+FORMAT_VERSION = 3
+# The catalogue metrics a result saved before format 3 may lack. It loads without them: nothing it saved
+# gives them back. Uniformity is a statistic of every row of every map (the saved entropy is another one,
+# of the softmax maps only, and bounds it on one side only), the grid needs the per-vector similarities at
+# other k and tau (only their share above tau at the chosen k is saved), Block Influence the tokens
+# entering each block.
+LATER_METRICS = (REGIMES_AND_GRID, "Block Influence")
 ACCURACY_NOT_RECORDED = "not recorded (a result saved before deepvit-diag measured accuracy)"
 
 
@@ -199,8 +207,18 @@ class AnalysisResult:
         """Blocks whose dataset-level similarity ratio exceeds rho (default settings.rho)."""
         return similar_blocks(torch.from_numpy(self.ratio(maps)), self.settings.rho if rho is None else rho)
 
+    def not_in_result(self) -> list[str]:
+        """The metrics of ``LATER_METRICS`` this result lacks (saved before deepvit-diag measured them);
+        empty for a result of this version. Their methods raise ``DiagError`` saying ``NOT_IN_RESULT``."""
+        return [name for name in LATER_METRICS if not set(metric_named(name).arrays) <= self.arrays.keys()]
+
+    def _measured(self, metric: str) -> None:
+        if metric in self.not_in_result():
+            raise DiagError(f"{metric}: {NOT_IN_RESULT}")
+
     def uniformity(self, maps: str | None = None) -> np.ndarray:
         """Closeness of each head's maps to the uniform map (L, H), in [0, 1]."""
+        self._measured(REGIMES_AND_GRID)
         return self.arrays[f"uniformity_{self._kind(maps)}"]
 
     def near_uniform_blocks(self, maps: str | None = None) -> list[int]:
@@ -231,8 +249,8 @@ class AnalysisResult:
         Returns ``similar_blocks`` and ``collapse_start`` (K, U, R) over ``settings.grid_ks``,
         ``grid_taus`` and ``grid_rhos`` (collapse start 0-based, -1 for none).
         """
-        grid = self.arrays[f"ratio_grid_{self._kind(maps)}"]
         uniform = set(self.near_uniform_blocks(maps))
+        grid = self.arrays[f"ratio_grid_{self._kind(maps)}"]
         rhos = self.settings.grid_rhos
         counts = np.zeros((*grid.shape[:2], len(rhos)), dtype=np.int64)
         starts = np.full_like(counts, -1)
@@ -324,7 +342,8 @@ class AnalysisResult:
         return pd.DataFrame(columns, index=pd.RangeIndex(blocks, name="block_0based"))
 
     def __repr__(self) -> str:
-        similar = self.similar_blocks()
+        similar, missing = self.similar_blocks(), self.not_in_result()
+        verdict = {"not_in_result": missing} if missing else {"collapse_start_0based": self.collapse_start()}
         return short_repr(
             "AnalysisResult",
             {
@@ -333,7 +352,7 @@ class AnalysisResult:
                 "images": self.num_images,
                 "maps": self._kind(None),
                 "similar_blocks": similar.count,
-                "collapse_start_0based": self.collapse_start(),
+                **verdict,
             },
         )
 
@@ -354,18 +373,24 @@ class AnalysisResult:
         }
 
     def _map_summary(self, maps: str) -> dict[str, Any]:
+        """The entries of one map kind; without the regimes and the grid (``not_in_result``) those that
+        need them are left out, so that nothing reads as "no collapse" that was never measured."""
         similar = self.similar_blocks(maps)
         first_third, last_third = _thirds(self.adjacent_similarity(maps))
         cross_head = self.cross_head_mean(maps)
-        robustness = self.robustness(maps)
-        counts, starts = robustness["similar_blocks"], robustness["collapse_start"]
+        verdict: dict[str, Any] = {}
+        if REGIMES_AND_GRID not in self.not_in_result():
+            robustness = self.robustness(maps)
+            verdict = {
+                "near_uniform_block_indices": self.near_uniform_blocks(maps),
+                "collapsed_block_indices": self.collapsed_blocks(maps),
+                "collapse_start": self.collapse_start(maps),
+                **self._band_verdicts(robustness["similar_blocks"], robustness["collapse_start"]),
+            }
         return {
             "similar_blocks": similar.count,
             "similar_block_indices": similar.indices,
-            "near_uniform_block_indices": self.near_uniform_blocks(maps),
-            "collapsed_block_indices": self.collapsed_blocks(maps),
-            "collapse_start": self.collapse_start(maps),
-            **self._band_verdicts(counts, starts),
+            **verdict,
             "adjacent_similarity_first_third": first_third,
             "adjacent_similarity_last_third": last_third,
             "cross_head_similarity": _nanmean_or_none(cross_head),
@@ -378,12 +403,17 @@ class AnalysisResult:
         once more without suffix for the default kind (``settings.maps``). Accuracy
         entries (``accuracy_top1``, ``accuracy_top5``: shares in [0, 1]) are None without
         labels, and ``accuracy_labels`` says where the labels came from or why there are none.
+        A result saved before a metric existed has ``not_in_result`` (``not_in_result()``) and lacks
+        the entries that need it: ``near_uniform_block_indices``, ``collapsed_block_indices``,
+        ``collapse_start`` and the ``band_...`` entries without the regimes and grid.
         """
         summary: dict[str, Any] = {
             "num_images": self.num_images,
             "num_blocks": self.geometry.num_blocks,
             "maps": self._kind(None),
         }
+        if missing := self.not_in_result():
+            summary["not_in_result"] = missing
         per_kind = {kind: self._map_summary(kind) for kind in MAP_KINDS}
         for kind, values in per_kind.items():
             summary.update({f"{name}_{kind}": value for name, value in values.items()})
@@ -416,7 +446,8 @@ class AnalysisResult:
         """The JSON document ``save`` writes (without the arrays)."""
         return {
             "format": ANALYSIS_FORMAT,
-            "version": FORMAT_VERSION,
+            # A result loaded from format 2 without the metrics of format 3 is written as what it is.
+            "version": 2 if self.not_in_result() else FORMAT_VERSION,
             "model": self.model,
             "geometry": self.geometry.to_dict(),
             "settings": self.settings.to_dict(),
@@ -431,10 +462,17 @@ class AnalysisResult:
 
     @classmethod
     def from_document(cls, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> AnalysisResult:
-        """A result from ``to_document``'s output and its arrays (format 1 is upgraded)."""
-        if document.get("version") == 1:
+        """A result from ``to_document``'s output and its arrays (format 1 is upgraded; formats 1 and 2
+        may lack the metrics of ``LATER_METRICS``, which the result then reports as ``not_in_result``)."""
+        version = document.get("version")
+        if version == 1:
             document, arrays = _upgrade_version_1(document, arrays)
-        missing = sorted(required_arrays() - arrays.keys())
+        later = (
+            set()
+            if version == FORMAT_VERSION
+            else {name for metric in LATER_METRICS for name in metric_named(metric).arrays}
+        )
+        missing = sorted(required_arrays() - later - arrays.keys())
         if missing:
             raise DiagError(f"saved analysis lacks the arrays {', '.join(missing)}")
         _check_array_shapes(document.get("array_shapes"), arrays)

@@ -31,6 +31,10 @@ KIND_SCALES = (
     "lie in [-1, 1] and are not on the same scale: compare counts within one kind, not across kinds"
 )
 
+# What the outputs say in place of an entry a result lacks because it was saved before deepvit-diag
+# measured it (``AnalysisResult.not_in_result``).
+NOT_IN_RESULT = "not in this result; re-run analyze to get it"
+
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
 PAPER_CROSS_HEAD = 0.3
 PAPER_CROSS_HEAD_NOTE = f"the paper finds below {PAPER_CROSS_HEAD:.2f} for ViT"
@@ -61,7 +65,10 @@ def _trend(summary: dict[str, Any], name: str, unit: str) -> str:
     return f"{_number(first, 2)} → {_number(last, 2)} {unit} (fit {_number(slope, 3, '+')}/block)"
 
 
-def _collapse_start(summary: dict[str, Any]) -> str:
+def collapse_start_cell(summary: dict[str, Any]) -> str:
+    """Where collapse starts (numbered from 1), "none", or that the result lacks it."""
+    if "collapse_start" not in summary:
+        return NOT_IN_RESULT
     return "none" if summary["collapse_start"] is None else str(summary["collapse_start"] + 1)
 
 
@@ -91,7 +98,9 @@ def accuracy_cell(summary: dict[str, Any]) -> str:
 
 
 def _near_uniform(summary: dict[str, Any]) -> str:
-    indices = summary.get("near_uniform_block_indices", [])
+    if "near_uniform_block_indices" not in summary:
+        return NOT_IN_RESULT
+    indices = summary["near_uniform_block_indices"]
     return f"{len(indices)} of {summary['num_blocks']}" + (f": {block_list(indices)}" if indices else "")
 
 
@@ -130,7 +139,7 @@ def _headline_rows(rho: float, kinds: tuple[str | None, ...] = (None,)) -> list[
         ),
         (
             "collapse starts at block",
-            _collapse_start,
+            collapse_start_cell,
             "the first block of the run of similar, selective blocks that lasts to the end of the network",
         ),
     ]
@@ -223,9 +232,15 @@ def summary_table(results: Mapping[str, AnalysisResult]) -> Table:
 
 def _collapse_sentence(label: str, s: dict[str, Any], rho: float, maps: str) -> str:
     total = s["num_blocks"]
-    similar, collapsed = s["similar_block_indices"], s["collapsed_block_indices"]
+    similar = s["similar_block_indices"]
     if not similar:
         return f"{label}: no block has a similarity ratio above rho = {rho:g} ({maps}), so no block counts as similar."
+    if "collapse_start" not in s:
+        return (
+            f"{label}: {len(similar)} of {total} blocks are similar (blocks {block_list(similar)}, {maps}); whether "
+            f"they are collapse (selective maps) or near-uniform attention is {NOT_IN_RESULT}."
+        )
+    collapsed = s["collapsed_block_indices"]
     if s["collapse_start"] is not None:
         start = s["collapse_start"] + 1
         run = f"block {start}" if start == total else f"every block from {start} to {total}"
@@ -255,7 +270,7 @@ def _uniform_sentences(label: str, result: AnalysisResult) -> list[str]:
 
 
 def _uniform_sentence(label: str, s: dict[str, Any], maps: str) -> str | None:
-    uniform = s["near_uniform_block_indices"]
+    uniform = s.get("near_uniform_block_indices")
     if not uniform:
         return None
     where = "every block" if len(uniform) == s["num_blocks"] else f"blocks {block_list(uniform)}"
@@ -266,6 +281,8 @@ def _uniform_sentence(label: str, s: dict[str, Any], maps: str) -> str | None:
 
 
 def _robustness_sentence(label: str, s: dict[str, Any], settings: Any) -> str | None:
+    if "band_collapse_starts" not in s:
+        return None
     starts = s["band_collapse_starts"]
     low, high = s["band_similar_blocks"]
     if len(starts) < 2:
@@ -278,11 +295,20 @@ def _robustness_sentence(label: str, s: dict[str, Any], settings: Any) -> str | 
     )
 
 
+def _not_measured_sentence(label: str, s: dict[str, Any]) -> str | None:
+    """What a result saved before deepvit-diag measured some metrics lacks."""
+    if not s.get("not_in_result"):
+        return None
+    measured = ", and the ".join(s["not_in_result"])
+    return f"{label}: saved before deepvit-diag measured the {measured}, so they are {NOT_IN_RESULT}."
+
+
 def model_findings(label: str, result: AnalysisResult) -> list[str]:
     """Plain sentences about one model."""
     s = result.summary()
     maps = f"{s['maps']}-Θ maps"
     findings = [_collapse_sentence(label, s, result.settings.rho, maps), *_uniform_sentences(label, result)]
+    findings += [sentence] if (sentence := _not_measured_sentence(label, s)) else []
     fragile = _robustness_sentence(label, s, result.settings)
     findings += [fragile] if fragile else []
     first, last = s["adjacent_similarity_first_third"], s["adjacent_similarity_last_third"]
@@ -317,8 +343,13 @@ def _softmax_maps(result: AnalysisResult) -> bool:
 
 
 def _reattention_finding(label: str, s: dict[str, Any], mixing: str) -> str:
-    uniform_pre = len(s["near_uniform_block_indices_pre"])
-    pre = f"{s['similar_blocks_pre']} similar blocks ({uniform_pre} near-uniform)"
+    uniform_pre = s.get("near_uniform_block_indices_pre")
+    uniform = (
+        f"whether they are near-uniform is {NOT_IN_RESULT}"
+        if uniform_pre is None
+        else f"{len(uniform_pre)} near-uniform"
+    )
+    pre = f"{s['similar_blocks_pre']} similar blocks ({uniform})"
     if mixing == TALKING_HEADS:
         return (
             f"{label}: talking heads (CaiT) mix the maps across heads: {pre} in the softmax maps, "
@@ -349,6 +380,9 @@ def _count_comparison(label_a: str, label_b: str, a: dict[str, Any], b: dict[str
 def _starts(label_a: str, label_b: str, a: dict[str, Any], b: dict[str, Any]) -> str:
     """Where collapse starts in each model, as one sentence that never begins with a label
     (a label keeps its own case)."""
+    if "collapse_start" not in a or "collapse_start" not in b:
+        lacking = " and ".join(label for label, s in ((label_a, a), (label_b, b)) if "collapse_start" not in s)
+        return f"Collapsed run (selective similar blocks up to the last) of {lacking}: {NOT_IN_RESULT}."
     starts = {label: s["collapse_start"] for label, s in ((label_a, a), (label_b, b))}
     if all(start is None for start in starts.values()):
         return f"Neither {label_a} nor {label_b} has a collapsed run."
@@ -370,6 +404,7 @@ def comparison_findings(label_a: str, label_b: str, comparison: ComparisonResult
     ]
     for label, result, s in ((label_a, comparison.a, a), (label_b, comparison.b, b)):
         findings += _uniform_sentences(label, result)
+        findings += [sentence] if (sentence := _not_measured_sentence(label, s)) else []
         fragile = _robustness_sentence(label, s, result.settings)
         findings += [fragile] if fragile else []
     if a["adjacent_similarity_last_third"] is not None and b["adjacent_similarity_last_third"] is not None:
@@ -477,7 +512,7 @@ def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
                 *([str(entry.step)] if timed else []),
                 _similar(s),
                 _near_uniform(s),
-                _collapse_start(s),
+                collapse_start_cell(s),
                 _number(s["adjacent_similarity_last_third"]),
                 f"{percent(s['accuracy_top1'])} / {percent(s['accuracy_top5'])}",
             ]

@@ -69,6 +69,7 @@ def synthetic(
         "attention_distance": np.ones((blocks, heads), np.float32),
         "token_similarity": np.zeros(blocks, np.float32),
         "rank_residual": np.ones(blocks, np.float32),
+        "block_influence": np.zeros(blocks, np.float32),
         "cka": np.eye(blocks, dtype=np.float32),
     }
     mixing_blocks = (0,) if reattention else ()
@@ -443,3 +444,33 @@ def test_head_mixing_models_get_both_map_kinds_without_a_rerun(comparison) -> No
         assert draw(catalogue.figure_named(f"{key}_other_kind"), {LABELS[0]: comparison.a}) == []  # a plain ViT
     (ratio,) = draw(catalogue.figure_named("similarity_ratio_other_kind"), results)
     np.testing.assert_array_equal(ratio.figure.data[1].y, comparison.b.ratio("pre"))
+
+
+def test_robustness_grid_has_one_panel_per_k_and_model(comparison) -> None:
+    """Every k of the grid gets its panel (the chosen one named), each the verdict over tau x rho
+    that ``robustness`` gives at that k, on one colour scale from 0."""
+    results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
+    (drawn,) = draw(catalogue.figure_named("robustness_grid"), results)
+    settings = comparison.a.settings
+    assert len(settings.grid_ks) == 3 and f"k = {settings.k}" in drawn.caption
+    assert len(drawn.figure.data) == 2 * len(settings.grid_ks)
+    titles = [annotation.text for annotation in drawn.figure.layout.annotations]
+    assert titles[:3] == [f"{LABELS[0]}, k = {k}" + (" (chosen)" if k == settings.k else "") for k in settings.grid_ks]
+    for row, result in enumerate(results.values()):
+        grid = result.robustness()
+        for column, k in enumerate(settings.grid_ks):
+            trace = drawn.figure.data[row * len(settings.grid_ks) + column]
+            np.testing.assert_array_equal(trace.z, grid["similar_blocks"][column].T)
+            starts = grid["collapse_start"][column].T
+            np.testing.assert_array_equal(trace.text, np.where(starts >= 0, (starts + 1).astype(str), "–"))
+            assert trace.hovertemplate.startswith(f"k {k}, ") and trace.coloraxis == "coloraxis"
+    assert drawn.figure.layout.coloraxis.cmin == 0
+
+
+def test_robustness_grid_of_k_1_has_no_k_0_panel() -> None:
+    result = synthetic([0.1, 0.5, 0.99, 0.99], cross_head=0.2)
+    result.settings = dataclasses.replace(result.settings, k=1)
+    for name in ("ratio_grid_pre", "ratio_grid_post"):
+        result.arrays[name] = result.arrays[name][:2]
+    (drawn,) = draw(catalogue.figure_named("robustness_grid"), {"M": result})
+    assert [annotation.text for annotation in drawn.figure.layout.annotations] == ["k = 1 (chosen)", "k = 2"]

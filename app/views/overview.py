@@ -10,7 +10,14 @@ from deepvit_diag import catalogue
 from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures import drawing
 from deepvit_diag.results import AnalysisResult
-from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_row_meanings, summary_rows
+from deepvit_diag.summary import (
+    block_list,
+    collapse_start_cell,
+    comparison_findings,
+    model_findings,
+    summary_row_meanings,
+    summary_rows,
+)
 
 from ..compute import Analysis
 from .common import BLOCKS_FROM_ONE, show_figure
@@ -66,9 +73,7 @@ def _model_column(label: str, result: AnalysisResult, differences: dict[str, flo
         help=f"Blocks whose similarity ratio exceeds rho = {result.settings.rho:g}: "
         + (block_list(summary["similar_block_indices"]) or "none"),
     )
-    start.metric(
-        "Collapse starts at block", "none" if summary["collapse_start"] is None else summary["collapse_start"] + 1
-    )
+    start.metric("Collapse starts at block", collapse_start_cell(summary))
     heads.metric(
         "Cross-head similarity",
         _decimal(summary["cross_head_similarity"]),

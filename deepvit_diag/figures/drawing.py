@@ -13,6 +13,8 @@ import plotly.graph_objects as go
 
 from .. import catalogue
 from ..escaping import plotly_label
+from ..summary import NOT_IN_RESULT
+from .style import finish, no_data_note
 
 if TYPE_CHECKING:
     from ..ablation_result import AblationResult
@@ -44,7 +46,14 @@ def draw(
     (``examples``, 0-based; default all kept), or one for ``comparison`` (none without it),
     as ``spec.scope`` says. Figures a model cannot have (Theta of a plain ViT) are left out.
     ``options`` go to the figure function (e.g. ``block`` of ``cross_head_matrices``). The figures
-    get the labels as Plotly text (``escaping.plotly_label``), the captions as they are."""
+    get the labels as Plotly text (``escaping.plotly_label``), the captions as they are.
+    Results saved before ``spec``'s metric existed are left out, and the caption says so; without
+    any other the figure is only that note."""
+    metric = catalogue.metric_of(spec)
+    needed = set(metric.arrays) if metric is not None else set()
+    lacking = [label for label, result in results.items() if not needed <= result.arrays.keys()]
+    if lacking:
+        return _without(spec, metric, results, lacking, examples=examples, **options)
     function = spec.function
     shown = {label: plotly_label(label) for label in results}
     drawn_results = {shown[label]: result for label, result in results.items()}
@@ -73,6 +82,24 @@ def draw(
     return [
         DrawnFigure(element, spec.caption.format(**values), fig) for element, fig, values in drawn if fig is not None
     ]
+
+
+def _without(
+    spec: catalogue.Figure, metric: catalogue.Metric, results: Results, lacking: list[str], **options: object
+) -> list[DrawnFigure]:
+    """``draw`` of the results not in ``lacking``, whose captions say what the others lack; a note alone
+    when every result lacks the metric."""
+    missing = f"{metric.name[0].upper()}{metric.name[1:]}: {NOT_IN_RESULT}"
+    kept = {label: result for label, result in results.items() if label not in lacking}
+    if not kept:
+        fig = go.Figure()
+        no_data_note(fig, plotly_label(missing))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return [DrawnFigure(spec.element_id, missing, finish(fig, metric.name, 200))]
+    drawn = draw(spec, kept, None, **options)
+    note = f" ({', '.join(lacking)}: {metric.name} {NOT_IN_RESULT})"
+    return [dataclasses.replace(figure, caption=figure.caption + note) for figure in drawn]
 
 
 def draw_sweep(sweep: SweepResult, *, relative_depth: bool = False) -> list[DrawnFigure]:

@@ -37,6 +37,7 @@ from .style import (
 
 if TYPE_CHECKING:
     from ..results import ComparisonResult
+    from ..settings import Settings
     from .style import Results
 
 # ----------------------------------------------------------------------------- layer similarity
@@ -333,38 +334,57 @@ def attention_regimes(results: Results, cutoff: float) -> go.Figure:
 
 @figure
 def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
-    """Similar blocks over the (tau, rho) grid at the chosen k, one panel per model; each
-    cell's text is the block where collapse starts ("–": no collapsed run)."""
+    """Similar blocks over the (tau, rho) grid, one panel per k of the grid (columns) and model
+    (rows), on one colour scale; each cell's text is the block where collapse starts ("–": no
+    collapsed run). The chosen k's panel says so in its title."""
     labels = list(results)
-    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=labels, horizontal_spacing=0.12)
-    counts = []
-    for column, label in enumerate(labels, start=1):
+    columns = max(len(result.settings.grid_ks) for result in results.values())
+    titles = [
+        _grid_panel_title(label, results[label].settings, k, len(labels) > 1)
+        for label in labels
+        for k in _padded(results[label].settings.grid_ks, columns)
+    ]
+    fig = make_subplots(
+        rows=len(labels), cols=columns, subplot_titles=titles, horizontal_spacing=0.06, vertical_spacing=0.16
+    )
+    largest = 1.0
+    for row, label in enumerate(labels, start=1):
         result = results[label]
         settings = result.settings
         grid = result.robustness(maps)
-        k_index = settings.grid_ks.index(settings.k)
-        count, start = grid["similar_blocks"][k_index].T, grid["collapse_start"][k_index].T  # (rho, tau)
-        counts.append(count)
-        text = np.where(start >= 0, (start + 1).astype(str), "–")
-        fig.add_trace(
-            go.Heatmap(
-                z=count,
-                x=[f"{tau:g}" for tau in settings.grid_taus],
-                y=[f"{rho:g}" for rho in settings.grid_rhos],
-                text=text,
-                texttemplate="%{text}",
-                textfont={"color": "#8c8c8c", "size": 13},  # mid grey reads on black and on pale yellow
-                coloraxis="coloraxis",
-                hovertemplate="tau %{x}, rho %{y}<br>%{z} similar blocks<br>collapse from block %{text}"
-                f"<extra>{label}</extra>",
-            ),
-            row=1,
-            col=column,
-        )
-        fig.update_xaxes(title="tau", type="category", row=1, col=column)
-        fig.update_yaxes(title="rho" if column == 1 else None, type="category", row=1, col=column)
-    largest = max(float(count.max()) for count in counts) or 1.0
+        largest = max(largest, float(grid["similar_blocks"].max()))
+        for column, k in enumerate(settings.grid_ks, start=1):
+            count, start = grid["similar_blocks"][column - 1].T, grid["collapse_start"][column - 1].T  # (rho, tau)
+            fig.add_trace(
+                go.Heatmap(
+                    z=count,
+                    x=[f"{tau:g}" for tau in settings.grid_taus],
+                    y=[f"{rho:g}" for rho in settings.grid_rhos],
+                    text=np.where(start >= 0, (start + 1).astype(str), "–"),
+                    texttemplate="%{text}",
+                    textfont={"color": "#8c8c8c", "size": 13},  # mid grey reads on black and on pale yellow
+                    coloraxis="coloraxis",
+                    hovertemplate=f"k {k}, tau %{{x}}, rho %{{y}}<br>%{{z}} similar blocks<br>"
+                    f"collapse from block %{{text}}<extra>{label}</extra>",
+                ),
+                row=row,
+                col=column,
+            )
+            fig.update_xaxes(title="tau" if row == len(labels) else None, type="category", row=row, col=column)
+            fig.update_yaxes(title="rho" if column == 1 else None, type="category", row=row, col=column)
     fig.update_layout(coloraxis={**sequential_scale(largest), "colorbar": {"title": {"text": "similar<br>blocks"}}})
     kind = map_kind(results[labels[0]], maps)
-    title = f"Robustness: similar blocks (colour) and collapse start (text) over tau and rho ({MAP_NAMES[kind]})"
-    return finish(fig, title, 380)
+    title = f"Robustness: similar blocks (colour) and collapse start (text) over k, tau and rho ({MAP_NAMES[kind]})"
+    return finish(fig, title, 120 + 300 * len(labels))
+
+
+def _padded(ks: tuple[int, ...], columns: int) -> list[int | None]:
+    """``ks`` with None for the panels a model with fewer k (k = 1 has no k - 1) leaves empty."""
+    return [*ks, *([None] * (columns - len(ks)))]
+
+
+def _grid_panel_title(label: str, settings: Settings, k: int | None, named: bool) -> str:
+    if k is None:
+        return ""
+    text = f"k = {k}" + (" (chosen)" if k == settings.k else "")
+    return f"{label}, {text}" if named else text
