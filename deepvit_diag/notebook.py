@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import catalogue
 from .errors import DiagError
 from .escaping import html_text
-from .figures.drawing import draw
+from .figures.drawing import draw, sweep_figure
 from .figures.style import model_label
 from .summary import comparison_findings, model_findings, summary_rows, sweep_findings, sweep_rows
 
@@ -85,7 +85,7 @@ def plot_comparison(comparison: ComparisonResult, name: str, options: dict) -> g
 def plot_sweep(sweep: SweepResult, name: str, options: dict) -> go.Figure:
     """Figure ``name`` of a sweep (``similar_blocks``, ``collapse_start``, ``accuracy``,
     ``ratio``, ``adjacent``, ``entropy``, or a catalogue key)."""
-    return _choose(name, _sweep_figures(), ("sweep",)).function(sweep, **options)
+    return sweep_figure(_choose(name, _sweep_figures(), ("sweep",)), sweep, **options)
 
 
 def figure_names(kind: str) -> list[str]:

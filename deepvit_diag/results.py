@@ -562,6 +562,17 @@ def _upgrade_version_1(document: dict[str, Any], arrays: dict[str, np.ndarray]) 
     return document, upgraded
 
 
+def summary_before_regimes(summary: dict[str, Any]) -> dict[str, Any]:
+    """A ``summary()`` that a sweep or monitor file kept, as this version reads it. Summaries written before
+    the attention regimes have ``collapse_start`` but no ``collapsed_block_indices``: their collapse start
+    was the run of similar blocks whatever their regime, near-uniform ones included, so it is left out and
+    the summary says ``not_in_result`` like a result of that time. Others are returned as they are."""
+    if "collapse_start" not in summary or "collapsed_block_indices" in summary:
+        return summary
+    kept = {key: value for key, value in summary.items() if not key.startswith("collapse_start")}
+    return {**kept, "not_in_result": [REGIMES_AND_GRID]}
+
+
 def _best_rows(matrix: np.ndarray) -> list[int | None]:
     """For every row, the column of its largest finite entry (None if none is finite)."""
     return [int(np.nanargmax(row)) if np.isfinite(row).any() else None for row in matrix]

@@ -34,6 +34,8 @@ KIND_SCALES = (
 # What the outputs say in place of an entry a result lacks because it was saved before deepvit-diag
 # measured it (``AnalysisResult.not_in_result``).
 NOT_IN_RESULT = "not in this result; re-run analyze to get it"
+# The same of a checkpoint that a sweep or a monitor measured then (``SweepResult.without_verdict``).
+NOT_IN_SWEEP = "not in this sweep; re-run the sweep (or the monitor) to get it"
 
 # The paper's Fig. 3(c) finds heads within a ViT block dissimilar: cross-head similarity below 30%.
 PAPER_CROSS_HEAD = 0.3
@@ -65,10 +67,10 @@ def _trend(summary: dict[str, Any], name: str, unit: str) -> str:
     return f"{_number(first, 2)} → {_number(last, 2)} {unit} (fit {_number(slope, 3, '+')}/block)"
 
 
-def collapse_start_cell(summary: dict[str, Any]) -> str:
-    """Where collapse starts (numbered from 1), "none", or that the result lacks it."""
+def collapse_start_cell(summary: dict[str, Any], missing: str = NOT_IN_RESULT) -> str:
+    """Where collapse starts (numbered from 1), "none", or ``missing`` when the summary lacks it."""
     if "collapse_start" not in summary:
-        return NOT_IN_RESULT
+        return missing
     return "none" if summary["collapse_start"] is None else str(summary["collapse_start"] + 1)
 
 
@@ -97,9 +99,9 @@ def accuracy_cell(summary: dict[str, Any]) -> str:
     )
 
 
-def _near_uniform(summary: dict[str, Any]) -> str:
+def _near_uniform(summary: dict[str, Any], missing: str = NOT_IN_RESULT) -> str:
     if "near_uniform_block_indices" not in summary:
-        return NOT_IN_RESULT
+        return missing
     indices = summary["near_uniform_block_indices"]
     return f"{len(indices)} of {summary['num_blocks']}" + (f": {block_list(indices)}" if indices else "")
 
@@ -511,8 +513,8 @@ def sweep_rows(sweep: SweepResult) -> tuple[list[str], list[list[str]]]:
                 entry.group,
                 *([str(entry.step)] if timed else []),
                 _similar(s),
-                _near_uniform(s),
-                collapse_start_cell(s),
+                _near_uniform(s, NOT_IN_SWEEP),
+                collapse_start_cell(s, NOT_IN_SWEEP),
                 _number(s["adjacent_similarity_last_third"]),
                 f"{percent(s['accuracy_top1'])} / {percent(s['accuracy_top5'])}",
             ]
@@ -566,8 +568,15 @@ def sweep_findings(sweep: SweepResult) -> list[str]:
                 f"{group}: attention is near-uniform in blocks of {named}: their similarity says nothing about "
                 "collapse, and they are never counted as collapsed."
             )
-        appears = sweep.collapse_appears(group)
-        if appears is None:
+        appears, lacking = sweep.collapse_appears(group), sweep.without_verdict(group)
+        if appears is None and lacking:
+            findings.append(
+                f"{group}: whether and where collapse appears is {NOT_IN_SWEEP}: "
+                f"{_listed([entry.label for entry in lacking])} "
+                f"{'was' if len(lacking) == 1 else 'were'} measured before deepvit-diag told near-uniform "
+                "attention from collapse."
+            )
+        elif appears is None:
             findings.append(
                 f"{group}: no checkpoint has a collapsed run (selective similar blocks) at the end of the network."
             )

@@ -34,7 +34,7 @@ from .monitor_checks import check_monitor_record, check_same_settings
 from .notebook import plot_sweep, short_repr, sweep_html
 from .outputs import write_checked
 from .readers import REATTENTION
-from .results import AnalysisResult
+from .results import AnalysisResult, summary_before_regimes
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -105,9 +105,8 @@ class SweepEntry:
         if missing:
             raise DiagError(f"sweep entry {document.get('label')!r} lacks the curves {', '.join(missing)}")
         try:
-            return cls(
-                document["label"], document["group"], document["step"], document["summary"], curves, document["model"]
-            )
+            summary = summary_before_regimes(document["summary"])
+            return cls(document["label"], document["group"], document["step"], summary, curves, document["model"])
         except KeyError as err:
             raise DiagError(f"a sweep entry lacks {err}") from None
 
@@ -160,17 +159,32 @@ class SweepResult:
 
     def collapse_appears(self, group: str) -> SweepEntry | None:
         """The first entry of ``group`` along x whose attention has collapsed (a run of
-        similar blocks reaching the last block, ``AnalysisResult.collapse_start``); None if none."""
-        return next((entry for entry in self.groups()[group] if entry.summary["collapse_start"] is not None), None)
+        similar blocks reaching the last block, ``AnalysisResult.collapse_start``); None if none,
+        or if an entry before it lacks its collapse start (``without_verdict``)."""
+        for entry in self.groups()[group]:
+            if entry.summary.get("collapse_start") is not None:
+                return entry
+            if "collapse_start" not in entry.summary:
+                return None
+        return None
+
+    def without_verdict(self, group: str | None = None) -> list[SweepEntry]:
+        """The entries (of ``group``, or all) whose summaries lack the collapse start: measured before
+        deepvit-diag told near-uniform attention from collapse (``results.summary_before_regimes``)."""
+        entries = self.entries if group is None else self.groups()[group]
+        return [entry for entry in entries if "collapse_start" not in entry.summary]
 
     def summary(self) -> dict[str, Any]:
         """The sweep as JSON-able numbers: every entry's position and analysis summary, and
         where collapse first appears in each group (the label, or None)."""
+        appears = {group: self.collapse_appears(group) for group in self.groups()}
         return {
             "x_axis": self.x_axis,
+            # A group whose entries lack their verdict and show no collapse is left out: "none" would be a guess.
             "collapse_appears": {
-                group: None if (entry := self.collapse_appears(group)) is None else entry.label
-                for group in self.groups()
+                group: None if entry is None else entry.label
+                for group, entry in appears.items()
+                if entry is not None or not self.without_verdict(group)
             },
             "entries": [
                 {"label": entry.label, "group": entry.group, "step": entry.step, "x": self.x(entry), **entry.summary}

@@ -6,10 +6,12 @@ from __future__ import annotations
 import timm
 import torch
 from conftest import TINY_KWARGS, sharp_timm_model
+from test_cli import run
 
-from deepvit_diag import analyze
+from deepvit_diag import CollapseMonitor, analyze, sweep
 from deepvit_diag.models import build_model
 from deepvit_diag.results import trailing_run
+from deepvit_diag.settings import MAP_KINDS
 from deepvit_diag.summary import model_findings, summary_rows, sweep_findings
 from deepvit_diag.sweeps import SweepEntry, SweepResult
 
@@ -103,3 +105,34 @@ def test_the_robustness_grid_equals_separate_analyses_at_each_tau_and_rho():
                 assert grid["similar_blocks"][i, j, r] == separate.similar_blocks(rho=rho).count
                 start = trailing_run(separate.collapsed_blocks(rho=rho), 6)
                 assert grid["collapse_start"][i, j, r] == (-1 if start is None else start)
+
+
+def _near_uniform_models() -> dict[str, torch.nn.Module]:
+    """A random-init timm ViT (entropy about ln T everywhere) and a random-init DeepViT (near-uniform softmax maps)."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", **TIMM_KWARGS).eval()
+    torch.manual_seed(0)
+    return {"ViT": vit, "DeepViT": build_model({"family": "deepvit", "kwargs": TINY_KWARGS}).eval()}
+
+
+def test_near_uniform_models_are_never_collapse_in_a_sweep_or_a_monitor_file(tmp_path):
+    """Through the real drivers: ``sweep`` over both models (a depth sweep), and a ``CollapseMonitor``
+    writing each model's measurements to a file that ``sweep --monitor`` reads back."""
+    models = _near_uniform_models()
+    depth_sweep = sweep(list(models.values()), IMAGES, progress=False, notice=lambda line: None)
+    assert all(entry.summary["collapse_start_pre"] is None for entry in depth_sweep.entries)
+    assert not _says_collapse(sweep_findings(depth_sweep))
+    assert depth_sweep.summary()["collapse_appears"] == {"ViT": None, "DeepViT": None}
+    for name, model in models.items():
+        path = tmp_path / f"{name}.jsonl"
+        monitor = CollapseMonitor(model, IMAGES, path=path)
+        for step in (0, 1):
+            monitor.measure(step)
+        series = SweepResult.from_monitor(path)
+        assert not _says_collapse(sweep_findings(series)), name
+        assert all(entry.summary[f"collapse_start_{kind}"] is None for entry in series.entries for kind in MAP_KINDS)
+        status, stdout, stderr = run(["sweep", "--monitor", str(path), "--out", str(tmp_path / name)])
+        assert status == 0, stderr
+        assert "collapse appears" not in stdout and "no checkpoint has a collapsed run" in " ".join(stdout.split())
+    uniform_vit = SweepResult.from_monitor(tmp_path / "ViT.jsonl")
+    assert any("near-uniform in blocks of training run (1-4)" in s for s in sweep_findings(uniform_vit))

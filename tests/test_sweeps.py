@@ -21,7 +21,7 @@ from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.errors import DiagError
 from deepvit_diag.figures import sweep as sweep_figures
 from deepvit_diag.report import build_sweep_report, sweep_report_figures, write_sweep_report
-from deepvit_diag.summary import sweep_findings, sweep_rows
+from deepvit_diag.summary import NOT_IN_SWEEP, sweep_findings, sweep_rows
 from deepvit_diag.sweep_runner import checkpoint_labels, sweep
 from deepvit_diag.sweeps import SweepEntry, SweepResult, choose_x_axis
 
@@ -273,3 +273,54 @@ def test_save_every_refuses_a_foreign_snapshot_file_before_training(tmp_path):
     )
     assert_clean_error(status, stderr, 1, "tiny-epoch2.safetensors exists and was not written by deepvit-diag")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny-epoch2.safetensors"]  # nothing else written
+
+
+# Written by the sweep and monitor writers of commit 707a867 (how: the folder's README.md).
+OLD_SWEEP = Path(__file__).parent / "data" / "sweep_before_regimes"
+
+
+@pytest.mark.parametrize("read", [SweepResult.load, lambda folder: SweepResult.from_monitor(folder / "monitor.jsonl")])
+def test_a_sweep_measured_before_the_regimes_never_reports_its_old_collapse(read):
+    """Its random-init ViTs were near-uniform and the old version said collapse appears at epoch 1;
+    read now, the summaries keep their counts but no collapse start, and every output says so."""
+    old = read(OLD_SWEEP)
+    assert [entry.summary["similar_blocks"] for entry in old.entries] == [3, 3]
+    assert not any("collapse_start" in entry.summary for entry in old.entries)
+    assert [entry.summary["not_in_result"] for entry in old.entries] == [[catalogue.REGIMES_AND_GRID]] * 2
+    assert old.without_verdict() == old.entries and old.collapse_appears("ViT") is None
+    assert old.summary()["collapse_appears"] == {}  # not None: "no collapse" is not known either
+    findings = sweep_findings(old)
+    assert not any("collapse appears at" in sentence or "no checkpoint has" in sentence for sentence in findings)
+    assert f"ViT: whether and where collapse appears is {NOT_IN_SWEEP}: epoch1 and epoch2 were measured" in (
+        " ".join(findings)
+    )
+    header, rows = sweep_rows(old)
+    assert {rows[0][header.index(column)] for column in ("near-uniform", "collapse from block")} == {NOT_IN_SWEEP}
+    collapse = old.plot("collapse_start")
+    assert NOT_IN_SWEEP in collapse.layout.annotations[0].text and not collapse.data
+    assert "Collapse start of epoch1, epoch2" in build_sweep_report(old)
+    assert not old.plot("similar_blocks").layout.shapes  # no dotted line where collapse would appear
+
+
+def test_a_sweep_with_old_and_new_checkpoints_finds_collapse_only_where_it_was_measured(depth_sweep):
+    images = {"description": "d", "count": 8, "skipped": 0}
+    old = SweepResult.load(OLD_SWEEP).entries[0]  # epoch 1, no verdict
+    for first, expected in ((_entry("e0", 0, 2), "e0"), (_entry("e5", 5, None), None)):
+        series = SweepResult([old, first], "epoch", depth_sweep.settings, images)
+        appears = series.collapse_appears("ViT")
+        # Collapse at epoch 0 comes before the unknown epoch 1; after it, the first is unknown.
+        assert (appears and appears.label) == expected
+        assert series.summary()["collapse_appears"] == ({"ViT": "e0"} if expected else {})
+
+
+def test_sweep_command_on_an_old_monitor_file_says_what_it_lacks(tmp_path):
+    argv = ["sweep", "--monitor", str(OLD_SWEEP / "monitor.jsonl"), "--out", str(tmp_path / "out")]
+    status, stdout, stderr = run(argv)
+    assert status == 0, stderr
+    assert f"ViT: whether and where collapse appears is {NOT_IN_SWEEP}" in " ".join(stdout.split())
+    assert "collapse appears at" not in stdout
+    status, stdout, stderr = run([*argv, "--json"])
+    assert status == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["collapse_appears"] == {} and "collapse_start" not in summary["entries"][0]
+    assert NOT_IN_SWEEP in (tmp_path / "out" / "sweep.html").read_text()

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from .. import catalogue
 from ..escaping import plotly_label
-from ..summary import NOT_IN_RESULT
+from ..summary import NOT_IN_RESULT, NOT_IN_SWEEP
 from .style import finish, no_data_note
 
 if TYPE_CHECKING:
@@ -92,14 +92,33 @@ def _without(
     missing = f"{metric.name[0].upper()}{metric.name[1:]}: {NOT_IN_RESULT}"
     kept = {label: result for label, result in results.items() if label not in lacking}
     if not kept:
-        fig = go.Figure()
-        no_data_note(fig, plotly_label(missing))
-        fig.update_xaxes(visible=False)
-        fig.update_yaxes(visible=False)
-        return [DrawnFigure(spec.element_id, missing, finish(fig, metric.name, 200))]
+        return [DrawnFigure(spec.element_id, missing, _note(metric.name, missing))]
     drawn = draw(spec, kept, None, **options)
     note = f" ({', '.join(lacking)}: {metric.name} {NOT_IN_RESULT})"
     return [dataclasses.replace(figure, caption=figure.caption + note) for figure in drawn]
+
+
+def _note(title: str, text: str) -> go.Figure:
+    """A figure that only says ``text``: what stands in for one the results cannot give."""
+    fig = go.Figure()
+    no_data_note(fig, plotly_label(text))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return finish(fig, title, 200)
+
+
+# Sweep figures that draw every checkpoint's collapse start, which checkpoints measured before
+# the attention regimes lack (``SweepResult.without_verdict``).
+_DRAW_COLLAPSE_START = ("sweep_collapse_start",)
+
+
+def sweep_figure(spec: catalogue.Figure, sweep: SweepResult, **options: object) -> go.Figure:
+    """``spec``'s figure of ``sweep``, or a note where it needs collapse starts some checkpoints lack."""
+    lacking = sweep.without_verdict()
+    if spec.key in _DRAW_COLLAPSE_START and lacking:
+        labels = ", ".join(entry.label for entry in lacking)
+        return _note("Where the collapsed run starts", f"Collapse start of {labels}: {NOT_IN_SWEEP}")
+    return spec.function(sweep, **options)
 
 
 def draw_sweep(sweep: SweepResult, *, relative_depth: bool = False) -> list[DrawnFigure]:
@@ -118,7 +137,7 @@ def draw_sweep(sweep: SweepResult, *, relative_depth: bool = False) -> list[Draw
     drawn = []
     for spec in catalogue.SWEEP_FIGURES:
         takes_depth = "relative_depth" in inspect.signature(spec.function).parameters
-        figure = spec.function(sweep, **({"relative_depth": relative_depth} if takes_depth else {}))
+        figure = sweep_figure(spec, sweep, **({"relative_depth": relative_depth} if takes_depth else {}))
         drawn.append(DrawnFigure(spec.element_id, spec.caption.format(**fields), figure))
     return drawn
 
