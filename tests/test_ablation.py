@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_KWARGS, randomize_norms, sharp_timm_model
+from test_report import assert_one_of_the_two_scales
 from torch import nn
 
 from deepvit_diag.ablation import STUDIES, VariantSums, ablate, removal
 from deepvit_diag.ablation_result import AblationResult
 from deepvit_diag.errors import DiagError
+from deepvit_diag.figures.drawing import draw_ablation
 from deepvit_diag.interventions import BlockRunner, Variant
 from deepvit_diag.metrics import similar_blocks
 from deepvit_diag.models import build_model
@@ -378,3 +380,10 @@ def test_two_gloo_processes_give_the_single_process_result(result, tmp_path):
         assert set(together.arrays) == set(result.arrays)
         for name, expected in result.arrays.items():
             np.testing.assert_allclose(together.arrays[name], expected, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_every_ablation_figure_uses_the_one_sequential_or_the_one_diverging_scale(result):
+    """The catalogue's ablation figures by the rules of the analysis figures (``test_report``)."""
+    drawn = draw_ablation(result)
+    assert {figure.element_id for figure in drawn} >= {"fig-head-importance"}
+    assert sum(assert_one_of_the_two_scales(figure.figure, figure.element_id) for figure in drawn) >= 2

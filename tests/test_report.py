@@ -387,40 +387,44 @@ def _colour_axes(fig: go.Figure) -> dict[str, dict]:
     return {name: value for name, value in layout.items() if name.startswith("coloraxis")}
 
 
+def assert_one_of_the_two_scales(fig: go.Figure, key: str) -> int:
+    """Every heatmap of ``fig`` is on a named colour axis, every colour bar names its quantity, and each
+    axis is the one sequential scale from black at 0 (non-negative values) or the one diverging scale
+    symmetric about 0 (signed values). Returns how many colour axes were checked."""
+    sequential, diverging = _resolved(style.SEQUENTIAL), _resolved(style.DIVERGING)
+    axes = _colour_axes(fig)
+    used = {trace.coloraxis for trace in fig.data if getattr(trace, "coloraxis", None)}
+    for trace in fig.data:
+        if trace.type == "heatmap":  # every heatmap is on a named colour axis of the layout
+            assert trace.coloraxis in axes, (key, trace.name)
+    for name in used:
+        axis = fig.layout[name]
+        values = np.concatenate([np.ravel(np.asarray(t.z, dtype=float)) for t in fig.data if t.coloraxis == name])
+        values = values[np.isfinite(values)]
+        title = axis.colorbar.title.text
+        assert title and title.strip(), (key, name)  # every colour bar names its quantity
+        if values.size and values.min() < 0:
+            assert axis.colorscale == diverging, (key, name)
+            assert axis.cmid == 0 and axis.cmin == -axis.cmax, (key, name)
+        else:
+            assert axis.colorscale in (sequential, diverging), (key, name)
+            if axis.colorscale == sequential:
+                assert axis.cmin == 0 and axis.cmax >= values.max(initial=0) - 1e-6, (key, name)
+            else:  # a signed quantity that happens to be >= 0 here keeps its zero-centred scale
+                assert axis.cmid == 0 and axis.cmin == -axis.cmax, (key, name)
+    return len(used)
+
+
 def test_every_catalogue_figure_uses_the_one_sequential_or_the_one_diverging_scale(comparison) -> None:
     results = {LABELS[0]: comparison.a, LABELS[1]: comparison.b}
-    sequential, diverging = _resolved(style.SEQUENTIAL), _resolved(style.DIVERGING)
-    assert sequential[0][1] == "rgb(0, 0, 4)"  # black at 0
+    assert _resolved(style.SEQUENTIAL)[0][1] == "rgb(0, 0, 4)"  # black at 0
     # rgb() stops: the app's Plotly draws the hex stop #000004 of the named scale as lavender
     assert all(colour.startswith("rgb(") for _, colour in style.SEQUENTIAL)
     checked = 0
     for metric in catalogue.METRICS:
         for spec in metric.figures:
             for drawn in draw(spec, results, comparison):
-                fig = drawn.figure
-                axes = _colour_axes(fig)
-                used = {trace.coloraxis for trace in fig.data if getattr(trace, "coloraxis", None)}
-                for trace in fig.data:
-                    if trace.type == "heatmap":  # every heatmap is on a named colour axis of the layout
-                        assert trace.coloraxis in axes, (spec.key, trace.name)
-                for name in used:
-                    axis = fig.layout[name]
-                    values = np.concatenate(
-                        [np.ravel(np.asarray(t.z, dtype=float)) for t in fig.data if t.coloraxis == name]
-                    )
-                    values = values[np.isfinite(values)]
-                    title = axis.colorbar.title.text
-                    assert title and title.strip(), (spec.key, name)  # every colour bar names its quantity
-                    if values.size and values.min() < 0:
-                        assert axis.colorscale == diverging, (spec.key, name)
-                        assert axis.cmid == 0 and axis.cmin == -axis.cmax, (spec.key, name)
-                    else:
-                        assert axis.colorscale in (sequential, diverging), (spec.key, name)
-                        if axis.colorscale == sequential:
-                            assert axis.cmin == 0 and axis.cmax >= values.max(initial=0) - 1e-6, (spec.key, name)
-                        else:  # a signed quantity that happens to be >= 0 here keeps its zero-centred scale
-                            assert axis.cmid == 0 and axis.cmin == -axis.cmax, (spec.key, name)
-                    checked += 1
+                checked += assert_one_of_the_two_scales(drawn.figure, spec.key)
     assert checked >= 8
 
 

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 from test_cli import assert_clean_error, run
-from test_report import CHROMIUM, render_in_chromium
+from test_report import CHROMIUM, assert_one_of_the_two_scales, render_in_chromium
 
 from deepvit_diag import catalogue
 from deepvit_diag.analysis import analyze
@@ -20,6 +20,7 @@ from deepvit_diag.checkpoints import load_model
 from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.errors import DiagError
 from deepvit_diag.figures import sweep as sweep_figures
+from deepvit_diag.figures.drawing import draw_sweep
 from deepvit_diag.report import build_sweep_report, sweep_report_figures, write_sweep_report
 from deepvit_diag.summary import NOT_IN_SWEEP, sweep_findings, sweep_rows
 from deepvit_diag.sweep_runner import checkpoint_labels, sweep
@@ -324,3 +325,22 @@ def test_sweep_command_on_an_old_monitor_file_says_what_it_lacks(tmp_path):
     summary = json.loads(stdout)
     assert summary["collapse_appears"] == {} and "collapse_start" not in summary["entries"][0]
     assert NOT_IN_SWEEP in (tmp_path / "out" / "sweep.html").read_text()
+
+
+def test_sweep_in_python_refuses_models_whose_cards_name_different_image_sets(labelled_images, monkeypatch):
+    """The API's refusal, before any analysis: ``sweep`` without images over models whose cards name two sets."""
+    models = [tiny("vit16", 2), tiny("vit16", 4)]
+    for model, image_set in zip(models, ("digits-test", "digits-clutter-test")):
+        model.provenance = {"description": image_set, "card": {"image_set": image_set}}
+    with monkeypatch.context() as patched:
+        patched.setattr("deepvit_diag.sweep_runner.analyze", lambda *a, **k: pytest.fail("analysed"))
+        with pytest.raises(DiagError, match=r"different image sets \(digits-clutter-test, digits-test\)"):
+            sweep(models, **QUIET)
+    assert len(sweep(models, labelled_images, **QUIET).entries) == 2  # chosen images are used for both
+
+
+def test_every_sweep_figure_uses_the_one_sequential_or_the_one_diverging_scale(depth_sweep):
+    """The catalogue's sweep figures by the rules of the analysis figures (``test_report``): lines in
+    colours of their groups, and any heatmap on one of the two scales."""
+    for drawn in draw_sweep(depth_sweep):
+        assert_one_of_the_two_scales(drawn.figure, drawn.element_id)

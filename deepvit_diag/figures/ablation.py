@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .registry import figure
-from .style import SEQUENTIAL, block_numbers, finish, model_colour
+from .style import block_numbers, colour_scale, finish, model_colour
 
 if TYPE_CHECKING:
     from ..ablation_result import AblationResult
@@ -88,17 +88,27 @@ def head_importance(result: AblationResult) -> go.Figure | None:
     for column, (values, title, hover) in enumerate(
         ((importance, "KL", "KL %{z:.3g}"), (redundancy, "similarity", "similarity %{z:.3f}")), start=1
     ):
+        # One colour axis per panel on the one scale of its quantity: KL from black at 0, the
+        # similarity (signed for post-Θ maps) likewise or diverging around 0.
+        axis = "coloraxis" if column == 1 else "coloraxis2"
         fig.add_trace(
             go.Heatmap(
                 z=values,
                 x=heads,
                 y=block_numbers(len(values)),
-                colorscale=SEQUENTIAL,
-                colorbar={"title": title, "x": 0.43 if column == 1 else 1.0},
+                coloraxis=axis,
                 hovertemplate="block %{y}, head %{x}: " + hover + "<extra></extra>",
             ),
             row=1,
             col=column,
+        )
+        fig.update_layout(
+            {
+                axis: {
+                    **colour_scale([values]),
+                    "colorbar": {"title": {"text": title}, "x": 0.43 if column == 1 else 1.0},
+                }
+            }
         )
         fig.update_xaxes(title="head", row=1, col=column, dtick=1)
         fig.update_yaxes(title="block", row=1, col=column, autorange="reversed")
