@@ -208,8 +208,15 @@ class AnalysisResult:
         return similar_blocks(torch.from_numpy(self.ratio(maps)), self.settings.rho if rho is None else rho)
 
     def not_in_result(self) -> list[str]:
-        """The metrics of ``LATER_METRICS`` this result lacks (saved before deepvit-diag measured them);
-        empty for a result of this version. Their methods raise ``DiagError`` saying ``NOT_IN_RESULT``."""
+        """The metrics this result lacks because it was saved before deepvit-diag measured them (of
+        ``LATER_METRICS``: the attention regimes and robustness grid, Block Influence); empty for a
+        result of this version. Their methods raise ``DiagError``: "not in this result; re-run analyze
+        to get it" (docs/metrics.md, results saved before a metric existed).
+
+        Example:
+            >>> AnalysisResult.load("runs/old").not_in_result()  # doctest: +SKIP
+            ['attention regimes and robustness grid', 'Block Influence']
+        """
         return [name for name in LATER_METRICS if not set(metric_named(name).arrays) <= self.arrays.keys()]
 
     def _measured(self, metric: str) -> None:

@@ -413,9 +413,13 @@ def test_opens_on_the_demo_pair(monkeypatch):
     assert {metric.label for metric in at.metric} >= {"Collapse starts at block", "Cross-head similarity"}
     # The CLI's defaults (every image of the set the cards name), hence the README's numbers.
     assert any("(360 analysed" in caption.value for caption in at.caption)
-    similar = [metric.value for metric in at.metric if metric.label == "Similar blocks"]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert f"{similar[0].split(' of ')[0]} of its blocks" in readme and similar[0] == "2 of 32", similar
+    similar = [metric for metric in at.metric if metric.label == "Similar blocks"]
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    # The README's numbers for vit32 (A): 2 of its 32 blocks, 1 and 4, are similar; top-1 95.8%.
+    assert similar[0].value == "2 of 32" and similar[0].help.endswith(": 1, 4"), similar[0]
+    assert "2 of its blocks (1 and 4) are similar" in readme and "vit32 ViT 2 of 32: 1, 4" in readme
+    findings = " ".join(markdown.value for markdown in at.markdown)
+    assert "top-1 accuracy 95.8%" in findings and "top-1 accuracy 95.8%" in readme
     for view in VIEWS[1:]:
         _assert_fine(_show(at, view))
         assert view in ("Export", "Sweep", "Ablation") or _charts(at) > 0, view
