@@ -18,7 +18,13 @@ from deepvit_diag.errors import DiagError
 from deepvit_diag.figures import drawing
 from deepvit_diag.report import build_report
 from deepvit_diag.results import FORMAT_VERSION, LATER_METRICS, AnalysisResult, ComparisonResult
-from deepvit_diag.summary import NOT_IN_RESULT, comparison_findings, model_findings, summary_rows
+from deepvit_diag.summary import (
+    NOT_IN_RESULT,
+    collapse_start_cell,
+    comparison_findings,
+    model_findings,
+    summary_rows,
+)
 
 # Written by the format-2 writer of commit 707a867 (how: the folder's README.md).
 OLD_RESULT = Path(__file__).parent / "data" / "format2_before_regimes"
@@ -126,6 +132,7 @@ def test_findings_and_headline_of_an_old_result_say_what_it_lacks():
     rows = dict(summary_rows({"old": loaded}))
     for row in ("near-uniform blocks (not collapse), pre-Θ", "collapse starts at block, pre-Θ"):
         assert rows[row] == [NOT_IN_RESULT], row
+    assert collapse_start_cell(loaded.summary()) == NOT_IN_RESULT  # the app's overview metric
     assert rows["similar blocks (ratio > 0.9), pre-Θ"] == ["3 of 3: 1-3"]
 
 
@@ -154,3 +161,23 @@ def test_figures_of_a_metric_an_old_result_lacks_are_a_note_or_leave_it_out(curr
 def test_the_report_of_an_old_result_is_written_and_says_what_it_lacks():
     html = build_report(AnalysisResult.load(OLD_RESULT), ["old"])
     assert html.count(NOT_IN_RESULT) >= 3  # table rows, findings, the figures of the regimes and grid
+
+
+def test_a_comparison_saved_before_the_regimes_loads_with_both_sides_lacking_them(current, tmp_path):
+    result, _ = current
+    ComparisonResult(result, result, np.eye(3, dtype=np.float32)).write_files(tmp_path / "cmp")
+    path = tmp_path / "cmp" / "result.json"
+    document = json.loads(path.read_text())
+    for side in ("a", "b"):
+        document[side]["version"] = 2
+        for name in LATER_ARRAYS:
+            del document[side]["array_shapes"][name]
+    path.write_text(json.dumps(document))
+    with np.load(tmp_path / "cmp" / "arrays.npz") as npz:
+        kept = {name: npz[name] for name in npz.files if name.split("/")[-1] not in LATER_ARRAYS}
+    np.savez_compressed(tmp_path / "cmp" / "arrays.npz", **kept)
+    loaded = ComparisonResult.load(tmp_path / "cmp")
+    assert loaded.a.not_in_result() == loaded.b.not_in_result() == list(LATER_METRICS)
+    findings = comparison_findings("A", "B", loaded)
+    assert f"Collapsed run (selective similar blocks up to the last) of A and B: {NOT_IN_RESULT}." in findings
+    assert "not_in_result" in loaded.summary()["a"]
