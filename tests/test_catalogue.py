@@ -5,6 +5,7 @@ side is in test_app.py)."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +22,8 @@ from deepvit_diag.figures.registry import FIGURE_FUNCTIONS
 from deepvit_diag.introspection import Geometry
 from deepvit_diag.metrics import token_distances
 from deepvit_diag.report import report_figures
-from deepvit_diag.results import ComparisonResult
-from deepvit_diag.settings import Settings
+from deepvit_diag.results import FORMAT_VERSION, ComparisonResult
+from deepvit_diag.settings import GRID_RHO_STEPS, GRID_TAU_STEPS, Settings
 
 LABELS = ["vit (A)", "deepvit (B)"]
 TINY = dict(depth=3, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
@@ -161,3 +162,23 @@ def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
     assert "prefix_attention" in catalogue.required_arrays()
     figures_drawn = {item.div_id: item.caption for item in report_figures(result, ["deepvit"])}
     assert figures_drawn["fig-prefix-attention-curves"] == entry.figures[0].caption
+
+
+def test_docs_metrics_names_every_array_and_states_the_verdicts_rules_as_the_code_has_them():
+    """docs/metrics.md: every array of the catalogue, a section on the regimes, the robustness grid, pre- vs
+    post-Θ maps and results saved before a metric existed, with the cut-off and grid steps the code uses."""
+    doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text().split())
+    assert not [name for name in catalogue.required_arrays() if f"`{name}`" not in doc]
+    headings = {part.split(" #")[0].strip() for part in doc.split(" ## ")[1:]}
+    sections = (
+        "Attention regimes",
+        "Robustness grid",
+        "Pre-Θ and post-Θ maps",
+        "Results saved before a metric existed",
+    )
+    assert not [section for section in sections if not any(h.startswith(section + " ") for h in headings)]
+    assert f"exceeds **{catalogue.NEAR_UNIFORM_CUTOFF:g}**" in doc
+    for symbol, steps in (("τ", GRID_TAU_STEPS), ("ρ", GRID_RHO_STEPS)):
+        step = steps[1] - steps[0]
+        assert f"{symbol} − {-steps[0]:g} ... {symbol} + {steps[-1]:g} in steps of {step:g}" in doc, symbol
+    assert f"Format {FORMAT_VERSION} (this version) holds every metric of the catalogue" in doc
