@@ -247,8 +247,15 @@ class AnalysisResult:
     def collapse_start(self, maps: str | None = None) -> int | None:
         """First block of the run of collapsed blocks (similar and selective) that reaches
         the last block (the paper's "every block after the 17th"); None when the last block
-        is not collapsed (not similar, or near-uniform)."""
+        is not collapsed (not similar, or near-uniform). Without the regimes (``not_in_result``)
+        only that None is known, when the last block is not similar."""
+        if REGIMES_AND_GRID in self.not_in_result() and self._last_block_dissimilar(maps):
+            return None
         return trailing_run(self.collapsed_blocks(maps), self.geometry.num_blocks)
+
+    def _last_block_dissimilar(self, maps: str | None) -> bool:
+        """Whether no run of similar blocks reaches the last block: then no run of collapsed ones does."""
+        return trailing_run(self.similar_blocks(maps).indices, self.geometry.num_blocks) is None
 
     def robustness(self, maps: str | None = None) -> dict[str, np.ndarray]:
         """The verdict over the robustness grid (docs/metrics.md), from the ratios of the same pass.
@@ -385,7 +392,8 @@ class AnalysisResult:
         similar = self.similar_blocks(maps)
         first_third, last_third = _thirds(self.adjacent_similarity(maps))
         cross_head = self.cross_head_mean(maps)
-        verdict: dict[str, Any] = {}
+        # Without the regimes the collapse start is known only where it is None (``collapse_start``).
+        verdict: dict[str, Any] = {"collapse_start": None} if self._last_block_dissimilar(maps) else {}
         if REGIMES_AND_GRID not in self.not_in_result():
             robustness = self.robustness(maps)
             verdict = {
@@ -412,7 +420,8 @@ class AnalysisResult:
         labels, and ``accuracy_labels`` says where the labels came from or why there are none.
         A result saved before a metric existed has ``not_in_result`` (``not_in_result()``) and lacks
         the entries that need it: ``near_uniform_block_indices``, ``collapsed_block_indices``,
-        ``collapse_start`` and the ``band_...`` entries without the regimes and grid.
+        the ``band_...`` entries and ``collapse_start`` (unless the last block is not similar: then
+        it is None whatever the regimes) without the regimes and grid.
         """
         summary: dict[str, Any] = {
             "num_images": self.num_images,
@@ -572,11 +581,13 @@ def _upgrade_version_1(document: dict[str, Any], arrays: dict[str, np.ndarray]) 
 def summary_before_regimes(summary: dict[str, Any]) -> dict[str, Any]:
     """A ``summary()`` that a sweep or monitor file kept, as this version reads it. Summaries written before
     the attention regimes have ``collapse_start`` but no ``collapsed_block_indices``: their collapse start
-    was the run of similar blocks whatever their regime, near-uniform ones included, so it is left out and
-    the summary says ``not_in_result`` like a result of that time. Others are returned as they are."""
+    was the run of similar blocks whatever their regime, near-uniform ones included, so it is left out where
+    it names a block, and the summary says ``not_in_result`` like a result of that time. Others are
+    returned as they are."""
     if "collapse_start" not in summary or "collapsed_block_indices" in summary:
         return summary
-    kept = {key: value for key, value in summary.items() if not key.startswith("collapse_start")}
+    # None stays: no run of similar blocks reached the last block, so no collapsed one does.
+    kept = {key: value for key, value in summary.items() if not key.startswith("collapse_start") or value is None}
     return {**kept, "not_in_result": [REGIMES_AND_GRID]}
 
 

@@ -242,6 +242,11 @@ def _collapse_sentence(label: str, s: dict[str, Any], rho: float, maps: str) -> 
             f"{label}: {len(similar)} of {total} blocks are similar (blocks {block_list(similar)}, {maps}); whether "
             f"they are collapse (selective maps) or near-uniform attention is {NOT_IN_RESULT}."
         )
+    if "collapsed_block_indices" not in s:  # a result saved before the regimes, whose last block is not similar
+        return (
+            f"{label}: {len(similar)} of {total} blocks are similar (blocks {block_list(similar)}, {maps}), but not "
+            f"the last, so there is no collapsed run at the end; whether they are selective is {NOT_IN_RESULT}."
+        )
     collapsed = s["collapsed_block_indices"]
     if s["collapse_start"] is not None:
         start = s["collapse_start"] + 1

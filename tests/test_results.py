@@ -17,7 +17,13 @@ from deepvit_diag.catalogue import REGIMES_AND_GRID, figure_named, metric_named,
 from deepvit_diag.errors import DiagError
 from deepvit_diag.figures import drawing
 from deepvit_diag.report import build_report
-from deepvit_diag.results import FORMAT_VERSION, LATER_METRICS, AnalysisResult, ComparisonResult
+from deepvit_diag.results import (
+    FORMAT_VERSION,
+    LATER_METRICS,
+    AnalysisResult,
+    ComparisonResult,
+    summary_before_regimes,
+)
 from deepvit_diag.summary import (
     NOT_IN_RESULT,
     collapse_start_cell,
@@ -42,7 +48,9 @@ def current(tmp_path_factory):
     kwargs = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=5)
     model = build_model({"family": "deepvit", "kwargs": kwargs}).eval()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    result = analyze(model, x, batch_size=4, **QUIET)
+    # Its softmax maps are near-uniform and every block similar: what an old result cannot tell from collapse.
+    result = analyze(model, x, batch_size=4, maps="pre", **QUIET)
+    assert result.similar_blocks().indices == [0, 1, 2] and result.collapse_start() is None
     folder = tmp_path_factory.mktemp("old") / "run"
     result.write_files(folder)
     strip_to_format_2(folder)
@@ -76,10 +84,18 @@ def test_a_result_of_the_old_writer_loads_without_its_later_metrics():
     # The old writer counted these similar blocks as collapse from block 1; they stay similar, but
     # whether they are collapse is not known, so no collapse entry is there to be read as one.
     assert summary["similar_blocks_pre"] == 3 and summary["similar_block_indices_pre"] == [0, 1, 2]
-    for key in VERDICT_KEYS:
+    for key in VERDICT_KEYS[:2]:
         assert not {key, f"{key}_pre", f"{key}_post"} & summary.keys(), key
     assert not any(key.startswith("band_") for key in summary)
-    for method in (loaded.uniformity, loaded.near_uniform_blocks, loaded.collapse_start, loaded.robustness):
+    # No post-Θ block is similar, so none collapses whatever the regimes: that much is known.
+    assert "collapse_start_pre" not in summary and summary["collapse_start_post"] is None
+    assert loaded.collapse_start("post") is None
+    for method in (
+        loaded.uniformity,
+        loaded.near_uniform_blocks,
+        loaded.robustness,
+        lambda: loaded.collapse_start("pre"),
+    ):
         with pytest.raises(DiagError, match="re-run analyze to get it"):
             method()
     assert "not_in_result" in repr(loaded) and "collapse_start" not in repr(loaded)
@@ -94,11 +110,11 @@ def test_an_old_result_keeps_every_other_number(current):
     for name, array in loaded.arrays.items():
         np.testing.assert_array_equal(array, result.arrays[name], err_msg=name)
     full, old = result.summary(), loaded.summary()
-    needs_regimes = {key for key in full if key.startswith(VERDICT_KEYS) or key.startswith("band_")}
-    assert needs_regimes and not needs_regimes & old.keys()
-    assert {key: value for key, value in full.items() if key not in needs_regimes} == {
-        key: value for key, value in old.items() if key != "not_in_result"
-    }
+    shared = old.keys() - {"not_in_result"}
+    assert {key: old[key] for key in shared} == {key: full[key] for key in shared}
+    left_out = full.keys() - shared
+    assert left_out and all(key.startswith(VERDICT_KEYS) or key.startswith("band_") for key in left_out)
+    assert not {"near_uniform_block_indices", "collapsed_block_indices", "band_similar_blocks"} & shared
 
 
 def test_an_old_result_saved_again_stays_format_2_and_loads(current, tmp_path):
@@ -128,11 +144,12 @@ def test_findings_and_headline_of_an_old_result_say_what_it_lacks():
     text = " ".join(findings)
     assert "collapses" not in text and "no collapsed run" not in text
     assert f"whether they are collapse (selective maps) or near-uniform attention is {NOT_IN_RESULT}" in text
+    assert collapse_start_cell(loaded.summary()) == NOT_IN_RESULT  # the app's overview metric
     assert any("saved before deepvit-diag measured the attention regimes and robustness grid" in f for f in findings)
     rows = dict(summary_rows({"old": loaded}))
     for row in ("near-uniform blocks (not collapse), pre-Θ", "collapse starts at block, pre-Θ"):
         assert rows[row] == [NOT_IN_RESULT], row
-    assert collapse_start_cell(loaded.summary()) == NOT_IN_RESULT  # the app's overview metric
+    assert rows["collapse starts at block, post-Θ"] == ["none"]  # no post-Θ block is similar
     assert rows["similar blocks (ratio > 0.9), pre-Θ"] == ["3 of 3: 1-3"]
 
 
@@ -181,3 +198,28 @@ def test_a_comparison_saved_before_the_regimes_loads_with_both_sides_lacking_the
     findings = comparison_findings("A", "B", loaded)
     assert f"Collapsed run (selective similar blocks up to the last) of A and B: {NOT_IN_RESULT}." in findings
     assert "not_in_result" in loaded.summary()["a"]
+
+
+def test_an_old_result_whose_last_block_is_not_similar_has_no_collapse_whatever_the_regimes():
+    loaded = AnalysisResult.load(OLD_RESULT)
+    loaded = dataclasses.replace(loaded, settings=dataclasses.replace(loaded.settings, maps="pre"))
+    loaded.arrays["ratio_pre"] = np.array([0.95, 0.97, 0.2], dtype=np.float32)
+    summary = loaded.summary()
+    assert summary["collapse_start_pre"] is None and "collapsed_block_indices_pre" not in summary
+    (sentence,) = [s for s in model_findings("old", loaded) if "blocks are similar" in s]
+    assert sentence == (
+        "old: 2 of 3 blocks are similar (blocks 1-2, pre-Θ maps), but not the last, so there is no collapsed run "
+        f"at the end; whether they are selective is {NOT_IN_RESULT}."
+    )
+
+
+def test_summaries_kept_from_before_the_regimes_lose_only_a_collapse_start_that_names_a_block():
+    old = {"similar_blocks": 2, "collapse_start": None, "collapse_start_pre": 1, "collapse_start_post": None}
+    assert summary_before_regimes(old) == {
+        "similar_blocks": 2,
+        "collapse_start": None,
+        "collapse_start_post": None,
+        "not_in_result": [REGIMES_AND_GRID],
+    }
+    current = {**old, "collapsed_block_indices": []}
+    assert summary_before_regimes(current) is current

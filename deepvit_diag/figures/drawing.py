@@ -89,10 +89,10 @@ def _without(
 ) -> list[DrawnFigure]:
     """``draw`` of the results not in ``lacking``, whose captions say what the others lack; a note alone
     when every result lacks the metric."""
-    missing = f"{metric.name[0].upper()}{metric.name[1:]}: {NOT_IN_RESULT}"
+    title = f"{metric.name[0].upper()}{metric.name[1:]}"
     kept = {label: result for label, result in results.items() if label not in lacking}
     if not kept:
-        return [DrawnFigure(spec.element_id, missing, _note(metric.name, missing))]
+        return [DrawnFigure(spec.element_id, f"{title}: {NOT_IN_RESULT}", _note(title, NOT_IN_RESULT))]
     drawn = draw(spec, kept, None, **options)
     note = f" ({', '.join(lacking)}: {metric.name} {NOT_IN_RESULT})"
     return [dataclasses.replace(figure, caption=figure.caption + note) for figure in drawn]
