@@ -199,11 +199,12 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
     ratio = similarity_figures.similarity_ratio(results)
     np.testing.assert_array_equal(np.asarray(ratio.data[0].y), comparison.a.ratio())
     assert any(shape.y0 == 0.9 for shape in ratio.layout.shapes)  # the rho line
-    # Each colour bar says which panels it belongs to and stands right of them.
-    assert fig.layout.coloraxis.colorbar.title.text == "similarity<br>(A, B)"
-    assert fig.layout.coloraxis2.colorbar.title.text == "difference<br>B − A"
-    assert fig.layout.xaxis2.domain[1] < fig.layout.coloraxis.colorbar.x < fig.layout.xaxis3.domain[0]
-    assert fig.layout.coloraxis2.colorbar.x > fig.layout.xaxis3.domain[1]
+    # Each colour bar says which panels it belongs to; both stand right of every panel, side by side.
+    similarity_bar, difference_bar = fig.layout.coloraxis.colorbar, fig.layout.coloraxis2.colorbar
+    assert similarity_bar.title.text == "similarity<br>(A, B)"
+    assert difference_bar.title.text == "difference<br>B − A"
+    assert similarity_bar.x == difference_bar.x == 1.0 and similarity_bar.xanchor == difference_bar.xanchor == "left"
+    assert difference_bar.xpad >= similarity_bar.xpad + style.COLOUR_BAR_PX
     # Curves over blocks start at block 1, not 0.
     for curves in (
         ratio,
@@ -213,7 +214,8 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
         similarity_figures.block_curves(results, "token_similarity", "cosine", "token similarity"),
         similarity_figures.block_curves(results, "rank_residual", "residual", "rank residual"),
     ):
-        assert curves.layout.xaxis.tick0 == 1 and curves.layout.xaxis.range == (0.5, 3.5), curves.layout.title.text
+        xaxis = curves.layout.xaxis
+        assert xaxis.tickvals == (1, 2, 3) and xaxis.range == (0.5, 3.5), curves.layout.title.text
 
 
 def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
@@ -231,7 +233,7 @@ def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     pre, post = cls.layout.coloraxis, cls.layout.coloraxis2
     assert "pre-Θ rows" in pre.colorbar.title.text and "post-Θ rows" in post.colorbar.title.text
     assert pre.colorscale != post.colorscale
-    assert pre.colorbar.len == post.colorbar.len == 0.9 and post.colorbar.x > pre.colorbar.x
+    assert pre.colorbar.len == post.colorbar.len == 0.9 and post.colorbar.xpad > pre.colorbar.xpad
     assert cls.layout.yaxis.title.text.endswith("pre-Θ") and cls.layout[f"yaxis{4 + 1}"].title.text.endswith("post-Θ")
     # A small (32 px) image is a PNG with its pixels repeated, not a blurred JPEG thumbnail.
     source = cls.layout.images[0].source

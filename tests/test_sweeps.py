@@ -79,7 +79,8 @@ def test_a_depth_sweep_has_one_line_per_family(depth_sweep):
     assert list(similar.data[1].y) == [entry.summary["similar_blocks"] for entry in groups["DeepViT"]]
     assert similar.layout.xaxis.title.text == "depth (blocks)"
     ratio = sweep_figures.sweep_ratio_curves(depth_sweep)
-    assert len(ratio.data) == 6 and list(ratio.data[2].x) == list(range(1, 7))
+    # One line per checkpoint, then the rho line's legend entry.
+    assert len(ratio.data) == 7 and list(ratio.data[2].x) == list(range(1, 7)) and ratio.data[6].name.startswith("rho")
     relative = sweep_figures.sweep_ratio_curves(depth_sweep, relative_depth=True)
     np.testing.assert_allclose(relative.data[2].x, np.arange(1, 7) / 6)
     adjacent = sweep_figures.sweep_adjacent_curves(depth_sweep)
@@ -160,7 +161,8 @@ def test_a_training_series_says_when_collapse_appears(depth_sweep):
     similar = sweep_figures.sweep_similar_blocks(series)
     assert similar.layout.xaxis.title.text == "epoch"
     assert [shape.x0 for shape in similar.layout.shapes] == [20]  # the dotted line where collapse appears
-    assert "collapse appears" in similar.layout.annotations[0].text
+    # Named in the legend, not by text on the plot.
+    assert similar.data[-1].name == "ViT: collapse appears (epoch 20)" and not similar.layout.annotations
     assert sweep_rows(series)[0][2] == "epoch"
     accuracy = sweep_figures.sweep_accuracy(series)
     assert "no accuracy: the images carry no labels" in accuracy.layout.annotations[0].text
