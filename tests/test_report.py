@@ -203,8 +203,8 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
     similarity_bar, difference_bar = fig.layout.coloraxis.colorbar, fig.layout.coloraxis2.colorbar
     assert similarity_bar.title.text == "similarity<br>(A, B)"
     assert difference_bar.title.text == "difference<br>B − A"
-    assert similarity_bar.x == difference_bar.x == 1.0 and similarity_bar.xanchor == difference_bar.xanchor == "left"
-    assert difference_bar.xpad >= similarity_bar.xpad + style.COLOUR_BAR_PX
+    assert similarity_bar.xref == difference_bar.xref == "container" and similarity_bar.x == difference_bar.x == 1.0
+    assert similarity_bar.xpad >= difference_bar.xpad + style.COLOUR_BAR_PX  # the similarity bar first
     # Curves over blocks start at block 1, not 0.
     for curves in (
         ratio,
@@ -233,7 +233,7 @@ def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     pre, post = cls.layout.coloraxis, cls.layout.coloraxis2
     assert "pre-Θ rows" in pre.colorbar.title.text and "post-Θ rows" in post.colorbar.title.text
     assert pre.colorscale != post.colorscale
-    assert pre.colorbar.len == post.colorbar.len == 0.9 and post.colorbar.xpad > pre.colorbar.xpad
+    assert pre.colorbar.len == post.colorbar.len == 0.9 and pre.colorbar.xpad > post.colorbar.xpad
     assert cls.layout.yaxis.title.text.endswith("pre-Θ") and cls.layout[f"yaxis{4 + 1}"].title.text.endswith("post-Θ")
     # A small (32 px) image is a PNG with its pixels repeated, not a blurred JPEG thumbnail.
     source = cls.layout.images[0].source

@@ -14,7 +14,7 @@ from plotly.subplots import make_subplots
 from ..metrics import HeadMixing
 from .registry import figure
 from .style import (
-    COLOUR_BAR_PX,
+    colour_bars_margin,
     colour_bars_right,
     count_axis,
     finish,
@@ -84,7 +84,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     )
     # A fixed width keeps the small panels square without empty bands between the rows, and
     # the figure inside a ~750 px column.
-    return fig.update_layout(width=90 + COLOUR_BAR_PX + (THETA_PANEL_PX + 20) * columns)
+    return fig.update_layout(width=70 + colour_bars_margin(1) + (THETA_PANEL_PX + 16) * columns)
 
 
 @figure
@@ -112,7 +112,7 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
         blocks = [block + 1 for block in gains]
         heatmap_panel(fig, matrix, hover, row=row, col=1, x=[str(block) for block in blocks])
         ticks = [str(block) for block in sparse_ticks(blocks)]
-        fig.update_xaxes(title="Re-attention block", type="category", tickvals=ticks, row=row, col=1)
+        fig.update_xaxes(title="Re-attention block", type="category", tickmode="array", tickvals=ticks, row=row, col=1)
         fig.update_yaxes(title="output head", autorange="reversed", row=row, col=1, **count_axis(len(matrix)))
     heads = max(len(gain) for gains in panels.values() for gain in gains.values())
     fig.update_layout(coloraxis={**symmetric_scale(changes), "colorbar": {"title": {"text": "Norm<br>weight − 1"}}})

@@ -10,9 +10,8 @@ import plotly.graph_objects as go
 
 from .registry import figure
 from .style import (
-    COLOUR_BAR_GAP_PX,
-    COLOUR_BAR_PX,
     OVERLAY_TITLE_COLOURS,
+    colour_bars_margin,
     colour_bars_right,
     colour_scale,
     finish,
@@ -168,7 +167,7 @@ def cls_attention(
     ]
     # Square panels as large as fit OVERLAY_WIDTH_PX, with room for one or two colour bars.
     bars = ["coloraxis", "coloraxis2"] if has_post else ["coloraxis"]
-    right = COLOUR_BAR_GAP_PX + COLOUR_BAR_PX * len(bars)
+    right = colour_bars_margin(len(bars))
     panel = max(OVERLAY_MIN_PANEL_PX, min(OVERLAY_MAX_PANEL_PX, (OVERLAY_WIDTH_PX - 80 - right) // num_heads))
     prefix = f"{label}: " if label else ""
     fig = finish(

@@ -59,13 +59,14 @@ def layer_similarity(results: Results, maps: str | None = None, other_kind: bool
     matrices = [results[label].similarity(maps) for label in labels]
     with_difference = has_difference_panel(results)
     short = [short_label(label) for label in labels]
+    lettered = len(labels) == 2 and all(len(letter) == 1 for letter in short)  # "vit (A)": A and B name them
     difference_title = f"{short[1]} − {short[0]}" if with_difference else ""
     titles = labels + ([f"difference {difference_title}"] if with_difference else [])
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.06)
     for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
         hover = "block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>"
         heatmap_panel(fig, matrix, hover, col=column, name=label)
-    similarity_title = "similarity" + (f"<br>({short[0]}, {short[1]})" if with_difference else "")
+    similarity_title = "similarity" + (f"<br>({short[0]}, {short[1]})" if with_difference and lettered else "")
     fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": {"text": similarity_title}}})
     if with_difference:
         difference = matrices[1] - matrices[0]
@@ -74,7 +75,7 @@ def layer_similarity(results: Results, maps: str | None = None, other_kind: bool
         fig.update_layout(
             coloraxis2={
                 **symmetric_scale([difference]),
-                "colorbar": {"title": {"text": f"difference<br>{difference_title}"}},
+                "colorbar": {"title": {"text": "difference" + (f"<br>{difference_title}" if lettered else "")}},
             }
         )
     colour_bars_right(fig, ["coloraxis", "coloraxis2"] if with_difference else ["coloraxis"])

@@ -58,17 +58,22 @@ DIVERGING = "RdBu_r"
 THRESHOLD_COLOUR = "#c0392b"
 MAP_NAMES = {"pre": "softmax maps, pre-Θ", "post": "post-Θ maps, which multiply V"}
 HEATMAP_PANEL_PX = 340
-# Tick labels on an axis of blocks or heads: 9 fit under a 32-block heatmap panel ~150 px wide.
+# Tick labels on an axis of blocks or heads: at most 9 along a curve's axis or down a heatmap
+# panel, 5 across a heatmap panel (~140 px wide when three stand side by side in ~750 px).
 MAX_TICKS = 9
-# Steps between tick labels, the smallest one that keeps at most MAX_TICKS labels is used.
-TICK_STEPS = (1, 2, 4, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
+MAX_HEATMAP_X_TICKS = 5
+# Steps between tick labels, the smallest one that keeps few enough labels is used.
+TICK_STEPS = (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 # Titles wrap at this many characters: a 17 px title line of ~80 characters fits ~720 px.
 TITLE_CHARACTERS = 80
 TITLE_LINE_PX = 24
-# Horizontal room of one vertical colour bar with its tick labels and title, side by side in the right margin.
+# Horizontal room of one vertical colour bar with its tick labels and title (lines of at most
+# COLOUR_BAR_TITLE_CHARACTERS), side by side in the right margin.
 COLOUR_BAR_PX = 100
+COLOUR_BAR_TITLE_CHARACTERS = 12
 # The room between the plot and the first colour bar, and the thickness of every bar.
-COLOUR_BAR_GAP_PX = 14
+COLOUR_BAR_GAP_PX = 20
+COLOUR_BAR_EDGE_PX = 6  # between the last bar's box and the figure's right edge
 COLOUR_BAR_THICKNESS = 14
 # Legends stand right of the plot, at its top, so they never cover the title or the data.
 LEGEND = {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"}
@@ -123,11 +128,12 @@ def finish(fig: go.Figure, title: str, height: int) -> go.Figure:
     line), the legend right of the plot."""
     text = wrapped_title(title)
     extra = TITLE_LINE_PX * text.count("<br>")
+    right = max(30, fig.layout.margin.r or 0)  # the room colour bars took (``colour_bars_right``)
     fig.update_layout(
         template=TEMPLATE,
         title={"text": text, "x": 0.01, "xanchor": "left"},
         height=height + extra,
-        margin={"l": 70, "r": 30, "t": 80 + extra, "b": 60},
+        margin={"l": 70, "r": right, "t": 80 + extra, "b": 60},
         font={"size": 13},
         legend=LEGEND,
     )
@@ -166,20 +172,26 @@ def reference_line(
 
 
 def colour_bars_right(fig: go.Figure, axes: Sequence[str]) -> None:
-    """The colour bars of colour ``axes`` side by side in the right margin, in this order, at
-    fixed pixel offsets (``xpad``), so that no bar stands over a panel or its axis labels at
-    any width; the margin grows to hold them."""
+    """The colour bars of colour ``axes`` side by side in the right margin, in this order, and
+    the margin wide enough for them, ``COLOUR_BAR_PX`` each: no bar stands over a panel or its
+    axis labels at any width. The first bar stands just right of the plot area, the others at
+    fixed pixel offsets from the figure's right edge (a bar's ``xpad`` pads both its sides, and
+    Plotly widens the margin to hold the padded box, so large offsets from the plot would
+    waste room). Square panels move right, next to the bars."""
     for index, axis in enumerate(axes):
-        fig.layout[axis].colorbar.update(
-            x=1.0,
-            xref="paper",
-            xanchor="left",
-            xpad=COLOUR_BAR_GAP_PX + index * COLOUR_BAR_PX,
-            y=0.5,
-            yanchor="middle",
-            len=0.9,
-            thickness=COLOUR_BAR_THICKNESS,
-        )
+        if index == 0:
+            place = {"x": 1.0, "xref": "paper", "xanchor": "left", "xpad": COLOUR_BAR_GAP_PX}
+        else:
+            from_edge = COLOUR_BAR_EDGE_PX + (len(axes) - 1 - index) * COLOUR_BAR_PX
+            place = {"x": 1.0, "xref": "container", "xanchor": "right", "xpad": from_edge}
+        fig.layout[axis].colorbar.update(**place, y=0.5, yanchor="middle", len=0.9, thickness=COLOUR_BAR_THICKNESS)
+    fig.update_layout(margin={"r": colour_bars_margin(len(axes))})
+    fig.update_xaxes(constraintoward="right")
+
+
+def colour_bars_margin(count: int) -> int:
+    """The right margin that holds ``count`` colour bars (``colour_bars_right``)."""
+    return COLOUR_BAR_GAP_PX + COLOUR_BAR_PX * count
 
 
 def finite(values: np.ndarray) -> np.ndarray:
@@ -191,27 +203,27 @@ def tick_step(count: int, labels: int = MAX_TICKS - 1) -> int:
     return next((step for step in TICK_STEPS if count <= labels * step), math.ceil(count / labels))
 
 
-def sparse_ticks(numbers: Sequence[int]) -> list[int]:
-    """At most ``MAX_TICKS`` of ``numbers`` (ascending block or head numbers) to label: the
-    first, the last, and the multiples of a step between them, none within half a step of
-    either end (where two labels would touch). Blocks 1..32: 1, 4, 8, ..., 28, 32."""
+def sparse_ticks(numbers: Sequence[int], most: int = MAX_TICKS) -> list[int]:
+    """At most ``most`` of ``numbers`` (ascending block or head numbers) to label: the first,
+    the last, and the multiples of a step between them, none within half a step of either end
+    (where two labels would touch). Blocks 1..32: 1, 4, 8, ..., 28, 32 (at most 5: 1, 8, ..., 32)."""
     numbers = list(numbers)
     if not numbers:
         return []
-    step = tick_step(len(numbers))
+    step = tick_step(len(numbers), most - 1)
     first, last = numbers[0], numbers[-1]
     inner = [n for n in numbers if n % step == 0 and n - first >= step / 2 and last - n >= step / 2]
     return sorted({first, *inner, last})
 
 
-def count_ticks(count: int) -> list[int]:
+def count_ticks(count: int, most: int = MAX_TICKS) -> list[int]:
     """The tick labels of an axis of ``count`` blocks or heads numbered from 1 (``sparse_ticks``)."""
-    return sparse_ticks(range(1, count + 1))
+    return sparse_ticks(range(1, count + 1), most)
 
 
-def count_axis(count: int) -> dict:
+def count_axis(count: int, most: int = MAX_TICKS) -> dict:
     """Axis properties that label ``count`` blocks or heads numbered from 1 (``count_ticks``)."""
-    return {"tickmode": "array", "tickvals": count_ticks(count)}
+    return {"tickmode": "array", "tickvals": count_ticks(count, most)}
 
 
 def square_heatmap_axes(
@@ -221,15 +233,18 @@ def square_heatmap_axes(
     ``size`` rows. In a grid of ``columns`` panels per row, only the first column names the
     y axis and only the lowest panel of each column the x axis, so titles do not crowd."""
     columns = columns or count
-    ticks = {**count_axis(size), "showgrid": False, "constrain": "domain"}
+    common = {"showgrid": False, "constrain": "domain"}
     for index in range(1, count + 1):
         suffix = "" if index == 1 else str(index)
-        fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **ticks)
+        fig.layout[f"xaxis{suffix}"].update(
+            title=x_title if index + columns > count else None, **common, **count_axis(size, MAX_HEATMAP_X_TICKS)
+        )
         fig.layout[f"yaxis{suffix}"].update(
             title=y_title if (index - 1) % columns == 0 else None,
             autorange="reversed",
             scaleanchor=f"x{suffix}",
-            **ticks,
+            **common,
+            **count_axis(size),
         )
 
 
