@@ -1,0 +1,97 @@
+"""Text that overlaps other text or is cut, found from bounding boxes in a Playwright page.
+
+``layout_problems(page)`` collects every visible piece of text: each HTML text node (one box
+per rendered line, from ``Range.getClientRects``) and each SVG ``<text>`` (its ``getBBox``
+mapped to the screen by ``getScreenCTM``, so rotated tick labels keep their true, oriented
+box). It reports
+
+- overlaps: two pieces of text whose boxes intersect by more than ``tolerance_px`` in both
+  directions (for rotated text, along every axis of the two boxes); text of one element
+  against itself or against text nested in it is not compared;
+- cuts: text partly hidden by an ancestor that clips (``overflow: hidden`` or ``clip``; an
+  SVG clips its own contents), text shortened by ``text-overflow: ellipsis``, and text that
+  runs past the left or right edge of the window. Text that a scrolling ancestor only
+  scrolls out of view is not cut, and text that is hidden whole (zero size, ``display:
+  none``, ``visibility: hidden``, ``opacity: 0``, clipped away entirely) is not looked at.
+
+Layers drawn above the page on purpose (Plotly's hover labels and mode bar, tooltips,
+popovers) are left out; ``ignore`` adds CSS selectors of more such layers.
+``assert_clean_layout(page)`` fails with one line per problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TOLERANCE_PX = 2.0
+# Layers that sit over the page by design, not text that collides with it.
+LAYERED = (
+    ".hoverlayer",
+    ".modebar-container",
+    '[role="tooltip"]',
+    '[data-baseweb="tooltip"]',
+    '[data-baseweb="popover"]',
+)
+
+_COLLECT = Path(__file__).with_name("layout_checks.js").read_text()
+
+
+@dataclass(frozen=True)
+class Overlap:
+    first: str
+    first_where: str
+    second: str
+    second_where: str
+    depth: float  # px: how far the boxes reach into each other along the axis where they overlap least
+
+    def __str__(self) -> str:
+        return (
+            f"overlap by {self.depth:.1f} px: {_short(self.first)!r} ({self.first_where}) "
+            f"and {_short(self.second)!r} ({self.second_where})"
+        )
+
+
+@dataclass(frozen=True)
+class Cut:
+    text: str
+    where: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"cut: {_short(self.text)!r} ({self.where}): {self.why}"
+
+
+@dataclass(frozen=True)
+class LayoutReport:
+    texts: int  # how many pieces of visible text were looked at
+    overlaps: list[Overlap]
+    cuts: list[Cut]
+
+    @property
+    def problems(self) -> list[str]:
+        return [str(problem) for problem in [*self.overlaps, *self.cuts]]
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def layout_problems(page, tolerance_px: float = DEFAULT_TOLERANCE_PX, ignore: tuple[str, ...] = ()) -> LayoutReport:
+    """Overlapping and cut text in ``page`` as it is drawn now (see the module docstring)."""
+    found = page.evaluate(_COLLECT, [tolerance_px, [*LAYERED, *ignore]])
+    cuts = list(dict.fromkeys(Cut(**cut) for cut in found["cuts"]))  # one per text, not per line
+    deepest: dict[tuple[str, str, str, str], Overlap] = {}
+    for overlap in (Overlap(**found_overlap) for found_overlap in found["overlaps"]):
+        pair = (overlap.first, overlap.first_where, overlap.second, overlap.second_where)
+        if pair not in deepest or overlap.depth > deepest[pair].depth:  # one per pair of texts, not per line
+            deepest[pair] = overlap
+    return LayoutReport(found["texts"], list(deepest.values()), cuts)
+
+
+def assert_clean_layout(page, context: str = "", **options) -> LayoutReport:
+    """Fail with every overlap and cut in ``page``; return the report when there is none."""
+    report = layout_problems(page, **options)
+    assert report.texts > 0, f"{context}: no visible text found"
+    assert not report.problems, f"{context}: {len(report.problems)} layout problems:\n" + "\n".join(report.problems)
+    return report
