@@ -14,6 +14,18 @@
     }
     return parts.reverse().join(">");
   };
+  // Plotly figures by name, so that a problem inside one figure can be told from one on the page.
+  const figures = new Map();
+  const figureOf = (element) => {
+    const plot = element.closest(".js-plotly-plot");
+    if (!plot) return null;
+    if (!figures.has(plot)) {
+      const title = plot.querySelector(".gtitle");
+      const name = plot.id || (title && title.textContent.trim()) || "untitled";
+      figures.set(plot, `figure ${figures.size + 1} (${name})`);
+    }
+    return figures.get(plot);
+  };
   const quadOf = (r) => [[r.left, r.top], [r.right, r.top], [r.right, r.bottom], [r.left, r.bottom]];
   const boundsOf = (quad) => {
     const xs = quad.map((p) => p[0]), ys = quad.map((p) => p[1]);
@@ -50,7 +62,7 @@
       const hides = (axis) => ["hidden", "clip"].includes(axis) || (isSvg && axis !== "visible");
       const lost = (next.left - box.left > tolerance || box.right - next.right > tolerance) && hides(style.overflowX)
         || (next.top - box.top > tolerance || box.bottom - next.bottom > tolerance) && hides(style.overflowY);
-      if (lost && !cutBy) cutBy = describe(node);
+      if (lost && !cutBy) cutBy = node;
       box = next;
     }
     return { box, cutBy };
@@ -65,11 +77,16 @@
       const { box, cutBy } = clipped(element, bounds);
       if (!box) continue;  // scrolled or clipped out of sight whole
       const where = describe(element);
-      if (cutBy) cuts.push({ text, where, why: `clipped by ${cutBy}` });
-      else if (bounds.left < -tolerance || bounds.right > window.innerWidth + tolerance)
-        cuts.push({ text, where, why: `outside the window (x ${Math.round(bounds.left)}..${Math.round(bounds.right)}, width ${window.innerWidth})` });
-      const whole = box.left === bounds.left && box.right === bounds.right && box.top === bounds.top && box.bottom === bounds.bottom;
-      items.push({ owner, text, where, quad: whole ? quad : quadOf(box), bounds: box });
+      const figure = figureOf(element);
+      if (cutBy) {
+        const inside = figure !== null && figureOf(cutBy) === figure;
+        cuts.push({ text, where, why: `clipped by ${describe(cutBy)}`, figure: inside ? figure : null });
+      } else if (bounds.left < -tolerance || bounds.right > window.innerWidth + tolerance) {
+        const span = `x ${Math.round(bounds.left)}..${Math.round(bounds.right)}, width ${window.innerWidth}`;
+        cuts.push({ text, where, why: `outside the window (${span})`, figure: null });
+      }
+      const whole = ["left", "right", "top", "bottom"].every((side) => box[side] === bounds[side]);
+      items.push({ owner, text, where, figure, quad: whole ? quad : quadOf(box), bounds: box });
     }
   };
 
@@ -83,11 +100,13 @@
     range.selectNodeContents(node);
     add(element, element, text, [...range.getClientRects()].map(quadOf));
     const style = getComputedStyle(element);
-    if (style.textOverflow === "ellipsis" && element.scrollWidth > element.clientWidth + 1 && style.overflowX !== "visible") {
+    const shortened = element.scrollWidth > element.clientWidth + 1 && style.overflowX !== "visible";
+    if (style.textOverflow === "ellipsis" && shortened) {
       const where = describe(element);
       // Said once, as an ellipsis, rather than also as text its own box clips.
       for (let i = cuts.length - 1; i >= 0 && cuts[i].text === text && cuts[i].where === where; i--) cuts.pop();
-      cuts.push({ text, where, why: `ellipsis (${element.scrollWidth} px of text in ${element.clientWidth} px)` });
+      const why = `ellipsis (${element.scrollWidth} px of text in ${element.clientWidth} px)`;
+      cuts.push({ text, where, why, figure: null });
     }
   }
   for (const text of document.querySelectorAll("svg text")) {
@@ -130,7 +149,9 @@
       if (b.bounds.top >= a.bounds.bottom - tolerance || a.bounds.top >= b.bounds.bottom - tolerance) continue;
       if (related(a, b)) continue;
       const d = depth(a.quad, b.quad);
-      if (d > tolerance) overlaps.push({ first: a.text, first_where: a.where, second: b.text, second_where: b.where, depth: d });
+      if (d > tolerance)
+        overlaps.push({ first: a.text, first_where: a.where, first_figure: a.figure,
+                        second: b.text, second_where: b.where, second_figure: b.figure, depth: d });
     }
   }
   return { texts: items.length, overlaps, cuts };

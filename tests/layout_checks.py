@@ -21,6 +21,7 @@ popovers) are left out; ``ignore`` adds CSS selectors of more such layers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +41,22 @@ _COLLECT = Path(__file__).with_name("layout_checks.js").read_text()
 @dataclass(frozen=True)
 class Overlap:
     first: str
-    first_where: str
+    first_where: str  # the element: tag, class or data-testid, up to three levels
+    first_figure: str | None  # "figure N (title)" for text in a Plotly figure
     second: str
     second_where: str
+    second_figure: str | None
     depth: float  # px: how far the boxes reach into each other along the axis where they overlap least
+
+    @property
+    def inside_figure(self) -> bool:
+        """Both texts belong to one Plotly figure: the figure's own layout, not the page's."""
+        return self.first_figure is not None and self.first_figure == self.second_figure
 
     def __str__(self) -> str:
         return (
-            f"overlap by {self.depth:.1f} px: {_short(self.first)!r} ({self.first_where}) "
-            f"and {_short(self.second)!r} ({self.second_where})"
+            f"overlap by {self.depth:.1f} px: {_short(self.first)!r} ({_place(self.first_where, self.first_figure)}) "
+            f"and {_short(self.second)!r} ({_place(self.second_where, self.second_figure)})"
         )
 
 
@@ -57,9 +65,14 @@ class Cut:
     text: str
     where: str
     why: str
+    figure: str | None  # the Plotly figure whose own box cuts the text, if that is what cuts it
+
+    @property
+    def inside_figure(self) -> bool:
+        return self.figure is not None
 
     def __str__(self) -> str:
-        return f"cut: {_short(self.text)!r} ({self.where}): {self.why}"
+        return f"cut: {_short(self.text)!r} ({_place(self.where, self.figure)}): {self.why}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,20 @@ class LayoutReport:
     def problems(self) -> list[str]:
         return [str(problem) for problem in [*self.overlaps, *self.cuts]]
 
+    @property
+    def page_problems(self) -> list[str]:
+        """Problems of the page's layout: all but those within one figure."""
+        return [str(problem) for problem in [*self.overlaps, *self.cuts] if not problem.inside_figure]
+
+    @property
+    def figure_problems(self) -> list[str]:
+        """Problems within one Plotly figure (its ticks, colour bars, titles, annotations)."""
+        return [str(problem) for problem in [*self.overlaps, *self.cuts] if problem.inside_figure]
+
+
+def _place(where: str, figure: str | None) -> str:
+    return f"{figure}: {where}" if figure else where
+
 
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -81,9 +108,9 @@ def layout_problems(page, tolerance_px: float = DEFAULT_TOLERANCE_PX, ignore: tu
     """Overlapping and cut text in ``page`` as it is drawn now (see the module docstring)."""
     found = page.evaluate(_COLLECT, [tolerance_px, [*LAYERED, *ignore]])
     cuts = list(dict.fromkeys(Cut(**cut) for cut in found["cuts"]))  # one per text, not per line
-    deepest: dict[tuple[str, str, str, str], Overlap] = {}
+    deepest: dict[Overlap, Overlap] = {}
     for overlap in (Overlap(**found_overlap) for found_overlap in found["overlaps"]):
-        pair = (overlap.first, overlap.first_where, overlap.second, overlap.second_where)
+        pair = dataclasses.replace(overlap, depth=0.0)
         if pair not in deepest or overlap.depth > deepest[pair].depth:  # one per pair of texts, not per line
             deepest[pair] = overlap
     return LayoutReport(found["texts"], list(deepest.values()), cuts)

@@ -144,3 +144,21 @@ def test_assert_clean_layout_lists_every_problem(page):
     assert "overlap" in str(failure.value) and "cut" in str(failure.value)
     page.set_content(BASE + CLEAN["paragraphs and a row"])
     assert assert_clean_layout(page, "synthetic").texts >= 4
+
+
+def test_problems_inside_one_figure_are_told_from_the_page(page):
+    figure = (
+        '<div class="js-plotly-plot" id="{id}"><svg class="main-svg" width="200" height="60">'
+        '<text x="10" y="20">{first}</text><text x="14" y="24">{second}</text>'
+        '<text x="150" y="50">a label running out</text></svg></div>'
+    )
+    body = figure.format(id="fig-one", first="tick 1", second="tick 2") + (
+        '<div class="at" style="top:30px; left:150px">a caption over the figure</div>'
+    )
+    report = check(page, body)
+    overlaps = [problem for problem in report.figure_problems if problem.startswith("overlap")]
+    assert len(overlaps) == 1 and "'tick 1' (figure 1 (fig-one): " in overlaps[0] and "'tick 2'" in overlaps[0]
+    assert any(
+        problem.startswith("cut: 'a label running out' (figure 1 (fig-one)") for problem in report.figure_problems
+    )
+    assert report.page_problems and all("a caption over the figure" in problem for problem in report.page_problems)
