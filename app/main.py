@@ -34,9 +34,10 @@ VIEWS = {
     "Ablation": ablation.render,
     "Export": export.render,
 }
-# Streamlit cuts a metric's label and value that do not fit its column ("3 o..."); at laptop widths
-# they wrap onto a second line instead.
-METRICS_WRAP_CSS = """<style>
+# Streamlit cuts text that does not fit its box with an ellipsis: a metric's label, value and delta
+# ("3 o...", "agai..."), a button's label ("Download report.h..."). At laptop widths they wrap instead.
+ELLIPSIS_WRAP_CSS = """<style>
+.stMarkdownEllipsis, .stMarkdownEllipsis *,
 [data-testid="stMetricLabel"] *, [data-testid="stMetricValue"], [data-testid="stMetricValue"] * {
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
 }
@@ -47,7 +48,7 @@ SWEEP_VIEW = "Sweep"
 
 def main() -> None:
     st.set_page_config(page_title="deepvit-diag", layout="wide")
-    st.markdown(METRICS_WRAP_CSS, unsafe_allow_html=True)
+    st.markdown(ELLIPSIS_WRAP_CSS, unsafe_allow_html=True)
     defaults = AppDefaults.from_env()
     with st.sidebar:
         chosen = render_sidebar(defaults)
