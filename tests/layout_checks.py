@@ -35,6 +35,13 @@ LAYERED = (
     '[data-baseweb="popover"]',
 )
 
+# Why the tests of text inside figures are expected to fail; unmark them once the figures' own
+# layout (deepvit_diag/figures/) is fixed.
+FIGURE_INTERNALS = (
+    "issue 25: Plotly figures' own titles, legends, colour bars, ticks and annotations overlap or run out of "
+    "the figure (e.g. the layer-similarity colour bar over the third panel's labels, long titles cut at 1100 px); "
+    "fixed in deepvit_diag/figures/"
+)
 _COLLECT = Path(__file__).with_name("layout_checks.js").read_text()
 
 

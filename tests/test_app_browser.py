@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from layout_checks import LayoutReport, layout_problems
+from layout_checks import FIGURE_INTERNALS, LayoutReport, layout_problems
 from test_app import app_environment, write_app_files
 
 CHROMIUM = "/usr/bin/chromium"
@@ -46,7 +46,6 @@ VIEWS = (
     "Export",
     "Sweep",
 )
-FIGURE_INTERNALS = "placeholder"
 START_TIMEOUT_S = 180  # the server imports torch and timm on a shared 2-core machine
 RENDER_TIMEOUT_MS = 180_000
 
