@@ -59,9 +59,12 @@
       if (clipsY) { next.top = Math.max(next.top, area.top); next.bottom = Math.min(next.bottom, area.bottom); }
       // A box of a pixel or two is how pages hide text from the eye but not from screen readers.
       if (next.right - next.left < 2 || next.bottom - next.top < 2) return { box: null, cutBy: null };
-      const hides = (axis) => ["hidden", "clip"].includes(axis) || (isSvg && axis !== "visible");
-      const lost = (next.left - box.left > tolerance || box.right - next.right > tolerance) && hides(style.overflowX)
-        || (next.top - box.top > tolerance || box.bottom - next.bottom > tolerance) && hides(style.overflowY);
+      // Sideways, text half scrolled out of a box is cut as well (a row of chips or tabs that
+      // scrolls); up and down, scrolling is how long content is read.
+      const lostX = next.left - box.left > tolerance || box.right - next.right > tolerance;
+      const lostY = next.top - box.top > tolerance || box.bottom - next.bottom > tolerance;
+      const hidesY = ["hidden", "clip"].includes(style.overflowY) || (isSvg && clipsY);
+      const lost = (lostX && clipsX) || (lostY && hidesY);
       if (lost && !cutBy) cutBy = node;
       box = next;
     }

@@ -9,9 +9,10 @@ box). It reports
   directions (for rotated text, along every axis of the two boxes); text of one element
   against itself or against text nested in it is not compared;
 - cuts: text partly hidden by an ancestor that clips (``overflow: hidden`` or ``clip``; an
-  SVG clips its own contents), text shortened by ``text-overflow: ellipsis``, and text that
-  runs past the left or right edge of the window. Text that a scrolling ancestor only
-  scrolls out of view is not cut, and text that is hidden whole (zero size, ``display:
+  SVG clips its own contents) or half scrolled out of one that scrolls sideways (a row of
+  chips or tabs), text shortened by ``text-overflow: ellipsis``, and text that runs past the
+  left or right edge of the window. Text half scrolled out of a box that scrolls up and down
+  is not cut, and text that is hidden whole (scrolled out of sight, zero size, ``display:
   none``, ``visibility: hidden``, ``opacity: 0``, clipped away entirely) is not looked at.
 
 Layers drawn above the page on purpose (Plotly's hover labels and mode bar, tooltips,

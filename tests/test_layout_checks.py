@@ -59,8 +59,10 @@ CLEAN = {
     "a hover label over the plot": '<div class="at" style="top:0">axis title</div>'
     '<svg class="at" style="top:0" width="200" height="50"><g class="hoverlayer"><text y="14">x: 3, y: 4</text></g>'
     "</svg>",
-    "text scrolled sideways in a scrolling box": '<div style="width:100px; overflow-x:auto; white-space:nowrap">'
-    "a long line that scrolls sideways inside its box</div>",
+    "text scrolled out of sight in a scrolling box": '<div style="width:100px; overflow-x:auto; white-space:nowrap">'
+    '<span style="display:inline-block; width:100px">in sight</span><span>out of sight</span></div>',
+    "a line half scrolled out of a list": '<div style="height:30px; overflow-y:auto">line one<br>line two<br>'
+    "line three</div>",
     "screen-reader text clipped away whole": '<span>label</span><span class="at" style="top:0; left:0; width:1px; '
     'height:1px; overflow:hidden; clip:rect(0 0 0 0)">for screen readers only</span>',
     "text on a second line of a short box": '<div style="height:20px; overflow:hidden">one line</div>',
@@ -83,6 +85,8 @@ CUT = {
     "hidden overflow": '<div style="width:50px; white-space:nowrap; overflow:hidden">Mean cross-head similarity</div>',
     "hidden overflow below": '<div style="height:10px; overflow:hidden; line-height:20px">a line taller than its box'
     "</div>",
+    "half scrolled out of a row that scrolls sideways": '<div style="width:100px; overflow-x:auto; '
+    'white-space:nowrap"><span>a chip</span> <span>another chip</span></div>',
     "past the right edge": '<div class="at" style="left:760px; white-space:nowrap">text past the edge</div>',
     "past the left edge": '<div class="at" style="left:-30px">text before the edge</div>',
     "svg text outside its svg": '<svg width="100" height="50"><text x="60" y="20">a label too long</text></svg>',
