@@ -453,7 +453,7 @@ METRICS: tuple[Metric, ...] = (
                 "Attention statistics per block",
                 "1 minus the mean cosine between the tokens entering and leaving each block (Block Influence, "
                 "ShortGPT, Men et al. 2024): near 0 means the block barely changes its input, a cheap sign that it "
-                "could be removed (`deepvit-diag ablate` measures what removing it costs).",
+                "could be removed (the command deepvit-diag ablate measures what removing it costs).",
                 arguments={
                     "array": "block_influence",
                     "y_title": "1 - cos(block input, block output)",
