@@ -94,7 +94,7 @@ def _plain(text: str) -> str:
 # ----------------------------------------------------------------------------- ticks
 
 
-@pytest.mark.parametrize("most", [style.MAX_TICKS, style.MAX_HEATMAP_X_TICKS])
+@pytest.mark.parametrize("most", [style.MAX_TICKS, style.MAX_HEATMAP_TICKS])
 def test_count_ticks_label_the_first_and_last_block_and_a_few_between(most: int) -> None:
     for count in range(1, 129):
         ticks = style.count_ticks(count, most)
@@ -106,7 +106,7 @@ def test_count_ticks_label_the_first_and_last_block_and_a_few_between(most: int)
         # no two labels closer than half a step
         assert all(b - a >= step / 2 for a, b in zip(ticks, ticks[1:])), (count, ticks)
     assert style.count_ticks(32) == [1, *range(4, 33, 4)]  # every 4th block plus the first
-    assert style.count_ticks(32, style.MAX_HEATMAP_X_TICKS) == [1, 8, 16, 24, 32]
+    assert style.count_ticks(32, style.MAX_HEATMAP_TICKS) == [1, 8, 16, 24, 32]
     assert style.count_ticks(6) == [1, 2, 3, 4, 5, 6]
     assert style.sparse_ticks([21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32]) == [21, 22, 24, 26, 28, 30, 32]
 

@@ -58,17 +58,18 @@ DIVERGING = "RdBu_r"
 THRESHOLD_COLOUR = "#c0392b"
 MAP_NAMES = {"pre": "softmax maps, pre-Θ", "post": "post-Θ maps, which multiply V"}
 HEATMAP_PANEL_PX = 340
-# Tick labels on an axis of blocks or heads: at most 9 along a curve's axis or down a heatmap
-# panel, 5 across a heatmap panel (~140 px wide when three stand side by side in ~750 px).
+# Tick labels on an axis of blocks or heads: at most 9 along a curve's axis, 5 along a heatmap
+# panel's (~140 px wide when three stand side by side in ~750 px).
 MAX_TICKS = 9
-MAX_HEATMAP_X_TICKS = 5
+MAX_HEATMAP_TICKS = 5
 # Steps between tick labels, the smallest one that keeps few enough labels is used.
 TICK_STEPS = (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 # Titles wrap at this many characters: a 17 px title line of ~80 characters fits ~720 px.
 TITLE_CHARACTERS = 80
 TITLE_LINE_PX = 24
-# Horizontal room of one vertical colour bar with its tick labels and title (lines of at most
-# COLOUR_BAR_TITLE_CHARACTERS), side by side in the right margin.
+# Horizontal room of one vertical colour bar with its tick labels and its title turned along
+# its right side (up to 3 lines of at most COLOUR_BAR_TITLE_CHARACTERS), side by side in the
+# right margin.
 COLOUR_BAR_PX = 100
 COLOUR_BAR_TITLE_CHARACTERS = 12
 # The room between the plot and the first colour bar, and the thickness of every bar.
@@ -184,7 +185,11 @@ def colour_bars_right(fig: go.Figure, axes: Sequence[str]) -> None:
         else:
             from_edge = COLOUR_BAR_EDGE_PX + (len(axes) - 1 - index) * COLOUR_BAR_PX
             place = {"x": 1.0, "xref": "container", "xanchor": "right", "xpad": from_edge}
-        fig.layout[axis].colorbar.update(**place, y=0.5, yanchor="middle", len=0.9, thickness=COLOUR_BAR_THICKNESS)
+        bar = fig.layout[axis].colorbar
+        bar.update(**place, y=0.5, yanchor="middle", len=0.9, thickness=COLOUR_BAR_THICKNESS)
+        # The title turned along the bar's right side: above the bar, the top tick label
+        # would run into it.
+        bar.title.side = "right"
     fig.update_layout(margin={"r": colour_bars_margin(len(axes))})
     fig.update_xaxes(constraintoward="right")
 
@@ -233,18 +238,13 @@ def square_heatmap_axes(
     ``size`` rows. In a grid of ``columns`` panels per row, only the first column names the
     y axis and only the lowest panel of each column the x axis, so titles do not crowd."""
     columns = columns or count
-    common = {"showgrid": False, "constrain": "domain"}
+    common = {"showgrid": False, "constrain": "domain", **count_axis(size, MAX_HEATMAP_TICKS)}
     for index in range(1, count + 1):
         suffix = "" if index == 1 else str(index)
-        fig.layout[f"xaxis{suffix}"].update(
-            title=x_title if index + columns > count else None, **common, **count_axis(size, MAX_HEATMAP_X_TICKS)
-        )
+        fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **common)
+        first_column = (index - 1) % columns == 0
         fig.layout[f"yaxis{suffix}"].update(
-            title=y_title if (index - 1) % columns == 0 else None,
-            autorange="reversed",
-            scaleanchor=f"x{suffix}",
-            **common,
-            **count_axis(size),
+            title=y_title if first_column else None, autorange="reversed", scaleanchor=f"x{suffix}", **common
         )
 
 
