@@ -201,6 +201,8 @@ def test_legends_stand_right_of_the_plot_and_titles_fit(comparison: ComparisonRe
         # Figures of a fixed width fit a ~750 px column (the app at 1100 px with its sidebar open).
         if fig.layout.width is not None:
             assert fig.layout.width <= 750, (name, fig.layout.width)
+            fits = (fig.layout.width - 20) // style.TITLE_CHARACTER_PX
+            assert all(len(_plain(line)) <= fits for line in lines), (name, lines)
 
 
 def test_wrapped_titles_get_room_above_the_plot() -> None:

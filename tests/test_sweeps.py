@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from layout_checks import FIGURE_INTERNALS
 from test_cli import assert_clean_error, run
 from test_report import CHROMIUM, SCREENSHOTS, WIDTHS, PageSeen, figure_problems, page_problems, render_at_widths
 
@@ -227,7 +226,6 @@ def test_no_text_of_the_sweep_page_overlaps_or_is_cut(sweep_page_seen):
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-@pytest.mark.xfail(reason=FIGURE_INTERNALS, strict=False)
 def test_no_text_inside_the_sweep_figures_overlaps_or_is_cut(sweep_page_seen):
     problems = figure_problems(sweep_page_seen)
     assert not problems, "\n".join(problems)

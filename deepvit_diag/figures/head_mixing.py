@@ -29,6 +29,7 @@ from .style import (
 # Theta panels: side and columns of the grid, so that the figure fits a ~750 px wide column.
 THETA_PANEL_PX = 120
 THETA_COLUMNS = 4
+THETA_MIN_WIDTH_PX = 480
 
 if TYPE_CHECKING:
     from ..results import AnalysisResult
@@ -79,12 +80,11 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     square_heatmap_axes(fig, len(panels), "output head", "input head", result.geometry.num_heads, columns)
     prefix = f"{label}: " if label else ""
     what = "Talking-heads matrices W (CaiT)" if talking_heads else "Re-attention matrices Θ"
-    fig = finish(
-        fig, f"{prefix}{what} per block (rows: input heads, columns: output heads)", 130 + (THETA_PANEL_PX + 60) * rows
-    )
+    title = f"{prefix}{what} per block (rows: input heads, columns: output heads)"
     # A fixed width keeps the small panels square without empty bands between the rows, and
-    # the figure inside a ~750 px column.
-    return fig.update_layout(width=70 + colour_bars_margin(1) + (THETA_PANEL_PX + 16) * columns)
+    # the figure inside a ~750 px column (at least wide enough for a title of three lines).
+    width = max(THETA_MIN_WIDTH_PX, 70 + colour_bars_margin(1) + (THETA_PANEL_PX + 16) * columns)
+    return finish(fig, title, 130 + (THETA_PANEL_PX + 60) * rows, width)
 
 
 @figure

@@ -174,9 +174,8 @@ def cls_attention(
         go.Figure(data=data, layout=layout),
         f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
         120 + panel * len(rows),
+        80 + right + panel * num_heads,
     )
     colour_bars_right(fig, bars)
     extra = fig.layout.margin.t - 80  # a wrapped title's extra lines
-    return fig.update_layout(
-        width=80 + right + panel * num_heads, margin={"l": 80, "r": right, "t": 100 + extra, "b": 20}
-    )
+    return fig.update_layout(margin={"l": 80, "r": right, "t": 100 + extra, "b": 20})

@@ -291,9 +291,9 @@ def cka_across(comparison: ComparisonResult, label_a: str | None = None, label_b
     colour_bars_right(fig, ["coloraxis"])
     square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
     _cka_note(fig, [matrix])
-    fig = finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)
     # One square panel: a fixed width keeps the colour bar next to it instead of at the page edge.
-    return fig.update_layout(width=HEATMAP_PANEL_PX + 360)
+    title = "Linear CKA between the block outputs of the two models"
+    return finish(fig, title, HEATMAP_PANEL_PX + 160, HEATMAP_PANEL_PX + 360)
 
 
 # ----------------------------------------------------------------------------- regimes and robustness

@@ -66,6 +66,7 @@ MAX_HEATMAP_TICKS = 5
 TICK_STEPS = (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 # Titles wrap at this many characters: a 17 px title line of ~80 characters fits ~720 px.
 TITLE_CHARACTERS = 80
+TITLE_CHARACTER_PX = 8  # a title character's mean width, for figures of a fixed width
 TITLE_LINE_PX = 24
 # Horizontal room of one vertical colour bar with its tick labels and its title turned along
 # its right side (up to 3 lines of at most COLOUR_BAR_TITLE_CHARACTERS), side by side in the
@@ -119,20 +120,23 @@ def other_map_kind(results: Results) -> str | None:
     return "pre" if chosen == "post" else "post"
 
 
-def wrapped_title(title: str) -> str:
-    """``title`` broken at words into lines of at most ``TITLE_CHARACTERS`` (Plotly never wraps)."""
-    return "<br>".join(textwrap.wrap(title, TITLE_CHARACTERS, break_long_words=False)) or title
+def wrapped_title(title: str, characters: int = TITLE_CHARACTERS) -> str:
+    """``title`` broken at words into lines of at most ``characters`` (Plotly never wraps)."""
+    return "<br>".join(textwrap.wrap(title, characters, break_long_words=False)) or title
 
 
-def finish(fig: go.Figure, title: str, height: int) -> go.Figure:
-    """The shared look: template, font, the title (wrapped, with room above the plot for every
-    line), the legend right of the plot."""
-    text = wrapped_title(title)
+def finish(fig: go.Figure, title: str, height: int, width: int | None = None) -> go.Figure:
+    """The shared look: template, font, the title (wrapped to the figure's ``width`` if it has
+    one, else to ``TITLE_CHARACTERS``, with room above the plot for every line), the legend
+    right of the plot."""
+    characters = TITLE_CHARACTERS if width is None else min(TITLE_CHARACTERS, (width - 20) // TITLE_CHARACTER_PX)
+    text = wrapped_title(title, characters)
     extra = TITLE_LINE_PX * text.count("<br>")
     right = max(30, fig.layout.margin.r or 0)  # the room colour bars took (``colour_bars_right``)
     fig.update_layout(
         template=TEMPLATE,
         title={"text": text, "x": 0.01, "xanchor": "left"},
+        width=width,
         height=height + extra,
         margin={"l": 70, "r": right, "t": 80 + extra, "b": 60},
         font={"size": 13},

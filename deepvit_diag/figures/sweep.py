@@ -185,7 +185,8 @@ def _sweep_block_curves(
                 )
             )
     if relative_depth:
-        fig.update_xaxes(title="relative depth (block / number of blocks)", range=[0, 1.02])
+        # 0 not at the plot's edge, where its label would meet the lowest label of the y axis.
+        fig.update_xaxes(title="relative depth (block / number of blocks)", range=[-0.04, 1.04])
     else:
         last = max(entry.num_blocks for entry in sweep.entries)
         fig.update_xaxes(title="block", range=[0.5, last + 0.5], **count_axis(last))
