@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import plotly.graph_objects as go
 import pytest
-import timm
 import torch
+from test_report import tiny
+from test_sweeps import _entry
 
 from deepvit_diag import catalogue
 from deepvit_diag.ablation import ablate
@@ -28,32 +28,10 @@ THETA_WORDS = ("Θ", "post-", "pre-", "Re-attention", "multiply V", "last panel"
 COUNT_AXIS_TITLE = re.compile(r"(block|block [pq]|block of .*|(input |output )?head|Re-attention block)")
 
 
-def tiny(name: str, depth: int = DEPTH) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(name, depth=depth, embed_dim=16, num_heads=4, img_size=16, patch_size=8, num_classes=10)
-
-
 @pytest.fixture(scope="module")
 def comparison() -> ComparisonResult:
-    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return compare(tiny("vit16"), tiny("deepvit16"), images, device="cpu", num_examples=1, progress=False)
-
-
-def _series_entry(step: int, collapse_start: int | None) -> SweepEntry:
-    summary = {
-        "num_blocks": DEPTH,
-        "num_images": 4,
-        "similar_blocks": 0 if collapse_start is None else DEPTH - collapse_start,
-        "similar_block_indices": [] if collapse_start is None else list(range(collapse_start, DEPTH)),
-        "collapse_start": collapse_start,
-        "adjacent_similarity_last_third": 0.5,
-        "accuracy_top1": 0.5,
-        "accuracy_top5": 0.9,
-        "accuracy_labels": "labelled",
-        "theta_distance_from_identity_mean": None,
-    }
-    curves = {"ratio": np.linspace(0, 1, DEPTH), "adjacent_similarity": np.ones(DEPTH - 1), "entropy": np.ones(DEPTH)}
-    return SweepEntry(f"vit-epoch{step}", "ViT", step, summary, curves)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return compare(tiny("vit16", DEPTH), tiny("deepvit16", DEPTH), images, device="cpu", num_examples=1, progress=False)
 
 
 def all_figures(comparison: ComparisonResult) -> list[tuple[str, go.Figure]]:
@@ -74,7 +52,7 @@ def all_figures(comparison: ComparisonResult) -> list[tuple[str, go.Figure]]:
         comparison.a.images,
     )
     series = SweepResult(
-        [_series_entry(step, start) for step, start in ((1, None), (2, 8), (5, 4))],
+        [_entry(f"vit-epoch{step}", step, start, DEPTH) for step, start in ((1, None), (2, 8), (5, 4))],
         "epoch",
         comparison.a.settings,
         comparison.a.images,
@@ -215,9 +193,9 @@ def test_wrapped_titles_get_room_above_the_plot() -> None:
 
 @pytest.mark.slow
 def test_ablation_figures_follow_the_layout_rules() -> None:
-    model = tiny("deepvit16", depth=DEPTH).eval()
+    model = tiny("deepvit16", DEPTH).eval()
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 5, (4,), generator=generator)
+    images = torch.randn(4, 3, 32, 32, generator=generator), torch.randint(0, 5, (4,), generator=generator)
     result = ablate(model, images, studies=("block", "head"), device="cpu", batch_size=4, progress=False)
     drawn = draw_ablation(result)
     assert {item.element_id for item in drawn} >= {"fig-ablation-effect", "fig-head-importance"}
@@ -262,7 +240,7 @@ def test_cross_layer_caption_reads_collapse_on_the_scale_drawn(comparison: Compa
 
 
 def test_no_difference_panel_no_difference_sentence() -> None:
-    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     mixed = compare(tiny("vit16", 2), tiny("deepvit16", 3), images, device="cpu", num_examples=1, progress=False)
     (item,) = draw(catalogue.figure_named("layer_similarity"), {LABELS[0]: mixed.a, LABELS[1]: mixed.b})
     assert len(item.figure.data) == 2 and "minus" not in item.caption and "last panel" not in item.caption
