@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from deepvit_diag.figures.style import TEMPLATE, colour_bars_margin, colour_bars_right, colour_scale, png_data_uri
+from deepvit_diag.figures.style import colour_bars_margin, colour_bars_right, colour_scale, finish, png_data_uri
 
 QUERY_PANEL_PX = 180  # largest panel side
 QUERY_GRID_PX = 480  # width of all panels of a row together
@@ -107,14 +107,8 @@ def query_attention(
             )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_layout(
-        template=TEMPLATE,
-        title={"text": title, "x": 0.01, "xanchor": "left"},
-        font={"size": 13},
-        coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}},
-        width=columns * panel + 10 + colour_bars_margin(1),
-        height=(panel + 28) * rows + 80,
-        margin={"l": 10, "t": 80, "b": 10},
-    )
+    fig.update_layout(coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}})
     colour_bars_right(fig, ["coloraxis"])
-    return fig
+    # The title wraps to the figure's width (two figures stand side by side in the view).
+    fig = finish(fig, title, (panel + 28) * rows + 80, columns * panel + 10 + colour_bars_margin(1))
+    return fig.update_layout(margin={"l": 10, "b": 10})
