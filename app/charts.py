@@ -14,8 +14,11 @@ from plotly.subplots import make_subplots
 
 from deepvit_diag.figures.style import colour_bars_margin, colour_bars_right, colour_scale, finish, png_data_uri
 
+# The figure fits one of the Heads view's two columns at 1100 px with the sidebar open (~370 px):
+# Streamlit narrows a wider figure to its column, which cuts its title.
+QUERY_FIGURE_PX = 360
 QUERY_PANEL_PX = 180  # largest panel side
-QUERY_GRID_PX = 480  # width of all panels of a row together
+QUERY_GRID_PX = QUERY_FIGURE_PX - 10 - colour_bars_margin(1)  # width of all panels of a row together
 
 
 def colour_range(*maps: np.ndarray) -> dict:

@@ -19,7 +19,7 @@ def test_query_attention_has_its_colour_bar_in_the_right_margin_and_fits_the_col
     bar = fig.layout.coloraxis.colorbar
     assert (bar.x, bar.xref, bar.xanchor) == (1.0, "paper", "left")
     assert fig.layout.margin.r >= style.colour_bars_margin(1)
-    assert fig.layout.width <= 750
+    assert fig.layout.width <= charts.QUERY_FIGURE_PX
     # The title wraps to the figure's width, with room above the panels for its lines.
     lines = fig.layout.title.text.split("<br>")
     assert len(lines) >= 2 and all(len(line) <= (fig.layout.width - 20) // style.TITLE_CHARACTER_PX for line in lines)

@@ -22,7 +22,7 @@ sidebar open) up:
 * legends stand right of the plot, never over the title (``finish``);
 * reference lines (rho, ln T, where collapse appears) are named in the legend, not by text on
   the data (``reference_line``);
-* titles longer than ``TITLE_CHARACTERS`` wrap onto a second line.
+* titles wrap at words to ``TITLE_CHARACTERS``, or to the width of a fixed-width figure.
 """
 
 from __future__ import annotations
