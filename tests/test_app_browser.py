@@ -188,8 +188,15 @@ class ViewSeen:
     layout: LayoutReport
 
 
+@dataclass
+class AppSeen:
+    views: list[ViewSeen]
+    page_errors: list[str]
+    tabs: list[str]  # the views the app offers, as its tabs name them
+
+
 @pytest.fixture(scope="module")
-def views_seen(served_app) -> tuple[list[ViewSeen], list[str]]:
+def app_seen(served_app) -> AppSeen:
     """Every view at every width of WIDTHS with the sidebar open, and the page errors on the way.
     Screenshots go to SCREENSHOTS/<case>/<width>/."""
     from playwright.sync_api import sync_playwright
@@ -197,6 +204,7 @@ def views_seen(served_app) -> tuple[list[ViewSeen], list[str]]:
     url, case = served_app
     seen: list[ViewSeen] = []
     page_errors: list[str] = []
+    tabs: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -207,6 +215,7 @@ def views_seen(served_app) -> tuple[list[ViewSeen], list[str]]:
                 page.get_by_role("tab", name=VIEWS[0]).wait_for(timeout=RENDER_TIMEOUT_MS)
                 _wait_for_run(page)
                 assert page.locator('[data-testid="stSidebar"][data-collapsed="false"]').count() == 1
+                tabs = page.get_by_role("tab").all_inner_texts()
                 folder = SCREENSHOTS / case / str(width)
                 folder.mkdir(parents=True, exist_ok=True)
                 for number, view in enumerate(VIEWS, start=1):
@@ -220,29 +229,31 @@ def views_seen(served_app) -> tuple[list[ViewSeen], list[str]]:
                 page.close()
         finally:
             browser.close()
-    return seen, page_errors
+    return AppSeen(seen, page_errors, tabs)
 
 
-def test_every_view_renders_in_chromium(views_seen):
-    seen, page_errors = views_seen
-    assert [(item.width, item.view) for item in seen] == [(width, view) for width in WIDTHS for view in VIEWS]
-    assert not page_errors, page_errors
-    for item in seen:
+def test_every_view_renders_in_chromium(app_seen):
+    assert app_seen.tabs == list(VIEWS)  # a new view is visited here too
+    assert [(item.width, item.view) for item in app_seen.views] == [(w, view) for w in WIDTHS for view in VIEWS]
+    assert not app_seen.page_errors, app_seen.page_errors
+    for item in app_seen.views:
         assert item.exceptions == [], f"{item.view} at {item.width} px: {item.exceptions[0]}"
         assert item.screenshot.stat().st_size > 0
         assert item.layout.texts > 20, f"{item.view} at {item.width} px shows almost no text"
 
 
-def test_no_text_overlaps_or_is_cut_on_the_page(views_seen):
-    seen, _ = views_seen
-    problems = [f"{item.view} at {item.width} px: {problem}" for item in seen for problem in item.layout.page_problems]
+def test_no_text_overlaps_or_is_cut_on_the_page(app_seen):
+    problems = [
+        f"{seen.view} at {seen.width} px: {problem}" for seen in app_seen.views for problem in seen.layout.page_problems
+    ]
     assert not problems, f"{len(problems)} layout problems:\n" + "\n".join(problems)
 
 
 @pytest.mark.xfail(reason=FIGURE_INTERNALS, strict=False)
-def test_no_text_overlaps_or_is_cut_inside_a_figure(views_seen):
-    seen, _ = views_seen
+def test_no_text_overlaps_or_is_cut_inside_a_figure(app_seen):
     problems = [
-        f"{item.view} at {item.width} px: {problem}" for item in seen for problem in item.layout.figure_problems
+        f"{seen.view} at {seen.width} px: {problem}"
+        for seen in app_seen.views
+        for problem in seen.layout.figure_problems
     ]
     assert not problems, f"{len(problems)} layout problems:\n" + "\n".join(problems)
