@@ -10,8 +10,9 @@ box). It reports
   against itself or against text nested in it is not compared;
 - cuts: text partly hidden by an ancestor that clips (``overflow: hidden`` or ``clip``; an
   SVG clips its own contents) or half scrolled out of one that scrolls sideways (a row of
-  chips or tabs), text shortened by ``text-overflow: ellipsis``, and text that runs past the
-  left or right edge of the window. Text half scrolled out of a box that scrolls up and down
+  chips or tabs), text shortened by ``text-overflow: ellipsis``, text that runs past the
+  left or right edge of the window, and a select box's choice wider than the box (inputs one
+  types into are not looked at). Text half scrolled out of a box that scrolls up and down
   is not cut, and text that is hidden whole (scrolled out of sight, zero size, ``display:
   none``, ``visibility: hidden``, ``opacity: 0``, clipped away entirely) is not looked at.
 

@@ -65,6 +65,9 @@ CLEAN = {
     "line three</div>",
     "screen-reader text clipped away whole": '<span>label</span><span class="at" style="top:0; left:0; width:1px; '
     'height:1px; overflow:hidden; clip:rect(0 0 0 0)">for screen readers only</span>',
+    "a long path typed into a text box": '<label>Path</label> <input style="width:60px" value="/tmp/a/long/path/x">',
+    "a select box wide enough for its choice": '<label>Model</label> <input role="combobox" style="width:200px" '
+    'value="vit32">',
     "text on a second line of a short box": '<div style="height:20px; overflow:hidden">one line</div>',
 }
 
@@ -87,6 +90,8 @@ CUT = {
     "</div>",
     "half scrolled out of a row that scrolls sideways": '<div style="width:100px; overflow-x:auto; '
     'white-space:nowrap"><span>a chip</span> <span>another chip</span></div>',
+    "a select box too narrow for its choice": '<input role="combobox" style="width:60px" '
+    'value="deepvit32 (demo weights)">',
     "past the right edge": '<div class="at" style="left:760px; white-space:nowrap">text past the edge</div>',
     "past the left edge": '<div class="at" style="left:-30px">text before the edge</div>',
     "svg text outside its svg": '<svg width="100" height="50"><text x="60" y="20">a label too long</text></svg>',
