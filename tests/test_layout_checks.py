@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from layout_checks import assert_clean_layout, layout_problems
+from layout_checks import assert_clean_layout, assert_readable, layout_problems
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -171,3 +171,15 @@ def test_problems_inside_one_figure_are_told_from_the_page(page):
         problem.startswith("cut: 'a label running out' (figure 1 (fig-one)") for problem in report.figure_problems
     )
     assert report.page_problems and all("a caption over the figure" in problem for problem in report.page_problems)
+
+
+def test_assert_readable_fails_on_the_page_and_expects_failure_inside_figures_only(page):
+    inside = '<div class="js-plotly-plot"><svg width="200" height="60"><text x="10" y="20">tick 1</text>' + (
+        '<text x="14" y="24">tick 2</text></svg></div>'
+    )
+    on_page = '<div style="margin-top:80px">' + CUT["ellipsis"] + "</div>"
+    with pytest.raises(pytest.xfail.Exception, match="tick 1"):
+        assert_readable({"figure only": check(page, inside)})
+    with pytest.raises(AssertionError, match="page and figure: cut"):
+        assert_readable({"page and figure": check(page, inside + on_page)})
+    assert_readable({"clean": check(page, CLEAN["paragraphs and a row"])})
