@@ -112,6 +112,14 @@
       cuts.push({ text, where, why, figure: null });
     }
   }
+  // A closed select box shows its choice in an input: cut when the choice is wider than the box.
+  // Inputs one types into are left out: a long path there scrolls as the cursor moves.
+  for (const input of document.querySelectorAll("input[role=combobox], input[readonly], input:disabled")) {
+    if (!input.value || isLayered(input) || !visible(input)) continue;
+    if (input.scrollWidth > input.clientWidth + 1)
+      cuts.push({ text: input.value, where: describe(input),
+                  why: `a choice of ${input.scrollWidth} px in a box of ${input.clientWidth} px`, figure: null });
+  }
   for (const text of document.querySelectorAll("svg text")) {
     const content = text.textContent.trim();
     if (!content || isLayered(text) || !visible(text)) continue;

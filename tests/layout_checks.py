@@ -10,8 +10,9 @@ box). It reports
   against itself or against text nested in it is not compared;
 - cuts: text partly hidden by an ancestor that clips (``overflow: hidden`` or ``clip``; an
   SVG clips its own contents) or half scrolled out of one that scrolls sideways (a row of
-  chips or tabs), text shortened by ``text-overflow: ellipsis``, and text that runs past the
-  left or right edge of the window. Text half scrolled out of a box that scrolls up and down
+  chips or tabs), text shortened by ``text-overflow: ellipsis``, text that runs past the
+  left or right edge of the window, and a select box's choice wider than the box (inputs one
+  types into are not looked at). Text half scrolled out of a box that scrolls up and down
   is not cut, and text that is hidden whole (scrolled out of sight, zero size, ``display:
   none``, ``visibility: hidden``, ``opacity: 0``, clipped away entirely) is not looked at.
 
@@ -23,6 +24,7 @@ popovers) are left out; ``ignore`` adds CSS selectors of more such layers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +38,6 @@ LAYERED = (
     '[data-baseweb="popover"]',
 )
 
-# Why the tests of text inside figures are expected to fail; unmark them once the figures' own
-# layout (deepvit_diag/figures/) is fixed.
-FIGURE_INTERNALS = (
-    "issue 25: Plotly figures' own titles, legends, colour bars, ticks and annotations overlap or run out of "
-    "the figure (e.g. the layer-similarity colour bar over the third panel's labels, long titles cut at 1100 px); "
-    "fixed in deepvit_diag/figures/"
-)
 _COLLECT = Path(__file__).with_name("layout_checks.js").read_text()
 
 
@@ -122,6 +117,16 @@ def layout_problems(page, tolerance_px: float = DEFAULT_TOLERANCE_PX, ignore: tu
         if pair not in deepest or overlap.depth > deepest[pair].depth:  # one per pair of texts, not per line
             deepest[pair] = overlap
     return LayoutReport(found["texts"], list(deepest.values()), cuts)
+
+
+def assert_readable(layouts: Mapping[str, LayoutReport]) -> None:
+    """Fail on any problem in ``layouts`` (reports by where they were taken, e.g. "Overview at
+    1100 px"), the page's own layout first, then the figures' (titles, legends, colour bars,
+    ticks, annotations: ``deepvit_diag/figures/`` keeps them apart)."""
+    page = [f"{where}: {problem}" for where, layout in layouts.items() for problem in layout.page_problems]
+    assert not page, f"{len(page)} layout problems:\n" + "\n".join(page)
+    inside = [f"{where}: {problem}" for where, layout in layouts.items() for problem in layout.figure_problems]
+    assert not inside, f"{len(inside)} layout problems inside figures:\n" + "\n".join(inside)
 
 
 def assert_clean_layout(page, context: str = "", **options) -> LayoutReport:

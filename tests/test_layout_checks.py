@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from layout_checks import assert_clean_layout, layout_problems
+from layout_checks import assert_clean_layout, assert_readable, layout_problems
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -65,6 +65,9 @@ CLEAN = {
     "line three</div>",
     "screen-reader text clipped away whole": '<span>label</span><span class="at" style="top:0; left:0; width:1px; '
     'height:1px; overflow:hidden; clip:rect(0 0 0 0)">for screen readers only</span>',
+    "a long path typed into a text box": '<label>Path</label> <input style="width:60px" value="/tmp/a/long/path/x">',
+    "a select box wide enough for its choice": '<label>Model</label> <input role="combobox" style="width:200px" '
+    'value="vit32">',
     "text on a second line of a short box": '<div style="height:20px; overflow:hidden">one line</div>',
 }
 
@@ -87,6 +90,8 @@ CUT = {
     "</div>",
     "half scrolled out of a row that scrolls sideways": '<div style="width:100px; overflow-x:auto; '
     'white-space:nowrap"><span>a chip</span> <span>another chip</span></div>',
+    "a select box too narrow for its choice": '<input role="combobox" style="width:60px" '
+    'value="deepvit32 (demo weights)">',
     "past the right edge": '<div class="at" style="left:760px; white-space:nowrap">text past the edge</div>',
     "past the left edge": '<div class="at" style="left:-30px">text before the edge</div>',
     "svg text outside its svg": '<svg width="100" height="50"><text x="60" y="20">a label too long</text></svg>',
@@ -166,3 +171,15 @@ def test_problems_inside_one_figure_are_told_from_the_page(page):
         problem.startswith("cut: 'a label running out' (figure 1 (fig-one)") for problem in report.figure_problems
     )
     assert report.page_problems and all("a caption over the figure" in problem for problem in report.page_problems)
+
+
+def test_assert_readable_fails_on_the_page_and_inside_figures(page):
+    inside = '<div class="js-plotly-plot"><svg width="200" height="60"><text x="10" y="20">tick 1</text>' + (
+        '<text x="14" y="24">tick 2</text></svg></div>'
+    )
+    on_page = '<div style="margin-top:80px">' + CUT["ellipsis"] + "</div>"
+    with pytest.raises(AssertionError, match="inside figures:\nfigure only: overlap .*tick 1"):
+        assert_readable({"figure only": check(page, inside)})
+    with pytest.raises(AssertionError, match="page and figure: cut"):
+        assert_readable({"page and figure": check(page, inside + on_page)})
+    assert_readable({"clean": check(page, CLEAN["paragraphs and a row"])})

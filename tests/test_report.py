@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import pytest
 import timm
 import torch
-from layout_checks import LayoutReport, layout_problems
+from layout_checks import LayoutReport, assert_readable, layout_problems
 from PIL import Image
 
 from deepvit_diag import catalogue
@@ -346,42 +346,18 @@ def render_in_chromium(path: Path, expected: int, screenshot: str) -> tuple[int,
     return seen.rendered, seen.problems
 
 
-def page_problems(seen: PageSeen) -> list[str]:
-    return [f"at {width} px: {problem}" for width, layout in seen.layouts.items() for problem in layout.page_problems]
-
-
-def figure_problems(seen: PageSeen) -> list[str]:
-    return [f"at {width} px: {problem}" for width, layout in seen.layouts.items() for problem in layout.figure_problems]
-
-
-@pytest.fixture(scope="module")
-def report_seen(comparison: ComparisonResult, tmp_path_factory) -> PageSeen:
-    """report.html at a laptop's and a desktop's width; screenshots in SCREENSHOTS/report/."""
-    path = write_report(tmp_path_factory.mktemp("report") / "report.html", comparison, LABELS)
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+    """report.html at a laptop's and a desktop's width: every figure drawn, no error, no request,
+    no text that overlaps or is cut; screenshots in SCREENSHOTS/report/."""
+    path = write_report(tmp_path / "report.html", comparison, LABELS)
     screenshots = {width: SCREENSHOTS / "report" / f"report_{width}.png" for width in WIDTHS}
-    return render_at_widths(path, screenshots, len(report_figures(comparison, LABELS)))
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_report_renders_in_headless_chromium(comparison: ComparisonResult, report_seen: PageSeen) -> None:
-    assert report_seen.rendered == len(report_figures(comparison, LABELS))
-    assert report_seen.problems == []
-    assert all(layout.texts > 100 for layout in report_seen.layouts.values())
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_no_text_of_the_report_overlaps_or_is_cut(report_seen: PageSeen) -> None:
-    problems = page_problems(report_seen)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_no_text_inside_the_report_figures_overlaps_or_is_cut(report_seen: PageSeen) -> None:
-    problems = figure_problems(report_seen)
-    assert not problems, "\n".join(problems)
+    seen = render_at_widths(path, screenshots, len(report_figures(comparison, LABELS)))
+    assert seen.rendered == len(report_figures(comparison, LABELS))
+    assert seen.problems == []
+    assert all(layout.texts > 100 for layout in seen.layouts.values())
+    assert_readable({f"at {width} px": layout for width, layout in seen.layouts.items()})
 
 
 def test_saved_comparison_reloads_into_the_same_report_figures(comparison: ComparisonResult, tmp_path: Path) -> None:

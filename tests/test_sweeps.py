@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import timm
 import torch
+from layout_checks import assert_readable
 from test_cli import assert_clean_error, run
-from test_report import CHROMIUM, SCREENSHOTS, WIDTHS, PageSeen, figure_problems, page_problems, render_at_widths
+from test_report import CHROMIUM, SCREENSHOTS, WIDTHS, render_at_widths
 
 from deepvit_diag import catalogue
 from deepvit_diag.analysis import analyze
@@ -201,34 +202,18 @@ def test_sweep_page_is_self_contained(depth_sweep):
         assert item.figure.layout.title.text and "{" not in item.caption
 
 
-@pytest.fixture(scope="module")
-def sweep_page_seen(depth_sweep, tmp_path_factory) -> PageSeen:
-    """sweep.html at a laptop's and a desktop's width; screenshots in SCREENSHOTS/sweep/."""
-    path = write_sweep_report(tmp_path_factory.mktemp("sweep_page") / "sweep.html", depth_sweep, relative_depth=True)
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_sweep_page_renders_in_headless_chromium(depth_sweep, tmp_path):
+    """sweep.html at a laptop's and a desktop's width (see test_report.py's test of report.html);
+    screenshots in SCREENSHOTS/sweep/."""
+    path = write_sweep_report(tmp_path / "sweep.html", depth_sweep, relative_depth=True)
     screenshots = {width: SCREENSHOTS / "sweep" / f"sweep_{width}.png" for width in WIDTHS}
-    return render_at_widths(path, screenshots, len(catalogue.SWEEP_FIGURES))
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_sweep_page_renders_in_headless_chromium(sweep_page_seen):
-    assert sweep_page_seen.rendered == len(catalogue.SWEEP_FIGURES)
-    assert sweep_page_seen.problems == []
-    assert all(layout.texts > 50 for layout in sweep_page_seen.layouts.values())
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_no_text_of_the_sweep_page_overlaps_or_is_cut(sweep_page_seen):
-    problems = page_problems(sweep_page_seen)
-    assert not problems, "\n".join(problems)
-
-
-@pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_no_text_inside_the_sweep_figures_overlaps_or_is_cut(sweep_page_seen):
-    problems = figure_problems(sweep_page_seen)
-    assert not problems, "\n".join(problems)
+    seen = render_at_widths(path, screenshots, len(catalogue.SWEEP_FIGURES))
+    assert seen.rendered == len(catalogue.SWEEP_FIGURES)
+    assert seen.problems == []
+    assert all(layout.texts > 50 for layout in seen.layouts.values())
+    assert_readable({f"at {width} px": layout for width, layout in seen.layouts.items()})
 
 
 # ----------------------------------------------------------------------------- the command line
