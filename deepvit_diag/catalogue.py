@@ -552,9 +552,10 @@ ABLATION_FIGURES = (
         ablation_figures.ablation_effect,
         ABLATION_SECTION,
         "KL divergence of the predictive distribution from the intact model's when each block is removed, its "
-        "attention branch removed, its maps replaced by the previous block's, or its Re-attention off (left, log "
-        "scale), next to the block's similarity ratio (dashed; the grey line is rho = {rho:g}) and Block Influence "
-        "(dotted). If similar maps meant redundant blocks, the KL would be low where the ratio is high.",
+        "attention branch removed, its maps replaced by the previous block's, or (in models that mix heads) its "
+        "head mixing off (left, log scale), next to the block's similarity ratio (dashed; the grey line is "
+        "rho = {rho:g}) and Block Influence (dotted). If similar maps meant redundant blocks, the KL would be low "
+        "where the ratio is high.",
         scope="ablation",
     ),
     Figure(
