@@ -12,10 +12,13 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from deepvit_diag.figures.style import TEMPLATE, colour_scale, png_data_uri
+from deepvit_diag.figures.style import colour_bars_margin, colour_bars_right, colour_scale, finish, png_data_uri
 
+# The figure fits one of the Heads view's two columns at 1100 px with the sidebar open (~370 px):
+# Streamlit narrows a wider figure to its column, which cuts its title.
+QUERY_FIGURE_PX = 360
 QUERY_PANEL_PX = 180  # largest panel side
-QUERY_GRID_PX = 480  # width of all panels of a row together
+QUERY_GRID_PX = QUERY_FIGURE_PX - 10 - colour_bars_margin(1)  # width of all panels of a row together
 
 
 def colour_range(*maps: np.ndarray) -> dict:
@@ -107,13 +110,8 @@ def query_attention(
             )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_layout(
-        template=TEMPLATE,
-        title={"text": title, "x": 0.01, "xanchor": "left"},
-        font={"size": 13},
-        coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}},
-        width=columns * panel + 130,
-        height=(panel + 28) * rows + 80,
-        margin={"l": 10, "r": 10, "t": 80, "b": 10},
-    )
-    return fig
+    fig.update_layout(coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}})
+    colour_bars_right(fig, ["coloraxis"])
+    # The title wraps to the figure's width (two figures stand side by side in the view).
+    fig = finish(fig, title, (panel + 28) * rows + 80, columns * panel + 10 + colour_bars_margin(1))
+    return fig.update_layout(margin={"l": 10, "b": 10})

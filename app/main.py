@@ -34,11 +34,18 @@ VIEWS = {
     "Ablation": ablation.render,
     "Export": export.render,
 }
-# Streamlit cuts a metric's label and value that do not fit its column ("3 o..."); at laptop widths
-# they wrap onto a second line instead.
-METRICS_WRAP_CSS = """<style>
+# Laptop widths: Streamlit cuts text that does not fit its box with an ellipsis (a metric's label,
+# value and delta: "3 o...", "agai..."; a button's label: "Download report.h..."), which wraps
+# instead, and the main area gets more of the window.
+LAPTOP_CSS = """<style>
+.stMarkdownEllipsis, .stMarkdownEllipsis *,
 [data-testid="stMetricLabel"] *, [data-testid="stMetricValue"], [data-testid="stMetricValue"] * {
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+}
+/* Streamlit keeps 5rem on each side of the main area; next to the open sidebar on a laptop that is
+   a fifth of the width the figures need (titles and legends cut, colour bars crowding panels). */
+@media (max-width: 1400px) {
+  [data-testid="stMainBlockContainer"] { padding-left: 2rem !important; padding-right: 2rem !important; }
 }
 </style>"""
 # Not a view of the comparison: it has its own inputs and works without one.
@@ -47,7 +54,7 @@ SWEEP_VIEW = "Sweep"
 
 def main() -> None:
     st.set_page_config(page_title="deepvit-diag", layout="wide")
-    st.markdown(METRICS_WRAP_CSS, unsafe_allow_html=True)
+    st.markdown(LAPTOP_CSS, unsafe_allow_html=True)
     defaults = AppDefaults.from_env()
     with st.sidebar:
         chosen = render_sidebar(defaults)

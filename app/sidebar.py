@@ -49,7 +49,8 @@ IMAGE_SOURCES = {
     "upload": "Upload images",
 }
 T = TypeVar("T")
-WEIGHT_WORDS = {"bundled": "bundled demo weights", "store": "weight store", "none": "no weights yet"}
+# Short: the select box shows "deepvit32 (demo weights)" whole in the sidebar; the caption below says more.
+WEIGHT_WORDS = {"bundled": "demo weights", "store": "weight store", "none": "no weights yet"}
 
 
 @dataclass

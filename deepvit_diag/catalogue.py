@@ -15,15 +15,17 @@ A ``Metric`` gets its arrays in one of three ways:
 
 Figure captions are ``str.format`` templates with the fields ``rho``, ``k``, ``tau`` (the
 settings), ``label`` (figures of one model), ``example`` (1-based example image number),
-``label_a`` and ``label_b`` (figures of a comparison).
+``label_a`` and ``label_b`` (figures of a comparison); or, where the wording depends on what
+the models have (head mixing, a signed colour scale, a difference panel), functions of the
+drawn results, the fields and the figure's options that return the caption (``Caption``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,10 +38,18 @@ from .figures import overlays as overlay_figures
 from .figures import similarity as similarity_figures
 from .figures import sweep as sweep_figures
 from .figures.registry import FIGURE_FUNCTIONS
+from .figures.style import DIVERGING, other_map_kind, similarity_scale
 from .introspection import Geometry
 from .metrics import block_influence, rank_collapse, score_statistics, token_similarity
 from .metrics.theta import HEAD_MIXING_ARRAYS, stacked_head_mixing
 from .settings import MAP_KINDS, Settings
+
+if TYPE_CHECKING:
+    from .results import AnalysisResult
+
+# A caption that depends on the drawn results (label -> result), the caption fields and the
+# figure function's options, e.g. no Θ wording for models without head mixing.
+Caption = Callable[[Mapping[str, "AnalysisResult"], Mapping[str, Any], Mapping[str, Any]], str]
 
 # A block is near-uniform above this head-averaged uniformity (docs/metrics.md, attention
 # regimes): its queries spread their weight over more than 80% of the tokens. Calibrated
@@ -124,7 +134,8 @@ class Figure:
         function: the ``@figure`` function in ``deepvit_diag.figures`` that draws it.
         section: the report section and app view it belongs to (``SECTIONS``, or
             ``SWEEP_SECTION``, ``ABLATION_SECTION``).
-        caption: the caption template (see the module docstring for its fields).
+        caption: the caption template (see the module docstring for its fields), or a
+            ``Caption`` function where the wording depends on the models.
         scope: how many figures it draws (``SCOPES``).
         arguments: keyword arguments of the function, e.g. the array a generic
             ``block_curves`` draws.
@@ -134,7 +145,7 @@ class Figure:
 
     function: Callable[..., Any]
     section: str
-    caption: str
+    caption: str | Caption
     scope: str = "models"
     arguments: dict[str, Any] = field(default_factory=dict, hash=False)
     key: str = ""
@@ -156,6 +167,17 @@ class Figure:
     def element_id(self) -> str:
         """The id of its (first) element in report.html: ``fig-`` and the key, with dashes."""
         return "fig-" + self.key.replace("_", "-")
+
+    def caption_for(
+        self,
+        results: Mapping[str, AnalysisResult],
+        fields: Mapping[str, Any],
+        options: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The caption of the figure drawn for ``results`` (label -> result) with ``options``."""
+        if isinstance(self.caption, str):
+            return self.caption.format(**fields)
+        return self.caption(results, fields, options or {})
 
 
 @dataclass(frozen=True)
@@ -188,6 +210,63 @@ OTHER_KIND_CAPTION = (
 )
 
 
+def _drawn_kind(results: Mapping[str, AnalysisResult], options: Mapping[str, Any]) -> str | None:
+    """The map kind a similarity figure draws with ``options`` (None: the settings' kind)."""
+    return other_map_kind(results) if options.get("other_kind") else options.get("maps")
+
+
+def _layer_similarity_caption(
+    results: Mapping[str, AnalysisResult], fields: Mapping[str, Any], options: Mapping[str, Any]
+) -> str:
+    """What S[p, q] is, how to read collapse on the scale the figure uses (sequential for
+    non-negative maps, diverging for signed post-Θ maps), and the difference panel if drawn."""
+    kind = _drawn_kind(results, options)
+    signed = similarity_scale([result.similarity(kind) for result in results.values()])["colorscale"] == DIVERGING
+    sentences = [OTHER_KIND_CAPTION] if options.get("other_kind") else []
+    sentences.append(
+        "Cosine similarity between the attention maps of block p and block q (paper Eqn 2), averaged over "
+        "images, heads and tokens."
+    )
+    if signed:
+        sentences.append(
+            "These maps are signed, so the scale is diverging: white is 0, dark red 1, blue negative. A dark red "
+            "square in the lower right means the deep blocks attend alike: attention collapse."
+        )
+    else:
+        sentences.append(
+            "Black is 0, bright yellow 1. A bright square in the lower right means the deep blocks attend alike: "
+            "attention collapse."
+        )
+    sentences.append(
+        "Near-uniform maps (see the attention regimes under Similarity ratio) are alike at any depth, so a square "
+        "of near-uniform blocks is not collapse."
+    )
+    if similarity_figures.has_difference_panel(results):
+        first, second = list(results)
+        sentences.append(
+            f"The last panel is {second} minus {first}, on its own scale centred at 0: blue where {second}'s blocks "
+            f"are less alike than {first}'s, red where more."
+        )
+    return " ".join(sentences)
+
+
+def _cls_attention_caption(
+    results: Mapping[str, AnalysisResult], fields: Mapping[str, Any], options: Mapping[str, Any]
+) -> str:
+    """The overlay's caption: its scale, and the pre-/post-Θ rows only for a model that mixes heads."""
+    (result,) = results.values()
+    caption = (
+        f"{fields['label']}, example image {fields['example']}: how much the CLS token attends to each patch, per "
+        "head, drawn over the image as the model saw it; the softmax weights from black (0) to bright yellow."
+    )
+    if result.geometry.mixing_blocks:
+        caption += (
+            " Head-mixing blocks get two rows: the softmax maps (pre-Θ) and the maps after Θ and the Norm "
+            "(post-Θ), which are signed and drawn on their own diverging scale, white at 0."
+        )
+    return caption
+
+
 def _both_kinds(*names: str) -> tuple[str, ...]:
     return tuple(f"{name}_{kind}" for name in names for kind in MAP_KINDS)
 
@@ -212,15 +291,12 @@ METRICS: tuple[Metric, ...] = (
             Figure(
                 similarity_figures.layer_similarity,
                 "Cross-layer similarity",
-                "Cosine similarity between the attention maps of block p and block q (paper Eqn 2), averaged over "
-                "images, heads and tokens. A bright square block in the lower right means the deep blocks attend "
-                "alike: attention collapse. With two models of the same depth, the last panel is B minus A: blue "
-                "where B's blocks are less alike than A's.",
+                _layer_similarity_caption,
             ),
             Figure(
                 similarity_figures.layer_similarity,
                 "Cross-layer similarity",
-                OTHER_KIND_CAPTION,
+                _layer_similarity_caption,
                 arguments={"other_kind": True},
                 key="layer_similarity_other_kind",
             ),
@@ -378,7 +454,7 @@ METRICS: tuple[Metric, ...] = (
                 "Attention statistics per block",
                 "1 minus the mean cosine between the tokens entering and leaving each block (Block Influence, "
                 "ShortGPT, Men et al. 2024): near 0 means the block barely changes its input, a cheap sign that it "
-                "could be removed (`deepvit-diag ablate` measures what removing it costs).",
+                "could be removed (the command deepvit-diag ablate measures what removing it costs).",
                 arguments={
                     "array": "block_influence",
                     "y_title": "1 - cos(block input, block output)",
@@ -414,9 +490,7 @@ METRICS: tuple[Metric, ...] = (
             Figure(
                 overlay_figures.cls_attention,
                 "Attention of the CLS token",
-                "{label}, example image {example}: how much the CLS token attends to each patch, per head, drawn over "
-                "the image as the model saw it. Re-attention blocks show the softmax maps (pre-Θ) and the maps after "
-                "Θ (post-Θ), each kind on its own colour scale.",
+                _cls_attention_caption,
                 scope="example",
             ),
         ),
@@ -479,9 +553,10 @@ ABLATION_FIGURES = (
         ablation_figures.ablation_effect,
         ABLATION_SECTION,
         "KL divergence of the predictive distribution from the intact model's when each block is removed, its "
-        "attention branch removed, its maps replaced by the previous block's, or its Re-attention off (left, log "
-        "scale), next to the block's similarity ratio (dashed; the grey line is rho = {rho:g}) and Block Influence "
-        "(dotted). If similar maps meant redundant blocks, the KL would be low where the ratio is high.",
+        "attention branch removed, its maps replaced by the previous block's, or (in models that mix heads) its "
+        "head mixing off (left, log scale), next to the block's similarity ratio (dashed; the grey line is "
+        "rho = {rho:g}) and Block Influence (dotted). If similar maps meant redundant blocks, the KL would be low "
+        "where the ratio is high.",
         scope="ablation",
     ),
     Figure(

@@ -42,15 +42,15 @@ def test_every_analysis_figure_plots_by_name(result, name):
 
 def test_plot_draws_the_result_it_is_called_on(result):
     figure = result.plot("ratio", maps="pre", label="mine")
-    (trace,) = figure.data
-    assert trace.name == "mine"
+    trace, rho = figure.data  # the curve, then the rho line's legend entry
+    assert trace.name == "mine" and rho.name.startswith("rho = ")
     np.testing.assert_allclose(np.asarray(trace.y, dtype=float), result.ratio("pre"))
 
 
 def test_comparison_plots_cka_across_and_both_models(comparison):
     cka = comparison.plot("cka")
     np.testing.assert_allclose(np.asarray(cka.data[0].z, dtype=float), comparison.cka_ab, equal_nan=True)
-    assert len(comparison.plot("ratio").data) == 2
+    assert len(comparison.plot("ratio").data) == 3  # A, B and the rho line's legend entry
     for name in figure_names("comparison"):
         assert isinstance(comparison.plot(name), go.Figure)
 

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import pytest
 import timm
 import torch
+from layout_checks import LayoutReport, assert_readable, layout_problems
 from PIL import Image
 
 from deepvit_diag import catalogue
@@ -33,6 +34,9 @@ from deepvit_diag.settings import Settings
 from deepvit_diag.summary import block_list, comparison_findings, model_findings, summary_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path("/tmp/deepvit_diag_screens")
+# A laptop and a desktop window.
+WIDTHS = (1100, 1500)
 LABELS = ["vit (A)", "deepvit (B)"]
 
 
@@ -200,11 +204,18 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
     ratio = similarity_figures.similarity_ratio(results)
     np.testing.assert_array_equal(np.asarray(ratio.data[0].y), comparison.a.ratio())
     assert any(shape.y0 == 0.9 for shape in ratio.layout.shapes)  # the rho line
-    # Each colour bar says which panels it belongs to and stands right of them.
-    assert fig.layout.coloraxis.colorbar.title.text == "similarity<br>(A, B)"
-    assert fig.layout.coloraxis2.colorbar.title.text == "difference<br>B − A"
-    assert fig.layout.xaxis2.domain[1] < fig.layout.coloraxis.colorbar.x < fig.layout.xaxis3.domain[0]
-    assert fig.layout.coloraxis2.colorbar.x > fig.layout.xaxis3.domain[1]
+    # Each colour bar says which panels it belongs to; both stand right of every panel, side by side.
+    similarity_bar, difference_bar = fig.layout.coloraxis.colorbar, fig.layout.coloraxis2.colorbar
+    assert similarity_bar.title.text == "similarity<br>(A, B)"
+    assert difference_bar.title.text == "difference<br>B − A"
+    # The similarity bar just right of the plot area, the difference bar at the figure's right edge.
+    assert (similarity_bar.x, similarity_bar.xref, difference_bar.x, difference_bar.xref) == (
+        1,
+        "paper",
+        1,
+        "container",
+    )
+    assert fig.layout.margin.r >= style.colour_bars_margin(2)
     # Curves over blocks start at block 1, not 0.
     for curves in (
         ratio,
@@ -214,7 +225,8 @@ def test_block_axes_start_at_one_and_heatmaps_share_a_colour_scale(comparison: C
         similarity_figures.block_curves(results, "token_similarity", "cosine", "token similarity"),
         similarity_figures.block_curves(results, "rank_residual", "residual", "rank residual"),
     ):
-        assert curves.layout.xaxis.tick0 == 1 and curves.layout.xaxis.range == (0.5, 3.5), curves.layout.title.text
+        xaxis = curves.layout.xaxis
+        assert xaxis.tickvals == (1, 2, 3) and xaxis.range == (0.5, 3.5), curves.layout.title.text
 
 
 def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
@@ -232,7 +244,7 @@ def test_theta_and_cls_figures(comparison: ComparisonResult) -> None:
     pre, post = cls.layout.coloraxis, cls.layout.coloraxis2
     assert "pre-Θ rows" in pre.colorbar.title.text and "post-Θ rows" in post.colorbar.title.text
     assert pre.colorscale != post.colorscale
-    assert pre.colorbar.len == post.colorbar.len == 0.9 and post.colorbar.x > pre.colorbar.x
+    assert pre.colorbar.len == post.colorbar.len == 0.9 and pre.colorbar.xpad > post.colorbar.xpad
     assert cls.layout.yaxis.title.text.endswith("pre-Θ") and cls.layout[f"yaxis{4 + 1}"].title.text.endswith("post-Θ")
     # A small (32 px) image is a PNG with its pixels repeated, not a blurred JPEG thumbnail.
     source = cls.layout.images[0].source
@@ -267,14 +279,25 @@ def test_report_is_self_contained_with_one_div_per_figure(comparison: Comparison
     assert "top-1 / top-5 accuracy" in page and "labels (accuracy)" in page and "carry no labels" in page
 
 
-def render_in_chromium(path: Path, expected: int, screenshot: str) -> tuple[int, list[str]]:
-    """Open a self-contained page in headless Chromium, wait until ``expected`` plotly
-    figures have drawn, and return how many did and every console error, page error and
-    network request (a page that opens offline makes none); a full-page screenshot goes
-    to ``screenshot``."""
+@dataclasses.dataclass
+class PageSeen:
+    """A self-contained page as headless Chromium drew it at one or more window widths."""
+
+    rendered: int  # plotly figures drawn, the fewest at any width
+    problems: list[str]  # console errors, page errors and network requests
+    layouts: dict[int, LayoutReport]  # overlapping and cut text, by width
+
+
+def render_at_widths(path: Path, screenshots: dict[int, Path], expected: int) -> PageSeen:
+    """Open a self-contained page in headless Chromium at each width of ``screenshots``, wait
+    until ``expected`` plotly figures have drawn, and note how many did, every console error,
+    page error and network request (a page that opens offline makes none) and the text that
+    overlaps or is cut; a full-page screenshot goes to the width's path."""
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []
+    counts: list[int] = []
+    layouts: dict[int, LayoutReport] = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -288,37 +311,54 @@ def render_in_chromium(path: Path, expected: int, screenshot: str) -> tuple[int,
             ],
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            # Anything not file:// would be a network request: the page must not make one.
-            page.route(
-                re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort())
-            )
-            page.goto(path.resolve().as_uri())
-            page.wait_for_function(
-                "n => [...document.querySelectorAll('.plotly-graph-div')]"
-                ".filter(d => d.querySelector('.main-svg')).length === n",
-                arg=expected,
-                timeout=120_000,
-            )
-            rendered = page.evaluate(
-                "[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length"
-            )
-            page.screenshot(path=screenshot, full_page=True)
+            for width, screenshot in screenshots.items():
+                page = browser.new_page(viewport={"width": width, "height": 1000})
+                page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                # Anything not file:// would be a network request: the page must not make one.
+                page.route(
+                    re.compile(r"^(?!file:|data:).*"), lambda route: (problems.append(route.request.url), route.abort())
+                )
+                page.goto(path.resolve().as_uri())
+                page.wait_for_function(
+                    "n => [...document.querySelectorAll('.plotly-graph-div')]"
+                    ".filter(d => d.querySelector('.main-svg')).length === n",
+                    arg=expected,
+                    timeout=120_000,
+                )
+                counts.append(
+                    page.evaluate(
+                        "[...document.querySelectorAll('.plotly')].filter(d => d.querySelector('.main-svg')).length"
+                    )
+                )
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
+                layouts[width] = layout_problems(page)
+                page.close()
         finally:
             browser.close()
-    return rendered, problems
+    return PageSeen(min(counts), problems, layouts)
+
+
+def render_in_chromium(path: Path, expected: int, screenshot: str) -> tuple[int, list[str]]:
+    """How many of ``expected`` plotly figures drew at 1400 px, and the page's errors and
+    requests (see ``render_at_widths``)."""
+    seen = render_at_widths(path, {1400: Path(screenshot)}, expected)
+    return seen.rendered, seen.problems
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_report_renders_in_headless_chromium(comparison: ComparisonResult, tmp_path: Path) -> None:
+    """report.html at a laptop's and a desktop's width: every figure drawn, no error, no request,
+    no text that overlaps or is cut; screenshots in SCREENSHOTS/report/."""
     path = write_report(tmp_path / "report.html", comparison, LABELS)
-    expected = len(report_figures(comparison, LABELS))
-    rendered, problems = render_in_chromium(path, expected, "/tmp/deepvit-diag-report.png")
-    assert rendered == expected
-    assert problems == []
+    screenshots = {width: SCREENSHOTS / "report" / f"report_{width}.png" for width in WIDTHS}
+    seen = render_at_widths(path, screenshots, len(report_figures(comparison, LABELS)))
+    assert seen.rendered == len(report_figures(comparison, LABELS))
+    assert seen.problems == []
+    assert all(layout.texts > 100 for layout in seen.layouts.values())
+    assert_readable({f"at {width} px": layout for width, layout in seen.layouts.items()})
 
 
 def test_saved_comparison_reloads_into_the_same_report_figures(comparison: ComparisonResult, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import timm
 import torch
+from layout_checks import assert_readable
 from test_cli import assert_clean_error, run
-from test_report import CHROMIUM, assert_one_of_the_two_scales, render_in_chromium
+from test_report import CHROMIUM, SCREENSHOTS, WIDTHS, assert_one_of_the_two_scales, render_at_widths
 
 from deepvit_diag import catalogue
 from deepvit_diag.analysis import analyze
@@ -80,7 +81,8 @@ def test_a_depth_sweep_has_one_line_per_family(depth_sweep):
     assert list(similar.data[1].y) == [entry.summary["similar_blocks"] for entry in groups["DeepViT"]]
     assert similar.layout.xaxis.title.text == "depth (blocks)"
     ratio = sweep_figures.sweep_ratio_curves(depth_sweep)
-    assert len(ratio.data) == 6 and list(ratio.data[2].x) == list(range(1, 7))
+    # One line per checkpoint, then the rho line's legend entry.
+    assert len(ratio.data) == 7 and list(ratio.data[2].x) == list(range(1, 7)) and ratio.data[6].name.startswith("rho")
     relative = sweep_figures.sweep_ratio_curves(depth_sweep, relative_depth=True)
     np.testing.assert_allclose(relative.data[2].x, np.arange(1, 7) / 6)
     adjacent = sweep_figures.sweep_adjacent_curves(depth_sweep)
@@ -161,7 +163,8 @@ def test_a_training_series_says_when_collapse_appears(depth_sweep):
     similar = sweep_figures.sweep_similar_blocks(series)
     assert similar.layout.xaxis.title.text == "epoch"
     assert [shape.x0 for shape in similar.layout.shapes] == [20]  # the dotted line where collapse appears
-    assert "collapse appears" in similar.layout.annotations[0].text
+    # Named in the legend, not by text on the plot.
+    assert similar.data[-1].name == "ViT: collapse appears (epoch 20)" and not similar.layout.annotations
     assert sweep_rows(series)[0][2] == "epoch"
     accuracy = sweep_figures.sweep_accuracy(series)
     assert "no accuracy: the images carry no labels" in accuracy.layout.annotations[0].text
@@ -203,11 +206,15 @@ def test_sweep_page_is_self_contained(depth_sweep):
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_sweep_page_renders_in_headless_chromium(depth_sweep, tmp_path):
+    """sweep.html at a laptop's and a desktop's width (see test_report.py's test of report.html);
+    screenshots in SCREENSHOTS/sweep/."""
     path = write_sweep_report(tmp_path / "sweep.html", depth_sweep, relative_depth=True)
-    expected = len(catalogue.SWEEP_FIGURES)
-    rendered, problems = render_in_chromium(path, expected, "/tmp/deepvit-diag-sweep.png")
-    assert rendered == expected
-    assert problems == []
+    screenshots = {width: SCREENSHOTS / "sweep" / f"sweep_{width}.png" for width in WIDTHS}
+    seen = render_at_widths(path, screenshots, len(catalogue.SWEEP_FIGURES))
+    assert seen.rendered == len(catalogue.SWEEP_FIGURES)
+    assert seen.problems == []
+    assert all(layout.texts > 50 for layout in seen.layouts.values())
+    assert_readable({f"at {width} px": layout for width, layout in seen.layouts.items()})
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -57,12 +57,13 @@ def _run(analysis: Analysis) -> tuple[str, AblationResult] | None:
     label_a, label_b = analysis.labels
     side = st.radio("Model", ["a", "b"], format_func={"a": label_a, "b": label_b}.get, key="ablation_side")
     shown_images = analysis.comparison.a.num_images
-    columns = st.columns(3)
+    # The studies get a row of their own: in a third of a laptop's width their chips scroll out of sight.
+    studies = st.multiselect("Studies", STUDIES, list(DEFAULT_STUDIES), key="ablation_studies")
+    columns = st.columns(2)
     num_images = columns[0].number_input(
         "Images (the comparison's first)", 1, shown_images, min(32, shown_images), key="ablation_images"
     )
-    studies = columns[1].multiselect("Studies", STUDIES, list(DEFAULT_STUDIES), key="ablation_studies")
-    heads = columns[2].radio("Head ablation", HEAD_MODES, key="ablation_heads", horizontal=True)
+    heads = columns[1].radio("Head ablation", HEAD_MODES, key="ablation_heads", horizontal=True)
     if not studies:
         raise InputError("choose at least one study")
     model = load(analysis.request.a if side == "a" else analysis.request.b, side).model

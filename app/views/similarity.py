@@ -7,6 +7,7 @@ import streamlit as st
 
 from deepvit_diag.catalogue import figure_named
 from deepvit_diag.figures import drawing
+from deepvit_diag.figures.similarity import has_difference_panel
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
@@ -17,10 +18,8 @@ from .common import BLOCKS_FROM_ONE, show_drawn, show_section
 def render(analysis: Analysis) -> None:
     results = analysis.results
     show_section("Cross-layer similarity", analysis)
-    st.caption(
-        "Hover a cell for its value. A and B share one colour scale; B minus A has its own, centred at 0. "
-        + BLOCKS_FROM_ONE
-    )
+    difference = " B minus A has its own, centred at 0." if has_difference_panel(results) else ""
+    st.caption(f"Hover a cell for its value. A and B share one colour scale.{difference} {BLOCKS_FROM_ONE}")
     st.subheader("Two blocks side by side")
     depth = max(result.geometry.num_blocks for result in results.values())
     pick_p, pick_q, pick_image = st.columns(3)

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .registry import figure
-from .style import block_numbers, colour_scale, finish, model_colour
+from .style import block_numbers, colour_bars_right, colour_scale, count_axis, finish, model_colour
 
 if TYPE_CHECKING:
     from ..ablation_result import AblationResult
@@ -65,7 +65,7 @@ def ablation_effect(result: AblationResult) -> go.Figure:
             secondary_y=True,
         )
     fig.add_hline(y=result.settings.rho, line={"color": "#999", "width": 1}, secondary_y=True)
-    fig.update_xaxes(title="block")
+    fig.update_xaxes(title="block", range=[0.5, len(blocks) + 0.5], **count_axis(len(blocks)))
     fig.update_yaxes(title="KL(intact || ablated)", type="log", secondary_y=False)
     fig.update_yaxes(title="similarity ratio, Block Influence", secondary_y=True, rangemode="tozero")
     return finish(fig, "What removing each block costs, next to how similar it is", 460)
@@ -82,15 +82,12 @@ def head_importance(result: AblationResult) -> go.Figure | None:
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=(f"KL of the head's {result.heads}-ablation", "mean similarity to the other heads"),
-        horizontal_spacing=0.14,
+        subplot_titles=(f"(1) KL of the head's {result.heads}-ablation", "(2) mean similarity to the other heads"),
+        horizontal_spacing=0.1,
     )
-    for column, (values, title, hover) in enumerate(
-        ((importance, "KL", "KL %{z:.3g}"), (redundancy, "similarity", "similarity %{z:.3f}")), start=1
-    ):
-        # One colour axis per panel on the one scale of its quantity: KL from black at 0, the
-        # similarity (signed for post-Θ maps) likewise or diverging around 0.
-        axis = "coloraxis" if column == 1 else "coloraxis2"
+    panels = ((importance, "KL", "KL %{z:.3g}"), (redundancy, "similarity", "similarity %{z:.3f}"))
+    axes = ["coloraxis", "coloraxis2"]
+    for column, ((values, title, hover), axis) in enumerate(zip(panels, axes), start=1):
         fig.add_trace(
             go.Heatmap(
                 z=values,
@@ -102,17 +99,12 @@ def head_importance(result: AblationResult) -> go.Figure | None:
             row=1,
             col=column,
         )
-        fig.update_layout(
-            {
-                axis: {
-                    **colour_scale([values]),
-                    "colorbar": {"title": {"text": title}, "x": 0.43 if column == 1 else 1.0},
-                }
-            }
-        )
-        fig.update_xaxes(title="head", row=1, col=column, dtick=1)
-        fig.update_yaxes(title="block", row=1, col=column, autorange="reversed")
-    return finish(fig, "Head importance next to head similarity", max(360, 22 * len(importance) + 160))
+        # Each panel's bar names its panel: both stand in the right margin.
+        fig.update_layout({axis: {**colour_scale([values]), "colorbar": {"title": {"text": f"{title}<br>({column})"}}}})
+        fig.update_xaxes(title="head", row=1, col=column, **count_axis(len(heads)))
+        fig.update_yaxes(title="block", row=1, col=column, autorange="reversed", **count_axis(len(values)))
+    colour_bars_right(fig, axes)
+    return finish(fig, "Head importance (1) next to head similarity (2)", max(360, 22 * len(importance) + 160))
 
 
 @figure

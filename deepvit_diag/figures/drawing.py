@@ -61,26 +61,28 @@ def draw(
     first = next(iter(results.values()))
     fields = {"rho": first.settings.rho, "k": first.settings.k, "tau": first.settings.tau}
     base_id = spec.element_id
-    drawn = []
+    drawn = []  # (element id, figure, the results it draws, caption fields)
     if spec.scope == "models":
-        drawn.append((base_id, function(drawn_results, **options), fields))
+        drawn.append((base_id, function(drawn_results, **options), results, fields))
     elif spec.scope == "model":
         for index, (label, result) in enumerate(results.items()):
             figure = function(result, label=shown[label], **options)
-            drawn.append((f"{base_id}-{index}", figure, {**fields, "label": label}))
+            drawn.append((f"{base_id}-{index}", figure, {label: result}, {**fields, "label": label}))
     elif spec.scope == "example":
         for index, (label, result) in enumerate(results.items()):
             chosen = range(len(result.arrays["example_images"])) if examples is None else examples
             for example in chosen:
                 figure = function(result, example, label=shown[label], **options)
                 values = {**fields, "label": label, "example": example + 1}
-                drawn.append((f"{base_id}-{index}-{example}", figure, values))
+                drawn.append((f"{base_id}-{index}-{example}", figure, {label: result}, values))
     elif comparison is not None:
         label_a, label_b = list(results)
         figure = function(comparison, shown[label_a], shown[label_b], **options)
-        drawn.append((base_id, figure, {**fields, "label_a": label_a, "label_b": label_b}))
+        drawn.append((base_id, figure, results, {**fields, "label_a": label_a, "label_b": label_b}))
     return [
-        DrawnFigure(element, spec.caption.format(**values), fig) for element, fig, values in drawn if fig is not None
+        DrawnFigure(element, spec.caption_for(drawn_for, values, options), fig)
+        for element, fig, drawn_for, values in drawn
+        if fig is not None
     ]
 
 
@@ -138,7 +140,7 @@ def draw_sweep(sweep: SweepResult, *, relative_depth: bool = False) -> list[Draw
     for spec in catalogue.SWEEP_FIGURES:
         takes_depth = "relative_depth" in inspect.signature(spec.function).parameters
         figure = sweep_figure(spec, sweep, **({"relative_depth": relative_depth} if takes_depth else {}))
-        drawn.append(DrawnFigure(spec.element_id, spec.caption.format(**fields), figure))
+        drawn.append(DrawnFigure(spec.element_id, spec.caption_for({}, fields), figure))
     return drawn
 
 
@@ -149,5 +151,5 @@ def draw_ablation(result: AblationResult) -> list[DrawnFigure]:
     for spec in catalogue.ABLATION_FIGURES:
         figure = spec.function(result)
         if figure is not None:
-            drawn.append(DrawnFigure(spec.element_id, spec.caption.format(rho=result.settings.rho), figure))
+            drawn.append(DrawnFigure(spec.element_id, spec.caption_for({}, {"rho": result.settings.rho}), figure))
     return drawn

@@ -14,14 +14,22 @@ from plotly.subplots import make_subplots
 from ..metrics import HeadMixing
 from .registry import figure
 from .style import (
-    TEMPLATE,
+    colour_bars_margin,
+    colour_bars_right,
+    count_axis,
     finish,
     heatmap_panel,
     labelled,
     model_colour,
+    sparse_ticks,
     square_heatmap_axes,
     symmetric_scale,
 )
+
+# Theta panels: side and columns of the grid, so that the figure fits a ~750 px wide column.
+THETA_PANEL_PX = 120
+THETA_COLUMNS = 4
+THETA_MIN_WIDTH_PX = 480
 
 if TYPE_CHECKING:
     from ..results import AnalysisResult
@@ -47,7 +55,7 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
             before = HeadMixing(kind=info.kind, matrix=info.pre_softmax)
             panels.append((block, f"block {block + 1}, before softmax", before))
         panels.append((block, f"block {block + 1}" + (", after softmax" if talking_heads else ""), info))
-    columns = min(len(panels), 6)
+    columns = min(len(panels), THETA_COLUMNS)
     rows = math.ceil(len(panels) / columns)
     fig = make_subplots(
         rows=rows,
@@ -68,13 +76,15 @@ def theta_heatmaps(result: AnalysisResult, label: str = "") -> go.Figure | None:
     fig.update_layout(
         coloraxis={**symmetric_scale([info.matrix for _, _, info in panels]), "colorbar": {"title": symbol}}
     )
-    square_heatmap_axes(fig, len(panels), "output head", "input head", result.geometry.num_heads, columns, labels=6)
+    colour_bars_right(fig, ["coloraxis"])
+    square_heatmap_axes(fig, len(panels), "output head", "input head", result.geometry.num_heads, columns)
     prefix = f"{label}: " if label else ""
     what = "Talking-heads matrices W (CaiT)" if talking_heads else "Re-attention matrices Θ"
-    fig = finish(fig, f"{prefix}{what} per block (rows: input heads, columns: output heads)", 150 + 210 * rows)
-    # A fixed width keeps the small panels square without empty bands between the rows
-    # (at least wide enough for the title when there are only a few blocks).
-    return fig.update_layout(width=max(760, 160 + 170 * columns))
+    title = f"{prefix}{what} per block (rows: input heads, columns: output heads)"
+    # A fixed width keeps the small panels square without empty bands between the rows, and
+    # the figure inside a ~750 px column (at least wide enough for a title of three lines).
+    width = max(THETA_MIN_WIDTH_PX, 70 + colour_bars_margin(1) + (THETA_PANEL_PX + 16) * columns)
+    return finish(fig, title, 130 + (THETA_PANEL_PX + 60) * rows, width)
 
 
 @figure
@@ -99,19 +109,15 @@ def norm_gains(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
         matrix = np.stack(list(gains.values()), axis=1) - 1.0  # (heads, blocks)
         changes.append(matrix)
         hover = "block %{x}, output head %{y}<br>Norm weight − 1: %{z:+.3f}<extra>" + label + "</extra>"
-        heatmap_panel(fig, matrix, hover, row=row, col=1, x=[str(block + 1) for block in gains])
-        fig.update_xaxes(title="Re-attention block", type="category", row=row, col=1)
-        fig.update_yaxes(title="output head", dtick=1, autorange="reversed", row=row, col=1)
+        blocks = [block + 1 for block in gains]
+        heatmap_panel(fig, matrix, hover, row=row, col=1, x=[str(block) for block in blocks])
+        ticks = [str(block) for block in sparse_ticks(blocks)]
+        fig.update_xaxes(title="Re-attention block", type="category", tickmode="array", tickvals=ticks, row=row, col=1)
+        fig.update_yaxes(title="output head", autorange="reversed", row=row, col=1, **count_axis(len(matrix)))
     heads = max(len(gain) for gains in panels.values() for gain in gains.values())
-    fig.update_layout(
-        template=TEMPLATE,
-        font={"size": 13},
-        title={"text": "Norm weight: the per-head gain applied after Θ", "x": 0.01},
-        coloraxis={**symmetric_scale(changes), "colorbar": {"title": {"text": "Norm weight − 1"}}},
-        height=110 + len(panels) * (90 + 26 * heads),
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
-    )
-    return fig
+    fig.update_layout(coloraxis={**symmetric_scale(changes), "colorbar": {"title": {"text": "Norm<br>weight − 1"}}})
+    colour_bars_right(fig, ["coloraxis"])
+    return finish(fig, "Norm weight: the per-head gain applied after Θ", 110 + len(panels) * (90 + 26 * heads))
 
 
 @figure
@@ -143,14 +149,6 @@ def theta_distances(results: Mapping[str, AnalysisResult]) -> go.Figure | None:
     if not fig.data:
         return None
     last_block = max(max(trace.x) for trace in fig.data)
-    fig.update_xaxes(title="block", tick0=1, dtick=max(1, math.ceil(last_block / 16)))
+    fig.update_xaxes(title="block", range=[0.5, last_block + 0.5], **count_axis(last_block))
     fig.update_yaxes(title="distance (0 = no mixing)", rangemode="tozero")
-    fig.update_layout(
-        template=TEMPLATE,
-        font={"size": 13},
-        height=380,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
-        title={"text": "How far Θ is from passing heads through unchanged", "x": 0.01},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
-    )
-    return fig
+    return finish(fig, "How far Θ is from passing heads through unchanged", 380)

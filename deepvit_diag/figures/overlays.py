@@ -11,10 +11,18 @@ import plotly.graph_objects as go
 from .registry import figure
 from .style import (
     OVERLAY_TITLE_COLOURS,
+    colour_bars_margin,
+    colour_bars_right,
     colour_scale,
     finish,
     image_source,
 )
+
+# The widest the figure is drawn when its panels are at least OVERLAY_MIN_PANEL_PX: it fits a
+# ~750 px wide column (the app at 1100 px with its sidebar open).
+OVERLAY_WIDTH_PX = 740
+OVERLAY_MIN_PANEL_PX = 50
+OVERLAY_MAX_PANEL_PX = 160
 
 if TYPE_CHECKING:
     from ..results import AnalysisResult
@@ -125,7 +133,6 @@ def cls_attention(
             }
     # Rows alternate pre and post, so the bars do not stack (top half next to which row?):
     # both span the full height side by side, titled by the rows they belong to.
-    bar = {"len": 0.9, "y": 0.5, "thickness": 18, "xanchor": "left", "x": 1.02}
     pre_title = {"text": "softmax<br>weight"}
     if has_post:
         pre_title = {"text": "pre-Θ rows:<br>softmax<br>weight", "font": {"color": OVERLAY_TITLE_COLOURS["pre"]}}
@@ -133,12 +140,11 @@ def cls_attention(
         kind: [result.arrays[f"example_cls_{kind}"][example, block] for block, k in rows if k == kind]
         for kind in ("pre", "post")
     }
-    layout["coloraxis"] = {**colour_scale(drawn["pre"]), "colorbar": {**bar, "title": pre_title}}
+    layout["coloraxis"] = {**colour_scale(drawn["pre"]), "colorbar": {"title": pre_title}}
     if has_post:
         layout["coloraxis2"] = {
             **colour_scale(drawn["post"]),
             "colorbar": {
-                **bar,
                 "title": {
                     "text": "post-Θ rows:<br>weight<br>after Θ",
                     "font": {"color": OVERLAY_TITLE_COLOURS["post"]},
@@ -159,16 +165,17 @@ def cls_attention(
         }
         for head in range(num_heads)
     ]
-    # Square panels as large as fit a ~1180 px wide page (the report's figure width).
-    right = 220 if has_post else 120  # room for one or two colour bars side by side
-    panel = max(60, min(160, (1100 - right) // num_heads))
+    # Square panels as large as fit OVERLAY_WIDTH_PX, with room for one or two colour bars.
+    bars = ["coloraxis", "coloraxis2"] if has_post else ["coloraxis"]
+    right = colour_bars_margin(len(bars))
+    panel = max(OVERLAY_MIN_PANEL_PX, min(OVERLAY_MAX_PANEL_PX, (OVERLAY_WIDTH_PX - 80 - right) // num_heads))
     prefix = f"{label}: " if label else ""
     fig = finish(
         go.Figure(data=data, layout=layout),
         f"{prefix}attention of the CLS token to each patch, example image {example + 1}",
         120 + panel * len(rows),
+        80 + right + panel * num_heads,
     )
-    fig.update_layout(width=80 + right + panel * num_heads, margin={"l": 80, "r": right, "t": 100, "b": 20})
-    if has_post:  # the post-Θ bar right of the pre-Θ one, in pixels of the panels' width
-        fig.layout.coloraxis2.colorbar.x = 1.02 + 100 / (panel * num_heads)
-    return fig
+    colour_bars_right(fig, bars)
+    extra = fig.layout.margin.t - 80  # a wrapped title's extra lines
+    return fig.update_layout(margin={"l": 80, "r": right, "t": 100 + extra, "b": 20})

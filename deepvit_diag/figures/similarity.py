@@ -14,9 +14,10 @@ from plotly.subplots import make_subplots
 from .registry import figure
 from .style import (
     HEATMAP_PANEL_PX,
-    MAP_NAMES,
+    THRESHOLD_COLOUR,
     block_axis,
     block_numbers,
+    colour_bars_right,
     finish,
     finite,
     heatmap_panel,
@@ -27,6 +28,7 @@ from .style import (
     model_label,
     no_data_note,
     other_map_kind,
+    reference_line,
     sequential_scale,
     short_label,
     similarity_scale,
@@ -47,53 +49,47 @@ if TYPE_CHECKING:
 def layer_similarity(results: Results, maps: str | None = None, other_kind: bool = False) -> go.Figure | None:
     """Cross-layer similarity S[p, q] (paper Eqn 2) of each model side by side, on one
     colour scale; with two models of equal depth a third panel shows B - A on its own
-    diverging scale. Each colour bar stands right of the panels it belongs to and says
-    which they are (the similarity bar between B and B - A, the difference bar last).
-    ``other_kind``: the map kind the settings did not choose, None unless a model mixes heads."""
+    diverging scale. The colour bars stand side by side right of all panels, each titled by
+    the panels it belongs to. ``other_kind``: the map kind the settings did not choose, None
+    unless a model mixes heads."""
     results = labelled(results)
     maps = other_map_kind(results) if other_kind else maps
     if other_kind and maps is None:
         return None
     labels = list(results)
     matrices = [results[label].similarity(maps) for label in labels]
-    with_difference = len(labels) == 2 and matrices[0].shape == matrices[1].shape
-    titles = labels + ([f"{labels[1]} minus {labels[0]}"] if with_difference else [])
-    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.08)
+    with_difference = has_difference_panel(results)
+    short = [short_label(label) for label in labels]
+    lettered = len(labels) == 2 and all(len(letter) == 1 for letter in short)  # "vit (A)": A and B name them
+    difference_title = f"{short[1]} − {short[0]}" if with_difference else ""
+    titles = labels + ([f"difference {difference_title}"] if with_difference else [])
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.06)
     for column, (label, matrix) in enumerate(zip(labels, matrices), start=1):
         hover = "block %{y} vs block %{x}<br>similarity %{z:.3f}<extra>" + label + "</extra>"
         heatmap_panel(fig, matrix, hover, col=column, name=label)
-    similarity_bar = {
-        "title": {
-            "text": "similarity"
-            + (f"<br>({short_label(labels[0])}, {short_label(labels[1])})" if len(labels) == 2 else "")
-        },
-        "len": 0.8,
-    }
+    similarity_title = "similarity" + (f"<br>({short[0]}, {short[1]})" if with_difference and lettered else "")
+    fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": {"text": similarity_title}}})
     if with_difference:
         difference = matrices[1] - matrices[0]
         hover = "block %{y} vs block %{x}<br>difference %{z:+.3f}<extra>" + titles[-1] + "</extra>"
         heatmap_panel(fig, difference, hover, col=len(titles), coloraxis="coloraxis2", name="difference")
-        # Panels A and B close together, then room for their colour bar before B - A,
-        # whose own bar sits in the right margin.
-        gap, bar_gap = 0.04, 0.15
-        panel = (1.0 - gap - bar_gap) / 3
-        domains = [[0.0, panel], [panel + gap, 2 * panel + gap], [1.0 - panel, 1.0]]
-        for index, domain in enumerate(domains, start=1):
-            fig.layout[f"xaxis{'' if index == 1 else index}"].update(domain=domain, constraintoward="right")
-        similarity_bar.update(x=domains[1][1] + 0.01, xanchor="left")
-        difference_title = f"difference<br>{short_label(labels[1])} − {short_label(labels[0])}"
         fig.update_layout(
             coloraxis2={
                 **symmetric_scale([difference]),
-                "colorbar": {"title": {"text": difference_title}, "x": 1.01, "xanchor": "left", "len": 0.8},
+                "colorbar": {"title": {"text": "difference" + (f"<br>{difference_title}" if lettered else "")}},
             }
         )
-    fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": similarity_bar})
+    colour_bars_right(fig, ["coloraxis", "coloraxis2"] if with_difference else ["coloraxis"])
     square_heatmap_axes(fig, len(titles), "block q", "block p", max(len(matrix) for matrix in matrices))
     titles_over_panels(fig)
     kind = map_kind(results[labels[0]], maps)
-    fig = finish(fig, f"Cross-layer attention similarity S[p, q] ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 140)
-    return fig.update_layout(margin={"r": 110}) if with_difference else fig
+    return finish(fig, f"Cross-layer attention similarity S[p, q] ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 140)
+
+
+def has_difference_panel(results: Results) -> bool:
+    """Whether ``layer_similarity`` draws B - A: for two models of the same depth."""
+    depths = {result.geometry.num_blocks for result in results.values()}
+    return len(results) == 2 and len(depths) == 1
 
 
 # ----------------------------------------------------------------------------- similarity ratio
@@ -131,12 +127,7 @@ def similarity_ratio(results: Results, maps: str | None = None, other_kind: bool
         )
         rhos.add(result.settings.rho)
     for rho in sorted(rhos):
-        fig.add_hline(
-            y=rho,
-            line={"dash": "dash", "color": "#c0392b"},
-            annotation_text=f"rho = {rho:g}",
-            annotation_position="top left",
-        )
+        reference_line(fig, f"rho = {rho:g} (similar above)", THRESHOLD_COLOUR, "dash", y=rho)
     kind = map_kind(next(iter(results.values())), maps)
     block_axis(fig, results)
     fig.update_yaxes(title="similarity ratio", range=[-0.03, 1.05])
@@ -192,7 +183,9 @@ def cross_head_matrices(results: Results, block: int | None = None, maps: str | 
         hover = "head %{y} vs head %{x}<br>similarity %{z:.3f}<extra>" + title + "</extra>"
         heatmap_panel(fig, matrix, hover, col=column)
     fig.update_layout(coloraxis={**similarity_scale(matrices), "colorbar": {"title": "similarity"}})
+    colour_bars_right(fig, ["coloraxis"])
     square_heatmap_axes(fig, len(labels), "head", "head", max(len(matrix) for matrix in matrices))
+    titles_over_panels(fig)
     kind = map_kind(results[labels[0]], maps)
     return finish(fig, f"Cross-head similarity inside one block ({maps_name(results, kind)})", HEATMAP_PANEL_PX + 120)
 
@@ -243,12 +236,8 @@ def entropy_curves(results: Results) -> go.Figure:
     results = labelled(results)
     fig = head_curves(results, "entropy", "entropy (nats)", "Attention entropy per block (softmax maps)")
     for num_tokens in sorted({result.geometry.num_tokens for result in results.values()}):
-        fig.add_hline(
-            y=math.log(num_tokens),
-            line={"dash": "dot", "color": "#777"},
-            annotation_text=f"uniform attention over {num_tokens} tokens (ln T)",
-            annotation_position="bottom right",
-        )
+        name = f"uniform attention: ln T = {math.log(num_tokens):.2f} ({num_tokens} tokens)"
+        reference_line(fig, name, "#777", "dot", y=math.log(num_tokens))
     return fig
 
 
@@ -282,7 +271,9 @@ def cka_within(results: Results) -> go.Figure:
             fig, matrix, f"{label}: block %{{y}} vs block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=column
         )
     fig.update_layout(coloraxis={**sequential_scale(1.0), "colorbar": {"title": "CKA"}})
+    colour_bars_right(fig, ["coloraxis"])
     square_heatmap_axes(fig, len(labels), "block", "block", max(len(matrix) for matrix in matrices))
+    titles_over_panels(fig)
     _cka_note(fig, matrices)
     return finish(fig, "Linear CKA between block outputs within each model", HEATMAP_PANEL_PX + 120)
 
@@ -298,11 +289,12 @@ def cka_across(comparison: ComparisonResult, label_a: str | None = None, label_b
         fig, matrix, f"{label_a} block %{{y}} vs {label_b} block %{{x}}<br>CKA %{{z:.3f}}<extra></extra>", col=1
     )
     fig.update_layout(coloraxis={**sequential_scale(1.0), "colorbar": {"title": "CKA"}})
+    colour_bars_right(fig, ["coloraxis"])
     square_heatmap_axes(fig, 1, f"block of {label_b}", f"block of {label_a}", max(matrix.shape))
     _cka_note(fig, [matrix])
-    fig = finish(fig, "Linear CKA between the block outputs of the two models", HEATMAP_PANEL_PX + 160)
     # One square panel: a fixed width keeps the colour bar next to it instead of at the page edge.
-    return fig.update_layout(width=HEATMAP_PANEL_PX + 360)
+    title = "Linear CKA between the block outputs of the two models"
+    return finish(fig, title, HEATMAP_PANEL_PX + 160, HEATMAP_PANEL_PX + 360)
 
 
 # ----------------------------------------------------------------------------- regimes and robustness
@@ -321,12 +313,7 @@ def attention_regimes(results: Results, cutoff: float) -> go.Figure:
             values = result.uniformity(kind).mean(axis=1)
             name = f"{label}, {'pre-Θ' if kind == 'pre' else 'post-Θ'}" if len(kinds) == 2 else label
             _block_line(fig, values, name, index, _KIND_DASHES[kind], "uniformity ")
-    fig.add_hline(
-        y=cutoff,
-        line={"dash": "dot", "color": "#c0392b"},
-        annotation_text=f"near-uniform above {cutoff:g}",
-        annotation_position="bottom left",
-    )
+    reference_line(fig, f"near-uniform above {cutoff:g}", THRESHOLD_COLOUR, "dot", y=cutoff)
     block_axis(fig, results)
     fig.update_yaxes(title="uniformity (1 = uniform maps)", range=[-0.03, 1.05])
     return finish(fig, "Attention regime per block: near-uniform above the dotted line, selective below", 420)
@@ -373,8 +360,9 @@ def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
             fig.update_xaxes(title="tau" if row == len(labels) else None, type="category", row=row, col=column)
             fig.update_yaxes(title="rho" if column == 1 else None, type="category", row=row, col=column)
     fig.update_layout(coloraxis={**sequential_scale(largest), "colorbar": {"title": {"text": "similar<br>blocks"}}})
+    colour_bars_right(fig, ["coloraxis"])
     kind = map_kind(results[labels[0]], maps)
-    title = f"Robustness: similar blocks (colour) and collapse start (text) over k, tau and rho ({MAP_NAMES[kind]})"
+    title = f"Robustness: similar blocks (colour) and collapse start (text) over k, tau and rho ({maps_name(results, kind)})"
     return finish(fig, title, 120 + 300 * len(labels))
 
 

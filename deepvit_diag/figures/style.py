@@ -11,6 +11,18 @@ Conventions, for every figure:
 * colour scales come from here only (``colour_scale``): a quantity that is never negative
   is drawn on ``SEQUENTIAL`` from black at 0, a signed one on ``DIVERGING``, white at 0 with a
   symmetric range; every colour bar names its quantity.
+
+Layout, so that nothing overlaps from a ~750 px wide figure (the app at 1100 px with its
+sidebar open) up:
+
+* axes of blocks or heads carry at most ``MAX_TICKS`` labels (``count_ticks``: block 1, every
+  step-th block and the last);
+* colour bars stand in the right margin, outside every panel (``colour_bars_right``), several
+  side by side at fixed pixel offsets;
+* legends stand right of the plot, never over the title (``finish``);
+* reference lines (rho, ln T, where collapse appears) are named in the legend, not by text on
+  the data (``reference_line``);
+* titles wrap at words to ``TITLE_CHARACTERS``, or to the width of a fixed-width figure.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import base64
 import io
 import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -41,8 +54,31 @@ SEQUENTIAL = [
     [position, "rgb({}, {}, {})".format(*hex_to_rgb(colour))] for position, colour in get_colorscale("Inferno")
 ]
 DIVERGING = "RdBu_r"
-MAP_NAMES = {"pre": "softmax maps (pre-Θ)", "post": "maps that multiply V (post-Θ)"}
+# Threshold lines (rho, the near-uniform cut-off, where collapse appears).
+THRESHOLD_COLOUR = "#c0392b"
+MAP_NAMES = {"pre": "softmax maps, pre-Θ", "post": "post-Θ maps, which multiply V"}
 HEATMAP_PANEL_PX = 340
+# Tick labels on an axis of blocks or heads: at most 9 along a curve's axis, 5 along a heatmap
+# panel's (~140 px wide when three stand side by side in ~750 px).
+MAX_TICKS = 9
+MAX_HEATMAP_TICKS = 5
+# Steps between tick labels, the smallest one that keeps few enough labels is used.
+TICK_STEPS = (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
+# Titles wrap at this many characters: a 17 px title line of ~80 characters fits ~720 px.
+TITLE_CHARACTERS = 80
+TITLE_CHARACTER_PX = 8  # a title character's mean width, for figures of a fixed width
+TITLE_LINE_PX = 24
+# Horizontal room of one vertical colour bar with its tick labels and its title turned along
+# its right side (up to 3 lines of at most COLOUR_BAR_TITLE_CHARACTERS), side by side in the
+# right margin.
+COLOUR_BAR_PX = 100
+COLOUR_BAR_TITLE_CHARACTERS = 12
+# The room between the plot and the first colour bar, and the thickness of every bar.
+COLOUR_BAR_GAP_PX = 20
+COLOUR_BAR_EDGE_PX = 6  # between the last bar's box and the figure's right edge
+COLOUR_BAR_THICKNESS = 14
+# Legends stand right of the plot, at its top, so they never cover the title or the data.
+LEGEND = {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"}
 # Example images are embedded once per head panel; this bounds the size of report.html.
 OVERLAY_MAX_PIXELS = 112
 # Images that fit OVERLAY_MAX_PIXELS are repeated pixel by pixel up to at least this side,
@@ -84,49 +120,135 @@ def other_map_kind(results: Results) -> str | None:
     return "pre" if chosen == "post" else "post"
 
 
-def finish(fig: go.Figure, title: str, height: int) -> go.Figure:
+def wrapped_title(title: str, characters: int = TITLE_CHARACTERS) -> str:
+    """``title`` broken at words into lines of at most ``characters`` (Plotly never wraps)."""
+    return "<br>".join(textwrap.wrap(title, characters, break_long_words=False)) or title
+
+
+def finish(fig: go.Figure, title: str, height: int, width: int | None = None) -> go.Figure:
+    """The shared look: template, font, the title (wrapped to the figure's ``width`` if it has
+    one, else to ``TITLE_CHARACTERS``, with room above the plot for every line), the legend
+    right of the plot."""
+    characters = TITLE_CHARACTERS if width is None else min(TITLE_CHARACTERS, (width - 20) // TITLE_CHARACTER_PX)
+    text = wrapped_title(title, characters)
+    extra = TITLE_LINE_PX * text.count("<br>")
+    right = max(30, fig.layout.margin.r or 0)  # the room colour bars took (``colour_bars_right``)
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": title, "x": 0.01, "xanchor": "left"},
-        height=height,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        title={"text": text, "x": 0.01, "xanchor": "left"},
+        width=width,
+        height=height + extra,
+        margin={"l": 70, "r": right, "t": 80 + extra, "b": 60},
         font={"size": 13},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+        legend=LEGEND,
     )
     return fig
 
 
+# The name of the note that stands where a figure has no data (the only text allowed on a plot).
+NO_DATA = "no data"
+
+
 def no_data_note(fig: go.Figure, text: str) -> None:
     fig.add_annotation(
-        text=text, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False, font={"size": 14, "color": "#666"}
+        text=text,
+        name=NO_DATA,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font={"size": 14, "color": "#666"},
     )
+
+
+def reference_line(
+    fig: go.Figure, name: str, colour: str, dash: str, *, x: float | None = None, y: float | None = None
+) -> None:
+    """A horizontal (``y``) or vertical (``x``) line across the plot, named in the legend
+    rather than by text on the plot, where it would cover the data."""
+    line = {"dash": dash, "color": colour, "width": 1.5}
+    if y is not None:
+        fig.add_hline(y=y, line=line)
+    else:
+        fig.add_vline(x=x, line=line)
+    # The legend entry: a trace without points, drawn as the line's dash.
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=line, name=name, hoverinfo="skip"))
+
+
+def colour_bars_right(fig: go.Figure, axes: Sequence[str]) -> None:
+    """The colour bars of colour ``axes`` side by side in the right margin, in this order, and
+    the margin wide enough for them, ``COLOUR_BAR_PX`` each: no bar stands over a panel or its
+    axis labels at any width. The first bar stands just right of the plot area, the others at
+    fixed pixel offsets from the figure's right edge (a bar's ``xpad`` pads both its sides, and
+    Plotly widens the margin to hold the padded box, so large offsets from the plot would
+    waste room). Square panels move right, next to the bars."""
+    for index, axis in enumerate(axes):
+        if index == 0:
+            place = {"x": 1.0, "xref": "paper", "xanchor": "left", "xpad": COLOUR_BAR_GAP_PX}
+        else:
+            from_edge = COLOUR_BAR_EDGE_PX + (len(axes) - 1 - index) * COLOUR_BAR_PX
+            place = {"x": 1.0, "xref": "container", "xanchor": "right", "xpad": from_edge}
+        bar = fig.layout[axis].colorbar
+        bar.update(**place, y=0.5, yanchor="middle", len=0.9, thickness=COLOUR_BAR_THICKNESS)
+        # The title turned along the bar's right side: above the bar, the top tick label
+        # would run into it.
+        bar.title.side = "right"
+    fig.update_layout(margin={"r": colour_bars_margin(len(axes))})
+    fig.update_xaxes(constraintoward="right")
+
+
+def colour_bars_margin(count: int) -> int:
+    """The right margin that holds ``count`` colour bars (``colour_bars_right``)."""
+    return COLOUR_BAR_GAP_PX + COLOUR_BAR_PX * count
 
 
 def finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def tick_step(count: int, labels: int = 16) -> int:
-    """A tick step for a block or head axis that keeps at most ``labels`` integer labels."""
-    return max(1, math.ceil(count / labels))
+def tick_step(count: int, labels: int = MAX_TICKS - 1) -> int:
+    """The smallest of ``TICK_STEPS`` that labels ``count`` values in at most ``labels`` steps."""
+    return next((step for step in TICK_STEPS if count <= labels * step), math.ceil(count / labels))
+
+
+def sparse_ticks(numbers: Sequence[int], most: int = MAX_TICKS) -> list[int]:
+    """At most ``most`` of ``numbers`` (ascending block or head numbers) to label: the first,
+    the last, and the multiples of a step between them, none within half a step of either end
+    (where two labels would touch). Blocks 1..32: 1, 4, 8, ..., 28, 32 (at most 5: 1, 8, ..., 32)."""
+    numbers = list(numbers)
+    if not numbers:
+        return []
+    step = tick_step(len(numbers), most - 1)
+    first, last = numbers[0], numbers[-1]
+    inner = [n for n in numbers if n % step == 0 and n - first >= step / 2 and last - n >= step / 2]
+    return sorted({first, *inner, last})
+
+
+def count_ticks(count: int, most: int = MAX_TICKS) -> list[int]:
+    """The tick labels of an axis of ``count`` blocks or heads numbered from 1 (``sparse_ticks``)."""
+    return sparse_ticks(range(1, count + 1), most)
+
+
+def count_axis(count: int, most: int = MAX_TICKS) -> dict:
+    """Axis properties that label ``count`` blocks or heads numbered from 1 (``count_ticks``)."""
+    return {"tickmode": "array", "tickvals": count_ticks(count, most)}
 
 
 def square_heatmap_axes(
-    fig: go.Figure, count: int, x_title: str, y_title: str, size: int, columns: int | None = None, labels: int = 16
+    fig: go.Figure, count: int, x_title: str, y_title: str, size: int, columns: int | None = None
 ) -> None:
-    """Square cells, row 1 at the top (matrix layout), at most ``labels`` integer ticks for
+    """Square cells, row 1 at the top (matrix layout), at most ``MAX_TICKS`` labels for
     ``size`` rows. In a grid of ``columns`` panels per row, only the first column names the
     y axis and only the lowest panel of each column the x axis, so titles do not crowd."""
     columns = columns or count
-    ticks = {"tick0": 1, "dtick": tick_step(size, labels), "showgrid": False, "constrain": "domain"}
+    common = {"showgrid": False, "constrain": "domain", **count_axis(size, MAX_HEATMAP_TICKS)}
     for index in range(1, count + 1):
         suffix = "" if index == 1 else str(index)
-        fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **ticks)
+        fig.layout[f"xaxis{suffix}"].update(title=x_title if index + columns > count else None, **common)
+        first_column = (index - 1) % columns == 0
         fig.layout[f"yaxis{suffix}"].update(
-            title=y_title if (index - 1) % columns == 0 else None,
-            autorange="reversed",
-            scaleanchor=f"x{suffix}",
-            **ticks,
+            title=y_title if first_column else None, autorange="reversed", scaleanchor=f"x{suffix}", **common
         )
 
 
@@ -201,14 +323,10 @@ def titles_over_panels(fig: go.Figure) -> None:
         annotation.update(xref=f"x{suffix} domain", x=0.5, yref=f"y{suffix} domain", y=1.0)
 
 
-def block_tick(results: Results) -> int:
-    return tick_step(max(result.geometry.num_blocks for result in results.values()))
-
-
 def block_axis(fig: go.Figure, results: Results) -> None:
-    """The x axis of a curve over blocks: from block 1 (not 0), integer ticks from 1."""
+    """The x axis of a curve over blocks: from block 1 (not 0), labelled by ``count_ticks``."""
     last = max(result.geometry.num_blocks for result in results.values())
-    fig.update_xaxes(title="block", tick0=1, dtick=block_tick(results), range=[0.5, last + 0.5])
+    fig.update_xaxes(title="block", range=[0.5, last + 0.5], **count_axis(last))
 
 
 def image_source(pixels: np.ndarray) -> str:

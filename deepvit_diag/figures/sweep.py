@@ -14,9 +14,13 @@ from plotly.colors import sample_colorscale
 from .registry import figure
 from .style import (
     MAP_NAMES,
+    MAX_TICKS,
+    THRESHOLD_COLOUR,
+    count_axis,
     finish,
     model_colour,
     no_data_note,
+    reference_line,
     tick_step,
 )
 
@@ -28,9 +32,23 @@ GROUP_SCALES = ("Blues", "Oranges", "Greens", "Purples")
 
 
 def _sweep_axis(fig: go.Figure, sweep: SweepResult) -> None:
-    """The x axis of a sweep trend: depth, epoch, step or place, whole numbers."""
-    values = [sweep.x(entry) for entry in sweep.entries]
-    fig.update_xaxes(title=sweep.x_title, tick0=min(values), dtick=tick_step(max(values) - min(values) + 1, 12))
+    """The x axis of a sweep trend: depth, epoch, step or place, whole numbers; each checkpoint's
+    value is labelled when there are at most ``MAX_TICKS``, else evenly spaced values."""
+    values = sorted({sweep.x(entry) for entry in sweep.entries})
+    low, high = values[0], values[-1]
+    pad = max(0.5, 0.04 * (high - low))
+    ticks = (
+        {"tickmode": "array", "tickvals": values}
+        if len(values) <= MAX_TICKS
+        else {"tick0": low, "dtick": tick_step(high - low + 1)}
+    )
+    fig.update_xaxes(title=sweep.x_title, range=[low - pad, high + pad], **ticks)
+
+
+def _maps_name(sweep: SweepResult) -> str:
+    """How a sweep figure names its maps: pre-/post-Θ only when some checkpoint mixes heads."""
+    mixes = any(entry.summary.get("theta_distance_from_identity_mean") is not None for entry in sweep.entries)
+    return MAP_NAMES[sweep.settings.maps] if mixes else "attention maps"
 
 
 def _sweep_trend(
@@ -70,12 +88,8 @@ def _mark_collapse(fig: go.Figure, sweep: SweepResult) -> None:
     for group in sweep.groups():
         entry = sweep.collapse_appears(group)
         if entry is not None:
-            fig.add_vline(
-                x=sweep.x(entry),
-                line={"dash": "dot", "color": "#c0392b"},
-                annotation_text=f"collapse appears ({sweep.x_title} {sweep.x(entry)})",
-                annotation_position="top left",
-            )
+            name = f"{group}: collapse appears ({sweep.x_title} {sweep.x(entry)})"
+            reference_line(fig, name, THRESHOLD_COLOUR, "dot", x=sweep.x(entry))
 
 
 @figure
@@ -171,14 +185,13 @@ def _sweep_block_curves(
                 )
             )
     if relative_depth:
-        fig.update_xaxes(title="relative depth (block / number of blocks)", range=[0, 1.02])
+        # 0 not at the plot's edge, where its label would meet the lowest label of the y axis.
+        fig.update_xaxes(title="relative depth (block / number of blocks)", range=[-0.04, 1.04])
     else:
         last = max(entry.num_blocks for entry in sweep.entries)
-        fig.update_xaxes(title="block", tick0=1, dtick=tick_step(last), range=[0.5, last + 0.5])
+        fig.update_xaxes(title="block", range=[0.5, last + 0.5], **count_axis(last))
     fig.update_yaxes(title=y_title)
-    fig = finish(fig, title, 460)
-    # Many checkpoints: the legend goes to the right, grouped, rather than above the plot.
-    return fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})
+    return finish(fig, title, 460)
 
 
 def _entry_name(sweep: SweepResult, entry: SweepEntry) -> str:
@@ -193,15 +206,10 @@ def sweep_ratio_curves(sweep: SweepResult, relative_depth: bool = False) -> go.F
         sweep,
         "ratio",
         "similarity ratio",
-        f"Similarity ratio per block of every checkpoint ({MAP_NAMES[sweep.settings.maps]})",
+        f"Similarity ratio per block of every checkpoint ({_maps_name(sweep)})",
         relative_depth,
     )
-    fig.add_hline(
-        y=sweep.settings.rho,
-        line={"dash": "dash", "color": "#c0392b"},
-        annotation_text=f"rho = {sweep.settings.rho:g}",
-        annotation_position="top left",
-    )
+    reference_line(fig, f"rho = {sweep.settings.rho:g} (similar above)", THRESHOLD_COLOUR, "dash", y=sweep.settings.rho)
     return fig.update_yaxes(range=[-0.03, 1.05])
 
 
@@ -213,7 +221,7 @@ def sweep_adjacent_curves(sweep: SweepResult, relative_depth: bool = False) -> g
         sweep,
         "adjacent_similarity",
         "similarity with the previous block",
-        f"Adjacent-block attention similarity of every checkpoint ({MAP_NAMES[sweep.settings.maps]})",
+        f"Adjacent-block attention similarity of every checkpoint ({_maps_name(sweep)})",
         relative_depth,
         first_block=2,
     )
