@@ -362,7 +362,10 @@ def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
     fig.update_layout(coloraxis={**sequential_scale(largest), "colorbar": {"title": {"text": "similar<br>blocks"}}})
     colour_bars_right(fig, ["coloraxis"])
     kind = map_kind(results[labels[0]], maps)
-    title = f"Robustness: similar blocks (colour) and collapse start (text) over k, tau and rho ({maps_name(results, kind)})"
+    title = (
+        "Robustness: similar blocks (colour) and collapse start (text) over k, tau and rho "
+        f"({maps_name(results, kind)})"
+    )
     return finish(fig, title, 120 + 300 * len(labels))
 
 
