@@ -25,6 +25,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from . import archives
@@ -97,19 +98,28 @@ def model_labels(result: AnalysisResult | ComparisonResult) -> list[str]:
 
 
 def made_with(
-    result: ComparisonResult, specs: tuple[str, str], weights: tuple[Path, Path], settings: Settings
+    result: ComparisonResult, specs: tuple[str, str], weights: tuple[Path, Path], images: str | None, settings: Settings
 ) -> str | None:
     """Why ``result`` is not the comparison of checkpoints ``specs`` (whose files are now ``weights``)
+    on ``images`` (a bundled set or path as given to ``--images``; None: the set the model cards name)
     with the metric parameters of ``settings`` over ``settings.num_images`` images; None when it is.
     The weights are compared by sha256, so a retrained or replaced checkpoint never matches."""
     from .checkpoints.safe_load import file_sha256
+    from .images import BUNDLED_SETS, default_image_set
 
-    for side, analysis, spec, path in zip("AB", (result.a, result.b), specs, weights):
-        provenance = analysis.model.get("provenance") or {}
+    provenances = [analysis.model.get("provenance") or {} for analysis in (result.a, result.b)]
+    for side, provenance, spec, path in zip("AB", provenances, specs, weights):
         if provenance.get("spec") != spec:
             return f"its model {side} is {provenance.get('spec')!r}, not {spec!r}"
         if not path.is_file() or provenance.get("sha256") != file_sha256(path):
             return f"its model {side} ({spec}) had other weights than {path}"
+    if images is None:
+        images = default_image_set([SimpleNamespace(provenance=provenance) for provenance in provenances])
+    # How ``open_images`` describes a bundled set and other sources.
+    source = f"of the bundled set '{images}'" if images in BUNDLED_SETS else f"from {images}"
+    described = str(result.a.images.get("description", ""))
+    if source not in described:
+        return f"it analysed {described.split(':')[0]}, not {images}"
     saved = result.a.settings
     for name in ("k", "tau", "rho", "axis", "maps"):
         if getattr(saved, name) != getattr(settings, name):

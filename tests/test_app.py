@@ -144,7 +144,7 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     at = _show(at, "Export")
     _assert_fine(at)
     assert [button.label for button in at.get("download_button")] == [
-        f"Download {name}" for name in ("result.json", "arrays.npz", "report.html")
+        f"Download {name}" for name in ("result.json", "arrays.npz", "report.html", "deepvit-diag-report.zip")
     ]
 
 

@@ -8,7 +8,9 @@ import stat
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from deepvit_diag import Settings, analyze, compare, sweep
 from deepvit_diag.checkpoints.native import save_native
@@ -34,7 +36,11 @@ def saved(tmp_path_factory):
         torch.manual_seed(0)
         paths[family] = root / f"{family}.safetensors"
         save_native(build_model({"family": family, "kwargs": kwargs}), paths[family])
-    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = root / "images"
+    images.mkdir()
+    for index in range(4):
+        pixels = np.random.default_rng(index).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{index}.png")
     from deepvit_diag import load_model
 
     a, b = load_model(str(paths["vit"])), load_model(str(paths["deepvit"]))
@@ -44,7 +50,7 @@ def saved(tmp_path_factory):
     write_checked(root / "analysis", is_result_file, analysis.write_files)
     swept = sweep([paths["vit"], paths["deepvit"]], images, progress=False)
     swept.save(root / "sweep")
-    return root, paths, comparison
+    return root, paths, comparison, images
 
 
 def _zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
@@ -63,7 +69,7 @@ def _folder_entries(folder: Path, prefix: str = "out/") -> dict[str, bytes]:
 
 
 def test_every_kind_of_saved_folder_opens_as_what_it_is(saved):
-    root, _, comparison = saved
+    root, _, comparison, _ = saved
     assert [saved_kind(root / kind) for kind in ("comparison", "analysis", "sweep")] == [
         "comparison",
         "analysis",
@@ -77,26 +83,27 @@ def test_every_kind_of_saved_folder_opens_as_what_it_is(saved):
 
 
 def test_labels_are_the_names_the_command_line_gave(saved):
-    root, paths, comparison = saved
+    root, paths, comparison, images = saved
     assert model_labels(comparison) == ["vit.safetensors (A)", "deepvit.safetensors (B)"]
     assert model_labels(comparison.a) == ["vit.safetensors"]
 
 
 def test_made_with_names_the_first_difference(saved):
-    root, paths, comparison = saved
+    root, paths, comparison, images = saved
     specs = (str(paths["vit"]), str(paths["deepvit"]))
     weights = (paths["vit"], paths["deepvit"])
     settings = Settings(num_images=4)
-    assert made_with(comparison, specs, weights, settings) is None
-    assert "analysed 4 images, not 5" in made_with(comparison, specs, weights, Settings(num_images=5))
-    assert "tau = 0.5, not 0.6" in made_with(comparison, specs, weights, Settings(tau=0.6))
-    assert "model B" in made_with(comparison, (specs[0], "deepvit32"), weights, settings)
-    assert "other weights" in made_with(comparison, specs, (paths["vit"], paths["vit"]), settings)
+    assert made_with(comparison, specs, weights, str(images), settings) is None
+    assert "analysed 4 images, not 5" in made_with(comparison, specs, weights, images, Settings(num_images=5))
+    assert "tau = 0.5, not 0.6" in made_with(comparison, specs, weights, images, Settings(tau=0.6))
+    assert "model B" in made_with(comparison, (specs[0], "deepvit32"), weights, images, settings)
+    assert "other weights" in made_with(comparison, specs, (paths["vit"], paths["vit"]), images, settings)
+    assert "not photos" in made_with(comparison, specs, weights, None, settings)  # no card names a set
 
 
 @pytest.mark.parametrize("prefix", ["out/", ""])
 def test_a_zipped_output_folder_extracts_and_loads(saved, tmp_path, prefix):
-    root, _, comparison = saved
+    root, _, comparison, _ = saved
     archive = tmp_path / "result.zip"
     archive.write_bytes(_zip(_folder_entries(root / "comparison", prefix)))
     folder = extract_saved(archive, tmp_path / "opened")
@@ -104,7 +111,7 @@ def test_a_zipped_output_folder_extracts_and_loads(saved, tmp_path, prefix):
 
 
 def test_pack_output_is_what_extract_saved_opens(saved, tmp_path):
-    _, _, comparison = saved
+    _, _, comparison, _ = saved
     packed = pack_output(comparison.write_files, "deepvit-diag-report")
     with zipfile.ZipFile(io.BytesIO(packed)) as archive:
         assert sorted(archive.namelist()) == [
@@ -115,7 +122,7 @@ def test_pack_output_is_what_extract_saved_opens(saved, tmp_path):
 
 
 def _hostile(saved) -> dict[str, bytes]:
-    root, _, _ = saved
+    root, _, _, _ = saved
     good = _folder_entries(root / "comparison")
     marker = good["out/" + MARKER]
     return {
@@ -158,7 +165,7 @@ def test_hostile_zips_are_refused_in_one_line_leaving_nothing(saved, tmp_path, c
 
 
 def test_a_zip_that_would_expand_beyond_the_limit_is_refused_before_extracting(saved, tmp_path, monkeypatch):
-    root, _, _ = saved
+    root, _, _, _ = saved
     monkeypatch.setattr("deepvit_diag.archives.TOTAL_LIMIT", 1000)
     archive = tmp_path / "big.zip"
     archive.write_bytes(_zip({**_folder_entries(root / "comparison"), "out/zeros.bin": bytes(5000)}))
