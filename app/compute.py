@@ -12,7 +12,11 @@
   a model) and kept in their own stores, shared or per session by the same rule; saved sweeps
   and monitor files are read by ``SweepResult.load`` / ``SweepResult.from_monitor``;
 * ablations of model A or B: run by ``deepvit_diag.ablate`` and kept in their own
-  ``ResultStore``; saved ones read by ``AblationResult.load``.
+  ``ResultStore``; saved ones read by ``AblationResult.load``;
+* saved results (a folder ``analyze``, ``compare`` or ``sweep`` wrote, or an uploaded zip of one
+  that ``deepvit_diag.saved.extract_saved`` unpacked): read by ``load_saved`` into an ``Analysis``
+  without request (no models or images at hand) or a ``SweepResult``; ``saved_differs`` says
+  whether one is what the sidebar's defaults would compute, so the first visit can show it.
 
 Analyses and sweeps run through ``DeviceQueue``: one at a time per device.
 

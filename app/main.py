@@ -1,10 +1,13 @@
 """deepvit-diag in the browser: ``streamlit run app/main.py`` from the project root.
 
-Opens with the bundled demo pair (vit32 against deepvit32 on digits-clutter-test) already
-analysed; the sidebar picks other checkpoints, images and parameters, and Run analyses
-them. The Sweep view runs many checkpoints on the sidebar's images and parameters, or
-opens a saved sweep or monitor file. Defaults can be changed with environment variables
-(see ``app/config.py``).
+Opens with the bundled demo pair (vit32 against deepvit32 on digits-clutter-test): the saved
+result of ``deepvit-diag compare --ckpt-a vit32 --ckpt-b deepvit32`` when it is there and was
+made with the same weights, images and parameters, else analysed live. The title and a
+loading notice are drawn before the heavy imports (torch, timm, Plotly), so a fresh server
+shows the page from the first second. The sidebar picks other checkpoints, images and
+parameters (Run analyses them) or opens a saved result folder or zip. The Sweep view runs
+many checkpoints on the sidebar's images and parameters, or opens a saved sweep or monitor
+file. Defaults can be changed with environment variables (see ``app/config.py``).
 """
 
 from __future__ import annotations
@@ -151,8 +154,8 @@ def _explain_saved(analysis: Analysis, choice: SavedChoice) -> None:
     first = analysis.first
     settings = first.settings
     made = markdown_text(
-        f"{first.num_images} images ({first.images['description'].split(':')[0]}), k = {settings.k}, "
-        f"tau = {settings.tau:g}, rho = {settings.rho:g}, {settings.axis}, {settings.maps} maps"
+        f"{first.images['description'].split(':')[0]}, k = {settings.k}, tau = {settings.tau:g}, "
+        f"rho = {settings.rho:g}, {settings.axis} as attention vectors, {settings.maps} maps"
     )
     models = markdown_text(" and ".join(analysis.labels))
     if choice.default:

@@ -74,7 +74,13 @@ def saved_kind(folder: str | Path) -> str:
 
 
 def load_saved(folder: str | Path) -> Saved:
-    """The ``AnalysisResult``, ``ComparisonResult`` or ``SweepResult`` saved in ``folder``."""
+    """The ``AnalysisResult``, ``ComparisonResult`` or ``SweepResult`` saved in ``folder`` (the
+    ``--out`` of ``analyze``, ``compare``/``merge`` or ``sweep``), whichever it holds; ``DiagError``
+    for anything else. A zip of such a folder opens after ``extract_saved``.
+
+    Example:
+        >>> dd.load_saved("deepvit-diag-report").summary()["a"]["similar_blocks"]  # doctest: +SKIP
+    """
     from .results import AnalysisResult, ComparisonResult
     from .sweeps import SweepResult
 

@@ -4,6 +4,9 @@ figures of sweep.html."""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+
 import pandas as pd
 import streamlit as st
 
@@ -173,6 +176,7 @@ DOWNLOADS = (
 def _downloads(sweep: SweepResult) -> None:
     """The files ``deepvit-diag sweep`` writes for the sweep shown."""
     st.subheader("Downloads")
-    files = sweep_files(str(id(sweep)), _sweep=sweep)
+    # Keyed by content: the same sweep opened or run again is packed once, another never gets its files.
+    files = sweep_files(hashlib.sha256(pickle.dumps(sweep)).hexdigest(), _sweep=sweep)
     for name, mime, what in DOWNLOADS:
         download_row(name, files[name], mime, what, key=f"sweep_download_{name}")
