@@ -458,17 +458,19 @@ def open_sweep(path: str, fingerprint: str) -> SweepResult:
 def open_saved(choice: SavedChoice) -> Analysis | SweepResult:
     """The analysis, comparison or sweep ``deepvit-diag`` saved in the chosen folder (``load_saved``),
     an analysis as the views show it."""
-    return _open_saved(choice.path, choice.fingerprint, choice.name)
+    # What a visitor opened is theirs; the result of the defaults' command is every visitor's first screen.
+    return _open_saved(choice.path, choice.fingerprint, choice.name, _owner(choice.default))
 
 
 @st.cache_resource(max_entries=8, show_spinner="Reading the saved result...")
-def _open_saved(path: str, fingerprint: str, name: str) -> Analysis | SweepResult:
-    # Shared, not copied per rerun: nothing changes a result, and ``fingerprint`` changes with its files.
+def _open_saved(path: str, fingerprint: str, name: str, owner: str) -> Analysis | SweepResult:
+    # Not copied per rerun: nothing changes a result, and ``fingerprint`` changes with its files. ``owner``
+    # keys the entry, and the caches keyed by the analysis's key, to the session that opened it.
     saved = load_saved(path)
     if isinstance(saved, SweepResult):
         return saved
     origin = SavedOrigin(name, tuple(model_labels(saved)))
-    return Analysis(repr(("saved", path, fingerprint)), None, None, saved, [], saved=origin)
+    return Analysis(repr(("saved", owner, path, fingerprint)), None, None, saved, [], saved=origin)
 
 
 def saved_differs(analysis: Analysis, request: AnalysisRequest) -> str | None:
