@@ -91,6 +91,9 @@ def main() -> None:
     if st.session_state.pop("cancelled", False):
         st.info("Analysis cancelled.")
     opened = _opened()
+    if isinstance(opened, SweepResult):
+        name = markdown_text(st.session_state["opened"].name)
+        st.info(f"Opened the saved sweep `{name}`: it is shown in the **Sweep** view.")
     analysis = opened if isinstance(opened, Analysis) else _current_analysis()
     if analysis is not None and analysis.saved is not None:
         _explain_saved(analysis, st.session_state["opened"])

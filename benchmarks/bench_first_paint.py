@@ -27,11 +27,9 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -54,30 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600, help="seconds a page may take")
     parser.add_argument("--json", type=Path, help="write the report here")
     return parser.parse_args(argv)
-
-
-def start_server(project: Path, app_env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    """``streamlit run app/main.py`` of ``project``, answering its health check (``bench_app.start_server``
-    with the checkout as a parameter)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DEEPVIT_DIAG_APP_")}
-    env.update(app_env)
-    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless=true"]
-    command += ["--server.address=127.0.0.1", f"--server.port={port}", "--server.fileWatcherType=none"]
-    command += ["--browser.gatherUsageStats=false"]
-    with open(log, "w") as output:
-        server = subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + bench_app.START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with status {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                if response.read().strip() == b"ok":
-                    return server
-        except OSError:
-            time.sleep(0.3)
-    server.kill()
-    raise RuntimeError(f"streamlit did not answer within {bench_app.START_TIMEOUT_S} s")
 
 
 async def first_paint(url: str, timeout_s: float) -> dict[str, float]:
@@ -112,7 +86,7 @@ def save_tiny_result(app_env: dict[str, str], folder: Path) -> None:
 
 def trial(project: Path, app_env: dict[str, str], timeout_s: float, work: Path) -> dict[str, float]:
     port = bench_app.free_port()
-    server = start_server(project, app_env, port, work / "server.log")
+    server = bench_app.start_server(app_env, port, work / "server.log", project)
     try:
         return asyncio.run(first_paint(f"http://127.0.0.1:{port}/", timeout_s))
     finally:

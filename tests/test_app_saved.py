@@ -158,6 +158,7 @@ def test_a_saved_sweep_opens_in_the_sweep_view_with_its_downloads(files, tmp_pat
     saved = sweep([files / "vit.safetensors", files / "deepvit.safetensors"], files / "images", progress=False)
     saved.save(tmp_path / "swept")
     at = _open_path(AppTest.from_file(APP, default_timeout=TIMEOUT).run(), tmp_path / "swept")
+    assert any("it is shown in the **Sweep** view" in info.value for info in at.info)
     at = _show(at, "Sweep")
     _assert_fine(at)
     assert at.radio(key="sweep_source").value == "opened"
