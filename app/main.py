@@ -44,6 +44,7 @@ from app.sidebar import render_sidebar  # noqa: E402
 from app.sources import SavedChoice, saved_from_path  # noqa: E402
 from app.views import ablation, export, heads, more, overview, ratio, similarity, sweep, theta  # noqa: E402
 from app.views.common import CancelButton, jobs  # noqa: E402
+from deepvit_diag import Settings  # noqa: E402
 from deepvit_diag.escaping import markdown_text  # noqa: E402
 from deepvit_diag.sweeps import SweepResult  # noqa: E402
 
@@ -211,7 +212,8 @@ def _run_with_progress(request: AnalysisRequest) -> Analysis:
     cancel = CancelButton("cancel_analysis", _cancel)
     settings = request.analysis_settings()
     demo = ""
-    if (request.a.spec, request.b.spec) == DEMO_CHECKPOINTS:
+    command_defaults = Settings(num_images=AppDefaults.from_env().num_images)  # the README command's
+    if (request.a.spec, request.b.spec) == DEMO_CHECKPOINTS and request.settings == command_defaults:
         demo = (
             " `deepvit-diag compare --ckpt-a vit32 --ckpt-b deepvit32` saves this result into ./deepvit-diag-report, "
             "which the app, started in the same folder, opens at once."
