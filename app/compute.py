@@ -12,7 +12,11 @@
   a model) and kept in their own stores, shared or per session by the same rule; saved sweeps
   and monitor files are read by ``SweepResult.load`` / ``SweepResult.from_monitor``;
 * ablations of model A or B: run by ``deepvit_diag.ablate`` and kept in their own
-  ``ResultStore``; saved ones read by ``AblationResult.load``.
+  ``ResultStore``; saved ones read by ``AblationResult.load``;
+* saved results (a folder ``analyze``, ``compare`` or ``sweep`` wrote, or an uploaded zip of one
+  that ``deepvit_diag.saved.extract_saved`` unpacked): read by ``load_saved`` into an ``Analysis``
+  without request (no models or images at hand) or a ``SweepResult``; ``saved_differs`` says
+  whether one is what the sidebar's defaults would compute, so the first visit can show it.
 
 Analyses and sweeps run through ``DeviceQueue``: one at a time per device.
 
@@ -21,10 +25,11 @@ Every number comes from ``deepvit_diag``: this module only calls it.
 
 from __future__ import annotations
 
+import io
 import logging
-import tempfile
 import threading
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,12 +46,14 @@ from deepvit_diag import AblationResult, DiagError, Settings, ablate, compare, e
 from deepvit_diag.device import resolve_device
 from deepvit_diag.errors import failure_line
 from deepvit_diag.images import ImageSet, default_image_set, open_images
-from deepvit_diag.report import build_report
+from deepvit_diag.manifest import MARKER
+from deepvit_diag.report import write_report, write_sweep_report
 from deepvit_diag.results import AnalysisResult, ComparisonResult
+from deepvit_diag.saved import load_saved, made_with, model_labels, pack_output
 from deepvit_diag.sweeps import SweepResult
 
 from .config import AppDefaults
-from .sources import ImageChoice, ModelChoice, session_key, shown_as
+from .sources import ImageChoice, ModelChoice, SavedChoice, session_key, shown_as, weights_file
 from .work_queue import DeviceQueue, Turn
 
 logger = logging.getLogger(__name__)
@@ -85,26 +92,49 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
+@dataclass(frozen=True)
+class SavedOrigin:
+    """Where a result opened from disk came from: the folder or zip as the user named it, and the
+    names the command line gave its models."""
+
+    name: str
+    labels: tuple[str, ...]
+
+
 @dataclass
 class Analysis:
-    """A finished comparison, with what the views need to label and redo parts of it."""
+    """A finished comparison (or, opened from disk, a saved analysis of one model), with what the
+    views need to label and redo parts of it."""
 
     key: str
-    request: AnalysisRequest
-    images: ImageChoice  # resolved: never the "model cards' set" placeholder
-    comparison: ComparisonResult
+    request: AnalysisRequest | None  # None: opened from disk (``saved``), with no models or images at hand
+    images: ImageChoice | None  # resolved: never the "model cards' set" placeholder; None when saved
+    result: ComparisonResult | AnalysisResult
     notes: list[str]  # warnings worth showing (guessed architecture, skipped images)
     queued: Turn | None = None  # its time in the device queue
+    saved: SavedOrigin | None = None
 
     @property
-    def labels(self) -> tuple[str, str]:
+    def comparison(self) -> ComparisonResult | None:
+        """The comparison; None for a saved analysis of one model."""
+        return self.result if isinstance(self.result, ComparisonResult) else None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
         """Names in figures: the short names, with the side so that A and B always differ."""
+        if self.saved is not None:
+            return self.saved.labels
         return f"{self.request.a.name} (A)", f"{self.request.b.name} (B)"
 
     @property
     def results(self) -> dict[str, AnalysisResult]:
-        label_a, label_b = self.labels
-        return {label_a: self.comparison.a, label_b: self.comparison.b}
+        analyses = (self.result.a, self.result.b) if self.comparison is not None else (self.result,)
+        return dict(zip(self.labels, analyses))
+
+    @property
+    def first(self) -> AnalysisResult:
+        """Model A, or the one model: its images and parameters are those of the whole result."""
+        return next(iter(self.results.values()))
 
 
 def failure_message(err: Exception, request: AnalysisRequest | None = None) -> str:
@@ -276,6 +306,11 @@ def run_analysis(
 
 # ----------------------------------------------------------------------------- live maps of one image
 
+NEEDS_MODELS = (
+    "This result was opened from saved files, which hold every metric but neither the checkpoints nor the "
+    "images this needs: press **Run analysis** in the sidebar to analyse the checkpoints live."
+)
+
 
 @st.cache_data(max_entries=64, show_spinner="Computing the attention maps of this image...")
 def block_attention(
@@ -284,6 +319,8 @@ def block_attention(
     """Pre- and post-Theta maps (H, T, T) of one block for example image ``image_index``
     (0-based, in the order the analysis read its images), from one forward pass."""
     request = _analysis.request
+    if request is None:  # a result opened from disk has neither its models nor its images here
+        raise DiagError(NEEDS_MODELS)
     loaded = load(request.a if side == "a" else request.b, side)
     image_set, _ = open_image_set(_analysis.images, image_index + 1)
     # Iterating skips undecodable files exactly as the analysis did, so the index matches.
@@ -298,14 +335,42 @@ def block_attention(
 # ----------------------------------------------------------------------------- export
 
 
+# The folder `deepvit-diag analyze` and `compare` write by default; the zip of a result unpacks to it.
+RESULT_FOLDER = "deepvit-diag-report"
+SWEEP_FOLDER = "deepvit-diag-sweep"
+
+
 @st.cache_data(max_entries=4, show_spinner="Preparing the downloads...")
 def export_files(analysis_key: str, _analysis: Analysis) -> dict[str, bytes]:
-    """``result.json`` and ``arrays.npz`` (the library's ``save``) and ``report.html``."""
-    with tempfile.TemporaryDirectory(prefix="deepvit-diag-export-") as folder:
-        _analysis.comparison.write_files(folder)
-        files = {name: (Path(folder) / name).read_bytes() for name in ("result.json", "arrays.npz")}
-    files["report.html"] = build_report(_analysis.comparison, _analysis.labels).encode("utf-8")
-    return files
+    """``result.json`` and ``arrays.npz`` (the library's ``save``), ``report.html``, and all of them
+    with the folder's marker as ``deepvit-diag-report.zip`` (what the app and ``load_saved`` open)."""
+
+    def fill(folder: Path) -> None:
+        _analysis.result.write_files(folder)
+        write_report(folder / "report.html", _analysis.result, _analysis.labels)
+
+    return _with_members(pack_output(fill, RESULT_FOLDER), f"{RESULT_FOLDER}.zip")
+
+
+@st.cache_data(max_entries=4, show_spinner="Preparing the downloads...")
+def sweep_files(sweep_key: str, _sweep: SweepResult) -> dict[str, bytes]:
+    """``sweep.json``, ``arrays.npz`` and ``sweep.html`` as ``deepvit-diag sweep`` writes them, and all
+    of them as ``deepvit-diag-sweep.zip``."""
+
+    def fill(folder: Path) -> None:
+        _sweep.write_files(folder)
+        write_sweep_report(folder / "sweep.html", _sweep)
+
+    return _with_members(pack_output(fill, SWEEP_FOLDER), f"{SWEEP_FOLDER}.zip")
+
+
+def _with_members(packed: bytes, zip_name: str) -> dict[str, bytes]:
+    """Every file of the zip by its name (the marker left out: it only means something in the zip), and the zip."""
+    with zipfile.ZipFile(io.BytesIO(packed)) as archive:
+        files = {
+            Path(member).name: archive.read(member) for member in archive.namelist() if not member.endswith(MARKER)
+        }
+    return {**files, zip_name: packed}
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -385,6 +450,40 @@ def open_sweep(path: str, fingerprint: str) -> SweepResult:
     ``fingerprint`` changes when the files do."""
     del fingerprint  # part of the cache key only
     return SweepResult.from_monitor(path) if Path(path).is_file() else SweepResult.load(path)
+
+
+# ----------------------------------------------------------------------------- saved results
+
+
+def open_saved(choice: SavedChoice) -> Analysis | SweepResult:
+    """The analysis, comparison or sweep ``deepvit-diag`` saved in the chosen folder (``load_saved``),
+    an analysis as the views show it."""
+    # What a visitor opened is theirs; the result of the defaults' command is every visitor's first screen.
+    return _open_saved(choice.path, choice.fingerprint, choice.name, _owner(choice.default))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Reading the saved result...")
+def _open_saved(path: str, fingerprint: str, name: str, owner: str) -> Analysis | SweepResult:
+    # Not copied per rerun: nothing changes a result, and ``fingerprint`` changes with its files. ``owner``
+    # keys the entry, and the caches keyed by the analysis's key, to the session that opened it.
+    saved = load_saved(path)
+    if isinstance(saved, SweepResult):
+        return saved
+    origin = SavedOrigin(name, tuple(model_labels(saved)))
+    return Analysis(repr(("saved", owner, path, fingerprint)), None, None, saved, [], saved=origin)
+
+
+def saved_differs(analysis: Analysis, request: AnalysisRequest) -> str | None:
+    """Why the saved ``analysis`` is not what running ``request`` would give (``saved.made_with``);
+    None when it is the same comparison: same checkpoints and weights, images, parameters and count."""
+    if analysis.comparison is None:
+        return "it is an analysis of one model"
+    if request.images.spec is not None and not isinstance(request.images.spec, str):
+        return "the sidebar's images are uploads"
+    weights = (weights_file(request.a.spec), weights_file(request.b.spec))
+    return made_with(
+        analysis.comparison, (request.a.spec, request.b.spec), weights, request.images.spec, request.settings
+    )
 
 
 # ----------------------------------------------------------------------------- ablations

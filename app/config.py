@@ -13,6 +13,10 @@ at other checkpoints or images without touching code:
 ``DEEPVIT_DIAG_APP_MAX_IMAGES``        most images one analysis may read
 ``DEEPVIT_DIAG_APP_MAX_RESULTS``       analyses (and sweeps) each session keeps of its own
 ``DEEPVIT_DIAG_APP_ROOTS``             folders visitors may read (see ``app/server_paths.py``)
+``DEEPVIT_DIAG_APP_SAVED``             a saved comparison the app opens on first visit when it
+                                       is what the defaults would compute (default
+                                       ``deepvit-diag-report``: where ``deepvit-diag compare``
+                                       writes, in the folder the server runs in); empty: never
 =====================================  =======================================================
 """
 
@@ -33,6 +37,8 @@ DEFAULT_MAX_CHECKPOINT_MB = DEFAULT_MAX_UPLOAD_MB
 DEFAULT_MAX_IMAGE_MB = 20
 DEFAULT_MAX_IMAGES = 10_000
 DEFAULT_MAX_RESULTS = 4
+# Where `deepvit-diag compare` writes by default (--out), relative to the folder it runs in.
+DEFAULT_SAVED = "deepvit-diag-report"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class AppDefaults:
     max_image_mb: float
     max_images: int = DEFAULT_MAX_IMAGES
     max_results: int = DEFAULT_MAX_RESULTS
+    saved: str = DEFAULT_SAVED
 
     @classmethod
     def from_env(cls) -> AppDefaults:
@@ -58,6 +65,7 @@ class AppDefaults:
             max_image_mb=_positive(env("DEEPVIT_DIAG_APP_MAX_IMAGE_MB"), float, DEFAULT_MAX_IMAGE_MB),
             max_images=_positive(env("DEEPVIT_DIAG_APP_MAX_IMAGES"), int, DEFAULT_MAX_IMAGES),
             max_results=_positive(env("DEEPVIT_DIAG_APP_MAX_RESULTS"), int, DEFAULT_MAX_RESULTS),
+            saved=env("DEEPVIT_DIAG_APP_SAVED", DEFAULT_SAVED),
         )
 
 

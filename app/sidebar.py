@@ -27,6 +27,7 @@ from .sources import (
     InputError,
     InputMissing,
     ModelChoice,
+    SavedChoice,
     images_from_bundled,
     images_from_folder,
     images_from_uploads,
@@ -34,6 +35,8 @@ from .sources import (
     model_from_path,
     model_from_timm,
     model_from_upload,
+    saved_from_path,
+    saved_from_upload,
 )
 
 MODEL_SOURCES = {
@@ -53,15 +56,20 @@ T = TypeVar("T")
 WEIGHT_WORDS = {"bundled": "demo weights", "store": "weight store", "none": "no weights yet"}
 
 
+SAVED_SOURCES = {"path": "Folder on the server", "upload": "Upload a zip of one"}
+
+
 @dataclass
 class SidebarInput:
     request: AnalysisRequest | None  # None while an input is missing or has an error
     run_clicked: bool
     images: ImageChoice | None  # also what a sweep reads; None while the input has an error
     settings: Settings  # also what a sweep runs with
+    opened: SavedChoice | None = None  # a saved output the user has just opened
 
 
 def render_sidebar(defaults: AppDefaults) -> SidebarInput:
+    opened = _saved_input(defaults)
     st.header("Checkpoints")
     model_a = _checked(lambda: _model_input("a", defaults.checkpoint_a, defaults.max_checkpoint_mb))
     model_b = _checked(lambda: _model_input("b", defaults.checkpoint_b, defaults.max_checkpoint_mb))
@@ -79,9 +87,38 @@ def render_sidebar(defaults: AppDefaults) -> SidebarInput:
     st.header("Metric parameters")
     settings = Settings(num_images=int(num_images), **_setting_inputs())
     run_clicked = st.button("Run analysis", type="primary", key="run", width="stretch")
-    if None in (model_a, model_b, images):
-        return SidebarInput(None, run_clicked, images, settings)
-    return SidebarInput(AnalysisRequest(model_a, model_b, images, settings), run_clicked, images, settings)
+    request = None if None in (model_a, model_b, images) else AnalysisRequest(model_a, model_b, images, settings)
+    return SidebarInput(request, run_clicked, images, settings, opened)
+
+
+def _saved_input(defaults: AppDefaults) -> SavedChoice | None:
+    """A saved output folder, or a zip of one, when **Open** is pressed (its error shown here if it cannot be)."""
+    with st.expander("Open a saved result"):
+        st.caption(
+            "What `deepvit-diag analyze`, `compare` or `sweep` wrote (the --out folder: result.json or sweep.json "
+            "with arrays.npz), shown at once without the checkpoints. A sweep opens in the Sweep view."
+        )
+        source = st.radio("From", list(SAVED_SOURCES), format_func=SAVED_SOURCES.get, key="saved_source")
+        if source == "path":
+            text = st.text_input("Folder on the server", key="saved_path", placeholder="deepvit-diag-report")
+        else:
+            uploaded = st.file_uploader(
+                "Zip of an output folder",
+                key="saved_upload",
+                max_upload_size=_widget_megabytes(defaults.max_checkpoint_mb),
+                help=f"As the Export view downloads it, up to {defaults.max_checkpoint_mb:g} MB",
+            )
+        if not st.button("Open", key="saved_open"):
+            return None
+
+        def chosen() -> SavedChoice:
+            if source == "path":
+                return saved_from_path(text)
+            if uploaded is None:
+                raise InputMissing("upload a zip of a saved output folder")
+            return saved_from_upload(uploaded, defaults.max_checkpoint_mb)
+
+        return _checked(chosen)
 
 
 def _checked(make: Callable[[], T]) -> T | None:

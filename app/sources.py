@@ -26,7 +26,10 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from deepvit_diag.checkpoints import bundled_path, store_path
 from deepvit_diag.checkpoints.safe_load import CHECKPOINT_SUFFIXES
+from deepvit_diag.checkpoints.store import is_store_name
+from deepvit_diag.errors import DiagError
 from deepvit_diag.images import BUNDLED_SETS, why_unusable
+from deepvit_diag.saved import extract_saved
 
 from .server_paths import GLOB_CHARACTERS, ROOTS_VARIABLE, PathRefused, ServerPaths
 
@@ -277,7 +280,7 @@ def _safe_name(name: str) -> str:
     return cleaned or "upload"
 
 
-# ----------------------------------------------------------------------------- saved sweeps
+# ----------------------------------------------------------------------------- saved outputs
 
 SWEEP_FILES = ("sweep.json", "arrays.npz")
 RESULT_FILES = ("result.json", "arrays.npz")
@@ -307,6 +310,56 @@ def ablation_from_path(text: str) -> tuple[str, str]:
     if missing:
         raise InputError(f"{path} is not a saved ablation: it has no {' or '.join(missing)}")
     return str(path), ",".join(_file_fingerprint(path / name) for name in RESULT_FILES)
+
+
+@dataclass(frozen=True)
+class SavedChoice:
+    """A saved output folder to show: ``path`` on the server (an upload's extracted copy), a
+    ``fingerprint`` that changes with its files, the ``name`` the user knows it by, and whether the
+    app opened it by itself (``default``: the saved result of the README's command)."""
+
+    path: str
+    fingerprint: str
+    name: str
+    default: bool = False
+
+
+def weights_file(spec: str) -> Path:
+    """The file a preset, weight-store name or path loads from (a store entry before bundled weights)."""
+    if not is_store_name(spec):
+        return Path(spec)
+    stored = store_path(spec)
+    return stored if stored.is_file() else bundled_path(spec)
+
+
+def saved_from_path(text: str) -> SavedChoice:
+    """A folder `deepvit-diag analyze`, `compare` or `sweep` wrote, on the server: its path, a
+    fingerprint of its files and its name. Every file in it must be readable here (no link out)."""
+    path = _server_path(text)
+    if not path.is_dir():
+        raise InputError(
+            f"{path} is not a folder: give the folder `deepvit-diag analyze`, `compare` or `sweep` wrote "
+            "(its --out), or upload a zip of it"
+        )
+    files = sorted(entry for entry in path.iterdir() if entry.is_file())
+    if not all(server_paths().allows(file) for file in files):
+        raise InputError(server_paths().refusal)
+    return SavedChoice(str(path), ",".join(f"{file.name}:{_file_fingerprint(file)}" for file in files), path.name)
+
+
+def saved_from_upload(uploaded: UploadedFile, max_mb: float) -> SavedChoice:
+    """An uploaded zip of a saved output folder, extracted once per content (``extract_saved`` checks
+    its paths, sizes and marker first): the folder's path, the zip's sha256 and its name."""
+    if not uploaded.name.lower().endswith(".zip"):
+        raise InputError(f"{uploaded.name} is not a .zip file: zip the folder deepvit-diag wrote, or give its path")
+    archive, digest = save_upload(uploaded, max_mb)
+    folder = upload_folder() / f"saved-{digest[:16]}"
+    if not folder.is_dir():
+        try:
+            extract_saved(archive, folder, name=uploaded.name)
+        except DiagError as err:
+            raise InputError(str(err)) from None
+    return SavedChoice(str(folder), digest, uploaded.name)
 
 
 def sweep_from_uploads(files: list[UploadedFile], max_mb: float) -> tuple[str, str]:

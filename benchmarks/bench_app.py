@@ -100,14 +100,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(app_env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+def start_server(app_env: dict[str, str], port: int, log: Path, project: Path = PROJECT) -> subprocess.Popen:
+    """``streamlit run app/main.py`` of checkout ``project``, once it answers its health check."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("DEEPVIT_DIAG_APP_")}
     env.update(app_env, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless=true"]
     command += ["--server.address=127.0.0.1", f"--server.port={port}", "--server.fileWatcherType=none"]
     command += ["--browser.gatherUsageStats=false"]
     with open(log, "w") as output:
-        server = subprocess.Popen(command, cwd=PROJECT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:

@@ -43,6 +43,7 @@ _HOMES = {
     "head_mixing_matrices": ".metrics",
     "linear_cka": ".metrics",
     "load_model": ".checkpoints",
+    "load_saved": ".saved",
     "mean_attention_distance": ".metrics",
     "mean_off_diagonal": ".metrics",
     "neighbour_similarity": ".metrics",

@@ -20,7 +20,15 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Sections of the page, in order; every name of __all__ is in exactly one.
 SECTIONS = {
     "Analysing": ["analyze", "compare", "sweep", "Settings", "CollapseMonitor", "DiagError"],
-    "Results": ["AnalysisResult", "ComparisonResult", "SweepResult", "Accuracy", "SimilarBlocks", "HeadMixing"],
+    "Results": [
+        "AnalysisResult",
+        "ComparisonResult",
+        "SweepResult",
+        "load_saved",
+        "Accuracy",
+        "SimilarBlocks",
+        "HeadMixing",
+    ],
     "Ablations": ["ablate", "AblationResult"],
     "Figures": ["figures"],
     "Attention maps": ["extract_attention", "AttentionCapture", "AttentionRecorder"],

@@ -144,7 +144,7 @@ def test_every_view_draws_the_tiny_pair(tiny_app):
     at = _show(at, "Export")
     _assert_fine(at)
     assert [button.label for button in at.get("download_button")] == [
-        f"Download {name}" for name in ("result.json", "arrays.npz", "report.html")
+        f"Download {name}" for name in ("result.json", "arrays.npz", "report.html", "deepvit-diag-report.zip")
     ]
 
 
@@ -257,6 +257,9 @@ def test_sweep_view_runs_checkpoints_on_the_sidebars_images(tiny_app, files, mon
     assert run.sweep.entries[0].summary["num_images"] == 5  # the sidebar's images and number
     assert _sweep_captions(run.sweep) <= {caption.value for caption in at.caption}
     assert any(markdown.value.startswith("- ViT:") for markdown in at.markdown)
+    assert [button.label for button in at.get("download_button")] == [
+        f"Download {name}" for name in ("sweep.html", "sweep.json", "arrays.npz", "deepvit-diag-sweep.zip")
+    ]
     at.toggle(key="sweep_relative").set_value(True).run()
     _assert_fine(at)
     assert calls == [1]  # redrawn from the store, not swept again

@@ -13,7 +13,7 @@ from deepvit_diag.ablation_summary import ablation_findings, ablation_rows, abla
 from deepvit_diag.escaping import markdown_text
 from deepvit_diag.figures.drawing import draw_ablation
 
-from ..compute import AblationRequest, Analysis, failure_message, load, open_ablation, run_ablation
+from ..compute import NEEDS_MODELS, AblationRequest, Analysis, failure_message, load, open_ablation, run_ablation
 from ..sources import InputError, ablation_from_path
 from .common import BLOCKS_FROM_ONE, show_figure
 
@@ -54,6 +54,9 @@ def _opened(path: str, fingerprint: str) -> tuple[str, AblationResult] | None:
 
 
 def _run(analysis: Analysis) -> tuple[str, AblationResult] | None:
+    if analysis.request is None:  # opened from saved files: an ablation runs the model itself
+        st.info(f"{NEEDS_MODELS} A saved ablation opens with **{SOURCES['path']}** above.")
+        return None
     label_a, label_b = analysis.labels
     side = st.radio("Model", ["a", "b"], format_func={"a": label_a, "b": label_b}.get, key="ablation_side")
     shown_images = analysis.comparison.a.num_images

@@ -39,6 +39,14 @@ def show_section(section: str, analysis: Analysis, options: dict[str, dict] | No
         show_drawn(drawing.draw(spec, analysis.results, analysis.comparison, **(options or {}).get(spec.key, {})))
 
 
+def download_row(name: str, data: bytes, mime: str, what: str, key: str) -> None:
+    """A download button for file ``name`` beside what it holds and its size."""
+    button, text = st.columns([1, 3], vertical_alignment="center")
+    with button:
+        st.download_button(f"Download {name}", data, file_name=name, mime=mime, key=key, width="stretch")
+    text.markdown(f"{what} ({len(data) / 1024:,.0f} KB)")
+
+
 class CancelButton:
     """A Cancel button for heavy work, drawn once, when the work first reports (waiting in the
     device queue, or progress). Pressing it reruns the page, which ends the work at its next

@@ -10,7 +10,7 @@ from deepvit_diag.escaping import markdown_text, plotly_label
 from deepvit_diag.results import AnalysisResult
 
 from .. import charts
-from ..compute import Analysis, block_attention, failure_message
+from ..compute import NEEDS_MODELS, Analysis, block_attention, failure_message
 from .common import BLOCKS_FROM_ONE, show_figure, show_section
 
 CLS, PATCH = "CLS token", "a patch"
@@ -28,6 +28,9 @@ def render(analysis: Analysis) -> None:
     st.caption(BLOCKS_FROM_ONE)
 
     st.subheader(f"Attention of one query token in block {block}, per head")
+    if analysis.request is None:  # opened from saved files: the maps of one image need the models
+        st.info(NEEDS_MODELS)
+        return
     image, query = _query_controls(analysis)
     try:
         maps = {side: block_attention(analysis.key, side, image, block - 1, _analysis=analysis) for side in ("a", "b")}

@@ -28,22 +28,24 @@ def render(analysis: Analysis) -> None:
     (ratio,) = drawing.draw(catalogue.figure_named("similarity_ratio"), analysis.results, analysis.comparison)
     show_figure(ratio.figure, key="overview-" + ratio.element_id)
     st.caption(markdown_text(ratio.caption))
-    first = analysis.comparison.a
+    first = analysis.first
     images = first.images
     skipped = f"; {images['skipped']} unreadable file(s) skipped" if images.get("skipped") else ""
     st.caption(
         markdown_text(f"Images: {images['description']} ({first.num_images} analysed{skipped}). {BLOCKS_FROM_ONE}")
     )
     shown: set[str] = set()
-    differences = analysis.comparison.differences()
+    comparison = analysis.comparison  # None for a saved analysis of one model
+    differences = None if comparison is None else comparison.differences()
     for column, (label, result), side in zip(st.columns(2, gap="large"), analysis.results.items(), "ab"):
         with column:
             shown.update(_model_column(label, result, differences if side == "b" else None))
-    st.subheader("A against B")
-    label_a, label_b = analysis.labels
-    for sentence in comparison_findings(label_a, label_b, analysis.comparison):
-        if sentence not in shown:  # the Re-attention sentences already stand under their model
-            st.markdown(f"- {markdown_text(sentence)}")
+    if comparison is not None:
+        st.subheader("A against B")
+        label_a, label_b = analysis.labels
+        for sentence in comparison_findings(label_a, label_b, comparison):
+            if sentence not in shown:  # the Re-attention sentences already stand under their model
+                st.markdown(f"- {markdown_text(sentence)}")
     st.subheader("Headline numbers")
     rows = summary_rows(analysis.results)
     table = pd.DataFrame(

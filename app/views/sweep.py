@@ -4,6 +4,9 @@ figures of sweep.html."""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+
 import pandas as pd
 import streamlit as st
 
@@ -13,7 +16,7 @@ from deepvit_diag.figures import drawing
 from deepvit_diag.summary import sweep_findings, sweep_rows, sweep_title
 from deepvit_diag.sweeps import SweepResult
 
-from ..compute import SweepRequest, failure_message, open_sweep, run_sweep
+from ..compute import SWEEP_FOLDER, SweepRequest, failure_message, open_sweep, run_sweep, sweep_files
 from ..config import AppDefaults
 from ..sidebar import model_rows
 from ..sources import (
@@ -22,11 +25,13 @@ from ..sources import (
     model_from_name,
     model_from_path,
     model_from_upload,
+    saved_from_upload,
     sweep_from_path,
     sweep_from_uploads,
 )
-from .common import BLOCKS_FROM_ONE, CancelButton, jobs, show_drawn
+from .common import BLOCKS_FROM_ONE, CancelButton, download_row, jobs, show_drawn
 
+OPENED = "The saved sweep opened in the sidebar"
 SOURCES = {
     "run": "Run a sweep",
     "path": "Open a saved sweep or monitor file on the server",
@@ -34,31 +39,47 @@ SOURCES = {
 }
 
 
-def render(images: ImageChoice | None, settings: Settings, defaults: AppDefaults) -> None:
+def render(
+    images: ImageChoice | None, settings: Settings, defaults: AppDefaults, opened: SweepResult | None = None
+) -> None:
+    """``opened``: a saved sweep opened in the sidebar, offered first."""
     st.caption(
         "Attention collapse across checkpoints: models of several depths (one line per group, ViT or DeepViT), "
         "or the checkpoints of one training run (by the epoch they record). Also opens what `deepvit-diag sweep` "
-        f"saved (sweep.json and arrays.npz) or a CollapseMonitor's .jsonl file. {BLOCKS_FROM_ONE}"
+        f"saved (sweep.json and arrays.npz, or a zip of the folder) or a CollapseMonitor's .jsonl file. "
+        f"{BLOCKS_FROM_ONE}"
     )
-    source = st.radio("Sweep", list(SOURCES), format_func=SOURCES.get, key="sweep_source", horizontal=True)
+    sources = {"opened": OPENED, **SOURCES} if opened is not None else SOURCES
+    source = st.radio("Sweep", list(sources), format_func=sources.get, key="sweep_source", horizontal=True)
     try:
-        if source == "run":
+        if source == "opened" and opened is not None:
+            shown = opened
+        elif source == "run":
             shown = _run(images, settings, defaults)
         elif source == "path":
             shown = _opened(*sweep_from_path(st.text_input("Folder or .jsonl file on the server", key="sweep_path")))
         else:
             files = st.file_uploader(
-                "sweep.json and arrays.npz, or a .jsonl file",
+                "sweep.json and arrays.npz, a zip of the folder, or a .jsonl file",
                 accept_multiple_files=True,
                 key="sweep_upload",
-                help="The files `deepvit-diag sweep` writes, or a CollapseMonitor's JSON Lines file.",
+                help="The files `deepvit-diag sweep` writes (or the zip this view downloads), or a CollapseMonitor's "
+                "JSON Lines file.",
             )
-            shown = _opened(*sweep_from_uploads(files, defaults.max_checkpoint_mb)) if files else None
+            shown = _uploaded(files, defaults.max_checkpoint_mb) if files else None
     except InputError as err:
         st.error(markdown_text(err))
         return
     if shown is not None:
         _show(shown)
+
+
+def _uploaded(files: list, max_mb: float) -> SweepResult | None:
+    """The sweep of the uploaded files: one zip of a saved sweep folder, or its loose files."""
+    if len(files) == 1 and files[0].name.lower().endswith(".zip"):
+        choice = saved_from_upload(files[0], max_mb)
+        return _opened(choice.path, choice.fingerprint)
+    return _opened(*sweep_from_uploads(files, max_mb))
 
 
 def _opened(path: str, fingerprint: str) -> SweepResult | None:
@@ -137,3 +158,25 @@ def _show(sweep: SweepResult) -> None:
         st.markdown(f"- {markdown_text(sentence)}")
     relative = st.toggle("Per-block curves over relative depth (block / number of blocks)", key="sweep_relative")
     show_drawn(drawing.draw_sweep(sweep, relative_depth=relative))
+    _downloads(sweep)
+
+
+DOWNLOADS = (
+    ("sweep.html", "text/html", "The sweep's report, one self-contained page that opens offline."),
+    ("sweep.json", "application/json", "Every checkpoint's headline numbers, the settings and the images."),
+    ("arrays.npz", "application/octet-stream", "The per-block curves of every checkpoint (with sweep.json)."),
+    (
+        f"{SWEEP_FOLDER}.zip",
+        "application/zip",
+        "All of them as `deepvit-diag sweep` writes its folder; opens again here.",
+    ),
+)
+
+
+def _downloads(sweep: SweepResult) -> None:
+    """The files ``deepvit-diag sweep`` writes for the sweep shown."""
+    st.subheader("Downloads")
+    # Keyed by content: the same sweep opened or run again is packed once, another never gets its files.
+    files = sweep_files(hashlib.sha256(pickle.dumps(sweep)).hexdigest(), _sweep=sweep)
+    for name, mime, what in DOWNLOADS:
+        download_row(name, files[name], mime, what, key=f"sweep_download_{name}")
