@@ -185,9 +185,10 @@ def test_bad_arguments_are_diag_errors():
 
 
 def test_chunk_for_budget_fits_the_budget():
-    per_vector = 4 * 2 * 3 * 50 * (2 * 6 + 3)
-    assert chunk_for_budget(6, 2, 3, 50, 2, 10 * per_vector) == 10
-    assert chunk_for_budget(6, 2, 3, 50, 2, per_vector - 1) == 1  # at least one vector
+    per_row = 4 * 2 * 3 * (50 * (2 * 6 + 3) + 6 * 6)
+    assert chunk_for_budget(6, 2, 3, 50, 2, 10 * per_row) == 10
+    assert chunk_for_budget(6, 2, 3, 50, 2, 11 * per_row - 1) == 10
+    assert chunk_for_budget(6, 2, 3, 50, 2, per_row - 1) == 1  # at least one row
     assert chunk_for_budget(6, 2, 3, 50, 2, 1e12) == 50  # at most all of them
 
 
