@@ -31,7 +31,7 @@ import torch
 from ..attention_scores import AttentionScores
 from ..errors import DiagError
 from ._checks import check_axis, check_neighbourhood, check_prefix_tokens, require
-from .similarity import COSINE_EPS, neighbour_counts, share_above
+from .similarity import COSINE_EPS, neighbour_counts
 
 
 def chunk_for_budget(
@@ -57,8 +57,10 @@ def accumulator_floats(num_blocks: int, num_heads: int, num_tokens: int, kinds: 
 def _cosines_(gram: torch.Tensor) -> torch.Tensor:
     """(N, n, n) Gram matrices of n vectors -> their cosines, in place:
     ``G[i, j] / (max(|v_i|, eps) max(|v_j|, eps))``, as ``similarity``'s unit vectors give."""
-    norms = gram.diagonal(dim1=-2, dim2=-1).sqrt().clamp_min_(COSINE_EPS)
-    return gram.div_(norms.unsqueeze(-1)).div_(norms.unsqueeze(-2))
+    # Copied out of the diagonal first: elementwise work on a strided diagonal runs ~50x slower
+    # (out of place: for 1 x 1 matrices the "copy" is the diagonal itself).
+    inverse_norms = gram.diagonal(dim1=-2, dim2=-1).contiguous().sqrt().clamp_min_(COSINE_EPS).reciprocal_()
+    return gram.mul_(inverse_norms.unsqueeze(-1) * inverse_norms.unsqueeze(-2))
 
 
 @torch.no_grad()
@@ -111,8 +113,9 @@ def score_statistics(
     for start in range(0, num_tokens, chunk):
         rows = slice(start, min(start + chunk, num_tokens))
         size = num_blocks * batch * num_heads * num_tokens * (rows.stop - start)
+        # (L, H, B, V, E), each block's tile seen as (B, H, V, E).
         stacks = {
-            kind: flat[:size].view(num_blocks, batch, num_heads, *sums.tile_shape(rows))
+            kind: flat[:size].view(num_blocks, num_heads, batch, *sums.tile_shape(rows)).transpose(1, 2)
             for kind, flat in storage.items()
         }
         tile_distances = sums.tile(distances[rows]).reshape(-1)
@@ -120,31 +123,34 @@ def score_statistics(
             logits = block.logits(rows, transposed=sums.columns)
             log_pre = logits.log_softmax(dim=sums.key_dim)
             pre = torch.exp(log_pre, out=stacks["pre"][index])
-            sums.distance[index] += (pre.view(batch, num_heads, -1) @ tile_distances).sum(dim=0)
+            sums.distance[index] += (pre.reshape(batch, num_heads, -1) @ tile_distances).sum(dim=0)
             sums.entropy[index] += torch.mul(pre, log_pre, out=log_pre).sum(dim=(0, 2, 3))
             if "post" in stacks:
                 stacks["post"][index] = block.post(pre)
             for kind, stack in stacks.items():
-                sums.add_rows(kind, index, stack[index], log_pre, rows)
+                sums.add_rows(kind, index, stack[index], log_pre)
         for kind, stack in stacks.items():
-            sums.add_layers(kind, stack, rows)
+            sums.add_layers(kind, stack.transpose(1, 2), rows)
     return sums.results(k, tau, grid_ks, grid_taus, num_patches)
 
 
 class _Sums:
     """``score_statistics``'s running sums, and how a chunk of query rows adds to them.
 
-    A tile is one block's maps of a chunk of query rows, laid out (B, H, V, E): vector v of
-    the metric's axis along V, its elements in this chunk along E (columns: keys by queries;
-    rows: queries by keys). Column vectors are complete after the last chunk, so their Gram
+    A tile is one block's maps of a chunk of query rows, (B, H, V, E): vector v of the
+    metric's axis along V, its elements in this chunk along E (columns: keys by queries;
+    rows: queries by keys). The tiles of a chunk lie in one (L, H, B, V, E) stack, so that
+    both kinds of Gram matrix are one batched product over strided views, without copies:
+    across blocks, an (L, E) matrix per (head, image, vector); across heads, an (H, E) matrix
+    per (image, vector). Column vectors are complete after the last chunk, so their Gram
     matrices add up until then; row vectors are complete in their chunk and go straight to
-    cosines.
+    cosines. Per-vector sums are laid out (..., H, B, T), as the stack.
     """
 
     def __init__(self, kinds, num_blocks, batch, num_heads, num_tokens, largest_k, columns, device):
         self.columns = columns
         self.key_dim = -2 if columns else -1
-        self.shape = (num_blocks, batch, num_heads, num_tokens)
+        self.shape = (num_blocks, num_heads, batch, num_tokens)
         zeros = dict(device=device)
         self.entropy = torch.zeros(num_blocks, num_heads, **zeros)
         self.distance = torch.zeros(num_blocks, num_heads, **zeros)
@@ -156,10 +162,10 @@ class _Sums:
         self.neighbour_sum = {kind: torch.zeros(offsets, *self.shape, **zeros) for kind in kinds}
         if columns:
             self.layer_gram = {
-                kind: torch.zeros(batch * num_heads * num_tokens, num_blocks, num_blocks, **zeros) for kind in kinds
+                kind: torch.zeros(num_heads * batch * num_tokens, num_blocks, num_blocks, **zeros) for kind in kinds
             }
             self.head_gram = {
-                kind: torch.zeros(num_blocks, batch, num_tokens, num_heads, num_heads, **zeros) for kind in kinds
+                kind: torch.zeros(num_blocks, batch * num_tokens, num_heads, num_heads, **zeros) for kind in kinds
             }
 
     def tile_shape(self, rows: slice) -> tuple[int, int]:
@@ -172,29 +178,28 @@ class _Sums:
         """A (..., r, T) array of query rows by keys in the tiles' (V, E) layout."""
         return rows_by_keys.transpose(-1, -2) if self.columns else rows_by_keys
 
-    def add_rows(self, kind: str, index: int, tile: torch.Tensor, scratch: torch.Tensor, rows: slice) -> None:
-        """Add block ``index``'s tile (B, H, V, E) of ``kind`` to what needs only whole query rows (the
-        uniformity) and to its Gram products across heads (``scratch``: room for one tile)."""
-        num_tokens = self.shape[-1]
+    def add_rows(self, kind: str, index: int, tile: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Add block ``index``'s tile (B, H, V, E) of ``kind`` (a view of its stack) to what needs only
+        whole query rows (the uniformity) and to its Gram products across heads (``scratch``: a
+        contiguous (B, H, V, E) tensor to overwrite)."""
+        batch, num_heads, vectors, elements = tile.shape
         sums = tile.sum(dim=self.key_dim)
         squares = torch.mul(tile, tile, out=scratch).sum(dim=self.key_dim)
-        cos_squared = sums.square_().div_(squares.clamp_min_(COSINE_EPS**2).mul_(num_tokens))
+        cos_squared = sums.square_().div_(squares.clamp_min_(COSINE_EPS**2).mul_(self.shape[-1]))
         self.uniformity[kind][index] += cos_squared.sum(dim=(0, 2))
-        for image in range(tile.shape[0]):
-            # (V, H, E): the heads' parts of each vector, one (H, H) Gram matrix per vector.
-            per_vector = tile[image].transpose(0, 1)
-            if self.columns:
-                gram = self.head_gram[kind][index, image]
-                torch.baddbmm(gram, per_vector, per_vector.transpose(1, 2), out=gram)
-            else:
-                gram = per_vector @ per_vector.transpose(1, 2)
-                self.cross_head[kind][index] += _cosines_(gram).sum(dim=0)
+        # (B * V, H, E): the heads' parts of each vector, E floats apart in the stack.
+        per_vector = tile.permute(0, 2, 1, 3).reshape(batch * vectors, num_heads, elements)
+        if self.columns:
+            gram = self.head_gram[kind][index]
+            torch.baddbmm(gram, per_vector, per_vector.transpose(1, 2), out=gram)
+        else:
+            self.cross_head[kind][index] += _cosines_(per_vector @ per_vector.transpose(1, 2)).sum(dim=0)
 
     def add_layers(self, kind: str, stack: torch.Tensor, rows: slice) -> None:
-        """Add the chunk's Gram products across blocks of a stack of tiles (L, B, H, V, E)."""
-        num_blocks, batch, num_heads, vectors, elements = stack.shape
-        # (B * H * V, L, E): a batch of matrices E floats apart, one block's row every tile apart.
-        per_vector = stack.view(num_blocks, -1, elements).transpose(0, 1)
+        """Add the chunk's Gram products across blocks of a stack of tiles (L, H, B, V, E)."""
+        num_blocks, elements = stack.shape[0], stack.shape[-1]
+        # (H * B * V, L, E): a batch of matrices E floats apart, one block's row every tile apart.
+        per_vector = stack.reshape(num_blocks, -1, elements).transpose(0, 1)
         if self.columns:
             gram = self.layer_gram[kind]
             torch.baddbmm(gram, per_vector, per_vector.transpose(1, 2), out=gram)
@@ -202,24 +207,23 @@ class _Sums:
             self._add_layer_cosines(kind, per_vector @ per_vector.transpose(1, 2), rows)
 
     def _add_layer_cosines(self, kind: str, gram: torch.Tensor, vectors: slice) -> None:
-        """Add complete (B * H * V, L, L) Gram matrices of the vectors ``vectors`` across blocks to the
+        """Add complete (H * B * V, L, L) Gram matrices of the vectors ``vectors`` across blocks to the
         similarity and the neighbour sums."""
-        num_blocks, batch, num_heads = self.shape[:3]
+        num_blocks, num_heads, batch = self.shape[:3]
         cosines = _cosines_(gram)
         self.similarity[kind] += cosines.sum(dim=0)
         for offset in range(1, len(self.neighbour_sum[kind]) + 1):
-            pairs = cosines.diagonal(offset, dim1=-2, dim2=-1).T.reshape(num_blocks - offset, batch, num_heads, -1)
+            pairs = cosines.diagonal(offset, dim1=-2, dim2=-1).T.reshape(num_blocks - offset, num_heads, batch, -1)
             self.neighbour_sum[kind][offset - 1, :-offset, ..., vectors] += pairs
             self.neighbour_sum[kind][offset - 1, offset:, ..., vectors] += pairs
 
     def results(self, k, tau, grid_ks, grid_taus, num_patches) -> dict[str, torch.Tensor]:
-        num_blocks, batch, num_heads, num_tokens = self.shape
+        num_blocks, num_heads, batch, num_tokens = self.shape
         results = {}
         for kind in self.similarity:
             if self.columns:
                 self._add_layer_cosines(kind, self.layer_gram[kind], slice(None))
-                per_column = _cosines_(self.head_gram[kind].view(num_blocks, -1, num_heads, num_heads))
-                self.cross_head[kind] += per_column.sum(dim=1)
+                self.cross_head[kind] += _cosines_(self.head_gram[kind]).sum(dim=1)
             results[f"similarity_{kind}"] = self.similarity[kind] / (batch * num_heads * num_tokens)
             results[f"ratio_{kind}"] = _ratios(self.neighbour_sum[kind], k, (tau,))[0]
             results[f"cross_head_{kind}"] = self.cross_head[kind] / (batch * num_tokens)
@@ -242,11 +246,14 @@ class _Sums:
 
 
 def _ratios(neighbour_sum: torch.Tensor, k: int, taus: Sequence[float]) -> torch.Tensor:
-    """(len(taus), L) similarity ratios at k from per-offset neighbour sums (K, L, B, H, T)."""
+    """(len(taus), L) similarity ratios at k from per-offset neighbour sums (K, L, ...): ``share_above``
+    at every tau in one comparison (a block without neighbours, NaN averages, gets NaN)."""
     num_blocks = neighbour_sum.shape[1]
-    counts = neighbour_counts(num_blocks, k, neighbour_sum.device).view(-1, 1, 1, 1)
-    averages = neighbour_sum[:k].sum(dim=0) / counts
-    return torch.stack([share_above(averages, tau) for tau in taus])
+    counts = neighbour_counts(num_blocks, k, neighbour_sum.device).view(-1, 1)
+    averages = neighbour_sum[:k].sum(dim=0).view(num_blocks, -1) / counts
+    thresholds = torch.tensor(taus, device=averages.device).view(-1, 1, 1)
+    shares = (averages > thresholds).float().mean(dim=-1)
+    return shares.masked_fill_(averages.isnan().any(dim=-1), float("nan"))
 
 
 @torch.no_grad()
