@@ -123,7 +123,8 @@ def score_statistics(
             logits = block.logits(rows, transposed=sums.columns)
             log_pre = logits.log_softmax(dim=sums.key_dim)
             pre = torch.exp(log_pre, out=stacks["pre"][index])
-            sums.distance[index] += (pre.reshape(batch, num_heads, -1) @ tile_distances).sum(dim=0)
+            # Heads first, as the stack holds them (a view; the (B, H) order would copy the tile).
+            sums.distance[index] += (pre.transpose(0, 1).reshape(num_heads, batch, -1) @ tile_distances).sum(dim=1)
             sums.entropy[index] += torch.mul(pre, log_pre, out=log_pre).sum(dim=(0, 2, 3))
             if "post" in stacks:
                 stacks["post"][index] = block.post(pre)
