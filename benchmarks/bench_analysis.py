@@ -334,16 +334,16 @@ def timed(
     run: Callable, model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str
 ) -> dict:
     """Images/s and peak memory of one run; with the analysis's ``computation`` (batch size,
-    rows per chunk) when ``run`` returns it."""
+    rows per chunk) when ``run`` returns it (a dict; the naive mode returns its arrays)."""
     memory = PeakMemory(device)
     memory.start()
     start = time.perf_counter()
-    computation = run(model, images, batch_size, device, dtype)
+    returned = run(model, images, batch_size, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     measured = {"images_per_s": len(images) / seconds, "seconds": seconds, **memory.stop()}
-    return measured if computation is None else {**measured, "computation": computation}
+    return {**measured, "computation": returned} if isinstance(returned, dict) else measured
 
 
 def best_batch_size(
