@@ -192,8 +192,9 @@ def test_chunk_for_budget_fits_the_budget():
     assert chunk_for_budget(6, 2, 3, 50, 2, 1e12) == 50  # at most all of them
 
 
-def test_sharp_rows_keep_their_precision_when_split_into_column_chunks():
-    """A row whose first logit lies far below its largest: the row normaliser must not be read there."""
+def test_sharp_rows_keep_their_precision_when_split_into_chunks():
+    """A row whose first logit lies far below its largest: its log-softmax, not a normaliser read at
+    that logit, gives the entropy, and the column Grams summed over chunks keep the similarity."""
     blocks = random_scores(num_blocks=3, batch=2, mixing=None, seed=5)
     far = torch.zeros(1, 1, TOKENS, TOKENS)
     far[..., 0] = -20000.0
