@@ -270,8 +270,13 @@ def run_forward(model: nn.Module, images: torch.Tensor, batch_size: int, device:
             model(batch.to(device))
 
 
-def run_analysis(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str) -> None:
-    analyze(model, images, batch_size=batch_size, device=device, dtype=dtype, progress=False, k=K, tau=TAU)
+def run_analysis(
+    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str
+) -> dict[str, Any]:
+    """``analyze``; returns how it computed (batch size, rows per chunk of maps)."""
+    return analyze(
+        model, images, batch_size=batch_size, device=device, dtype=dtype, progress=False, k=K, tau=TAU
+    ).computation
 
 
 def run_analysis_at_size(
@@ -328,14 +333,17 @@ def make_naive(model: nn.Module) -> Callable[..., tuple[np.ndarray, np.ndarray]]
 def timed(
     run: Callable, model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, dtype: str
 ) -> dict:
+    """Images/s and peak memory of one run; with the analysis's ``computation`` (batch size,
+    rows per chunk) when ``run`` returns it (a dict; the naive mode returns its arrays)."""
     memory = PeakMemory(device)
     memory.start()
     start = time.perf_counter()
-    run(model, images, batch_size, device, dtype)
+    returned = run(model, images, batch_size, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return {"images_per_s": len(images) / seconds, "seconds": seconds, **memory.stop()}
+    measured = {"images_per_s": len(images) / seconds, "seconds": seconds, **memory.stop()}
+    return {**measured, "computation": returned} if isinstance(returned, dict) else measured
 
 
 def best_batch_size(
@@ -359,8 +367,10 @@ def best_batch_size(
     return max(speeds, key=speeds.get)
 
 
-def _median(runs: list[dict]) -> dict:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+def median_runs(runs: list[dict]) -> dict:
+    """Medians of the numbers; the last run's ``computation``, when recorded."""
+    medians = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "computation"}
+    return medians if "computation" not in runs[-1] else {**medians, "computation": runs[-1]["computation"]}
 
 
 # ----------------------------------------------------------------------------- check
@@ -469,7 +479,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             runs[mode].append(timed(run, model, subset, batch_size, device, dtype))
     modes = {
         mode: {
-            **_median(measured),
+            **median_runs(measured),
             "images": len(plan[mode][1]),
             "batch_size": plan[mode][2],
             "images_per_s_all": [m["images_per_s"] for m in measured],

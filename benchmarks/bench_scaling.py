@@ -13,7 +13,8 @@ a shared machine hit both alike. Reported per (T, L), medians over the repeats:
 * ``extra_mib_per_image`` = (analysis host peak - forward host peak) / batch size, the memory
   the analysis needs beyond the forward per image of a batch (host RSS,
   ``bench_analysis.PeakMemory``);
-* the batch and chunk the memory budget chose, and the load average before and after.
+* the batch and the rows per chunk the memory budget chose (the analysis's own record,
+  ``computation``), and the load average before and after.
 
 Usage::
 
@@ -27,19 +28,16 @@ import argparse
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from bench_analysis import device_name, timed
+from bench_analysis import device_name, median_runs, timed
 from rich.console import Console
 from rich.table import Table
 
-from deepvit_diag import budget
 from deepvit_diag.analysis import analyze
-from deepvit_diag.introspection import Geometry
 from deepvit_diag.results import package_versions
 
 PATCH = 16
@@ -79,40 +77,36 @@ def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str,
     options = {"progress": False, "num_examples": 1}
     if args.memory_budget:
         options["memory_budget"] = args.memory_budget
-    plans = []
 
     def forward(model, images, batch_size, device, dtype) -> None:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 model(images[start : start + batch_size])
 
-    def analysis(model, images, batch_size, device, dtype) -> None:
-        result = analyze(model, images, batch_size=batch_size, device="cpu", **options)
-        plans.append(result.computation["final_batch_size"])
+    def analysis(model, images, batch_size, device, dtype) -> dict[str, Any]:
+        return analyze(model, images, batch_size=batch_size, device="cpu", **options).computation
 
     runs: dict[str, list[dict]] = {"forward": [], "analysis": []}
     for _ in range(args.repeats):
         for mode, run in (("forward", forward), ("analysis", analysis)):
             runs[mode].append(timed(run, model, images, args.batch_size, device, "float32"))
-    median = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for mode, rs in runs.items()}
-    geometry = Geometry.of(model, (size, size))
-    shape = budget.ModelShape(geometry, model.embed_dim)
-    total = args.memory_budget * budget.MIB if args.memory_budget else budget.available_bytes(device)
-    chosen = budget.plan([shape], total, args.batch_size, device)
+    median = {mode: median_runs(measured) for mode, measured in runs.items()}
     extra = median["analysis"]["host_peak_extra_mib"] - median["forward"]["host_peak_extra_mib"]
+    computation = median["analysis"]["computation"]
+    batch_size = computation["final_batch_size"]
     return {
         "tokens": num_tokens,
         "depth": depth,
         "image_size": size,
         "images": count,
-        "batch_size": plans[-1],
-        "chunk": chosen.chunks[0],
+        "batch_size": batch_size,
+        "rows_per_chunk": computation["rows_per_chunk"][0],
         "forward_images_per_s": median["forward"]["images_per_s"],
         "analysis_images_per_s": median["analysis"]["images_per_s"],
         "ratio": median["analysis"]["images_per_s"] / median["forward"]["images_per_s"],
         "forward_peak_mib": median["forward"]["host_peak_extra_mib"],
         "analysis_peak_mib": median["analysis"]["host_peak_extra_mib"],
-        "extra_mib_per_image": extra / min(count, plans[-1]),
+        "extra_mib_per_image": extra / min(count, batch_size),
         "runs": runs,
     }
 
@@ -122,7 +116,7 @@ def print_table(report: dict[str, Any]) -> None:
         title=f"analyze vs forward, {report['model']} on {report['device']}, {report['torch_threads']} thread(s), "
         f"median of {report['repeats']}; load {report['load_before']} -> {report['load_after']}"
     )
-    for column in ("T", "L", "px", "batch", "chunk", "forward img/s", "analysis img/s", "ratio", "extra MiB/img"):
+    for column in ("T", "L", "px", "batch", "rows/chunk", "forward img/s", "analysis img/s", "ratio", "extra MiB/img"):
         table.add_column(column, justify="right")
     for case in report["cases"]:
         table.add_row(
@@ -130,7 +124,7 @@ def print_table(report: dict[str, Any]) -> None:
             str(case["depth"]),
             str(case["image_size"]),
             str(case["batch_size"]),
-            str(case["chunk"]),
+            str(case["rows_per_chunk"]),
             f"{case['forward_images_per_s']:.2f}",
             f"{case['analysis_images_per_s']:.2f}",
             f"{case['ratio']:.2f}",

@@ -2,7 +2,7 @@
 
 Images flow through the model batch by batch; of each batch only every block's queries and
 keys are kept (``AttentionRecorder(maps=False)``), and its maps are recomputed from them a
-chunk of attention vectors at a time and reduced on the device to per-batch metric sums
+chunk of query rows at a time and reduced on the device to per-batch metric sums
 (every ``measure`` of the catalogue, ``deepvit_diag.catalogue.METRICS``;
 ``metrics.score_statistics``), so peak memory is one batch of queries, keys and block
 outputs plus one chunk of maps (``budget``), linear in the token count and the same whatever
@@ -95,7 +95,7 @@ class ModelStatistics:
         # Why labels given with the images cannot be counted for this model, once known.
         self.accuracy_problem = "the model has no classifier head" if getattr(model, "num_classes", None) == 0 else None
         self._measured = [metric for metric in catalogue.METRICS if metric.measure is not None]
-        self.chunk: int | None = None  # attention vectors per chunk of maps, set by the plan
+        self.chunk: int | None = None  # query rows per chunk of maps, set by the plan
 
     @property
     def examples_needed(self) -> int:
@@ -354,8 +354,14 @@ class StreamingAnalysis:
         return Tally(self.statistics[0].count, models, hsic, stream.skipped, stream.open_skipped)
 
     def computation(self) -> dict[str, Any]:
-        """How this process computed: its device and the batch size it ended with."""
-        return {"final_batch_size": self.batch_size, "processes": 1, "devices": [str(self.device)]}
+        """How this process computed: its device, the batch size it ended with and each model's
+        query rows per chunk of maps (None before the first batch)."""
+        return {
+            "final_batch_size": self.batch_size,
+            "rows_per_chunk": [statistics.chunk for statistics in self.statistics],
+            "processes": 1,
+            "devices": [str(self.device)],
+        }
 
 
 @dataclass

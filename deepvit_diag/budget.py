@@ -1,4 +1,4 @@
-"""The memory an analysis may use, and how it is split: images per batch and attention vectors
+"""The memory an analysis may use, and how it is split: images per batch and query rows
 per chunk (``Settings.memory_budget``).
 
 Both are chosen before the first batch from what one image costs, so that the analysis fits
@@ -8,9 +8,11 @@ blocks, H heads, T tokens and width D (float32):
 * the forward's own live activations, about ``16 T D + 2 H T^2`` (the attention of one block
   at a time; a fused kernel needs less);
 * what the analysis keeps of the batch: queries, keys and block outputs of every block,
-  ``3 L T D``, and the metric accumulators, ``(kinds + 1) L H T``;
-* the maps, a chunk of c attention vectors of every block at once:
-  ``c * H * T * (kinds * L + 3)`` (``metrics.scores.chunk_for_budget``).
+  ``3 L T D``, and the metric accumulators, the Gram matrices of every column across blocks
+  and across heads plus the neighbour sums, ``L H T (kinds (L + H) + L)``
+  (``metrics.scores.accumulator_floats``);
+* the maps, a chunk of r query rows of every block at once:
+  ``r * H * (T * (kinds * L + 3) + L^2)`` (``metrics.scores.chunk_for_budget``).
 
 Everything but the maps grows linearly in T. The batch takes at most half the budget for
 the linear part, so the other half leaves room for chunks; on the CPU the chunk is also kept
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .introspection import Geometry
-from .metrics.scores import chunk_for_budget
+from .metrics.scores import accumulator_floats, chunk_for_budget
 
 MIB = 2**20
 # Maps of one chunk on the CPU: beyond this a chunk no longer runs faster (benchmarks/RESULTS.md).
@@ -69,13 +71,13 @@ class ModelShape:
         g = self.geometry
         blocks, heads, tokens = g.num_blocks, g.num_heads, g.num_tokens
         forward = 16 * tokens * self.width + 2 * heads * tokens**2
-        kept = 3 * blocks * tokens * self.width + (self.kinds + 1) * blocks * heads * tokens
+        kept = 3 * blocks * tokens * self.width + accumulator_floats(blocks, heads, tokens, self.kinds)
         return _FLOAT * (forward + kept)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Images per batch and, per model, attention vectors per chunk."""
+    """Images per batch and, per model, query rows per chunk."""
 
     batch_size: int
     chunks: tuple[int, ...]
@@ -84,7 +86,7 @@ class Plan:
 def plan(shapes: list[ModelShape], budget_bytes: int, requested_batch: int, device: torch.device) -> Plan:
     """The largest batch (up to ``requested_batch``) whose linear part takes at most half of
     ``budget_bytes``, and each model's chunk from what is left (at least one image and one
-    vector, whatever the budget)."""
+    row, whatever the budget)."""
     per_image = sum(shape.bytes_per_image() for shape in shapes)
     batch = max(1, min(requested_batch, budget_bytes // (2 * per_image)))
     left = max(budget_bytes - batch * per_image, 0)

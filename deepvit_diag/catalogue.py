@@ -89,7 +89,7 @@ class Batch:
         geometry: the model's token layout.
         settings: the analysis settings (k, tau, axis, ...).
         token_distances: (T, T) pixel distances between token centres, on the maps' device.
-        chunk: attention vectors per chunk of maps (``budget.plan``; None: all at once).
+        chunk: query rows per chunk of maps (``budget.plan``; None: all at once).
     """
 
     capture: AttentionCapture

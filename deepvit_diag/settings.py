@@ -115,7 +115,7 @@ class Settings:
         default=None,
         metadata=_parameter(
             "memory in MiB the analysis may use beside the model's weights; it picks the batch size and the chunk "
-            "of attention vectors to fit (default: the device's free memory, on the CPU half the available memory)",
+            "of query rows to fit (default: the device's free memory, on the CPU half the available memory)",
             "memory budget (MiB)",
             minimum=1,
             metavar="MIB",

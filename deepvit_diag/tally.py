@@ -148,10 +148,16 @@ def _cka_matrices(tally: Tally, depths: list[int]) -> dict[str, np.ndarray]:
 
 
 def combined_computation(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """How processes or shards computed together (each ``{"final_batch_size", "processes",
-    "devices"}``): the smallest batch size any ended with, all processes, all devices."""
-    return {
+    """How processes or shards computed together (each ``{"final_batch_size", "rows_per_chunk",
+    "processes", "devices"}``): the smallest batch size any ended with, each model's largest
+    chunk of maps (when every part records them: shards written before they were), all
+    processes, all devices."""
+    combined = {
         "final_batch_size": min(part["final_batch_size"] for part in parts),
         "processes": sum(part["processes"] for part in parts),
         "devices": [device for part in parts for device in part["devices"]],
     }
+    if all("rows_per_chunk" in part for part in parts):
+        per_model = zip(*(part["rows_per_chunk"] for part in parts))
+        combined["rows_per_chunk"] = [max((c for c in chunks if c is not None), default=None) for chunks in per_model]
+    return combined

@@ -151,6 +151,7 @@ def test_memory_budget_chooses_the_batch_and_the_chunk(deepvit, x, monkeypatch):
     result = analyze(deepvit, x, batch_size=4, memory_budget=1, **QUIET)
     (made,) = chosen
     assert made.batch_size == result.computation["final_batch_size"] <= 4 and made.chunks[0] <= 17
+    assert result.computation["rows_per_chunk"] == [made.chunks[0]]
     assert_matches(result, expected_arrays(deepvit, x), NUM_IMAGES)
     assert result.settings.memory_budget == 1
 

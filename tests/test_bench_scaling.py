@@ -24,3 +24,13 @@ def test_image_size_gives_one_class_token_plus_a_square_patch_grid(tokens, pixel
 def test_token_counts_without_a_square_grid_are_refused():
     with pytest.raises(SystemExit, match="error: 100 tokens"):
         bench.image_size(100)
+
+
+@pytest.mark.slow
+def test_a_case_records_the_batch_and_rows_per_chunk_the_analysis_chose():
+    args = bench.parse_args(["--tokens", "65", "--depths", "1", "--repeats", "1", "--memory-budget", "64"])
+    case = bench.run_case(65, 1, args)
+    assert case["batch_size"] == 2 and 1 <= case["rows_per_chunk"] <= 65
+    assert case["ratio"] > 0 and case["runs"]["analysis"][0]["computation"]["rows_per_chunk"] == [
+        case["rows_per_chunk"]
+    ]

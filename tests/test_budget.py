@@ -23,7 +23,7 @@ def test_batch_takes_at_most_half_the_budget_and_chunks_fit_the_rest():
     assert made.batch_size == 5
     left = 10 * per_image - 5 * per_image
     tokens = model.geometry.num_tokens
-    assert made.chunks[0] == min(tokens, left // (4 * 5 * 6 * tokens * (12 + 3)))
+    assert made.chunks[0] == min(tokens, left // (4 * 5 * 6 * (tokens * (12 + 3) + 12 * 12)))
 
 
 def test_requested_batch_is_a_ceiling_and_a_tiny_budget_still_runs():
@@ -33,7 +33,7 @@ def test_requested_batch_is_a_ceiling_and_a_tiny_budget_still_runs():
 
 def test_cpu_chunks_stay_under_the_tile_size():
     made = budget.plan([shape(grid=37)], 10**12, 2, CPU)
-    per_row = 4 * 2 * 6 * 1370 * (12 + 3)
+    per_row = 4 * 2 * 6 * (1370 * (12 + 3) + 12 * 12)
     assert made.chunks[0] == budget.CPU_TILE_BYTES // per_row
 
 

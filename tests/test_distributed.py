@@ -22,6 +22,7 @@ from deepvit_diag.errors import DiagError
 from deepvit_diag.models import build_model
 from deepvit_diag.monitor import CollapseMonitor
 from deepvit_diag.results import AnalysisResult, ComparisonResult, load_result
+from deepvit_diag.tally import combined_computation
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, mlp_ratio=2.0, num_classes=3)
 OPTIONS = dict(batch_size=8, cka_chunk=4, num_examples=5, device="cpu", progress=False)
@@ -196,6 +197,8 @@ def test_three_shards_merge_into_the_single_run(workspace):
     merged, single = ComparisonResult.load(merged_folder), ComparisonResult.load(workspace / "single")
     assert_same_comparison(merged, single)
     assert merged.a.computation["shards"] == 3 and (merged_folder / "report.html").is_file()
+    assert merged.a.computation["rows_per_chunk"] == single.a.computation["rows_per_chunk"]
+    assert len(single.a.computation["rows_per_chunk"]) == 2  # one per model of the pair
     assert merged.a.images["description"] == single.a.images["description"]
 
 
@@ -254,3 +257,14 @@ def test_merge_refuses_what_is_not_one_analysis(shards, folders, message, capsys
     assert status == 1 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert stderr.startswith("error: ") and re.search(message, stderr), stderr
     assert not out.exists()  # refused before anything is written
+
+
+def test_combined_computation_keeps_each_models_largest_chunk_and_reads_old_shards():
+    parts = [
+        {"final_batch_size": 4, "rows_per_chunk": [65, None], "processes": 1, "devices": ["cpu"]},
+        {"final_batch_size": 2, "rows_per_chunk": [33, 17], "processes": 1, "devices": ["cuda:0"]},
+    ]
+    combined = combined_computation(parts)
+    assert combined == {"final_batch_size": 2, "processes": 2, "devices": ["cpu", "cuda:0"], "rows_per_chunk": [65, 17]}
+    old = {"final_batch_size": 4, "processes": 1, "devices": ["cpu"]}
+    assert "rows_per_chunk" not in combined_computation([old, parts[0]])

@@ -185,14 +185,16 @@ def test_bad_arguments_are_diag_errors():
 
 
 def test_chunk_for_budget_fits_the_budget():
-    per_vector = 4 * 2 * 3 * 50 * (2 * 6 + 3)
-    assert chunk_for_budget(6, 2, 3, 50, 2, 10 * per_vector) == 10
-    assert chunk_for_budget(6, 2, 3, 50, 2, per_vector - 1) == 1  # at least one vector
+    per_row = 4 * 2 * 3 * (50 * (2 * 6 + 3) + 6 * 6)
+    assert chunk_for_budget(6, 2, 3, 50, 2, 10 * per_row) == 10
+    assert chunk_for_budget(6, 2, 3, 50, 2, 11 * per_row - 1) == 10
+    assert chunk_for_budget(6, 2, 3, 50, 2, per_row - 1) == 1  # at least one row
     assert chunk_for_budget(6, 2, 3, 50, 2, 1e12) == 50  # at most all of them
 
 
-def test_sharp_rows_keep_their_precision_when_split_into_column_chunks():
-    """A row whose first logit lies far below its largest: the row normaliser must not be read there."""
+def test_sharp_rows_keep_their_precision_when_split_into_chunks():
+    """A row whose first logit lies far below its largest: its log-softmax, not a normaliser read at
+    that logit, gives the entropy, and the column Grams summed over chunks keep the similarity."""
     blocks = random_scores(num_blocks=3, batch=2, mixing=None, seed=5)
     far = torch.zeros(1, 1, TOKENS, TOKENS)
     far[..., 0] = -20000.0

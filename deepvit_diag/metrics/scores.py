@@ -1,22 +1,25 @@
-"""Attention metrics from each block's queries and keys, in chunks of attention vectors.
+"""Attention metrics from each block's queries and keys, in chunks of query rows.
 
 A block's maps are never stored whole: ``AttentionScores`` keeps what they are computed
 from (queries and keys, O(B * H * T * d), plus any bias and head mixing), and
-``score_statistics`` recomputes them a chunk of ``c`` attention vectors at a time for
-every block at once, so the maps take O(L * B * H * T * c) memory instead of
-O(L * B * H * T^2). The numbers are those of ``collapse_statistics`` and
-``softmax_statistics`` on the full maps (docs/metrics.md; tested against the readable
-reference functions at several chunk sizes).
+``score_statistics`` recomputes them a chunk of ``r`` query rows at a time for every block
+at once, so the maps take O(L * B * H * r * T) memory instead of O(L * B * H * T^2). The
+numbers are those of ``collapse_statistics`` and ``softmax_statistics`` on the full maps
+(docs/metrics.md; tested against the readable reference functions at several chunk sizes).
 
-Why chunks of vectors: every metric of the similarity family compares whole attention
-vectors (a column ``A[:, t]`` or a row ``A[t, :]``), and every vector's cosine needs its
-norm over all of it. A chunk of rows holds whole rows; a chunk of columns needs every
-row's softmax normaliser first, so for ``axis="columns"`` (when the chunk is not all of T)
-a first pass computes each row's log-sum-exp (O(L * B * H * T)) and a tile is then
-``exp(logits - lse)``. Head mixing after the softmax (Re-attention's Theta, Norm and
-scale; CaiT's ``proj_w``) and before it (CaiT's ``proj_l``) acts on each (query, key)
-element across heads, so it applies to a tile as to the whole map; in evaluation mode
-Re-attention's BatchNorm uses its running statistics, which is elementwise too.
+Why rows: a row's softmax needs only that row, so a chunk of rows is complete after one
+query-key product, whichever axis the attention vectors lie on. Rows (``axis="rows"``) are
+whole vectors and are compared chunk by chunk. Columns (the paper's vectors) get a part of
+every column from each chunk, and every comparison of two columns is a sum over rows: the
+dot products of block p's and block q's column t, ``sum_r A_p[r, t] A_q[r, t]`` (their
+squared norms on the diagonal), add up over the chunks in an (L, L) Gram matrix per
+(image, head, column), as do the (H, H) Gram matrices across heads per (block, image,
+column); the cosines are taken once the last chunk is in. Those Gram matrices are
+O(B * T * L * H * (L + H)) per kind of map, linear in T. Head mixing after the softmax
+(Re-attention's Theta, Norm and scale; CaiT's ``proj_w``) and before it (CaiT's ``proj_l``)
+acts on each (query, key) element across heads, so it applies to a chunk of rows as to the
+whole map; in evaluation mode Re-attention's BatchNorm uses its running statistics, which
+is elementwise too.
 """
 
 from __future__ import annotations
@@ -25,38 +28,39 @@ from collections.abc import Sequence
 
 import torch
 
-from ..attention_scores import ALL, AttentionScores
+from ..attention_scores import AttentionScores
 from ..errors import DiagError
 from ._checks import check_axis, check_neighbourhood, check_prefix_tokens, require
-from .similarity import COSINE_EPS, neighbour_counts, share_above
+from .similarity import COSINE_EPS, neighbour_counts
 
 
 def chunk_for_budget(
     num_blocks: int, batch: int, num_heads: int, num_tokens: int, kinds: int, budget_bytes: float
 ) -> int:
-    """Attention vectors per chunk so that ``score_statistics``'s tiles fit ``budget_bytes``.
+    """Query rows per chunk so that ``score_statistics``'s tiles fit ``budget_bytes``.
 
-    A chunk of c vectors holds, per kind of map, a (L, B, H, T, c) float32 stack plus one
-    block's temporaries; at least 1, at most T.
+    A chunk of r rows holds, per kind of map, an (L, B, H, T, r) float32 stack, one block's
+    temporaries and, for row vectors, the chunk's (B, H, r, L, L) Gram matrices; at least 1,
+    at most T.
     """
-    per_vector = 4 * batch * num_heads * num_tokens * (kinds * num_blocks + 3)
-    return int(max(1, min(num_tokens, budget_bytes // per_vector)))
+    per_row = 4 * batch * num_heads * (num_tokens * (kinds * num_blocks + 3) + num_blocks * num_blocks)
+    return int(max(1, min(num_tokens, budget_bytes // per_row)))
 
 
-def _log_normalisers(blocks: Sequence[AttentionScores], rows_per_chunk: int) -> list[torch.Tensor]:
-    """Each block's (B, H, T, 1) row log-sum-exp, a chunk of rows at a time."""
-    normalisers = []
-    for block in blocks:
-        batch, num_heads, num_tokens = block.q.shape[:3]
-        lse = block.q.new_empty(batch, num_heads, num_tokens, 1)
-        for start in range(0, num_tokens, rows_per_chunk):
-            rows = slice(start, start + rows_per_chunk)
-            logits = block.logits(rows)
-            # log_softmax is one fused pass where logsumexp takes several: lse = s - log_softmax(s),
-            # read at the row's largest logit, where neither term has lost digits.
-            lse[:, :, rows] = logits.amax(dim=-1, keepdim=True) - logits.log_softmax(dim=-1).amax(dim=-1, keepdim=True)
-        normalisers.append(lse)
-    return normalisers
+def accumulator_floats(num_blocks: int, num_heads: int, num_tokens: int, kinds: int) -> int:
+    """float32 numbers ``score_statistics`` keeps per image besides its tiles: the (L, L) and
+    (H, H) Gram matrices of every column per kind, and the neighbour cosine sums (at most L
+    block offsets)."""
+    return num_blocks * num_heads * num_tokens * (kinds * (num_blocks + num_heads) + num_blocks)
+
+
+def _cosines_(gram: torch.Tensor) -> torch.Tensor:
+    """(N, n, n) Gram matrices of n vectors -> their cosines, in place:
+    ``G[i, j] / (max(|v_i|, eps) max(|v_j|, eps))``, as ``similarity``'s unit vectors give."""
+    # Copied out of the diagonal first: elementwise work on a strided diagonal runs ~50x slower
+    # (out of place: for 1 x 1 matrices the "copy" is the diagonal itself).
+    inverse_norms = gram.diagonal(dim1=-2, dim2=-1).contiguous().sqrt().clamp_min_(COSINE_EPS).reciprocal_()
+    return gram.mul_(inverse_norms.unsqueeze(-1) * inverse_norms.unsqueeze(-2))
 
 
 @torch.no_grad()
@@ -86,7 +90,7 @@ def score_statistics(
         distances: (T, T) token distances (``token_distances``) on their device.
         num_prefix_tokens: tokens before the patches.
         k, tau, axis: as in ``similarity_ratio``.
-        chunk: attention vectors per chunk (default: all T, one pass).
+        chunk: query rows per chunk (default: all T, one pass).
     """
     check_axis(axis)
     check_neighbourhood(k)
@@ -100,121 +104,157 @@ def score_statistics(
     if distances.shape != (num_tokens, num_tokens):
         raise DiagError(f"maps have {num_tokens} tokens, but the token distances are for {distances.shape[0]}")
     chunk = num_tokens if chunk is None else max(1, min(int(chunk), num_tokens))
-    columns = axis == "columns"
-    vector_dim = -2 if columns else -1
     kinds = ("pre", "post") if any(block.mix_maps is not None for block in blocks) else ("pre",)
-    normalisers = _log_normalisers(blocks, chunk) if columns and chunk < num_tokens else None
-
     num_blocks = len(blocks)
     device = blocks[0].q.device
-    similarity = {kind: torch.zeros(num_blocks, num_blocks, device=device) for kind in kinds}
-    cross_head = {kind: torch.zeros(num_blocks, num_heads, num_heads, device=device) for kind in kinds}
-    # Neighbour cosine sums per block offset (1 .. the largest k): each k of the grid adds a prefix of them.
-    largest_k = max((k, *grid_ks))
-    neighbour_sum = {
-        kind: torch.zeros(largest_k, num_blocks, batch, num_heads, num_tokens, device=device) for kind in kinds
-    }
-    # Each row's sum and sum of squares (a chunk of columns holds part of every row): the uniformity.
-    row_sums = {kind: torch.zeros(2, num_blocks, batch, num_heads, num_tokens, device=device) for kind in kinds}
-    entropy = torch.zeros(num_blocks, num_heads, device=device)
-    distance = torch.zeros(num_blocks, num_heads, device=device)
+    sums = _Sums(kinds, num_blocks, batch, num_heads, num_tokens, max((k, *grid_ks)), axis == "columns", device)
     # One allocation per kind for every chunk's tiles (fresh ones cost page faults on the CPU).
-    tile_size = batch * num_heads * num_tokens * chunk
-    storage = {kind: torch.empty(num_blocks * tile_size, device=device) for kind in kinds}
-    scratch = torch.empty(tile_size, device=device)
+    storage = {kind: torch.empty(num_blocks * batch * num_heads * num_tokens * chunk, device=device) for kind in kinds}
     for start in range(0, num_tokens, chunk):
-        vectors = slice(start, min(start + chunk, num_tokens))
-        width = vectors.stop - start
-        rows, cols = (ALL, vectors) if columns else (vectors, ALL)
-        shape = (num_blocks, batch, num_heads, *((num_tokens, width) if columns else (width, num_tokens)))
-        tiles = {
-            kind: flat[: num_blocks * batch * num_heads * num_tokens * width].view(shape)
+        rows = slice(start, min(start + chunk, num_tokens))
+        size = num_blocks * batch * num_heads * num_tokens * (rows.stop - start)
+        # (L, H, B, V, E), each block's tile seen as (B, H, V, E).
+        stacks = {
+            kind: flat[:size].view(num_blocks, num_heads, batch, *sums.tile_shape(rows)).transpose(1, 2)
             for kind, flat in storage.items()
         }
-        tile_distances = distances[rows, cols].reshape(-1)
+        tile_distances = sums.tile(distances[rows]).reshape(-1)
         for index, block in enumerate(blocks):
-            logits = block.logits(rows, cols)
-            if normalisers is None:
-                log_pre = logits.log_softmax(dim=-1)
-            else:
-                log_pre = logits.sub_(normalisers[index][:, :, rows])
-            pre = torch.exp(log_pre, out=tiles["pre"][index])
-            distance[index] += (pre.view(batch, num_heads, -1) @ tile_distances).sum(dim=0)
-            entropy[index] += torch.mul(pre, log_pre, out=log_pre).sum(dim=(0, 2, 3))
-            if "post" in tiles:
-                tiles["post"][index] = block.post(pre)
-            # Each block is normalised and compared with its head and neighbours while its tile is fresh.
-            for kind, stack in tiles.items():
-                _add_rows(stack[index], row_sums[kind][:, index], vectors, columns)
-                _add_block(stack, index, vector_dim, largest_k, scratch, cross_head[kind], neighbour_sum[kind], vectors)
-        for kind, stack in tiles.items():
-            # One Gram product per (image, head), summed: each adds up r * c terms, which keeps
-            # float32 rounding ~1e-7 where one product over whole blocks would be off by ~1e-4.
-            per_image_head = stack.view(num_blocks, batch * num_heads, -1).transpose(0, 1)
-            similarity[kind] += (per_image_head @ per_image_head.transpose(1, 2)).sum(dim=0)
-    results = {}
-    for kind in kinds:
-        results[f"similarity_{kind}"] = similarity[kind] / (batch * num_heads * num_tokens)
-        results[f"ratio_{kind}"] = _ratios(neighbour_sum[kind], k, (tau,))[0]
-        results[f"cross_head_{kind}"] = cross_head[kind] / (batch * num_tokens)
-        sums, squares = row_sums[kind]
-        cos_squared = sums.square() / (num_tokens * squares.clamp_min(COSINE_EPS**2))
-        results[f"uniformity_{kind}"] = cos_squared.mean(dim=(1, 3))
-        if grid_ks and grid_taus:
-            results[f"ratio_grid_{kind}"] = torch.stack([_ratios(neighbour_sum[kind], g, grid_taus) for g in grid_ks])
-    if "post" not in kinds:
-        results.update({name.replace("_pre", "_post"): value for name, value in list(results.items())})
-    results["entropy"] = entropy.neg_() / (batch * num_tokens)
-    results["attention_distance"] = distance / (batch * num_patches)
-    # Softmax maps of finite logits are finite, and NaN or Inf in any map reaches these sums
-    # (the ratios are NaN by definition in a model whose blocks have no neighbours).
-    finite = torch.stack([value.isfinite().all() for name, value in results.items() if not name.startswith("ratio")])
-    require(finite.all(), "maps contains NaN or Inf values")
-    return results
+            logits = block.logits(rows, transposed=sums.columns)
+            log_pre = logits.log_softmax(dim=sums.key_dim)
+            pre = torch.exp(log_pre, out=stacks["pre"][index])
+            # Heads first, as the stack holds them (a view; the (B, H) order would copy the tile).
+            sums.distance[index] += (pre.transpose(0, 1).reshape(num_heads, batch, -1) @ tile_distances).sum(dim=1)
+            sums.entropy[index] += torch.mul(pre, log_pre, out=log_pre).sum(dim=(0, 2, 3))
+            if "post" in stacks:
+                stacks["post"][index] = block.post(pre)
+            for kind, stack in stacks.items():
+                sums.add_rows(kind, index, stack[index], log_pre)
+        for kind, stack in stacks.items():
+            sums.add_layers(kind, stack.transpose(1, 2), rows)
+    return sums.results(k, tau, grid_ks, grid_taus, num_patches)
+
+
+class _Sums:
+    """``score_statistics``'s running sums, and how a chunk of query rows adds to them.
+
+    A tile is one block's maps of a chunk of query rows, (B, H, V, E): vector v of the
+    metric's axis along V, its elements in this chunk along E (columns: keys by queries;
+    rows: queries by keys). The tiles of a chunk lie in one (L, H, B, V, E) stack, so that
+    both kinds of Gram matrix are one batched product over strided views, without copies:
+    across blocks, an (L, E) matrix per (head, image, vector); across heads, an (H, E) matrix
+    per (image, vector). Column vectors are complete after the last chunk, so their Gram
+    matrices add up until then; row vectors are complete in their chunk and go straight to
+    cosines. Per-vector sums are laid out (..., H, B, T), as the stack.
+    """
+
+    def __init__(self, kinds, num_blocks, batch, num_heads, num_tokens, largest_k, columns, device):
+        self.columns = columns
+        self.key_dim = -2 if columns else -1
+        self.shape = (num_blocks, num_heads, batch, num_tokens)
+        zeros = dict(device=device)
+        self.entropy = torch.zeros(num_blocks, num_heads, **zeros)
+        self.distance = torch.zeros(num_blocks, num_heads, **zeros)
+        self.similarity = {kind: torch.zeros(num_blocks, num_blocks, **zeros) for kind in kinds}
+        self.cross_head = {kind: torch.zeros(num_blocks, num_heads, num_heads, **zeros) for kind in kinds}
+        self.uniformity = {kind: torch.zeros(num_blocks, num_heads, **zeros) for kind in kinds}
+        # Neighbour cosine sums per block offset (1 .. the largest k): each k of the grid adds a prefix of them.
+        offsets = min(largest_k, num_blocks - 1)
+        self.neighbour_sum = {kind: torch.zeros(offsets, *self.shape, **zeros) for kind in kinds}
+        if columns:
+            self.layer_gram = {
+                kind: torch.zeros(num_heads * batch * num_tokens, num_blocks, num_blocks, **zeros) for kind in kinds
+            }
+            self.head_gram = {
+                kind: torch.zeros(num_blocks, batch * num_tokens, num_heads, num_heads, **zeros) for kind in kinds
+            }
+
+    def tile_shape(self, rows: slice) -> tuple[int, int]:
+        """(V, E) of a tile of query rows ``rows``."""
+        width = rows.stop - rows.start
+        num_tokens = self.shape[-1]
+        return (num_tokens, width) if self.columns else (width, num_tokens)
+
+    def tile(self, rows_by_keys: torch.Tensor) -> torch.Tensor:
+        """A (..., r, T) array of query rows by keys in the tiles' (V, E) layout."""
+        return rows_by_keys.transpose(-1, -2) if self.columns else rows_by_keys
+
+    def add_rows(self, kind: str, index: int, tile: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Add block ``index``'s tile (B, H, V, E) of ``kind`` (a view of its stack) to what needs only
+        whole query rows (the uniformity) and to its Gram products across heads (``scratch``: a
+        contiguous (B, H, V, E) tensor to overwrite)."""
+        batch, num_heads, vectors, elements = tile.shape
+        sums = tile.sum(dim=self.key_dim)
+        squares = torch.mul(tile, tile, out=scratch).sum(dim=self.key_dim)
+        cos_squared = sums.square_().div_(squares.clamp_min_(COSINE_EPS**2).mul_(self.shape[-1]))
+        self.uniformity[kind][index] += cos_squared.sum(dim=(0, 2))
+        # (B * V, H, E): the heads' parts of each vector, E floats apart in the stack.
+        per_vector = tile.permute(0, 2, 1, 3).reshape(batch * vectors, num_heads, elements)
+        if self.columns:
+            gram = self.head_gram[kind][index]
+            torch.baddbmm(gram, per_vector, per_vector.transpose(1, 2), out=gram)
+        else:
+            self.cross_head[kind][index] += _cosines_(per_vector @ per_vector.transpose(1, 2)).sum(dim=0)
+
+    def add_layers(self, kind: str, stack: torch.Tensor, rows: slice) -> None:
+        """Add the chunk's Gram products across blocks of a stack of tiles (L, H, B, V, E)."""
+        num_blocks, elements = stack.shape[0], stack.shape[-1]
+        # (H * B * V, L, E): a batch of matrices E floats apart, one block's row every tile apart.
+        per_vector = stack.reshape(num_blocks, -1, elements).transpose(0, 1)
+        if self.columns:
+            gram = self.layer_gram[kind]
+            torch.baddbmm(gram, per_vector, per_vector.transpose(1, 2), out=gram)
+        else:
+            self._add_layer_cosines(kind, per_vector @ per_vector.transpose(1, 2), rows)
+
+    def _add_layer_cosines(self, kind: str, gram: torch.Tensor, vectors: slice) -> None:
+        """Add complete (H * B * V, L, L) Gram matrices of the vectors ``vectors`` across blocks to the
+        similarity and the neighbour sums."""
+        num_blocks, num_heads, batch = self.shape[:3]
+        cosines = _cosines_(gram)
+        self.similarity[kind] += cosines.sum(dim=0)
+        for offset in range(1, len(self.neighbour_sum[kind]) + 1):
+            pairs = cosines.diagonal(offset, dim1=-2, dim2=-1).T.reshape(num_blocks - offset, num_heads, batch, -1)
+            self.neighbour_sum[kind][offset - 1, :-offset, ..., vectors] += pairs
+            self.neighbour_sum[kind][offset - 1, offset:, ..., vectors] += pairs
+
+    def results(self, k, tau, grid_ks, grid_taus, num_patches) -> dict[str, torch.Tensor]:
+        num_blocks, num_heads, batch, num_tokens = self.shape
+        results = {}
+        for kind in self.similarity:
+            if self.columns:
+                self._add_layer_cosines(kind, self.layer_gram[kind], slice(None))
+                self.cross_head[kind] += _cosines_(self.head_gram[kind]).sum(dim=1)
+            results[f"similarity_{kind}"] = self.similarity[kind] / (batch * num_heads * num_tokens)
+            results[f"ratio_{kind}"] = _ratios(self.neighbour_sum[kind], k, (tau,))[0]
+            results[f"cross_head_{kind}"] = self.cross_head[kind] / (batch * num_tokens)
+            results[f"uniformity_{kind}"] = self.uniformity[kind] / (batch * num_tokens)
+            if grid_ks and grid_taus:
+                results[f"ratio_grid_{kind}"] = torch.stack(
+                    [_ratios(self.neighbour_sum[kind], g, grid_taus) for g in grid_ks]
+                )
+        if "post" not in self.similarity:
+            results.update({name.replace("_pre", "_post"): value for name, value in list(results.items())})
+        results["entropy"] = self.entropy.neg() / (batch * num_tokens)
+        results["attention_distance"] = self.distance / (batch * num_patches)
+        # Softmax maps of finite logits are finite, and NaN or Inf in any map reaches these sums
+        # (the ratios are NaN by definition in a model whose blocks have no neighbours).
+        finite = torch.stack(
+            [value.isfinite().all() for name, value in results.items() if not name.startswith("ratio")]
+        )
+        require(finite.all(), "maps contains NaN or Inf values")
+        return results
 
 
 def _ratios(neighbour_sum: torch.Tensor, k: int, taus: Sequence[float]) -> torch.Tensor:
-    """(len(taus), L) similarity ratios at k from per-offset neighbour sums (K, L, B, H, T)."""
+    """(len(taus), L) similarity ratios at k from per-offset neighbour sums (K, L, ...): ``share_above``
+    at every tau in one comparison (a block without neighbours, NaN averages, gets NaN)."""
     num_blocks = neighbour_sum.shape[1]
-    counts = neighbour_counts(num_blocks, k, neighbour_sum.device).view(-1, 1, 1, 1)
-    averages = neighbour_sum[:k].sum(dim=0) / counts
-    return torch.stack([share_above(averages, tau) for tau in taus])
-
-
-def _add_rows(tile: torch.Tensor, sums: torch.Tensor, vectors: slice, columns: bool) -> None:
-    """Add a block's tile (B, H, r, c) to each row's sum and sum of squares (``sums``: (2, B, H, T)):
-    a chunk of columns adds a part to every row, a chunk of rows gives whole rows."""
-    rows = slice(None) if columns else vectors
-    sums[0][..., rows] += tile.sum(dim=-1)
-    sums[1][..., rows] += tile.square().sum(dim=-1)
-
-
-def _add_block(
-    stack: torch.Tensor,
-    index: int,
-    vector_dim: int,
-    k: int,
-    scratch: torch.Tensor,
-    cross_head: torch.Tensor,
-    neighbour_sum: torch.Tensor,
-    vectors: slice,
-) -> None:
-    """Normalise block ``index``'s tile of ``stack`` (L, B, H, r, c) to unit vectors in place, add
-    its Gram products across heads (per image) to ``cross_head``, and its cosines with the
-    blocks up to k before it (already unit vectors) to both blocks' ``neighbour_sum`` (per offset)
-    (``scratch``: room for one tile)."""
-    batch, num_heads = stack.shape[1:3]
-    tile = stack[index]
-    products = scratch[: tile.numel()].view(tile.shape)
-    # A reduction along the strided axis runs faster on a product than inside a norm.
-    norms = torch.mul(tile, tile, out=products).sum(dim=vector_dim, keepdim=True)
-    tile.div_(norms.sqrt_().clamp_min_(COSINE_EPS))
-    per_image = tile.view(batch, num_heads, -1)
-    cross_head[index] += (per_image @ per_image.transpose(1, 2)).sum(dim=0)
-    for earlier in range(max(0, index - k), index):
-        cosines = torch.mul(stack[earlier], tile, out=products).sum(dim=vector_dim)
-        neighbour_sum[index - earlier - 1, earlier, ..., vectors] += cosines
-        neighbour_sum[index - earlier - 1, index, ..., vectors] += cosines
+    counts = neighbour_counts(num_blocks, k, neighbour_sum.device).view(-1, 1)
+    averages = neighbour_sum[:k].sum(dim=0).view(num_blocks, -1) / counts
+    thresholds = torch.tensor(taus, device=averages.device).view(-1, 1, 1)
+    shares = (averages > thresholds).float().mean(dim=-1)
+    return shares.masked_fill_(averages.isnan().any(dim=-1), float("nan"))
 
 
 @torch.no_grad()
