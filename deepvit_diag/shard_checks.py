@@ -4,7 +4,8 @@ A shard's ``shard.json`` and ``tally.npz`` are files a user can edit or a failin
 added up they make the merged result. Refused, with one line naming the shard's file and the field:
 an unknown format version; counts that are not whole numbers >= 0; more correct answers than images;
 a sum of an unknown name, of the wrong shape for the declared geometry (blocks L, heads H) or type,
-with a NaN or infinity, outside the range its metric allows, or missing where the shard has images;
+with a NaN or infinity, outside the range its metric allows, or missing where the shard has images (shapes and
+ranges are those the catalogue's entries declare: ``catalogue.Sum``, so every metric's sums are checked);
 a similarity sum whose diagonal (every block against itself: 1 per image) does not count the images;
 example arrays of more images than the shard holds; CKA totals of the wrong shape.
 """
@@ -17,40 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import required_arrays
+from .catalogue import LN_TOKENS, Sum, summed_arrays
 from .errors import DiagError
 from .introspection import Geometry
 from .metrics import TOP_K
 
 SHARD_VERSIONS = (1,)
-# Per-image values summed in a tally, by metric: their shape (L blocks, H heads) and the range of one
-# image's value (None: unbounded on that side; entropy's upper bound is ln T).
-SUM_SHAPES = {
-    "similarity": "LL",
-    "ratio": "L",
-    "cross_head": "LHH",
-    "entropy": "LH",
-    "attention_distance": "LH",
-    "token_similarity": "L",
-    "rank_residual": "L",
-    "uniformity": "LH",
-    "block_influence": "L",
-    # The robustness grid: K values of k and U of tau (``Settings.grid_ks``, ``grid_taus``) by block.
-    "ratio_grid": "KUL",
-}
-SUM_RANGES = {
-    "ratio": (0.0, 1.0),
-    "ratio_grid": (0.0, 1.0),
-    "uniformity": (0.0, 1.0),
-    "block_influence": (0.0, 2.0),  # 1 - cosine
-    "entropy": (0.0, "ln T"),
-    "attention_distance": (0.0, None),
-}
 _SLACK = 1e-4  # float32 per-image values summed in float64
-
-
-def _metric(name: str) -> str:
-    return name.removesuffix("_pre").removesuffix("_post")
 
 
 def _count(document: Any, field: str, path: Path) -> int:
@@ -99,7 +73,7 @@ def check_arrays(
     hsic: dict[str, np.ndarray],
 ) -> None:
     """Every array of a shard's ``tally.npz`` (``path``) against its counts and the declared geometries."""
-    required = {name for name in required_arrays() if _metric(name) in SUM_SHAPES}
+    required = set(summed_arrays())
     for index, (geometry, model_sums) in enumerate(zip(geometries, sums)):
         missing = sorted(required - model_sums.keys()) if count else []
         if missing:
@@ -121,30 +95,40 @@ def check_arrays(
 
 
 def _check_sum(path: Path, entry: str, name: str, values: np.ndarray, count: int, geometry: Geometry) -> None:
-    metric = _metric(name)
-    if metric not in SUM_SHAPES:
+    known = summed_arrays().get(name)
+    if known is None:
         raise DiagError(f"{path}: {entry} is not a sum deepvit-diag writes")
+    check_summed(path, entry, values, known, count, geometry)
+    if name == "similarity_pre" and count:
+        if not np.allclose(np.diagonal(values), count, rtol=1e-3, atol=1e-3):
+            raise DiagError(
+                f"{path}: {entry} does not count {count} images on its diagonal (each block is similar to itself)"
+            )
+
+
+def check_summed(path: Path, entry: str, values: np.ndarray, spec: Sum, count: int, geometry: Geometry) -> None:
+    """``values``, the sum over ``count`` images of a ``catalogue.Sum`` ``spec``: its shape for
+    ``geometry``, floating point, finite, and within what ``count`` images can add up to."""
     sizes = {"L": geometry.num_blocks, "H": geometry.num_heads}
     # The grid's own sizes come from the settings, which every shard of one analysis shares (checked on merge).
     sizes.update(zip("KU", values.shape[:2] if values.ndim == 3 else (-1, -1)))
-    shape = tuple(sizes[letter] for letter in SUM_SHAPES[metric])
+    shape = tuple(sizes[letter] for letter in spec.shape)
     if values.shape != shape or values.dtype.kind != "f":
         raise DiagError(
             f"{path}: {entry} has shape {values.shape} ({values.dtype}), but the declared geometry needs {shape} "
             "floating-point values"
         )
+    high = math.log(geometry.num_tokens) if spec.high == LN_TOKENS else spec.high
+    check_range(path, entry, values, count, spec.low, high)
+
+
+def check_range(path: Path, entry: str, values: np.ndarray, count: int, low: float | None, high: float | None) -> None:
+    """Finite ``values`` within what ``count`` images of one value each in [low, high] add up to."""
     if not np.isfinite(values).all():
         raise DiagError(f"{path}: {entry} holds NaN or infinite values")
-    low, high = SUM_RANGES.get(metric, (None, None))
-    if high == "ln T":
-        high = math.log(geometry.num_tokens)
     slack = _SLACK * max(count, 1)
-    if (low is not None and values.min() < low * count - slack) or (
-        high is not None and values.max() > high * count + slack
+    if values.size and (
+        (low is not None and values.min() < low * count - slack)
+        or (high is not None and values.max() > high * count + slack)
     ):
         raise DiagError(f"{path}: {entry} is outside what {count} images can add up to")
-    if metric == "similarity" and name.endswith("_pre") and count:
-        if not np.allclose(np.diagonal(values), count, rtol=1e-3, atol=1e-3):
-            raise DiagError(
-                f"{path}: {entry} does not count {count} images on its diagonal (each block is similar to itself)"
-            )
