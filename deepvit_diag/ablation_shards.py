@@ -166,7 +166,7 @@ def ablate_shard(
             plan={
                 "count": plan.count,
                 "skipped": plan.skipped,
-                "intact_correct": plan.intact_correct.tolist(),
+                "intact_correct": plan.intact_correct.tolist() if plan.has_labels else [],
                 "similar": plan.similar,
                 "orders": {name: order.tolist() for name, order in plan.orders.items()},
             },
@@ -194,8 +194,10 @@ def ablate_shard(
         },
         computation={"processes": 1, "devices": [str(run.device)], "passes": passes},
     )
+    width = len(document["ks"])  # without labels no top-k is counted
     for name, family in totals.items():
-        arrays.update({f"families/{name}/{measure}": values for measure, values in family.sums.items()})
+        sums = {**family.sums, "correct": family.sums["correct"][:, :width]}
+        arrays.update({f"families/{name}/{measure}": values for measure, values in sums.items()})
     return AblationShard(jsonable(document), arrays)
 
 

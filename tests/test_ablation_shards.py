@@ -9,11 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_ablation import OPTIONS, labelled, tiny_deepvit
+from test_cli import assert_clean_error, run
+from test_faults import write_png
 
 from deepvit_diag.ablation import ablate
+from deepvit_diag.ablation_result import AblationResult
 from deepvit_diag.ablation_shards import ablate_shard, merge_ablation_shards
+from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.errors import DiagError
 from deepvit_diag.formats import read_arrays
+
+pytestmark = pytest.mark.slow  # every test ablates a model several times over
 
 # 11 images in chunks of 4 over 4 shards: shard 1/4 holds none, the others 4, 4 and 3.
 SHARDING = dict(cka_chunk=4, **OPTIONS)
@@ -165,3 +171,49 @@ def test_the_second_stage_refuses_a_complete_or_foreign_result(model, stages, si
         ablate_shard(model, labelled(), shard="1/2", pruning_from=merged, tau=0.6, **SHARDING)
     with pytest.raises(DiagError, match="other weights"):
         ablate_shard(tiny_deepvit(seed=1), labelled(), shard="1/2", pruning_from=merged, **SHARDING)
+
+
+def test_the_command_line_runs_both_stages(model, tmp_path):
+    """ablate --shard, merge, ablate --pruning-from --shard, merge: the single run's numbers."""
+    save_native(model, tmp_path / "model.safetensors")
+    for index in range(6):
+        write_png(tmp_path / "images" / f"{index}.png", index)
+    common = ["ablate", "--ckpt", str(tmp_path / "model.safetensors"), "--images", str(tmp_path / "images")]
+    common += ["--device", "cpu", "--cka-chunk", "4", "--studies", "block", "head", "pruning", "--quiet"]
+    status, _, err = run([*common, "--out", str(tmp_path / "single")])
+    assert status == 0, err
+    for i in (1, 2):
+        status, _, err = run([*common, "--shard", f"{i}/2", "--out", str(tmp_path / f"a{i}")])
+        assert status == 0, err
+    status, out, err = run(["merge", str(tmp_path / "a2"), str(tmp_path / "a1"), "--out", str(tmp_path / "m1")])
+    assert status == 0, err
+    assert "--pruning-from" in out  # the merged first stage says what is still to come
+    for i in (1, 2):
+        second = [
+            *common,
+            "--pruning-from",
+            str(tmp_path / "m1"),
+            "--shard",
+            f"{i}/2",
+            "--out",
+            str(tmp_path / f"b{i}"),
+        ]
+        status, _, err = run(second)
+        assert status == 0, err
+    status, _, err = run(
+        ["merge", str(tmp_path / "b1"), str(tmp_path / "b2"), "--out", str(tmp_path / "m2"), "--quiet"]
+    )
+    assert status == 0, err
+    single, merged = AblationResult.load(tmp_path / "single"), AblationResult.load(tmp_path / "m2")
+    assert merged.pending == () and set(merged.arrays) == set(single.arrays)
+    assert_same_numbers(merged, single, single.arrays)
+    assert (tmp_path / "m2" / "report.html").is_file()
+    status, _, err = run(["merge", str(tmp_path / "a1"), str(tmp_path / "b2"), "--out", str(tmp_path / "x")])
+    assert_clean_error(status, err, 1, "different stages")
+    status, _, err = run([*common, "--pruning-from", str(tmp_path / "m1"), "--out", str(tmp_path / "y")])
+    assert_clean_error(status, err, 1, "give --shard I/N")
+    analysis = ["analyze", "--ckpt", str(tmp_path / "model.safetensors"), "--images", str(tmp_path / "images")]
+    status, _, err = run([*analysis, "--device", "cpu", "--shard", "1/1", "--out", str(tmp_path / "an"), "--quiet"])
+    assert status == 0, err
+    status, _, err = run(["merge", str(tmp_path / "a1"), str(tmp_path / "an"), "--out", str(tmp_path / "z")])
+    assert_clean_error(status, err, 1, "is a shard of an ablation", "merge them apart")
