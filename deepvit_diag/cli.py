@@ -659,7 +659,9 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
         help="measure what removing blocks, attention, heads or Re-attention costs a checkpoint",
         description="Remove blocks, attention branches, single heads and Re-attention, swap in the previous block's "
         "maps, and prune the most redundant blocks (by measured cost, similarity ratio and Block Influence); print "
-        "what each costs next to the similarity ratio and write result.json and arrays.npz.",
+        "what each costs next to the similarity ratio and write result.json and arrays.npz. With --shard I/N, one "
+        "of N separate runs (shards cut at whole --cka-chunk minibatches, as analyze's), added up by "
+        "`deepvit-diag merge` in one or two stages (see --shard and --pruning-from).",
     )
     p.add_argument("--ckpt", required=True, metavar="SPEC", help="the model, as for analyze")
     _add_analysis_options(p, "result.json, arrays.npz and report.html", Path("deepvit-diag-ablation"))
@@ -717,7 +719,6 @@ def run_ablate(args: argparse.Namespace) -> None:
     from .ablation_summary import cost_lines
     from .checkpoints import load_model
     from .images import default_image_set, open_images
-    from .report import write_ablation_report
 
     label = _model_label(args.ckpt)
 
@@ -745,14 +746,21 @@ def run_ablate(args: argparse.Namespace) -> None:
         model, images, settings = model_and_images()
         with _warnings_as_lines(args.quiet):
             result = ablate(model, images, settings, studies=args.studies, heads=args.heads, progress=not args.quiet)
-        command = _command_line()
-
-        def write_files(folder: Path) -> None:
-            result.save(folder)
-            write_ablation_report(folder / "report.html", result, label, command)
-
-        write(write_files)
+        _write_ablation(write, result, label)
     _print_ablation(args, result, label)
+
+
+def _write_ablation(write: Callable, result: Any, label: str) -> None:
+    """An ablation's result.json, arrays.npz and report.html, through ``write`` (``_reporting_output``)."""
+    from .report import write_ablation_report
+
+    command = _command_line()
+
+    def write_files(folder: Path) -> None:
+        result.save(folder)
+        write_ablation_report(folder / "report.html", result, label, command)
+
+    write(write_files)
 
 
 def _print_ablation(args: argparse.Namespace, result: Any, label: str) -> None:
@@ -985,18 +993,11 @@ def run_merge(args: argparse.Namespace) -> None:
 
 def _merge_ablation(args: argparse.Namespace) -> None:
     from .ablation_shards import merge_ablation_shards
-    from .report import write_ablation_report
 
     with _reporting_output(args, _written_by_ablation) as write:
         result = merge_ablation_shards(args.folders)
         label = str(result.model.get("description") or result.model.get("arch") or "model")
-        command = _command_line()
-
-        def write_files(folder: Path) -> None:
-            result.save(folder)
-            write_ablation_report(folder / "report.html", result, label, command)
-
-        write(write_files)
+        _write_ablation(write, result, label)
     _print_ablation(args, result, label)
 
 
