@@ -302,6 +302,7 @@ class Plan:
     has_labels: bool
     skipped: int
     description: str
+    labels: str  # where the labels came from, or why there are none
     head_means: np.ndarray | None
     similar: list[int]
     orders: dict[str, np.ndarray]
@@ -452,7 +453,7 @@ class AblationRun:
         }
         images = {"description": plan.description, "count": plan.count, "skipped": plan.skipped}
         ks = self.ks if self.has_labels else ()
-        return Ablation(plan, totals, orders, ks, self.label_note, computation, images)
+        return Ablation(plan, totals, orders, ks, plan.labels, computation, images)
 
     def run_shard(self, progress: ProgressOption) -> tuple[Plan, int, dict[str, FamilyTotals], ImageStream]:
         """Stage 1 of ``--shard``: the plan from every image, the ablations (all but the measured
@@ -542,6 +543,7 @@ class AblationRun:
             has_labels=self.has_labels,
             skipped=sum(part[4] for part in gathered) + stream.open_skipped,  # refused at opening: counted once
             description=stream.description,
+            labels=self.label_note,
             head_means=None if means is None else _means(means, count),
             similar=similar_blocks(torch.from_numpy(ratio), settings.rho).indices,
             orders=orders,

@@ -116,8 +116,10 @@ def is_ablation_shard(folder: Path) -> bool:
 
 
 def result_sha256(result: AblationResult) -> str:
-    """A fingerprint of a result's document and arrays: the shards of stage 2 must complete the same one."""
-    digest = hashlib.sha256(json.dumps(jsonable(result.to_document()), sort_keys=True).encode())
+    """A fingerprint of a result's document and arrays: the shards of stage 2 must complete the same
+    one. Not of the package versions the document names: those of the machine that writes it."""
+    document = {key: value for key, value in result.to_document().items() if key != "versions"}
+    digest = hashlib.sha256(json.dumps(jsonable(document), sort_keys=True).encode())
     for name in sorted(result.arrays):
         values = np.ascontiguousarray(result.arrays[name])
         digest.update(f"{name}:{values.dtype}:{values.shape};".encode())
@@ -171,7 +173,7 @@ def ablate_shard(
                 "orders": {name: order.tolist() for name, order in plan.orders.items()},
             },
             ks=list(run.ks if plan.has_labels else ()),
-            labels=run.label_note,
+            labels=plan.labels,
         )
         passes = 2
     else:
@@ -276,6 +278,7 @@ def merge_ablation_shards(folders: Sequence[Path]) -> AblationResult:
         has_labels=bool(first.document["ks"]),
         skipped=plan_record["skipped"],
         description=first.document["images"]["description"],
+        labels=first.document["labels"],
         head_means=None,
         similar=[int(block) for block in plan_record["similar"]],
         orders={name: np.array(order, dtype=np.int64) for name, order in plan_record["orders"].items()},
