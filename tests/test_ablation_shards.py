@@ -4,6 +4,7 @@ numbers, in two stages; shards of different stages, settings or plans are refuse
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ from test_ablation import OPTIONS, labelled, tiny_deepvit
 from test_cli import assert_clean_error, run
 from test_faults import write_png
 
+from deepvit_diag import ablation_result
 from deepvit_diag.ablation import ablate
 from deepvit_diag.ablation_result import AblationResult
-from deepvit_diag.ablation_shards import ablate_shard, merge_ablation_shards
+from deepvit_diag.ablation_shards import ablate_shard, merge_ablation_shards, result_sha256
 from deepvit_diag.checkpoints.native import save_native
 from deepvit_diag.errors import DiagError
 from deepvit_diag.formats import read_arrays
@@ -217,3 +219,12 @@ def test_the_command_line_runs_both_stages(model, tmp_path):
     assert status == 0, err
     status, _, err = run(["merge", str(tmp_path / "a1"), str(tmp_path / "an"), "--out", str(tmp_path / "z")])
     assert_clean_error(status, err, 1, "is a shard of an ablation", "merge them apart")
+
+
+def test_the_first_stages_fingerprint_is_the_same_on_any_machine(single, monkeypatch):
+    """Stage-2 shards on machines with other package versions complete the same merged first stage."""
+    before = result_sha256(single)
+    monkeypatch.setattr(ablation_result, "package_versions", lambda: {"torch": "0.0"})
+    assert result_sha256(single) == before
+    changed = dict(single.arrays, block_kl=single.arrays["block_kl"] + 1)
+    assert result_sha256(replace(single, arrays=changed)) != before
