@@ -17,13 +17,17 @@ where the images carry labels):
 * ``pruning``: the k most redundant blocks removed, k = 1..L, in three orderings: smallest
   measured single-block cost (KL), highest similarity ratio, lowest Block Influence.
 
-Three passes over the images, each streamed batch by batch like ``analyze``: (1) the
-intact model with its maps: similarity ratio, cross-head similarity, Block Influence, the
-mean head outputs; (2) the single ablations; (3) the pruning curves, whose measured
-ordering needs pass 2. Every number is a sum over images divided by their count, so it does
-not depend on the batch size; in a ``torch.distributed`` process group every process
-streams its shard and the sums are gathered and added in rank order after each pass, so
-every process continues from (and ends with) the numbers of all images.
+Up to three passes over the images, each streamed batch by batch like ``analyze``: (1)
+the intact model with its maps (``Plan``): similarity ratio, cross-head similarity, Block
+Influence, the mean head outputs, and what they decide: the similar blocks and the pruning
+orders by similarity ratio and by Block Influence; (2) the single ablations, the similar
+blocks removed together and those two pruning curves; (3) the pruning curve in the measured
+order, which needs the block removals of pass 2. Every number is a sum over images divided
+by their count, so it does not depend on the batch size; in a ``torch.distributed`` process
+group every process streams its shard and the sums are gathered and added in rank order
+after each pass, so every process continues from (and ends with) the numbers of all images.
+Separate runs of shards (``--shard I/N``) follow the same passes as two stages
+(``ablation_shards``).
 
 Cost: a variant runs only the blocks from its first change on (``interventions``), and the
 variants that start at the same block share one batched pass; ``plan_cost`` counts them.
@@ -32,7 +36,7 @@ variants that start at the same block share one batched pass; ``plan_cost`` coun
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,11 +44,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ablation_result import ORDERINGS, AblationResult
+from .ablation_result import MEASURES, ORDERINGS, AblationResult
 from .analysis import TORCH_DTYPES, ModelStatistics, on_device
 from .capture import AttentionRecorder, eval_mode
 from .choices import HEAD_MODES, STUDIES
-from .distributed import gather, is_reporting_process, local_device, process_group_shard
+from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard
 from .errors import DiagError
 from .images import ImageSource, ImageStream
 from .interventions import (
@@ -81,6 +85,8 @@ from .settings import Settings
 
 # Variants stacked in one batched pass at most (V x batch size rows).
 VARIANTS_PER_PASS = 16
+# The intact model's measures of pass 1, summed over the images; their means are result arrays.
+STATISTICS = ("ratio", "cross_head", "block_influence")
 
 
 @dataclass
@@ -134,18 +140,20 @@ def removal(blocks: Sequence[int]) -> Variant:
     return Variant(first, first + 1, tuple(Action(block, SKIP_BLOCK) for block in others))
 
 
-def pruning_orders(block_kl: np.ndarray | None, ratio: np.ndarray, influence: np.ndarray) -> dict[str, np.ndarray]:
-    """Blocks from most to least redundant: smallest measured removal KL first, highest
-    similarity ratio first, lowest Block Influence first (ties: the earlier block first;
-    NaN last). ``measured`` needs the ``block`` study (``block_kl``)."""
+def _ascending(values: np.ndarray) -> np.ndarray:
+    """Indices from the smallest value up; ties: the earlier block first; NaN last."""
+    return np.lexsort((np.arange(len(values)), np.nan_to_num(values, nan=np.inf)))
 
-    def ascending(values: np.ndarray) -> np.ndarray:
-        return np.lexsort((np.arange(len(values)), np.nan_to_num(values, nan=np.inf)))
 
-    orders = {"similarity": ascending(-ratio), "influence": ascending(influence)}
-    if block_kl is not None:
-        orders = {"measured": ascending(block_kl), **orders}
-    return orders
+def known_orders(ratio: np.ndarray, influence: np.ndarray) -> dict[str, np.ndarray]:
+    """Blocks from most to least redundant by the intact pass alone: highest similarity ratio
+    first, lowest Block Influence first."""
+    return {"similarity": _ascending(-ratio), "influence": _ascending(influence)}
+
+
+def measured_order(block_kl: np.ndarray) -> np.ndarray:
+    """Blocks from most to least redundant by the measured cost of removing each alone (KL)."""
+    return _ascending(block_kl)
 
 
 def pruning_families(orders: dict[str, np.ndarray]) -> dict[str, Family]:
@@ -187,7 +195,7 @@ def planned_cost(model: nn.Module, studies: Sequence[str] = STUDIES, heads: str 
     cost["variants"]["similar"] = 1  # at most: when some block is similar
     cost["block_evaluations"] += depth - 1
     cost["forward_equivalents"] = cost["block_evaluations"] / depth
-    cost["passes"] = 3 if "pruning" in studies else 2
+    cost["passes"] = 3 if "pruning" in studies and "block" in studies else 2
     return cost
 
 
@@ -231,60 +239,177 @@ def _added(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: sum((part[key] for part in parts[1:]), parts[0][key]) for key in parts[0]}
 
 
+def _means(total: np.ndarray, count: int) -> np.ndarray:
+    """A sum over ``count`` images as the float32 mean a result holds. The similar blocks and
+    the pruning orders are decided on these means, the numbers a result shows, so a later
+    stage reading a saved result decides as a single run does."""
+    return (total / count).astype(np.float32)
+
+
 @dataclass
-class Ablation:
-    """What ``ablate`` computed, before it becomes an ``AblationResult`` (sums over ``count`` images)."""
+class FamilyTotals:
+    """One family's sums over images: ``shape`` of its arrays, ``indices`` of its planned
+    entries in them, and per entry (in that order) ``kl``, ``agreement``, ``cosine`` (n,)
+    and ``correct`` (n, K). Totals of disjoint image shards add up (``+``)."""
+
+    shape: tuple[int, ...]
+    indices: list[tuple[int, ...]]
+    sums: dict[str, np.ndarray]
+
+    def __add__(self, other: FamilyTotals) -> FamilyTotals:
+        if (self.shape, self.indices) != (other.shape, other.indices):
+            raise ValueError("cannot add the totals of two different plans")
+        return FamilyTotals(self.shape, self.indices, _added([self.sums, other.sums]))
+
+    def values(self, measure: str) -> np.ndarray:
+        """The sums of ``measure`` in the family's shape (NaN where nothing was planned)."""
+        values = self.sums[measure]
+        array = np.full(self.shape + values.shape[1:], np.nan)
+        for position, index in enumerate(self.indices):
+            array[index] = values[position]
+        return array
+
+    def means(self, name: str, count: int, labelled: bool) -> dict[str, np.ndarray]:
+        """``<name>_kl``, ``_agreement``, ``_cosine`` and, ``labelled``, ``_accuracy`` (shape + (K,))."""
+        measures = (*MEASURES, "correct") if labelled else MEASURES
+        return {
+            f"{name}_{'accuracy' if measure == 'correct' else measure}": _means(self.values(measure), count)
+            for measure in measures
+        }
+
+
+def family_totals(families: dict[str, Family], sums: dict[str, np.ndarray]) -> dict[str, FamilyTotals]:
+    """The sums of one pass (every variant of ``families`` in planned order) cut per family."""
+    totals, offset = {}, 0
+    for name, family in families.items():
+        span = slice(offset, offset + len(family.entries))
+        indices = [index for index, _ in family.entries]
+        totals[name] = FamilyTotals(family.shape, indices, {key: value[span] for key, value in sums.items()})
+        offset = span.stop
+    return totals
+
+
+@dataclass
+class Plan:
+    """What pass 1 (the intact model over all images) gives the ablated passes: the sums of
+    the ``statistics`` (``STATISTICS``) over ``count`` images, the intact top-k counts, the
+    images skipped, the mean input of each block's ``attn.proj`` (L, T, D) for mean head
+    ablation, the similar blocks, and the pruning orders that need no ablation."""
 
     count: int
     statistics: dict[str, np.ndarray]
-    families: dict[str, Family]
-    sums: dict[str, np.ndarray]  # kl, agreement, cosine (n,), correct (n, K) over all planned variants in order
-    intact_correct: np.ndarray  # (K,)
+    intact_correct: np.ndarray
+    has_labels: bool
+    skipped: int
+    description: str
+    labels: str  # where the labels came from, or why there are none
+    head_means: np.ndarray | None
+    similar: list[int]
+    orders: dict[str, np.ndarray]
+
+
+@dataclass
+class Ablation:
+    """What ``ablate`` computed, before it becomes an ``AblationResult``: the plan's statistics
+    and every family's totals over the same ``count`` images; ``pending``: families a later
+    stage adds (``ablation_shards``)."""
+
+    plan: Plan
+    totals: dict[str, FamilyTotals]
+    orders: dict[str, np.ndarray]
     ks: tuple[int, ...]
     labels: str  # where the labels came from, or why there are none
-    orders: dict[str, np.ndarray]
-    similar: list[int]
     computation: dict[str, Any]
     images: dict[str, Any]
+    pending: tuple[str, ...] = ()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        count = self.plan.count
+        arrays = {name: _means(self.plan.statistics[name], count) for name in STATISTICS}
+        for name, totals in self.totals.items():
+            arrays.update(totals.means(name, count, bool(self.ks)))
+        arrays.update({f"pruning_{name}_order": order.astype(np.int64) for name, order in self.orders.items()})
+        return arrays
+
+    def accuracy(self) -> Accuracy:
+        if self.ks:
+            correct = dict(zip(self.ks, (int(n) for n in self.plan.intact_correct)))
+            return Accuracy(self.plan.count, correct, self.labels)
+        return Accuracy.unavailable(self.labels or "the model has fewer than two classes")
+
+    def result(
+        self, model: dict[str, Any], geometry: Geometry, settings: Settings, heads: str, studies: tuple[str, ...]
+    ) -> AblationResult:
+        return AblationResult(
+            model=model,
+            geometry=geometry,
+            settings=settings,
+            images=self.images,
+            num_images=self.plan.count,
+            heads=heads,
+            studies=studies,
+            arrays=self.arrays(),
+            accuracy=self.accuracy(),
+            similar_blocks=self.plan.similar,
+            computation=self.computation,
+            pending=self.pending,
+        )
 
 
 class AblationRun:
-    """Runs the three passes (see the module docstring) and owns every accumulator."""
+    """Runs the passes (see the module docstring) and owns every accumulator.
 
-    def __init__(self, model: nn.Module, images: ImageSource, settings: Settings, studies: Sequence[str], heads: str):
+    With ``shard`` (``--shard I/N``, no process group) pass 1 reads every image, so that every
+    shard plans from the same full-set numbers, and the ablated passes only the shard's."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: ImageSource,
+        settings: Settings,
+        studies: Sequence[str],
+        heads: str,
+        shard: Shard | None = None,
+    ):
         check_request(studies, heads)
         self.model, self.images, self.studies, self.heads = model, images, tuple(studies), heads
         self.settings = replace(settings, device=local_device(settings.device)).resolved()
         self.device = self.settings.torch_device
-        self.shard = process_group_shard()
+        group = process_group_shard()
+        if shard is not None and group is not None:
+            raise DiagError("a shard is chosen by the process group already; run --shard without torchrun")
+        self.explicit_shard, self.shard = shard, shard or group
         self.runner = BlockRunner(model)
         config = model_input_config(model)
         self.geometry = Geometry.of(model, config["input_size"][1:])
         self.ks: tuple[int, ...] = reported_ks(getattr(model, "num_classes", 0) or 0)
         self.label_note = ""
         self.checked = False
+        self.has_labels = False
         dtype = self.settings.dtype
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=TORCH_DTYPES[dtype])) if dtype != "float32" else nullcontext
         )
 
+    @property
+    def measures_pruning(self) -> bool:
+        """Whether a pruning curve is ordered by the measured single-block costs (a further pass)."""
+        return "pruning" in self.studies and "block" in self.studies
+
     def single_families(self) -> dict[str, Family]:
         return single_ablations(self.runner, self.geometry, self.studies, self.heads)
 
-    def stream(self) -> ImageStream:
-        return ImageStream(self.images, [self.model], self.settings, self.shard)
+    def stream(self, every_image: bool = False) -> ImageStream:
+        return ImageStream(self.images, [self.model], self.settings, None if every_image else self.shard)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, Any]]:
+    def batches(self, stream: ImageStream) -> Iterator[tuple[torch.Tensor, Any]]:
         """The images of one pass, on the device, with their labels; the progress advances after each batch."""
-        stream = self.stream()
         for batch in stream:
             x = batch.images[0].to(self.device, non_blocking=True)
             labels = batch.labels[0]
             yield x, (labels.to(self.device) if labels is not None else None)
             self.passed += len(x)
             self.update(self.passed)
-        self.skipped, self.open_skipped = stream.skipped, stream.open_skipped
-        self.description = stream.description
         self.label_note = stream.label_notes[0]  # known once the batches are read (tensor pairs)
 
     def intact(self, x: torch.Tensor) -> IntactPass:
@@ -295,65 +420,90 @@ class AblationRun:
                 self.checked = True
         return intact
 
-    def run(self, progress: ProgressOption) -> Ablation:
+    @contextmanager
+    def running(self, progress: ProgressOption, total: int | None) -> Iterator[None]:
+        """The model on the device in eval mode, no autograd, and the progress over ``total`` images."""
         with ExitStack() as stack:
             stack.enter_context(on_device(self.model, self.device))
             stack.enter_context(eval_mode(self.model))
             stack.enter_context(torch.inference_mode())
-            total = self.stream().total
-            passes = 3 if "pruning" in self.studies else 2
             label = "ablating" + (f" (shard {self.shard})" if self.shard is not None else "")
-            self.update = stack.enter_context(reporting(progress, label, None if total is None else passes * total))
+            self.update = stack.enter_context(reporting(progress, label, total))
             self.passed = 0  # images through any pass so far, for the progress
-            count, statistics, intact_correct = self.statistics_pass()
-            if count == 0:
-                raise DiagError("no images to ablate")
-            families = self.single_families()
-            similar = similar_blocks(torch.from_numpy(statistics["ratio"] / count), self.settings.rho).indices
-            if similar:
-                families["similar"] = Family((1,), [((0,), removal(similar))])
-            means = statistics.get("head_sums")
-            head_means = torch.from_numpy(means / count).float().to(self.device) if means is not None else None
-            sums = self.ablation_pass(families, head_means)
-            orders: dict[str, np.ndarray] = {}
-            if "pruning" in self.studies:
-                block_kl = None
-                if "block" in families:
-                    block_kl = _family_values(families, sums, "kl", "block") / count
-                orders = pruning_orders(block_kl, statistics["ratio"] / count, statistics["block_influence"] / count)
-                pruning = pruning_families(orders)
-                pruning_sums = self.ablation_pass(pruning, None)
-                families.update(pruning)
-                sums = {key: np.concatenate([sums[key], pruning_sums[key]]) for key in sums}
-        skipped = sum(gather(self.skipped)) + self.open_skipped  # files refused at opening count once
-        images = {"description": self.description, "count": count, "skipped": skipped}
+            yield
+
+    def run(self, progress: ProgressOption) -> Ablation:
+        """Every pass over the images of this process (or process group)."""
+        total = self.stream().total
+        passes = 3 if self.measures_pruning else 2
+        with self.running(progress, None if total is None else passes * total):
+            plan = self.plan_pass()
+            families = self.planned_families(plan)
+            _, sums = self.ablation_pass(families, plan.head_means)
+            totals = family_totals(families, sums)
+            orders = plan.orders
+            if self.measures_pruning:
+                orders = {"measured": measured_order(_means(totals["block"].values("kl"), plan.count)), **orders}
+                measured = pruning_families({"measured": orders["measured"]})
+                totals.update(family_totals(measured, self.ablation_pass(measured, None)[1]))
         computation = {
             "processes": 1 if self.shard is None else self.shard.count,
             "devices": [str(self.device)],
             "passes": passes,
         }
-        return Ablation(
-            count, statistics, families, sums, intact_correct, self.ks if self.has_labels else (), self.label_note,
-            orders, similar, computation, images,
-        )  # fmt: skip
+        images = {"description": plan.description, "count": plan.count, "skipped": plan.skipped}
+        ks = self.ks if self.has_labels else ()
+        return Ablation(plan, totals, orders, ks, plan.labels, computation, images)
 
-    def statistics_pass(self) -> tuple[int, dict[str, np.ndarray], np.ndarray]:
+    def run_shard(self, progress: ProgressOption) -> tuple[Plan, int, dict[str, FamilyTotals], ImageStream]:
+        """Stage 1 of ``--shard``: the plan from every image, the ablations (all but the measured
+        pruning order) of the shard's images: the plan, the shard's image count and totals, and its stream."""
+        own = self.stream()
+        with self.running(progress, self.stream(every_image=True).total + own.total):
+            plan = self.plan_pass()
+            families = self.planned_families(plan)
+            count, sums = self.ablation_pass(families, plan.head_means, own)
+        return plan, count, family_totals(families, sums), own
+
+    def run_measured_pruning(
+        self, order: np.ndarray, labelled: bool, progress: ProgressOption
+    ) -> tuple[int, dict[str, FamilyTotals], ImageStream]:
+        """Stage 2 of ``--shard``: the pruning curve of the measured ``order`` on the shard's images."""
+        own = self.stream()
+        self.has_labels = labelled
+        families = pruning_families({"measured": order})
+        with self.running(progress, own.total):
+            count, sums = self.ablation_pass(families, None, own)
+        return count, family_totals(families, sums), own
+
+    def planned_families(self, plan: Plan) -> dict[str, Family]:
+        """Every family the plan decides: the single ablations, the similar blocks together and
+        the pruning curves by similarity ratio and by Block Influence."""
+        families = self.single_families()
+        if plan.similar:
+            families["similar"] = Family((1,), [((0,), removal(plan.similar))])
+        if "pruning" in self.studies:
+            families.update(pruning_families(plan.orders))
+        return families
+
+    def plan_pass(self) -> Plan:
         """Pass 1: sums of the similarity ratio (maps as ``settings.maps``), cross-head
         similarity, Block Influence and (for mean head ablation) each block's input of
-        ``attn.proj``, and the intact top-k counts; of all processes' images."""
+        ``attn.proj``, and the intact top-k counts; of all processes' images (of every image
+        for ``--shard``), and what they decide."""
         settings = self.settings
         count = 0
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros(len(self.ks), dtype=torch.int64, device=self.device)
-        self.has_labels = False
         head_sums = "head" in self.studies and self.heads == "mean"
+        stream = self.stream(every_image=self.explicit_shard is not None)
         with ExitStack() as stack:
             recorder = stack.enter_context(AttentionRecorder(self.model, hidden=False))
             proj_inputs: list[torch.Tensor | None] = [None] * self.runner.num_blocks
             if head_sums:
                 for index, attn in enumerate(self.runner.attns):
                     stack.callback(attn.proj.register_forward_pre_hook(_keeper(proj_inputs, index)).remove)
-            for x, labels in self.batches():
+            for x, labels in self.batches(stream):
                 intact = self.intact(x)
                 capture = recorder.take()
                 maps = capture.post if settings.maps == "post" else capture.pre
@@ -374,24 +524,50 @@ class AblationRun:
                     correct += topk_correct(intact.outputs.logits, labels, self.ks)
                 count += size
         host = {name: value.cpu().numpy() for name, value in sums.items()}
-        gathered = gather((count, host, correct.cpu().numpy(), self.has_labels))
+        gathered = gather((count, host, correct.cpu().numpy(), self.has_labels, stream.skipped))
         self.has_labels = any(part[3] for part in gathered)
+        count = sum(part[0] for part in gathered)
+        if count == 0:
+            raise DiagError("no images to ablate")
         present = [part[1] for part in gathered if part[1]]
         totals = _added(present) if present else {}
-        return sum(part[0] for part in gathered), totals, sum(part[2] for part in gathered)
+        means = totals.pop("head_sums", None)
+        ratio = _means(totals["ratio"], count)
+        orders = {}
+        if "pruning" in self.studies:
+            orders = known_orders(ratio, _means(totals["block_influence"], count))
+        return Plan(
+            count=count,
+            statistics=totals,
+            intact_correct=sum(part[2] for part in gathered),
+            has_labels=self.has_labels,
+            skipped=sum(part[4] for part in gathered) + stream.open_skipped,  # refused at opening: counted once
+            description=stream.description,
+            labels=self.label_note,
+            head_means=None if means is None else _means(means, count),
+            similar=similar_blocks(torch.from_numpy(ratio), settings.rho).indices,
+            orders=orders,
+        )
 
-    def ablation_pass(self, families: dict[str, Family], head_means: torch.Tensor | None) -> dict[str, np.ndarray]:
-        """Every variant of ``families`` on every image; the sums of all processes, in planned order."""
+    def ablation_pass(
+        self, families: dict[str, Family], head_means: np.ndarray | None, stream: ImageStream | None = None
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """Every variant of ``families`` on every image of ``stream`` (default: this process's);
+        the image count and the sums, of all processes, in planned order."""
         variants = [variant for family in families.values() for _, variant in family.entries]
         groups = _groups(variants)
         sums = VariantSums(len(variants), self.ks, self.device)
-        for x, labels in self.batches():
+        means = None if head_means is None else torch.from_numpy(head_means).to(self.device)
+        count = 0
+        for x, labels in self.batches(stream or self.stream()):
             intact = self.intact(x)
             for first, group in groups:
                 with self.autocast():
-                    ablated = self.runner.run_variants(intact, group, head_means)
+                    ablated = self.runner.run_variants(intact, group, means)
                 sums.add(first, intact.outputs, ablated, labels if self.has_labels else None)
-        return _added(gather(sums.host()))
+            count += len(x)
+        gathered = gather((count, sums.host()))
+        return sum(part[0] for part in gathered), _added([part[1] for part in gathered])
 
 
 def _keeper(store: list, index: int) -> Callable:
@@ -411,36 +587,6 @@ def _groups(variants: list[Variant]) -> list[tuple[int, list[Variant]]]:
         else:
             groups.append((index, [variant]))
     return groups
-
-
-def _family_values(families: dict[str, Family], sums: dict[str, np.ndarray], measure: str, name: str) -> np.ndarray:
-    """The sums of ``measure`` for family ``name`` in its array shape (NaN where not planned)."""
-    offset = 0
-    for key, family in families.items():
-        if key == name:
-            values = sums[measure]
-            width = values.shape[1:]
-            array = np.full(family.shape + width, np.nan)
-            for position, (index, _) in enumerate(family.entries):
-                array[index] = values[offset + position]
-            return array
-        offset += len(family.entries)
-    raise KeyError(name)
-
-
-def family_arrays(ablation: Ablation) -> dict[str, np.ndarray]:
-    """Each family's means: ``<family>_kl``, ``_agreement``, ``_cosine`` in its shape and, with
-    labels, ``<family>_accuracy`` (shape + (K,)): top-k accuracy of the ablated model."""
-    arrays = {}
-    for name in ablation.families:
-        for measure in ("kl", "agreement", "cosine"):
-            arrays[f"{name}_{measure}"] = (
-                _family_values(ablation.families, ablation.sums, measure, name) / ablation.count
-            ).astype(np.float32)
-        if ablation.ks:
-            correct = _family_values(ablation.families, ablation.sums, "correct", name)
-            arrays[f"{name}_accuracy"] = (correct / ablation.count).astype(np.float32)
-    return arrays
 
 
 def ablate(
@@ -470,7 +616,8 @@ def ablate(
         progress: True for a bar on stderr, False for none, or ``progress(done, total)``.
         overrides: fields of ``settings`` to replace.
     Inside an initialised ``torch.distributed`` process group every process ablates its
-    shard of the images and every process gets the result of all images.
+    shard of the images and every process gets the result of all images. Separate runs
+    (``--shard I/N``) are ``ablation_shards.ablate_shard`` and ``merge``.
 
     Example:
         >>> abl = dd.ablate(dd.load_model("vit32"), "digits-clutter-test", studies=["block"], num_images=64)
@@ -481,26 +628,5 @@ def ablate(
     if not is_reporting_process():
         progress = False
     done = run.run(progress)
-    arrays = {name: (done.statistics[name] / done.count).astype(np.float32) for name in _STATISTICS}
-    arrays.update(family_arrays(done))
-    arrays.update({f"pruning_{name}_order": order.astype(np.int64) for name, order in done.orders.items()})
-    if done.ks:
-        accuracy = Accuracy(done.count, dict(zip(done.ks, (int(n) for n in done.intact_correct))), done.labels)
-    else:
-        accuracy = Accuracy.unavailable(done.labels or "the model has fewer than two classes")
-    return AblationResult(
-        model=ModelStatistics(model, run.settings).model_info(),
-        geometry=run.geometry,
-        settings=run.settings,
-        images=done.images,
-        num_images=done.count,
-        heads=heads,
-        studies=run.studies,
-        arrays=arrays,
-        accuracy=accuracy,
-        similar_blocks=done.similar,
-        computation=done.computation,
-    )
-
-
-_STATISTICS = ("ratio", "cross_head", "block_influence")
+    model_info = ModelStatistics(model, run.settings).model_info()
+    return done.result(model_info, run.geometry, run.settings, heads, run.studies)

@@ -57,7 +57,10 @@ class AblationResult:
         arrays: see the module docstring.
         accuracy: the intact model's top-k accuracy, or why there is none.
         similar_blocks: blocks whose similarity ratio exceeds rho (0-based).
-        computation: processes, devices, passes over the images.
+        computation: processes, devices, passes over the images (and, merged from shards,
+            ``shards`` and the ``weights_sha256`` of the model).
+        pending: families a further stage adds: ``("pruning_measured",)`` in the merge of the
+            first stage of ``--shard`` runs (``ablation_shards``); empty when complete.
     """
 
     model: dict[str, Any]
@@ -71,6 +74,7 @@ class AblationResult:
     accuracy: Accuracy
     similar_blocks: list[int] = field(default_factory=list)
     computation: dict[str, Any] = field(default_factory=dict)
+    pending: tuple[str, ...] = ()
 
     def has(self, family: str) -> bool:
         """Whether the study ``family`` (e.g. ``"block"``, ``"head"``, ``"reattention"``) was run."""
@@ -164,6 +168,7 @@ class AblationResult:
                 "accuracy": self.accuracy.to_dict(),
                 "similar_blocks": self.similar_blocks,
                 "computation": self.computation,
+                "pending": list(self.pending),
                 "summary": self.summary(),
                 "versions": package_versions(),
             }
@@ -177,23 +182,25 @@ class AblationResult:
     def load(cls, folder: str | Path) -> AblationResult:
         """Read an ablation saved by ``save`` or ``deepvit-diag ablate --out``."""
         document, arrays = read_folder(folder, ABLATION_FORMAT, RESULT_FILE)
+        return rebuild(folder, lambda: cls.from_document(document, arrays))
 
-        def build() -> AblationResult:
-            return cls(
-                model=document["model"],
-                geometry=Geometry.from_dict(document["geometry"]),
-                settings=Settings.from_dict(document["settings"]),
-                images=document["images"],
-                num_images=int(document["num_images"]),
-                heads=str(document["heads"]),
-                studies=tuple(document["studies"]),
-                arrays=arrays,
-                accuracy=Accuracy.from_dict(document["accuracy"]),
-                similar_blocks=[int(b) for b in document["similar_blocks"]],
-                computation=document["computation"],
-            )
-
-        return rebuild(folder, build)
+    @classmethod
+    def from_document(cls, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> AblationResult:
+        """The result ``to_document`` and ``arrays`` describe (KeyError, TypeError or ValueError if malformed)."""
+        return cls(
+            model=document["model"],
+            geometry=Geometry.from_dict(document["geometry"]),
+            settings=Settings.from_dict(document["settings"]),
+            images=document["images"],
+            num_images=int(document["num_images"]),
+            heads=str(document["heads"]),
+            studies=tuple(document["studies"]),
+            arrays=arrays,
+            accuracy=Accuracy.from_dict(document["accuracy"]),
+            similar_blocks=[int(b) for b in document["similar_blocks"]],
+            computation=document["computation"],
+            pending=tuple(str(name) for name in document.get("pending", ())),
+        )
 
 
 def is_ablation_file(path: Path) -> bool:

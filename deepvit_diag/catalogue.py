@@ -180,6 +180,35 @@ class Figure:
         return self.caption(results, fields, options or {})
 
 
+# The letters of a ``Sum``'s shape: blocks L, heads H, and the robustness grid's values of k
+# (K, ``Settings.grid_ks``) and of tau (U, ``Settings.grid_taus``).
+SHAPE_LETTERS = "LHKU"
+# A bound of one image's value that depends on the geometry: the entropy of T tokens.
+LN_TOKENS = "ln T"
+
+
+@dataclass(frozen=True)
+class Sum:
+    r"""What one image's value of a ``measure``\ d array looks like: the analysis sums these
+    values over the images, and ``merge`` checks every shard's sums against this.
+
+    Attributes:
+        shape: one letter per axis (``SHAPE_LETTERS``), e.g. ``"LH"`` for (blocks, heads).
+        low: the smallest value one image can give (None: unbounded).
+        high: the largest (None: unbounded; ``LN_TOKENS``: ln T, the entropy of uniform attention).
+    """
+
+    shape: str
+    low: float | None = None
+    high: float | str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.shape or set(self.shape) - set(SHAPE_LETTERS):
+            raise ValueError(f"a sum's shape is letters of {SHAPE_LETTERS}, got {self.shape!r}")
+        if isinstance(self.high, str) and self.high != LN_TOKENS:
+            raise ValueError(f"a sum's upper bound is a number, None or {LN_TOKENS!r}, got {self.high!r}")
+
+
 @dataclass(frozen=True)
 class Metric:
     """One entry: what is computed, what it leaves in ``AnalysisResult.arrays`` and how it is drawn.
@@ -189,6 +218,7 @@ class Metric:
         arrays: array names every result holds (shapes in ``AnalysisResult``'s docstring).
         figures: the figures that draw them.
         measure: per-image means of one batch, keyed by array name (see the module docstring).
+        sums: for a ``measure``, a ``Sum`` per array: its shape and the range of one image's value.
         reads_model: arrays read from the weights once.
         optional_arrays: arrays only some models have (Theta's bias exists only in Conv2d Theta).
     """
@@ -197,8 +227,18 @@ class Metric:
     arrays: tuple[str, ...]
     figures: tuple[Figure, ...]
     measure: Callable[[Batch], dict[str, torch.Tensor]] | None = None
+    sums: dict[str, Sum] = field(default_factory=dict, hash=False)
     reads_model: Callable[[nn.Module, Geometry], dict[str, np.ndarray]] | None = None
     optional_arrays: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Without a Sum, merge could not check (and would refuse) the shards' sums of the array.
+        expected = set(self.arrays) if self.measure is not None else set()
+        if set(self.sums) != expected:
+            raise ValueError(
+                f"metric {self.name}: a measure needs a Sum for each of its arrays and nothing else "
+                f"(arrays {sorted(expected)}, sums {sorted(self.sums)})"
+            )
 
 
 # The second figure of a similarity drawn for both map kinds of head-mixing models.
@@ -271,6 +311,10 @@ def _both_kinds(*names: str) -> tuple[str, ...]:
     return tuple(f"{name}_{kind}" for name in names for kind in MAP_KINDS)
 
 
+def _both_kinds_sums(**sums: Sum) -> dict[str, Sum]:
+    return {f"{name}_{kind}": value for name, value in sums.items() for kind in MAP_KINDS}
+
+
 def _similarity_family(batch: Batch) -> dict[str, torch.Tensor]:
     return {name: batch.attention[name] for name in _both_kinds("similarity", "ratio", "cross_head")}
 
@@ -328,6 +372,7 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=_similarity_family,
+        sums=_both_kinds_sums(similarity=Sum("LL"), ratio=Sum("L", 0.0, 1.0), cross_head=Sum("LHH")),
     ),
     Metric(
         REGIMES_AND_GRID,
@@ -351,6 +396,7 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=_regimes_and_grid,
+        sums=_both_kinds_sums(uniformity=Sum("LH", 0.0, 1.0), ratio_grid=Sum("KUL", 0.0, 1.0)),
     ),
     Metric(
         "Theta",
@@ -404,6 +450,7 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=_softmax_statistics,
+        sums={"entropy": Sum("LH", 0.0, LN_TOKENS), "attention_distance": Sum("LH", 0.0)},
     ),
     Metric(
         "token similarity",
@@ -425,6 +472,7 @@ METRICS: tuple[Metric, ...] = (
         measure=lambda batch: {
             "token_similarity": token_similarity(batch.capture.hidden, batch.geometry.num_prefix_tokens)
         },
+        sums={"token_similarity": Sum("L")},
     ),
     Metric(
         "rank-collapse residual",
@@ -444,6 +492,7 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=lambda batch: {"rank_residual": rank_collapse(batch.capture.hidden)},
+        sums={"rank_residual": Sum("L")},
     ),
     Metric(
         "Block Influence",
@@ -464,6 +513,7 @@ METRICS: tuple[Metric, ...] = (
             ),
         ),
         measure=lambda batch: {"block_influence": block_influence(batch.capture.hidden, batch.capture.first_input)},
+        sums={"block_influence": Sum("L", 0.0, 2.0)},  # 1 - cosine
     ),
     Metric(
         "linear CKA",
@@ -590,6 +640,11 @@ def metric_of(spec: Figure) -> Metric | None:
 def metric_named(name: str) -> Metric:
     """The catalogue metric called ``name``."""
     return next(metric for metric in METRICS if metric.name == name)
+
+
+def summed_arrays() -> dict[str, Sum]:
+    """Every array the analysis sums over the images (those of a ``measure``), with its ``Sum``."""
+    return {name: value for metric in METRICS for name, value in metric.sums.items()}
 
 
 def figures_in(section: str) -> list[Figure]:

@@ -659,7 +659,9 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
         help="measure what removing blocks, attention, heads or Re-attention costs a checkpoint",
         description="Remove blocks, attention branches, single heads and Re-attention, swap in the previous block's "
         "maps, and prune the most redundant blocks (by measured cost, similarity ratio and Block Influence); print "
-        "what each costs next to the similarity ratio and write result.json and arrays.npz.",
+        "what each costs next to the similarity ratio and write result.json and arrays.npz. With --shard I/N, one "
+        "of N separate runs (shards cut at whole --cka-chunk minibatches, as analyze's), added up by "
+        "`deepvit-diag merge` in one or two stages (see --shard and --pruning-from).",
     )
     p.add_argument("--ckpt", required=True, metavar="SPEC", help="the model, as for analyze")
     _add_analysis_options(p, "result.json, arrays.npz and report.html", Path("deepvit-diag-ablation"))
@@ -682,23 +684,41 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the number of forward passes the ablation will run, and run none",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="ablate only shard I (from 1 to N) of N contiguous shards of the images and write its sums (shard.json, "
+        "tally.npz) to --out; `deepvit-diag merge` adds the N folders up into the numbers of one run over all "
+        "images. Every shard first runs the intact model over ALL images (one forward pass each), so that all "
+        "shards plan alike (head means, similar blocks, pruning orders by similarity ratio and Block Influence). "
+        "The pruning order by measured cost needs every block's removal cost first: when the studies hold block "
+        "and pruning, the merged result says so, and a second stage completes it (--pruning-from)",
+    )
+    p.add_argument(
+        "--pruning-from",
+        type=Path,
+        metavar="DIR",
+        help="with --shard I/N: the second stage, the pruning curve in the measured order of the merged first "
+        "stage in DIR (the --out of `deepvit-diag merge`), on shard I's images; its studies and head mode are "
+        "DIR's, and the images and settings must be DIR's. Merge the N folders again for the complete result",
+    )
     add_arch_options(p)
     p.set_defaults(run=run_ablate)
 
 
 def _written_by_ablation(path: Path) -> bool:
     from .ablation_result import is_ablation_file
+    from .ablation_shards import is_ablation_shard_file
     from .report import is_report_file
 
-    return is_ablation_file(path) or is_report_file(path)
+    return is_ablation_file(path) or is_report_file(path) or is_ablation_shard_file(path)
 
 
 def run_ablate(args: argparse.Namespace) -> None:
     from .ablation import ablate, planned_cost
-    from .ablation_summary import ablation_findings, ablation_table, cost_lines
+    from .ablation_summary import cost_lines
     from .checkpoints import load_model
     from .images import default_image_set, open_images
-    from .report import write_ablation_report
 
     label = _model_label(args.ckpt)
 
@@ -712,22 +732,41 @@ def run_ablate(args: argparse.Namespace) -> None:
             )
         return model, images, settings
 
+    if args.pruning_from is not None and not args.shard:
+        raise DiagError("--pruning-from is the second stage of --shard runs: give --shard I/N (1/1 for one run)")
     if args.dry_run:  # nothing is run and --out is not touched
         model, images, _ = model_and_images()
         for line in cost_lines(label, planned_cost(model, args.studies, args.heads), len(images)):
             print(line)
         return
+    if args.shard:
+        _run_ablation_shard(args, model_and_images)
+        return
     with _reporting_output(args, _written_by_ablation) as write:
         model, images, settings = model_and_images()
         with _warnings_as_lines(args.quiet):
             result = ablate(model, images, settings, studies=args.studies, heads=args.heads, progress=not args.quiet)
-        command = _command_line()
+        _write_ablation(write, result, label)
+    _print_ablation(args, result, label)
 
-        def write_files(folder: Path) -> None:
-            result.save(folder)
-            write_ablation_report(folder / "report.html", result, label, command)
 
-        write(write_files)
+def _write_ablation(write: Callable, result: Any, label: str) -> None:
+    """An ablation's result.json, arrays.npz and report.html, through ``write`` (``_reporting_output``)."""
+    from .report import write_ablation_report
+
+    command = _command_line()
+
+    def write_files(folder: Path) -> None:
+        result.save(folder)
+        write_ablation_report(folder / "report.html", result, label, command)
+
+    write(write_files)
+
+
+def _print_ablation(args: argparse.Namespace, result: Any, label: str) -> None:
+    """The summary of ``ablate`` and of a merge of ablation shards: JSON, or the table and findings."""
+    from .ablation_summary import ablation_findings, ablation_table
+
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     elif not args.quiet:
@@ -738,6 +777,46 @@ def run_ablate(args: argparse.Namespace) -> None:
         for finding in ablation_findings(label, result):
             console.print(f"- {finding}", highlight=False)
         console.print(f"Written: {args.out / 'report.html'} (with result.json and arrays.npz)", highlight=False)
+        if result.pending:
+            console.print(pending_line(args.out), highlight=False)
+
+
+def _run_ablation_shard(args: argparse.Namespace, model_and_images: Callable[[], tuple]) -> None:
+    from .ablation_result import AblationResult
+    from .ablation_shards import ablate_shard
+    from .distributed import Shard
+
+    shard = Shard.parse(args.shard)
+    base = AblationResult.load(args.pruning_from) if args.pruning_from is not None else None
+    with _reporting_output(args, _written_by_ablation) as write:
+        model, images, settings = model_and_images()
+        with _warnings_as_lines(args.quiet):
+            done = ablate_shard(
+                model,
+                images,
+                settings,
+                shard=shard,
+                studies=args.studies,
+                heads=args.heads,
+                pruning_from=base,
+                progress=not args.quiet,
+            )
+        write(done.save)
+    if args.json:
+        print(json.dumps({"shard": str(shard), "stage": done.document["stage"], "images": done.count}))
+    elif not args.quiet:
+        _say(
+            f"shard {shard} ({done.document['stage']}: {done.count} images ablated) written to {args.out}; "
+            f"`deepvit-diag merge` the --out folders of all {shard.count} shards"
+        )
+
+
+def pending_line(out: Path) -> str:
+    """What a merged first stage of ablation shards still needs."""
+    return (
+        "Still to come: the pruning curve in the measured order needs every block's removal cost over all images. "
+        f"Run `deepvit-diag ablate ... --pruning-from {out} --shard I/N` for each shard, then merge those folders."
+    )
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -861,10 +940,13 @@ def _written_by_sweep(path: Path) -> bool:
 def add_merge(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "merge",
-        help="add up the shards of an analysis (analyze/compare --shard I/N) into the result of all images",
-        description="Read the --out folders of the N runs of `analyze --shard I/N` (or `compare --shard I/N`) and "
+        help="add up the shards of an analysis or ablation (analyze/compare/ablate --shard I/N) into the result of "
+        "all images",
+        description="Read the --out folders of the N runs of `analyze --shard I/N` (or `compare`, `ablate`) and "
         "write the result one run over all images gives: result.json, arrays.npz and report.html. Shards of "
-        "different models, settings or image lists, and missing or repeated shards, are refused.",
+        "different models, settings, image lists or stages, and missing or repeated shards, are refused. Ablation "
+        "shards come in up to two stages (see `ablate --help`, --shard and --pruning-from): merge each stage's "
+        "N folders on their own.",
     )
     p.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="the shards' --out folders, in any order")
     p.add_argument(
@@ -886,9 +968,17 @@ def add_merge(sub: argparse._SubParsersAction) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> None:
+    from .ablation_shards import is_ablation_shard
     from .report import write_report
     from .shards import merge_shards
 
+    ablations = [is_ablation_shard(folder) for folder in args.folders]
+    if any(ablations):
+        if not all(ablations):
+            kinds = dict(zip(ablations, args.folders))
+            raise DiagError(f"{kinds[True]} is a shard of an ablation and {kinds[False]} is not; merge them apart")
+        _merge_ablation(args)
+        return
     with _reporting_output(args, _written_by_analysis) as write:
         result, labels = merge_shards(args.folders)
         command = _command_line()
@@ -899,6 +989,16 @@ def run_merge(args: argparse.Namespace) -> None:
 
         write(write_files)
     _print_analysis(args, result, labels)
+
+
+def _merge_ablation(args: argparse.Namespace) -> None:
+    from .ablation_shards import merge_ablation_shards
+
+    with _reporting_output(args, _written_by_ablation) as write:
+        result = merge_ablation_shards(args.folders)
+        label = str(result.model.get("description") or result.model.get("arch") or "model")
+        _write_ablation(write, result, label)
+    _print_ablation(args, result, label)
 
 
 APP_EPILOG = """\

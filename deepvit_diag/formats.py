@@ -74,8 +74,10 @@ def written_by_us(path: Path, documents: Mapping[str, tuple[str, ...]], archives
     if path.name not in documents:
         return False
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+        check_depth(text, str(path))  # a file nested too deep for json is not ours (and would overflow the stack)
+        document = json.loads(text)
+    except (OSError, ValueError, DiagError):
         return False
     return isinstance(document, dict) and document.get("format") in documents[path.name]
 

@@ -17,15 +17,13 @@ from .introspection import Geometry
 from .manifest import check_unit
 from .results import AnalysisResult, ComparisonResult
 from .settings import Settings
-from .shard_checks import check_arrays, check_counts
+from .shard_checks import check_arrays, check_counts, differing_settings
 from .tally import ModelParts, ModelTally, Tally, build_results, combined_computation
 
 TALLY_FILE = "tally.npz"
 SHARD_FILE = "shard.json"
 SHARD_FORMAT = "deepvit-diag shard"
 SHARD_VERSION = 1
-# Settings that may differ between the shards of one analysis: they change how, not what, it computes.
-RUN_ONLY_SETTINGS = ("device", "num_workers", "batch_size", "memory_budget")
 
 
 @dataclass
@@ -162,10 +160,8 @@ def _check_same_analysis(first: SavedShard, other: SavedShard) -> None:
     for key in ("total", "fingerprint"):
         if theirs.images.get(key) != mine.images.get(key):
             raise DiagError(f"{where} are shards of different image lists")
-    settings = {k: v for k, v in mine.settings.to_dict().items() if k not in RUN_ONLY_SETTINGS}
-    other_settings = {k: v for k, v in theirs.settings.to_dict().items() if k not in RUN_ONLY_SETTINGS}
-    if settings != other_settings:
-        differing = sorted(k for k in settings if settings[k] != other_settings[k])
+    differing = differing_settings(mine.settings.to_dict(), theirs.settings.to_dict())
+    if differing:
         raise DiagError(f"{where} were analysed with different settings ({', '.join(differing)})")
 
 

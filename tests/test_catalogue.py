@@ -13,9 +13,10 @@ import timm
 import torch
 
 from deepvit_diag import catalogue
-from deepvit_diag.analysis import analyze, compare
+from deepvit_diag.analysis import analyze, compare, run
 from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.catalogue import METRICS, SECTIONS, Batch
+from deepvit_diag.errors import DiagError
 from deepvit_diag.figures import drawing
 from deepvit_diag.figures import similarity as similarity_figures
 from deepvit_diag.figures.registry import FIGURE_FUNCTIONS
@@ -24,6 +25,8 @@ from deepvit_diag.metrics import token_distances
 from deepvit_diag.report import report_figures
 from deepvit_diag.results import FORMAT_VERSION, ComparisonResult
 from deepvit_diag.settings import GRID_RHO_STEPS, GRID_TAU_STEPS, Settings
+from deepvit_diag.shard_checks import check_arrays
+from deepvit_diag.shards import merge_shards, save_shard
 
 LABELS = ["vit (A)", "deepvit (B)"]
 TINY = dict(depth=3, embed_dim=32, num_heads=4, img_size=32, patch_size=8, num_classes=10)
@@ -134,9 +137,10 @@ def prefix_attention(maps: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Te
     return maps[..., :num_prefix_tokens].sum(dim=-1).mean(dim=(1, 3))
 
 
-def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
+def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch, tmp_path):
     """docs/adding-a-metric.md, step 2: with one more entry, the analysis streams the new
-    array exactly, a saved result must hold it, and the report draws it with its caption."""
+    array exactly, a saved result must hold it, the report draws it with its caption and
+    merge adds its shards up."""
     entry = catalogue.Metric(
         "prefix attention",
         ("prefix_attention",),
@@ -152,6 +156,7 @@ def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
         measure=lambda batch: {
             "prefix_attention": prefix_attention(batch.maps("pre"), batch.geometry.num_prefix_tokens)
         },
+        sums={"prefix_attention": catalogue.Sum("LH", 0.0, 1.0)},
     )
     monkeypatch.setattr(catalogue, "METRICS", (*METRICS, entry))
     model = tiny("deepvit16")
@@ -162,6 +167,14 @@ def test_adding_a_metric_is_one_function_and_one_entry(monkeypatch):
     assert "prefix_attention" in catalogue.required_arrays()
     figures_drawn = {item.div_id: item.caption for item in report_figures(result, ["deepvit"])}
     assert figures_drawn["fig-prefix-attention-curves"] == entry.figures[0].caption
+    # merge adds the new sums up from the shards, checked against the entry's Sum, with no other change.
+    for index in range(2):
+        folder = tmp_path / f"shard{index}"
+        folder.mkdir()
+        done = run([model], images, Settings(batch_size=2, cka_chunk=4, device="cpu"), shard=f"{index + 1}/2")
+        save_shard(folder, done.tally, done.shard, ["deepvit"])
+    merged, _ = merge_shards([tmp_path / "shard1", tmp_path / "shard0"])
+    np.testing.assert_allclose(merged.arrays["prefix_attention"], expected.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_docs_metrics_names_every_array_and_states_the_verdicts_rules_as_the_code_has_them():
@@ -182,3 +195,33 @@ def test_docs_metrics_names_every_array_and_states_the_verdicts_rules_as_the_cod
         step = steps[1] - steps[0]
         assert f"{symbol} − {-steps[0]:g} ... {symbol} + {steps[-1]:g} in steps of {step:g}" in doc, symbol
     assert f"Format {FORMAT_VERSION} (this version) holds every metric of the catalogue" in doc
+
+
+def test_every_summed_array_declares_its_sum_and_merge_checks_it(tmp_path):
+    """Each catalogue sum is checked against its entry's ``Sum`` (no table kept by hand): a
+    valid sum passes, one outside the declared range or shape is refused."""
+    geometry = Geometry(3, 4, 1, (8, 8), (4, 4), (32, 32), (0, 1, 2))
+    sizes = {"L": 3, "H": 4, "K": 2, "U": 3}
+    declared = catalogue.summed_arrays()
+    measured = {name for metric in METRICS if metric.measure is not None for name in metric.arrays}
+    assert set(declared) == measured
+    count = 5
+    for name, spec in declared.items():
+        shape = tuple(sizes[letter] for letter in spec.shape)
+        valid = {key: np.full(tuple(sizes[c] for c in s.shape), count * 0.5) for key, s in declared.items()}
+        valid["similarity_pre"] = np.full((3, 3), float(count))
+        check_arrays(tmp_path / "tally.npz", count, [geometry], [valid], [{}], {})
+        if spec.high is not None:
+            too_high = {**valid, name: np.full(shape, count * 10.0)}
+            with pytest.raises(DiagError, match=f"{name} is outside what 5 images"):
+                check_arrays(tmp_path / "tally.npz", count, [geometry], [too_high], [{}], {})
+        wrong_shape = {**valid, name: np.zeros((*shape, 2))}
+        with pytest.raises(DiagError, match=f"{name} has shape"):
+            check_arrays(tmp_path / "tally.npz", count, [geometry], [wrong_shape], [{}], {})
+
+
+def test_a_measured_metric_without_its_sums_is_refused():
+    with pytest.raises(ValueError, match="needs a Sum for each of its arrays"):
+        catalogue.Metric("x", ("x",), (), measure=lambda batch: {})
+    with pytest.raises(ValueError, match="letters of LHKU"):
+        catalogue.Sum("LT")

@@ -22,6 +22,8 @@ NEEDS = {
     "deit_small_patch16_224": "a download from the Hugging Face hub",
     "$SLURM_ARRAY_TASK_ID": "a Slurm array job",
     "shards/*": "the shards of the Slurm array job",
+    "ablation1/*": "the ablation shards of the Slurm array job",
+    "ablation2/*": "the ablation shards of the Slurm array job",
     "deepvit-diag app": "a server that runs until it is stopped (tests/test_app.py drives the app)",
 }
 # Smaller than a reader would use, so that the test is quick; the command is otherwise unchanged.
