@@ -235,7 +235,8 @@ class ModelStatistics:
         return ModelTally(sums, correct, self.accuracy_problem, examples)
 
     def _described_examples(self) -> dict[str, np.ndarray]:
-        """``example_images.example_arrays`` of every example kept (predictions only when every batch had class logits)."""
+        """``example_images.example_arrays`` of every example kept (with predictions only when
+        every batch had class logits)."""
         facts = self.example_facts
         names = [name for batch in facts for name in batch.names]
         labels = [label for batch in facts for label in batch.labels]
