@@ -75,8 +75,6 @@ def query_attention(
     centre_y, centre_x = np.mgrid[0:grid_h, 0:grid_w]
     centre_x, centre_y = (centre_x * cell_w + cell_w / 2 - 0.5).ravel(), (centre_y * cell_h + cell_h / 2 - 0.5).ravel()
     patch_numbers = np.stack(np.mgrid[1 : grid_h + 1, 1 : grid_w + 1], axis=-1).reshape(-1, 2)
-    # A square marker as large as a patch on screen, so that a click anywhere in a patch reaches its point.
-    marker_px = max(4.0, 0.9 * panel / max(grid_h, grid_w))
     for head in range(num_heads):
         row, column = head // columns + 1, head % columns + 1
         fig.add_trace(
@@ -103,7 +101,9 @@ def query_attention(
                 x=centre_x,
                 y=centre_y,
                 mode="markers",
-                marker={"symbol": "square", "size": marker_px, "color": "rgba(0, 0, 0, 0)"},
+                # Small: Plotly picks any point under a large marker, not the nearest; the pointer
+                # is nearest to the centre of the patch it is on (hoverdistance -1: at any distance).
+                marker={"size": 2, "color": "rgba(0, 0, 0, 0)"},
                 # Selected or not, the points stay invisible: the outline shows the query.
                 selected={"marker": {"opacity": 0}},
                 unselected={"marker": {"opacity": 0}},
@@ -138,6 +138,8 @@ def query_attention(
         width=columns * panel + 130,
         height=(panel + 28) * rows + 80,
         margin={"l": 10, "r": 10, "t": 80, "b": 10},
+        hovermode="closest",
+        hoverdistance=-1,
     )
     return fig
 

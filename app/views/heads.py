@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from deepvit_diag.escaping import markdown_text, plotly_label
+from deepvit_diag.escaping import markdown_text
 from deepvit_diag.example_images import ExampleImage
 from deepvit_diag.results import AnalysisResult
 
@@ -185,12 +185,14 @@ def _model_maps(
 ) -> None:
     pixels = result.arrays["example_images"][image]
     query_name = "CLS" if query is None else f"patch ({query[0] + 1}, {query[1] + 1})"
+    # The model's name above its maps, where it wraps: in a Plotly title a long name is cut at 1100 px.
+    st.markdown(f"**{markdown_text(label)}**")
     left, right = st.columns(2, gap="medium")
     with left:
         fig = charts.query_attention(
             pixels,
             maps["pre"],
-            f"{plotly_label(label)}: {query_name}, pre-Θ (softmax)",
+            f"{query_name}, pre-Θ (softmax)",
             pre_colours,
             "softmax<br>weight",
             query,
@@ -201,7 +203,7 @@ def _model_maps(
             fig = charts.query_attention(
                 pixels,
                 maps["post"],
-                f"{plotly_label(label)}: {query_name}, post-Θ",
+                f"{query_name}, post-Θ",
                 post_colours,
                 "post-Θ<br>weight",
                 query,
