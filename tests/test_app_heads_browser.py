@@ -4,6 +4,9 @@ query (the typed row and column follow), and the picker and maps read well at a 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from test_app_browser import (
     CHROMIUM,
@@ -90,60 +93,63 @@ def _cut_titles(page) -> list[str]:
     )
 
 
-def test_a_click_on_a_patch_makes_it_the_query(served_app, tmp_path):
+@contextmanager
+def _chromium_page(width: int) -> Iterator:
+    """A Chromium page ``width`` px wide; fails on leaving if the page raised a JavaScript error."""
     from playwright.sync_api import sync_playwright
 
-    url, case = served_app
     page_errors: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": WIDTHS[0], "height": 2000})
+            page = browser.new_page(viewport={"width": width, "height": 2000})
             page.on("pageerror", lambda error: page_errors.append(str(error)))
-            _open_heads(page, url)
-            grid = tuple(
-                int(page.locator(f".st-key-heads_{axis} input").get_attribute("max")) for axis in ("row", "column")
-            )
-            before = (_typed(page, "heads_row"), _typed(page, "heads_column"))
-            target = (grid[0] - 1, 0)  # the bottom-left patch: neither the default row nor column
-            assert before != (str(target[0] + 1), str(target[1] + 1))
-            _click_patch(page, "heads_pre_b", *target, grid)
-            page.wait_for_function(
-                "([row, column]) => document.querySelector('.st-key-heads_row input').value === row"
-                " && document.querySelector('.st-key-heads_column input').value === column",
-                arg=[str(target[0] + 1), str(target[1] + 1)],
-                timeout=RENDER_TIMEOUT_MS,
-            )
-            _wait_for_run(page)
-            _assert_no_exception_box(page)
-            assert page.get_by_role("radio", name="a patch").is_checked()
-            title = f"patch ({target[0] + 1}, {target[1] + 1})"
-            assert (
-                page.locator(".st-key-heads_pre_a .gtitle").first.text_content().endswith(f"{title}, pre-Θ (softmax)")
-            )
-            # The typed inputs still drive the query, and a click after typing still wins.
-            page.locator(".st-key-heads_column input").fill("2")
-            page.keyboard.press("Enter")
-            page.wait_for_timeout(500)
-            _wait_for_run(page)
-            assert f"patch ({target[0] + 1}, 2)" in page.locator(".st-key-heads_pre_a .gtitle").first.text_content()
-            _click_patch(page, "heads_pre_a", 0, grid[1] - 1, grid)
-            page.wait_for_function(
-                "(column) => document.querySelector('.st-key-heads_column input').value === column",
-                arg=str(grid[1]),
-                timeout=RENDER_TIMEOUT_MS,
-            )
-            assert _typed(page, "heads_row") == "1"
-
-            for width in WIDTHS:
-                page.set_viewport_size({"width": width, "height": 2000})
-                page.wait_for_timeout(800)
-                _screenshot(page, f"heads_{width}.png", tmp_path, case)
-                picker = (
-                    '[data-testid="stCaptionContainer"], .st-key-heads_image_0 button, .st-key-heads_image_1 button'
-                )
-                assert _overlapping(page, picker) == [], width
-                assert _cut_titles(page) == [], width
+            yield page
         finally:
             browser.close()
     assert not page_errors, page_errors
+
+
+def test_a_click_on_a_patch_makes_it_the_query(served_app, tmp_path):
+    url, case = served_app
+    with _chromium_page(WIDTHS[0]) as page:
+        _open_heads(page, url)
+        grid = tuple(
+            int(page.locator(f".st-key-heads_{axis} input").get_attribute("max")) for axis in ("row", "column")
+        )
+        before = (_typed(page, "heads_row"), _typed(page, "heads_column"))
+        target = (grid[0] - 1, 0)  # the bottom-left patch: neither the default row nor column
+        assert before != (str(target[0] + 1), str(target[1] + 1))
+        _click_patch(page, "heads_pre_b", *target, grid)
+        page.wait_for_function(
+            "([row, column]) => document.querySelector('.st-key-heads_row input').value === row"
+            " && document.querySelector('.st-key-heads_column input').value === column",
+            arg=[str(target[0] + 1), str(target[1] + 1)],
+            timeout=RENDER_TIMEOUT_MS,
+        )
+        _wait_for_run(page)
+        _assert_no_exception_box(page)
+        assert page.get_by_role("radio", name="a patch").is_checked()
+        title = f"patch ({target[0] + 1}, {target[1] + 1})"
+        assert page.locator(".st-key-heads_pre_a .gtitle").first.text_content().endswith(f"{title}, pre-Θ (softmax)")
+        # The typed inputs still drive the query, and a click after typing still wins.
+        page.locator(".st-key-heads_column input").fill("2")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(500)
+        _wait_for_run(page)
+        assert f"patch ({target[0] + 1}, 2)" in page.locator(".st-key-heads_pre_a .gtitle").first.text_content()
+        _click_patch(page, "heads_pre_a", 0, grid[1] - 1, grid)
+        page.wait_for_function(
+            "(column) => document.querySelector('.st-key-heads_column input').value === column",
+            arg=str(grid[1]),
+            timeout=RENDER_TIMEOUT_MS,
+        )
+        assert _typed(page, "heads_row") == "1"
+
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 2000})
+            page.wait_for_timeout(800)
+            _screenshot(page, f"heads_{width}.png", tmp_path, case)
+            picker = '[data-testid="stCaptionContainer"], .st-key-heads_image_0 button, .st-key-heads_image_1 button'
+            assert _overlapping(page, picker) == [], width
+            assert _cut_titles(page) == [], width
