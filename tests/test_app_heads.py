@@ -10,7 +10,7 @@ import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app import APP, TIMEOUT, app_environment, write_app_files
+from test_app import APP, TIMEOUT, _png, app_environment, write_app_files
 
 from app.charts import clicked_patch, query_attention
 from deepvit_diag.escaping import markdown_text
@@ -73,7 +73,25 @@ def test_thumbnails_show_name_label_and_each_models_prediction(heads_app):
     shown_names = {example.short_name for example in examples_a}
     assert MARKUP_NAME in shown_names  # the escaped name is the one drawn, never its markup
     assert any(markdown_text(MARKUP_NAME) in caption for caption in captions)
-    assert [button.label for button in at.button if button.key.startswith("heads_image_")] == ["Shown", "Show"]
+    pickers = [button for button in at.button if button.key.startswith("heads_image_")]
+    assert [button.label for button in pickers] == ["Shown", "Show"]
+    assert [button.help for button in pickers] == [markdown_text(example.name) for example in examples_a]  # whole
+
+
+def test_uploaded_images_are_named_as_they_were_uploaded(heads_app):
+    at = heads_app
+    at.selectbox(key="images_source").set_value("upload").run()
+    at.file_uploader(key="images_upload").set_value(
+        [(name, _png(seed), "image/png") for seed, name in enumerate(["cat photo.png", "dog.png"])]
+    )
+    at.button(key="run").click().run()
+    assert not at.exception and not at.error
+    captions = _picker_captions(at)
+    assert [caption.split("**")[1] for caption in captions] == ["cat photo.png", "dog.png"]
+    assert [button.help for button in at.button if button.key.startswith("heads_image_")] == [
+        "cat photo.png",
+        "dog.png",
+    ]
 
 
 def test_choosing_a_thumbnail_changes_the_maps(heads_app):

@@ -90,16 +90,14 @@ def _image_picker(analysis: Analysis) -> int | None:
         for column, index in zip(st.columns(THUMBNAILS_PER_ROW), range(start, min(count, start + THUMBNAILS_PER_ROW))):
             with column:
                 st.image(_thumbnail(pixels[index]), width=THUMBNAIL_PX)
-                st.caption(
-                    _thumbnail_text({side: examples[index] for side, examples in described.items()}),
-                    help=markdown_text(described["A"][index].name),
-                )
+                st.caption(_thumbnail_text({side: examples[index] for side, examples in described.items()}))
                 st.button(
                     "Shown" if index == chosen else "Show",
                     key=f"{IMAGE_KEY}_{index}",
                     type="primary" if index == chosen else "secondary",
                     on_click=_choose_image,
                     args=(index,),
+                    help=markdown_text(described["A"][index].name),  # the whole name, folders included
                     width="stretch",
                 )
     return chosen
