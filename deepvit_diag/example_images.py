@@ -29,6 +29,7 @@ import numpy as np
 
 NAMES, LABELS, PREDICTIONS, CORRECT = "example_names", "example_labels", "example_predictions", "example_correct"
 UNKNOWN = -1  # in ``example_correct``
+DESCRIBED_ARRAYS = (NAMES, LABELS, PREDICTIONS, CORRECT)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def describe_examples(arrays: dict[str, np.ndarray]) -> list[ExampleImage]:
     before names were kept (or whose arrays do not hold one entry per image) names them
     "example image N" and knows nothing else."""
     count = len(arrays.get("example_images", ()))
-    described = (arrays.get(key) for key in (NAMES, LABELS, PREDICTIONS, CORRECT))
+    described = (arrays.get(key) for key in DESCRIBED_ARRAYS)
     if not all(values is not None and values.shape == (count,) for values in described):
         return [ExampleImage(index, f"example image {index + 1}", None, None, None) for index in range(count)]
     return [
