@@ -46,7 +46,9 @@ def query_attention(
     colour_title: str,
     query_patch: tuple[int, int] | None,
 ) -> go.Figure:
-    """Each head's attention of one query token to every patch, over the image.
+    """Each head's attention of one query token to every patch, over the image. Every patch
+    of every panel is also a point (invisible, with the weight on hover) that a click selects,
+    so that ``st.plotly_chart(..., on_select=...)`` reports the patch (``clicked_patch``).
 
     Args:
         image: (height, width, 3) uint8, the image as the model saw it.
@@ -72,7 +74,10 @@ def query_attention(
     # Upscaled pixels placed so that the image still spans [-0.5, width - 0.5], the original's pixel grid.
     offset = 0.5 / scale - 0.5
     cell_h, cell_w = height / grid_h, width / grid_w
-    patch_numbers = np.stack(np.meshgrid(np.arange(1, grid_w + 1), np.arange(1, grid_h + 1)), axis=-1)
+    # One point per patch at its centre, row by row: a point's index is row * grid_w + column.
+    centre_y, centre_x = np.mgrid[0:grid_h, 0:grid_w]
+    centre_x, centre_y = (centre_x * cell_w + cell_w / 2 - 0.5).ravel(), (centre_y * cell_h + cell_h / 2 - 0.5).ravel()
+    patch_numbers = np.stack(np.mgrid[1 : grid_h + 1, 1 : grid_w + 1], axis=-1).reshape(-1, 2)
     for head in range(num_heads):
         row, column = head // columns + 1, head % columns + 1
         fig.add_trace(
@@ -89,9 +94,26 @@ def query_attention(
                 dy=cell_h,
                 opacity=0.6,
                 coloraxis="coloraxis",
-                customdata=patch_numbers,
-                hovertemplate=f"head {head + 1}<br>patch row %{{customdata[1]}}, column %{{customdata[0]}}"
-                "<br>weight %{z:.4f}<extra></extra>",
+                hoverinfo="skip",
+            ),
+            row=row,
+            col=column,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=centre_x,
+                y=centre_y,
+                mode="markers",
+                # Small: Plotly picks any point under a large marker, not the nearest; the pointer
+                # is nearest to the centre of the patch it is on (hoverdistance -1: at any distance).
+                marker={"size": 2, "color": "rgba(0, 0, 0, 0)"},
+                # Selected or not, the points stay invisible: the outline shows the query.
+                selected={"marker": {"opacity": 0}},
+                unselected={"marker": {"opacity": 0}},
+                customdata=np.column_stack([patch_numbers, maps[head].ravel()]),
+                hovertemplate=f"head {head + 1}<br>patch row %{{customdata[0]}}, column %{{customdata[1]}}"
+                "<br>weight %{customdata[2]:.4f}<extra></extra>",
+                showlegend=False,
             ),
             row=row,
             col=column,
@@ -108,10 +130,31 @@ def query_attention(
                 row=row,
                 col=column,
             )
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_layout(coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}})
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, fixedrange=True)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, fixedrange=True)
+    # Fixed ranges: a click selects a patch and a drag never moves the image.
+    fig.update_layout(
+        coloraxis={**colours, "colorbar": {"title": {"text": colour_title}}},
+        hovermode="closest",
+        hoverdistance=-1,
+    )
     colour_bars_right(fig, ["coloraxis"])
     # The title wraps to the figure's width (two figures stand side by side in the view).
     fig = finish(fig, title, (panel + 28) * rows + 80, columns * panel + 10 + colour_bars_margin(1))
     return fig.update_layout(margin={"l": 10, "b": 10})
+
+
+def clicked_patch(event: object, grid_size: tuple[int, int]) -> tuple[int, int] | None:
+    """The 0-based (row, column) of the patch a click on a ``query_attention`` figure chose,
+    from the selection state ``st.plotly_chart(..., on_select=...)`` keeps: the last selected
+    point's index (row * grid width + column); None when no patch point is selected (a second
+    click on the same patch unselects it) or the state is not such a selection."""
+    try:
+        points = event["selection"]["points"]
+        index = points[-1]["point_index"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    grid_h, grid_w = grid_size
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < grid_h * grid_w:
+        return None
+    return divmod(index, grid_w)

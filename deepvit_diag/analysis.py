@@ -40,8 +40,10 @@ from .catalogue import Batch
 from .choices import DTYPE_NAMES
 from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
+from .example_images import example_arrays
 from .images import ImageSource, ImageStream, StreamBatch
 from .introspection import Geometry, describe_model, model_device, usable_model
+from .labels import model_class_names
 from .metrics import (
     MIN_UNBIASED_EXAMPLES,
     AttentionScores,
@@ -72,7 +74,20 @@ class BatchMeasurement:
     features: torch.Tensor  # (L, B, T * D) block outputs flattened per image
     example_images: torch.Tensor | None  # (E_b, H, W, 3) uint8, on the host; None once enough are kept
     example_cls: dict[str, torch.Tensor] | None  # map kind -> (E_b, L, H, gh, gw)
+    example_facts: ExampleFacts | None
     correct: torch.Tensor | None  # (K,) int64 top-k counts on the device; None without labels
+
+
+@dataclass
+class ExampleFacts:
+    """What is known of a batch's example images (``deepvit_diag.example_images``): names and labels
+    as the source gives them, and the top-1 class and whether it is the label, on the device
+    (None without class logits, or without labels)."""
+
+    names: tuple[str, ...]
+    labels: tuple[str | None, ...]
+    top1: torch.Tensor | None  # (E_b,) int64
+    correct: torch.Tensor | None  # (E_b,) bool
 
 
 class ModelStatistics:
@@ -89,6 +104,7 @@ class ModelStatistics:
         self.sums: dict[str, torch.Tensor] = {}
         self.example_images: list[torch.Tensor] = []
         self.example_cls: dict[str, list[torch.Tensor]] = {kind: [] for kind in MAP_KINDS}
+        self.example_facts: list[ExampleFacts] = []
         self._distances: dict[torch.device, torch.Tensor] = {}
         self.correct: torch.Tensor | None = None
         self.ks: tuple[int, ...] = ()
@@ -111,24 +127,62 @@ class ModelStatistics:
         return self._distances[device]
 
     def measure(
-        self, capture: AttentionCapture, x: torch.Tensor, logits: object, labels: torch.Tensor | None
+        self,
+        capture: AttentionCapture,
+        x: torch.Tensor,
+        logits: object,
+        labels: torch.Tensor | None,
+        described: tuple[tuple[str, ...], tuple[str | None, ...]],
     ) -> BatchMeasurement:
         """Reduce one batch's capture (scores, not maps) to sums, and its logits to top-k
-        counts when the batch has ``labels`` (nothing is added until ``add``)."""
+        counts when the batch has ``labels`` (nothing is added until ``add``); ``described``:
+        the images' names and labels as the source gives them (``StreamBatch``)."""
         self.follow_input_size(tuple(x.shape[-2:]))
         size = capture.hidden.shape[1]
         num_examples = min(self.examples_needed, size)
         # Once enough examples are kept, later batches add none (and launch nothing for them).
         keep_examples = num_examples > 0 or not self.example_images
-        example_images = example_cls = None
+        example_images = example_cls = example_facts = None
         if keep_examples:
             example_images = to_uint8_images(x[:num_examples], self.mean, self.std)
             example_cls = _cls_attention(capture.scores, num_examples, self.geometry, self.chunk)
+            example_facts = self._example_facts(logits, labels, size, num_examples, described)
         distances = self.token_distances(capture.hidden.device)
         batch = Batch(capture, self.geometry, self.settings, distances, self.chunk)
         sums = {name: value * size for metric in self._measured for name, value in metric.measure(batch).items()}
         correct = self._correct(logits, labels, size)
-        return BatchMeasurement(size, sums, capture.hidden.flatten(2), example_images, example_cls, correct)
+        return BatchMeasurement(
+            size, sums, capture.hidden.flatten(2), example_images, example_cls, example_facts, correct
+        )
+
+    def _example_facts(
+        self,
+        logits: object,
+        labels: torch.Tensor | None,
+        size: int,
+        count: int,
+        described: tuple[tuple[str, ...], tuple[str | None, ...]],
+    ) -> ExampleFacts:
+        """The first ``count`` images' names and labels, top-1 classes and whether they are right."""
+        names, label_names = (values[:count] for values in described)
+        if not self._class_logits(logits, size):
+            return ExampleFacts(names, label_names, None, None)
+        top1 = logits[:count].argmax(dim=1)
+        correct = None if labels is None else top1 == labels[:count].to(top1.device)
+        return ExampleFacts(names, label_names, top1, correct)
+
+    def _class_logits(self, logits: object, size: int) -> bool:
+        """Whether ``logits`` are one row of class scores per image of the model's classifier
+        (a model without a head returns features, whose largest entry names no class)."""
+        num_classes = getattr(self.model, "num_classes", None)
+        return (
+            isinstance(logits, torch.Tensor)
+            and logits.ndim == 2
+            and len(logits) == size
+            and logits.shape[1] >= 2
+            and num_classes != 0
+            and (not isinstance(num_classes, int) or logits.shape[1] == num_classes)
+        )
 
     def _correct(self, logits: object, labels: torch.Tensor | None, size: int) -> torch.Tensor | None:
         """The batch's top-k counts; None without labels or without (B, C) logits."""
@@ -166,6 +220,7 @@ class ModelStatistics:
             self.example_images.append(measurement.example_images)
             for kind, weights in measurement.example_cls.items():
                 self.example_cls[kind].append(weights)
+            self.example_facts.append(measurement.example_facts)
 
     def tally(self) -> ModelTally:
         """The sums, counts and examples on the host (the only device-to-host copy)."""
@@ -174,9 +229,23 @@ class ModelStatistics:
             examples["example_images"] = torch.cat(self.example_images).numpy()
             for kind, maps in self.example_cls.items():
                 examples[f"example_cls_{kind}"] = torch.cat(maps).cpu().numpy()
+            examples.update(self._described_examples())
         correct = {} if self.correct is None else dict(zip(self.ks, self.correct.tolist()))
         sums = {name: total.double().cpu().numpy() for name, total in self.sums.items()}
         return ModelTally(sums, correct, self.accuracy_problem, examples)
+
+    def _described_examples(self) -> dict[str, np.ndarray]:
+        """``example_images.example_arrays`` of every example kept (with predictions only when
+        every batch had class logits)."""
+        facts = self.example_facts
+        names = [name for batch in facts for name in batch.names]
+        labels = [label for batch in facts for label in batch.labels]
+        predicted = all(batch.top1 is not None for batch in facts)
+        top1 = torch.cat([batch.top1 for batch in facts]).cpu().numpy() if predicted else None
+        checked = predicted and all(batch.correct is not None for batch in facts)
+        correct = torch.cat([batch.correct for batch in facts]).cpu().numpy() if checked else None
+        known = model_class_names(self.model) if predicted and names else None
+        return example_arrays(names, labels, top1, correct, None if known is None else known[0])
 
     def parts(self, labels: str) -> ModelParts:
         """What the model's result needs besides the sums (``labels``: where its labels came from)."""
@@ -325,7 +394,8 @@ class StreamingAnalysis:
             with autocast:
                 logits = model(x.to(self.device, non_blocking=True))
             # One model's maps at a time: they are reduced before the next model runs.
-            measurements.append(statistics.measure(recorder.take(), x, logits, labels))
+            described = (parts.names, parts.label_names)
+            measurements.append(statistics.measure(recorder.take(), x, logits, labels, described))
         return measurements
 
     def _commit(self, measurements: list[BatchMeasurement]) -> None:

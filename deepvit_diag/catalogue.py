@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .capture import AttentionCapture
+from .example_images import DESCRIBED_ARRAYS
 from .figures import ablation as ablation_figures
 from .figures import head_mixing as head_mixing_figures
 from .figures import overlays as overlay_figures
@@ -544,6 +545,8 @@ METRICS: tuple[Metric, ...] = (
                 scope="example",
             ),
         ),
+        # Absent from results saved before the examples were described (``example_images``).
+        optional_arrays=DESCRIBED_ARRAYS,
     ),
 )
 

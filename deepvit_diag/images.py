@@ -163,7 +163,7 @@ class ImageSet:
         """A set of images already in memory, in any mode (handed out as RGB, as every set)."""
         return cls(
             f"{len(images)} PIL images",
-            [f"image {i}" for i in range(len(images))],
+            [f"image {i + 1}" for i in range(len(images))],
             [partial(to_rgb, image) for image in images],
         )
 
@@ -460,10 +460,16 @@ class StreamBatch:
         images: one (B, C, H, W) tensor per model.
         labels: one (B,) int64 tensor of class indices per model, or None for a model
             without labels.
+        names: each image's name: its file, its bundled-set entry, or "image N" (1-based
+            position in the source) for PIL images and tensors.
+        label_names: each image's label as the source names it (class folder, digit; the
+            class index of an (images, labels) batch), or None.
     """
 
     images: tuple[torch.Tensor, ...]
     labels: tuple[torch.Tensor | None, ...]
+    names: tuple[str, ...]
+    label_names: tuple[str | None, ...]
 
     def __len__(self) -> int:
         return len(self.images[0])
@@ -473,6 +479,8 @@ class StreamBatch:
         return StreamBatch(
             tuple(x[start:stop] for x in self.images),
             tuple(None if y is None else y[start:stop] for y in self.labels),
+            self.names[start:stop],
+            self.label_names[start:stop],
         )
 
 
@@ -511,6 +519,7 @@ class ImageStream:
         self.open_skipped = 0  # a shard's count of the files refused when the whole source was opened
         self.held = ""  # which images of the source a shard holds
         self.whole: dict[str, Any] = {}  # a shard's whole image list: description, total, fingerprint
+        self._first_position = 0  # of a shard's tensor images in the whole tensor, for their names
         self._classify(images)
         if shard is not None:
             self._cut(shard, settings.cka_chunk)
@@ -559,6 +568,7 @@ class ImageStream:
             self._label_tables = [None if table is None else table[start:stop] for table in self._label_tables]
         else:
             (item,) = self._tensors
+            self._first_position = start
             self._tensors = [
                 tuple(part[start:stop] for part in item) if _is_labelled_tensor(item) else item[start:stop]
             ]
@@ -608,6 +618,7 @@ class ImageStream:
 
     def _tensor_batches(self) -> Iterator[StreamBatch]:
         warned = False
+        position = self._first_position
         for item in self._tensors:
             item = _unpacked(item)
             x = _batch_tensor(item)
@@ -622,7 +633,10 @@ class ImageStream:
             labels = self._batch_labels(item, len(x))
             for model in self.models:
                 check_input_size(model, x)
-            whole = StreamBatch((x,) * len(self.models), (labels,) * len(self.models))
+            names = tuple(f"image {position + index + 1}" for index in range(len(x)))
+            position += len(x)
+            label_names = (None,) * len(x) if labels is None else tuple(map(str, labels.cpu().tolist()))
+            whole = StreamBatch((x,) * len(self.models), (labels,) * len(self.models), names, label_names)
             for start in range(0, len(x), self.batch_size):
                 yield whole.part(start, start + self.batch_size)
 
@@ -653,7 +667,13 @@ class ImageStream:
         for indices, tensors in batches:
             by_config = dict(zip(transforms, tensors))
             labels = tuple(None if table is None else table[indices] for table in self._label_tables)
-            yield StreamBatch(tuple(by_config[config] for config in configs), labels)
+            positions, label_names = indices.tolist(), self._image_set.labels
+            yield StreamBatch(
+                tuple(by_config[config] for config in configs),
+                labels,
+                tuple(self._image_set.names[index] for index in positions),
+                tuple(None if label_names is None else label_names[index] for index in positions),
+            )
 
 
 def _is_labelled_tensor(item: object) -> bool:

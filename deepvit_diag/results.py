@@ -35,6 +35,8 @@ E examples, grid gh x gw):
                                                     ``theta_pre_softmax_bias`` (R, H)
 ``example_images``          (E, height, width, 3)   uint8 images at model resolution
 ``example_cls_pre/_post``   (E, L, H, gh, gw)       CLS-token attention to every patch
+``example_names`` ...       (E,)                    each example's name, label and the model's
+                                                    prediction (``deepvit_diag.example_images``)
 ==========================  ======================  ===========================================
 """
 
@@ -51,6 +53,7 @@ import torch
 
 from .catalogue import NEAR_UNIFORM_CUTOFF, REGIMES_AND_GRID, metric_named, required_arrays
 from .errors import DiagError
+from .example_images import ExampleImage, describe_examples
 from .figures.style import model_label
 from .formats import ARRAYS_FILE, jsonable, package_versions, read_folder, rebuild, write_folder, written_by_us
 from .introspection import Geometry
@@ -305,6 +308,11 @@ class AnalysisResult:
     def head_mixing(self) -> dict[int, HeadMixing]:
         """How every head-mixing block mixes its heads: Θ or `proj_w` with bias, Norm and distances."""
         return head_mixing_from_arrays(self.arrays)
+
+    def examples(self) -> list[ExampleImage]:
+        """The example images (``example_images``, in order) with their names, labels and this
+        model's top-1 predictions (``deepvit_diag.example_images``)."""
+        return describe_examples(self.arrays)
 
     def plot(self, name: str = "ratio", *, label: str | None = None, example: int = 0, **options: Any) -> go.Figure:
         """A Plotly figure of this analysis, which a notebook renders.

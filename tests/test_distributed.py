@@ -54,13 +54,17 @@ def write_image_folder(root: Path) -> Path:
 
 
 def assert_same_result(got: AnalysisResult, want: AnalysisResult) -> None:
-    """Every array within 1e-6 of the array's largest value; counts and accuracy equal."""
+    """Every array within 1e-6 of the array's largest value (text arrays, the examples' names,
+    labels and predictions, equal); counts and accuracy equal."""
     assert got.num_images == want.num_images and got.accuracy == want.accuracy
     assert got.images["count"] == want.images["count"] and got.images["skipped"] == want.images["skipped"]
     assert set(got.arrays) == set(want.arrays)
     for name, expected in want.arrays.items():
         actual = got.arrays[name]
         assert actual.shape == expected.shape, name
+        if expected.dtype.kind == "U":
+            np.testing.assert_array_equal(actual, expected, err_msg=name)
+            continue
         scale = float(np.nanmax(np.abs(expected))) if expected.size and np.isfinite(expected).any() else 1.0
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6 * scale, err_msg=name)
 

@@ -18,10 +18,19 @@ from ..compute import Analysis
 BLOCKS_FROM_ONE = "Blocks and heads are numbered from 1, as in the paper."
 
 
-def show_figure(fig: go.Figure, key: str) -> None:
+def show_figure(fig: go.Figure, key: str, on_select: Callable[[], None] | None = None) -> None:
     """The library's own styling (``theme=None``), so the app's figures look like the report's.
-    A figure that sets its own width (square attention panels) keeps it; others fill the column."""
-    st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key, width="content" if fig.layout.width else "stretch")
+    A figure that sets its own width (square attention panels) keeps it; others fill the column.
+    ``on_select`` is called when a click selects a point (it reads ``st.session_state[key]``)."""
+    st.plotly_chart(
+        fig,
+        theme=None,
+        config=PLOTLY_CONFIG,
+        key=key,
+        width="content" if fig.layout.width else "stretch",
+        on_select=on_select or "ignore",
+        selection_mode="points",
+    )
 
 
 def show_drawn(drawn: list[drawing.DrawnFigure]) -> None:
