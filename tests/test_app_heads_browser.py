@@ -1,6 +1,6 @@
 """The Heads view in headless Chromium: a click on a patch of an attention map makes it the
 query (the typed row and column follow), and the picker and maps read well at a laptop's
-1100 px and at 1500 px (screenshots in /tmp/deepvit_diag_app_screens/<case>/)."""
+1100 px and at 1500 px (screenshots in /tmp/deepvit_diag_screens/app/<case>/)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from layout_checks import assert_readable, layout_problems
 from test_app_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     RENDER_TIMEOUT_MS,
-    _assert_no_exception_box,
+    SCREENSHOTS,
+    _exception_boxes,
     _open_view,
-    _screenshot,
     _wait_for_run,
     served_app,
 )
@@ -31,7 +32,7 @@ def _open_heads(page, url: str) -> None:
     _wait_for_run(page)
     _open_view(page, "Heads")
     page.locator(".st-key-heads_pre_a .js-plotly-plot .main-svg").first.wait_for(timeout=RENDER_TIMEOUT_MS)
-    _assert_no_exception_box(page)
+    assert _exception_boxes(page) == []
 
 
 def _typed(page, key: str) -> str:
@@ -59,40 +60,6 @@ def _click_patch(page, chart_key: str, row: int, column: int, grid: tuple[int, i
     page.mouse.click(x, y)
 
 
-def _overlapping(page, selector: str) -> list[str]:
-    """Pairs of elements matching ``selector`` whose boxes overlap, and elements whose text is cut."""
-    return page.evaluate(
-        """(selector) => {
-            const found = [];
-            const elements = [...document.querySelectorAll(selector)].filter((e) => e.offsetParent !== null);
-            const boxes = elements.map((e) => e.getBoundingClientRect());
-            for (let i = 0; i < boxes.length; i++) {
-                const element = elements[i];
-                if (element.scrollWidth > element.clientWidth + 1) found.push('cut: ' + element.innerText);
-                for (let j = i + 1; j < boxes.length; j++) {
-                    const a = boxes[i], b = boxes[j];
-                    if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) {
-                        found.push(elements[i].innerText + ' overlaps ' + elements[j].innerText);
-                    }
-                }
-            }
-            return found;
-        }""",
-        selector,
-    )
-
-
-def _cut_titles(page) -> list[str]:
-    """Titles of the query maps that reach past their figure's right edge."""
-    return page.evaluate(
-        """() => [...document.querySelectorAll('[class*="st-key-heads_p"] .js-plotly-plot')].flatMap((plot) => {
-            const title = plot.querySelector('.gtitle');
-            const right = plot.getBoundingClientRect().right;
-            return title && title.getBoundingClientRect().right > right + 1 ? [title.textContent] : [];
-        })"""
-    )
-
-
 @contextmanager
 def _chromium_page(width: int) -> Iterator:
     """A Chromium page ``width`` px wide; fails on leaving if the page raised a JavaScript error."""
@@ -110,8 +77,8 @@ def _chromium_page(width: int) -> Iterator:
     assert not page_errors, page_errors
 
 
-def test_a_click_on_a_patch_makes_it_the_query(served_app, tmp_path):
-    url, case = served_app
+def test_a_click_on_a_patch_makes_it_the_query(served_app):
+    url, case, _ = served_app
     with _chromium_page(WIDTHS[0]) as page:
         _open_heads(page, url)
         grid = tuple(
@@ -128,7 +95,7 @@ def test_a_click_on_a_patch_makes_it_the_query(served_app, tmp_path):
             timeout=RENDER_TIMEOUT_MS,
         )
         _wait_for_run(page)
-        _assert_no_exception_box(page)
+        assert _exception_boxes(page) == []
         assert page.get_by_role("radio", name="a patch").is_checked()
         title = f"patch ({target[0] + 1}, {target[1] + 1})"
         assert page.locator(".st-key-heads_pre_a .gtitle").first.text_content().endswith(f"{title}, pre-Θ (softmax)")
@@ -146,10 +113,11 @@ def test_a_click_on_a_patch_makes_it_the_query(served_app, tmp_path):
         )
         assert _typed(page, "heads_row") == "1"
 
+        seen = {}
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 2000})
             page.wait_for_timeout(800)
-            _screenshot(page, f"heads_{width}.png", tmp_path, case)
-            picker = '[data-testid="stCaptionContainer"], .st-key-heads_image_0 button, .st-key-heads_image_1 button'
-            assert _overlapping(page, picker) == [], width
-            assert _cut_titles(page) == [], width
+            (SCREENSHOTS / case).mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / case / f"heads_clicked_{width}.png"), full_page=True)
+            seen[f"Heads after clicks at {width} px"] = layout_problems(page)
+        assert_readable(seen)

@@ -499,7 +499,11 @@ def test_robustness_grid_has_one_panel_per_k_and_model(comparison) -> None:
     assert len(settings.grid_ks) == 3 and f"k = {settings.k}" in drawn.caption
     assert len(drawn.figure.data) == 2 * len(settings.grid_ks)
     titles = [annotation.text for annotation in drawn.figure.layout.annotations]
-    assert titles[:3] == [f"{LABELS[0]}, k = {k}" + (" (chosen)" if k == settings.k else "") for k in settings.grid_ks]
+    assert titles[:3] == [f"k = {k}" + (" (chosen)" if k == settings.k else "") for k in settings.grid_ks]
+    # Each row names its model on the left (in the panel titles the names ran into each other).
+    assert [drawn.figure.layout[f"yaxis{row * 3 + 1 if row else ''}"].title.text for row in range(2)] == [
+        f"{label}<br>rho" for label in LABELS
+    ]
     for row, result in enumerate(results.values()):
         grid = result.robustness()
         for column, k in enumerate(settings.grid_ks):

@@ -327,7 +327,7 @@ def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
     labels = list(results)
     columns = max(len(result.settings.grid_ks) for result in results.values())
     titles = [
-        _grid_panel_title(label, results[label].settings, k, len(labels) > 1)
+        _grid_panel_title(results[label].settings, k)
         for label in labels
         for k in _padded(results[label].settings.grid_ks, columns)
     ]
@@ -358,7 +358,9 @@ def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
                 col=column,
             )
             fig.update_xaxes(title="tau" if row == len(labels) else None, type="category", row=row, col=column)
-            fig.update_yaxes(title="rho" if column == 1 else None, type="category", row=row, col=column)
+            # The model names its row on the left: in the panel titles three of them ran into each other.
+            row_title = f"{label}<br>rho" if len(labels) > 1 else "rho"
+            fig.update_yaxes(title=row_title if column == 1 else None, type="category", row=row, col=column)
     fig.update_layout(coloraxis={**sequential_scale(largest), "colorbar": {"title": {"text": "similar<br>blocks"}}})
     colour_bars_right(fig, ["coloraxis"])
     kind = map_kind(results[labels[0]], maps)
@@ -374,8 +376,7 @@ def _padded(ks: tuple[int, ...], columns: int) -> list[int | None]:
     return [*ks, *([None] * (columns - len(ks)))]
 
 
-def _grid_panel_title(label: str, settings: Settings, k: int | None, named: bool) -> str:
+def _grid_panel_title(settings: Settings, k: int | None) -> str:
     if k is None:
         return ""
-    text = f"k = {k}" + (" (chosen)" if k == settings.k else "")
-    return f"{label}, {text}" if named else text
+    return f"k = {k}" + (" (chosen)" if k == settings.k else "")
