@@ -146,3 +146,14 @@ def test_every_clickable_point_lies_in_the_patch_clicked_patch_names(grid, size)
             assert row * cell_h - 0.5 < y < (row + 1) * cell_h - 0.5  # the image spans [-0.5, size - 0.5]
             assert column * cell_w - 0.5 < x < (column + 1) * cell_w - 0.5
             assert (data[0], data[1]) == (row + 1, column + 1) and data[2] == pytest.approx(maps[head, row, column])
+
+
+def test_a_plain_vit_gets_its_maps_without_theta_words(heads_app):
+    """A (a plain ViT) has one kind of map: titled as attention, with no note about Re-attention;
+    B (a DeepViT) keeps its pre- and post-Θ maps."""
+    import json
+
+    titles = [json.loads(spec)["layout"]["title"]["text"] for spec in _map_specs(heads_app)]
+    assert titles[0].endswith("attention (softmax)") and "Θ" not in titles[0]
+    assert titles[1].endswith("pre-Θ (softmax)") and titles[2].endswith("post-Θ")
+    assert not [info.value for info in heads_app.info if "Re-attention" in info.value or "mixes no heads" in info.value]

@@ -98,7 +98,7 @@ def test_a_click_on_a_patch_makes_it_the_query(served_app):
         assert _exception_boxes(page) == []
         assert page.get_by_role("radio", name="a patch").is_checked()
         title = f"patch ({target[0] + 1}, {target[1] + 1})"
-        assert page.locator(".st-key-heads_pre_a .gtitle").first.text_content().endswith(f"{title}, pre-Θ (softmax)")
+        assert page.locator(".st-key-heads_pre_b .gtitle").first.text_content().endswith(f"{title}, pre-Θ (softmax)")
         # The typed inputs still drive the query, and a click after typing still wins.
         page.locator(".st-key-heads_column input").fill("2")
         page.keyboard.press("Enter")

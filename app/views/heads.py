@@ -65,11 +65,16 @@ def render(analysis: Analysis) -> None:
         _model_maps(
             label, result, block, image, queried[side], query, pre_colours, post_colours, side, _common_grid(analysis)
         )
+    mixing = any(result.geometry.mixing_blocks for result in results.values())
     st.caption(
         "The query's weight on every patch, drawn over the image as the model saw it (colour: weight). "
         "Click a patch of any map to make it the query. "
-        "Pre-Θ: the softmax maps; post-Θ: what multiplies V after Θ, the Norm and scaling (can be negative). "
-        "Each kind has one colour scale for A and B."
+        + (
+            "Pre-Θ: the softmax maps; post-Θ: what multiplies V after Θ, the Norm and scaling (can be negative). "
+            "Each kind has one colour scale for A and B."
+            if mixing
+            else "One colour scale for A and B."
+        )
     )
 
 
@@ -188,12 +193,14 @@ def _model_maps(
     query_name = "CLS" if query is None else f"patch ({query[0] + 1}, {query[1] + 1})"
     # The model's name above its maps, where it wraps: in a Plotly title a long name is cut at 1100 px.
     st.markdown(f"**{markdown_text(label)}**")
+    # A model without head mixing has one kind of map: no Θ words for it.
+    mixes = bool(result.geometry.mixing_blocks)
     left, right = st.columns(2, gap="medium")
     with left:
         fig = charts.query_attention(
             pixels,
             maps["pre"],
-            f"{query_name}, pre-Θ (softmax)",
+            f"{query_name}, pre-Θ (softmax)" if mixes else f"{query_name}, attention (softmax)",
             pre_colours,
             "softmax<br>weight",
             query,
@@ -210,9 +217,9 @@ def _model_maps(
                 query,
             )
             _show_clickable(fig, f"heads_post_{side}", result, analysis_grid)
-        else:
+        elif mixes:
             st.info(
-                f"Block {block} of {markdown_text(label)} has no Re-attention: "
+                f"Block {block} of {markdown_text(label)} mixes no heads: "
                 "the maps that multiply V are the softmax maps on the left."
             )
 
