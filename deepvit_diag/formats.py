@@ -82,17 +82,23 @@ def written_by_us(path: Path, documents: Mapping[str, tuple[str, ...]], archives
     return isinstance(document, dict) and document.get("format") in documents[path.name]
 
 
-def read_document(path: Path, expected_format: str, missing: str) -> dict[str, Any]:
-    """The JSON document at ``path``, which must name ``expected_format``; ``missing`` is what
-    to say when it cannot be read (e.g. "is not a saved deepvit-diag result")."""
+def read_json(path: Path, missing: str) -> Any:
+    """The JSON value in ``path``, refused in one ``DiagError`` line when it cannot be read, is not
+    JSON or nests too deep to parse; ``missing`` is what to say of the folder when it cannot be
+    read (e.g. "is not a saved deepvit-diag result")."""
     try:
         text = path.read_text(encoding="utf-8")
         check_depth(text, str(path))
-        document = json.loads(text)
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DiagError(f"{path} is not valid JSON: {err}") from None
     except OSError as err:
         raise DiagError(f"{path.parent} {missing} (no readable {path.name}: {err.strerror or err})") from None
+
+
+def read_document(path: Path, expected_format: str, missing: str) -> dict[str, Any]:
+    """The JSON document at ``path``, which must name ``expected_format``; ``missing`` as for ``read_json``."""
+    document = read_json(path, missing)
     if not isinstance(document, dict) or document.get("format") != expected_format:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise DiagError(f"{path} holds a {found!r} document, expected {expected_format!r}")

@@ -18,7 +18,6 @@ marker (``manifest.check_unit``), so a zip whose files were edited or mixed is r
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import stat
 import tempfile
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import archives
 from .errors import DiagError
+from .formats import read_json
 from .manifest import MARKER, check_unit, read_marker, write_marker
 
 if TYPE_CHECKING:
@@ -55,14 +55,11 @@ def saved_kind(folder: str | Path) -> str:
         raise DiagError(f"{folder} is not a folder")
     if (folder / SWEEP_FILE).is_file():
         return "sweep"
-    try:
-        document = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
-    except OSError:
-        raise DiagError(
-            f"{folder} is not a saved deepvit-diag output: it has neither {RESULT_FILE} nor {SWEEP_FILE}"
-        ) from None
-    except ValueError as err:
-        raise DiagError(f"{folder / RESULT_FILE} is not valid JSON: {err}") from None
+    missing = f"is not a saved deepvit-diag output: it has neither {RESULT_FILE} nor {SWEEP_FILE}"
+    if not (folder / RESULT_FILE).is_file():
+        raise DiagError(f"{folder} {missing}")
+    # The reader every document goes through: a result.json nested too deep to parse is refused in one line.
+    document = read_json(folder / RESULT_FILE, missing)
     kind = document.get("format") if isinstance(document, dict) else None
     kinds = {"deepvit-diag analysis": "analysis", "deepvit-diag comparison": "comparison"}
     if kind not in kinds:

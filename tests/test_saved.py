@@ -176,3 +176,10 @@ def test_a_zip_that_would_expand_beyond_the_limit_is_refused_before_extracting(s
     many.write_bytes(_zip({f"{index}.json": b"{}" for index in range(40)}))
     with pytest.raises(DiagError, match="40 entries, more than"):
         extract_saved(many, tmp_path / "opened")
+
+
+def test_a_result_json_nested_too_deep_is_refused_in_one_line(tmp_path):
+    """Read like every other document: JSON deeper than the parser's stack is refused, not a RecursionError."""
+    (tmp_path / "result.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DiagError, match="nested 100000 levels deep"):
+        saved_kind(tmp_path)
