@@ -19,6 +19,7 @@ from deepvit_diag import Settings
 from deepvit_diag.checkpoints import list_models
 from deepvit_diag.escaping import markdown_text
 from deepvit_diag.images import BUNDLED_SETS
+from deepvit_diag.settings import METRIC_PARAMETERS
 
 from .compute import AnalysisRequest
 from .config import AppDefaults
@@ -277,7 +278,7 @@ def _setting_inputs() -> dict:
     """k, tau, rho, attention vectors, map kind and device: one widget per ``Settings``
     field, with the field's label, help, allowed values and default."""
     values = {}
-    for name in ("k", "tau", "rho", "axis", "maps"):
+    for name in METRIC_PARAMETERS:
         meta, default = _FIELDS[name].metadata, _FIELDS[name].default
         label = meta["label"][:1].upper() + meta["label"][1:]
         if meta["minimum"] is not None:

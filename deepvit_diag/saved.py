@@ -31,6 +31,7 @@ from . import archives
 from .errors import DiagError
 from .formats import read_json
 from .manifest import MARKER, check_unit, read_marker, write_marker
+from .settings import METRIC_PARAMETERS
 
 if TYPE_CHECKING:
     from .results import AnalysisResult, ComparisonResult
@@ -124,7 +125,7 @@ def made_with(
     if source not in described:
         return f"it analysed {described.split(':')[0]}, not {images}"
     saved = result.a.settings
-    for name in ("k", "tau", "rho", "axis", "maps"):
+    for name in METRIC_PARAMETERS:
         if getattr(saved, name) != getattr(settings, name):
             return f"it was made with {name} = {getattr(saved, name)}, not {getattr(settings, name)}"
     if settings.num_images is not None and result.a.num_images != settings.num_images:

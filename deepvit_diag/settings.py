@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 ENTROPY_LEVELS = (0.8, 0.9)
 # "pre": the softmax maps; "post": what multiplies V (after Theta in Re-attention blocks).
 MAP_KINDS = ("pre", "post")
+# The parameters of the metrics themselves (the other settings say how the work is done): the
+# same models and images analysed with the same values give the same numbers.
+METRIC_PARAMETERS = ("k", "tau", "rho", "axis", "maps")
 
 
 def _parameter(

@@ -11,7 +11,7 @@ import torch
 
 from deepvit_diag.cli import add_settings_options, settings_from
 from deepvit_diag.errors import DiagError
-from deepvit_diag.settings import Settings
+from deepvit_diag.settings import METRIC_PARAMETERS, Settings
 
 
 @pytest.mark.parametrize(
@@ -98,3 +98,8 @@ def test_memory_budget_is_a_positive_number_of_mib_or_none():
     assert Settings(memory_budget=512).memory_budget == 512 and Settings().memory_budget is None
     with pytest.raises(DiagError, match="memory_budget must be an integer >= 1"):
         Settings(memory_budget=0)
+
+
+def test_metric_parameters_are_the_first_fields_of_settings():
+    """The parameters a saved result is matched on and the app's sidebar offers are Settings fields."""
+    assert [spec.name for spec in fields(Settings)][: len(METRIC_PARAMETERS)] == list(METRIC_PARAMETERS)
