@@ -72,7 +72,7 @@ from torch import nn
 import deepvit_diag  # noqa: F401  (registers the presets with timm)
 from deepvit_diag.analysis import analyze
 from deepvit_diag.capture import extract_attention
-from deepvit_diag.device import resolve_device
+from deepvit_diag.device import keep_host_allocations, resolve_device
 from deepvit_diag.introspection import attention_module, transformer_blocks
 from deepvit_diag.metrics import (
     MinibatchCKA,
@@ -444,6 +444,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        # What analyze sets on its first batch, set before any mode runs, so that every mode's
+        # every repeat runs with the same host allocator (``keep_host_allocations``).
+        keep_host_allocations()
     chosen = settings(args)
     dtype = chosen["dtype"]
     model = build(chosen["model"], chosen["overrides"], device)

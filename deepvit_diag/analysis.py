@@ -38,6 +38,7 @@ from .budget import MIB, ModelShape, available_bytes, plan
 from .capture import AttentionCapture, AttentionRecorder, eval_mode
 from .catalogue import Batch
 from .choices import DTYPE_NAMES
+from .device import keep_host_allocations
 from .distributed import Shard, gather, is_reporting_process, local_device, process_group_shard, weights_sha256
 from .errors import DiagError
 from .example_images import example_arrays
@@ -325,6 +326,8 @@ class StreamingAnalysis:
         self.planned = False
 
     def run(self, stream: ImageStream, progress: ProgressOption) -> None:
+        if self.device.type == "cpu":
+            keep_host_allocations()
         with ExitStack() as stack:
             recorders = []
             for model in self.models:
