@@ -3,8 +3,7 @@ over, the capture keeps it, and ``metrics.score_statistics`` rebuilds the maps f
 chunk at a time (docs/metrics.md, maps in chunks).
 
 Head mixing acts on each (query, key) element across heads (Re-attention's Θ, Norm and
-scale; CaiT's ``proj_l`` and ``proj_w``), so it applies to a tile of the maps as to the whole,
-in either layout (queries by keys, or keys by queries).
+scale; CaiT's ``proj_l`` and ``proj_w``), so it applies to a tile of the maps as to the whole.
 """
 
 from __future__ import annotations
@@ -40,16 +39,11 @@ class AttentionScores:
     mix_logits: Callable[[torch.Tensor], torch.Tensor] | None = None
     mix_maps: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def logits(self, rows: slice = ALL, cols: slice = ALL, transposed: bool = False) -> torch.Tensor:
-        """(B, H, r, c) logits of queries ``rows`` on keys ``cols``, in the dtype of q and k; with
-        ``transposed``, (B, H, c, r): the same numbers keys first, computed in that layout."""
-        if transposed:
-            logits = self.k[:, :, cols] @ self.q[:, :, rows].transpose(-2, -1)
-        else:
-            logits = self.q[:, :, rows] @ self.k[:, :, cols].transpose(-2, -1)
+    def logits(self, rows: slice = ALL, cols: slice = ALL) -> torch.Tensor:
+        """(B, H, r, c) logits of queries ``rows`` on keys ``cols``, in the dtype of q and k."""
+        logits = self.q[:, :, rows] @ self.k[:, :, cols].transpose(-2, -1)
         for bias in self.biases:
-            tile = bias[..., rows, cols]
-            logits += tile.transpose(-2, -1) if transposed else tile
+            logits += bias[..., rows, cols]
         return logits if self.mix_logits is None else self.mix_logits(logits)
 
     def pre(self) -> torch.Tensor:

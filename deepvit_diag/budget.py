@@ -15,8 +15,10 @@ blocks, H heads, T tokens and width D (float32):
   ``r * H * (T * (kinds * L + 3) + L^2)`` (``metrics.scores.chunk_for_budget``).
 
 Everything but the maps grows linearly in T. The batch takes at most half the budget for
-the linear part, so the other half leaves room for chunks; on the CPU the chunk is also kept
-under ``CPU_TILE_BYTES``, where a smaller working set runs faster than one pass over all T.
+the linear part, so the other half leaves room for chunks. On the CPU a chunk also has at
+most ``CPU_CHUNK_ROWS`` rows and ``CPU_TILE_BYTES`` of maps: chunks of 64-128 rows ran as
+fast as one pass over all T, or faster (benchmarks/RESULTS.md), and a fixed number of rows
+keeps the maps' memory linear in T as well.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from .introspection import Geometry
 from .metrics.scores import accumulator_floats, chunk_for_budget
 
 MIB = 2**20
-# Maps of one chunk on the CPU: beyond this a chunk no longer runs faster (benchmarks/RESULTS.md).
-CPU_TILE_BYTES = 64 * MIB
+# One chunk on the CPU: more rows or bytes no longer ran faster (benchmarks/RESULTS.md).
+CPU_CHUNK_ROWS = 128
+CPU_TILE_BYTES = 128 * MIB
 _FLOAT = 4
 
 
@@ -98,4 +101,6 @@ def plan(shapes: list[ModelShape], budget_bytes: int, requested_batch: int, devi
         )
         for shape in shapes
     )
+    if device.type == "cpu":
+        chunks = tuple(min(chunk, CPU_CHUNK_ROWS) for chunk in chunks)
     return Plan(batch, chunks)

@@ -31,10 +31,14 @@ def test_requested_batch_is_a_ceiling_and_a_tiny_budget_still_runs():
     assert budget.plan([shape()], 1, 8, CUDA) == budget.Plan(1, (1,))
 
 
-def test_cpu_chunks_stay_under_the_tile_size():
-    made = budget.plan([shape(grid=37)], 10**12, 2, CPU)
-    per_row = 4 * 2 * 6 * (1370 * (12 + 3) + 12 * 12)
-    assert made.chunks[0] == budget.CPU_TILE_BYTES // per_row
+def test_cpu_chunks_stay_under_the_tile_size_and_the_row_count():
+    deep = budget.plan([shape(grid=37, blocks=48)], 10**12, 2, CPU)
+    per_row = 4 * 2 * 6 * (1370 * (48 + 3) + 48 * 48)
+    assert deep.chunks[0] == budget.CPU_TILE_BYTES // per_row < budget.CPU_CHUNK_ROWS
+    assert budget.plan([shape(grid=37)], 10**12, 2, CPU).chunks == (budget.CPU_CHUNK_ROWS,)
+    assert budget.plan([shape(grid=8)], 10**12, 2, CPU).chunks == (65,)
+    # On CUDA the budget alone decides.
+    assert budget.plan([shape(grid=37)], 10**12, 2, CUDA).chunks == (1370,)
 
 
 def test_cost_per_image_besides_the_maps_is_linear_in_the_tokens_for_fixed_heads_and_width():

@@ -118,18 +118,17 @@ def score_statistics(
             kind: flat[:size].view(num_blocks, num_heads, batch, *sums.tile_shape(rows)).transpose(1, 2)
             for kind, flat in storage.items()
         }
-        tile_distances = sums.tile(distances[rows]).reshape(-1)
+        row_distances = distances[rows].reshape(-1)
         for index, block in enumerate(blocks):
-            logits = block.logits(rows, transposed=sums.columns)
-            log_pre = logits.log_softmax(dim=sums.key_dim)
-            pre = torch.exp(log_pre, out=stacks["pre"][index])
-            # Heads first, as the stack holds them (a view; the (B, H) order would copy the tile).
-            sums.distance[index] += (pre.transpose(0, 1).reshape(num_heads, batch, -1) @ tile_distances).sum(dim=1)
-            sums.entropy[index] += torch.mul(pre, log_pre, out=log_pre).sum(dim=(0, 2, 3))
-            if "post" in stacks:
-                stacks["post"][index] = block.post(pre)
+            # Queries by keys, whatever the axis: the softmax and every per-row sum then run
+            # along contiguous memory (along the keys of a keys-by-queries tile they ran 3x slower).
+            log_pre = block.logits(rows).log_softmax(dim=-1)
+            pre = log_pre.exp()
+            sums.distance[index] += (pre.view(batch, num_heads, -1) @ row_distances).sum(dim=0)
+            sums.entropy[index] += log_pre.mul_(pre).sum(dim=(0, 2, 3))
+            maps = {"pre": pre, "post": block.post(pre)} if "post" in stacks else {"pre": pre}
             for kind, stack in stacks.items():
-                sums.add_rows(kind, index, stack[index], log_pre)
+                sums.add_rows(kind, index, maps[kind], stack[index])
         for kind, stack in stacks.items():
             sums.add_layers(kind, stack.transpose(1, 2), rows)
     return sums.results(k, tau, grid_ks, grid_taus, num_patches)
@@ -138,9 +137,11 @@ def score_statistics(
 class _Sums:
     """``score_statistics``'s running sums, and how a chunk of query rows adds to them.
 
-    A tile is one block's maps of a chunk of query rows, (B, H, V, E): vector v of the
-    metric's axis along V, its elements in this chunk along E (columns: keys by queries;
-    rows: queries by keys). The tiles of a chunk lie in one (L, H, B, V, E) stack, so that
+    Each block's maps of a chunk are computed queries by keys, (B, H, r, T), where the softmax
+    and the per-row sums (entropy, distance, uniformity) run along contiguous memory, and then
+    copied into a tile (B, H, V, E): vector v of the metric's axis along V, its elements in
+    this chunk along E (columns: keys by queries, a transposed copy; rows: queries by keys).
+    The tiles of a chunk lie in one (L, H, B, V, E) stack, so that
     both kinds of Gram matrix are one batched product over strided views, without copies:
     across blocks, an (L, E) matrix per (head, image, vector); across heads, an (H, E) matrix
     per (image, vector). Column vectors are complete after the last chunk, so their Gram
@@ -150,7 +151,6 @@ class _Sums:
 
     def __init__(self, kinds, num_blocks, batch, num_heads, num_tokens, largest_k, columns, device):
         self.columns = columns
-        self.key_dim = -2 if columns else -1
         self.shape = (num_blocks, num_heads, batch, num_tokens)
         zeros = dict(device=device)
         self.entropy = torch.zeros(num_blocks, num_heads, **zeros)
@@ -175,19 +175,15 @@ class _Sums:
         num_tokens = self.shape[-1]
         return (num_tokens, width) if self.columns else (width, num_tokens)
 
-    def tile(self, rows_by_keys: torch.Tensor) -> torch.Tensor:
-        """A (..., r, T) array of query rows by keys in the tiles' (V, E) layout."""
-        return rows_by_keys.transpose(-1, -2) if self.columns else rows_by_keys
-
-    def add_rows(self, kind: str, index: int, tile: torch.Tensor, scratch: torch.Tensor) -> None:
-        """Add block ``index``'s tile (B, H, V, E) of ``kind`` (a view of its stack) to what needs only
-        whole query rows (the uniformity) and to its Gram products across heads (``scratch``: a
-        contiguous (B, H, V, E) tensor to overwrite)."""
+    def add_rows(self, kind: str, index: int, maps: torch.Tensor, tile: torch.Tensor) -> None:
+        """Add block ``index``'s maps of ``kind`` for a chunk of query rows, (B, H, r, T) queries by
+        keys, to what needs only whole query rows (the uniformity), copy them into their tile
+        (B, H, V, E) (a view of the stack) and add the tile's Gram products across heads."""
         batch, num_heads, vectors, elements = tile.shape
-        sums = tile.sum(dim=self.key_dim)
-        squares = torch.mul(tile, tile, out=scratch).sum(dim=self.key_dim)
-        cos_squared = sums.square_().div_(squares.clamp_min_(COSINE_EPS**2).mul_(self.shape[-1]))
+        squares = torch.linalg.vector_norm(maps, dim=-1).square_().clamp_min_(COSINE_EPS**2)
+        cos_squared = maps.sum(dim=-1).square_().div_(squares.mul_(self.shape[-1]))
         self.uniformity[kind][index] += cos_squared.sum(dim=(0, 2))
+        tile.copy_(maps.transpose(-1, -2) if self.columns else maps)
         # (B * V, H, E): the heads' parts of each vector, E floats apart in the stack.
         per_vector = tile.permute(0, 2, 1, 3).reshape(batch * vectors, num_heads, elements)
         if self.columns:
