@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .capture import AttentionCapture
-from .example_images import DESCRIBED_ARRAYS
+from .example_images import DESCRIBED_ARRAYS, describe_examples
 from .figures import ablation as ablation_figures
 from .figures import head_mixing as head_mixing_figures
 from .figures import overlays as overlay_figures
@@ -296,8 +296,9 @@ def _cls_attention_caption(
 ) -> str:
     """The overlay's caption: its scale, and the pre-/post-Θ rows only for a model that mixes heads."""
     (result,) = results.values()
+    example = describe_examples(result.arrays)[fields["example"] - 1]
     caption = (
-        f"{fields['label']}, example image {fields['example']}: how much the CLS token attends to each patch, per "
+        f"{fields['label']}, {example.short_name}: how much the CLS token attends to each patch, per "
         "head, drawn over the image as the model saw it; the softmax weights from black (0) to bright yellow."
     )
     if result.geometry.mixing_blocks:
@@ -406,16 +407,17 @@ METRICS: tuple[Metric, ...] = (
             Figure(
                 head_mixing_figures.theta_heatmaps,
                 "Re-attention matrices Θ",
-                "{label}: the learned head-mixing matrix of each Re-attention block. The identity (a red diagonal) "
+                "{label}: the learned head-mixing matrix of each block that mixes heads (Re-attention's Θ; in CaiT the "
+                "talking-heads matrix after the softmax). The identity (a red diagonal) "
                 "would mean no mixing; hover a cell for the block's distance from identity and from a permutation.",
                 scope="model",
             ),
             Figure(
                 head_mixing_figures.theta_distances,
                 "Re-attention matrices Θ",
-                "Distance of each block's Θ (columns scaled to unit maximum) from the identity and from the nearest "
-                "signed permutation, relative to the identity's norm: 0 means heads pass through unchanged "
-                "(resp. only reordered).",
+                "Distance of each block's head-mixing matrix (columns scaled to unit maximum) from the identity and "
+                "from the nearest signed permutation, relative to the identity's norm: 0 means heads pass through "
+                "unchanged (resp. only reordered).",
             ),
             Figure(
                 head_mixing_figures.norm_gains,

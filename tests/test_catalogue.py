@@ -17,6 +17,7 @@ from deepvit_diag.analysis import analyze, compare, run
 from deepvit_diag.capture import AttentionRecorder, extract_attention
 from deepvit_diag.catalogue import METRICS, SECTIONS, Batch
 from deepvit_diag.errors import DiagError
+from deepvit_diag.example_images import describe_examples
 from deepvit_diag.figures import drawing
 from deepvit_diag.figures import similarity as similarity_figures
 from deepvit_diag.figures.registry import FIGURE_FUNCTIONS
@@ -118,7 +119,9 @@ def test_captions_fill_in_the_settings_and_labels(comparison):
     assert drawing.draw(catalogue.figure_named("cka_across"), results) == []  # needs a comparison
     examples = drawing.draw(catalogue.figure_named("cls_attention"), results, examples=[1])
     assert [item.element_id for item in examples] == ["fig-cls-attention-0-1", "fig-cls-attention-1-1"]
-    assert "example image 2" in examples[0].caption
+    # Named as the picker names it: the file, the bundled entry or "image N" (here a tensor's).
+    name = describe_examples(comparison.a.arrays)[1].short_name
+    assert examples[0].caption.startswith(f"{LABELS[0]}, {name}: how much the CLS token"), examples[0].caption
 
 
 def test_theta_arrays_are_stacked_over_the_reattention_blocks(comparison):
