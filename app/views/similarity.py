@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from deepvit_diag.catalogue import figure_named
+from deepvit_diag.example_images import describe_examples
 from deepvit_diag.figures import drawing
 from deepvit_diag.figures.similarity import has_difference_panel
 from deepvit_diag.results import AnalysisResult
@@ -26,9 +27,9 @@ def render(analysis: Analysis) -> None:
     p = pick_p.number_input("Block p", 1, depth, max(1, depth - 1), key="similarity_p")
     q = pick_q.number_input("Block q", 1, depth, depth, key="similarity_q")
     examples = min(len(result.arrays["example_images"]) for result in results.values())
-    example = pick_image.selectbox(
-        "Image", range(examples), format_func=lambda i: f"image {i + 1}", key="similarity_image"
-    )
+    # Both models saw the same images: the first result names them (file, bundled entry or "image N").
+    names = [example.short_name for example in describe_examples(next(iter(results.values())).arrays)]
+    example = pick_image.selectbox("Image", range(examples), format_func=names.__getitem__, key="similarity_image")
     blocks = sorted({p - 1, q - 1})
     drawn = {label: result for label, result in results.items() if blocks[-1] < result.geometry.num_blocks}
     for column, (label, result) in zip(st.columns(len(results)), results.items()):
