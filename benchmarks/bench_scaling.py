@@ -10,9 +10,9 @@ a shared machine hit both alike. Reported per (T, L), medians over the repeats:
 
 * ``ratio`` = analysis images/s / forward images/s (1.0: the analysis costs nothing beyond
   the forward);
-* ``extra_mib_per_image`` = (analysis host peak - forward host peak) / batch size, the memory
-  the analysis needs beyond the forward per image of a batch (host RSS,
-  ``bench_analysis.PeakMemory``);
+* ``extra_mib_per_image`` = (analysis peak - forward peak) / batch size, the memory the
+  analysis needs beyond the forward per image of a batch (host RSS on the CPU, allocated
+  device memory with ``--device cuda``; ``bench_analysis.PeakMemory``);
 * the batch and the rows per chunk the memory budget chose (the analysis's own record,
   ``computation``), and the load average before and after.
 
@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/bench_scaling.py --threads 1 --json benchmarks/results/scaling_t1.json
     python benchmarks/bench_scaling.py --tokens 65 197 --depths 6 --repeats 1   # a quick look
+    python benchmarks/bench_scaling.py --device cuda --batch-size 32 --tokens 197 577 1370 --depths 12 24
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deepvit_diag.analysis import analyze
-from deepvit_diag.device import keep_host_allocations
+from deepvit_diag.device import keep_host_allocations, resolve_device
 from deepvit_diag.results import package_versions
 
 PATCH = 16
@@ -62,19 +63,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode (default 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--memory-budget", type=int, help="MiB passed to analyze (default: its own)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda; on CUDA the memory column is device memory"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
 
 
-def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_case(num_tokens: int, depth: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     size = image_size(num_tokens)
     # More images at small T keep analyze's fixed cost per call from dominating the ratio, but
     # CKA and the examples then hold more images, which the memory column would count.
     count = args.images or args.batch_size
     torch.manual_seed(0)
-    model = timm.create_model(MODEL, depth=depth, img_size=size, num_classes=10).eval()
-    images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0))
-    device = torch.device("cpu")
+    model = timm.create_model(MODEL, depth=depth, img_size=size, num_classes=10).eval().to(device)
+    images = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     options = {"progress": False, "num_examples": 1}
     if args.memory_budget:
         options["memory_budget"] = args.memory_budget
@@ -85,14 +88,18 @@ def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str,
                 model(images[start : start + batch_size])
 
     def analysis(model, images, batch_size, device, dtype) -> dict[str, Any]:
-        return analyze(model, images, batch_size=batch_size, device="cpu", **options).computation
+        return analyze(model, images, batch_size=batch_size, device=device, **options).computation
 
+    if device.type == "cuda":  # kernels chosen and loaded before the first timed run
+        forward(model, images, args.batch_size, device, "float32")
+        analysis(model, images, args.batch_size, device, "float32")
     runs: dict[str, list[dict]] = {"forward": [], "analysis": []}
     for _ in range(args.repeats):
         for mode, run in (("forward", forward), ("analysis", analysis)):
             runs[mode].append(timed(run, model, images, args.batch_size, device, "float32"))
     median = {mode: median_runs(measured) for mode, measured in runs.items()}
-    extra = median["analysis"]["host_peak_extra_mib"] - median["forward"]["host_peak_extra_mib"]
+    peak = "device_peak_extra_mib" if device.type == "cuda" else "host_peak_extra_mib"
+    extra = median["analysis"][peak] - median["forward"][peak]
     computation = median["analysis"]["computation"]
     batch_size = computation["final_batch_size"]
     return {
@@ -105,8 +112,9 @@ def run_case(num_tokens: int, depth: int, args: argparse.Namespace) -> dict[str,
         "forward_images_per_s": median["forward"]["images_per_s"],
         "analysis_images_per_s": median["analysis"]["images_per_s"],
         "ratio": median["analysis"]["images_per_s"] / median["forward"]["images_per_s"],
-        "forward_peak_mib": median["forward"]["host_peak_extra_mib"],
-        "analysis_peak_mib": median["analysis"]["host_peak_extra_mib"],
+        "memory": "CUDA max_memory_allocated" if device.type == "cuda" else "host RSS",
+        "forward_peak_mib": median["forward"][peak],
+        "analysis_peak_mib": median["analysis"][peak],
         "extra_mib_per_image": extra / min(count, batch_size),
         "runs": runs,
     }
@@ -138,12 +146,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_host_allocations()  # as analyze does on its first batch, so the forward runs alike
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if device.type == "cpu":
+        keep_host_allocations()  # as analyze does on its first batch, so the forward runs alike
     load_before = [round(value, 2) for value in os.getloadavg()]
-    cases = [run_case(tokens, depth, args) for depth in args.depths for tokens in args.tokens]
+    cases = [run_case(tokens, depth, args, device) for depth in args.depths for tokens in args.tokens]
     report = {
         "model": MODEL,
-        "device": device_name(torch.device("cpu")),
+        "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "load_before": load_before,

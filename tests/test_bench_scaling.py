@@ -26,10 +26,17 @@ def test_token_counts_without_a_square_grid_are_refused():
         bench.image_size(100)
 
 
+def test_an_unavailable_device_is_one_line():
+    if bench.torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match="^error: device 'cuda' requested but CUDA is not available"):
+        bench.main(["--device", "cuda", "--tokens", "65", "--depths", "1"])
+
+
 @pytest.mark.slow
 def test_a_case_records_the_batch_and_rows_per_chunk_the_analysis_chose():
     args = bench.parse_args(["--tokens", "65", "--depths", "1", "--repeats", "1", "--memory-budget", "64"])
-    case = bench.run_case(65, 1, args)
+    case = bench.run_case(65, 1, args, bench.torch.device("cpu"))
     assert case["batch_size"] == 2 and 1 <= case["rows_per_chunk"] <= 65
     assert case["ratio"] > 0 and case["runs"]["analysis"][0]["computation"]["rows_per_chunk"] == [
         case["rows_per_chunk"]
