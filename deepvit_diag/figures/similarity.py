@@ -349,7 +349,8 @@ def robustness_grid(results: Results, maps: str | None = None) -> go.Figure:
                     y=[f"{rho:g}" for rho in settings.grid_rhos],
                     text=np.where(start >= 0, (start + 1).astype(str), "–"),
                     texttemplate="%{text}",
-                    textfont={"size": 13},  # plotly's default text colour is black or white, whichever contrasts with the cell
+                    # No colour: plotly draws each cell's text black or white, whichever contrasts.
+                    textfont={"size": 13},
                     coloraxis="coloraxis",
                     hovertemplate=f"k {k}, tau %{{x}}, rho %{{y}}<br>%{{z}} similar blocks<br>"
                     f"collapse from block %{{text}}<extra>{label}</extra>",
